@@ -1,0 +1,1 @@
+//! dex-trader: a pinned load generator for turbo-dex.

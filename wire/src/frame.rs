@@ -1,0 +1,638 @@
+//! Framing: an 8-byte header followed by `count` fixed-size messages of one kind.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  length    u32 LE, whole frame in bytes, header included
+//!      4     1  kind      message kind (see [`Kind`])
+//!      5     1  version   protocol version, currently 1
+//!      6     2  count     u16 LE, number of messages that follow
+//!      8     *  count * size_of(kind) bytes of messages
+//! ```
+//!
+//! The decoder borrows the caller's bytes and hands back a typed slice of
+//! messages: no copy, no allocation. It never reads past the bytes it was
+//! given and never panics: a partial frame is [`Decoded::NeedMore`], and a
+//! frame that breaks the rules is a [`DecodeError`].
+
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::msg::*;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Size of the frame header.
+pub const HEADER_BYTES: usize = 8;
+/// Default maximum frame size (header included) a decoder accepts: 1 MiB,
+/// room for 32,767 new orders in one frame.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 20;
+/// The largest maximum a decoder can be configured with: 16 MiB. A bound on
+/// what a single length field can make a receiver buffer.
+pub const MAX_FRAME_BYTES_LIMIT: u32 = 16 << 20;
+/// The most messages one frame can carry (the count field is a u16).
+pub const MAX_MESSAGES_PER_FRAME: usize = u16::MAX as usize;
+
+/// The frame header.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Header {
+    /// Whole frame length in bytes, header included.
+    pub length: U32,
+    /// Message kind.
+    pub kind: u8,
+    /// Protocol version.
+    pub version: u8,
+    /// Number of messages.
+    pub count: U16,
+}
+const _: () = assert!(core::mem::size_of::<Header>() == HEADER_BYTES);
+
+macro_rules! kinds {
+    ($( $(#[$m:meta])* $name:ident = $code:literal => $ty:ident, $dir:ident ),+ $(,)?) => {
+        /// A message kind: the second field of every frame header.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Kind {
+            $( $(#[$m])* $name = $code ),+
+        }
+
+        impl Kind {
+            /// Every kind.
+            pub const ALL: &'static [Kind] = &[$(Kind::$name),+];
+
+            /// Parses a kind byte.
+            pub const fn from_wire(code: u8) -> Result<Kind, DecodeError> {
+                match code {
+                    $( $code => Ok(Kind::$name), )+
+                    kind => Err(DecodeError::UnknownKind { kind }),
+                }
+            }
+
+            /// The size of one message of this kind.
+            pub const fn message_bytes(self) -> usize {
+                match self {
+                    $( Kind::$name => core::mem::size_of::<$ty>() ),+
+                }
+            }
+
+            /// Who sends it.
+            pub const fn direction(self) -> Direction {
+                match self {
+                    $( Kind::$name => Direction::$dir ),+
+                }
+            }
+        }
+
+        /// A decoded frame: a borrowed, typed view of its messages.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Frame<'a> {
+            $( $(#[$m])* $name(&'a [$ty]) ),+
+        }
+
+        impl<'a> Frame<'a> {
+            fn view(kind: Kind, body: &'a [u8]) -> Frame<'a> {
+                match kind {
+                    $( Kind::$name => Frame::$name(cast::<$ty>(body)) ),+
+                }
+            }
+
+            /// The kind of this frame.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $( Frame::$name(_) => Kind::$name ),+
+                }
+            }
+
+            /// Number of messages.
+            pub fn len(&self) -> usize {
+                match self {
+                    $( Frame::$name(m) => m.len() ),+
+                }
+            }
+
+            /// True when the frame carries no messages.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+        }
+    };
+}
+
+/// Which side sends a message kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    ToServer,
+    /// Server to client.
+    ToClient,
+}
+
+kinds! {
+    /// Logon; exactly one message, first frame of a connection.
+    Hello = 0x01 => Hello, ToServer,
+    /// New orders.
+    NewOrder = 0x02 => NewOrder, ToServer,
+    /// Cancels.
+    Cancel = 0x03 => Cancel, ToServer,
+    /// Replaces.
+    Replace = 0x04 => Replace, ToServer,
+    /// Client heartbeats.
+    Heartbeat = 0x05 => Heartbeat, ToServer,
+    /// Market-data subscription (placeholder).
+    Subscribe = 0x06 => Subscribe, ToServer,
+    /// Order status queries.
+    OrderQuery = 0x07 => OrderQuery, ToServer,
+    /// Logon answer.
+    HelloAck = 0x81 => HelloAck, ToClient,
+    /// Symbol directory rows.
+    SymbolEntry = 0x82 => SymbolEntry, ToClient,
+    /// Order accepted.
+    Accepted = 0x83 => Accepted, ToClient,
+    /// Request rejected.
+    Rejected = 0x84 => Rejected, ToClient,
+    /// Execution (fill) of one of the session's orders.
+    Fill = 0x85 => Fill, ToClient,
+    /// Order canceled.
+    Canceled = 0x86 => Canceled, ToClient,
+    /// Order replaced.
+    Replaced = 0x87 => Replaced, ToClient,
+    /// Server heartbeats.
+    ServerHeartbeat = 0x88 => ServerHeartbeat, ToClient,
+    /// Public trades (market data).
+    Trade = 0x89 => Trade, ToClient,
+    /// Best bid and offer (market data).
+    TopOfBook = 0x8a => TopOfBook, ToClient,
+    /// Order status answers.
+    OrderStatus = 0x8b => OrderStatus, ToClient,
+    /// Session error; the server closes the connection after it.
+    SessionError = 0x8f => SessionError, ToClient,
+}
+
+/// Casts a body whose length the decoder has already checked.
+#[inline]
+fn cast<M: Message>(body: &[u8]) -> &[M] {
+    // The decoder checked `body.len() == count * size_of::<M>()` and every
+    // message type is `Unaligned`, so this cast cannot fail; an empty slice
+    // keeps the function total without a panic path.
+    <[M]>::ref_from_bytes(body).unwrap_or(&[])
+}
+
+/// The outcome of one decode step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A whole frame, and how many bytes of the input it used.
+    Frame(Frame<'a>, usize),
+    /// The input holds only part of a frame: at least this many bytes in
+    /// total are needed before the next call can make progress.
+    NeedMore(usize),
+}
+
+/// A stateless frame decoder with a configured maximum frame size.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoder {
+    max_frame_bytes: u32,
+    accept: Option<Direction>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+impl Decoder {
+    /// A decoder that refuses frames longer than `max_frame_bytes` (clamped
+    /// to `HEADER_BYTES..=MAX_FRAME_BYTES_LIMIT`). It accepts both directions.
+    pub fn new(max_frame_bytes: u32) -> Self {
+        Decoder {
+            max_frame_bytes: max_frame_bytes.clamp(HEADER_BYTES as u32, MAX_FRAME_BYTES_LIMIT),
+            accept: None,
+        }
+    }
+
+    /// A server's decoder: server-to-client kinds are [`DecodeError::UnknownKind`].
+    pub fn for_server(max_frame_bytes: u32) -> Self {
+        Decoder {
+            accept: Some(Direction::ToServer),
+            ..Decoder::new(max_frame_bytes)
+        }
+    }
+
+    /// A client's decoder: client-to-server kinds are [`DecodeError::UnknownKind`].
+    pub fn for_client(max_frame_bytes: u32) -> Self {
+        Decoder {
+            accept: Some(Direction::ToClient),
+            ..Decoder::new(max_frame_bytes)
+        }
+    }
+
+    /// The configured maximum frame size.
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_frame_bytes
+    }
+
+    /// The most messages of `kind` that fit one frame under this decoder's limit.
+    pub fn max_messages(&self, kind: Kind) -> usize {
+        ((self.max_frame_bytes as usize - HEADER_BYTES) / kind.message_bytes())
+            .min(MAX_MESSAGES_PER_FRAME)
+    }
+
+    /// Decodes the first frame in `input`.
+    ///
+    /// The header is validated before the body is waited for, so an absurd
+    /// length or an unknown kind is reported as soon as 8 bytes have arrived.
+    #[inline]
+    pub fn decode<'a>(&self, input: &'a [u8]) -> Result<Decoded<'a>, DecodeError> {
+        let Ok((header, _)) = Header::ref_from_prefix(input) else {
+            return Ok(Decoded::NeedMore(HEADER_BYTES));
+        };
+        let length = header.length.get();
+        if (length as usize) < HEADER_BYTES {
+            return Err(DecodeError::LengthTooSmall { length });
+        }
+        if length > self.max_frame_bytes {
+            return Err(DecodeError::FrameTooLarge {
+                length,
+                max_frame_bytes: self.max_frame_bytes,
+            });
+        }
+        if header.version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                version: header.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        let kind = Kind::from_wire(header.kind)?;
+        if self.accept.is_some_and(|d| d != kind.direction()) {
+            return Err(DecodeError::UnknownKind { kind: header.kind });
+        }
+        let count = header.count.get();
+        let message_bytes = kind.message_bytes();
+        let body_bytes = length as usize - HEADER_BYTES;
+        if body_bytes != usize::from(count) * message_bytes {
+            return Err(DecodeError::BadCount {
+                kind: header.kind,
+                count,
+                length,
+                message_bytes: message_bytes as u32,
+            });
+        }
+        if kind == Kind::Hello && count != 1 {
+            return Err(DecodeError::CountMustBeOne {
+                kind: header.kind,
+                count,
+            });
+        }
+        let Some(body) = input.get(HEADER_BYTES..length as usize) else {
+            return Ok(Decoded::NeedMore(length as usize));
+        };
+        Ok(Decoded::Frame(Frame::view(kind, body), length as usize))
+    }
+
+    /// Iterates over every whole frame in `input`; the iterator's
+    /// [`Frames::consumed`] tells how many bytes were used, so the caller
+    /// can keep the unconsumed tail for the next read.
+    pub fn frames<'a>(&self, input: &'a [u8]) -> Frames<'a> {
+        Frames {
+            decoder: *self,
+            input,
+            consumed: 0,
+            error: None,
+        }
+    }
+}
+
+/// Iterator over the whole frames of a buffer. It stops at the first
+/// partial frame or error; see [`Frames::consumed`] and [`Frames::error`].
+#[derive(Debug)]
+pub struct Frames<'a> {
+    decoder: Decoder,
+    input: &'a [u8],
+    consumed: usize,
+    error: Option<DecodeError>,
+}
+
+impl<'a> Frames<'a> {
+    /// Bytes of the input used by the frames returned so far.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// The error that stopped iteration, if any.
+    pub fn error(&self) -> Option<DecodeError> {
+        self.error
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Frame<'a>;
+
+    fn next(&mut self) -> Option<Frame<'a>> {
+        if self.error.is_some() {
+            return None;
+        }
+        let rest = self.input.get(self.consumed..)?;
+        match self.decoder.decode(rest) {
+            Ok(Decoded::Frame(frame, used)) => {
+                self.consumed += used;
+                Some(frame)
+            }
+            Ok(Decoded::NeedMore(_)) => None,
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Appends messages to a caller's buffer as frames, opening a new frame
+/// whenever the kind changes or the current frame is full. Messages are
+/// copied once, straight into `out`; if `out` has the capacity reserved,
+/// nothing is allocated.
+///
+/// Dropping the writer (or calling [`FrameWriter::finish`]) completes the
+/// open frame: the header's count is kept up to date as messages are pushed,
+/// so the buffer is always a sequence of whole frames between pushes.
+#[derive(Debug)]
+pub struct FrameWriter<'b> {
+    out: &'b mut Vec<u8>,
+    open: Option<OpenFrame>,
+    max_frame_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenFrame {
+    start: usize,
+    kind: Kind,
+    count: u16,
+}
+
+impl<'b> FrameWriter<'b> {
+    /// A writer with the default maximum frame size.
+    pub fn new(out: &'b mut Vec<u8>) -> Self {
+        Self::with_max_frame(out, DEFAULT_MAX_FRAME_BYTES)
+    }
+
+    /// A writer whose frames stay within `max_frame_bytes` (the peer's limit).
+    pub fn with_max_frame(out: &'b mut Vec<u8>, max_frame_bytes: u32) -> Self {
+        FrameWriter {
+            out,
+            open: None,
+            max_frame_bytes: max_frame_bytes.clamp(HEADER_BYTES as u32 + 64, MAX_FRAME_BYTES_LIMIT)
+                as usize,
+        }
+    }
+
+    /// Appends one message, continuing the open frame when it is of the
+    /// same kind and has room.
+    #[inline]
+    pub fn push<M: Message>(&mut self, msg: &M) {
+        let start = match self.open {
+            Some(ref mut f)
+                if f.kind == M::KIND
+                    && usize::from(f.count) < MAX_MESSAGES_PER_FRAME
+                    && self.out.len() - f.start + M::BYTES <= self.max_frame_bytes =>
+            {
+                f.count += 1;
+                f.start
+            }
+            _ => {
+                let start = self.out.len();
+                let header = Header {
+                    length: U32::new(HEADER_BYTES as u32),
+                    kind: M::KIND as u8,
+                    version: PROTOCOL_VERSION,
+                    count: U16::new(1),
+                };
+                self.out.extend_from_slice(header.as_bytes());
+                self.open = Some(OpenFrame {
+                    start,
+                    kind: M::KIND,
+                    count: 1,
+                });
+                start
+            }
+        };
+        self.out.extend_from_slice(msg.as_bytes());
+        self.patch_header(start);
+    }
+
+    /// Appends a batch of messages of one kind, splitting into as many frames as needed.
+    pub fn push_all<M: Message>(&mut self, msgs: &[M]) {
+        for m in msgs {
+            self.push(m);
+        }
+    }
+
+    #[inline]
+    fn patch_header(&mut self, start: usize) {
+        let count = self.open.map_or(0, |f| f.count);
+        let length = (self.out.len() - start) as u32;
+        if let Some(h) = self.out.get_mut(start..start + HEADER_BYTES) {
+            h[0..4].copy_from_slice(&length.to_le_bytes());
+            h[6..8].copy_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    /// Ends the open frame; the next push starts a new one.
+    pub fn finish(&mut self) {
+        self.open = None;
+    }
+
+    /// Bytes in the underlying buffer.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True when the underlying buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+}
+
+/// Encodes `msgs` as one frame into the front of `out` and returns the
+/// number of bytes written. Errors if `out` is too small or the batch is
+/// too large for one frame.
+pub fn encode_frame<M: Message>(msgs: &[M], out: &mut [u8]) -> Result<usize, EncodeError> {
+    if msgs.len() > MAX_MESSAGES_PER_FRAME {
+        return Err(EncodeError::TooManyMessages {
+            count: msgs.len(),
+            max: MAX_MESSAGES_PER_FRAME,
+        });
+    }
+    let needed = HEADER_BYTES + msgs.len() * M::BYTES;
+    let available = out.len();
+    let Some(dst) = out.get_mut(..needed) else {
+        return Err(EncodeError::BufferFull { needed, available });
+    };
+    let header = Header {
+        length: U32::new(needed as u32),
+        kind: M::KIND as u8,
+        version: PROTOCOL_VERSION,
+        count: U16::new(msgs.len() as u16),
+    };
+    dst[..HEADER_BYTES].copy_from_slice(header.as_bytes());
+    dst[HEADER_BYTES..].copy_from_slice(msgs.as_bytes());
+    Ok(needed)
+}
+
+/// Appends one frame holding `msgs` to `out` (which must fit in one frame).
+pub fn append_frame<M: Message>(msgs: &[M], out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    let start = out.len();
+    let needed = HEADER_BYTES + msgs.len() * M::BYTES;
+    out.resize(start + needed, 0);
+    match encode_frame(msgs, &mut out[start..]) {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::*;
+
+    fn order(id: u64) -> NewOrder {
+        NewOrder::limit(id, 7, Side::Buy, 100 + id as i64, 10)
+    }
+
+    #[test]
+    fn round_trip_a_batch_without_copying() {
+        let orders: Vec<NewOrder> = (0..2000).map(order).collect();
+        let mut buf = Vec::new();
+        append_frame(&orders, &mut buf).unwrap();
+        assert_eq!(buf.len(), HEADER_BYTES + 2000 * 32);
+        let Decoded::Frame(Frame::NewOrder(view), used) = Decoder::default().decode(&buf).unwrap()
+        else {
+            panic!("expected a new-order frame");
+        };
+        assert_eq!(used, buf.len());
+        assert_eq!(view, &orders[..]);
+        // The view points into the buffer: a cast, not a copy.
+        assert_eq!(view.as_ptr() as usize, buf.as_ptr() as usize + HEADER_BYTES);
+    }
+
+    #[test]
+    fn partial_frames_ask_for_more() {
+        let mut buf = Vec::new();
+        append_frame(&[order(1), order(2)], &mut buf).unwrap();
+        let d = Decoder::default();
+        for cut in 0..buf.len() {
+            let want = if cut < HEADER_BYTES {
+                HEADER_BYTES
+            } else {
+                buf.len()
+            };
+            assert_eq!(
+                d.decode(&buf[..cut]).unwrap(),
+                Decoded::NeedMore(want),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_errors_are_typed() {
+        let d = Decoder::new(1024);
+        let mut h = [0u8; 8];
+        h[0..4].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(d.decode(&h), Err(DecodeError::LengthTooSmall { length: 4 }));
+        h[0..4].copy_from_slice(&4096u32.to_le_bytes());
+        assert!(matches!(
+            d.decode(&h),
+            Err(DecodeError::FrameTooLarge { length: 4096, .. })
+        ));
+        h[0..4].copy_from_slice(&8u32.to_le_bytes());
+        h[4] = 0x02;
+        h[5] = 9;
+        assert!(matches!(
+            d.decode(&h),
+            Err(DecodeError::UnsupportedVersion { version: 9, .. })
+        ));
+        h[5] = PROTOCOL_VERSION;
+        h[4] = 0x55;
+        assert_eq!(d.decode(&h), Err(DecodeError::UnknownKind { kind: 0x55 }));
+        h[4] = 0x02;
+        h[6] = 1; // count 1 but no body bytes in the length
+        assert!(matches!(
+            d.decode(&h),
+            Err(DecodeError::BadCount { count: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn direction_filter_refuses_the_other_sides_kinds() {
+        let mut buf = Vec::new();
+        append_frame(&[ServerHeartbeat { token: 1.into() }], &mut buf).unwrap();
+        assert_eq!(
+            Decoder::for_server(4096).decode(&buf),
+            Err(DecodeError::UnknownKind { kind: 0x88 })
+        );
+        assert!(matches!(
+            Decoder::for_client(4096).decode(&buf),
+            Ok(Decoded::Frame(..))
+        ));
+    }
+
+    #[test]
+    fn hello_must_come_alone() {
+        let h = Hello::new(1, 0, 0, "x");
+        let mut buf = Vec::new();
+        append_frame(&[h, h], &mut buf).unwrap();
+        assert!(matches!(
+            Decoder::default().decode(&buf),
+            Err(DecodeError::CountMustBeOne { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn writer_coalesces_runs_of_one_kind_and_splits_on_kind_change() {
+        let mut buf = Vec::with_capacity(4096);
+        let mut w = FrameWriter::new(&mut buf);
+        w.push(&Canceled::new(1, 1, CancelReason::Requested, 5));
+        w.push(&Canceled::new(2, 1, CancelReason::Requested, 5));
+        w.push(&Fill::new(3, 9, 1, Side::Buy, Liquidity::Taker, 10, 1, 0));
+        w.push(&Canceled::new(4, 1, CancelReason::Requested, 5));
+        w.finish();
+        let frames: Vec<Frame<'_>> = Decoder::default().frames(&buf).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].kind(), Kind::Canceled);
+        assert_eq!(frames[0].len(), 2);
+        assert_eq!(frames[1].kind(), Kind::Fill);
+        assert_eq!(frames[2].len(), 1);
+    }
+
+    #[test]
+    fn writer_respects_the_max_frame_size() {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::with_max_frame(&mut buf, 8 + 32 * 10);
+        for i in 0..25 {
+            w.push(&order(i));
+        }
+        let d = Decoder::new(8 + 32 * 10);
+        let mut it = d.frames(&buf);
+        let counts: Vec<usize> = it.by_ref().map(|f| f.len()).collect();
+        assert_eq!(counts, vec![10, 10, 5]);
+        assert_eq!(it.consumed(), buf.len());
+        assert_eq!(it.error(), None);
+    }
+
+    #[test]
+    fn encode_frame_reports_a_small_buffer() {
+        let mut small = [0u8; 20];
+        assert_eq!(
+            encode_frame(&[order(1)], &mut small),
+            Err(EncodeError::BufferFull {
+                needed: 40,
+                available: 20
+            })
+        );
+    }
+}
