@@ -349,26 +349,77 @@ impl<'a> Iterator for Frames<'a> {
     }
 }
 
+/// The frame a writer is appending to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OpenFrame {
+    start: usize,
+    kind: Kind,
+    count: u16,
+}
+
+/// Appends `msg` to `out`, continuing `open` when it is a frame of the same
+/// kind with room under `max_frame_bytes` and `max_count`, else starting a
+/// new frame. The header is patched on every push, so `out` always holds
+/// whole frames between pushes.
+#[inline]
+fn push_message<M: Message>(
+    out: &mut Vec<u8>,
+    open: &mut Option<OpenFrame>,
+    max_frame_bytes: usize,
+    max_count: u16,
+    msg: &M,
+) {
+    let frame = match open {
+        Some(f)
+            if f.kind == M::KIND
+                && f.start <= out.len()
+                && f.count < max_count
+                && out.len() - f.start + M::BYTES <= max_frame_bytes =>
+        {
+            f.count += 1;
+            *f
+        }
+        _ => {
+            let f = OpenFrame {
+                start: out.len(),
+                kind: M::KIND,
+                count: 1,
+            };
+            let header = Header {
+                length: U32::new(HEADER_BYTES as u32),
+                kind: M::KIND as u8,
+                version: PROTOCOL_VERSION,
+                count: U16::new(1),
+            };
+            out.extend_from_slice(header.as_bytes());
+            *open = Some(f);
+            f
+        }
+    };
+    out.extend_from_slice(msg.as_bytes());
+    let length = (out.len() - frame.start) as u32;
+    if let Some(h) = out.get_mut(frame.start..frame.start + HEADER_BYTES) {
+        h[0..4].copy_from_slice(&length.to_le_bytes());
+        h[6..8].copy_from_slice(&frame.count.to_le_bytes());
+    }
+}
+
+fn clamp_max_frame(max_frame_bytes: u32) -> usize {
+    max_frame_bytes.clamp(HEADER_BYTES as u32 + 64, MAX_FRAME_BYTES_LIMIT) as usize
+}
+
 /// Appends messages to a caller's buffer as frames, opening a new frame
 /// whenever the kind changes or the current frame is full. Messages are
 /// copied once, straight into `out`; if `out` has the capacity reserved,
 /// nothing is allocated.
 ///
-/// Dropping the writer (or calling [`FrameWriter::finish`]) completes the
-/// open frame: the header's count is kept up to date as messages are pushed,
-/// so the buffer is always a sequence of whole frames between pushes.
+/// The header's count is kept up to date as messages are pushed, so the
+/// buffer is always a sequence of whole frames between pushes.
 #[derive(Debug)]
 pub struct FrameWriter<'b> {
     out: &'b mut Vec<u8>,
     open: Option<OpenFrame>,
     max_frame_bytes: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct OpenFrame {
-    start: usize,
-    kind: Kind,
-    count: u16,
 }
 
 impl<'b> FrameWriter<'b> {
@@ -382,8 +433,7 @@ impl<'b> FrameWriter<'b> {
         FrameWriter {
             out,
             open: None,
-            max_frame_bytes: max_frame_bytes.clamp(HEADER_BYTES as u32 + 64, MAX_FRAME_BYTES_LIMIT)
-                as usize,
+            max_frame_bytes: clamp_max_frame(max_frame_bytes),
         }
     }
 
@@ -391,50 +441,19 @@ impl<'b> FrameWriter<'b> {
     /// same kind and has room.
     #[inline]
     pub fn push<M: Message>(&mut self, msg: &M) {
-        let start = match self.open {
-            Some(ref mut f)
-                if f.kind == M::KIND
-                    && usize::from(f.count) < MAX_MESSAGES_PER_FRAME
-                    && self.out.len() - f.start + M::BYTES <= self.max_frame_bytes =>
-            {
-                f.count += 1;
-                f.start
-            }
-            _ => {
-                let start = self.out.len();
-                let header = Header {
-                    length: U32::new(HEADER_BYTES as u32),
-                    kind: M::KIND as u8,
-                    version: PROTOCOL_VERSION,
-                    count: U16::new(1),
-                };
-                self.out.extend_from_slice(header.as_bytes());
-                self.open = Some(OpenFrame {
-                    start,
-                    kind: M::KIND,
-                    count: 1,
-                });
-                start
-            }
-        };
-        self.out.extend_from_slice(msg.as_bytes());
-        self.patch_header(start);
+        push_message(
+            self.out,
+            &mut self.open,
+            self.max_frame_bytes,
+            u16::MAX,
+            msg,
+        );
     }
 
     /// Appends a batch of messages of one kind, splitting into as many frames as needed.
     pub fn push_all<M: Message>(&mut self, msgs: &[M]) {
         for m in msgs {
             self.push(m);
-        }
-    }
-
-    #[inline]
-    fn patch_header(&mut self, start: usize) {
-        let count = self.open.map_or(0, |f| f.count);
-        let length = (self.out.len() - start) as u32;
-        if let Some(h) = self.out.get_mut(start..start + HEADER_BYTES) {
-            h[0..4].copy_from_slice(&length.to_le_bytes());
-            h[6..8].copy_from_slice(&count.to_le_bytes());
         }
     }
 
@@ -451,6 +470,78 @@ impl<'b> FrameWriter<'b> {
     /// True when the underlying buffer is empty.
     pub fn is_empty(&self) -> bool {
         self.out.is_empty()
+    }
+}
+
+/// An owned output buffer that coalesces messages into frames across many
+/// calls: a connection's pending output. Like [`FrameWriter`], but it owns
+/// its bytes and remembers the open frame between pushes, and it can cap
+/// the messages per frame (a server's `--batch`).
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    out: Vec<u8>,
+    open: Option<OpenFrame>,
+    max_frame_bytes: usize,
+    max_count: u16,
+}
+
+impl FrameBuf {
+    /// An empty buffer with `capacity_bytes` reserved, frames of at most
+    /// `max_frame_bytes` and at most `max_count` messages (at least 1).
+    pub fn new(capacity_bytes: usize, max_frame_bytes: u32, max_count: u16) -> Self {
+        FrameBuf {
+            out: Vec::with_capacity(capacity_bytes),
+            open: None,
+            max_frame_bytes: clamp_max_frame(max_frame_bytes),
+            max_count: max_count.max(1),
+        }
+    }
+
+    /// Appends one message.
+    #[inline]
+    pub fn push<M: Message>(&mut self, msg: &M) {
+        push_message(
+            &mut self.out,
+            &mut self.open,
+            self.max_frame_bytes,
+            self.max_count,
+            msg,
+        );
+    }
+
+    /// Ends the open frame; the next push starts a new one.
+    pub fn finish(&mut self) {
+        self.open = None;
+    }
+
+    /// The pending bytes: whole frames.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Pending bytes.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Swaps the pending bytes into `other` (which must be empty; its
+    /// capacity is reused here), leaving this buffer empty: double buffering
+    /// without a copy or an allocation.
+    pub fn swap_out(&mut self, other: &mut Vec<u8>) {
+        other.clear();
+        std::mem::swap(&mut self.out, other);
+        self.open = None;
+    }
+
+    /// Drops the pending bytes.
+    pub fn clear(&mut self) {
+        self.out.clear();
+        self.open = None;
     }
 }
 
@@ -622,6 +713,35 @@ mod tests {
         assert_eq!(counts, vec![10, 10, 5]);
         assert_eq!(it.consumed(), buf.len());
         assert_eq!(it.error(), None);
+    }
+
+    #[test]
+    fn frame_buf_keeps_its_frame_open_across_pushes_and_caps_the_count() {
+        let mut b = FrameBuf::new(1024, DEFAULT_MAX_FRAME_BYTES, 3);
+        for i in 0..7 {
+            b.push(&order(i));
+        }
+        b.push(&Heartbeat { token: 5.into() });
+        let counts: Vec<(Kind, usize)> = Decoder::default()
+            .frames(b.as_bytes())
+            .map(|f| (f.kind(), f.len()))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (Kind::NewOrder, 3),
+                (Kind::NewOrder, 3),
+                (Kind::NewOrder, 1),
+                (Kind::Heartbeat, 1)
+            ]
+        );
+        let mut sending = Vec::new();
+        b.swap_out(&mut sending);
+        assert!(b.is_empty());
+        assert_eq!(Decoder::default().frames(&sending).count(), 4);
+        // After the swap a push starts a fresh frame in the (reused) buffer.
+        b.push(&order(9));
+        assert_eq!(Decoder::default().frames(b.as_bytes()).count(), 1);
     }
 
     #[test]

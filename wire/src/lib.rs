@@ -33,9 +33,9 @@ pub mod types;
 
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    DEFAULT_MAX_FRAME_BYTES, Decoded, Decoder, Direction, Frame, FrameWriter, Frames, HEADER_BYTES,
-    Header, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION, append_frame,
-    encode_frame,
+    DEFAULT_MAX_FRAME_BYTES, Decoded, Decoder, Direction, Frame, FrameBuf, FrameWriter, Frames,
+    HEADER_BYTES, Header, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION,
+    append_frame, encode_frame,
 };
 pub use msg::*;
 pub use types::*;
