@@ -6,15 +6,140 @@
 //!
 //! Symbols are placed on shards by `symbol % shard_count`; a shard owns the
 //! books of its symbols and is driven by exactly one thread.
+//!
+//! # The rules ([`Shard`])
+//!
+//! These are the order semantics of the product; `wire/PROTOCOL.md`
+//! describes the same rules from the client's side.
+//!
+//! **Books.** One limit order book per symbol with price-time priority:
+//! prices are `i64` ticks, quantities `u64`. A trade happens at the resting
+//! (maker's) price. An order is identified by (account, client order id);
+//! that key is unique among the live orders of a shard. Any session of the
+//! account may cancel, replace or query it. Reports about an order go to its
+//! *owner session*: the session that entered it, or the last one that
+//! replaced it.
+//!
+//! **Ids.** Accepted orders get `order_id = (shard_index << 48) | n` with a
+//! per-shard sequence `n` from 1 (rejected orders consume none); trades get
+//! `trade_id = (shard_index << 48) | m` likewise. A replace keeps the order id.
+//!
+//! **New order validation**, in this order; the first failure is a
+//! `Rejected(reason, request_kind = NewOrder)` and the only report:
+//!
+//! 1. symbol not in this shard (or `>= symbol_count`): `UnknownSymbol`;
+//! 2. enum fields or flags that do not decode ([`NewOrder::fields`]):
+//!    mapped by [`reject_reason_for`];
+//! 3. quantity 0 or above `quantity_max`: `InvalidQuantity`;
+//! 4. limit order with price below 1 or above `price_max`: `InvalidPrice`
+//!    (a market order's price field is ignored);
+//! 5. market order with GTC: `InvalidTimeInForce`;
+//! 6. post-only market order: `InvalidFlags`;
+//! 7. post-only with IOC or FOK: `InvalidTimeInForce`;
+//! 8. (account, client order id) live in this shard: `DuplicateClientOrderId`;
+//! 9. an order that can rest (limit GTC, post-only included) when the shard
+//!    already holds `orders_max` live orders: `BookFull`;
+//! 10. such an order whose price has no level on its side while that side
+//!     has `levels_per_side_max` levels: `PriceLevelsFull`;
+//! 11. post-only whose price reaches the best opposite price (it would
+//!     trade, whoever's order rests there): `PostOnlyWouldTake`;
+//! 12. market order while the opposite side is empty: `NoLiquidity`.
+//!
+//! Checks 9 and 10 are made before anything happens, as if the whole order
+//! would rest, so a reject never follows fills: a GTC order on a full shard
+//! (or a full side) is refused even if it would have filled completely.
+//! IOC, FOK and market orders never rest and are never refused for capacity.
+//!
+//! **Accepted orders.** An accepted order gets `Accepted` (with
+//! `timestamp_ns = now_ns`) first, then matches against the opposite side,
+//! best price first and oldest first within a price. Each trade produces
+//! two Fills with the same `trade_id`: first the maker's (liquidity Maker,
+//! to the resting order's owner session), then the taker's (liquidity Taker,
+//! to the incoming order's session). A Fill's `leaves_quantity` is the
+//! order's open quantity after it; 0 means filled, which is terminal.
+//! After matching, the remainder of:
+//!
+//! - a GTC limit order rests at the back of its price level (no report: its
+//!   last Fill, or the Accepted, already says how much is open);
+//! - an IOC limit order: `Canceled(IocRemainder)`;
+//! - a market order (IOC or FOK, never GTC): it trades only within
+//!   `market_band_ticks` of the best opposite price at arrival (a buy up to
+//!   best ask + band, a sell down to best bid - band); the remainder gets
+//!   `Canceled(PriceBand)` if the opposite side still has liquidity (beyond
+//!   the band), else `Canceled(IocRemainder)`;
+//! - a FOK order: before trading anything it walks the book exactly as
+//!   matching would (self-trade prevention included); if it could not fill
+//!   completely it gets `Canceled(FokUnfilled)` right after its Accepted,
+//!   with no fills and the book unchanged.
+//!
+//! **Self-trade prevention**, when the incoming order meets a resting order
+//! of the same account, by the incoming order's mode:
+//!
+//! - `CancelIncoming`: matching stops, the incoming remainder gets
+//!   `Canceled(SelfTrade)` (even a GTC: it does not rest), the resting
+//!   order stays;
+//! - `CancelResting`: the resting order gets `Canceled(SelfTrade)` (to its
+//!   owner session) and matching continues;
+//! - `CancelBoth`: the resting order's `Canceled(SelfTrade)`, then the
+//!   incoming remainder's.
+//!
+//! **Cancel**: `Canceled(Requested, canceled_quantity = open quantity)` to
+//! the requesting session. Unknown symbol: `Rejected(UnknownSymbol)`; a key
+//! that is not live in that symbol: `Rejected(UnknownOrder)` (request_kind
+//! Cancel).
+//!
+//! **Replace** (new price, new open quantity), checked in this order, each
+//! a `Rejected(reason, request_kind = Replace)` with the order unchanged:
+//! unknown symbol; quantity 0 or above `quantity_max` (`InvalidQuantity`);
+//! price below 1 or above `price_max` (`InvalidPrice`); key not live in that
+//! symbol (`UnknownOrder`). Then:
+//!
+//! - same price and a quantity at or below the open quantity: updated in
+//!   place, time priority kept, `Replaced(priority_kept)`;
+//! - otherwise the order loses priority. If its new price needs a level its
+//!   side has no room for (counting the level it leaves, if it was alone
+//!   there): `Rejected(PriceLevelsFull)`. If it is post-only and the new
+//!   price reaches the best opposite price: `Rejected(PostOnlyWouldTake)`.
+//!   Else it leaves its level, gets `Replaced` (not priority kept), and
+//!   enters at the new price as an incoming order with its own
+//!   self-trade prevention mode: Fills follow the Replaced, and the
+//!   remainder rests at the back of its new level.
+//!
+//! The replacing session becomes the owner session. `filled_quantity`
+//! (see Query) counts fills over the order's whole life.
+//!
+//! **Query**: `OrderStatus(Live, filled_quantity, leaves_quantity, order_id)`
+//! for a live order, else `OrderStatus(Unknown)` with zeros. Unknown symbol:
+//! `Rejected(UnknownSymbol, request_kind = OrderQuery)`.
+//!
+//! **Cancel session** ([`Op::CancelSession`]): every live order whose owner
+//! session is the command's session gets `Canceled(Disconnect)`, in this
+//! order: books by symbol, bids then asks, best price first, front of the
+//! level first.
+//!
+//! Every order ends in exactly one terminal report: a NewOrder's Rejected, a
+//! Fill with `leaves_quantity` 0, or a Canceled. Every change of an order's
+//! state produces a report.
+//!
+//! The session layer adds one rule before routing ([`ClientOrderIds`]):
+//! within a session, NewOrder client order ids strictly increase.
 
 use wire::{
     Accepted, Cancel, Canceled, Fill, NewOrder, OrderQuery, OrderStatus, Rejected, Replace,
     Replaced,
 };
 
+mod ids;
+mod index;
 mod null;
+mod shard;
+mod side;
 
+pub use ids::ClientOrderIds;
 pub use null::NullShard;
+pub use shard::{
+    ConfigError, ID_SHARD_SHIFT, LevelView, ORDERS_MAX_LIMIT, OrderView, SHARD_INDEX_LIMIT, Shard,
+};
 
 /// The server's id for a session (a connection after its Hello). The top 16
 /// bits name the core that owns the session, so a report can be routed home

@@ -1,0 +1,237 @@
+//! The order index: (account, client order id) -> order slot, in O(1).
+//!
+//! A custom open-addressing table rather than `std::collections::HashMap`
+//! because the book needs three things std does not give together: no
+//! `RandomState` (the shard must be deterministic), storage allocated once
+//! for the shard's whole capacity (no rehash, so no allocation, in steady
+//! state), and 8-byte entries so that a probe touches one cache line.
+//!
+//! Layout: a power-of-two array of `u64` entries, at least twice the shard's
+//! `orders_max`, so the load factor never exceeds 1/2 and a probe sequence is
+//! short. An entry packs the top 32 bits of the key's hash (the tag) above
+//! `slot + 1`; 0 means empty, which lets the array come from a zeroed
+//! allocation that the OS maps lazily. The key itself lives in the order
+//! slab: a tag match is confirmed there, and the caller touches that order
+//! anyway. The home bucket is the top bits of the hash (Fibonacci hashing),
+//! recomputable from the tag, which is what backward-shift deletion needs.
+//!
+//! Hash flooding: the hash is a fixed multiplicative one (deterministic by
+//! design), so a client that chose its ids adversarially could lengthen
+//! probe sequences. Probing is bounded by the table size and the shard's
+//! order limit bounds how much a single client can insert; a per-deployment
+//! seed would be the next step if that ever matters.
+
+/// Smallest table, so that the home-bucket shift stays below 32.
+const CAPACITY_MIN: usize = 16;
+
+/// A key's 64-bit hash: two multiply-xor rounds. Client order ids are
+/// usually sequential, so the multiply's high bits (which pick the bucket)
+/// spread consecutive ids over the whole table.
+#[inline]
+fn hash(account: u64, client_order_id: u64) -> u64 {
+    let x = account.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ client_order_id;
+    let x = x.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    x ^ (x >> 29)
+}
+
+/// Maps order keys to slots. See the module docs.
+#[derive(Debug)]
+pub(crate) struct OrderIndex {
+    entries: Vec<u64>,
+    mask: usize,
+    /// `32 - log2(capacity)`: the tag shifted right by this is the home bucket.
+    home_shift: u32,
+}
+
+/// Where a key was found: its entry position (for removal) and its slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub(crate) position: usize,
+    pub(crate) slot: u32,
+}
+
+impl OrderIndex {
+    /// A table for at most `orders_max` keys (capacity: the next power of
+    /// two at or above `2 * orders_max`).
+    pub(crate) fn new(orders_max: u32) -> Self {
+        let capacity = (2 * orders_max as usize)
+            .next_power_of_two()
+            .max(CAPACITY_MIN);
+        OrderIndex {
+            // `vec![0; n]` allocates zeroed memory: pages are mapped on first use.
+            entries: vec![0u64; capacity],
+            mask: capacity - 1,
+            home_shift: 32 - capacity.trailing_zeros(),
+        }
+    }
+
+    #[inline]
+    fn tag(account: u64, client_order_id: u64) -> u32 {
+        (hash(account, client_order_id) >> 32) as u32
+    }
+
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        (tag >> self.home_shift) as usize
+    }
+
+    /// Finds the slot of a key. `key_of(slot)` returns the key stored in
+    /// that slot (the table keeps only tags).
+    #[inline]
+    pub(crate) fn find(
+        &self,
+        account: u64,
+        client_order_id: u64,
+        key_of: impl Fn(u32) -> (u64, u64),
+    ) -> Option<Found> {
+        let tag = Self::tag(account, client_order_id);
+        let mut position = self.home(tag);
+        loop {
+            let entry = self.entries[position];
+            if entry == 0 {
+                return None;
+            }
+            if (entry >> 32) as u32 == tag {
+                let slot = (entry as u32) - 1;
+                if key_of(slot) == (account, client_order_id) {
+                    return Some(Found { position, slot });
+                }
+            }
+            position = (position + 1) & self.mask;
+        }
+    }
+
+    /// Finds the entry position of a key known to be stored in `slot`
+    /// (compares slots, so it never needs to read other orders' keys).
+    #[inline]
+    pub(crate) fn position_of(&self, account: u64, client_order_id: u64, slot: u32) -> usize {
+        let tag = Self::tag(account, client_order_id);
+        let wanted = (u64::from(tag) << 32) | u64::from(slot + 1);
+        let mut position = self.home(tag);
+        // The caller guarantees presence; the bound keeps a broken caller
+        // from looping forever (it then hits the debug assertion below).
+        for _ in 0..=self.mask {
+            if self.entries[position] == wanted {
+                return position;
+            }
+            position = (position + 1) & self.mask;
+        }
+        debug_assert!(false, "order slot {slot} is not in the index");
+        position
+    }
+
+    /// Adds a key that is not present. The shard never holds more live
+    /// orders than half the capacity, so an empty entry always exists.
+    #[inline]
+    pub(crate) fn insert(&mut self, account: u64, client_order_id: u64, slot: u32) {
+        let tag = Self::tag(account, client_order_id);
+        let mut position = self.home(tag);
+        while self.entries[position] != 0 {
+            position = (position + 1) & self.mask;
+        }
+        self.entries[position] = (u64::from(tag) << 32) | u64::from(slot + 1);
+    }
+
+    /// Removes the entry at `position` with backward-shift deletion: later
+    /// entries of the cluster move back into the hole when that keeps them
+    /// reachable from their home, so no tombstones build up and lookups stay
+    /// short forever.
+    #[inline]
+    pub(crate) fn remove_at(&mut self, position: usize) {
+        let mut hole = position;
+        let mut next = (position + 1) & self.mask;
+        loop {
+            let entry = self.entries[next];
+            if entry == 0 {
+                break;
+            }
+            let home = self.home((entry >> 32) as u32);
+            // The entry may fill the hole if the hole lies on its probe path,
+            // i.e. home..=next (cyclically) contains the hole.
+            if (next.wrapping_sub(home) & self.mask) >= (next.wrapping_sub(hole) & self.mask) {
+                self.entries[hole] = entry;
+                hole = next;
+            }
+            next = (next + 1) & self.mask;
+        }
+        self.entries[hole] = 0;
+    }
+
+    /// Number of entries (capacity), for tests.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys stored in "slots" of a plain vector stand in for the order slab.
+    fn find(index: &OrderIndex, keys: &[(u64, u64)], key: (u64, u64)) -> Option<u32> {
+        index
+            .find(key.0, key.1, |s| keys[s as usize])
+            .map(|f| f.slot)
+    }
+
+    #[test]
+    fn insert_find_remove_keep_every_other_key_reachable() {
+        let mut index = OrderIndex::new(64);
+        assert_eq!(index.capacity(), 128);
+        let keys: Vec<(u64, u64)> = (0..64u64).map(|i| (i % 3, 1000 + i)).collect();
+        for (slot, &(a, c)) in keys.iter().enumerate() {
+            index.insert(a, c, slot as u32);
+        }
+        for (slot, &key) in keys.iter().enumerate() {
+            assert_eq!(find(&index, &keys, key), Some(slot as u32));
+        }
+        assert_eq!(find(&index, &keys, (9, 9)), None);
+        // Remove every other key; the rest must stay reachable.
+        for slot in (0..64).step_by(2) {
+            let (a, c) = keys[slot];
+            let position = index.position_of(a, c, slot as u32);
+            index.remove_at(position);
+        }
+        for (slot, &key) in keys.iter().enumerate() {
+            let expect = (slot % 2 == 1).then_some(slot as u32);
+            assert_eq!(find(&index, &keys, key), expect, "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn long_clusters_survive_wraparound_deletes() {
+        // A tiny table with many insert/remove rounds exercises clusters that
+        // wrap around the end of the array.
+        let mut index = OrderIndex::new(8);
+        let mut live: Vec<Option<(u64, u64)>> = vec![None; 8];
+        let mut seed = 0x1234_5678_u64;
+        for round in 0..20_000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let slot = (seed % 8) as usize;
+            match live[slot] {
+                Some((a, c)) => {
+                    let found = index.find(a, c, |s| live[s as usize].unwrap()).unwrap();
+                    assert_eq!(found.slot as usize, slot);
+                    index.remove_at(found.position);
+                    live[slot] = None;
+                }
+                None => {
+                    let key = (seed % 5, round);
+                    index.insert(key.0, key.1, slot as u32);
+                    live[slot] = Some(key);
+                }
+            }
+            for (s, key) in live.iter().enumerate() {
+                if let Some((a, c)) = *key {
+                    let found = index
+                        .find(a, c, |s| live[s as usize].unwrap())
+                        .map(|f| f.slot);
+                    assert_eq!(found, Some(s as u32));
+                }
+            }
+        }
+    }
+}

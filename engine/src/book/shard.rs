@@ -1,0 +1,1316 @@
+//! [`Shard`]: the matching engine of one shard (the books of its symbols).
+//!
+//! The rules it implements are in the [module docs](super); this file is
+//! about how it does so quickly.
+//!
+//! # Storage
+//!
+//! Everything a shard needs for its configured capacity is reserved when it
+//! is built, so no order allocates in steady state:
+//!
+//! - **Orders** live in one shard-wide slab (`Vec<Order>`, capacity
+//!   `orders_max`), one 64-byte cache line each, addressed by `u32` slot,
+//!   with a free list threaded through the `next` field. A level's orders
+//!   form an intrusive doubly linked FIFO (`prev`/`next` slots), so an order
+//!   leaves its level in O(1) from anywhere.
+//! - **Levels** live in a second slab (32 bytes each, capacity `orders_max`,
+//!   which bounds it because every level holds at least one order).
+//! - **Book sides** are sorted vectors of (price key, level) with the best
+//!   level last ([`BookSide`]): matching pops from the back, and inserts near
+//!   the top of the book move few entries.
+//! - **The order index** maps (account, client order id) to a slot in an
+//!   open-addressing table of twice the capacity ([`OrderIndex`]): cancel,
+//!   replace and query are O(1).
+//!
+//! The slabs are `Vec`s with their capacity reserved up front and filled by
+//! `push` on first use, so the OS maps their pages lazily: a shard with a
+//! large `orders_max` costs address space, not memory, until it fills.
+
+use wire::{
+    Accepted, CancelReason, Canceled, Fill, Kind, Liquidity, NewOrder, OrderState, OrderStatus,
+    RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce,
+};
+
+use super::index::OrderIndex;
+use super::side::BookSide;
+use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
+
+/// "No slot" in the intrusive lists and free lists.
+const NIL: u32 = u32::MAX;
+
+/// Bits of an order id or trade id below the shard index: ids carry their
+/// shard in the top 16 bits, so they are unique per server.
+pub const ID_SHARD_SHIFT: u32 = 48;
+
+/// Largest accepted `orders_max`: slots are `u32` and the index needs a
+/// power of two at least twice as large.
+pub const ORDERS_MAX_LIMIT: u32 = 1 << 30;
+
+/// Largest shard index: it must fit the 16 bits above [`ID_SHARD_SHIFT`].
+pub const SHARD_INDEX_LIMIT: u32 = 1 << 16;
+
+/// Initial capacity of a book side's level vectors; they double on demand
+/// up to `levels_per_side_max` while the book warms up.
+const SIDE_CAPACITY_INITIAL: usize = 32;
+
+/// A resting order: exactly one cache line, so matching, cancel and
+/// replace touch one line per order.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Order {
+    account: u64,
+    client_order_id: u64,
+    /// The session its fills and cancels go to (the last one to replace it).
+    owner: SessionId,
+    order_id: u64,
+    /// Open (resting) quantity.
+    open: u64,
+    /// Quantity filled over the order's life.
+    filled: u64,
+    /// Next order in the level (toward the back), or the next free slot.
+    next: u32,
+    /// Previous order in the level (toward the front).
+    prev: u32,
+    /// The level it rests in.
+    level: u32,
+    side: Side,
+    stp: SelfTradePrevention,
+    post_only: bool,
+}
+
+const _: () = assert!(core::mem::size_of::<Order>() == 64);
+
+/// A price level: a FIFO of orders at one price on one side of one book.
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    price: i64,
+    /// Sum of the open quantities of its orders.
+    total: u64,
+    head: u32,
+    tail: u32,
+    /// Number of orders; also the free-list link (as `head`) when unused.
+    count: u32,
+    /// Local book index (the symbol is `book * shard_count + shard_index`).
+    book: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Level>() == 32);
+
+/// One symbol's book: bids (index 0) and asks (index 1).
+#[derive(Debug)]
+struct Book {
+    sides: [BookSide; 2],
+}
+
+#[inline]
+const fn side_index(side: Side) -> usize {
+    match side {
+        Side::Buy => 0,
+        Side::Sell => 1,
+    }
+}
+
+/// The sort key of `price` on `side`: greater is better on both sides.
+/// Prices are in `1..=price_max` (or a band limit that saturates at
+/// `i64::MAX`), so negation never overflows.
+#[inline]
+const fn key_of(side: Side, price: i64) -> i64 {
+    match side {
+        Side::Buy => price,
+        Side::Sell => -price,
+    }
+}
+
+/// A shard's configuration or placement cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `shard_count` is zero.
+    NoShards,
+    /// `shard_index` is not below `shard_count`, or does not fit in 16 bits.
+    ShardIndex {
+        /// The index given.
+        shard_index: u32,
+        /// The shard count given.
+        shard_count: u32,
+    },
+    /// `orders_max` is zero or above [`ORDERS_MAX_LIMIT`].
+    OrdersMax(u32),
+    /// `levels_per_side_max` is zero.
+    LevelsPerSideMax,
+    /// `quantity_max` is zero, or so large that `orders_max` orders of it
+    /// could overflow a level's `u64` total.
+    QuantityMax(u64),
+    /// `price_max` is below 1.
+    PriceMax(i64),
+    /// `market_band_ticks` is negative.
+    MarketBand(i64),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ConfigError::NoShards => write!(f, "shard count is 0; use at least 1 shard"),
+            ConfigError::ShardIndex {
+                shard_index,
+                shard_count,
+            } => write!(
+                f,
+                "shard index {shard_index} is invalid for {shard_count} shards \
+                 (must be below the count and below {SHARD_INDEX_LIMIT})"
+            ),
+            ConfigError::OrdersMax(n) => write!(
+                f,
+                "orders_max {n} is out of range; use 1..={ORDERS_MAX_LIMIT}"
+            ),
+            ConfigError::LevelsPerSideMax => {
+                write!(f, "levels_per_side_max is 0; use at least 1")
+            }
+            ConfigError::QuantityMax(q) => write!(
+                f,
+                "quantity_max {q} is 0 or too large: quantity_max * orders_max must fit in a u64"
+            ),
+            ConfigError::PriceMax(p) => write!(f, "price_max {p} is below 1"),
+            ConfigError::MarketBand(b) => {
+                write!(f, "market_band_ticks {b} is negative; use 0 or more")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ShardConfig {
+    /// Checks that every limit is usable; [`Shard::try_new`] calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.orders_max == 0 || self.orders_max > ORDERS_MAX_LIMIT {
+            return Err(ConfigError::OrdersMax(self.orders_max));
+        }
+        if self.levels_per_side_max == 0 {
+            return Err(ConfigError::LevelsPerSideMax);
+        }
+        if self.quantity_max == 0
+            || self
+                .quantity_max
+                .checked_mul(u64::from(self.orders_max))
+                .is_none()
+        {
+            return Err(ConfigError::QuantityMax(self.quantity_max));
+        }
+        if self.price_max < 1 {
+            return Err(ConfigError::PriceMax(self.price_max));
+        }
+        if self.market_band_ticks < 0 {
+            return Err(ConfigError::MarketBand(self.market_band_ticks));
+        }
+        Ok(())
+    }
+}
+
+/// A resting order, as the accessors show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderView {
+    /// The owning account.
+    pub account: u64,
+    /// The client's id.
+    pub client_order_id: u64,
+    /// The exchange's id (kept across replaces).
+    pub order_id: u64,
+    /// The session that gets its reports.
+    pub owner_session: SessionId,
+    /// Symbol id.
+    pub symbol: u32,
+    /// Buy or sell.
+    pub side: Side,
+    /// Limit price in ticks.
+    pub price: i64,
+    /// Open (resting) quantity.
+    pub open_quantity: u64,
+    /// Quantity filled so far.
+    pub filled_quantity: u64,
+    /// Post-only flag (kept across replaces).
+    pub post_only: bool,
+    /// Self-trade prevention mode (kept across replaces).
+    pub stp: SelfTradePrevention,
+}
+
+/// One price level, as the accessors show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelView {
+    /// Price in ticks.
+    pub price: i64,
+    /// Total open quantity at this price.
+    pub quantity: u64,
+    /// Number of orders at this price.
+    pub orders: u32,
+}
+
+/// The incoming order while it matches.
+struct Taker {
+    account: u64,
+    session: SessionId,
+    client_order_id: u64,
+    side: Side,
+    stp: SelfTradePrevention,
+    /// Open quantity still to match.
+    remaining: u64,
+    /// Filled over the order's life (a replaced order starts with its past fills).
+    filled: u64,
+}
+
+/// The matching engine for one shard. See the [module docs](super) for the
+/// rules and [`Shard::new`] for placement.
+#[derive(Debug)]
+pub struct Shard {
+    shard_index: u32,
+    shard_count: u32,
+    symbol_count: u32,
+    cfg: ShardConfig,
+    books: Vec<Book>,
+    orders: Vec<Order>,
+    free_order: u32,
+    levels: Vec<Level>,
+    free_level: u32,
+    index: OrderIndex,
+    /// Live (resting) orders.
+    live: u32,
+    /// Sequence of the next order id (starts at 1).
+    next_order: u64,
+    /// Sequence of the next trade id (starts at 1).
+    next_trade: u64,
+}
+
+impl Shard {
+    /// The shard `shard_index` of `shard_count`: it owns the books of every
+    /// symbol `s < symbol_count` with `s % shard_count == shard_index` (book
+    /// `s / shard_count`). Storage for `cfg.orders_max` orders is reserved now.
+    ///
+    /// # Panics
+    ///
+    /// If the placement or `cfg` is invalid (see [`Shard::try_new`], which
+    /// returns the reason instead): that is an operator's configuration
+    /// error, found at startup, never something a client can cause.
+    pub fn new(shard_index: u32, shard_count: u32, symbol_count: u32, cfg: ShardConfig) -> Shard {
+        match Shard::try_new(shard_index, shard_count, symbol_count, cfg) {
+            Ok(shard) => shard,
+            Err(e) => panic!("invalid shard configuration: {e}"),
+        }
+    }
+
+    /// Like [`Shard::new`], but returns why the configuration is invalid.
+    pub fn try_new(
+        shard_index: u32,
+        shard_count: u32,
+        symbol_count: u32,
+        cfg: ShardConfig,
+    ) -> Result<Shard, ConfigError> {
+        if shard_count == 0 {
+            return Err(ConfigError::NoShards);
+        }
+        if shard_index >= shard_count || shard_index >= SHARD_INDEX_LIMIT {
+            return Err(ConfigError::ShardIndex {
+                shard_index,
+                shard_count,
+            });
+        }
+        cfg.validate()?;
+        let book_count = if shard_index < symbol_count {
+            (symbol_count - 1 - shard_index) / shard_count + 1
+        } else {
+            0
+        };
+        let side_capacity = SIDE_CAPACITY_INITIAL.min(cfg.levels_per_side_max as usize);
+        let books = (0..book_count)
+            .map(|_| Book {
+                sides: [
+                    BookSide::with_capacity(side_capacity),
+                    BookSide::with_capacity(side_capacity),
+                ],
+            })
+            .collect();
+        Ok(Shard {
+            shard_index,
+            shard_count,
+            symbol_count,
+            cfg,
+            books,
+            orders: Vec::with_capacity(cfg.orders_max as usize),
+            free_order: NIL,
+            levels: Vec::with_capacity(cfg.orders_max as usize),
+            free_level: NIL,
+            index: OrderIndex::new(cfg.orders_max),
+            live: 0,
+            next_order: 1,
+            next_trade: 1,
+        })
+    }
+
+    /// This shard's index.
+    pub fn shard_index(&self) -> u32 {
+        self.shard_index
+    }
+
+    /// The limits it was built with.
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
+    }
+
+    /// True when `symbol` is one of this shard's books.
+    #[inline]
+    pub fn owns_symbol(&self, symbol: u32) -> bool {
+        self.book_of(symbol).is_some()
+    }
+
+    /// The best bid of `symbol` (None when the side is empty or the symbol is not here).
+    pub fn best_bid(&self, symbol: u32) -> Option<LevelView> {
+        self.depth(symbol, Side::Buy).next()
+    }
+
+    /// The best ask of `symbol` (None when the side is empty or the symbol is not here).
+    pub fn best_ask(&self, symbol: u32) -> Option<LevelView> {
+        self.depth(symbol, Side::Sell).next()
+    }
+
+    /// The price levels of one side of `symbol`, best first (empty when the
+    /// symbol is not here).
+    pub fn depth(&self, symbol: u32, side: Side) -> impl Iterator<Item = LevelView> + '_ {
+        self.book_of(symbol).into_iter().flat_map(move |book| {
+            self.books[book as usize].sides[side_index(side)]
+                .iter_best_first()
+                .map(|(_, level)| {
+                    let l = &self.levels[level as usize];
+                    LevelView {
+                        price: l.price,
+                        quantity: l.total,
+                        orders: l.count,
+                    }
+                })
+        })
+    }
+
+    /// The orders of one side of `symbol` in priority order (best price
+    /// first, then time).
+    pub fn orders_by_priority(
+        &self,
+        symbol: u32,
+        side: Side,
+    ) -> impl Iterator<Item = OrderView> + '_ {
+        self.book_of(symbol).into_iter().flat_map(move |book| {
+            self.books[book as usize].sides[side_index(side)]
+                .iter_best_first()
+                .flat_map(move |(_, level)| self.level_slots(level).map(|s| self.view(s)))
+        })
+    }
+
+    /// A live order by its key.
+    pub fn order(&self, account: u64, client_order_id: u64) -> Option<OrderView> {
+        self.find(account, client_order_id)
+            .map(|f| self.view(f.slot))
+    }
+
+    /// Checks every invariant of the whole shard by walking it: books not
+    /// crossed, sides sorted and within their limit, level totals and counts
+    /// equal to their orders, list links consistent, every resting order in
+    /// the index and the index holding nothing else. O(live orders); meant
+    /// for tests and debugging, not for the hot path.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut resting = 0u32;
+        for (b, book) in self.books.iter().enumerate() {
+            for (s, side) in book.sides.iter().enumerate() {
+                if side.len() > self.cfg.levels_per_side_max as usize {
+                    return Err(format!("book {b} side {s}: {} levels", side.len()));
+                }
+                let mut previous_key = None;
+                for (key, level) in side.iter_best_first() {
+                    let l = &self.levels[level as usize];
+                    let want_side = if s == 0 { Side::Buy } else { Side::Sell };
+                    if key != key_of(want_side, l.price) || l.book != b as u32 {
+                        return Err(format!("book {b} side {s}: level {level} misfiled"));
+                    }
+                    if previous_key.is_some_and(|p| p <= key) {
+                        return Err(format!("book {b} side {s}: levels out of order"));
+                    }
+                    previous_key = Some(key);
+                    let (mut total, mut count, mut prev) = (0u64, 0u32, NIL);
+                    for slot in self.level_slots(level) {
+                        let o = &self.orders[slot as usize];
+                        if o.prev != prev || o.level != level || o.side != want_side {
+                            return Err(format!("order slot {slot}: bad links"));
+                        }
+                        if o.open == 0 {
+                            return Err(format!("order slot {slot}: rests with 0 open"));
+                        }
+                        match self.find(o.account, o.client_order_id) {
+                            Some(f) if f.slot == slot => {}
+                            _ => return Err(format!("order slot {slot}: not in the index")),
+                        }
+                        total += o.open;
+                        count += 1;
+                        prev = slot;
+                    }
+                    if l.tail != prev || l.total != total || l.count != count || count == 0 {
+                        return Err(format!(
+                            "book {b} side {s} level {}: total {} count {} but orders sum to {total} in {count}",
+                            l.price, l.total, l.count
+                        ));
+                    }
+                    resting += count;
+                }
+            }
+            if let (Some(bid), Some(ask)) = (book.sides[0].best_key(), book.sides[1].best_key())
+                && bid >= -ask
+            {
+                return Err(format!("book {b} crossed: bid {bid} >= ask {}", -ask));
+            }
+        }
+        if resting != self.live {
+            return Err(format!("{resting} orders rest but live is {}", self.live));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------
+    // Lookups
+    // ---------------------------------------------------------------------
+
+    #[inline]
+    fn book_of(&self, symbol: u32) -> Option<u32> {
+        (symbol < self.symbol_count && symbol % self.shard_count == self.shard_index)
+            .then_some(symbol / self.shard_count)
+    }
+
+    #[inline]
+    fn symbol_of(&self, book: u32) -> u32 {
+        book * self.shard_count + self.shard_index
+    }
+
+    #[inline]
+    fn find(&self, account: u64, client_order_id: u64) -> Option<super::index::Found> {
+        let orders = &self.orders;
+        self.index.find(account, client_order_id, |slot| {
+            let o = &orders[slot as usize];
+            (o.account, o.client_order_id)
+        })
+    }
+
+    /// The slots of a level's orders, front to back.
+    fn level_slots(&self, level: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut slot = self.levels[level as usize].head;
+        core::iter::from_fn(move || {
+            (slot != NIL).then(|| {
+                let s = slot;
+                slot = self.orders[s as usize].next;
+                s
+            })
+        })
+    }
+
+    fn view(&self, slot: u32) -> OrderView {
+        let o = &self.orders[slot as usize];
+        let l = &self.levels[o.level as usize];
+        OrderView {
+            account: o.account,
+            client_order_id: o.client_order_id,
+            order_id: o.order_id,
+            owner_session: o.owner,
+            symbol: self.symbol_of(l.book),
+            side: o.side,
+            price: l.price,
+            open_quantity: o.open,
+            filled_quantity: o.filled,
+            post_only: o.post_only,
+            stp: o.stp,
+        }
+    }
+
+    #[inline]
+    fn next_trade_id(&mut self) -> u64 {
+        let id = (u64::from(self.shard_index) << ID_SHARD_SHIFT) | self.next_trade;
+        self.next_trade += 1;
+        id
+    }
+
+    // ---------------------------------------------------------------------
+    // Slabs and links
+    // ---------------------------------------------------------------------
+
+    /// Takes a free order slot. The caller has checked `live < orders_max`,
+    /// so the slab never grows past its reserved capacity.
+    #[inline]
+    fn alloc_order(&mut self, order: Order) -> u32 {
+        self.live += 1;
+        if self.free_order != NIL {
+            let slot = self.free_order;
+            self.free_order = self.orders[slot as usize].next;
+            self.orders[slot as usize] = order;
+            slot
+        } else {
+            debug_assert!(self.orders.len() < self.cfg.orders_max as usize);
+            self.orders.push(order);
+            (self.orders.len() - 1) as u32
+        }
+    }
+
+    /// Returns an order's slot to the free list and drops it from the index
+    /// (`position`: its index entry when the caller already has it).
+    #[inline]
+    fn retire_order(&mut self, slot: u32, position: Option<usize>) {
+        let o = &self.orders[slot as usize];
+        let position =
+            position.unwrap_or_else(|| self.index.position_of(o.account, o.client_order_id, slot));
+        self.index.remove_at(position);
+        self.orders[slot as usize].next = self.free_order;
+        self.free_order = slot;
+        self.live -= 1;
+    }
+
+    #[inline]
+    fn alloc_level(&mut self, book: u32, price: i64) -> u32 {
+        let level = Level {
+            price,
+            total: 0,
+            head: NIL,
+            tail: NIL,
+            count: 0,
+            book,
+        };
+        if self.free_level != NIL {
+            let index = self.free_level;
+            self.free_level = self.levels[index as usize].head;
+            self.levels[index as usize] = level;
+            index
+        } else {
+            // Levels never outnumber live orders, so this stays within the
+            // capacity reserved for `orders_max`.
+            debug_assert!(self.levels.len() < self.cfg.orders_max as usize);
+            self.levels.push(level);
+            (self.levels.len() - 1) as u32
+        }
+    }
+
+    #[inline]
+    fn free_level(&mut self, level: u32) {
+        self.levels[level as usize].head = self.free_level;
+        self.free_level = level;
+    }
+
+    /// Appends an order (already in the slab) at the back of the level for
+    /// `price`, creating the level if needed. The caller has checked the
+    /// side's level limit.
+    #[inline]
+    fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) {
+        let key = key_of(side, price);
+        let level = match self.books[book as usize].sides[side_index(side)].find(key) {
+            Ok(position) => {
+                self.books[book as usize].sides[side_index(side)]
+                    .at(position)
+                    .1
+            }
+            Err(position) => {
+                debug_assert!(
+                    self.books[book as usize].sides[side_index(side)].len()
+                        < self.cfg.levels_per_side_max as usize
+                );
+                let level = self.alloc_level(book, price);
+                self.books[book as usize].sides[side_index(side)].insert(position, key, level);
+                level
+            }
+        };
+        let l = &mut self.levels[level as usize];
+        let tail = l.tail;
+        l.tail = slot;
+        if tail == NIL {
+            l.head = slot;
+        }
+        l.total += self.orders[slot as usize].open;
+        l.count += 1;
+        if tail != NIL {
+            self.orders[tail as usize].next = slot;
+        }
+        let o = &mut self.orders[slot as usize];
+        o.prev = tail;
+        o.next = NIL;
+        o.level = level;
+    }
+
+    /// Takes an order out of its level (subtracting its open quantity from
+    /// the level total) and drops the level from its side if it empties.
+    #[inline]
+    fn unlink(&mut self, slot: u32) {
+        let Order {
+            prev,
+            next,
+            level,
+            open,
+            side,
+            ..
+        } = self.orders[slot as usize];
+        if prev != NIL {
+            self.orders[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.orders[next as usize].prev = prev;
+        }
+        let l = &mut self.levels[level as usize];
+        if prev == NIL {
+            l.head = next;
+        }
+        if next == NIL {
+            l.tail = prev;
+        }
+        l.total -= open;
+        l.count -= 1;
+        if l.count == 0 {
+            let (book, key) = (l.book, key_of(side, l.price));
+            let book_side = &mut self.books[book as usize].sides[side_index(side)];
+            match book_side.find(key) {
+                Ok(position) => book_side.remove(position),
+                Err(_) => debug_assert!(false, "level {level} missing from its side"),
+            }
+            self.free_level(level);
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Matching
+    // ---------------------------------------------------------------------
+
+    /// True when the best level of `book`'s `opposite` side is at or beyond
+    /// `threshold` (a key on that side): an order with that limit would trade.
+    #[inline]
+    fn crosses(&self, book: u32, opposite: usize, threshold: i64) -> bool {
+        self.books[book as usize].sides[opposite]
+            .best_key()
+            .is_some_and(|k| k >= threshold)
+    }
+
+    /// Walks the opposite side exactly as [`Shard::match_taker`] would and
+    /// says whether `need` could fill completely, without changing anything.
+    fn can_fill(
+        &self,
+        book: u32,
+        opposite: usize,
+        threshold: i64,
+        account: u64,
+        stp: SelfTradePrevention,
+        need: u64,
+    ) -> bool {
+        let mut available = 0u64;
+        for (key, level) in self.books[book as usize].sides[opposite].iter_best_first() {
+            if key < threshold {
+                return false;
+            }
+            for slot in self.level_slots(level) {
+                let o = &self.orders[slot as usize];
+                if o.account == account {
+                    // Matching stops at a self-trade unless it cancels the
+                    // resting order and goes on.
+                    if stp != SelfTradePrevention::CancelResting {
+                        return false;
+                    }
+                } else {
+                    available += o.open;
+                    if available >= need {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Matches `taker` against the opposite side from the best level while
+    /// the level's key is at least `threshold`. Returns true if self-trade
+    /// prevention stopped it (the caller cancels the remainder).
+    ///
+    /// Per trade, the maker's Fill is emitted before the taker's; a resting
+    /// order canceled by self-trade prevention gets its Canceled when the
+    /// walk reaches it.
+    #[inline]
+    fn match_taker<S: Sink>(
+        &mut self,
+        book: u32,
+        opposite: usize,
+        threshold: i64,
+        taker: &mut Taker,
+        sink: &mut S,
+    ) -> bool {
+        let symbol = self.symbol_of(book);
+        while taker.remaining > 0 {
+            let Some((key, level)) = self.books[book as usize].sides[opposite].best() else {
+                return false;
+            };
+            if key < threshold {
+                return false;
+            }
+            let price = self.levels[level as usize].price;
+            let mut self_trade_stop = false;
+            let mut slot = self.levels[level as usize].head;
+            while slot != NIL && taker.remaining > 0 {
+                let maker = &mut self.orders[slot as usize];
+                let next = maker.next;
+                if maker.account == taker.account {
+                    let stop = match taker.stp {
+                        SelfTradePrevention::CancelIncoming => {
+                            self_trade_stop = true;
+                            break;
+                        }
+                        SelfTradePrevention::CancelResting => false,
+                        SelfTradePrevention::CancelBoth => true,
+                    };
+                    sink.emit(
+                        maker.owner,
+                        Report::Canceled(Canceled::new(
+                            maker.client_order_id,
+                            symbol,
+                            CancelReason::SelfTrade,
+                            maker.open,
+                        )),
+                    );
+                    self.remove_front(level, slot);
+                    slot = next;
+                    if stop {
+                        self_trade_stop = true;
+                        break;
+                    }
+                    continue;
+                }
+                let quantity = taker.remaining.min(maker.open);
+                maker.open -= quantity;
+                maker.filled += quantity;
+                let (maker_owner, maker_id, maker_side, maker_open) =
+                    (maker.owner, maker.client_order_id, maker.side, maker.open);
+                taker.remaining -= quantity;
+                taker.filled += quantity;
+                self.levels[level as usize].total -= quantity;
+                let trade_id = self.next_trade_id();
+                sink.emit(
+                    maker_owner,
+                    Report::Fill(Fill::new(
+                        maker_id,
+                        trade_id,
+                        symbol,
+                        maker_side,
+                        Liquidity::Maker,
+                        price,
+                        quantity,
+                        maker_open,
+                    )),
+                );
+                sink.emit(
+                    taker.session,
+                    Report::Fill(Fill::new(
+                        taker.client_order_id,
+                        trade_id,
+                        symbol,
+                        taker.side,
+                        Liquidity::Taker,
+                        price,
+                        quantity,
+                        taker.remaining,
+                    )),
+                );
+                if maker_open == 0 {
+                    self.remove_front(level, slot);
+                }
+                slot = next;
+            }
+            if self.levels[level as usize].count == 0 {
+                self.books[book as usize].sides[opposite].pop_best();
+                self.free_level(level);
+            }
+            if self_trade_stop {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes the front order of a best level during matching (filled or
+    /// canceled by self-trade prevention). Unlike [`Shard::unlink`] it leaves
+    /// an emptied level in place: the match loop pops it from the back of
+    /// its side, which is cheaper than searching for it.
+    #[inline]
+    fn remove_front(&mut self, level: u32, slot: u32) {
+        let (next, open) = {
+            let o = &self.orders[slot as usize];
+            (o.next, o.open)
+        };
+        let l = &mut self.levels[level as usize];
+        debug_assert_eq!(l.head, slot);
+        l.head = next;
+        if next == NIL {
+            l.tail = NIL;
+        }
+        l.total -= open;
+        l.count -= 1;
+        if next != NIL {
+            self.orders[next as usize].prev = NIL;
+        }
+        self.retire_order(slot, None);
+    }
+
+    // ---------------------------------------------------------------------
+    // Commands
+    // ---------------------------------------------------------------------
+
+    fn new_order<S: Sink>(&mut self, cmd: &Command, o: &NewOrder, now_ns: u64, sink: &mut S) {
+        let client_order_id = o.client_order_id.get();
+        let symbol = o.symbol.get();
+        let mut reject = |reason| {
+            sink.emit(
+                cmd.session,
+                Report::Rejected(Rejected::new(
+                    client_order_id,
+                    symbol,
+                    reason,
+                    Kind::NewOrder,
+                )),
+            );
+        };
+        let Some(book) = self.book_of(symbol) else {
+            return reject(RejectReason::UnknownSymbol);
+        };
+        let fields = match o.fields() {
+            Ok(f) => f,
+            Err(e) => return reject(reject_reason_for(&e)),
+        };
+        let quantity = o.quantity.get();
+        if quantity == 0 || quantity > self.cfg.quantity_max {
+            return reject(RejectReason::InvalidQuantity);
+        }
+        let market = fields.order_type == wire::OrderType::Market;
+        let price = o.price.get();
+        if !market && !(1..=self.cfg.price_max).contains(&price) {
+            return reject(RejectReason::InvalidPrice);
+        }
+        let tif = fields.time_in_force;
+        if market && tif == TimeInForce::Gtc {
+            return reject(RejectReason::InvalidTimeInForce);
+        }
+        if fields.post_only && market {
+            return reject(RejectReason::InvalidFlags);
+        }
+        if fields.post_only && tif != TimeInForce::Gtc {
+            return reject(RejectReason::InvalidTimeInForce);
+        }
+        if self.find(cmd.account, client_order_id).is_some() {
+            return reject(RejectReason::DuplicateClientOrderId);
+        }
+        let side = fields.side;
+        let own = side_index(side);
+        let opposite = 1 - own;
+        let rests = !market && tif == TimeInForce::Gtc;
+        if rests {
+            // Checked as if the whole order would rest, before anything
+            // happens, so that a reject is always the only report.
+            if self.live >= self.cfg.orders_max {
+                return reject(RejectReason::BookFull);
+            }
+            let own_side = &self.books[book as usize].sides[own];
+            if own_side.len() >= self.cfg.levels_per_side_max as usize
+                && own_side.find(key_of(side, price)).is_err()
+            {
+                return reject(RejectReason::PriceLevelsFull);
+            }
+        }
+        let limit = if market {
+            let Some(best_key) = self.books[book as usize].sides[opposite].best_key() else {
+                return reject(RejectReason::NoLiquidity);
+            };
+            // The opposite key of a buy's asks is -price; of a sell's bids, price.
+            let reference = key_of(side.opposite(), best_key);
+            match side {
+                Side::Buy => reference.saturating_add(self.cfg.market_band_ticks),
+                Side::Sell => reference.saturating_sub(self.cfg.market_band_ticks),
+            }
+        } else {
+            price
+        };
+        let threshold = key_of(side.opposite(), limit);
+        if fields.post_only && self.crosses(book, opposite, threshold) {
+            return reject(RejectReason::PostOnlyWouldTake);
+        }
+
+        let order_id = (u64::from(self.shard_index) << ID_SHARD_SHIFT) | self.next_order;
+        self.next_order += 1;
+        sink.emit(
+            cmd.session,
+            Report::Accepted(Accepted::new(
+                client_order_id,
+                order_id,
+                now_ns,
+                symbol,
+                &fields,
+            )),
+        );
+        let cancel = |sink: &mut S, reason, quantity| {
+            sink.emit(
+                cmd.session,
+                Report::Canceled(Canceled::new(client_order_id, symbol, reason, quantity)),
+            );
+        };
+        if tif == TimeInForce::Fok
+            && !self.can_fill(book, opposite, threshold, cmd.account, fields.stp, quantity)
+        {
+            return cancel(sink, CancelReason::FokUnfilled, quantity);
+        }
+        let mut taker = Taker {
+            account: cmd.account,
+            session: cmd.session,
+            client_order_id,
+            side,
+            stp: fields.stp,
+            remaining: quantity,
+            filled: 0,
+        };
+        let self_trade = self.match_taker(book, opposite, threshold, &mut taker, sink);
+        if taker.remaining == 0 {
+            return;
+        }
+        if self_trade {
+            return cancel(sink, CancelReason::SelfTrade, taker.remaining);
+        }
+        if rests {
+            let slot = self.alloc_order(Order {
+                account: cmd.account,
+                client_order_id,
+                owner: cmd.session,
+                order_id,
+                open: taker.remaining,
+                filled: taker.filled,
+                next: NIL,
+                prev: NIL,
+                level: NIL,
+                side,
+                stp: fields.stp,
+                post_only: fields.post_only,
+            });
+            self.index.insert(cmd.account, client_order_id, slot);
+            self.link_at_price(book, side, price, slot);
+            return;
+        }
+        debug_assert!(tif != TimeInForce::Fok, "a FOK that passed can_fill filled");
+        let reason = if market && self.books[book as usize].sides[opposite].len() > 0 {
+            CancelReason::PriceBand
+        } else {
+            CancelReason::IocRemainder
+        };
+        cancel(sink, reason, taker.remaining);
+    }
+
+    fn cancel<S: Sink>(&mut self, cmd: &Command, c: &wire::Cancel, sink: &mut S) {
+        let client_order_id = c.client_order_id.get();
+        let symbol = c.symbol.get();
+        let found = match self.book_of(symbol) {
+            None => Err(RejectReason::UnknownSymbol),
+            Some(book) => self
+                .find(cmd.account, client_order_id)
+                .filter(|f| self.book_of_slot(f.slot) == book)
+                .ok_or(RejectReason::UnknownOrder),
+        };
+        let report = match found {
+            Err(reason) => {
+                Report::Rejected(Rejected::new(client_order_id, symbol, reason, Kind::Cancel))
+            }
+            Ok(found) => {
+                let open = self.orders[found.slot as usize].open;
+                self.unlink(found.slot);
+                self.retire_order(found.slot, Some(found.position));
+                Report::Canceled(Canceled::new(
+                    client_order_id,
+                    symbol,
+                    CancelReason::Requested,
+                    open,
+                ))
+            }
+        };
+        sink.emit(cmd.session, report);
+    }
+
+    #[inline]
+    fn book_of_slot(&self, slot: u32) -> u32 {
+        self.levels[self.orders[slot as usize].level as usize].book
+    }
+
+    fn replace<S: Sink>(&mut self, cmd: &Command, r: &Replace, sink: &mut S) {
+        let client_order_id = r.client_order_id.get();
+        let symbol = r.symbol.get();
+        let price = r.price.get();
+        let quantity = r.quantity.get();
+        let reject = |sink: &mut S, reason| {
+            sink.emit(
+                cmd.session,
+                Report::Rejected(Rejected::new(
+                    client_order_id,
+                    symbol,
+                    reason,
+                    Kind::Replace,
+                )),
+            );
+        };
+        let Some(book) = self.book_of(symbol) else {
+            return reject(sink, RejectReason::UnknownSymbol);
+        };
+        if quantity == 0 || quantity > self.cfg.quantity_max {
+            return reject(sink, RejectReason::InvalidQuantity);
+        }
+        if !(1..=self.cfg.price_max).contains(&price) {
+            return reject(sink, RejectReason::InvalidPrice);
+        }
+        let Some(found) = self
+            .find(cmd.account, client_order_id)
+            .filter(|f| self.book_of_slot(f.slot) == book)
+        else {
+            return reject(sink, RejectReason::UnknownOrder);
+        };
+        let slot = found.slot;
+        let o = self.orders[slot as usize];
+        let level = self.levels[o.level as usize];
+        if price == level.price && quantity <= o.open {
+            // A reduction at the same price keeps time priority.
+            self.levels[o.level as usize].total -= o.open - quantity;
+            let order = &mut self.orders[slot as usize];
+            order.open = quantity;
+            order.owner = cmd.session;
+            sink.emit(
+                cmd.session,
+                Report::Replaced(Replaced::new(
+                    client_order_id,
+                    symbol,
+                    true,
+                    price,
+                    quantity,
+                )),
+            );
+            return;
+        }
+        let own = side_index(o.side);
+        let opposite = 1 - own;
+        let own_side = &self.books[book as usize].sides[own];
+        // As for a new order: the limit is checked as if the order would
+        // rest at its new price, after leaving its old level.
+        let frees_a_level = level.count == 1 && price != level.price;
+        if own_side.find(key_of(o.side, price)).is_err()
+            && own_side.len() - usize::from(frees_a_level) >= self.cfg.levels_per_side_max as usize
+        {
+            return reject(sink, RejectReason::PriceLevelsFull);
+        }
+        let threshold = key_of(o.side.opposite(), price);
+        if o.post_only && self.crosses(book, opposite, threshold) {
+            return reject(sink, RejectReason::PostOnlyWouldTake);
+        }
+        self.unlink(slot);
+        sink.emit(
+            cmd.session,
+            Report::Replaced(Replaced::new(
+                client_order_id,
+                symbol,
+                false,
+                price,
+                quantity,
+            )),
+        );
+        let mut taker = Taker {
+            account: cmd.account,
+            session: cmd.session,
+            client_order_id,
+            side: o.side,
+            stp: o.stp,
+            remaining: quantity,
+            filled: o.filled,
+        };
+        let self_trade = self.match_taker(book, opposite, threshold, &mut taker, sink);
+        if taker.remaining == 0 {
+            return self.retire_order(slot, None);
+        }
+        if self_trade {
+            sink.emit(
+                cmd.session,
+                Report::Canceled(Canceled::new(
+                    client_order_id,
+                    symbol,
+                    CancelReason::SelfTrade,
+                    taker.remaining,
+                )),
+            );
+            return self.retire_order(slot, None);
+        }
+        let order = &mut self.orders[slot as usize];
+        order.open = taker.remaining;
+        order.filled = taker.filled;
+        order.owner = cmd.session;
+        self.link_at_price(book, o.side, price, slot);
+    }
+
+    fn query<S: Sink>(&mut self, cmd: &Command, q: &wire::OrderQuery, sink: &mut S) {
+        let client_order_id = q.client_order_id.get();
+        let symbol = q.symbol.get();
+        let report = match self.book_of(symbol) {
+            None => Report::Rejected(Rejected::new(
+                client_order_id,
+                symbol,
+                RejectReason::UnknownSymbol,
+                Kind::OrderQuery,
+            )),
+            Some(book) => {
+                let status = self
+                    .find(cmd.account, client_order_id)
+                    .filter(|f| self.book_of_slot(f.slot) == book)
+                    .map(|f| &self.orders[f.slot as usize]);
+                Report::Status(match status {
+                    Some(o) => OrderStatus::new(
+                        client_order_id,
+                        o.order_id,
+                        symbol,
+                        OrderState::Live,
+                        o.filled,
+                        o.open,
+                    ),
+                    None => OrderStatus::new(client_order_id, 0, symbol, OrderState::Unknown, 0, 0),
+                })
+            }
+        };
+        sink.emit(cmd.session, report);
+    }
+
+    /// Cancels every order owned by `session`: books in symbol order, bids
+    /// then asks, best price first, front of the level first. O(live orders
+    /// in the shard), which a disconnect can afford.
+    fn cancel_session<S: Sink>(&mut self, session: SessionId, sink: &mut S) {
+        for book in 0..self.books.len() as u32 {
+            if self.live == 0 {
+                return;
+            }
+            let symbol = self.symbol_of(book);
+            for side in 0..2 {
+                let mut position = self.books[book as usize].sides[side].len();
+                while position > 0 {
+                    position -= 1;
+                    let (_, level) = self.books[book as usize].sides[side].at(position);
+                    let mut slot = self.levels[level as usize].head;
+                    while slot != NIL {
+                        let o = self.orders[slot as usize];
+                        if o.owner == session {
+                            sink.emit(
+                                session,
+                                Report::Canceled(Canceled::new(
+                                    o.client_order_id,
+                                    symbol,
+                                    CancelReason::Disconnect,
+                                    o.open,
+                                )),
+                            );
+                            // Unlinking may drop the level from its side at
+                            // `position`; the walk goes toward position 0,
+                            // which that does not move.
+                            self.unlink(slot);
+                            self.retire_order(slot, None);
+                        }
+                        slot = o.next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Debug check after each command: the book it touched is not crossed.
+    #[inline]
+    fn debug_check_book(&self, symbol: u32) {
+        if cfg!(debug_assertions)
+            && let Some(book) = self.book_of(symbol)
+        {
+            let sides = &self.books[book as usize].sides;
+            if let (Some(bid), Some(ask)) = (sides[0].best_key(), sides[1].best_key()) {
+                debug_assert!(bid < -ask, "book {book} crossed: bid {bid}, ask {}", -ask);
+            }
+        }
+    }
+}
+
+impl Matcher for Shard {
+    #[inline]
+    fn process<S: Sink>(&mut self, cmd: &Command, now_ns: u64, sink: &mut S) {
+        match &cmd.op {
+            Op::New(o) => {
+                self.new_order(cmd, o, now_ns, sink);
+                self.debug_check_book(o.symbol.get());
+            }
+            Op::Cancel(c) => self.cancel(cmd, c, sink),
+            Op::Replace(r) => {
+                self.replace(cmd, r, sink);
+                self.debug_check_book(r.symbol.get());
+            }
+            Op::Query(q) => self.query(cmd, q, sink),
+            Op::CancelSession => self.cancel_session(cmd.session, sink),
+        }
+    }
+
+    fn state_digest(&self) -> u64 {
+        let mut h = Digest::default();
+        for word in [
+            u64::from(self.shard_index),
+            u64::from(self.shard_count),
+            u64::from(self.symbol_count),
+            u64::from(self.live),
+            self.next_order,
+            self.next_trade,
+        ] {
+            h.add(word);
+        }
+        for book in &self.books {
+            for side in &book.sides {
+                h.add(side.len() as u64);
+                for (_, level) in side.iter_best_first() {
+                    let l = &self.levels[level as usize];
+                    h.add(l.price as u64);
+                    h.add(l.total);
+                    h.add(u64::from(l.count));
+                    for slot in self.level_slots(level) {
+                        let o = &self.orders[slot as usize];
+                        for word in [
+                            o.account,
+                            o.client_order_id,
+                            o.owner,
+                            o.order_id,
+                            o.open,
+                            o.filled,
+                            u64::from(o.side.to_wire())
+                                | u64::from(o.stp.to_wire()) << 8
+                                | u64::from(o.post_only) << 16,
+                        ] {
+                            h.add(word);
+                        }
+                    }
+                }
+            }
+        }
+        h.finish()
+    }
+
+    #[inline]
+    fn live_orders(&self) -> usize {
+        self.live as usize
+    }
+}
+
+/// A small deterministic 64-bit hash for [`Matcher::state_digest`]: a
+/// multiply-rotate per word and a final avalanche. Not cryptographic; it
+/// only has to make different states differ.
+#[derive(Default)]
+struct Digest(u64);
+
+impl Digest {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        x ^ (x >> 33)
+    }
+}
