@@ -38,3 +38,17 @@ impl Drop for TestDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Whether capability number `bit` (see `man 7 capabilities`) is in this
+/// process's effective set: root in a container may lack some.
+pub(crate) fn has_capability(bit: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    let caps = u64::from_str_radix(line["CapEff:".len()..].trim(), 16).unwrap();
+    caps & (1 << bit) != 0
+}
+
+/// CAP_NET_ADMIN.
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
+/// CAP_SYS_RESOURCE.
+pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
