@@ -134,6 +134,7 @@ mod index;
 mod null;
 mod shard;
 mod side;
+pub mod workload;
 
 pub use ids::ClientOrderIds;
 pub use null::NullShard;
