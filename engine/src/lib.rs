@@ -1,3 +1,6 @@
-//! turbo-dex: the matching core ([`book`], no I/O) and the server runtime.
+//! turbo-dex: the matching core ([`book`], no I/O), the symbol directory
+//! option ([`config`]) and the server runtime ([`server`]).
 
 pub mod book;
+pub mod config;
+pub mod server;

@@ -1,4 +1,314 @@
-fn main() {
-    eprintln!("turbo-dex: the server is not implemented yet");
-    std::process::exit(2);
+//! `turbo-dex`: the order-matching engine server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use engine::book::ShardConfig;
+use engine::config::parse_symbols;
+use engine::server::{EngineKind, PollMode, Server, ServerConfig, ring_capacity_for, stats};
+use tuning::{CpuList, HostCheckConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// turbo-dex: a thread-per-core order-matching engine over io_uring TCP.
+///
+/// One pinned thread per core of --cores, each with its own io_uring,
+/// listener (SO_REUSEPORT), connections and symbol shards; cores exchange
+/// orders and reports over lock-free SPSC rings. Clients speak the binary
+/// protocol in wire/PROTOCOL.md. Prints `turbo-dex listening on ADDR` on
+/// stdout when ready, a live stats line on stderr every second, and final
+/// stats on stdout after SIGINT/SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "turbo-dex", version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Address and port to listen on; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9000")]
+    listen: SocketAddr,
+
+    /// Engine cores, taskset style (0-39, 0,2,4-7, 1-15:2): one pinned
+    /// thread per core. Default: every core this process may run on.
+    #[arg(long, value_name = "LIST")]
+    cores: Option<CpuList>,
+
+    /// Number of symbol shards (default: one per core). Symbol s lives in
+    /// shard s % N and shard k on the (k % cores)-th core, so 80 shards on
+    /// 40 cores gives two each. Must be at least the number of cores.
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+
+    /// The symbol directory clients receive: a count of synthetic symbols
+    /// (64 gives SYM0000..SYM0063), a comma-separated list of names
+    /// (BTC-USD,ETH-USD), or a file with one name per line (@file forces a
+    /// file). Symbol ids are positions in this list.
+    #[arg(long, value_name = "COUNT|LIST|FILE", default_value = "64")]
+    symbols: String,
+
+    /// Most messages handled per ring drain and per outgoing frame.
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    batch: u32,
+
+    /// How a core waits for work: spin never sleeps (lowest latency, a full
+    /// core each), adaptive spins briefly then sleeps in io_uring_enter,
+    /// block sleeps whenever idle.
+    #[arg(long, value_enum, default_value = "adaptive")]
+    poll: PollMode,
+
+    /// Most client connections in total; more are told why and closed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// match: real limit order books. null: accept every order and match
+    /// nothing, the transport ceiling benchmarks compare against.
+    #[arg(long, value_enum, default_value = "match")]
+    engine: EngineKind,
+
+    /// MTU the sends are sized for: each send is a whole number of TCP
+    /// segments (MTU 9000 gives MSS 8960). Default: the MTU of the
+    /// listen address's interface (65536 on loopback, 1500 if unknown).
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<usize>,
+
+    /// Most resting orders per shard; storage for them is allocated at start.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    orders_per_shard: u32,
+
+    /// Most price levels on one side of one book.
+    #[arg(long, value_name = "N", default_value_t = 1 << 14)]
+    levels_per_side: u32,
+
+    /// Protective band of market orders, in ticks beyond the best opposite price.
+    #[arg(long, value_name = "TICKS", default_value_t = 1_000)]
+    market_band_ticks: i64,
+
+    /// Largest frame accepted from a client, in bytes (at most 16 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = wire::DEFAULT_MAX_FRAME_BYTES,
+          value_parser = clap::value_parser!(u32).range(4096..=i64::from(wire::MAX_FRAME_BYTES_LIMIT)))]
+    max_frame_bytes: u32,
+
+    /// Heartbeat interval for sessions that do not ask for one; a session
+    /// silent for 3 intervals is closed.
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    heartbeat_ms: u32,
+
+    /// Disconnect a client that has not read its reports for this long.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    slow_consumer_ms: u64,
+
+    /// Capacity of each core-to-core ring in messages (default scales with cores).
+    #[arg(long, value_name = "N")]
+    ring_capacity: Option<usize>,
+
+    /// If set, a Hello's credentials must equal this token.
+    #[arg(long, value_name = "TOKEN", env = "TURBO_DEX_AUTH_TOKEN")]
+    auth_token: Option<String>,
+
+    /// Do not pin core threads to their CPUs (for machines where pinning is not allowed).
+    #[arg(long)]
+    no_pin: bool,
+
+    /// No live stats line and no host warnings.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the host tuning report for the given engine cores and exit
+    /// non-zero when something is off (governor, irqbalance, THP, NIC
+    /// interrupts on engine cores, memlock, MTU).
+    CheckHost {
+        /// Engine cores to check (default: all allowed).
+        #[arg(long, value_name = "LIST")]
+        cores: Option<CpuList>,
+        /// Network interface clients arrive on.
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        /// MTU the interface should carry.
+        #[arg(long, value_name = "BYTES")]
+        mtu: Option<usize>,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("turbo-dex: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn default_cores() -> Result<CpuList, String> {
+    tuning::allowed_cpus().map_err(|e| format!("cannot read this process's CPU affinity: {e}"))
+}
+
+fn resolve_cores(cores: Option<CpuList>) -> Result<CpuList, String> {
+    let cores = match cores {
+        Some(c) => c,
+        None => default_cores()?,
+    };
+    cores
+        .check_on_this_host()
+        .map_err(|e| format!("--cores {cores}: {e}"))?;
+    Ok(cores)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::CheckHost { cores, iface, mtu }) = args.command {
+        let cores = match resolve_cores(cores) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let mut cfg = HostCheckConfig::new(cores);
+        if let Some(i) = iface {
+            cfg = cfg.with_iface(i);
+        }
+        if let Some(m) = mtu {
+            cfg = cfg.with_mtu(m);
+        }
+        let report = tuning::check_host(&cfg);
+        println!("{report}");
+        return ExitCode::from(report.exit_code());
+    }
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    let cores = resolve_cores(args.cores)?;
+    let cpus = cores.to_vec();
+    let shards = args.shards.unwrap_or(cpus.len() as u32);
+    if (shards as usize) < cpus.len() {
+        return Err(format!(
+            "--shards {shards} is below the number of cores ({}); give at least one shard per core",
+            cpus.len()
+        ));
+    }
+    let symbols = parse_symbols(&args.symbols)?;
+    let ipv6 = args.listen.is_ipv6();
+    let iface = tuning::interface_for_local_addr(args.listen.ip())
+        .ok()
+        .flatten();
+    let iface_mtu = iface
+        .as_deref()
+        .and_then(|i| tuning::interface_mtu(std::path::Path::new(tuning::SYS_ROOT), i).ok());
+    let mtu = args
+        .mtu
+        .or(iface_mtu)
+        .unwrap_or(tuning::mtu::ETHERNET_MTU_BYTES);
+    if let (Some(i), Some(have), Some(want)) = (&iface, iface_mtu, args.mtu)
+        && let Some(w) = tuning::mtu_warning(i, want, have)
+    {
+        eprintln!("turbo-dex: warning: {w}");
+    }
+    let segment = tuning::send_coalesce_bytes(mtu, ipv6).max(512);
+    let mut cfg = ServerConfig::new(args.listen, cpus.clone(), symbols);
+    cfg.pin = !args.no_pin;
+    cfg.shards = shards;
+    cfg.batch = args.batch as usize;
+    cfg.poll = args.poll;
+    cfg.max_connections = args.max_connections.max(1);
+    cfg.engine = args.engine;
+    cfg.shard = ShardConfig {
+        orders_max: args.orders_per_shard.max(1),
+        levels_per_side_max: args.levels_per_side.max(1),
+        market_band_ticks: args.market_band_ticks.max(0),
+        ..ShardConfig::default()
+    };
+    cfg.max_frame_bytes = args.max_frame_bytes;
+    cfg.heartbeat_ms = args.heartbeat_ms.clamp(100, 60_000);
+    cfg.slow_consumer_ms = args.slow_consumer_ms.max(100);
+    cfg.send_chunk_bytes = segment * (1usize << 20).div_ceil(segment);
+    cfg.ring_capacity = args
+        .ring_capacity
+        .unwrap_or_else(|| ring_capacity_for(cpus.len()))
+        .max(64);
+    cfg.auth_token = args.auth_token.map(String::into_bytes);
+    cfg.live_stats = !args.quiet;
+
+    if !args.quiet {
+        let mut host = HostCheckConfig::new(cores.clone()).with_mtu(mtu);
+        if let Some(i) = &iface {
+            host = host.with_iface(i.clone());
+        }
+        tuning::print_startup_warnings("turbo-dex", &host);
+    }
+
+    // Signals are taken by sigwait on this thread; block them before the
+    // core threads start so those inherit the mask.
+    let signals = block_signals();
+    let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
+    eprintln!(
+        "turbo-dex: {} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
+        cpus.len(),
+        cores,
+        shards,
+        cfg.symbols.len(),
+        cfg.engine,
+        cfg.poll,
+        cfg.batch,
+        mtu,
+        segment,
+        engine::server::uring::probe()
+            .map(|m| m.as_str())
+            .unwrap_or("?"),
+    );
+    println!("turbo-dex listening on {}", server.local_addr());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut failed = false;
+    loop {
+        match wait_signal(&signals, Duration::from_millis(200)) {
+            Some(sig) => {
+                eprintln!("turbo-dex: received {sig}, shutting down");
+                break;
+            }
+            None if server.has_failed_core() => {
+                eprintln!("turbo-dex: a core thread stopped unexpectedly; shutting down");
+                failed = true;
+                break;
+            }
+            None => {}
+        }
+    }
+    let fin = server.stop();
+    print!("{}", stats::final_report(&fin.total, fin.elapsed_secs));
+    let _ = std::io::stdout().flush();
+    Ok(if failed || !fin.clean {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a set we own, then masking this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: sigtimedwait reads the set and timeout we own; no siginfo wanted.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    match sig {
+        libc::SIGINT => Some("SIGINT"),
+        libc::SIGTERM => Some("SIGTERM"),
+        _ => None,
+    }
 }

@@ -1,0 +1,240 @@
+//! Per-core counters. Each core counts in plain integers on its own stack
+//! and publishes them here once per loop iteration with relaxed stores, so
+//! no order ever touches a shared atomic; the admin thread sums them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Counters a core keeps locally and publishes once per loop iteration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Order messages (new, cancel, replace, query) received from clients.
+    pub orders_in: u64,
+    /// Commands applied to this core's shards.
+    pub commands: u64,
+    /// Trades (one per maker/taker pair) made by this core's shards.
+    pub trades: u64,
+    /// Reports written to this core's connections.
+    pub reports_out: u64,
+    /// Rejects produced (by shards or by the session layer).
+    pub rejects: u64,
+    /// Reports for sessions that had disconnected (nothing to deliver to).
+    pub reports_orphaned: u64,
+    /// Connections accepted.
+    pub conns_accepted: u64,
+    /// Connections closed because of a session error, idle or slow consumer.
+    pub conns_errored: u64,
+    /// Bytes received and sent.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Ring messages pushed to other cores and popped from them.
+    pub ring_pushed: u64,
+    /// Ring messages popped.
+    pub ring_popped: u64,
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Nanoseconds spent outside the wait for completions.
+    pub busy_ns: u64,
+}
+
+macro_rules! published {
+    ($($field:ident),+ $(,)?) => {
+        /// A core's published counters and state; one cache line set per core.
+        #[repr(align(128))]
+        #[derive(Debug, Default)]
+        pub struct CoreStats {
+            $( $field: AtomicU64, )+
+            /// Live connections.
+            pub conns: AtomicU64,
+            /// Messages staged for other cores but not yet in their rings.
+            pub staged: AtomicU64,
+            /// True when the core saw no pending work at the end of its last iteration.
+            pub idle: AtomicBool,
+            /// True once the core stopped reading connections for shutdown.
+            pub draining: AtomicBool,
+        }
+
+        impl CoreStats {
+            /// Publishes the core's counters (called once per loop iteration).
+            pub fn publish(&self, c: &Counters) {
+                $( self.$field.store(c.$field, Relaxed); )+
+            }
+
+            /// A snapshot of the published counters.
+            pub fn load(&self) -> Counters {
+                Counters { $( $field: self.$field.load(Relaxed), )+ }
+            }
+        }
+
+        impl Counters {
+            /// Field-wise sum.
+            pub fn add(&mut self, o: &Counters) {
+                $( self.$field += o.$field; )+
+            }
+        }
+    };
+}
+
+published!(
+    orders_in,
+    commands,
+    trades,
+    reports_out,
+    rejects,
+    reports_orphaned,
+    conns_accepted,
+    conns_errored,
+    bytes_in,
+    bytes_out,
+    ring_pushed,
+    ring_popped,
+    iterations,
+    busy_ns,
+);
+
+/// `12,345,678`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `4.1M`, `950K`, `12`.
+pub fn si(rate: f64) -> String {
+    if rate >= 1e9 {
+        format!("{:.2}G", rate / 1e9)
+    } else if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1}K", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+/// One sample of every core, for rates and loads between two samples.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Per-core counters.
+    pub cores: Vec<Counters>,
+    /// Live connections summed over cores.
+    pub conns: u64,
+    /// Monotonic time of the sample.
+    pub at_ns: u64,
+}
+
+impl Sample {
+    /// Reads every core's published stats.
+    pub fn take(stats: &[CoreStats], at_ns: u64) -> Sample {
+        Sample {
+            cores: stats.iter().map(CoreStats::load).collect(),
+            conns: stats.iter().map(|s| s.conns.load(Relaxed)).sum(),
+            at_ns,
+        }
+    }
+
+    /// Counters summed over cores.
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for c in &self.cores {
+            t.add(c);
+        }
+        t
+    }
+}
+
+/// The live line: `turbo-dex  orders 15,234,112 (4.1M/s)  trades ... cores 0:71% 1:69%`.
+pub fn live_line(prev: &Sample, now: &Sample, cpu_ids: &[usize]) -> String {
+    let secs = (now.at_ns.saturating_sub(prev.at_ns)) as f64 / 1e9;
+    let secs = if secs > 0.0 { secs } else { 1.0 };
+    let (a, b) = (prev.total(), now.total());
+    let rate = |x: u64, y: u64| si(y.saturating_sub(x) as f64 / secs);
+    let mut line = format!(
+        "turbo-dex  orders {} ({}/s)  trades {} ({}/s)  reports {}/s  conns {}  cores",
+        thousands(b.orders_in),
+        rate(a.orders_in, b.orders_in),
+        thousands(b.trades),
+        rate(a.trades, b.trades),
+        rate(a.reports_out, b.reports_out),
+        now.conns,
+    );
+    for (i, (p, n)) in prev.cores.iter().zip(&now.cores).enumerate() {
+        let busy = n.busy_ns.saturating_sub(p.busy_ns) as f64 / (secs * 1e9);
+        let cpu = cpu_ids.get(i).copied().unwrap_or(i);
+        let _ = write!(line, " {cpu}:{:.0}%", (busy * 100.0).min(100.0));
+    }
+    line
+}
+
+/// The final statistics block printed at shutdown.
+pub fn final_report(total: &Counters, elapsed_secs: f64) -> String {
+    let per_s = |n: u64| si(n as f64 / elapsed_secs.max(1e-9));
+    format!(
+        "turbo-dex final stats ({elapsed_secs:.1}s)\n\
+         \x20 orders received   {} ({}/s)\n\
+         \x20 commands matched  {}\n\
+         \x20 trades            {} ({}/s)\n\
+         \x20 reports sent      {} ({}/s)\n\
+         \x20 rejects           {}\n\
+         \x20 orphaned reports  {}\n\
+         \x20 connections       {} accepted, {} closed on error\n\
+         \x20 bytes             {} in, {} out\n",
+        thousands(total.orders_in),
+        per_s(total.orders_in),
+        thousands(total.commands),
+        thousands(total.trades),
+        per_s(total.trades),
+        thousands(total.reports_out),
+        per_s(total.reports_out),
+        thousands(total.rejects),
+        thousands(total.reports_orphaned),
+        thousands(total.conns_accepted),
+        thousands(total.conns_errored),
+        thousands(total.bytes_in),
+        thousands(total.bytes_out),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(15_234_112), "15,234,112");
+        assert_eq!(si(4_100_000.0), "4.10M");
+        assert_eq!(si(950.0), "950");
+    }
+
+    #[test]
+    fn live_line_shows_rates_and_per_core_load() {
+        let stats = [CoreStats::default(), CoreStats::default()];
+        let prev = Sample::take(&stats, 0);
+        stats[0].publish(&Counters {
+            orders_in: 2_000_000,
+            trades: 500,
+            busy_ns: 710_000_000,
+            ..Counters::default()
+        });
+        stats[1].publish(&Counters {
+            orders_in: 2_000_000,
+            busy_ns: 690_000_000,
+            ..Counters::default()
+        });
+        stats[0].conns.store(8, Relaxed);
+        let now = Sample::take(&stats, 1_000_000_000);
+        let line = live_line(&prev, &now, &[0, 1]);
+        assert!(line.contains("orders 4,000,000 (4.00M/s)"), "{line}");
+        assert!(line.contains("conns 8"), "{line}");
+        assert!(line.ends_with("cores 0:71% 1:69%"), "{line}");
+    }
+}
