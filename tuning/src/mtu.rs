@@ -228,6 +228,21 @@ pub fn interface_for_local_addr(addr: IpAddr) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// The interface holding local address `addr` and its MTU: for a socket
+/// bound to one address, or `local_addr()` of an accepted or connected
+/// socket, the interface its traffic uses. `None` for an address no
+/// interface holds (the unspecified `0.0.0.0` of a wildcard listener: use
+/// [`crate::sock::ip_mtu`] on a connected socket then).
+pub fn local_interface_mtu(sys_root: &Path, addr: IpAddr) -> io::Result<Option<(String, usize)>> {
+    match interface_for_local_addr(addr)? {
+        Some(iface) => {
+            let mtu_bytes = interface_mtu(sys_root, &iface)?;
+            Ok(Some((iface, mtu_bytes)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack
 /// socket reports) as the IPv4 address that interfaces carry.
 fn canonical(addr: IpAddr) -> IpAddr {
@@ -383,5 +398,13 @@ mod tests {
         );
         let mtu = interface_mtu(Path::new(crate::SYS_ROOT), "lo").unwrap();
         assert!(mtu >= IPV4_MIN_MTU_BYTES);
+        assert_eq!(
+            local_interface_mtu(Path::new(crate::SYS_ROOT), "127.0.0.1".parse().unwrap()).unwrap(),
+            Some(("lo".to_string(), mtu))
+        );
+        assert_eq!(
+            local_interface_mtu(Path::new(crate::SYS_ROOT), "0.0.0.0".parse().unwrap()).unwrap(),
+            None
+        );
     }
 }

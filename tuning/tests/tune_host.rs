@@ -778,7 +778,7 @@ fn apply_and_undo_mtu_and_net_sysctls_in_a_network_namespace() {
     };
     let netns_before = [netns_net(0), netns_net(1)];
 
-    for side in 0..2 {
+    for (side, before) in netns_before.iter().enumerate() {
         let state = scratch.str(&format!("state-{side}"));
         let output = pair.script(
             side,
@@ -815,7 +815,7 @@ fn apply_and_undo_mtu_and_net_sysctls_in_a_network_namespace() {
                 changed != kept,
                 "{name}: neither or both changed and kept:\n{out}"
             );
-            assert_eq!(changed, now[i] != netns_before[side][i], "{name}:\n{out}");
+            assert_eq!(changed, now[i] != before[i], "{name}:\n{out}");
         }
     }
     assert_eq!(
