@@ -355,3 +355,166 @@ fn session_rules() {
     );
     server.stop();
 }
+
+/// The session-level conversation (everything except what matching decides)
+/// for one engine: a transcript of message kinds and reasons.
+fn session_transcript(engine: EngineKind) -> Vec<String> {
+    let server = start(&test_cpus()[..1], 1, 3, engine);
+    let addr = server.local_addr();
+    let mut t = Vec::new();
+    let mut c = Client::login(addr, 9, 0);
+    t.push(format!("symbols {}", c.symbols.len()));
+    let mut bad_side = buy(3, 0, 10, 1);
+    bad_side.side = 7;
+    c.send(&[
+        buy(1, 0, 10, 1),
+        buy(2, 5, 10, 1),
+        bad_side,
+        buy(3, 0, 10, 1),
+    ]);
+    c.send(&[Heartbeat { token: 5.into() }]);
+    let msgs = c.collect_until(|m| matches!(m, Msg::Heartbeat(_)), 1, "heartbeat echo");
+    for m in msgs {
+        t.push(match m {
+            Msg::Accepted(a) => format!("accepted {}", a.client_order_id.get()),
+            Msg::Rejected(r) => format!("rejected {} {:?}", r.client_order_id.get(), r.reason()),
+            Msg::Heartbeat(h) => format!("heartbeat {}", h.token.get()),
+            other => format!("{other:?}"),
+        });
+    }
+    let mut x = Client::login(addr, 10, 0);
+    x.send_raw(&[8, 0, 0, 0, 0x81, 1, 0, 0]);
+    for m in x.wait_closed() {
+        if let Msg::Error(e) = m {
+            t.push(format!("session error {}", e.code.get()));
+        }
+    }
+    server.stop();
+    t
+}
+
+#[test]
+fn null_and_matching_engines_behave_the_same_at_the_session_level() {
+    let matching = session_transcript(EngineKind::Match);
+    let null = session_transcript(EngineKind::Null);
+    assert_eq!(matching, null);
+    assert_eq!(
+        matching,
+        vec![
+            "symbols 3".to_string(),
+            "accepted 1".into(),
+            format!(
+                "rejected 2 {:?}",
+                Ok::<_, DecodeError>(RejectReason::UnknownSymbol)
+            ),
+            format!(
+                "rejected 3 {:?}",
+                Ok::<_, DecodeError>(RejectReason::InvalidSide)
+            ),
+            format!(
+                "rejected 3 {:?}",
+                Ok::<_, DecodeError>(RejectReason::DuplicateClientOrderId)
+            ),
+            "heartbeat 5".into(),
+            format!("session error {}", SessionErrorCode::UnknownKind.to_wire()),
+        ]
+    );
+}
+
+#[test]
+fn a_silent_session_times_out() {
+    let server = start_with(&test_cpus()[..1], 1, 1, EngineKind::Match, |cfg| {
+        cfg.heartbeat_ms = 100
+    });
+    let mut c = Client::login(server.local_addr(), 1, 0);
+    let started = std::time::Instant::now();
+    let msgs = c.wait_closed();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(e) if e.code.get() == SessionErrorCode::IdleTimeout.to_wire())),
+        "{msgs:?}"
+    );
+    // The server sent heartbeats while it waited.
+    assert!(
+        msgs.iter().any(|m| matches!(m, Msg::Heartbeat(_))),
+        "{msgs:?}"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_client_that_does_not_read_is_stopped_then_disconnected_and_others_trade_on() {
+    let cpus = test_cpus();
+    let server = start_with(&cpus, cpus.len() as u32, 2, EngineKind::Null, |cfg| {
+        cfg.out_high_water_bytes = 64 << 10;
+        cfg.out_max_bytes = 1 << 20;
+        cfg.slow_consumer_ms = 300;
+    });
+    let addr = server.local_addr();
+    let mut hog = Client::login(addr, 1, 0);
+    hog.stream
+        .set_write_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    // Send far more orders than the server will buffer replies for, never reading.
+    let batch: Vec<NewOrder> = (0..2000).map(|i| buy(i, 0, 10, 1)).collect();
+    let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    let mut id = 2000u64;
+    while started.elapsed() < std::time::Duration::from_secs(5) && !hog.closed {
+        hog.send(
+            &batch
+                .iter()
+                .map(|o| {
+                    id += 1;
+                    let mut o = *o;
+                    o.client_order_id = id.into();
+                    o
+                })
+                .collect::<Vec<_>>(),
+        );
+        sent += 2000;
+    }
+    // The server stopped reading (TCP backpressure made our writes block)
+    // long before it accepted all we tried to send, and it did not buffer
+    // without bound: it cut us off.
+    let mut good = Client::login(addr, 2, 0);
+    good.send(&[buy(1, 1, 10, 1)]);
+    good.wait_for(|m| matches!(m, Msg::Accepted(_)), "others keep trading");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let s = server.sample();
+        if s.total().conns_errored >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow consumer was not disconnected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let fin = server.stop();
+    assert!(
+        fin.total.orders_in < sent,
+        "the server read less than was offered ({} of {sent})",
+        fin.total.orders_in
+    );
+}
+
+#[test]
+fn connections_over_the_limit_are_told_why() {
+    let server = start_with(&test_cpus()[..1], 1, 1, EngineKind::Match, |cfg| {
+        cfg.max_connections = 2
+    });
+    let addr = server.local_addr();
+    let _a = Client::login(addr, 1, 0);
+    let _b = Client::login(addr, 2, 0);
+    let mut c = Client::connect(addr);
+    let msgs = c.wait_closed();
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(e) if e.code.get() == SessionErrorCode::TooManyConnections.to_wire())),
+        "{msgs:?}"
+    );
+    server.stop();
+}

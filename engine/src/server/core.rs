@@ -844,7 +844,8 @@ impl<M: Matcher> Core<M> {
             refuse(&fd, self.st.cfg.max_connections);
             return;
         }
-        set_nodelay(fd.as_raw_fd());
+        // Reports must not wait for Nagle; a failure here only costs latency.
+        let _ = tuning::set_tcp_nodelay(fd.as_raw_fd(), true);
         let Some((slot, generation)) = self.st.router.conns.reserve() else {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
             refuse(&fd, self.st.cfg.max_connections);
@@ -1394,20 +1395,6 @@ impl<M: Matcher> Core<M> {
                 self.st.cfg.index
             ),
         }
-    }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a valid pointer.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 

@@ -9,7 +9,7 @@ pub mod uring;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -277,86 +277,21 @@ pub struct Server {
     cpus: Vec<usize>,
 }
 
-fn listen_reuseport(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket creation; the fd is owned right below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(StartError::Listen(addr, io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a new socket that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: setsockopt reads an int from a valid pointer.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(StartError::Listen(addr, io::Error::last_os_error()));
+/// One SO_REUSEPORT listener (each core gets its own accept queue).
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    tuning::listen_reuseport(addr, LISTEN_BACKLOG).map_err(|e| {
+        if e.is_addr_in_use() {
+            StartError::AddressInUse(addr)
+        } else if e.is_addr_not_available() {
+            StartError::AddressNotAvailable(addr)
+        } else {
+            StartError::Listen(addr, io::Error::other(e.to_string()))
         }
-    }
-    let (storage, len) = sockaddr_of(addr);
-    // SAFETY: storage holds a sockaddr of `len` bytes for this family.
-    if unsafe { libc::bind(fd, (&raw const storage).cast(), len) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EADDRINUSE) => StartError::AddressInUse(addr),
-            Some(libc::EADDRNOTAVAIL) => StartError::AddressNotAvailable(addr),
-            _ => StartError::Listen(addr, e),
-        });
-    }
-    // SAFETY: listen on our bound socket.
-    if unsafe { libc::listen(fd, 4096) } != 0 {
-        return Err(StartError::Listen(addr, io::Error::last_os_error()));
-    }
-    Ok(TcpListener::from(owned))
+    })
 }
 
-fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
+/// Accept backlog per core (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
 
 fn new_eventfd() -> io::Result<RawFd> {
     // SAFETY: eventfd creation; the fd is owned by `Shared`.
@@ -365,22 +300,6 @@ fn new_eventfd() -> io::Result<RawFd> {
         Err(io::Error::last_os_error())
     } else {
         Ok(fd)
-    }
-}
-
-/// Raises the soft RLIMIT_MEMLOCK to the hard limit (io_uring's rings and
-/// registered buffers count against it on older kernels).
-fn raise_memlock() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
-        }
     }
 }
 
@@ -400,17 +319,20 @@ impl Server {
         if cfg.symbols.is_empty() {
             return Err(StartError::Config("at least one symbol is needed".into()));
         }
-        raise_memlock();
+        // io_uring's rings and buffers count against RLIMIT_MEMLOCK on older
+        // kernels: raise it as far as allowed (the start-up host check
+        // explains what to do when it stays low).
+        let _ = tuning::raise_memlock(tuning::MEMLOCK_UNLIMITED);
         uring::probe().map_err(StartError::IoUring)?;
 
         // Listeners first, so a busy port fails before any thread starts.
-        let first = listen_reuseport(cfg.listen)?;
+        let first = listen(cfg.listen)?;
         let local_addr = first
             .local_addr()
             .map_err(|e| StartError::Listen(cfg.listen, e))?;
         let mut listeners = vec![first];
         for _ in 1..ncores {
-            listeners.push(listen_reuseport(local_addr)?);
+            listeners.push(listen(local_addr)?);
         }
 
         let mut wake_fds = Vec::with_capacity(ncores);
