@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+use crate::types::SessionErrorCode;
+
 /// Why bytes could not be decoded. A frame-level error (everything except
 /// [`DecodeError::InvalidEnum`] and [`DecodeError::ReservedBits`]) means the
 /// byte stream can no longer be trusted: the peer should be disconnected.
@@ -74,6 +76,23 @@ impl DecodeError {
             self,
             DecodeError::InvalidEnum { .. } | DecodeError::ReservedBits { .. }
         )
+    }
+
+    /// The session error code a server answers this error with (see the
+    /// SessionError table in PROTOCOL.md).
+    pub const fn session_error_code(&self) -> SessionErrorCode {
+        match self {
+            DecodeError::LengthTooSmall { .. } => SessionErrorCode::MalformedFrame,
+            DecodeError::FrameTooLarge { .. } => SessionErrorCode::FrameTooLarge,
+            DecodeError::UnknownKind { .. } => SessionErrorCode::UnknownKind,
+            DecodeError::UnsupportedVersion { .. } => SessionErrorCode::UnsupportedVersion,
+            DecodeError::BadCount { .. } | DecodeError::CountMustBeOne { .. } => {
+                SessionErrorCode::BadCount
+            }
+            DecodeError::InvalidEnum { .. } | DecodeError::ReservedBits { .. } => {
+                SessionErrorCode::InvalidField
+            }
+        }
     }
 }
 

@@ -50,6 +50,15 @@ fn text_of(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
+/// Reserved fields must be zero so that a later version can give them a
+/// meaning without old clients sending noise there.
+fn check_reserved(field: &'static str, value: u64) -> Result<(), DecodeError> {
+    if value != 0 {
+        return Err(DecodeError::ReservedBits { field, value });
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Client to server
 // ---------------------------------------------------------------------------
@@ -94,8 +103,18 @@ impl Hello {
         self.flags.get() & HELLO_CANCEL_ON_DISCONNECT != 0
     }
 
-    /// Checks the reserved flag bits.
+    /// Checks the protocol version (it must be the one this crate speaks:
+    /// version 1 has no negotiation) and the reserved flag bits.
     pub fn validate(&self) -> Result<(), DecodeError> {
+        let version = self.protocol_version.get();
+        if version != u16::from(crate::frame::PROTOCOL_VERSION) {
+            return Err(DecodeError::UnsupportedVersion {
+                // Versions are one byte in every frame header; a larger value
+                // is no version anyone speaks, reported as the largest byte.
+                version: u8::try_from(version).unwrap_or(u8::MAX),
+                supported: crate::frame::PROTOCOL_VERSION,
+            });
+        }
         let unknown = self.flags.get() & !HELLO_FLAGS_KNOWN;
         if unknown != 0 {
             return Err(DecodeError::ReservedBits {
@@ -245,6 +264,11 @@ impl Cancel {
             reserved: U32::new(0),
         }
     }
+
+    /// Checks that the reserved field is zero.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_reserved("cancel.reserved", u64::from(self.reserved.get()))
+    }
 }
 
 /// Change the price and/or the open quantity of a live order (32 bytes).
@@ -278,6 +302,11 @@ impl Replace {
             price: I64::new(price),
             quantity: U64::new(quantity),
         }
+    }
+
+    /// Checks that the reserved field is zero.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_reserved("replace.reserved", u64::from(self.reserved.get()))
     }
 }
 
@@ -341,6 +370,11 @@ impl OrderQuery {
             symbol: U32::new(symbol),
             reserved: U32::new(0),
         }
+    }
+
+    /// Checks that the reserved field is zero.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_reserved("order_query.reserved", u64::from(self.reserved.get()))
     }
 }
 
@@ -485,6 +519,14 @@ impl Rejected {
     pub fn reason(&self) -> Result<RejectReason, DecodeError> {
         RejectReason::from_wire(self.reason.get())
     }
+
+    /// The kind of the rejected request.
+    pub fn request_kind(&self) -> Result<Kind, DecodeError> {
+        Kind::from_wire(self.request_kind).map_err(|_| DecodeError::InvalidEnum {
+            field: "rejected.request_kind",
+            value: u64::from(self.request_kind),
+        })
+    }
 }
 
 /// A trade against one of the session's orders (48 bytes). Both the maker
@@ -540,6 +582,16 @@ impl Fill {
             leaves_quantity: U64::new(leaves_quantity),
         }
     }
+
+    /// The typed side of this session's order.
+    pub fn side(&self) -> Result<Side, DecodeError> {
+        Side::from_wire(self.side)
+    }
+
+    /// Maker or taker.
+    pub fn liquidity(&self) -> Result<Liquidity, DecodeError> {
+        Liquidity::from_wire(self.liquidity)
+    }
 }
 
 /// An order was canceled (24 bytes); terminal.
@@ -576,6 +628,11 @@ impl Canceled {
             reserved: [0; 3],
             canceled_quantity: U64::new(canceled_quantity),
         }
+    }
+
+    /// The typed reason.
+    pub fn reason(&self) -> Result<CancelReason, DecodeError> {
+        CancelReason::from_wire(self.reason)
     }
 }
 
@@ -717,6 +774,11 @@ impl OrderStatus {
             leaves_quantity: U64::new(leaves_quantity),
         }
     }
+
+    /// The typed state.
+    pub fn state(&self) -> Result<OrderState, DecodeError> {
+        OrderState::from_wire(self.state)
+    }
 }
 
 /// The server is closing the connection, and why (64 bytes).
@@ -748,6 +810,30 @@ impl SessionError {
             detail: U32::new(detail),
             text: fill_text(text),
         }
+    }
+
+    /// The session error a server sends before closing a connection whose
+    /// bytes failed to decode: the matching code, the offending kind where
+    /// the error names one, the error's number as `detail` (see PROTOCOL.md)
+    /// and its message, truncated to fit `text`.
+    pub fn from_decode_error(error: &DecodeError) -> Self {
+        let (kind, detail) = match *error {
+            DecodeError::LengthTooSmall { length } => (0, length),
+            DecodeError::FrameTooLarge { length, .. } => (0, length),
+            DecodeError::UnknownKind { kind } => (kind, u32::from(kind)),
+            DecodeError::UnsupportedVersion { version, .. } => (0, u32::from(version)),
+            DecodeError::BadCount { kind, length, .. } => (kind, length),
+            DecodeError::CountMustBeOne { kind, count } => (kind, u32::from(count)),
+            DecodeError::InvalidEnum { value, .. } | DecodeError::ReservedBits { value, .. } => {
+                (0, u32::try_from(value).unwrap_or(u32::MAX))
+            }
+        };
+        SessionError::new(error.session_error_code(), kind, detail, &error.to_string())
+    }
+
+    /// The typed code.
+    pub fn code(&self) -> Result<SessionErrorCode, DecodeError> {
+        SessionErrorCode::from_wire(self.code.get())
     }
 
     /// The explanation without padding.
