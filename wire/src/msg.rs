@@ -822,7 +822,7 @@ impl SessionError {
             DecodeError::FrameTooLarge { length, .. } => (0, length),
             DecodeError::UnknownKind { kind } => (kind, u32::from(kind)),
             DecodeError::UnsupportedVersion { version, .. } => (0, u32::from(version)),
-            DecodeError::BadCount { kind, length, .. } => (kind, length),
+            DecodeError::BadCount { kind, count, .. } => (kind, u32::from(count)),
             DecodeError::CountMustBeOne { kind, count } => (kind, u32::from(count)),
             DecodeError::InvalidEnum { value, .. } | DecodeError::ReservedBits { value, .. } => {
                 (0, u32::try_from(value).unwrap_or(u32::MAX))

@@ -1,0 +1,285 @@
+//! Every enum and every checked accessor accepts exactly its documented
+//! values and names the field when it refuses one.
+
+use proptest::prelude::*;
+use wire::{
+    Accepted, Cancel, CancelReason, Canceled, DecodeError, Direction, Fill,
+    HELLO_CANCEL_ON_DISCONNECT, Hello, Kind, Liquidity, NewOrder, ORDER_POST_ONLY, ORDER_STP_SHIFT,
+    OrderQuery, OrderState, OrderStatus, OrderType, PROTOCOL_VERSION, REPLACED_PRIORITY_KEPT,
+    RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, SessionError, SessionErrorCode,
+    Side, TimeInForce, U16, U32,
+};
+
+/// Checks `from_wire` over every value of the representation: the listed
+/// variants round-trip, everything else is `InvalidEnum` naming `field`.
+macro_rules! check_enum {
+    ($ty:ty, $repr:ty, $field:literal) => {{
+        let valid: Vec<$repr> = <$ty>::ALL.iter().map(|v| v.to_wire()).collect();
+        let mut accepted = 0usize;
+        for raw in <$repr>::MIN..=<$repr>::MAX {
+            match <$ty>::from_wire(raw) {
+                Ok(v) => {
+                    assert_eq!(v.to_wire(), raw);
+                    assert!(valid.contains(&raw));
+                    assert_eq!(<$ty>::try_from(raw), Ok(v));
+                    assert!(!v.as_str().is_empty());
+                    assert_eq!(v.to_string(), v.as_str());
+                    accepted += 1;
+                }
+                Err(e) => {
+                    assert_eq!(
+                        e,
+                        DecodeError::InvalidEnum {
+                            field: $field,
+                            value: u64::from(raw)
+                        }
+                    );
+                    assert!(!valid.contains(&raw));
+                }
+            }
+        }
+        assert_eq!(accepted, <$ty>::ALL.len());
+        // ALL is in wire-value order, without repeats.
+        assert!(valid.windows(2).all(|w| w[0] < w[1]));
+    }};
+}
+
+#[test]
+fn every_enum_accepts_exactly_its_values() {
+    check_enum!(Side, u8, "side");
+    check_enum!(OrderType, u8, "order_type");
+    check_enum!(TimeInForce, u8, "time_in_force");
+    check_enum!(SelfTradePrevention, u8, "self_trade_prevention");
+    check_enum!(Liquidity, u8, "liquidity");
+    check_enum!(CancelReason, u8, "cancel_reason");
+    check_enum!(OrderState, u8, "order_state");
+    check_enum!(RejectReason, u16, "reject_reason");
+    check_enum!(SessionErrorCode, u16, "session_error_code");
+}
+
+#[test]
+fn zero_is_never_a_value_a_client_fills_in() {
+    // A zeroed message must not decode as a valid order.
+    assert!(Side::from_wire(0).is_err());
+    assert!(OrderType::from_wire(0).is_err());
+    assert!(TimeInForce::from_wire(0).is_err());
+    assert!(NewOrder::limit(0, 0, Side::Buy, 0, 0).fields().is_ok());
+    let zeroed = NewOrder {
+        side: 0,
+        order_type: 0,
+        time_in_force: 0,
+        ..NewOrder::limit(0, 0, Side::Buy, 0, 0)
+    };
+    assert!(zeroed.fields().is_err());
+}
+
+#[test]
+fn kinds_parse_exactly_and_the_high_bit_is_the_direction() {
+    let mut known = 0;
+    for code in 0..=u8::MAX {
+        match Kind::from_wire(code) {
+            Ok(kind) => {
+                known += 1;
+                assert_eq!(kind as u8, code);
+                let to_client = code & 0x80 != 0;
+                assert_eq!(kind.direction() == Direction::ToClient, to_client);
+                assert!(Kind::ALL.contains(&kind));
+            }
+            Err(e) => assert_eq!(e, DecodeError::UnknownKind { kind: code }),
+        }
+    }
+    assert_eq!(known, Kind::ALL.len());
+}
+
+/// The reference the NewOrder check is compared with: reserved flag bits
+/// first, then side, order type, time in force, self-trade prevention.
+fn expected_fields(side: u8, ty: u8, tif: u8, flags: u8) -> Result<wire::OrderFields, DecodeError> {
+    let reserved = flags & !(ORDER_POST_ONLY | (0b11 << ORDER_STP_SHIFT));
+    if reserved != 0 {
+        return Err(DecodeError::ReservedBits {
+            field: "new_order.flags",
+            value: u64::from(reserved),
+        });
+    }
+    let bad = |field, value: u8| DecodeError::InvalidEnum {
+        field,
+        value: u64::from(value),
+    };
+    let side = match side {
+        1 => Side::Buy,
+        2 => Side::Sell,
+        v => return Err(bad("side", v)),
+    };
+    let order_type = match ty {
+        1 => OrderType::Limit,
+        2 => OrderType::Market,
+        v => return Err(bad("order_type", v)),
+    };
+    let time_in_force = match tif {
+        1 => TimeInForce::Gtc,
+        2 => TimeInForce::Ioc,
+        3 => TimeInForce::Fok,
+        v => return Err(bad("time_in_force", v)),
+    };
+    let stp = match (flags >> ORDER_STP_SHIFT) & 0b11 {
+        0 => SelfTradePrevention::CancelIncoming,
+        1 => SelfTradePrevention::CancelResting,
+        2 => SelfTradePrevention::CancelBoth,
+        v => return Err(bad("self_trade_prevention", v)),
+    };
+    Ok(wire::OrderFields {
+        side,
+        order_type,
+        time_in_force,
+        post_only: flags & ORDER_POST_ONLY != 0,
+        stp,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn new_order_fields_match_the_reference(
+        side in prop_oneof![0u8..4, any::<u8>()],
+        ty in prop_oneof![0u8..4, any::<u8>()],
+        tif in prop_oneof![0u8..5, any::<u8>()],
+        flags in prop_oneof![0u8..0x40, any::<u8>()],
+        rest in any::<(u64, u32, i64, u64)>(),
+    ) {
+        let order = NewOrder {
+            side,
+            order_type: ty,
+            time_in_force: tif,
+            flags,
+            ..NewOrder::limit(rest.0, rest.1, Side::Buy, rest.2, rest.3)
+        };
+        prop_assert_eq!(order.fields(), expected_fields(side, ty, tif, flags));
+    }
+
+    #[test]
+    fn constructors_write_what_fields_reads(
+        side in proptest::sample::select(Side::ALL),
+        ty in proptest::sample::select(OrderType::ALL),
+        tif in proptest::sample::select(TimeInForce::ALL),
+        post_only in any::<bool>(),
+        stp in proptest::sample::select(SelfTradePrevention::ALL),
+        (id, symbol, price, quantity) in any::<(u64, u32, i64, u64)>(),
+    ) {
+        let o = NewOrder::new(id, symbol, side, ty, tif, post_only, stp, price, quantity);
+        let f = o.fields().unwrap();
+        prop_assert_eq!((f.side, f.order_type, f.time_in_force, f.post_only, f.stp), (side, ty, tif, post_only, stp));
+        prop_assert_eq!((o.client_order_id.get(), o.symbol.get(), o.price.get(), o.quantity.get()), (id, symbol, price, quantity));
+        let a = Accepted::new(id, 77, 5, symbol, &f);
+        prop_assert_eq!((a.side, a.order_type, a.time_in_force, a.reserved), (side.to_wire(), ty.to_wire(), tif.to_wire(), 0));
+    }
+
+    #[test]
+    fn hello_validate_checks_version_then_flags(version in any::<u16>(), flags in any::<u16>()) {
+        let mut h = Hello::new(1, 0, 0, "token");
+        h.protocol_version = U16::new(version);
+        h.flags = U16::new(flags);
+        let want = if version != u16::from(PROTOCOL_VERSION) {
+            Err(DecodeError::UnsupportedVersion {
+                version: u8::try_from(version).unwrap_or(u8::MAX),
+                supported: PROTOCOL_VERSION,
+            })
+        } else if flags & !HELLO_CANCEL_ON_DISCONNECT != 0 {
+            Err(DecodeError::ReservedBits {
+                field: "hello.flags",
+                value: u64::from(flags & !HELLO_CANCEL_ON_DISCONNECT),
+            })
+        } else {
+            Ok(())
+        };
+        prop_assert_eq!(h.validate(), want);
+        prop_assert_eq!(h.cancel_on_disconnect(), flags & 1 == 1);
+    }
+
+    #[test]
+    fn reserved_fields_of_requests_must_be_zero(reserved in any::<u32>()) {
+        let mut c = Cancel::new(1, 2);
+        c.reserved = U32::new(reserved);
+        let mut r = Replace::new(1, 2, 3, 4);
+        r.reserved = U32::new(reserved);
+        let mut q = OrderQuery::new(1, 2);
+        q.reserved = U32::new(reserved);
+        let want = |field| {
+            if reserved == 0 {
+                Ok(())
+            } else {
+                Err(DecodeError::ReservedBits { field, value: u64::from(reserved) })
+            }
+        };
+        prop_assert_eq!(c.validate(), want("cancel.reserved"));
+        prop_assert_eq!(r.validate(), want("replace.reserved"));
+        prop_assert_eq!(q.validate(), want("order_query.reserved"));
+    }
+
+    #[test]
+    fn report_accessors_parse_or_name_the_field(raw8 in any::<u8>(), raw16 in any::<u16>()) {
+        let mut rej = Rejected::new(1, 2, RejectReason::UnknownOrder, Kind::Cancel);
+        rej.reason = U16::new(raw16);
+        rej.request_kind = raw8;
+        prop_assert_eq!(rej.reason(), RejectReason::from_wire(raw16));
+        match Kind::from_wire(raw8) {
+            Ok(k) => prop_assert_eq!(rej.request_kind(), Ok(k)),
+            Err(_) => prop_assert_eq!(
+                rej.request_kind(),
+                Err(DecodeError::InvalidEnum { field: "rejected.request_kind", value: u64::from(raw8) })
+            ),
+        }
+
+        let mut fill = Fill::new(1, 2, 3, Side::Buy, Liquidity::Maker, 4, 5, 6);
+        fill.side = raw8;
+        fill.liquidity = raw8;
+        prop_assert_eq!(fill.side(), Side::from_wire(raw8));
+        prop_assert_eq!(fill.liquidity(), Liquidity::from_wire(raw8));
+
+        let mut canceled = Canceled::new(1, 2, CancelReason::Requested, 3);
+        canceled.reason = raw8;
+        prop_assert_eq!(canceled.reason(), CancelReason::from_wire(raw8));
+
+        let mut status = OrderStatus::new(1, 2, 3, OrderState::Live, 4, 5);
+        status.state = raw8;
+        prop_assert_eq!(status.state(), OrderState::from_wire(raw8));
+
+        let mut err = SessionError::new(SessionErrorCode::IdleTimeout, 0, 0, "x");
+        err.code = U16::new(raw16);
+        prop_assert_eq!(err.code(), SessionErrorCode::from_wire(raw16));
+
+        let mut replaced = Replaced::new(1, 2, false, 3, 4);
+        replaced.flags = raw8;
+        prop_assert_eq!(replaced.priority_kept(), raw8 & REPLACED_PRIORITY_KEPT != 0);
+    }
+}
+
+#[test]
+fn constructors_set_what_accessors_read() {
+    let r = Rejected::new(5, 6, RejectReason::NotSupported, Kind::Subscribe);
+    assert_eq!(r.reason(), Ok(RejectReason::NotSupported));
+    assert_eq!(r.request_kind(), Ok(Kind::Subscribe));
+    assert_eq!(r.request_kind, 6);
+    let f = Fill::new(1, 2, 3, Side::Sell, Liquidity::Taker, 4, 5, 0);
+    assert_eq!(
+        (f.side(), f.liquidity()),
+        (Ok(Side::Sell), Ok(Liquidity::Taker))
+    );
+    let c = Canceled::new(1, 2, CancelReason::PriceBand, 9);
+    assert_eq!(c.reason(), Ok(CancelReason::PriceBand));
+    let s = OrderStatus::new(1, 2, 3, OrderState::Filled, 4, 0);
+    assert_eq!(s.state(), Ok(OrderState::Filled));
+    let e = SessionError::new(SessionErrorCode::SlowConsumer, 0, 0, "read faster");
+    assert_eq!(e.code(), Ok(SessionErrorCode::SlowConsumer));
+    assert_eq!(e.text(), b"read faster");
+    assert!(Replaced::new(1, 2, true, 3, 4).priority_kept());
+    assert!(!Replaced::new(1, 2, false, 3, 4).priority_kept());
+    let h = Hello::new(
+        9,
+        HELLO_CANCEL_ON_DISCONNECT,
+        250,
+        "a-token-much-longer-than-thirty-two-bytes",
+    );
+    assert_eq!(h.validate(), Ok(()));
+    assert_eq!(h.credentials(), b"a-token-much-longer-than-thirty-");
+}
