@@ -13,8 +13,11 @@
 //!   with a free list threaded through the `next` field. A level's orders
 //!   form an intrusive doubly linked FIFO (`prev`/`next` slots), so an order
 //!   leaves its level in O(1) from anywhere.
-//! - **Levels** live in a second slab (32 bytes each, capacity `orders_max`,
-//!   which bounds it because every level holds at least one order).
+//! - **Levels** live in a second slab (32 bytes each). An emptied level that
+//!   is not the best stays in its side as a tombstone for reuse (see
+//!   [`BookSide`]); the slab holds `2 * orders_max` levels plus some slack
+//!   per side, and when it runs out every side is compacted, so a level is
+//!   always available for a new price.
 //! - **Book sides** are sorted vectors of (price key, level) with the best
 //!   level last ([`BookSide`]): matching pops from the back, and inserts near
 //!   the top of the book move few entries.
@@ -50,8 +53,13 @@ pub const ORDERS_MAX_LIMIT: u32 = 1 << 30;
 pub const SHARD_INDEX_LIMIT: u32 = 1 << 16;
 
 /// Initial capacity of a book side's level vectors; they double on demand
-/// up to `levels_per_side_max` while the book warms up.
+/// up to about `2 * levels_per_side_max` while the book warms up.
 const SIDE_CAPACITY_INITIAL: usize = 32;
+
+/// Tombstones a side may hold beyond its number of non-empty levels before
+/// an insert compacts it: enough that a small book keeps the empty prices
+/// around its orders, while searches stay within about twice the live levels.
+const TOMBSTONE_SLACK: usize = 64;
 
 /// A resting order: exactly one cache line, so matching, cancel and
 /// replace touch one line per order.
@@ -269,6 +277,10 @@ pub struct Shard {
     orders: Vec<Order>,
     free_order: u32,
     levels: Vec<Level>,
+    /// The level slab's fixed capacity.
+    levels_max: usize,
+    /// Tombstones a side may hold beyond its live levels ([`TOMBSTONE_SLACK`]).
+    tombstone_slack: usize,
     free_level: u32,
     index: OrderIndex,
     /// Live (resting) orders.
@@ -327,6 +339,7 @@ impl Shard {
                 ],
             })
             .collect();
+        let levels_max = Self::levels_max(&cfg, book_count, TOMBSTONE_SLACK);
         Ok(Shard {
             shard_index,
             shard_count,
@@ -335,13 +348,32 @@ impl Shard {
             books,
             orders: Vec::with_capacity(cfg.orders_max as usize),
             free_order: NIL,
-            levels: Vec::with_capacity(cfg.orders_max as usize),
+            levels: Vec::with_capacity(levels_max),
+            levels_max,
+            tombstone_slack: TOMBSTONE_SLACK,
             free_level: NIL,
             index: OrderIndex::new(cfg.orders_max),
             live: 0,
             next_order: 1,
             next_trade: 1,
         })
+    }
+
+    /// Level slab capacity: non-empty levels never outnumber live orders,
+    /// and tombstones get as many again plus slack per side.
+    fn levels_max(cfg: &ShardConfig, book_count: u32, slack: usize) -> usize {
+        2 * cfg.orders_max as usize + 2 * slack * book_count as usize
+    }
+
+    /// Lowers the tombstone slack (and with it the level slab's capacity)
+    /// so that tests reach side and whole-shard compaction with small
+    /// books. Not part of the product: behaviour is the same at any slack.
+    #[doc(hidden)]
+    pub fn with_tombstone_slack(mut self, slack: usize) -> Shard {
+        let slack = slack.min(self.tombstone_slack);
+        self.tombstone_slack = slack;
+        self.levels_max = Self::levels_max(&self.cfg, self.books.len() as u32, slack);
+        self
     }
 
     /// This shard's index.
@@ -376,13 +408,12 @@ impl Shard {
         self.book_of(symbol).into_iter().flat_map(move |book| {
             self.books[book as usize].sides[side_index(side)]
                 .iter_best_first()
-                .map(|(_, level)| {
-                    let l = &self.levels[level as usize];
-                    LevelView {
-                        price: l.price,
-                        quantity: l.total,
-                        orders: l.count,
-                    }
+                .map(|(_, level)| &self.levels[level as usize])
+                .filter(|l| l.count > 0)
+                .map(|l| LevelView {
+                    price: l.price,
+                    quantity: l.total,
+                    orders: l.count,
                 })
         })
     }
@@ -416,11 +447,25 @@ impl Shard {
         let mut resting = 0u32;
         for (b, book) in self.books.iter().enumerate() {
             for (s, side) in book.sides.iter().enumerate() {
-                if side.len() > self.cfg.levels_per_side_max as usize {
-                    return Err(format!("book {b} side {s}: {} levels", side.len()));
+                if side.active > self.cfg.levels_per_side_max {
+                    return Err(format!("book {b} side {s}: {} levels", side.active));
                 }
                 let mut previous_key = None;
+                let mut active = 0;
                 for (key, level) in side.iter_best_first() {
+                    let l = &self.levels[level as usize];
+                    if l.count == 0 {
+                        if previous_key.is_none() {
+                            return Err(format!("book {b} side {s}: the best level is empty"));
+                        }
+                        if l.head != NIL || l.tail != NIL || l.total != 0 {
+                            return Err(format!(
+                                "book {b} side {s}: empty level {level} not clear"
+                            ));
+                        }
+                    } else {
+                        active += 1;
+                    }
                     let l = &self.levels[level as usize];
                     let want_side = if s == 0 { Side::Buy } else { Side::Sell };
                     if key != key_of(want_side, l.price) || l.book != b as u32 {
@@ -447,13 +492,19 @@ impl Shard {
                         count += 1;
                         prev = slot;
                     }
-                    if l.tail != prev || l.total != total || l.count != count || count == 0 {
+                    if l.tail != prev || l.total != total || l.count != count {
                         return Err(format!(
                             "book {b} side {s} level {}: total {} count {} but orders sum to {total} in {count}",
                             l.price, l.total, l.count
                         ));
                     }
                     resting += count;
+                }
+                if active != side.active {
+                    return Err(format!(
+                        "book {b} side {s}: {active} non-empty levels, counted {}",
+                        side.active
+                    ));
                 }
             }
             if let (Some(bid), Some(ask)) = (book.sides[0].best_key(), book.sides[1].best_key())
@@ -558,7 +609,10 @@ impl Shard {
         let position =
             position.unwrap_or_else(|| self.index.position_of(o.account, o.client_order_id, slot));
         self.index.remove_at(position);
-        self.orders[slot as usize].next = self.free_order;
+        let o = &mut self.orders[slot as usize];
+        o.next = self.free_order;
+        // Marks the slot free for `grow_index`.
+        o.level = NIL;
         self.free_order = slot;
         self.live -= 1;
     }
@@ -579,11 +633,68 @@ impl Shard {
             self.levels[index as usize] = level;
             index
         } else {
-            // Levels never outnumber live orders, so this stays within the
-            // capacity reserved for `orders_max`.
-            debug_assert!(self.levels.len() < self.cfg.orders_max as usize);
+            // `link_at_price` compacted the sides if the slab was full.
+            debug_assert!(self.levels.len() < self.levels_max);
             self.levels.push(level);
             (self.levels.len() - 1) as u32
+        }
+    }
+
+    #[inline]
+    fn level_slab_full(&self) -> bool {
+        self.free_level == NIL && self.levels.len() >= self.levels_max
+    }
+
+    /// Drops one side's tombstones, returning their levels to the slab.
+    fn compact_side(&mut self, book: u32, side: usize) {
+        let levels = &mut self.levels;
+        let free_level = &mut self.free_level;
+        self.books[book as usize].sides[side].retain(|level| {
+            let l = &mut levels[level as usize];
+            if l.count > 0 {
+                return true;
+            }
+            l.head = *free_level;
+            *free_level = level;
+            false
+        });
+    }
+
+    /// Pops empty levels off the best end of a side, so the best entry is
+    /// never a tombstone.
+    #[inline]
+    fn trim_best(&mut self, book: u32, side: usize) {
+        while let Some((_, level)) = self.books[book as usize].sides[side].best() {
+            if self.levels[level as usize].count > 0 {
+                break;
+            }
+            self.books[book as usize].sides[side].pop_best();
+            self.free_level(level);
+        }
+    }
+
+    /// Rebuilds the order index one size larger from the order slab (every
+    /// slot not on the free list).
+    #[cold]
+    fn grow_index(&mut self) {
+        let orders = &self.orders;
+        self.index.grow(
+            (0..orders.len() as u32)
+                .filter(|&slot| orders[slot as usize].level != NIL)
+                .map(|slot| {
+                    let o = &orders[slot as usize];
+                    (o.account, o.client_order_id, slot)
+                }),
+        );
+    }
+
+    /// True when the side has a non-empty level at `price`.
+    #[inline]
+    fn has_level(&self, book: u32, side: Side, price: i64) -> bool {
+        let book_side = &self.books[book as usize].sides[side_index(side)];
+        match book_side.find(key_of(side, price)) {
+            Ok(position) => self.levels[book_side.at(position).1 as usize].count > 0,
+            Err(_) => false,
         }
     }
 
@@ -599,23 +710,30 @@ impl Shard {
     #[inline]
     fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) {
         let key = key_of(side, price);
-        let level = match self.books[book as usize].sides[side_index(side)].find(key) {
-            Ok(position) => {
-                self.books[book as usize].sides[side_index(side)]
-                    .at(position)
-                    .1
-            }
-            Err(position) => {
-                debug_assert!(
-                    self.books[book as usize].sides[side_index(side)].len()
-                        < self.cfg.levels_per_side_max as usize
-                );
+        let s = side_index(side);
+        let level = match self.books[book as usize].sides[s].find(key) {
+            Ok(position) => self.books[book as usize].sides[s].at(position).1,
+            Err(mut position) => {
+                let book_side = &self.books[book as usize].sides[s];
+                if book_side.len() >= 2 * book_side.active as usize + self.tombstone_slack {
+                    self.compact_side(book, s);
+                    position = self.books[book as usize].sides[s].find(key).unwrap_err();
+                }
+                if self.level_slab_full() {
+                    self.compact_all();
+                    position = self.books[book as usize].sides[s].find(key).unwrap_err();
+                }
                 let level = self.alloc_level(book, price);
-                self.books[book as usize].sides[side_index(side)].insert(position, key, level);
+                self.books[book as usize].sides[s].insert(position, key, level);
                 level
             }
         };
         let l = &mut self.levels[level as usize];
+        if l.count == 0 {
+            let book_side = &mut self.books[book as usize].sides[s];
+            debug_assert!(book_side.active < self.cfg.levels_per_side_max);
+            book_side.active += 1;
+        }
         let tail = l.tail;
         l.tail = slot;
         if tail == NIL {
@@ -632,8 +750,20 @@ impl Shard {
         o.level = level;
     }
 
+    /// Compacts every side of every book: the level slab's last resort,
+    /// which frees every tombstone. Rare: the slab has room for as many
+    /// tombstones as orders, plus slack per side.
+    #[cold]
+    fn compact_all(&mut self) {
+        for book in 0..self.books.len() as u32 {
+            self.compact_side(book, 0);
+            self.compact_side(book, 1);
+        }
+    }
+
     /// Takes an order out of its level (subtracting its open quantity from
-    /// the level total) and drops the level from its side if it empties.
+    /// the level total). A level it empties stays as a tombstone, unless it
+    /// was the best level, which is removed (with any tombstones behind it).
     #[inline]
     fn unlink(&mut self, slot: u32) {
         let Order {
@@ -660,13 +790,13 @@ impl Shard {
         l.total -= open;
         l.count -= 1;
         if l.count == 0 {
-            let (book, key) = (l.book, key_of(side, l.price));
-            let book_side = &mut self.books[book as usize].sides[side_index(side)];
-            match book_side.find(key) {
-                Ok(position) => book_side.remove(position),
-                Err(_) => debug_assert!(false, "level {level} missing from its side"),
+            let book = l.book;
+            let s = side_index(side);
+            let book_side = &mut self.books[book as usize].sides[s];
+            book_side.active -= 1;
+            if book_side.best().is_some_and(|(_, best)| best == level) {
+                self.trim_best(book, s);
             }
-            self.free_level(level);
         }
     }
 
@@ -815,8 +945,8 @@ impl Shard {
                 slot = next;
             }
             if self.levels[level as usize].count == 0 {
-                self.books[book as usize].sides[opposite].pop_best();
-                self.free_level(level);
+                self.books[book as usize].sides[opposite].active -= 1;
+                self.trim_best(book, opposite);
             }
             if self_trade_stop {
                 return true;
@@ -906,9 +1036,8 @@ impl Shard {
             if self.live >= self.cfg.orders_max {
                 return reject(RejectReason::BookFull);
             }
-            let own_side = &self.books[book as usize].sides[own];
-            if own_side.len() >= self.cfg.levels_per_side_max as usize
-                && own_side.find(key_of(side, price)).is_err()
+            if self.books[book as usize].sides[own].active >= self.cfg.levels_per_side_max
+                && !self.has_level(book, side, price)
             {
                 return reject(RejectReason::PriceLevelsFull);
             }
@@ -985,6 +1114,9 @@ impl Shard {
                 stp: fields.stp,
                 post_only: fields.post_only,
             });
+            if self.index.needs_growth() {
+                self.grow_index();
+            }
             self.index.insert(cmd.account, client_order_id, slot);
             self.link_at_price(book, side, price, slot);
             return;
@@ -1086,12 +1218,13 @@ impl Shard {
         }
         let own = side_index(o.side);
         let opposite = 1 - own;
-        let own_side = &self.books[book as usize].sides[own];
         // As for a new order: the limit is checked as if the order would
-        // rest at its new price, after leaving its old level.
+        // rest at its new price, after leaving its old level. The search
+        // only happens when the side is at its limit.
         let frees_a_level = level.count == 1 && price != level.price;
-        if own_side.find(key_of(o.side, price)).is_err()
-            && own_side.len() - usize::from(frees_a_level) >= self.cfg.levels_per_side_max as usize
+        if self.books[book as usize].sides[own].active - u32::from(frees_a_level)
+            >= self.cfg.levels_per_side_max
+            && !self.has_level(book, o.side, price)
         {
             return reject(sink, RejectReason::PriceLevelsFull);
         }
@@ -1184,7 +1317,15 @@ impl Shard {
             let symbol = self.symbol_of(book);
             for side in 0..2 {
                 let mut position = self.books[book as usize].sides[side].len();
-                while position > 0 {
+                loop {
+                    // Unlinking may trim emptied levels off the best end:
+                    // those were walked already, but if everything from
+                    // here to the end emptied, the side may now end below
+                    // `position`.
+                    position = position.min(self.books[book as usize].sides[side].len());
+                    if position == 0 {
+                        break;
+                    }
                     position -= 1;
                     let (_, level) = self.books[book as usize].sides[side].at(position);
                     let mut slot = self.levels[level as usize].head;
@@ -1200,9 +1341,6 @@ impl Shard {
                                     o.open,
                                 )),
                             );
-                            // Unlinking may drop the level from its side at
-                            // `position`; the walk goes toward position 0,
-                            // which that does not move.
                             self.unlink(slot);
                             self.retire_order(slot, None);
                         }
@@ -1259,9 +1397,13 @@ impl Matcher for Shard {
         }
         for book in &self.books {
             for side in &book.sides {
-                h.add(side.len() as u64);
+                // Tombstones are an internal cache: not part of the state.
+                h.add(u64::from(side.active));
                 for (_, level) in side.iter_best_first() {
                     let l = &self.levels[level as usize];
+                    if l.count == 0 {
+                        continue;
+                    }
                     h.add(l.price as u64);
                     h.add(l.total);
                     h.add(u64::from(l.count));
@@ -1312,5 +1454,135 @@ impl Digest {
         x ^= x >> 33;
         x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
         x ^ (x >> 33)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::Cancel;
+
+    fn shard(slack: usize) -> Shard {
+        let cfg = ShardConfig {
+            orders_max: 8,
+            levels_per_side_max: 8,
+            ..ShardConfig::default()
+        };
+        Shard::new(0, 1, 1, cfg).with_tombstone_slack(slack)
+    }
+
+    fn run(shard: &mut Shard, op: Op) -> Vec<(SessionId, Report)> {
+        let mut out = Vec::new();
+        let cmd = Command {
+            session: 1,
+            account: 1,
+            op,
+        };
+        shard.process(&cmd, 0, &mut out);
+        shard.check_invariants().unwrap();
+        out
+    }
+
+    fn rest(shard: &mut Shard, id: u64, price: i64) {
+        let out = run(shard, Op::New(NewOrder::limit(id, 0, Side::Buy, price, 1)));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn emptied_levels_stay_as_tombstones_except_at_the_best_end() {
+        let mut s = shard(TOMBSTONE_SLACK);
+        for (id, price) in [(1, 10), (2, 11), (3, 12)] {
+            rest(&mut s, id, price);
+        }
+        run(&mut s, Op::Cancel(Cancel::new(2, 0)));
+        // 11 stays as a tombstone: no memmove, reused by the next order there.
+        assert_eq!(s.books[0].sides[0].len(), 3);
+        assert_eq!(s.books[0].sides[0].active, 2);
+        let tombstone = s.books[0].sides[0].at(1).1;
+        rest(&mut s, 4, 11);
+        assert_eq!(s.books[0].sides[0].at(1).1, tombstone);
+        // Emptying the best level trims it and the tombstones behind it.
+        run(&mut s, Op::Cancel(Cancel::new(4, 0)));
+        run(&mut s, Op::Cancel(Cancel::new(3, 0)));
+        assert_eq!(s.books[0].sides[0].len(), 1);
+        assert_eq!(s.best_bid(0).map(|l| l.price), Some(10));
+    }
+
+    #[test]
+    fn sides_compact_when_tombstones_pass_the_slack() {
+        let mut s = shard(1);
+        for id in 1..=5 {
+            rest(&mut s, id, 10 + id as i64);
+        }
+        for id in 2..=4 {
+            run(&mut s, Op::Cancel(Cancel::new(id, 0)));
+        }
+        // Levels 11 and 15 live, three tombstones between them.
+        assert_eq!(s.books[0].sides[0].len(), 5);
+        // A new price finds 5 entries >= 2 * 2 live + slack 1: compact first.
+        rest(&mut s, 6, 30);
+        assert_eq!(s.books[0].sides[0].len(), 3);
+        let prices: Vec<i64> = s.depth(0, Side::Buy).map(|l| l.price).collect();
+        assert_eq!(prices, [30, 15, 11]);
+    }
+
+    #[test]
+    fn a_full_level_slab_compacts_every_side() {
+        let cfg = ShardConfig {
+            orders_max: 8,
+            levels_per_side_max: 8,
+            ..ShardConfig::default()
+        };
+        // Slack 0: the slab holds 2 * orders_max = 16 levels.
+        let mut s = Shard::new(0, 1, 2, cfg).with_tombstone_slack(0);
+        assert_eq!(s.levels_max, 16);
+        let new = |s: &mut Shard, id: u64, symbol: u32, price: i64| {
+            let op = Op::New(NewOrder::limit(id, symbol, Side::Buy, price, 1));
+            assert_eq!(run(s, op).len(), 1);
+        };
+        let cancel = |s: &mut Shard, id: u64, symbol: u32| {
+            assert_eq!(run(s, Op::Cancel(Cancel::new(id, symbol))).len(), 1);
+        };
+        // Book 0: six tombstones below one live level, and no more inserts,
+        // so only a whole-shard compaction can reclaim them.
+        for id in 0..7 {
+            new(&mut s, id, 0, 100 + id as i64);
+        }
+        for id in 0..6 {
+            cancel(&mut s, id, 0);
+        }
+        assert_eq!(s.books[0].sides[0].len(), 7);
+        // Book 1: seven live levels, then orders cycling through new prices.
+        for id in 10..17 {
+            new(&mut s, id, 1, 200 + id as i64);
+        }
+        cancel(&mut s, 10, 1);
+        for (i, id) in (20..24).enumerate() {
+            new(&mut s, id, 1, 150 + i as i64);
+            cancel(&mut s, id, 1);
+        }
+        assert_eq!(s.books[0].sides[0].len(), 1, "book 0 was compacted");
+        assert!(s.levels.len() <= s.levels_max);
+        assert_eq!(s.live, 7);
+    }
+
+    #[test]
+    fn the_index_grows_with_live_orders_and_keeps_them_reachable() {
+        let cfg = ShardConfig {
+            orders_max: 1_000,
+            ..ShardConfig::default()
+        };
+        let mut s = Shard::new(0, 1, 1, cfg);
+        assert_eq!(s.index.in_use(), 16);
+        for id in 0..600 {
+            rest(&mut s, id, 1 + (id as i64 % 50));
+        }
+        assert_eq!(s.index.in_use(), 2048);
+        for id in (0..600).step_by(3) {
+            assert_eq!(run(&mut s, Op::Cancel(Cancel::new(id, 0))).len(), 1);
+        }
+        for id in 0..600 {
+            assert_eq!(s.order(1, id).is_some(), id % 3 != 0, "order {id}");
+        }
     }
 }

@@ -9,9 +9,21 @@
 //! removal shifts only the few entries behind it. Keys sit in their own
 //! vector so that a search scans contiguous `i64`s.
 //!
-//! The vectors grow on demand (doubling) up to the side's level limit; that
-//! growth happens while a book warms up to its working depth, after which a
-//! side never allocates again (it never shrinks).
+//! Empty levels stay (tombstones): when a level's last order leaves, its
+//! entry stays in the vectors (the shard keeps the level, with no orders)
+//! unless it is the best one, so that an order arriving at that price later
+//! (typically a replace moving an order by a few ticks) finds it without an
+//! insert, and leaving needs no search and no memmove. Measured on the
+//! replace-heavy mix, removing and re-inserting entries deep in the book
+//! cost more than everything else in a move. The best entry is never
+//! empty, so matching still reads the best level at the end. `active`
+//! counts the non-empty levels (what the level limit applies to), and the
+//! shard compacts a side when its tombstones outnumber its levels (plus
+//! slack), which bounds searches and memory.
+//!
+//! The vectors grow on demand (doubling) up to about twice the side's level
+//! limit; that growth happens while a book warms up to its working depth,
+//! after which a side never allocates again (it never shrinks).
 
 /// How many entries from the best end a search scans linearly before it
 /// switches to binary search: most activity is within a few ticks of the
@@ -23,6 +35,8 @@ const LINEAR_SCAN_STEPS: usize = 8;
 pub(crate) struct BookSide {
     keys: Vec<i64>,
     levels: Vec<u32>,
+    /// Entries whose level has orders (the others are tombstones).
+    pub(crate) active: u32,
 }
 
 impl BookSide {
@@ -30,10 +44,11 @@ impl BookSide {
         BookSide {
             keys: Vec::with_capacity(capacity),
             levels: Vec::with_capacity(capacity),
+            active: 0,
         }
     }
 
-    /// Number of price levels.
+    /// Number of entries, tombstones included.
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
@@ -54,11 +69,25 @@ impl BookSide {
         self.keys.last().copied()
     }
 
-    /// Removes the best level (after matching emptied it).
+    /// Removes the best entry and returns its level.
     #[inline]
-    pub(crate) fn pop_best(&mut self) {
+    pub(crate) fn pop_best(&mut self) -> Option<u32> {
         self.keys.pop();
-        self.levels.pop();
+        self.levels.pop()
+    }
+
+    /// Keeps only the entries whose level `keep` accepts, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.keys.len() {
+            if keep(self.levels[i]) {
+                self.keys[kept] = self.keys[i];
+                self.levels[kept] = self.levels[i];
+                kept += 1;
+            }
+        }
+        self.keys.truncate(kept);
+        self.levels.truncate(kept);
     }
 
     /// The level at `position` (0 = worst).
@@ -95,13 +124,6 @@ impl BookSide {
         self.levels.insert(position, level);
     }
 
-    /// Removes the level at `position`.
-    #[inline]
-    pub(crate) fn remove(&mut self, position: usize) {
-        self.keys.remove(position);
-        self.levels.remove(position);
-    }
-
     /// Levels best first: (key, level index).
     pub(crate) fn iter_best_first(&self) -> impl Iterator<Item = (i64, u32)> + '_ {
         self.keys
@@ -126,11 +148,15 @@ mod tests {
             assert_eq!(side.find(key), side.keys.binary_search(&key), "key {key}");
         }
         assert_eq!(side.best(), Some((78, 39)));
-        side.pop_best();
+        assert_eq!(side.pop_best(), Some(39));
         assert_eq!(side.best_key(), Some(76));
-        side.remove(0);
+        side.retain(|level| level != 0);
         assert_eq!(side.at(0), (2, 1));
         let best_first: Vec<i64> = side.iter_best_first().map(|(k, _)| k).take(3).collect();
         assert_eq!(best_first, [76, 74, 72]);
+        side.retain(|level| level % 2 == 0);
+        assert_eq!(side.len(), 19);
+        assert_eq!(side.at(0), (4, 2));
+        assert_eq!(side.best(), Some((76, 38)));
     }
 }
