@@ -1,0 +1,135 @@
+# Shared helpers for the turbo-dex scripts (sourced, not run).
+# shellcheck shell=bash
+
+# Prints a step the way every script does.
+step() { printf '\n==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() {
+    printf '%s: error: %s\n' "${PROG:-turbo-dex}" "$*" >&2
+    exit 2
+}
+
+# The CPUs this shell may run on, as a space-separated list.
+allowed_cpus() {
+    local list=""
+    if command -v taskset >/dev/null 2>&1; then
+        list=$(taskset -pc $$ 2>/dev/null | sed -n 's/.*: *//p')
+    fi
+    if [ -z "$list" ] && [ -r /sys/devices/system/cpu/online ]; then
+        list=$(cat /sys/devices/system/cpu/online)
+    fi
+    [ -n "$list" ] || list="0"
+    expand_cpu_list "$list"
+}
+
+# Expands a taskset-style list (0-3,8,10-14:2) into space-separated ids.
+expand_cpu_list() {
+    local IFS=, part out="" a b step
+    for part in $1; do
+        step=1
+        case "$part" in
+            *:*) step=${part#*:}; part=${part%%:*} ;;
+        esac
+        case "$part" in
+            *-*) a=${part%-*}; b=${part#*-} ;;
+            *) a=$part; b=$part ;;
+        esac
+        while [ "$a" -le "$b" ]; do
+            out="$out $a"
+            a=$((a + step))
+        done
+    done
+    echo "${out# }"
+}
+
+# Joins ids with commas: "0 1 2" -> "0,1,2".
+join_cpus() {
+    local IFS=,
+    # shellcheck disable=SC2048,SC2086
+    set -- $*
+    echo "$*"
+}
+
+# Builds the release binaries unless BIN_DIR is set; sets TURBO_DEX and DEX_TRADER.
+build_binaries() {
+    if [ -n "${BIN_DIR:-}" ]; then
+        TURBO_DEX="$BIN_DIR/turbo-dex"
+        DEX_TRADER="$BIN_DIR/dex-trader"
+        note "using prebuilt binaries in $BIN_DIR"
+    else
+        command -v cargo >/dev/null 2>&1 || die "cargo is not installed; install Rust from https://rustup.rs"
+        step "building turbo-dex and dex-trader in release mode (first build takes a few minutes)"
+        cargo build --release --locked -p engine -p loadgen >&2
+        local dir
+        dir="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+        TURBO_DEX="$dir/turbo-dex"
+        DEX_TRADER="$dir/dex-trader"
+    fi
+    [ -x "$TURBO_DEX" ] || die "missing $TURBO_DEX"
+    [ -x "$DEX_TRADER" ] || die "missing $DEX_TRADER"
+}
+
+# Starts turbo-dex with the given arguments on 127.0.0.1:0, waits for its
+# ready line and sets SERVER_PID, SERVER_ADDR, SERVER_OUT and SERVER_ERR.
+start_server() {
+    local out_file=$1 err_file=$2
+    shift 2
+    SERVER_OUT=$out_file
+    SERVER_ERR=$err_file
+    : >"$SERVER_OUT"
+    "$TURBO_DEX" --listen 127.0.0.1:0 "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
+    SERVER_PID=$!
+    local i
+    for i in $(seq 1 200); do
+        SERVER_ADDR=$(sed -n 's/^turbo-dex listening on //p' "$SERVER_OUT")
+        [ -n "$SERVER_ADDR" ] && return 0
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            cat "$SERVER_ERR" >&2
+            SERVER_PID=""
+            die "turbo-dex did not start (see the message above)"
+        fi
+        sleep 0.05
+        : "$i"
+    done
+    die "turbo-dex did not report its address within 10 s"
+}
+
+# The server's peak resident memory in KiB (VmHWM), or 0.
+server_peak_rss_kib() {
+    local kib=0
+    if [ -n "${SERVER_PID:-}" ] && [ -r "/proc/$SERVER_PID/status" ]; then
+        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")
+    fi
+    echo "${kib:-0}"
+}
+
+# The server's current resident memory in KiB (VmRSS), or 0.
+server_rss_kib() {
+    local kib=0
+    if [ -n "${SERVER_PID:-}" ] && [ -r "/proc/$SERVER_PID/status" ]; then
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status")
+    fi
+    echo "${kib:-0}"
+}
+
+# Stops the server gracefully (SIGINT), waits up to 20 s, then kills it.
+stop_server() {
+    [ -n "${SERVER_PID:-}" ] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -INT "$SERVER_PID" 2>/dev/null || true
+        local i
+        for i in $(seq 1 400); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.05
+            : "$i"
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+# Reads a number field from a flat JSON report: json_num FILE KEY.
+json_num() {
+    grep -o "\"$2\"[[:space:]]*:[[:space:]]*[-0-9.eE+]*" "$1" 2>/dev/null | head -n 1 | sed 's/.*:[[:space:]]*//'
+}
