@@ -300,7 +300,8 @@ fn symbols_of_other_shards_and_beyond_the_directory_are_unknown() {
 fn bad_enum_fields_and_flags_are_rejected_with_their_reason() {
     let mut h = Harness::new();
     let good = NewOrder::limit(1, 0, Side::Buy, 10, 1);
-    let cases: [(fn(&mut NewOrder), RejectReason); 6] = [
+    type Spoil = fn(&mut NewOrder);
+    let cases: [(Spoil, RejectReason); 6] = [
         (|o| o.side = 0, RejectReason::InvalidSide),
         (|o| o.side = 3, RejectReason::InvalidSide),
         (|o| o.order_type = 9, RejectReason::InvalidOrderType),
