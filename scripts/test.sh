@@ -34,6 +34,9 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "cargo build (the script tests run the debug binaries)"
+cargo build --workspace --bins --locked
+
 say "cargo test"
 cargo test --workspace --locked
 
