@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# The repeatable end-to-end benchmark: turbo-dex and dex-trader on loopback,
+# pinned to separate cores.
+#
+#   (1) throughput, closed loop, realistic mix, batches 1, 10, 100, 2000,
+#       for --engine match and --engine null;
+#   (2) open-loop latency at fixed offered rates, percentiles to p99.99;
+#   (3) the server's peak resident memory for every run, and (full mode)
+#       its resident memory sampled over a 60-second run at full load;
+#   and the bare loopback TCP round trip (tcp-rtt) for scale.
+#
+# Writes the raw JSON reports and table.md to a results folder (not
+# committed) and prints the table.
+#
+#   scripts/bench.sh --short      # a quick look (3 s runs)
+#   scripts/bench.sh --full       # for the record (10 s runs + 60 s memory run)
+#   scripts/bench.sh --tiny       # seconds; what the test suite runs
+set -euo pipefail
+PROG=bench
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+cd "$ROOT"
+
+MODE=short
+OUT=""
+BIN_DIR=${BIN_DIR:-}
+SERVER_EXTRA=()
+
+usage() {
+    cat <<EOF
+Usage: scripts/bench.sh [--tiny|--short|--full] [--out DIR] [--bin-dir DIR] [-- TURBO-DEX ARGS...]
+
+  --tiny        1-second runs, batches 1 and 100, one latency rate (the test suite's mode)
+  --short       3-second runs, every batch size, latency at 100K and 1M orders/s (default)
+  --full        10-second runs, latency at 100K, 1M and 5M orders/s, and a 60-second
+                memory run
+  --out DIR     where to write the JSON reports and table.md
+                (default results/bench-<mode>-<time>)
+  --bin-dir DIR use prebuilt turbo-dex and dex-trader from DIR instead of building
+  -- ARGS       extra arguments for every turbo-dex run (e.g. -- --journal none)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tiny) MODE=tiny; shift ;;
+        --short) MODE=short; shift ;;
+        --full) MODE=full; shift ;;
+        --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; SERVER_EXTRA=("$@"); break ;;
+        *) usage >&2; die "unknown option $1" ;;
+    esac
+done
+
+case "$MODE" in
+    tiny)
+        DURATION=1s WARMUP=500ms BATCHES="1 100" RATES="20000:1" MEMORY_SECS=0 RTT_COUNT=2000 ;;
+    short)
+        DURATION=3s WARMUP=1s BATCHES="1 10 100 2000" RATES="100000:1 1000000:10" MEMORY_SECS=0 RTT_COUNT=50000 ;;
+    full)
+        DURATION=10s WARMUP=2s BATCHES="1 10 100 2000" RATES="100000:1 1000000:10 5000000:50" MEMORY_SECS=60 RTT_COUNT=200000 ;;
+esac
+
+[ -n "$OUT" ] || OUT="results/bench-$MODE-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SERVER_PID=""
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() { stop_server; }
+trap cleanup EXIT
+trap 'note "interrupted"; exit 130' INT TERM
+
+build_binaries
+RTT_BIN="$(dirname "$TURBO_DEX")/tcp-rtt"
+if [ ! -x "$RTT_BIN" ] && [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release --locked -p benches --bin tcp-rtt >&2
+fi
+
+read -r -a CPUS <<<"$(allowed_cpus)"
+N=${#CPUS[@]}
+if [ "$N" -ge 2 ]; then
+    HALF=$((N / 2))
+    SERVER_CPUS=$(join_cpus "${CPUS[@]:0:HALF}")
+    TRADER_CPUS=$(join_cpus "${CPUS[@]:HALF}")
+    SERVER_PIN=(--cores "$SERVER_CPUS")
+    TRADER_PIN=(--cores "$TRADER_CPUS")
+    PLACEMENT="turbo-dex on CPU $SERVER_CPUS, dex-trader on CPU $TRADER_CPUS"
+else
+    SERVER_PIN=(--cores "${CPUS[0]}" --no-pin)
+    TRADER_PIN=()
+    PLACEMENT="one CPU: both unpinned, sharing it"
+fi
+MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr)"
+step "bench mode $MODE; $PLACEMENT; results in $OUT"
+
+# One measured run: run_one NAME SERVER-ARGS... -- TRADER-ARGS...
+run_one() {
+    local name=$1
+    shift
+    local server_args=() trader_args=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do server_args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    trader_args=("$@")
+    start_server "$OUT/$name.server.out" "$OUT/$name.server.err" "${SERVER_PIN[@]}" --quiet \
+        "${server_args[@]}" "${SERVER_EXTRA[@]}"
+    local status=0
+    "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" --duration "$DURATION" --warmup "$WARMUP" \
+        --quiet --json "$OUT/$name.json" "${trader_args[@]}" >"$OUT/$name.trader.out" 2>"$OUT/$name.trader.err" ||
+        status=$?
+    server_peak_rss_kib >"$OUT/$name.rss_kib"
+    stop_server
+    if [ "$status" -ne 0 ] || [ ! -s "$OUT/$name.json" ]; then
+        note "run $name failed (dex-trader status $status):"
+        sed 's/^/      /' "$OUT/$name.trader.err" >&2
+        return 1
+    fi
+}
+
+fmt_rate() { awk -v x="${1:-0}" 'BEGIN { if (x >= 1e6) printf "%.2fM", x / 1e6; else if (x >= 1e3) printf "%.0fK", x / 1e3; else printf "%.0f", x }'; }
+fmt_us() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x }'; }
+fmt_mib() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x / 1024 }'; }
+
+TABLE="$OUT/table.md"
+{
+    echo "# turbo-dex end-to-end benchmark ($MODE)"
+    echo
+    echo "Machine: $MACHINE. $PLACEMENT. Loopback."
+    echo "Command: \`scripts/bench.sh --$MODE\`. Runs of $DURATION after $WARMUP warmup; realistic mix (9% GTC, 3% IOC, 6% cancel, 82% replace), 2 connections."
+    echo
+} >"$TABLE"
+
+failures=0
+
+step "bare loopback TCP round trip (tcp-rtt, $RTT_COUNT trips)"
+rtt_args=(--count "$RTT_COUNT" --json "$OUT/tcp-rtt.json")
+if [ "$N" -ge 2 ]; then
+    rtt_args+=(--server-cpu "${CPUS[0]}" --client-cpu "${CPUS[$((N / 2))]}")
+fi
+if [ -x "$RTT_BIN" ] && "$RTT_BIN" "${rtt_args[@]}" >"$OUT/tcp-rtt.out" 2>&1; then
+    rtt_p50=$(json_num "$OUT/tcp-rtt.json" p50)
+    rtt_p99=$(json_num "$OUT/tcp-rtt.json" p99)
+    "$RTT_BIN" --count "$RTT_COUNT" --json "$OUT/tcp-rtt-unpinned.json" >"$OUT/tcp-rtt-unpinned.out" 2>&1 || true
+    rtt_same=$(json_num "$OUT/tcp-rtt-unpinned.json" p50)
+    {
+        echo "Bare loopback TCP round trip (32 bytes, blocking): p50 ${rtt_p50} us, p99 ${rtt_p99} us with the ends on the two CPUs above; p50 ${rtt_same:-?} us unpinned (the scheduler keeps both on one CPU)."
+        echo
+    } >>"$TABLE"
+else
+    note "tcp-rtt unavailable; skipping the round-trip line"
+fi
+
+step "throughput (closed loop)"
+{
+    echo "## Throughput, closed loop"
+    echo
+    echo "| engine | batch | orders/s | reports/s | trades/s | rejects | p50 us | p99 us | p99.99 us | server peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >>"$TABLE"
+for engine in match null; do
+    for batch in $BATCHES; do
+        name="tput-$engine-b$batch"
+        note "$name"
+        if run_one "$name" --engine "$engine" -- --batch "$batch" --connections 2 --mix realistic; then
+            j="$OUT/$name.json"
+            dur=$(json_num "$j" duration_secs)
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$engine" "$batch" \
+                "$(fmt_rate "$(json_num "$j" orders_per_sec)")" \
+                "$(fmt_rate "$(awk -v r="$(json_num "$j" reports_received)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+                "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+                "$(json_num "$j" rejects)" "$(fmt_us "$(json_num "$j" p50)")" "$(fmt_us "$(json_num "$j" p99)")" \
+                "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
+        else
+            failures=$((failures + 1))
+            printf '| %s | %s | failed | | | | | | | |\n' "$engine" "$batch" >>"$TABLE"
+        fi
+    done
+done
+
+step "latency (open loop)"
+{
+    echo
+    echo "## Latency, open loop (wire to wire, from each order's scheduled send time)"
+    echo
+    echo "| engine | offered/s | batch | achieved/s | p50 us | p90 us | p99 us | p99.9 us | p99.99 us | max us | server peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >>"$TABLE"
+for spec in $RATES; do
+    rate=${spec%%:*}
+    batch=${spec#*:}
+    name="lat-match-r$rate"
+    note "$name (batch $batch)"
+    if run_one "$name" --engine match --poll spin -- --rate "$rate" --batch "$batch" --connections 1 --mix realistic; then
+        j="$OUT/$name.json"
+        printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(fmt_rate "$rate")" "$batch" \
+            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_us "$(json_num "$j" p50)")" \
+            "$(fmt_us "$(json_num "$j" p90)")" "$(fmt_us "$(json_num "$j" p99)")" "$(fmt_us "$(json_num "$j" p999)")" \
+            "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_us "$(json_num "$j" max)")" \
+            "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
+    else
+        failures=$((failures + 1))
+        printf '| match | %s | %s | failed | | | | | | | |\n' "$(fmt_rate "$rate")" "$batch" >>"$TABLE"
+    fi
+done
+
+if [ "$MEMORY_SECS" -gt 0 ]; then
+    step "memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match)"
+    start_server "$OUT/memory.server.out" "$OUT/memory.server.err" "${SERVER_PIN[@]}" --quiet --engine match \
+        "${SERVER_EXTRA[@]}"
+    "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" --duration "${MEMORY_SECS}s" --warmup 2s --quiet \
+        --batch 2000 --connections 2 --json "$OUT/memory.json" >"$OUT/memory.trader.out" 2>&1 &
+    trader=$!
+    : >"$OUT/memory.rss"
+    while kill -0 "$trader" 2>/dev/null; do
+        server_rss_kib >>"$OUT/memory.rss"
+        sleep 5
+    done
+    wait "$trader" || failures=$((failures + 1))
+    stop_server
+    {
+        echo
+        echo "## Server resident memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match), every 5 s"
+        echo
+        echo "RSS MiB: $(awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 / 1024 }' "$OUT/memory.rss")"
+        echo
+        awk 'NR == 2 { first = $1 } { last = $1 } END { if (NR >= 2) printf "After warm-up: %.0f MiB -> %.0f MiB at the end (%+.1f%%).\n", first / 1024, last / 1024, (last - first) * 100 / first }' "$OUT/memory.rss"
+    } >>"$TABLE"
+fi
+
+echo
+cat "$TABLE"
+if [ "$failures" -gt 0 ]; then
+    printf '%s: %s run(s) failed; see %s\n' "$PROG" "$failures" "$OUT" >&2
+    exit 1
+fi
