@@ -618,6 +618,12 @@ impl std::error::Error for PinError {
 /// there. Engine and load generator threads call this first thing, so their
 /// memory is first touched on that core's NUMA node.
 pub fn pin_current_thread(cpu: usize) -> Result<(), PinError> {
+    // core_affinity does the pinning (one cpu_set_t, CPUs below 1024); it
+    // only answers yes or no, so on failure the direct call below runs to
+    // find out why and to cover larger CPU ids.
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        return Ok(());
+    }
     let mut cpus = CpuList::new();
     if let Err(e) = cpus.insert(cpu) {
         return Err(PinError {
