@@ -618,10 +618,13 @@ impl std::error::Error for PinError {
 /// there. Engine and load generator threads call this first thing, so their
 /// memory is first touched on that core's NUMA node.
 pub fn pin_current_thread(cpu: usize) -> Result<(), PinError> {
-    // core_affinity does the pinning (one cpu_set_t, CPUs below 1024); it
-    // only answers yes or no, so on failure the direct call below runs to
-    // find out why and to cover larger CPU ids.
-    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+    // core_affinity does the pinning where it can: its one cpu_set_t holds
+    // CPUs below CPU_SETSIZE (it panics beyond), and it only answers yes or
+    // no, so on failure the direct call below runs to find out why, and it
+    // covers larger CPU ids.
+    if cpu < libc::CPU_SETSIZE as usize
+        && core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+    {
         return Ok(());
     }
     let mut cpus = CpuList::new();
