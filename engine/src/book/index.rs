@@ -1,14 +1,18 @@
-//! The order index: (account, client order id) -> order slot, in O(1).
+//! A slot index: a key of two `u64` words -> a `u32` slot of a slab, in
+//! O(1). The shard keeps two: orders by (account, client order id), for
+//! cancel, replace and query; and price levels by ((book, side), price), so
+//! that an order arriving at a price finds its level without searching the
+//! sorted side.
 //!
 //! A custom open-addressing table rather than `std::collections::HashMap`
 //! because the book needs three things std does not give together: no
 //! `RandomState` (the shard must be deterministic), storage allocated once
-//! for the shard's whole capacity (no rehash, so no allocation, in steady
-//! state), and 8-byte entries so that a probe touches one cache line.
+//! for the shard's whole capacity (no allocation in steady state), and
+//! 8-byte entries so that a probe touches one cache line.
 //!
-//! Layout: a power-of-two array of `u64` entries, at least twice the shard's
-//! `orders_max`, so the load factor never exceeds 1/2 and a probe sequence is
-//! short. An entry packs the top 32 bits of the key's hash (the tag) above
+//! Layout: a power-of-two array of `u64` entries, at least twice the most
+//! keys it may hold, so the load factor never exceeds 1/2 and a probe
+//! sequence is short. An entry packs the top 32 bits of the key's hash (the tag) above
 //! `slot + 1`; 0 means empty, which lets the array come from a zeroed
 //! allocation that the OS maps lazily. The key itself lives in the order
 //! slab: a tag match is confirmed there, and the caller touches that order
@@ -20,7 +24,7 @@
 //! full. A shard sized for a million orders that holds a thousand then
 //! probes a 16 KiB table that stays in L1, instead of one random cache line
 //! in 16 MiB per lookup; measured, this was the largest single cost of the
-//! replace-heavy mix. The prefix never shrinks and never allocates: the
+//! replace-heavy mix (a third of its time with a 2 MiB table). The prefix never shrinks and never allocates: the
 //! array is reserved (and zeroed) once, for the shard's capacity.
 //!
 //! Hash flooding: the hash is a fixed multiplicative one (deterministic by
@@ -32,19 +36,19 @@
 /// Smallest table, so that the home-bucket shift stays below 32.
 const CAPACITY_MIN: usize = 16;
 
-/// A key's 64-bit hash: two multiply-xor rounds. Client order ids are
-/// usually sequential, so the multiply's high bits (which pick the bucket)
-/// spread consecutive ids over the whole table.
+/// A key's 64-bit hash: two multiply-xor rounds. Client order ids and
+/// prices are often consecutive, so the multiply's high bits (which pick
+/// the bucket) spread consecutive keys over the whole table.
 #[inline]
-fn hash(account: u64, client_order_id: u64) -> u64 {
-    let x = account.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ client_order_id;
+fn hash(high: u64, low: u64) -> u64 {
+    let x = high.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ low;
     let x = x.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     x ^ (x >> 29)
 }
 
-/// Maps order keys to slots. See the module docs.
+/// Maps keys to slots. See the module docs.
 #[derive(Debug)]
-pub(crate) struct OrderIndex {
+pub(crate) struct SlotIndex {
     /// The whole reserved array; only `entries[..=mask]` is in use.
     entries: Vec<u64>,
     /// The in-use prefix's length minus one.
@@ -62,14 +66,12 @@ pub(crate) struct Found {
     pub(crate) slot: u32,
 }
 
-impl OrderIndex {
-    /// A table for at most `orders_max` keys (capacity: the next power of
-    /// two at or above `2 * orders_max`).
-    pub(crate) fn new(orders_max: u32) -> Self {
-        let capacity = (2 * orders_max as usize)
-            .next_power_of_two()
-            .max(CAPACITY_MIN);
-        OrderIndex {
+impl SlotIndex {
+    /// A table for at most `keys_max` keys (capacity: the next power of
+    /// two at or above `2 * keys_max`).
+    pub(crate) fn new(keys_max: usize) -> Self {
+        let capacity = (2 * keys_max).next_power_of_two().max(CAPACITY_MIN);
+        SlotIndex {
             // `vec![0; n]` allocates zeroed memory: pages are mapped on first use.
             entries: vec![0u64; capacity],
             mask: CAPACITY_MIN - 1,
@@ -90,21 +92,21 @@ impl OrderIndex {
     /// the shard reaches a new high of live orders.
     pub(crate) fn grow(&mut self, keys: impl Iterator<Item = (u64, u64, u32)>) {
         let size = 2 * (self.mask + 1);
-        // Never needed past the array: `len < orders_max` and the array
-        // holds at least `2 * orders_max` entries.
+        // Never needed past the array: `len < keys_max` and the array
+        // holds at least `2 * keys_max` entries.
         debug_assert!(size <= self.entries.len());
         self.entries[..=self.mask].fill(0);
         self.mask = size - 1;
         self.home_shift = 32 - size.trailing_zeros();
         self.len = 0;
-        for (account, client_order_id, slot) in keys {
-            self.insert(account, client_order_id, slot);
+        for (high, low, slot) in keys {
+            self.insert(high, low, slot);
         }
     }
 
     #[inline]
-    fn tag(account: u64, client_order_id: u64) -> u32 {
-        (hash(account, client_order_id) >> 32) as u32
+    fn tag(high: u64, low: u64) -> u32 {
+        (hash(high, low) >> 32) as u32
     }
 
     #[inline]
@@ -117,11 +119,11 @@ impl OrderIndex {
     #[inline]
     pub(crate) fn find(
         &self,
-        account: u64,
-        client_order_id: u64,
+        high: u64,
+        low: u64,
         key_of: impl Fn(u32) -> (u64, u64),
     ) -> Option<Found> {
-        let tag = Self::tag(account, client_order_id);
+        let tag = Self::tag(high, low);
         let mut position = self.home(tag);
         loop {
             let entry = self.entries[position];
@@ -130,7 +132,7 @@ impl OrderIndex {
             }
             if (entry >> 32) as u32 == tag {
                 let slot = (entry as u32) - 1;
-                if key_of(slot) == (account, client_order_id) {
+                if key_of(slot) == (high, low) {
                     return Some(Found { position, slot });
                 }
             }
@@ -141,8 +143,8 @@ impl OrderIndex {
     /// Finds the entry position of a key known to be stored in `slot`
     /// (compares slots, so it never needs to read other orders' keys).
     #[inline]
-    pub(crate) fn position_of(&self, account: u64, client_order_id: u64, slot: u32) -> usize {
-        let tag = Self::tag(account, client_order_id);
+    pub(crate) fn position_of(&self, high: u64, low: u64, slot: u32) -> usize {
+        let tag = Self::tag(high, low);
         let wanted = (u64::from(tag) << 32) | u64::from(slot + 1);
         let mut position = self.home(tag);
         // The caller guarantees presence; the bound keeps a broken caller
@@ -160,10 +162,10 @@ impl OrderIndex {
     /// Adds a key that is not present. The caller has grown the table if
     /// [`Self::needs_growth`] said so, so an empty entry exists.
     #[inline]
-    pub(crate) fn insert(&mut self, account: u64, client_order_id: u64, slot: u32) {
+    pub(crate) fn insert(&mut self, high: u64, low: u64, slot: u32) {
         debug_assert!(2 * (self.len + 1) <= self.mask + 1);
         self.len += 1;
-        let tag = Self::tag(account, client_order_id);
+        let tag = Self::tag(high, low);
         let mut position = self.home(tag);
         while self.entries[position] != 0 {
             position = (position + 1) & self.mask;
@@ -197,6 +199,12 @@ impl OrderIndex {
         self.entries[hole] = 0;
     }
 
+    /// Keys stored.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Entries reserved (the most the prefix can grow to), for tests.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
@@ -215,7 +223,7 @@ mod tests {
     use super::*;
 
     /// Keys stored in "slots" of a plain vector stand in for the order slab.
-    fn find(index: &OrderIndex, keys: &[(u64, u64)], key: (u64, u64)) -> Option<u32> {
+    fn find(index: &SlotIndex, keys: &[(u64, u64)], key: (u64, u64)) -> Option<u32> {
         index
             .find(key.0, key.1, |s| keys[s as usize])
             .map(|f| f.slot)
@@ -223,7 +231,7 @@ mod tests {
 
     #[test]
     fn insert_find_remove_keep_every_other_key_reachable() {
-        let mut index = OrderIndex::new(64);
+        let mut index = SlotIndex::new(64);
         assert_eq!(index.capacity(), 128);
         let keys: Vec<(u64, u64)> = (0..64u64).map(|i| (i % 3, 1000 + i)).collect();
         for (slot, &(a, c)) in keys.iter().enumerate() {
@@ -255,7 +263,7 @@ mod tests {
     fn long_clusters_survive_wraparound_deletes() {
         // A tiny table with many insert/remove rounds exercises clusters that
         // wrap around the end of the array.
-        let mut index = OrderIndex::new(8);
+        let mut index = SlotIndex::new(8);
         let mut live: Vec<Option<(u64, u64)>> = vec![None; 8];
         let mut seed = 0x1234_5678_u64;
         for round in 0..20_000u64 {

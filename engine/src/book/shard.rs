@@ -22,8 +22,12 @@
 //!   level last ([`BookSide`]): matching pops from the back, and inserts near
 //!   the top of the book move few entries.
 //! - **The order index** maps (account, client order id) to a slot in an
-//!   open-addressing table of twice the capacity ([`OrderIndex`]): cancel,
+//!   open-addressing table of twice the capacity ([`SlotIndex`]): cancel,
 //!   replace and query are O(1).
+//! - **The level index** maps ((book, side), price) to a level, so an order
+//!   arriving at a price (a replace moving an order, mostly) finds its level
+//!   in O(1); the sorted side is searched only when a price is new to it.
+//!   Measured, the binary search it replaces was half the cost of a move.
 //!
 //! The slabs are `Vec`s with their capacity reserved up front and filled by
 //! `push` on first use, so the OS maps their pages lazily: a shard with a
@@ -34,7 +38,7 @@ use wire::{
     RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce,
 };
 
-use super::index::OrderIndex;
+use super::index::{Found, SlotIndex};
 use super::side::BookSide;
 use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
 
@@ -45,12 +49,17 @@ const NIL: u32 = u32::MAX;
 /// shard in the top 16 bits, so they are unique per server.
 pub const ID_SHARD_SHIFT: u32 = 48;
 
-/// Largest accepted `orders_max`: slots are `u32` and the index needs a
-/// power of two at least twice as large.
-pub const ORDERS_MAX_LIMIT: u32 = 1 << 30;
+/// Largest accepted `orders_max`: order and level slots are `u32`, the
+/// level slab holds twice as many levels, and each index needs a power of
+/// two at least twice its slab.
+pub const ORDERS_MAX_LIMIT: u32 = 1 << 28;
 
 /// Largest shard index: it must fit the 16 bits above [`ID_SHARD_SHIFT`].
 pub const SHARD_INDEX_LIMIT: u32 = 1 << 16;
+
+/// Most books (symbols) one shard may own: keeps level slots and the
+/// `book << 1 | side` key within `u32`.
+pub const BOOKS_PER_SHARD_LIMIT: u32 = 1 << 20;
 
 /// Initial capacity of a book side's level vectors; they double on demand
 /// up to about `2 * levels_per_side_max` while the book warms up.
@@ -96,10 +105,12 @@ struct Level {
     total: u64,
     head: u32,
     tail: u32,
-    /// Number of orders; also the free-list link (as `head`) when unused.
+    /// Number of orders (0: a tombstone, or free).
     count: u32,
-    /// Local book index (the symbol is `book * shard_count + shard_index`).
-    book: u32,
+    /// `book << 1 | side index`: the local book (its symbol is
+    /// `book * shard_count + shard_index`) and the side, which together
+    /// with the price are the level's key in the level index.
+    book_side: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Level>() == 32);
@@ -108,6 +119,12 @@ const _: () = assert!(core::mem::size_of::<Level>() == 32);
 #[derive(Debug)]
 struct Book {
     sides: [BookSide; 2],
+}
+
+/// The level index's first key word for a side of a book.
+#[inline]
+const fn level_key(book: u32, side: usize) -> u32 {
+    (book << 1) | side as u32
 }
 
 #[inline]
@@ -134,6 +151,8 @@ const fn key_of(side: Side, price: i64) -> i64 {
 pub enum ConfigError {
     /// `shard_count` is zero.
     NoShards,
+    /// The shard would own more than [`BOOKS_PER_SHARD_LIMIT`] symbols.
+    TooManyBooks(u32),
     /// `shard_index` is not below `shard_count`, or does not fit in 16 bits.
     ShardIndex {
         /// The index given.
@@ -158,6 +177,10 @@ impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             ConfigError::NoShards => write!(f, "shard count is 0; use at least 1 shard"),
+            ConfigError::TooManyBooks(n) => write!(
+                f,
+                "one shard would own {n} symbols, above {BOOKS_PER_SHARD_LIMIT}; use more shards"
+            ),
             ConfigError::ShardIndex {
                 shard_index,
                 shard_count,
@@ -282,7 +305,9 @@ pub struct Shard {
     /// Tombstones a side may hold beyond its live levels ([`TOMBSTONE_SLACK`]).
     tombstone_slack: usize,
     free_level: u32,
-    index: OrderIndex,
+    index: SlotIndex,
+    /// ((book, side), price) -> level, for every entry of every side.
+    level_index: SlotIndex,
     /// Live (resting) orders.
     live: u32,
     /// Sequence of the next order id (starts at 1).
@@ -330,6 +355,9 @@ impl Shard {
         } else {
             0
         };
+        if book_count > BOOKS_PER_SHARD_LIMIT {
+            return Err(ConfigError::TooManyBooks(book_count));
+        }
         let side_capacity = SIDE_CAPACITY_INITIAL.min(cfg.levels_per_side_max as usize);
         let books = (0..book_count)
             .map(|_| Book {
@@ -352,7 +380,8 @@ impl Shard {
             levels_max,
             tombstone_slack: TOMBSTONE_SLACK,
             free_level: NIL,
-            index: OrderIndex::new(cfg.orders_max),
+            index: SlotIndex::new(cfg.orders_max as usize),
+            level_index: SlotIndex::new(levels_max),
             live: 0,
             next_order: 1,
             next_trade: 1,
@@ -445,6 +474,7 @@ impl Shard {
     /// for tests and debugging, not for the hot path.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut resting = 0u32;
+        let mut entries = 0usize;
         for (b, book) in self.books.iter().enumerate() {
             for (s, side) in book.sides.iter().enumerate() {
                 if side.active > self.cfg.levels_per_side_max {
@@ -468,9 +498,14 @@ impl Shard {
                     }
                     let l = &self.levels[level as usize];
                     let want_side = if s == 0 { Side::Buy } else { Side::Sell };
-                    if key != key_of(want_side, l.price) || l.book != b as u32 {
+                    if key != key_of(want_side, l.price) || l.book_side != level_key(b as u32, s) {
                         return Err(format!("book {b} side {s}: level {level} misfiled"));
                     }
+                    match self.find_level(b as u32, s, l.price) {
+                        Some(f) if f.slot == level => {}
+                        _ => return Err(format!("level {level} is not in the level index")),
+                    }
+                    entries += 1;
                     if previous_key.is_some_and(|p| p <= key) {
                         return Err(format!("book {b} side {s}: levels out of order"));
                     }
@@ -513,8 +548,18 @@ impl Shard {
                 return Err(format!("book {b} crossed: bid {bid} >= ask {}", -ask));
             }
         }
-        if resting != self.live {
-            return Err(format!("{resting} orders rest but live is {}", self.live));
+        if resting != self.live || self.index.len() != self.live as usize {
+            return Err(format!(
+                "{resting} orders rest, {} indexed, but live is {}",
+                self.index.len(),
+                self.live
+            ));
+        }
+        if entries != self.level_index.len() {
+            return Err(format!(
+                "{entries} levels in sides but {} indexed",
+                self.level_index.len()
+            ));
         }
         Ok(())
     }
@@ -535,7 +580,7 @@ impl Shard {
     }
 
     #[inline]
-    fn find(&self, account: u64, client_order_id: u64) -> Option<super::index::Found> {
+    fn find(&self, account: u64, client_order_id: u64) -> Option<Found> {
         let orders = &self.orders;
         self.index.find(account, client_order_id, |slot| {
             let o = &orders[slot as usize];
@@ -563,7 +608,7 @@ impl Shard {
             client_order_id: o.client_order_id,
             order_id: o.order_id,
             owner_session: o.owner,
-            symbol: self.symbol_of(l.book),
+            symbol: self.symbol_of(l.book_side >> 1),
             side: o.side,
             price: l.price,
             open_quantity: o.open,
@@ -617,15 +662,17 @@ impl Shard {
         self.live -= 1;
     }
 
+    /// Takes a free level slot for `price` on a side (not yet in the side
+    /// or the level index).
     #[inline]
-    fn alloc_level(&mut self, book: u32, price: i64) -> u32 {
+    fn alloc_level(&mut self, book: u32, side: usize, price: i64) -> u32 {
         let level = Level {
             price,
             total: 0,
             head: NIL,
             tail: NIL,
             count: 0,
-            book,
+            book_side: level_key(book, side),
         };
         if self.free_level != NIL {
             let index = self.free_level;
@@ -649,11 +696,14 @@ impl Shard {
     fn compact_side(&mut self, book: u32, side: usize) {
         let levels = &mut self.levels;
         let free_level = &mut self.free_level;
+        let level_index = &mut self.level_index;
         self.books[book as usize].sides[side].retain(|level| {
             let l = &mut levels[level as usize];
             if l.count > 0 {
                 return true;
             }
+            let position = level_index.position_of(u64::from(l.book_side), l.price as u64, level);
+            level_index.remove_at(position);
             l.head = *free_level;
             *free_level = level;
             false
@@ -691,17 +741,48 @@ impl Shard {
     /// True when the side has a non-empty level at `price`.
     #[inline]
     fn has_level(&self, book: u32, side: Side, price: i64) -> bool {
-        let book_side = &self.books[book as usize].sides[side_index(side)];
-        match book_side.find(key_of(side, price)) {
-            Ok(position) => self.levels[book_side.at(position).1 as usize].count > 0,
-            Err(_) => false,
-        }
+        self.find_level(book, side_index(side), price)
+            .is_some_and(|f| self.levels[f.slot as usize].count > 0)
     }
 
+    /// Returns a level (already out of its side) to the slab and drops it
+    /// from the level index.
     #[inline]
     fn free_level(&mut self, level: u32) {
-        self.levels[level as usize].head = self.free_level;
+        let l = &mut self.levels[level as usize];
+        let position = self
+            .level_index
+            .position_of(u64::from(l.book_side), l.price as u64, level);
+        self.level_index.remove_at(position);
+        l.head = self.free_level;
         self.free_level = level;
+    }
+
+    /// The level of `price` on a side (a tombstone, possibly), by the
+    /// level index.
+    #[inline]
+    fn find_level(&self, book: u32, side: usize, price: i64) -> Option<Found> {
+        let levels = &self.levels;
+        self.level_index
+            .find(u64::from(level_key(book, side)), price as u64, |slot| {
+                let l = &levels[slot as usize];
+                (u64::from(l.book_side), l.price as u64)
+            })
+    }
+
+    /// Rebuilds the level index one size larger from the sides (every level
+    /// in them, tombstones included).
+    #[cold]
+    fn grow_level_index(&mut self) {
+        let (books, levels) = (&self.books, &self.levels);
+        self.level_index.grow(books.iter().flat_map(|book| {
+            book.sides.iter().flat_map(|side| {
+                side.iter_best_first().map(|(_, level)| {
+                    let l = &levels[level as usize];
+                    (u64::from(l.book_side), l.price as u64, level)
+                })
+            })
+        }));
     }
 
     /// Appends an order (already in the slab) at the back of the level for
@@ -709,24 +790,10 @@ impl Shard {
     /// side's level limit.
     #[inline]
     fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) {
-        let key = key_of(side, price);
         let s = side_index(side);
-        let level = match self.books[book as usize].sides[s].find(key) {
-            Ok(position) => self.books[book as usize].sides[s].at(position).1,
-            Err(mut position) => {
-                let book_side = &self.books[book as usize].sides[s];
-                if book_side.len() >= 2 * book_side.active as usize + self.tombstone_slack {
-                    self.compact_side(book, s);
-                    position = self.books[book as usize].sides[s].find(key).unwrap_err();
-                }
-                if self.level_slab_full() {
-                    self.compact_all();
-                    position = self.books[book as usize].sides[s].find(key).unwrap_err();
-                }
-                let level = self.alloc_level(book, price);
-                self.books[book as usize].sides[s].insert(position, key, level);
-                level
-            }
+        let level = match self.find_level(book, s, price) {
+            Some(found) => found.slot,
+            None => self.add_level(book, s, price),
         };
         let l = &mut self.levels[level as usize];
         if l.count == 0 {
@@ -748,6 +815,36 @@ impl Shard {
         o.prev = tail;
         o.next = NIL;
         o.level = level;
+    }
+
+    /// Adds a level for a price its side has no entry for: into the sorted
+    /// side (compacting it first if tombstones crowd it, or every side if
+    /// the slab is full) and into the level index.
+    fn add_level(&mut self, book: u32, s: usize, price: i64) -> u32 {
+        let book_side = &self.books[book as usize].sides[s];
+        if book_side.len() >= 2 * book_side.active as usize + self.tombstone_slack {
+            self.compact_side(book, s);
+        }
+        if self.level_slab_full() {
+            self.compact_all();
+        }
+        if self.level_index.needs_growth() {
+            self.grow_level_index();
+        }
+        let side = if s == 0 { Side::Buy } else { Side::Sell };
+        let key = key_of(side, price);
+        let position = match self.books[book as usize].sides[s].find(key) {
+            Err(position) => position,
+            Ok(position) => {
+                debug_assert!(false, "price {price} is in its side but not indexed");
+                return self.books[book as usize].sides[s].at(position).1;
+            }
+        };
+        let level = self.alloc_level(book, s, price);
+        self.books[book as usize].sides[s].insert(position, key, level);
+        self.level_index
+            .insert(u64::from(level_key(book, s)), price as u64, level);
+        level
     }
 
     /// Compacts every side of every book: the level slab's last resort,
@@ -790,7 +887,7 @@ impl Shard {
         l.total -= open;
         l.count -= 1;
         if l.count == 0 {
-            let book = l.book;
+            let book = l.book_side >> 1;
             let s = side_index(side);
             let book_side = &mut self.books[book as usize].sides[s];
             book_side.active -= 1;
@@ -1161,7 +1258,7 @@ impl Shard {
 
     #[inline]
     fn book_of_slot(&self, slot: u32) -> u32 {
-        self.levels[self.orders[slot as usize].level as usize].book
+        self.levels[self.orders[slot as usize].level as usize].book_side >> 1
     }
 
     fn replace<S: Sink>(&mut self, cmd: &Command, r: &Replace, sink: &mut S) {
