@@ -71,13 +71,16 @@ build_binaries() {
 
 # Starts turbo-dex with the given arguments on 127.0.0.1:0, waits for its
 # ready line and sets SERVER_PID, SERVER_ADDR, SERVER_OUT and SERVER_ERR.
+# Optional: SERVER_LISTEN replaces 127.0.0.1:0, and the array SERVER_PREFIX
+# is a command that execs turbo-dex (e.g. ip netns exec NS), so that
+# SERVER_PID is still turbo-dex's own pid.
 start_server() {
     local out_file=$1 err_file=$2
     shift 2
     SERVER_OUT=$out_file
     SERVER_ERR=$err_file
     : >"$SERVER_OUT"
-    "$TURBO_DEX" --listen 127.0.0.1:0 "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
+    "${SERVER_PREFIX[@]}" "$TURBO_DEX" --listen "${SERVER_LISTEN:-127.0.0.1:0}" "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
     SERVER_PID=$!
     local i
     for i in $(seq 1 200); do
