@@ -1,1 +1,31 @@
-//! dex-trader: a pinned load generator for turbo-dex.
+//! dex-trader: a pinned load generator for turbo-dex that measures
+//! throughput and latency honestly.
+//!
+//! The logic is free of I/O and of clocks: [`flow`] decides what to send,
+//! [`session`] writes requests into byte buffers and reads reports from
+//! them (tracking every order, and checking every answer under `--verify`),
+//! [`schedule`] says when open-loop orders are due. [`run`] is the only
+//! part with sockets, threads and time: glommio executors pinned to the
+//! `--cores`, moving bytes between the sessions and the server.
+//!
+//! ```no_run
+//! use clap::Parser;
+//! let args = loadgen::cli::Args::parse_from(["dex-trader", "--server", "127.0.0.1:9000"]);
+//! let plan = loadgen::cli::plan(&args).unwrap();
+//! let report = loadgen::run::run(&plan, |line| eprintln!("{line}")).unwrap();
+//! println!("{}", report.summary());
+//! ```
+
+pub mod cli;
+pub mod flow;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod schedule;
+pub mod session;
+pub mod stats;
+pub mod verify;
+
+pub use cli::{Args, Plan, UsageError, parse_duration, plan};
+pub use report::RunReport;
+pub use run::{RunError, run};

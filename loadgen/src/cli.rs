@@ -1,0 +1,586 @@
+//! The command line (`dex-trader --help`) and its checks.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tuning::CpuList;
+
+use crate::flow::Mix;
+use crate::session::CONNECTIONS_PER_WORKER_MAX;
+
+/// Longest `--duration`, `--warmup` or `--drain`: a week. Keeps the
+/// nanosecond clock arithmetic far from overflow.
+pub const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+const AFTER_HELP: &str = "\
+Examples:
+  dex-trader --server 127.0.0.1:9000 --duration 10s
+  dex-trader --server 10.0.0.2:9000 --batch 2000 --cores 0-7 --connections 2 --duration 60s
+  dex-trader --server 10.0.0.2:9000 --rate 1000000 --mix match --json result.json
+  dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
+
+Latency is measured from each request's send time (closed loop) or its
+scheduled time (open loop, --rate) to its first answer from the server.
+Exit status: 0 ok, 1 the run failed or --verify found violations, 2 usage error.";
+
+/// dex-trader: drives a turbo-dex server with a realistic order flow from
+/// pinned cores and reports throughput and latency.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "dex-trader", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Args {
+    /// The server, HOST:PORT (hostnames resolve; the first address is used).
+    #[arg(long, env = "DEX_SERVER", value_name = "HOST:PORT")]
+    pub server: String,
+
+    /// Orders per frame. At most what one NewOrder frame can carry under the
+    /// server's max_frame_bytes (32,767 with the default 1 MiB frames); checked
+    /// after the handshake.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub batch: u32,
+
+    /// Cores to run workers on, taskset style (0-3,8,10-15:2): one worker
+    /// thread pinned to each. Default: one worker on the first CPU this
+    /// process may use (its affinity mask, as set by taskset or a cgroup).
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<CpuList>,
+
+    /// Connections per worker (each a session, with its own account unless
+    /// --accounts says otherwise).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=CONNECTIONS_PER_WORKER_MAX as i64))]
+    pub connections: u32,
+
+    /// How long to measure, after the warmup: 500ms, 10s, 2m, 1h, 1m30s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "TIME")]
+    pub duration: Duration,
+
+    /// Trading before the measurement starts, excluded from every figure.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "TIME")]
+    pub warmup: Duration,
+
+    /// Target requests per second in total (open loop: sent on schedule
+    /// whatever the server does, latency counted from the schedule). 0 or
+    /// absent: closed loop, as fast as the server answers, with at most
+    /// --inflight requests unanswered per connection.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u64>,
+
+    /// Most requests awaiting their first answer per connection. Default:
+    /// 4 batches in closed loop; in open loop 4 batches or 100 ms of the
+    /// connection's rate, whichever is more (when reached, sending pauses and
+    /// the late orders keep their scheduled times).
+    #[arg(long, value_name = "N")]
+    pub inflight: Option<u32>,
+
+    /// How many of the server's symbols to trade (the first N of its
+    /// directory, Zipf-skewed popularity). Default: all.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub symbols: Option<u32>,
+
+    /// Order mix: realistic (exchange-core like: 9% GTC, 3% IOC, 6% cancel,
+    /// 82% replace), insert (resting orders and cancels) or match (most
+    /// orders cross).
+    #[arg(long, value_enum, default_value_t = Mix::Realistic)]
+    pub mix: Mix,
+
+    /// Seed of the order flow: the same seed and the same server answers
+    /// give the same requests.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+
+    /// Account of the first connection; connection i (counted over all
+    /// workers) uses account + (i mod accounts).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub account: u64,
+
+    /// How many accounts the connections spread over. Default: one per
+    /// connection. Orders of one account never trade with each other
+    /// (self-trade prevention), so trading needs at least 2.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub accounts: Option<u64>,
+
+    /// Credentials for the Hello (at most 32 bytes).
+    #[arg(
+        long,
+        default_value = "",
+        env = "DEX_CREDENTIALS",
+        value_name = "STR",
+        hide_env_values = true
+    )]
+    pub credentials: String,
+
+    /// Send coalescing: small frames are gathered up to one TCP segment of
+    /// this MTU before a send. Default: the path MTU of each connection.
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(576..=65_536))]
+    pub mtu: Option<u32>,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Check every answer: one terminal report per order, fills within the
+    /// order's quantity, consistent leaves, reports only for our orders,
+    /// trades paired. Cancels every open order at the end (see --drain) and
+    /// exits 1 on any violation. Meant for --engine match: the null engine
+    /// keeps no orders. Assumes nobody else trades on the server.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// After the measurement: how long to wait for outstanding answers (and
+    /// with --verify for the final cancels) before giving up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "TIME")]
+    pub drain: Duration,
+
+    /// How long a connection and its handshake may take.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "TIME")]
+    pub connect_timeout: Duration,
+
+    /// No live line on stderr and no host-tuning warnings; the summary still
+    /// goes to stdout.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
+/// possibly several (`1m30s`), or a bare number of seconds; decimals allowed.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; write it like 500ms, 10s, 2m or 1h".into());
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        return seconds(secs, text);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let value: f64 = number.parse().map_err(|_| {
+            format!("`{text}` is not a duration; write it like 500ms, 10s, 2m, 1h or 1m30s")
+        })?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!(
+                    "`{text}`: a number without a unit inside a duration; add s, ms, m or h"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`; use ns, us, ms, s, m or h"
+                ));
+            }
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    seconds(total, text)
+}
+
+fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{text}` is not a duration of zero or more"));
+    }
+    let d = Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))?;
+    if d > DURATION_MAX {
+        return Err(format!("`{text}` is longer than the limit of one week"));
+    }
+    Ok(d)
+}
+
+/// A command-line problem found after parsing (exit status 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The checked plan of a run, from [`Args`].
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// As written on the command line.
+    pub server_name: String,
+    /// One worker per entry, pinned to that CPU.
+    pub cores: Vec<usize>,
+    /// Connections per worker.
+    pub connections: usize,
+    /// Orders per frame.
+    pub batch: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Wait for answers after it.
+    pub drain: Duration,
+    /// Connect and handshake timeout.
+    pub connect_timeout: Duration,
+    /// Total requests per second (open loop) or `None` (closed loop).
+    pub rate: Option<u64>,
+    /// `--inflight` if given.
+    pub inflight: Option<usize>,
+    /// `--symbols` if given.
+    pub symbols: Option<usize>,
+    /// The mix.
+    pub mix: Mix,
+    /// The seed.
+    pub seed: u64,
+    /// First account.
+    pub account: u64,
+    /// Accounts spread over the connections.
+    pub accounts: u64,
+    /// Hello credentials.
+    pub credentials: String,
+    /// `--mtu` if given.
+    pub mtu: Option<usize>,
+    /// `--json` if given.
+    pub json: Option<PathBuf>,
+    /// `--verify`.
+    pub verify: bool,
+    /// `--quiet`.
+    pub quiet: bool,
+}
+
+impl Plan {
+    /// Total connections over all workers.
+    pub fn total_connections(&self) -> usize {
+        self.cores.len() * self.connections
+    }
+
+    /// Most requests unanswered per connection.
+    pub fn outstanding_max(&self) -> usize {
+        if let Some(n) = self.inflight {
+            return n;
+        }
+        let four_batches = 4 * self.batch;
+        match self.rate {
+            None => four_batches,
+            Some(rate) => {
+                let per_connection = rate / self.total_connections().max(1) as u64;
+                four_batches.max((per_connection / 10) as usize)
+            }
+        }
+        .min(crate::session::SLOTS_MAX / 4)
+    }
+
+    /// Most orders that may rest per connection: as many as may be in
+    /// flight (replaces and cancels need live orders to act on) plus 2048,
+    /// at least 4096. Far below a server's book capacity, and small enough
+    /// that the generator's order table stays in cache.
+    pub fn live_max(&self) -> usize {
+        (self.outstanding_max() + 2048).max(4096)
+    }
+}
+
+/// Checks `args` and resolves the server: the [`Plan`] of the run.
+pub fn plan(args: &Args) -> Result<Plan, UsageError> {
+    let server = args
+        .server
+        .to_socket_addrs()
+        .map_err(|e| {
+            UsageError(format!(
+                "--server {}: cannot resolve it ({e}); give HOST:PORT, like 127.0.0.1:9000",
+                args.server
+            ))
+        })?
+        .next()
+        .ok_or_else(|| UsageError(format!("--server {}: the name has no address", args.server)))?;
+    let cores =
+        match &args.cores {
+            Some(list) => {
+                list.check_on_this_host()
+                    .map_err(|e| UsageError(format!("--cores {list}: {e}")))?;
+                list.to_vec()
+            }
+            None => {
+                let allowed = tuning::allowed_cpus().map_err(|e| {
+                    UsageError(format!(
+                        "cannot read this process's CPU affinity ({e}); pass --cores"
+                    ))
+                })?;
+                vec![allowed.first().ok_or_else(|| {
+                    UsageError("this process may run on no CPU; pass --cores".into())
+                })?]
+            }
+        };
+    if args.credentials.len() > 32 {
+        return Err(UsageError(format!(
+            "--credentials is {} bytes; the Hello carries at most 32",
+            args.credentials.len()
+        )));
+    }
+    let rate = args.rate.filter(|&r| r > 0);
+    let batch = args.batch as usize;
+    let plan = Plan {
+        server,
+        server_name: args.server.clone(),
+        cores,
+        connections: args.connections as usize,
+        batch,
+        duration: args.duration,
+        warmup: args.warmup,
+        drain: args.drain,
+        connect_timeout: args.connect_timeout.max(Duration::from_millis(1)),
+        rate,
+        inflight: args.inflight.map(|n| n as usize),
+        symbols: args.symbols.map(|n| n as usize),
+        mix: args.mix,
+        seed: args.seed,
+        account: args.account,
+        accounts: args.accounts.unwrap_or(u64::MAX),
+        credentials: args.credentials.clone(),
+        mtu: args.mtu.map(|m| m as usize),
+        json: args.json.clone(),
+        verify: args.verify,
+        quiet: args.quiet,
+    };
+    if args.duration.is_zero() {
+        return Err(UsageError("--duration must be above zero".into()));
+    }
+    if let Some(n) = plan.inflight
+        && n < batch
+    {
+        return Err(UsageError(format!(
+            "--inflight {n} is smaller than --batch {batch}: not even one batch could be sent; \
+             raise --inflight or lower --batch"
+        )));
+    }
+    if plan.outstanding_max() > crate::session::SLOTS_MAX / 4 {
+        return Err(UsageError(format!(
+            "--inflight {} is above the limit of {} per connection; use more connections",
+            plan.outstanding_max(),
+            crate::session::SLOTS_MAX / 4
+        )));
+    }
+    if let Some(rate) = rate
+        && rate < plan.total_connections() as u64
+    {
+        return Err(UsageError(format!(
+            "--rate {rate} is below one request per second per connection ({} connections)",
+            plan.total_connections()
+        )));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_humanely() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("250us", Duration::from_micros(250)),
+            ("7", Duration::from_secs(7)),
+            ("0s", Duration::ZERO),
+            (" 3s ", Duration::from_secs(3)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "-1s",
+            "1m30",
+            "ten seconds",
+            "9999h",
+            "1..2s",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(
+            parse_duration("10x")
+                .unwrap_err()
+                .contains("unknown unit `x`")
+        );
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("dex-trader").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let a = parse(&["--server", "127.0.0.1:9000"]).unwrap();
+        assert_eq!(a.batch, 1);
+        assert_eq!(a.connections, 1);
+        assert_eq!(a.duration, Duration::from_secs(60));
+        assert_eq!(a.warmup, Duration::from_secs(2));
+        assert_eq!(a.mix, Mix::Realistic);
+        assert_eq!(a.rate, None);
+        assert!(!a.verify && !a.quiet);
+        let a = parse(&[
+            "--server",
+            "localhost:1",
+            "--batch",
+            "2000",
+            "--cores",
+            "0",
+            "--connections",
+            "3",
+            "--duration",
+            "1m30s",
+            "--warmup",
+            "500ms",
+            "--rate",
+            "1000000",
+            "--inflight",
+            "9000",
+            "--symbols",
+            "4",
+            "--mix",
+            "match",
+            "--seed",
+            "9",
+            "--account",
+            "7",
+            "--credentials",
+            "secret",
+            "--mtu",
+            "9000",
+            "--json",
+            "out.json",
+            "--verify",
+            "--quiet",
+        ])
+        .unwrap();
+        assert_eq!(a.batch, 2000);
+        assert_eq!(a.cores.as_ref().map(|c| c.to_vec()), Some(vec![0]));
+        assert_eq!(a.duration, Duration::from_secs(90));
+        assert_eq!(a.mix, Mix::Match);
+        assert_eq!(a.mtu, Some(9000));
+        assert!(a.verify && a.quiet);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        use clap::error::ErrorKind;
+        for (args, kind) in [
+            (vec![], ErrorKind::MissingRequiredArgument),
+            (
+                vec!["--server", "x:1", "--batch", "0"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--batch", "70000"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--mix", "wild"],
+                ErrorKind::InvalidValue,
+            ),
+            (
+                vec!["--server", "x:1", "--duration", "soon"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--cores", "3-1"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--connections", "0"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--frobnicate"],
+                ErrorKind::UnknownArgument,
+            ),
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert_eq!(e.kind(), kind, "{args:?}: {e}");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn plans_check_what_clap_cannot() {
+        let a = parse(&["--server", "127.0.0.1:9000", "--cores", "0"]).unwrap();
+        let p = plan(&a).unwrap();
+        assert_eq!(p.cores, vec![0]);
+        assert_eq!(p.outstanding_max(), 4);
+        assert_eq!(p.server.port(), 9000);
+
+        let default_cores = plan(&parse(&["--server", "127.0.0.1:9000"]).unwrap()).unwrap();
+        assert_eq!(default_cores.cores.len(), 1);
+
+        let cases: [(&[&str], &str); 5] = [
+            (&["--server", "no-port-here"], "cannot resolve"),
+            (
+                &["--server", "127.0.0.1:1", "--cores", "4000"],
+                "--cores 4000",
+            ),
+            (
+                &[
+                    "--server",
+                    "127.0.0.1:1",
+                    "--batch",
+                    "10",
+                    "--inflight",
+                    "5",
+                ],
+                "smaller than --batch",
+            ),
+            (
+                &["--server", "127.0.0.1:1", "--duration", "0s"],
+                "above zero",
+            ),
+            (
+                &["--server", "127.0.0.1:1", "--credentials", &"x".repeat(33)],
+                "at most 32",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = plan(&parse(args).unwrap()).unwrap_err();
+            assert!(e.0.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn open_loop_inflight_covers_100ms_of_rate() {
+        let a = parse(&[
+            "--server",
+            "127.0.0.1:1",
+            "--cores",
+            "0",
+            "--rate",
+            "10000000",
+            "--batch",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(plan(&a).unwrap().outstanding_max(), 1_000_000);
+        let a = parse(&["--server", "127.0.0.1:1", "--cores", "0", "--rate", "0"]).unwrap();
+        assert_eq!(plan(&a).unwrap().rate, None);
+    }
+}

@@ -1,0 +1,1017 @@
+//! The runtime: one glommio executor per `--cores` entry, pinned there
+//! (`Placement::Fixed`), each owning its connections. Per connection a
+//! sender task writes batches (closed loop: whenever there is room under the
+//! in-flight bound; open loop: when the schedule says so) and a receiver task
+//! reads reports into a fixed buffer and hands them to the [`Session`]. The
+//! two share the session through an `Rc<RefCell<_>>` that is never borrowed
+//! across an await. glommio parks an idle executor (no spinning).
+//!
+//! The main thread waits for every connection's handshake, starts the clock
+//! for everyone at once, prints the live line once a second from counters
+//! the connections publish through atomics (one store per batch or read, not
+//! per order), and merges the results at the end.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use wire::{
+    Decoded, Decoder, Frame, HELLO_CANCEL_ON_DISCONNECT, Heartbeat, Hello, HelloAck, Kind,
+    SessionErrorCode, SymbolEntry,
+};
+
+use crate::cli::Plan;
+use crate::report::{RunReport, live_line};
+use crate::rng::stream_seed;
+use crate::schedule::Schedule;
+use crate::session::{Session, SessionConfig, Window};
+use crate::stats::{Counters, Percentiles, new_histogram};
+use crate::verify::{TradeLedger, Violations};
+
+/// Most symbols a directory may list; a server claiming more is refused
+/// (bounds the memory the handshake allocates).
+pub const DIRECTORY_SYMBOLS_MAX: u32 = 1 << 20;
+/// How often a waiting sender looks at the run-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often a connection publishes its interval latency histogram.
+const PUBLISH_INTERVAL_NS: u64 = 200_000_000;
+/// glommio's registered I/O memory per executor: we do no DMA file I/O, so
+/// the minimum (glommio rounds up to 64 KiB) instead of its 10 MiB default.
+const GLOMMIO_IO_MEMORY_BYTES: usize = 64 << 10;
+
+/// Why a run could not happen or did not finish.
+#[derive(Debug)]
+pub enum RunError {
+    /// A command-line value the server does not allow (exit status 2).
+    Usage(String),
+    /// The run failed before measuring anything (exit status 1).
+    Failed(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Usage(s) | RunError::Failed(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// What a connection publishes for the live line. Single writer (its
+/// connection), read once a second by the main thread.
+#[repr(align(128))]
+struct Published {
+    orders_sent: AtomicU64,
+    accepted: AtomicU64,
+    trades: AtomicU64,
+    rejects: AtomicU64,
+    interval: Mutex<Histogram<u64>>,
+}
+
+impl Published {
+    fn new() -> Self {
+        Published {
+            orders_sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            trades: AtomicU64::new(0),
+            rejects: AtomicU64::new(0),
+            interval: Mutex::new(new_histogram()),
+        }
+    }
+
+    fn store(&self, c: &Counters) {
+        self.orders_sent.store(c.orders_sent, Ordering::Relaxed);
+        self.accepted.store(c.accepted, Ordering::Relaxed);
+        self.trades.store(c.trades, Ordering::Relaxed);
+        self.rejects.store(c.rejects, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the main thread and the workers.
+struct Shared {
+    /// Set when the run must stop now (a failure anywhere).
+    stop: AtomicBool,
+    /// The first failure, in words.
+    failure: Mutex<Option<String>>,
+    /// Usage problems found at the handshake (a batch too big for the server...).
+    usage: Mutex<Option<String>>,
+    /// When the clock starts, set by the main thread once everyone is connected.
+    epoch: OnceLock<Instant>,
+    /// Workers say they are connected; the main thread says go.
+    gate: Gate,
+    published: Vec<Arc<Published>>,
+}
+
+/// Where the workers wait, after connecting, for the clock to start.
+#[derive(Default)]
+struct Gate {
+    /// (workers that arrived, whether the main thread said go)
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// A worker arrives and blocks until go. Blocking the executor thread
+    /// is fine here: it has nothing else to run yet.
+    fn arrive_and_wait(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.0 += 1;
+        self.changed.notify_all();
+        while !state.1 {
+            state = match self.changed.wait(state) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// The main thread waits for `workers` arrivals.
+    fn wait_for(&self, workers: usize) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        while state.0 < workers {
+            state = match self.changed.wait(state) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Lets every worker go.
+    fn open(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.changed.notify_all();
+    }
+}
+
+impl Shared {
+    fn fail(&self, message: String) {
+        if let Ok(mut f) = self.failure.lock()
+            && f.is_none()
+        {
+            *f = Some(message);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn usage(&self, message: String) {
+        if let Ok(mut u) = self.usage.lock()
+            && u.is_none()
+        {
+            *u = Some(message);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection brings home.
+struct ConnOutcome {
+    window: Counters,
+    latency: Histogram<u64>,
+    violations: Violations,
+    unanswered: u64,
+    failed: bool,
+}
+
+/// What one worker brings home.
+#[derive(Default)]
+struct WorkerOutcome {
+    connections: Vec<ConnOutcome>,
+    ledger: TradeLedger,
+}
+
+/// Runs the whole load test described by `plan`; `live` is called with
+/// each live line (once a second) unless the plan is quiet.
+pub fn run(plan: &Plan, mut live: impl FnMut(&str)) -> Result<RunReport, RunError> {
+    let workers = plan.cores.len();
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        usage: Mutex::new(None),
+        epoch: OnceLock::new(),
+        gate: Gate::default(),
+        published: (0..plan.total_connections())
+            .map(|_| Arc::new(Published::new()))
+            .collect(),
+    });
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let mut handles = Vec::with_capacity(workers);
+    for (w, &cpu) in plan.cores.iter().enumerate() {
+        let (plan, worker_shared, done) = (plan.clone(), shared.clone(), done_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("dex-trader-w{w}"))
+            .spawn(move || {
+                let outcome = worker_thread(w, cpu, &plan, &worker_shared);
+                let _ = done.send(w);
+                outcome
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.fail(format!("cannot start worker thread {w}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(done_tx);
+    let spawned_all = handles.len() == workers;
+    shared.gate.wait_for(handles.len());
+    let start = Instant::now();
+    let _ = shared.epoch.set(start);
+    shared.gate.open();
+    if let Some(u) = shared.usage.lock().ok().and_then(|u| u.clone()) {
+        join_all(handles);
+        return Err(RunError::Usage(u));
+    }
+    if shared.stopped() || !spawned_all {
+        join_all(handles);
+        let f = shared.failure.lock().ok().and_then(|f| f.clone());
+        return Err(RunError::Failed(
+            f.unwrap_or_else(|| "the run stopped".into()),
+        ));
+    }
+
+    // Live line until every worker is done.
+    let warmup_ns = plan.warmup.as_nanos() as u64;
+    let mut finished = 0;
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut last = (start, 0u64);
+    let mut scratch = new_histogram();
+    while finished < workers {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(wait) {
+            Ok(_) => finished += 1,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                next_tick += Duration::from_secs(1);
+                let now = Instant::now();
+                let (mut orders, mut accepted, mut trades, mut rejects) = (0, 0, 0, 0);
+                scratch.reset();
+                for p in &shared.published {
+                    orders += p.orders_sent.load(Ordering::Relaxed);
+                    accepted += p.accepted.load(Ordering::Relaxed);
+                    trades += p.trades.load(Ordering::Relaxed);
+                    rejects += p.rejects.load(Ordering::Relaxed);
+                    if let Ok(mut h) = p.interval.lock() {
+                        let _ = scratch.add(&*h);
+                        h.reset();
+                    }
+                }
+                let secs = now.duration_since(last.0).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    orders.saturating_sub(last.1) as f64 / secs
+                } else {
+                    0.0
+                };
+                last = (now, orders);
+                if !plan.quiet {
+                    let p99 = (!scratch.is_empty())
+                        .then(|| scratch.value_at_quantile(0.99) as f64 / 1000.0);
+                    let in_warmup = (now.duration_since(start).as_nanos() as u64) < warmup_ns;
+                    live(&live_line(
+                        in_warmup, orders, rate, accepted, trades, rejects, p99,
+                    ));
+                }
+            }
+        }
+    }
+    let outcomes = join_all(handles);
+    Ok(merge(plan, &shared, outcomes))
+}
+
+fn join_all(
+    handles: Vec<std::thread::JoinHandle<Option<WorkerOutcome>>>,
+) -> Vec<Option<WorkerOutcome>> {
+    handles
+        .into_iter()
+        .map(|h| h.join().ok().flatten())
+        .collect()
+}
+
+fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> RunReport {
+    let mut counters = Counters::default();
+    let mut latency = new_histogram();
+    let mut violations = Violations::default();
+    let mut ledger = TradeLedger::new();
+    let (mut errors, mut unanswered) = (0, 0);
+    let mut lost_workers = 0;
+    for outcome in outcomes {
+        let Some(o) = outcome else {
+            lost_workers += 1;
+            continue;
+        };
+        for c in o.connections {
+            counters.add(&c.window);
+            let _ = latency.add(&c.latency);
+            violations.merge(c.violations);
+            unanswered += c.unanswered;
+            errors += u64::from(c.failed);
+        }
+        ledger.merge(o.ledger, &mut violations);
+    }
+    if lost_workers > 0 {
+        shared.fail(format!(
+            "{lost_workers} worker thread(s) crashed; their figures are missing"
+        ));
+    }
+    let failure = shared.failure.lock().ok().and_then(|f| f.clone());
+    let trades_paired = ledger.paired;
+    let verify = plan.verify.then(|| {
+        if failure.is_none() {
+            ledger.finish(&mut violations);
+        }
+        violations
+    });
+    let measured_ns = shared
+        .epoch
+        .get()
+        .map(|e| e.elapsed().as_nanos() as u64)
+        .unwrap_or(0);
+    let window_ns = (plan.duration.as_nanos() as u64)
+        .min(measured_ns.saturating_sub(plan.warmup.as_nanos() as u64));
+    let duration_secs = if failure.is_some() {
+        window_ns as f64 / 1e9
+    } else {
+        plan.duration.as_secs_f64()
+    };
+    // A server that takes requests and stops answering fails the run too.
+    let failure = failure.or_else(|| {
+        (unanswered > 0).then(|| {
+            format!(
+                "{unanswered} request(s) were never answered within the {:?} drain after the run: \
+                 the server stopped answering or is far behind (a longer --drain waits more)",
+                plan.drain
+            )
+        })
+    });
+    RunReport {
+        counters,
+        duration_secs,
+        warmup_secs: plan.warmup.as_secs_f64(),
+        batch: plan.batch,
+        workers: plan.cores.len(),
+        connections: plan.total_connections(),
+        rate: plan.rate,
+        inflight: plan.outstanding_max(),
+        mix: plan.mix,
+        latency: Percentiles::of(&latency),
+        errors,
+        unanswered,
+        verify,
+        trades_paired,
+        failure,
+    }
+}
+
+/// A worker thread: builds its pinned executor, connects, waits for the
+/// others, trades.
+fn worker_thread(w: usize, cpu: usize, plan: &Plan, shared: &Arc<Shared>) -> Option<WorkerOutcome> {
+    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&format!("dex-trader-w{w}"))
+        .io_memory(GLOMMIO_IO_MEMORY_BYTES)
+        .make();
+    let executor = match executor {
+        Ok(ex) => ex,
+        Err(e) => {
+            shared.fail(format!(
+                "worker {w}: cannot start a glommio executor on CPU {cpu}: {e} (io_uring must be \
+                 available and the CPU usable; see `turbo-dex check-host`)"
+            ));
+            shared.gate.arrive_and_wait();
+            return None;
+        }
+    };
+    executor.run(worker(w, plan, shared.clone()))
+}
+
+/// A connected, logged-in connection before the clock starts.
+struct Connected {
+    stream: TcpStream,
+    ack: HelloAck,
+    symbols: Vec<u32>,
+    leftover: Vec<u8>,
+    coalesce_bytes: usize,
+}
+
+async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutcome> {
+    let mut connected = Vec::with_capacity(plan.connections);
+    for c in 0..plan.connections {
+        let global = w * plan.connections + c;
+        match connect(plan, global).await {
+            Ok(conn) => connected.push(conn),
+            Err(RunError::Usage(u)) => {
+                shared.usage(u);
+                break;
+            }
+            Err(RunError::Failed(f)) => {
+                shared.fail(f);
+                break;
+            }
+        }
+    }
+    // Everyone connected (or someone failed): the main thread starts the clock.
+    shared.gate.arrive_and_wait();
+    if shared.stopped() {
+        return None;
+    }
+    let epoch = *shared.epoch.get()?;
+    let ledger = Rc::new(RefCell::new(TradeLedger::new()));
+    let mut tasks = Vec::with_capacity(connected.len());
+    for (c, conn) in connected.into_iter().enumerate() {
+        let global = w * plan.connections + c;
+        let task = connection(
+            plan.clone(),
+            w,
+            c,
+            global,
+            conn,
+            epoch,
+            shared.clone(),
+            ledger.clone(),
+        );
+        tasks.push(glommio::spawn_local(task));
+    }
+    let mut connections = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        connections.push(t.await);
+    }
+    let ledger = Rc::try_unwrap(ledger)
+        .map(RefCell::into_inner)
+        .unwrap_or_default();
+    Some(WorkerOutcome {
+        connections,
+        ledger,
+    })
+}
+
+/// Connects connection `global` and logs in; checks the directory and the
+/// batch against what the server allows.
+async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
+    let addr = plan.server;
+    let stream = TcpStream::connect_timeout(addr, plan.connect_timeout)
+        .await
+        .map_err(|e| {
+            RunError::Failed(format!(
+                "cannot connect to {} ({addr}): {e}; is turbo-dex running and listening there?",
+                plan.server_name
+            ))
+        })?;
+    let fd = stream.as_raw_fd();
+    tuning::StreamOptions::default()
+        .apply(fd)
+        .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))?;
+    let mtu = match plan.mtu {
+        Some(m) => m,
+        None => tuning::sock::ip_mtu(fd).unwrap_or(tuning::mtu::ETHERNET_MTU_BYTES),
+    };
+    let coalesce_bytes = tuning::send_coalesce_bytes(mtu, addr.is_ipv6()).max(512);
+
+    let account = plan
+        .account
+        .wrapping_add(global as u64 % plan.accounts.max(1));
+    let hello = Hello::new(account, HELLO_CANCEL_ON_DISCONNECT, 0, &plan.credentials);
+    let mut out = Vec::with_capacity(64);
+    wire::append_frame(&[hello], &mut out)
+        .map_err(|e| RunError::Failed(format!("cannot encode the Hello: {e}")))?;
+    let stream = Rc::new(RefCell::new(stream));
+    let handshake = async {
+        write_all(&stream, &out).await.map_err(|e| {
+            RunError::Failed(format!("sending the Hello to {}: {e}", plan.server_name))
+        })?;
+        read_directory(&stream, plan).await
+    };
+    let timeout = async {
+        glommio::timer::sleep(plan.connect_timeout).await;
+        Err(RunError::Failed(format!(
+            "{} accepted the connection but did not answer the Hello within {:?}",
+            plan.server_name, plan.connect_timeout
+        )))
+    };
+    let (ack, entries, leftover) = future::or(handshake, timeout).await?;
+    let listed = entries.len();
+    let wanted = plan.symbols.unwrap_or(listed);
+    if listed == 0 {
+        return Err(RunError::Failed(format!(
+            "{} lists no symbols; nothing to trade",
+            plan.server_name
+        )));
+    }
+    if wanted > listed {
+        return Err(RunError::Usage(format!(
+            "--symbols {wanted}: the server lists only {listed} symbols"
+        )));
+    }
+    let max_frame = ack.max_frame_bytes.get();
+    let batch_max = Decoder::new(max_frame).max_messages(Kind::NewOrder);
+    if plan.batch > batch_max {
+        return Err(RunError::Usage(format!(
+            "--batch {}: the server's largest frame is {max_frame} bytes, room for {batch_max} \
+             new orders; lower --batch",
+            plan.batch
+        )));
+    }
+    let symbols = entries
+        .iter()
+        .take(wanted)
+        .map(|e| e.symbol.get())
+        .collect();
+    let stream = Rc::try_unwrap(stream)
+        .map(RefCell::into_inner)
+        .map_err(|_| RunError::Failed("internal: the handshake kept the stream".into()))?;
+    Ok(Connected {
+        stream,
+        ack,
+        symbols,
+        leftover,
+        coalesce_bytes,
+    })
+}
+
+/// Reads HelloAck and the symbol directory; returns them and any bytes
+/// that came after.
+async fn read_directory(
+    stream: &RefCell<TcpStream>,
+    plan: &Plan,
+) -> Result<(HelloAck, Vec<SymbolEntry>, Vec<u8>), RunError> {
+    let server = &plan.server_name;
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut ack: Option<HelloAck> = None;
+    let mut entries: Vec<SymbolEntry> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        // Decode what we have.
+        let mut used = 0;
+        loop {
+            match decoder.decode(&buf[used..]) {
+                Ok(Decoded::Frame(frame, n)) => {
+                    used += n;
+                    match frame {
+                        Frame::HelloAck(a) if ack.is_none() => {
+                            let Some(a) = a.first() else { continue };
+                            if a.symbol_count.get() > DIRECTORY_SYMBOLS_MAX {
+                                return Err(RunError::Failed(format!(
+                                    "{server} announces {} symbols, more than the {} this \
+                                     generator takes",
+                                    a.symbol_count.get(),
+                                    DIRECTORY_SYMBOLS_MAX
+                                )));
+                            }
+                            entries.reserve(a.symbol_count.get() as usize);
+                            ack = Some(*a);
+                        }
+                        Frame::SymbolEntry(list) if ack.is_some() => {
+                            entries.extend_from_slice(list)
+                        }
+                        Frame::SessionError(list) => {
+                            let (code, text) = list.first().map_or((0, String::new()), |e| {
+                                (e.code.get(), String::from_utf8_lossy(e.text()).into_owned())
+                            });
+                            let name = SessionErrorCode::from_wire(code)
+                                .map_or("unknown session error", |c| c.as_str());
+                            let hint = if code == SessionErrorCode::AuthenticationFailed.to_wire() {
+                                "; check --account and --credentials"
+                            } else {
+                                ""
+                            };
+                            return Err(RunError::Failed(format!(
+                                "{server} refused the hello: {name} (code {code}){}{text}{hint}",
+                                if text.is_empty() { "" } else { ": " }
+                            )));
+                        }
+                        other => {
+                            return Err(RunError::Failed(format!(
+                                "{server} answered the Hello with a {:?} frame, expected HelloAck \
+                                 and the symbol directory; is it a turbo-dex server?",
+                                other.kind()
+                            )));
+                        }
+                    }
+                    if let Some(a) = ack
+                        && entries.len() >= a.symbol_count.get() as usize
+                    {
+                        let leftover = buf[used..].to_vec();
+                        entries.truncate(a.symbol_count.get() as usize);
+                        return Ok((a, entries, leftover));
+                    }
+                }
+                Ok(Decoded::NeedMore(_)) => break,
+                Err(e) => {
+                    return Err(RunError::Failed(format!(
+                        "{server} answered the Hello with bytes that do not decode ({e}); is it a \
+                         turbo-dex server speaking protocol version {}?",
+                        wire::PROTOCOL_VERSION
+                    )));
+                }
+            }
+        }
+        buf.drain(..used);
+        let n = read_some(stream, &mut chunk).await.map_err(|e| {
+            RunError::Failed(format!(
+                "reading the answer to the Hello from {server}: {e}"
+            ))
+        })?;
+        if n == 0 {
+            return Err(RunError::Failed(format!(
+                "{server} closed the connection during the handshake"
+            )));
+        }
+        if buf.len() + n > wire::MAX_FRAME_BYTES_LIMIT as usize * 2 {
+            return Err(RunError::Failed(format!(
+                "{server} sent more than {} bytes without completing a frame",
+                wire::MAX_FRAME_BYTES_LIMIT * 2
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Wakes one waiting task; remembers a wake that came while nobody waited.
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Waits for a raise or `limit`, whichever comes first.
+    async fn wait_at_most(&self, limit: Duration) {
+        if limit.is_zero() {
+            return;
+        }
+        future::or(self.wait(), glommio::timer::sleep(limit)).await;
+    }
+}
+
+async fn read_some(stream: &RefCell<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    future::poll_fn(|cx: &mut Context<'_>| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf))
+        .await
+}
+
+async fn write_all(stream: &RefCell<TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = future::poll_fn(|cx: &mut Context<'_>| {
+            Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the socket took no bytes",
+            ));
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Nanoseconds since the run's epoch.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// State shared by a connection's sender and receiver.
+struct Link {
+    stream: RefCell<TcpStream>,
+    session: RefCell<Session>,
+    ledger: Rc<RefCell<TradeLedger>>,
+    /// Raised by the receiver after each read (answers free room) and on failure.
+    progress: Signal,
+    failure: RefCell<Option<String>>,
+    published: Arc<Published>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    plan: Plan,
+    w: usize,
+    c: usize,
+    global: usize,
+    conn: Connected,
+    epoch: Instant,
+    shared: Arc<Shared>,
+    ledger: Rc<RefCell<TradeLedger>>,
+) -> ConnOutcome {
+    let clock = Clock(epoch);
+    let warmup_ns = plan.warmup.as_nanos() as u64;
+    let end_ns = warmup_ns + plan.duration.as_nanos() as u64;
+    let max_frame = conn.ack.max_frame_bytes.get();
+    let session = Session::new(SessionConfig {
+        worker: w as u16,
+        connection: c as u8,
+        symbols: conn.symbols,
+        mix: plan.mix,
+        seed: stream_seed(plan.seed, global as u64),
+        outstanding_max: plan.outstanding_max(),
+        live_max: plan.live_max(),
+        verify: plan.verify,
+        max_frame_bytes: max_frame,
+        window: Window {
+            from_ns: warmup_ns,
+            until_ns: end_ns,
+        },
+    });
+    let published = shared
+        .published
+        .get(global)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Published::new()));
+    let link = Rc::new(Link {
+        stream: RefCell::new(conn.stream),
+        session: RefCell::new(session),
+        ledger,
+        progress: Signal::default(),
+        failure: RefCell::new(None),
+        published,
+    });
+    let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
+    let receiver = glommio::spawn_local(receive(link.clone(), clock, conn.leftover, recv_bytes));
+    let heartbeat_ns = u64::from(conn.ack.heartbeat_interval_ms.get()) * 500_000;
+
+    let sent = send(
+        &plan,
+        &link,
+        clock,
+        &shared,
+        end_ns,
+        conn.coalesce_bytes,
+        global,
+        heartbeat_ns,
+    )
+    .await;
+    if let Err(e) = sent {
+        link.failure.borrow_mut().get_or_insert(e);
+    }
+    let now = clock.now_ns();
+    link.session.borrow_mut().end_window(now);
+    if link.failure.borrow().is_none() && !shared.stopped() {
+        drain(&plan, &link, clock, &shared).await;
+    }
+    let _ = receiver.cancel().await;
+    let failure = link.failure.borrow_mut().take();
+    let failed = failure.is_some();
+    if let Some(f) = failure {
+        shared.fail(format!("connection {global} to {}: {f}", plan.server_name));
+    }
+    let mut session = link.session.borrow_mut();
+    let unanswered = session.finish() as u64;
+    link.published.store(session.counters());
+    ConnOutcome {
+        window: session.window_counters(),
+        latency: session.latency().total.clone(),
+        violations: session.take_violations(),
+        unanswered,
+        failed,
+    }
+}
+
+/// Sends until the end of the window (or a failure anywhere).
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    plan: &Plan,
+    link: &Link,
+    clock: Clock,
+    shared: &Shared,
+    end_ns: u64,
+    coalesce_bytes: usize,
+    global: usize,
+    heartbeat_ns: u64,
+) -> Result<(), String> {
+    let batch = plan.batch;
+    let mut schedule = plan
+        .rate
+        .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
+    let frame_bytes = wire::HEADER_BYTES + batch * <wire::NewOrder as wire::Message>::BYTES;
+    let mut out: Vec<u8> = Vec::with_capacity(coalesce_bytes.max(frame_bytes) + 3 * frame_bytes);
+    let mut last_send_ns = 0u64;
+    let mut heartbeat_token = 0u64;
+    loop {
+        if shared.stopped() || link.failure.borrow().is_some() {
+            return Ok(());
+        }
+        let now = clock.now_ns();
+        if now >= end_ns {
+            return Ok(());
+        }
+        out.clear();
+        let next_due = {
+            let mut session = link.session.borrow_mut();
+            let mut room_batches = session.room() / batch;
+            match schedule.as_mut() {
+                None => {
+                    // Closed loop: fill the room, coalescing up to a segment.
+                    while room_batches > 0
+                        && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
+                    {
+                        if session.write_batch(&mut out, batch, now, || now) < batch {
+                            break;
+                        }
+                        room_batches -= 1;
+                    }
+                    None
+                }
+                Some(s) => {
+                    let mut due = s.batches_due(now, batch as u64);
+                    while due > 0
+                        && room_batches > 0
+                        && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
+                    {
+                        if session.write_batch(&mut out, batch, now, || s.take()) < batch {
+                            break;
+                        }
+                        due -= 1;
+                        room_batches -= 1;
+                    }
+                    // Still due but no room: wait for answers; else sleep to the next batch.
+                    (due == 0).then(|| s.next_batch_due_ns(batch as u64))
+                }
+            }
+        };
+        if !out.is_empty() {
+            write_all(&link.stream, &out)
+                .await
+                .map_err(|e| format!("sending to the server failed: {e}"))?;
+            last_send_ns = now;
+            link.published.orders_sent.store(
+                link.session.borrow().counters().orders_sent,
+                Ordering::Relaxed,
+            );
+            continue;
+        }
+        if link.session.borrow().exhausted() {
+            return Err("the connection used up its 2^40 client order ids".into());
+        }
+        if heartbeat_ns > 0 && now >= last_send_ns + heartbeat_ns {
+            heartbeat_token += 1;
+            out.clear();
+            wire::append_frame(
+                &[Heartbeat {
+                    token: heartbeat_token.into(),
+                }],
+                &mut out,
+            )
+            .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
+            write_all(&link.stream, &out)
+                .await
+                .map_err(|e| format!("sending a heartbeat failed: {e}"))?;
+            last_send_ns = now;
+            continue;
+        }
+        let mut wake_ns = end_ns.min(now + STOP_POLL.as_nanos() as u64);
+        if heartbeat_ns > 0 {
+            wake_ns = wake_ns.min(last_send_ns + heartbeat_ns);
+        }
+        if let Some(due) = next_due {
+            wake_ns = wake_ns.min(due);
+        }
+        let wait = Duration::from_nanos(wake_ns.saturating_sub(now));
+        if next_due.is_some() {
+            // Open loop, nothing due: sleep to the schedule (answers do not matter).
+            glommio::timer::sleep(wait).await;
+        } else {
+            link.progress.wait_at_most(wait).await;
+        }
+    }
+}
+
+/// After the window: stop sending, wait for outstanding answers; when
+/// verifying, cancel every open order so each gets its terminal report.
+async fn drain(plan: &Plan, link: &Link, clock: Clock, shared: &Shared) {
+    let deadline = clock.now_ns() + plan.drain.as_nanos() as u64;
+    let mut out = Vec::new();
+    loop {
+        if shared.stopped() || link.failure.borrow().is_some() {
+            return;
+        }
+        let now = clock.now_ns();
+        out.clear();
+        if plan.verify {
+            link.session.borrow_mut().write_cancel_all(&mut out, now);
+        }
+        if !out.is_empty()
+            && let Err(e) = write_all(&link.stream, &out).await
+        {
+            link.failure
+                .borrow_mut()
+                .get_or_insert(format!("sending the final cancels failed: {e}"));
+            return;
+        }
+        if link.session.borrow().settled() || now >= deadline {
+            return;
+        }
+        let wait = Duration::from_nanos((deadline - now).min(STOP_POLL.as_nanos() as u64));
+        link.progress.wait_at_most(wait).await;
+    }
+}
+
+/// Reads reports until cancelled or the connection fails.
+async fn receive(link: Rc<Link>, clock: Clock, leftover: Vec<u8>, recv_bytes: usize) {
+    let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
+    let mut len = leftover.len();
+    buf[..len].copy_from_slice(&leftover);
+    let mut first = len > 0;
+    let mut last_publish_ns = 0u64;
+    loop {
+        if !first {
+            if len == buf.len() {
+                let e =
+                    format!("a report frame is larger than the {recv_bytes}-byte receive buffer");
+                link.failure.borrow_mut().get_or_insert(e);
+                link.progress.raise();
+                return;
+            }
+            match read_some(&link.stream, &mut buf[len..]).await {
+                Ok(0) => {
+                    link.failure
+                        .borrow_mut()
+                        .get_or_insert("the server closed the connection mid-run".into());
+                    link.progress.raise();
+                    return;
+                }
+                Ok(n) => len += n,
+                Err(e) => {
+                    link.failure
+                        .borrow_mut()
+                        .get_or_insert(format!("reading from the server failed: {e}"));
+                    link.progress.raise();
+                    return;
+                }
+            }
+        }
+        first = false;
+        let now = clock.now_ns();
+        let result = {
+            let mut session = link.session.borrow_mut();
+            let mut ledger = link.ledger.borrow_mut();
+            let r = session.on_bytes(&buf[..len], now, &mut ledger);
+            link.published.store(session.counters());
+            if now >= last_publish_ns + PUBLISH_INTERVAL_NS {
+                last_publish_ns = now;
+                let interval = &mut session.latency_mut().interval;
+                if let Ok(mut h) = link.published.interval.lock() {
+                    let _ = h.add(&*interval);
+                }
+                interval.reset();
+            }
+            r
+        };
+        match result {
+            Ok(used) => {
+                buf.copy_within(used..len, 0);
+                len -= used;
+            }
+            Err(f) => {
+                link.failure.borrow_mut().get_or_insert(f.to_string());
+                link.progress.raise();
+                return;
+            }
+        }
+        link.progress.raise();
+    }
+}

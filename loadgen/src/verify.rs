@@ -1,0 +1,266 @@
+//! `--verify`: the checks on the server's answers that need more than one
+//! report, and the bounded list of what went wrong.
+//!
+//! Per-order checks (one terminal outcome, fills within the quantity, leaves
+//! quantities that add up, reports only for orders the connection sent) live
+//! in the session, which tracks every order anyway. Here: trade pairing. A
+//! trade between two of this run's sessions reaches us twice, as the maker's
+//! fill and as the taker's, with one `trade_id`. Each worker keeps the fills
+//! still waiting for their other half in a [`TradeLedger`] shared by its
+//! connections; at the end the workers' ledgers are merged and whatever is
+//! left unpaired is a violation. This assumes the run's sessions are the only
+//! traders on the server (otherwise the other half of a trade goes to a
+//! stranger): verify against a server nobody else uses.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::rng::mix64;
+
+/// Violations kept with their text; beyond this only the count grows.
+pub const VIOLATIONS_KEPT: usize = 20;
+
+/// Unpaired fills one ledger holds before it stops pairing (about 48 bytes
+/// each: 400 MB at the limit). Long verified runs with many connections on
+/// different workers reach it; the run then says pairing was incomplete.
+pub const UNPAIRED_TRADES_MAX: usize = 8 << 20;
+
+/// What went wrong, bounded: the first [`VIOLATIONS_KEPT`] in full, then a count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Violations {
+    /// The first violations, each one line.
+    pub kept: Vec<String>,
+    /// All violations, kept or not.
+    pub total: u64,
+}
+
+impl Violations {
+    /// Records one; `text` is only called while there is room to keep it.
+    #[cold]
+    pub fn push(&mut self, text: impl FnOnce() -> String) {
+        self.total += 1;
+        if self.kept.len() < VIOLATIONS_KEPT {
+            self.kept.push(text());
+        }
+    }
+
+    /// Adds another list's violations.
+    pub fn merge(&mut self, other: Violations) {
+        self.total += other.total;
+        let room = VIOLATIONS_KEPT.saturating_sub(self.kept.len());
+        self.kept.extend(other.kept.into_iter().take(room));
+    }
+
+    /// True when nothing went wrong.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+/// One side of a trade, as a fill reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TradeSide {
+    /// The client order id of the order that traded.
+    pub client_order_id: u64,
+    /// Symbol id.
+    pub symbol: u32,
+    /// `Side` wire value of the order.
+    pub side: u8,
+    /// `Liquidity` wire value: maker or taker.
+    pub liquidity: u8,
+    /// Trade price in ticks.
+    pub price: i64,
+    /// Traded quantity.
+    pub quantity: u64,
+}
+
+/// Hashes trade ids (already well spread) with one SplitMix finalizer
+/// instead of SipHash: the ledger is on the report path of verified runs.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = mix64(value);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Fills waiting for the other half of their trade.
+#[derive(Debug, Default)]
+pub struct TradeLedger {
+    unpaired: IdMap<TradeSide>,
+    /// Trades whose two halves were seen and agreed.
+    pub paired: u64,
+    /// Fills not recorded because the ledger was at [`UNPAIRED_TRADES_MAX`].
+    pub dropped: u64,
+}
+
+impl TradeLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fills still waiting for their other half.
+    pub fn unpaired(&self) -> usize {
+        self.unpaired.len()
+    }
+
+    /// Records one fill of trade `trade_id`: pairs it with the other half if
+    /// that was seen (checking they agree), else keeps it waiting.
+    pub fn record(&mut self, trade_id: u64, side: TradeSide, violations: &mut Violations) {
+        if let Some(other) = self.unpaired.remove(&trade_id) {
+            self.pair(trade_id, other, side, violations);
+        } else if self.unpaired.len() < UNPAIRED_TRADES_MAX {
+            self.unpaired.insert(trade_id, side);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn pair(&mut self, trade_id: u64, a: TradeSide, b: TradeSide, violations: &mut Violations) {
+        self.paired += 1;
+        if a.liquidity == b.liquidity {
+            let role = if a.liquidity == wire::Liquidity::Maker.to_wire() {
+                "maker"
+            } else {
+                "taker"
+            };
+            violations.push(|| {
+                format!(
+                    "trade {trade_id}: reported twice as {role} (orders {} and {}), never as the other side",
+                    a.client_order_id, b.client_order_id
+                )
+            });
+        } else if a.side == b.side
+            || a.symbol != b.symbol
+            || a.price != b.price
+            || a.quantity != b.quantity
+        {
+            violations.push(|| {
+                format!(
+                    "trade {trade_id}: the two fills disagree: order {} side {} {} lots at {} on symbol {} \
+                     vs order {} side {} {} lots at {} on symbol {}",
+                    a.client_order_id, a.side, a.quantity, a.price, a.symbol,
+                    b.client_order_id, b.side, b.quantity, b.price, b.symbol
+                )
+            });
+        }
+    }
+
+    /// Adds another ledger's waiting fills (pairing those that meet).
+    pub fn merge(&mut self, other: TradeLedger, violations: &mut Violations) {
+        self.paired += other.paired;
+        self.dropped += other.dropped;
+        for (trade_id, side) in other.unpaired {
+            self.record(trade_id, side, violations);
+        }
+    }
+
+    /// Ends the run: every fill still waiting is a violation.
+    pub fn finish(self, violations: &mut Violations) {
+        if self.dropped > 0 {
+            let dropped = self.dropped;
+            violations.push(|| {
+                format!(
+                    "trade pairing incomplete: {dropped} fills were not checked because more than \
+                     {UNPAIRED_TRADES_MAX} trades waited for their other half; verify shorter runs"
+                )
+            });
+        }
+        let mut left: Vec<(u64, TradeSide)> = self.unpaired.into_iter().collect();
+        left.sort_unstable_by_key(|&(id, _)| id);
+        for (trade_id, side) in left {
+            let role = if side.liquidity == wire::Liquidity::Maker.to_wire() {
+                ("maker", "taker")
+            } else {
+                ("taker", "maker")
+            };
+            violations.push(|| {
+                format!(
+                    "trade {trade_id}: seen only as {} (order {}), the {} fill never arrived",
+                    role.0, side.client_order_id, role.1
+                )
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{Liquidity, Side};
+
+    fn side(id: u64, s: Side, l: Liquidity) -> TradeSide {
+        TradeSide {
+            client_order_id: id,
+            symbol: 1,
+            side: s.to_wire(),
+            liquidity: l.to_wire(),
+            price: 100,
+            quantity: 5,
+        }
+    }
+
+    #[test]
+    fn halves_pair_and_leftovers_are_violations() {
+        let mut v = Violations::default();
+        let mut a = TradeLedger::new();
+        let mut b = TradeLedger::new();
+        a.record(1, side(10, Side::Buy, Liquidity::Maker), &mut v);
+        a.record(1, side(20, Side::Sell, Liquidity::Taker), &mut v);
+        a.record(2, side(11, Side::Buy, Liquidity::Maker), &mut v);
+        b.record(2, side(21, Side::Sell, Liquidity::Taker), &mut v);
+        b.record(3, side(22, Side::Sell, Liquidity::Taker), &mut v);
+        assert_eq!((a.paired, a.unpaired(), b.unpaired()), (1, 1, 2));
+        a.merge(b, &mut v);
+        assert_eq!(a.paired, 2);
+        assert!(v.is_empty());
+        a.finish(&mut v);
+        assert_eq!(v.total, 1);
+        assert!(
+            v.kept[0].contains("trade 3: seen only as taker"),
+            "{:?}",
+            v.kept
+        );
+    }
+
+    #[test]
+    fn same_role_twice_and_disagreeing_halves_are_violations() {
+        let mut v = Violations::default();
+        let mut l = TradeLedger::new();
+        l.record(7, side(1, Side::Buy, Liquidity::Maker), &mut v);
+        l.record(7, side(2, Side::Sell, Liquidity::Maker), &mut v);
+        let mut other = side(4, Side::Sell, Liquidity::Taker);
+        other.quantity = 6;
+        l.record(8, side(3, Side::Buy, Liquidity::Maker), &mut v);
+        l.record(8, other, &mut v);
+        assert_eq!(v.total, 2);
+        assert!(v.kept[0].contains("twice as maker"));
+        assert!(v.kept[1].contains("disagree"));
+    }
+
+    #[test]
+    fn violations_keep_the_first_few_and_count_all() {
+        let mut v = Violations::default();
+        for i in 0..(VIOLATIONS_KEPT as u64 + 5) {
+            v.push(|| format!("v{i}"));
+        }
+        let mut w = Violations::default();
+        w.push(|| "late".to_string());
+        v.merge(w);
+        assert_eq!(v.total, VIOLATIONS_KEPT as u64 + 6);
+        assert_eq!(v.kept.len(), VIOLATIONS_KEPT);
+        assert_eq!(v.kept[0], "v0");
+    }
+}
