@@ -46,6 +46,21 @@ fn hash(high: u64, low: u64) -> u64 {
     x ^ (x >> 29)
 }
 
+/// Asks the CPU to bring the cache line at `p` closer; a hint that never
+/// faults, whatever `p` is.
+#[inline(always)]
+pub(crate) fn prefetch_read<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of the x86_64 baseline that every x86_64
+        // build targets, and a prefetch never dereferences its address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Maps keys to slots. See the module docs.
 #[derive(Debug)]
 pub(crate) struct SlotIndex {
@@ -112,6 +127,23 @@ impl SlotIndex {
     #[inline]
     fn home(&self, tag: u32) -> usize {
         (tag >> self.home_shift) as usize
+    }
+
+    /// Hints the CPU to load the cache line of a key's home bucket (no
+    /// effect on the table's contents; see `Shard::process_batch`).
+    #[inline]
+    pub(crate) fn prefetch(&self, high: u64, low: u64) {
+        let home = self.home(Self::tag(high, low));
+        prefetch_read(self.entries[home..].as_ptr());
+    }
+
+    /// The slot in a key's home bucket if its tag matches, without
+    /// confirming the key (for prefetching only: it may be another key's).
+    #[inline]
+    pub(crate) fn peek(&self, high: u64, low: u64) -> Option<u32> {
+        let tag = Self::tag(high, low);
+        let entry = self.entries[self.home(tag)];
+        (entry != 0 && (entry >> 32) as u32 == tag).then(|| entry as u32 - 1)
     }
 
     /// Finds the slot of a key. `key_of(slot)` returns the key stored in

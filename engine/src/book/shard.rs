@@ -38,7 +38,7 @@ use wire::{
     RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce,
 };
 
-use super::index::{Found, SlotIndex};
+use super::index::{Found, SlotIndex, prefetch_read};
 use super::side::BookSide;
 use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
 
@@ -60,6 +60,17 @@ pub const SHARD_INDEX_LIMIT: u32 = 1 << 16;
 /// Most books (symbols) one shard may own: keeps level slots and the
 /// `book << 1 | side` key within `u32`.
 pub const BOOKS_PER_SHARD_LIMIT: u32 = 1 << 20;
+
+/// How many commands ahead [`Shard::process_batch`] prefetches each kind
+/// of cache line. A command's memory is a chain (index bucket -> order ->
+/// level), each link known only once the previous is loaded, so the
+/// prefetches run as a pipeline: the bucket far ahead, the order (found
+/// through the then-cached bucket) nearer, its levels nearest. The
+/// distances were tuned with `cargo bench -p benches --bench book` on the
+/// 64-book mix, whose working set is far larger than L2.
+const PREFETCH_BUCKET_AHEAD: usize = 8;
+const PREFETCH_ORDER_AHEAD: usize = 4;
+const PREFETCH_LEVEL_AHEAD: usize = 2;
 
 /// Initial capacity of a book side's level vectors; they double on demand
 /// up to about `2 * levels_per_side_max` while the book warms up.
@@ -1462,7 +1473,104 @@ impl Shard {
     }
 }
 
+/// The order key a command names, if any.
+#[inline]
+fn command_key(cmd: &Command) -> Option<(u64, u32)> {
+    match &cmd.op {
+        Op::New(o) => Some((o.client_order_id.get(), o.symbol.get())),
+        Op::Cancel(c) => Some((c.client_order_id.get(), c.symbol.get())),
+        Op::Replace(r) => Some((r.client_order_id.get(), r.symbol.get())),
+        Op::Query(q) => Some((q.client_order_id.get(), q.symbol.get())),
+        Op::CancelSession => None,
+    }
+}
+
+impl Shard {
+    /// Stage 1: the order index bucket of the command's key.
+    #[inline]
+    fn prefetch_bucket(&self, cmd: &Command) {
+        if let Some((id, _)) = command_key(cmd) {
+            self.index.prefetch(cmd.account, id);
+        }
+    }
+
+    /// Stage 2: the order the key names (when the bucket's tag matches),
+    /// and for a new limit order the level index bucket of its price.
+    #[inline]
+    fn prefetch_order(&self, cmd: &Command) {
+        match &cmd.op {
+            Op::Cancel(_) | Op::Replace(_) | Op::Query(_) => {
+                if let Some((id, _)) = command_key(cmd)
+                    && let Some(slot) = self.index.peek(cmd.account, id)
+                    && let Some(order) = self.orders.get(slot as usize)
+                {
+                    prefetch_read(order);
+                }
+            }
+            Op::New(o) => {
+                if let (Some(book), Ok(side)) =
+                    (self.book_of(o.symbol.get()), Side::from_wire(o.side))
+                {
+                    self.level_index.prefetch(
+                        u64::from(level_key(book, side_index(side))),
+                        o.price.get() as u64,
+                    );
+                }
+            }
+            Op::CancelSession => {}
+        }
+    }
+
+    /// Stage 3: the level the named order rests in and, for a replace,
+    /// the level index bucket of its new price.
+    #[inline]
+    fn prefetch_levels(&self, cmd: &Command) {
+        let (Op::Cancel(_) | Op::Replace(_)) = &cmd.op else {
+            return;
+        };
+        let Some((id, symbol)) = command_key(cmd) else {
+            return;
+        };
+        let Some(order) = self
+            .index
+            .peek(cmd.account, id)
+            .and_then(|slot| self.orders.get(slot as usize))
+        else {
+            return;
+        };
+        if let Some(level) = self.levels.get(order.level as usize) {
+            prefetch_read(level);
+        }
+        if let (Op::Replace(r), Some(book)) = (&cmd.op, self.book_of(symbol)) {
+            self.level_index.prefetch(
+                u64::from(level_key(book, side_index(order.side))),
+                r.price.get() as u64,
+            );
+        }
+    }
+}
+
 impl Matcher for Shard {
+    /// Processes commands in order, exactly as [`Matcher::process`] one by
+    /// one would (same reports, same state), while prefetching the memory
+    /// of the commands a few places ahead so that their cache misses
+    /// overlap with the work on the current one.
+    #[inline]
+    fn process_batch<S: Sink>(&mut self, cmds: &[Command], now_ns: u64, sink: &mut S) {
+        for (i, cmd) in cmds.iter().enumerate() {
+            if let Some(ahead) = cmds.get(i + PREFETCH_BUCKET_AHEAD) {
+                self.prefetch_bucket(ahead);
+            }
+            if let Some(ahead) = cmds.get(i + PREFETCH_ORDER_AHEAD) {
+                self.prefetch_order(ahead);
+            }
+            if let Some(ahead) = cmds.get(i + PREFETCH_LEVEL_AHEAD) {
+                self.prefetch_levels(ahead);
+            }
+            self.process(cmd, now_ns, sink);
+        }
+    }
+
     #[inline]
     fn process<S: Sink>(&mut self, cmd: &Command, now_ns: u64, sink: &mut S) {
         match &cmd.op {
