@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::invariants::{check_decode, check_stream, decoders};
+use common::invariants::{check_decode, check_split_reads, check_stream, decoders};
 use common::{any_batch, any_encoder};
 use proptest::prelude::*;
 use wire::{
@@ -116,10 +116,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+    fn random_bytes_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+        cut in any::<prop::sample::Index>(),
+    ) {
         for (decoder, direction) in decoders() {
             check_decode(&decoder, direction, &bytes).ok();
             check_stream(&decoder, direction, &bytes);
+            check_split_reads(&decoder, &bytes, cut.index(bytes.len() + 1));
         }
     }
 
@@ -135,6 +139,7 @@ proptest! {
     fn damaged_streams_never_panic(
         batches in prop::collection::vec((any_batch(6), any_encoder()), 1..6),
         mutations in prop::collection::vec(mutation(), 1..4),
+        cut in any::<prop::sample::Index>(),
     ) {
         let mut bytes = Vec::new();
         let mut starts = Vec::new();
@@ -153,6 +158,7 @@ proptest! {
         }
         for (decoder, direction) in decoders() {
             check_stream(&decoder, direction, &bytes);
+            check_split_reads(&decoder, &bytes, cut.index(bytes.len() + 1));
         }
     }
 }

@@ -256,3 +256,42 @@ pub fn decoders() -> Vec<(Decoder, Option<Direction>)> {
     }
     out
 }
+
+/// Everything a reader gets from a stream: the frames (kind and message
+/// bytes) and the error that stopped it, if any.
+pub type Received = (Vec<(Kind, Vec<u8>)>, Option<DecodeError>);
+
+/// Decodes `input` as a TCP reader would when it arrives in two reads, the
+/// first `cut` bytes then the rest, keeping the unconsumed tail between
+/// reads; and checks that the reader gets exactly what decoding the whole
+/// input at once gives.
+pub fn check_split_reads(decoder: &Decoder, input: &[u8], cut: usize) -> Received {
+    let cut = cut.min(input.len());
+    let mut whole = decoder.frames(input);
+    let expected: Vec<(Kind, Vec<u8>)> = whole
+        .by_ref()
+        .map(|f| (f.kind(), frame_bytes(&f).to_vec()))
+        .collect();
+    let expected = (expected, whole.error());
+
+    let mut pending: Vec<u8> = Vec::new();
+    let mut got = Vec::new();
+    let mut error = None;
+    for read in [&input[..cut], &input[cut..]] {
+        if error.is_some() {
+            break; // a reader closes on the first framing error
+        }
+        pending.extend_from_slice(read);
+        let mut frames = decoder.frames(&pending);
+        got.extend(
+            frames
+                .by_ref()
+                .map(|f| (f.kind(), frame_bytes(&f).to_vec())),
+        );
+        error = frames.error();
+        let used = frames.consumed();
+        pending.drain(..used);
+    }
+    assert_eq!((got, error), expected, "split at {cut} reads differently");
+    expected
+}
