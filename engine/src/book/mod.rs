@@ -139,7 +139,8 @@ pub mod workload;
 pub use ids::ClientOrderIds;
 pub use null::NullShard;
 pub use shard::{
-    ConfigError, ID_SHARD_SHIFT, LevelView, ORDERS_MAX_LIMIT, OrderView, SHARD_INDEX_LIMIT, Shard,
+    BOOKS_PER_SHARD_LIMIT, ConfigError, ID_SHARD_SHIFT, LevelView, ORDERS_MAX_LIMIT, OrderView,
+    SHARD_INDEX_LIMIT, Shard,
 };
 
 /// The server's id for a session (a connection after its Hello). The top 16
