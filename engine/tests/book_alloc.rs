@@ -93,16 +93,19 @@ fn steady_state_matching_allocates_nothing() {
         // their working capacity.
         shard.process_batch(warm_up, 1, &mut sink);
         let before = sink;
+        // Half one command at a time, half in batches (as the server feeds
+        // the shard, with prefetching).
+        let (single, batched) = steady.split_at(steady.len() / 2);
         let allocations = allocations_during(|| {
-            for (i, cmd) in steady.iter().enumerate() {
+            for (i, cmd) in single.iter().enumerate() {
                 shard.process(cmd, i as u64, &mut sink);
+            }
+            for (i, batch) in batched.chunks(64).enumerate() {
+                shard.process_batch(batch, i as u64, &mut sink);
             }
         });
         let fills = sink.fills - before.fills;
-        assert!(
-            fills > 2_000,
-            "{mix:?}: the run must match ({fills} fills)"
-        );
+        assert!(fills > 2_000, "{mix:?}: the run must match ({fills} fills)");
         assert!(
             shard.live_orders() > 100,
             "{mix:?}: the book must stay deep"
