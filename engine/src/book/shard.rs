@@ -835,6 +835,7 @@ impl Shard {
         o.prev = tail;
         o.next = NIL;
         o.level = level;
+        debug_assert!(self.level_consistent(level));
     }
 
     /// Adds a level for a price its side has no entry for: into the sorted
@@ -906,6 +907,8 @@ impl Shard {
         }
         l.total -= open;
         l.count -= 1;
+        debug_assert!(self.level_consistent(level));
+        let l = &self.levels[level as usize];
         if l.count == 0 {
             let book = l.book_side >> 1;
             let s = side_index(side);
@@ -1061,6 +1064,7 @@ impl Shard {
                 }
                 slot = next;
             }
+            debug_assert!(self.level_consistent(level));
             if self.levels[level as usize].count == 0 {
                 self.books[book as usize].sides[opposite].active -= 1;
                 self.trim_best(book, opposite);
@@ -1321,6 +1325,7 @@ impl Shard {
             let order = &mut self.orders[slot as usize];
             order.open = quantity;
             order.owner = cmd.session;
+            debug_assert!(self.level_consistent(o.level));
             sink.emit(
                 cmd.session,
                 Report::Replaced(Replaced::new(
@@ -1466,6 +1471,18 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Debug check: a level's total and count equal its orders'. O(orders
+    /// in the level), so only in debug assertions.
+    fn level_consistent(&self, level: u32) -> bool {
+        let l = &self.levels[level as usize];
+        let (mut total, mut count) = (0u64, 0u32);
+        for slot in self.level_slots(level) {
+            total += self.orders[slot as usize].open;
+            count += 1;
+        }
+        total == l.total && count == l.count
     }
 
     /// Debug check after each command: the book it touched is not crossed.
