@@ -22,7 +22,8 @@
 //!
 //! **Ids.** Accepted orders get `order_id = (shard_index << 48) | n` with a
 //! per-shard sequence `n` from 1 (rejected orders consume none); trades get
-//! `trade_id = (shard_index << 48) | m` likewise. A replace keeps the order id.
+//! `trade_id = (shard_index << 48) | m` likewise (both sequences wrap after
+//! 2^48). A replace keeps the order id.
 //!
 //! **New order validation**, in this order; the first failure is a
 //! `Rejected(reason, request_kind = NewOrder)` and the only report:

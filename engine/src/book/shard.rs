@@ -52,8 +52,12 @@ use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_r
 const NIL: u32 = u32::MAX;
 
 /// Bits of an order id or trade id below the shard index: ids carry their
-/// shard in the top 16 bits, so they are unique per server.
+/// shard in the top 16 bits, so they are unique per server. The per-shard
+/// sequence below wraps after 2^48 ids (about 325 days at 10 million a
+/// second) rather than spill into the shard bits.
 pub const ID_SHARD_SHIFT: u32 = 48;
+
+const ID_SEQUENCE_MASK: u64 = (1 << ID_SHARD_SHIFT) - 1;
 
 /// Largest accepted `orders_max`: order and level slots are `u32`, the
 /// level slab holds twice as many levels, and each index needs a power of
@@ -638,10 +642,16 @@ impl Shard {
         }
     }
 
+    /// An order or trade id: the shard index above the sequence.
+    #[inline]
+    fn id_of(&self, sequence: u64) -> u64 {
+        (u64::from(self.shard_index) << ID_SHARD_SHIFT) | (sequence & ID_SEQUENCE_MASK)
+    }
+
     #[inline]
     fn next_trade_id(&mut self) -> u64 {
-        let id = (u64::from(self.shard_index) << ID_SHARD_SHIFT) | self.next_trade;
-        self.next_trade += 1;
+        let id = self.id_of(self.next_trade);
+        self.next_trade = self.next_trade.wrapping_add(1);
         id
     }
 
@@ -1026,11 +1036,13 @@ impl Shard {
                 }
                 let quantity = taker.remaining.min(maker.open);
                 maker.open -= quantity;
-                maker.filled += quantity;
+                // Saturating: an order replaced upward and filled again and
+                // again could, in principle, fill more than u64 over its life.
+                maker.filled = maker.filled.saturating_add(quantity);
                 let (maker_owner, maker_id, maker_side, maker_open) =
                     (maker.owner, maker.client_order_id, maker.side, maker.open);
                 taker.remaining -= quantity;
-                taker.filled += quantity;
+                taker.filled = taker.filled.saturating_add(quantity);
                 self.levels[level as usize].total -= quantity;
                 let trade_id = self.next_trade_id();
                 sink.emit(
@@ -1181,8 +1193,8 @@ impl Shard {
             return reject(RejectReason::PostOnlyWouldTake);
         }
 
-        let order_id = (u64::from(self.shard_index) << ID_SHARD_SHIFT) | self.next_order;
-        self.next_order += 1;
+        let order_id = self.id_of(self.next_order);
+        self.next_order = self.next_order.wrapping_add(1);
         sink.emit(
             cmd.session,
             Report::Accepted(Accepted::new(
