@@ -1225,7 +1225,9 @@ impl Shard {
             remaining: quantity,
             filled: 0,
         };
-        let self_trade = self.match_taker(book, opposite, threshold, &mut taker, sink);
+        // Most replaces and many new orders do not cross: skip the call then.
+        let self_trade = self.crosses(book, opposite, threshold)
+            && self.match_taker(book, opposite, threshold, &mut taker, sink);
         if taker.remaining == 0 {
             return;
         }
@@ -1386,7 +1388,9 @@ impl Shard {
             remaining: quantity,
             filled: o.filled,
         };
-        let self_trade = self.match_taker(book, opposite, threshold, &mut taker, sink);
+        // Most replaces and many new orders do not cross: skip the call then.
+        let self_trade = self.crosses(book, opposite, threshold)
+            && self.match_taker(book, opposite, threshold, &mut taker, sink);
         if taker.remaining == 0 {
             return self.retire_order(slot, None);
         }
