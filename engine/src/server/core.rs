@@ -94,6 +94,9 @@ struct State<M> {
     cfg: CoreConfig,
     shared: Arc<Shared>,
     shards: Vec<M>,
+    /// Commands for each local shard, applied in one `process_batch` per
+    /// shard (the book prefetches a few commands ahead); in arrival order.
+    pending: Vec<Vec<Command>>,
     router: Router,
     decoder: Decoder,
     /// Connections with output to send this iteration.
@@ -236,18 +239,45 @@ impl<M: Matcher> State<M> {
         (core, shard / self.cfg.ncores as u32)
     }
 
-    /// Sends a command to the shard that owns `symbol`: applied at once when
-    /// that shard is local, else staged for its core's ring.
+    /// Sends a command to the shard that owns `symbol`: queued for a batch
+    /// when that shard is local, else staged for its core's ring.
     #[inline]
     fn route(&mut self, symbol: u32, cmd: Command) {
         let (core, shard) = self.local_shard(symbol);
         if core == self.cfg.index {
-            if let Some(s) = self.shards.get_mut(shard as usize) {
-                s.process(&cmd, self.engine_ns, &mut self.router);
-                self.router.counters.commands += 1;
-            }
+            self.queue_local(shard as usize, cmd);
         } else {
             self.router.stage(core, Msg::Cmd { shard, cmd });
+        }
+    }
+
+    #[inline]
+    fn queue_local(&mut self, shard: usize, cmd: Command) {
+        let Some(q) = self.pending.get_mut(shard) else {
+            return;
+        };
+        q.push(cmd);
+        if q.len() >= self.cfg.batch {
+            self.apply_shard(shard);
+        }
+    }
+
+    fn apply_shard(&mut self, shard: usize) {
+        let (Some(q), Some(s)) = (self.pending.get_mut(shard), self.shards.get_mut(shard)) else {
+            return;
+        };
+        if q.is_empty() {
+            return;
+        }
+        s.process_batch(q, self.engine_ns, &mut self.router);
+        self.router.counters.commands += q.len() as u64;
+        q.clear();
+    }
+
+    /// Applies every queued local command.
+    fn apply_pending(&mut self) {
+        for shard in 0..self.pending.len() {
+            self.apply_shard(shard);
         }
     }
 
@@ -263,9 +293,7 @@ impl<M: Matcher> State<M> {
                 (self.cfg.shard_count as usize + self.cfg.ncores - 1 - core) / self.cfg.ncores;
             for shard in 0..local_shards as u32 {
                 if core == self.cfg.index {
-                    if let Some(s) = self.shards.get_mut(shard as usize) {
-                        s.process(&cmd, self.engine_ns, &mut self.router);
-                    }
+                    self.queue_local(shard as usize, cmd);
                 } else {
                     self.router.stage(core, Msg::Cmd { shard, cmd });
                 }
@@ -273,7 +301,10 @@ impl<M: Matcher> State<M> {
         }
     }
 
+    /// Answers on the session's own core. Queued local commands go first,
+    /// so that on one core a connection's answers keep request order.
     fn reply<T: Message>(&mut self, slot: u32, msg: &T) {
+        self.apply_pending();
         if let Some(c) = self.router.conns.slot_mut(slot) {
             c.out.push(msg);
             if !c.dirty {
@@ -555,16 +586,11 @@ impl<M: Matcher> State<M> {
         Ok(())
     }
 
-    /// Applies the messages popped from another core's ring.
+    /// Takes a message popped from another core's ring.
     #[inline]
     fn apply(&mut self, msg: &Msg) {
         match msg {
-            Msg::Cmd { shard, cmd } => {
-                if let Some(s) = self.shards.get_mut(*shard as usize) {
-                    s.process(cmd, self.engine_ns, &mut self.router);
-                    self.router.counters.commands += 1;
-                }
-            }
+            Msg::Cmd { shard, cmd } => self.queue_local(*shard as usize, *cmd),
             Msg::Report { session, report } => self.router.deliver_local(*session, report),
         }
     }
@@ -608,6 +634,7 @@ impl<M: Matcher> Core<M> {
         let wake_fd = shared.wake_fds[cfg.index];
         let ncores = cfg.ncores;
         let staging_limit = cfg.ring_capacity.max(cfg.batch);
+        let batch = cfg.batch;
         let max_frame = cfg.max_frame_bytes;
         Ok(Core {
             ring,
@@ -634,6 +661,7 @@ impl<M: Matcher> Core<M> {
                     newly_dirty: Vec::with_capacity(1024),
                     counters: Counters::default(),
                 },
+                pending: shards.iter().map(|_| Vec::with_capacity(batch)).collect(),
                 cfg,
                 shared,
                 shards,
@@ -1090,6 +1118,7 @@ impl<M: Matcher> Core<M> {
             chunk.commit_all();
             total += n;
         }
+        self.st.apply_pending();
         self.st.router.counters.ring_popped += total as u64;
         self.st.dirty.append(&mut self.st.router.newly_dirty);
         total
@@ -1304,6 +1333,9 @@ impl<M: Matcher> Core<M> {
             self.reap();
             let popped = self.drain_rings();
             self.retry_blocked();
+            // Cancel-on-disconnect commands queued by closes.
+            self.st.apply_pending();
+            self.st.dirty.append(&mut self.st.router.newly_dirty);
             let left = self.flush_staging();
             self.send_dirty();
             self.finish_closes();

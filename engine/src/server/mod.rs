@@ -319,6 +319,9 @@ impl Server {
         if cfg.symbols.is_empty() {
             return Err(StartError::Config("at least one symbol is needed".into()));
         }
+        cfg.shard
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
         // io_uring's rings and buffers count against RLIMIT_MEMLOCK on older
         // kernels: raise it as far as allowed (the start-up host check
         // explains what to do when it stays low).
