@@ -34,6 +34,11 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "fuzz target (its own workspace): builds, lints and formats clean"
+cargo build --locked --manifest-path wire/fuzz/Cargo.toml
+cargo clippy --locked --manifest-path wire/fuzz/Cargo.toml --all-targets -- -D warnings
+cargo fmt --manifest-path wire/fuzz/Cargo.toml -- --check
+
 say "cargo build (the script tests run the debug binaries)"
 cargo build --workspace --bins --locked
 

@@ -183,43 +183,35 @@ impl Sink for Router {
     }
 }
 
-/// Why a connection is being closed (for the SessionError and the log).
+/// Why a connection is being closed: the SessionError it is sent, and the
+/// full explanation for the log (the message's text field holds 56 bytes).
 struct CloseReason {
-    code: SessionErrorCode,
-    kind: u8,
-    detail: u32,
+    msg: SessionError,
     text: String,
     log: bool,
 }
 
 impl CloseReason {
     fn new(code: SessionErrorCode, kind: u8, detail: u32, text: impl Into<String>) -> CloseReason {
+        let text = text.into();
         CloseReason {
-            code,
-            kind,
-            detail,
-            text: text.into(),
+            msg: SessionError::new(code, kind, detail, &text),
+            text,
             log: true,
         }
     }
-}
 
-fn decode_error_reason(e: &wire::DecodeError) -> CloseReason {
-    use wire::DecodeError as D;
-    let (code, kind, detail) = match *e {
-        D::LengthTooSmall { length } => (SessionErrorCode::MalformedFrame, 0, length),
-        D::FrameTooLarge { length, .. } => (SessionErrorCode::FrameTooLarge, 0, length),
-        D::UnknownKind { kind } => (SessionErrorCode::UnknownKind, kind, u32::from(kind)),
-        D::UnsupportedVersion { version, .. } => {
-            (SessionErrorCode::UnsupportedVersion, 0, u32::from(version))
+    fn decode(e: &wire::DecodeError) -> CloseReason {
+        CloseReason {
+            msg: SessionError::from_decode_error(e),
+            text: e.to_string(),
+            log: true,
         }
-        D::BadCount { kind, count, .. } => (SessionErrorCode::BadCount, kind, u32::from(count)),
-        D::CountMustBeOne { kind, count } => (SessionErrorCode::BadCount, kind, u32::from(count)),
-        D::InvalidEnum { value, .. } | D::ReservedBits { value, .. } => {
-            (SessionErrorCode::InvalidField, 0, value as u32)
-        }
-    };
-    CloseReason::new(code, kind, detail, e.to_string())
+    }
+
+    fn code(&self) -> Option<SessionErrorCode> {
+        self.msg.code().ok()
+    }
 }
 
 /// What processing a connection's input ended with.
@@ -344,7 +336,7 @@ impl<M: Matcher> State<M> {
             let frame = match self.decoder.decode(&data[consumed..]) {
                 Ok(Decoded::NeedMore(_)) => return (consumed, cursor, InputEnd::Done),
                 Ok(Decoded::Frame(f, used)) => (f, used),
-                Err(e) => return (consumed, cursor, InputEnd::Close(decode_error_reason(&e))),
+                Err(e) => return (consumed, cursor, InputEnd::Close(CloseReason::decode(&e))),
             };
             let (frame, used) = frame;
             match self.process_frame(slot, frame, cursor) {
@@ -796,18 +788,18 @@ impl<M: Matcher> Core<M> {
         if let Some(r) = &reason {
             if r.log {
                 let who = c.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+                let code = r.code().map_or("session error", SessionErrorCode::as_str);
                 eprintln!(
-                    "turbo-dex: core {core}: closing connection from {who} (session {session:#x}): {}: {}",
-                    r.code, r.text
+                    "turbo-dex: core {core}: closing connection from {who} (session {session:#x}): {code}: {}",
+                    r.text
                 );
             }
-            c.out
-                .push(&SessionError::new(r.code, r.kind, r.detail, &r.text));
+            c.out.push(&r.msg);
             if !c.dirty {
                 c.dirty = true;
                 self.st.dirty.push(slot);
             }
-            if r.code != SessionErrorCode::ServerShutdown {
+            if r.code() != Some(SessionErrorCode::ServerShutdown) {
                 self.st.router.counters.conns_errored += 1;
             }
         }
