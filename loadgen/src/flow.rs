@@ -35,11 +35,16 @@ pub enum Mix {
     /// (moving live orders around the mid, some of which cross).
     Realistic,
     /// Insert-heavy: 75% new GTC limit orders priced away from the mid so
-    /// they rest, 25% cancels to bound the book.
+    /// they rest (a few trade when two connections' mids drift apart), 25%
+    /// cancels to bound the book.
     Insert,
-    /// Matching-heavy: 90% of requests are orders priced through the other
-    /// side (55% GTC, 25% IOC, 5% FOK, 5% market), 10% cancels of the
-    /// leftovers; most orders trade.
+    /// Matching-heavy: 45% of requests are orders that take (35% IOC and
+    /// 5% FOK priced through the whole book, 5% market), 45% GTC orders
+    /// around the mid that they take from (a fifth of which cross
+    /// themselves), 5% cancels, 5% replaces: about half of all requests
+    /// cross. With few accounts self-trade prevention stops part of the
+    /// taking (an order meeting its own account's order is canceled), so
+    /// more connections (accounts) trade more.
     Match,
 }
 
@@ -67,11 +72,12 @@ impl Mix {
             ],
             Mix::Insert => &[(750, New(Passive)), (250, Cancel)],
             Mix::Match => &[
-                (550, New(Aggressive)),
-                (250, New(IocAggressive)),
+                (450, New(Near)),
+                (350, New(IocAggressive)),
                 (50, New(FokAggressive)),
                 (50, New(Market)),
-                (100, Cancel),
+                (50, Cancel),
+                (50, Replace),
             ],
         }
     }
@@ -91,7 +97,9 @@ pub enum Action {
 /// The kinds of new orders the model sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NewKind {
-    /// GTC limit 1 to 32 ticks on the passive side of the mid: rests.
+    /// GTC limit 17 to 48 ticks on the passive side of the mid (half a band
+    /// plus 1 to 32): rests, unless two connections' mids drift more than
+    /// a band apart.
     Passive,
     /// GTC limit from 4 ticks through the mid to 16 ticks away: mostly rests,
     /// sometimes crosses.
@@ -109,6 +117,23 @@ pub enum NewKind {
 }
 
 impl NewKind {
+    /// Every kind, in the order of [`NewKind::index`].
+    pub const ALL: [NewKind; 7] = [
+        NewKind::Passive,
+        NewKind::Near,
+        NewKind::Aggressive,
+        NewKind::IocNear,
+        NewKind::IocAggressive,
+        NewKind::FokAggressive,
+        NewKind::Market,
+    ];
+
+    /// Position in [`NewKind::ALL`].
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether the order can rest on the book (GTC limit).
     #[inline]
     pub const fn may_rest(self) -> bool {
@@ -186,25 +211,22 @@ impl Flow {
         self.rng.below(n as u64) as usize
     }
 
-    /// Steps a symbol's mid (a quarter of the time, one tick, pulled back
-    /// at the band's edges) and returns it.
+    /// Steps a symbol's mid (a quarter of the time, one tick; a step that
+    /// would leave the band goes the other way) and returns it. Branch-free
+    /// like the rest of the draw: the steps are random.
     #[inline]
     fn step_mid(&mut self, symbol_index: usize, bits: u64) -> i64 {
+        const STEPS: [i64; 8] = [-1, 1, 0, 0, 0, 0, 0, 0];
         let Some(mid) = self.mids_ticks.get_mut(symbol_index) else {
             return BASE_PRICE_TICKS;
         };
-        let step = match bits & 7 {
-            0 => -1,
-            1 => 1,
-            _ => 0,
-        };
-        let offset = *mid - BASE_PRICE_TICKS;
-        *mid += if (offset >= MID_BAND_TICKS && step > 0) || (offset <= -MID_BAND_TICKS && step < 0)
-        {
-            -step
-        } else {
-            step
-        };
+        let step = STEPS[(bits & 7) as usize];
+        let next = *mid + step;
+        *mid = std::hint::select_unpredictable(
+            (next - BASE_PRICE_TICKS).abs() > MID_BAND_TICKS,
+            *mid - step,
+            next,
+        );
         *mid
     }
 
@@ -213,7 +235,7 @@ impl Flow {
     pub fn order(&mut self, kind: NewKind) -> OrderSpec {
         let symbol_index = self.zipf.sample(&mut self.rng);
         let r = self.rng.next_u64();
-        let side = if r & 1 == 0 { Side::Buy } else { Side::Sell };
+        let (side, sign) = side_of(r);
         let mid = self.step_mid(symbol_index, r >> 1);
         let offset_bits = (r >> 8) & 0xffff;
         let quantity = 1 + (((r >> 32) * QUANTITY_MAX_LOTS) >> 32);
@@ -222,7 +244,7 @@ impl Flow {
             NewKind::Passive => (
                 OrderType::Limit,
                 TimeInForce::Gtc,
-                -1 - (offset_bits % 32) as i64,
+                -(MID_BAND_TICKS / 2 + 1) - (offset_bits % 32) as i64,
             ),
             NewKind::Near => (
                 OrderType::Limit,
@@ -235,16 +257,12 @@ impl Flow {
             NewKind::FokAggressive => (OrderType::Limit, TimeInForce::Fok, aggressive(offset_bits)),
             NewKind::Market => (OrderType::Market, TimeInForce::Ioc, 0),
         };
-        let price = match side {
-            Side::Buy => mid + through,
-            Side::Sell => mid - through,
-        };
         OrderSpec {
             symbol_index: symbol_index as u32,
             side,
             order_type,
             time_in_force,
-            price,
+            price: mid + sign * through,
             quantity,
         }
     }
@@ -258,31 +276,49 @@ impl Flow {
         let r = self.rng.next_u64();
         let mid = self.step_mid(symbol_index, r);
         let through = ((r >> 8) & 0xffff) as i64 % 21 - 16;
-        let price = match side {
-            Side::Buy => mid + through,
-            Side::Sell => mid - through,
+        let sign = match side {
+            Side::Buy => 1,
+            Side::Sell => -1,
         };
-        let quantity = match (r >> 40) & 3 {
-            0 | 1 => leaves,
-            2 => (leaves / 2).max(1),
-            _ => 1 + ((((r >> 32) & 0xff) * QUANTITY_MAX_LOTS) >> 8),
-        };
-        (price, quantity.max(1))
+        let choices = [
+            leaves,
+            leaves,
+            (leaves / 2).max(1),
+            1 + ((((r >> 32) & 0xff) * QUANTITY_MAX_LOTS) >> 8),
+        ];
+        let quantity = choices[((r >> 40) & 3) as usize];
+        (mid + sign * through, quantity.max(1))
     }
 }
 
+/// Side from the lowest bit, and the sign that turns "towards the other
+/// side" into a price offset (+1 for a buy, -1 for a sell), without a branch.
+#[inline]
+fn side_of(r: u64) -> (Side, i64) {
+    let sell = (r & 1) as i64;
+    let side = std::hint::select_unpredictable(sell == 0, Side::Buy, Side::Sell);
+    (side, 1 - 2 * sell)
+}
+
 /// How far past the mid an aggressive order goes: across the whole band of
-/// mids (2 bands) and the farthest passive order (32 ticks, one band), so it
-/// crosses any order the model rests, whichever connection sent it.
+/// mids (2 bands) and the farthest passive order (48 ticks, 1.5 bands), so
+/// it crosses any order the model rests, whichever connection sent it.
 #[inline]
 fn aggressive(offset_bits: u64) -> i64 {
-    3 * MID_BAND_TICKS + (offset_bits % 8) as i64
+    4 * MID_BAND_TICKS + (offset_bits % 8) as i64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn kind_indices_match_their_table() {
+        for (i, kind) in NewKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
 
     #[test]
     fn mix_weights_sum_to_a_thousand() {
@@ -331,15 +367,15 @@ mod tests {
             for kind in [NewKind::Passive, NewKind::Near, NewKind::Aggressive] {
                 let o = f.order(kind);
                 assert!(o.price > 0 && o.quantity >= 1 && o.quantity <= QUANTITY_MAX_LOTS);
-                assert!((o.price - BASE_PRICE_TICKS).abs() <= 4 * MID_BAND_TICKS + 8);
+                assert!((o.price - BASE_PRICE_TICKS).abs() <= 5 * MID_BAND_TICKS + 8);
                 let mid = f.mid_ticks(o.symbol_index as usize);
                 let toward = match o.side {
                     Side::Buy => o.price - mid,
                     Side::Sell => mid - o.price,
                 };
                 match kind {
-                    NewKind::Passive => assert!(toward <= -1),
-                    NewKind::Aggressive => assert!(toward >= 3 * MID_BAND_TICKS),
+                    NewKind::Passive => assert!(toward <= -(MID_BAND_TICKS / 2 + 1)),
+                    NewKind::Aggressive => assert!(toward >= 4 * MID_BAND_TICKS),
                     _ => assert!((-16..=4).contains(&toward)),
                 }
             }
