@@ -12,7 +12,7 @@
 use clap::ValueEnum;
 use wire::{OrderType, Side, TimeInForce};
 
-use crate::rng::{Rng, Zipf};
+use crate::rng::{Rng, Zipf, select};
 
 /// Every connection's mid prices walk around this price (ticks).
 pub const BASE_PRICE_TICKS: i64 = 1_000_000;
@@ -222,7 +222,7 @@ impl Flow {
         };
         let step = STEPS[(bits & 7) as usize];
         let next = *mid + step;
-        *mid = std::hint::select_unpredictable(
+        *mid = select(
             (next - BASE_PRICE_TICKS).abs() > MID_BAND_TICKS,
             *mid - step,
             next,
@@ -296,7 +296,7 @@ impl Flow {
 #[inline]
 fn side_of(r: u64) -> (Side, i64) {
     let sell = (r & 1) as i64;
-    let side = std::hint::select_unpredictable(sell == 0, Side::Buy, Side::Sell);
+    let side = select(sell == 0, Side::Buy, Side::Sell);
     (side, 1 - 2 * sell)
 }
 
