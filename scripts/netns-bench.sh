@@ -5,13 +5,14 @@
 # inside the namespaces only; the host's interfaces are never touched).
 # Every combination of MTU (1500, 9000 on both veth ends), batch size
 # (1, 10, 100, 2000, closed loop) and pinning (turbo-dex on one core and
-# dex-trader on the other, or both unpinned) is one run against a fresh
-# server, plus an open-loop latency row (a fixed --rate, batch 1) per MTU
-# and pinning. Prints a markdown table and writes it, with the raw JSON of
-# every run, to --out.
+# dex-trader on the other, or unpinned) is one run against a fresh server,
+# plus an open-loop latency row (a fixed --rate, batch 1) per MTU and
+# pinning. --repeat N runs every configuration N times, in interleaved
+# rounds, and the table gives the median. Prints a markdown table and
+# writes it, with the raw JSON of every run, to --out.
 #
-#   sudo scripts/netns-bench.sh                # --full: 10 s per run, about 5 minutes
-#   sudo scripts/netns-bench.sh --short        # 3 s per run
+#   sudo scripts/netns-bench.sh                # --full: 3 x 10 s per row, about 13 minutes
+#   sudo scripts/netns-bench.sh --short        # 1 x 3 s per row, about 2 minutes
 #   sudo scripts/netns-bench.sh --tiny --bin-dir target/debug   # the test suite's run
 #
 # Needs root and ip (iproute2). The namespaces are deleted on exit, also
@@ -25,12 +26,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 MODE=full
 OUT=""
+RATE=""
+REPEAT=""
 BIN_DIR=${BIN_DIR:-}
 ARGS_SEEN="$*"
 
 usage() {
     cat <<EOF
-Usage: sudo scripts/netns-bench.sh [--tiny | --short | --full] [--out DIR] [--bin-dir DIR]
+Usage: sudo scripts/netns-bench.sh [--tiny | --short | --full] [--rate N] [--repeat N] [--out DIR] [--bin-dir DIR]
 
 Runs turbo-dex and dex-trader in two network namespaces joined by a veth
 pair and reports orders/s and latency for MTU 1500 against 9000, batches
@@ -38,8 +41,13 @@ of 1, 10, 100 and 2000, and pinned against unpinned, as a markdown table.
 
   --tiny           1 s runs, batches 1 and 100 only, a low open-loop rate
                    (seconds-long runs for the test suite, debug builds)
-  --short          3 s runs of every row
-  --full           10 s runs of every row (the default; about 5 minutes)
+  --short          3 s runs of every row, once (about 2 minutes)
+  --full           10 s runs of every row, 3 times (the default; about
+                   13 minutes)
+  --repeat N       run every row N times (interleaved rounds) and report
+                   the median (default 1, 3 with --full)
+  --rate N         orders/s of the open-loop latency rows (default 100000,
+                   5000 with --tiny)
   --out DIR        where table.md and the raw JSON of each run go
                    (default results/netns-<timestamp>)
   --bin-dir DIR    use prebuilt turbo-dex and dex-trader from DIR instead of
@@ -56,6 +64,8 @@ while [ $# -gt 0 ]; do
         --tiny) MODE=tiny; shift ;;
         --short) MODE=short; shift ;;
         --full) MODE=full; shift ;;
+        --repeat) REPEAT=${2:?--repeat needs a count}; shift 2 ;;
+        --rate) RATE=${2:?--rate needs orders per second}; shift 2 ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
         --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -66,14 +76,27 @@ done
 [ "$(id -u)" -eq 0 ] || die "needs root to create network namespaces; run it as root (sudo scripts/netns-bench.sh)"
 command -v ip >/dev/null 2>&1 || die "needs ip from iproute2 to create network namespaces; install it (apt-get install iproute2)"
 
-# Durations and rows per mode. The open-loop rate sits well below what
-# batch 1 sustains in release builds, so its latency is the path's, not a
-# queue's; --tiny runs debug builds and uses a rate they keep up with.
+# Durations and rows per mode. The open-loop rate is a small fraction of
+# what the server sustains with batching in release builds, so its latency
+# is mostly the path's, not a queue's; --tiny runs debug builds and uses a
+# rate they keep up with.
 case "$MODE" in
-    tiny) DURATION=1s; WARMUP=300ms; BATCHES=(1 100); OPEN_RATE=5000 ;;
-    short) DURATION=3s; WARMUP=1s; BATCHES=(1 10 100 2000); OPEN_RATE=100000 ;;
-    full) DURATION=10s; WARMUP=2s; BATCHES=(1 10 100 2000); OPEN_RATE=100000 ;;
+    tiny) DURATION=1s; WARMUP=300ms; BATCHES=(1 100); OPEN_RATE=5000; ROUNDS=1 ;;
+    short) DURATION=3s; WARMUP=1s; BATCHES=(1 10 100 2000); OPEN_RATE=100000; ROUNDS=1 ;;
+    full) DURATION=10s; WARMUP=2s; BATCHES=(1 10 100 2000); OPEN_RATE=100000; ROUNDS=3 ;;
 esac
+if [ -n "$REPEAT" ]; then
+    case "$REPEAT" in
+        *[!0-9]* | 0*) die "--repeat $REPEAT: give a whole number of runs above 0, like 3" ;;
+    esac
+    ROUNDS=$REPEAT
+fi
+if [ -n "$RATE" ]; then
+    case "$RATE" in
+        *[!0-9]* | 0*) die "--rate $RATE: give orders per second as a whole number above 0, like 100000" ;;
+    esac
+    OPEN_RATE=$RATE
+fi
 MTUS=(1500 9000)
 # Two connections with their own accounts, so that orders can trade
 # (self-trade prevention stops one account trading with itself).
@@ -161,22 +184,26 @@ fmt_num() {
 }
 
 FAILED=0
-ROWS=()
-# Tab-separated results for the comparison tables: pin mtu load orders/s p99.
-RESULTS="$OUT/results.tsv"
-: >"$RESULTS"
+# One line per run, tab-separated: round pinning MTU batch load orders/s p50
+# p99 p99.9 max errors status ("ok" or the exit status of a failed run).
+RUNS="$OUT/runs.tsv"
+: >"$RUNS"
 
-# One run against a fresh server: run_one PIN MTU BATCH RATE (RATE 0: closed loop).
+# The load column of a row: "closed" or "open RATE/s".
+load_label() {
+    if [ "$1" -gt 0 ]; then echo "open $1/s"; else echo closed; fi
+}
+
+# One run against a fresh server: run_one ROUND PIN MTU BATCH RATE (RATE 0: closed loop).
 run_one() {
-    local pin=$1 mtu=$2 batch=$3 rate=$4
+    local round=$1 pin=$2 mtu=$3 batch=$4 rate=$5
     local load name
+    load=$(load_label "$rate")
+    name="$pin-mtu$mtu-batch$batch"
     if [ "$rate" -gt 0 ]; then
-        load="open $rate/s"
-        name="$pin-mtu$mtu-batch$batch-rate$rate"
-    else
-        load=closed
-        name="$pin-mtu$mtu-batch$batch"
+        name="$name-rate$rate"
     fi
+    name="$name-run$round"
     local server_args=(--quiet --mtu "$mtu")
     local trader_args=(--quiet --mtu "$mtu" --batch "$batch" --connections "$CONNECTIONS"
         --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/$name.json")
@@ -210,7 +237,8 @@ run_one() {
         FAILED=1
         note "  failed (exit status $rc): see $OUT/$name.trader.err"
         sed 's/^/      /' "$OUT/$name.trader.err" >&2 || true
-        ROWS+=("| $pin | $mtu | $batch | $load | failed (exit $rc, see $name.trader.err) | - | - | - | - | - |")
+        printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\texit %s\n' \
+            "$round" "$pin" "$mtu" "$batch" "$load" "$rc" >>"$RUNS"
         return 0
     fi
     ops=$(fmt_num "$json" orders_per_sec 0)
@@ -220,8 +248,41 @@ run_one() {
     max=$(fmt_num "$json" max 1)
     errors=$(fmt_num "$json" errors 0)
     note "  $ops orders/s, p50 $p50 us, p99 $p99 us"
-    ROWS+=("| $pin | $mtu | $batch | $load | $ops | $p50 | $p99 | $p999 | $max | $errors |")
-    printf '%s\t%s\t%s\t%s\t%s\n' "$pin" "$mtu" "$batch $load" "$ops" "$p99" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\n' \
+        "$round" "$pin" "$mtu" "$batch" "$load" "$ops" "$p50" "$p99" "$p999" "$max" "$errors" >>"$RUNS"
+}
+
+# The summary of one configuration over its rounds, tab-separated: ok runs,
+# failed runs, then the medians of orders/s, p50, p99, p99.9 and max, the
+# sum of errors, and the lowest and highest orders/s. summarize PIN MTU BATCH LOAD
+summarize() {
+    # mawk has no asort: an insertion sort is plenty for a few rounds.
+    awk -F '\t' -v p="$1" -v m="$2" -v b="$3" -v l="$4" '
+        function median(col,    i, j, v, a, n) {
+            n = 0
+            for (i = 1; i <= ok; i++) {
+                v = val[i, col] + 0
+                for (j = n; j > 0 && a[j] > v; j--) a[j + 1] = a[j]
+                a[j + 1] = v
+                n++
+            }
+            if (n == 0) return "-"
+            if (n % 2) return a[(n + 1) / 2]
+            return (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        $2 == p && $3 == m && $4 == b && $5 == l {
+            if ($12 != "ok") { failed++; next }
+            ok++
+            for (c = 6; c <= 11; c++) val[ok, c] = $c
+            errors += $11
+            if (ok == 1 || $6 + 0 < lo) lo = $6 + 0
+            if (ok == 1 || $6 + 0 > hi) hi = $6 + 0
+        }
+        END {
+            if (ok == 0) { printf "0\t%d\t-\t-\t-\t-\t-\t-\t-\t-\n", failed; exit }
+            printf "%d\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t%.0f\n", ok, failed + 0,
+                median(6), median(7), median(8), median(9), median(10), errors, lo, hi
+        }' "$RUNS"
 }
 
 # The change from A to B in percent, or "-" when either is missing or A is 0.
@@ -232,10 +293,9 @@ percent_change() {
     }'
 }
 
-# Looks a result up: lookup PIN MTU LOAD FIELD (4 orders/s, 5 p99).
-lookup() {
-    awk -F '\t' -v p="$1" -v m="$2" -v l="$3" -v f="$4" \
-        '$1 == p && $2 == m && $3 == l { print $f; exit }' "$RESULTS"
+# Median orders/s (field 3) or p99 (field 5) of a configuration: median_of PIN MTU BATCH LOAD FIELD
+median_of() {
+    summarize "$1" "$2" "$3" "$4" | cut -f "$5"
 }
 
 build_binaries
@@ -257,73 +317,102 @@ LOADS+=("1 $OPEN_RATE")
 
 # Other work on the box skews every figure; the table says how busy it was.
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-step "running ${#PINS[@]} x ${#MTUS[@]} x ${#LOADS[@]} runs of $DURATION (+ $WARMUP warmup) in namespaces $NS_SRV and $NS_CLI"
-for pin in "${PINS[@]}"; do
-    for mtu in "${MTUS[@]}"; do
-        set_mtu "$mtu"
-        for load in "${LOADS[@]}"; do
-            read -r batch rate <<<"$load"
-            run_one "$pin" "$mtu" "$batch" "$rate"
+step "running $ROUNDS x ${#LOADS[@]} x ${#PINS[@]} x ${#MTUS[@]} runs of $DURATION (+ $WARMUP warmup) in namespaces $NS_SRV and $NS_CLI"
+# The configurations a comparison sets side by side run back to back, and
+# every round runs each once, so that a change in what else the machine is
+# doing falls on both sides of a comparison rather than on one.
+MTU_NOW=""
+for round in $(seq 1 "$ROUNDS"); do
+    for load in "${LOADS[@]}"; do
+        read -r batch rate <<<"$load"
+        for pin in "${PINS[@]}"; do
+            for mtu in "${MTUS[@]}"; do
+                if [ "$mtu" != "$MTU_NOW" ]; then
+                    set_mtu "$mtu"
+                    MTU_NOW=$mtu
+                fi
+                run_one "$round" "$pin" "$mtu" "$batch" "$rate"
+            done
         done
     done
 done
 
+TREE=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "an unknown commit")
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    TREE="$TREE with uncommitted changes"
+fi
 CPU_MODEL=$(awk -F ': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 {
-    echo "Command: \`scripts/netns-bench.sh${ARGS_SEEN:+ $ARGS_SEEN}\` ($MODE: $DURATION runs after $WARMUP warmup)"
+    echo "Command: \`scripts/netns-bench.sh${ARGS_SEEN:+ $ARGS_SEEN}\` ($MODE: $ROUNDS x $DURATION runs per row after $WARMUP warmup each)"
     echo
     echo "Machine: ${CPU_MODEL:-unknown CPU}, ${#CPUS[@]} usable cores, Linux $(uname -r), $(date -u +%Y-%m-%d)."
+    echo "Binaries: $TURBO_DEX and $DEX_TRADER; source tree at $TREE."
     echo "Load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)."
+    echo
     if [ "${#CPUS[@]}" -ge 2 ]; then
-        echo
         echo "Pinned: turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU. Unpinned: turbo-dex --no-pin (one thread, free to move), dex-trader without --cores."
     else
-        echo
         echo "Only one core: pinned rows skipped."
     fi
     echo
     echo "dex-trader: $CONNECTIONS connections, realistic mix; turbo-dex: match engine, one shard, adaptive polling; both with --mtu of the veth MTU."
+    echo "Each row is the median of its runs (columns 'runs' and 'orders/s range' say how many and how far apart); errors are summed."
     echo
-    echo "| pinning | MTU | batch | load | orders/s | p50 us | p99 us | p99.9 us | max us | errors |"
-    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
-    printf '%s\n' "${ROWS[@]}"
+    echo "| pinning | MTU | batch | load | orders/s | p50 us | p99 us | p99.9 us | max us | errors | runs | orders/s range |"
+    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for pin in "${PINS[@]}"; do
+        for mtu in "${MTUS[@]}"; do
+            for load in "${LOADS[@]}"; do
+                read -r batch rate <<<"$load"
+                label=$(load_label "$rate")
+                IFS=$'\t' read -r ok failed ops p50 p99 p999 max errors lo hi <<<"$(summarize "$pin" "$mtu" "$batch" "$label")"
+                runs=$ok
+                [ "$failed" -eq 0 ] || runs="$ok of $((ok + failed))"
+                if [ "$ok" -eq 0 ]; then
+                    echo "| $pin | $mtu | $batch | $label | failed (see runs.tsv) | - | - | - | - | - | $runs | - |"
+                else
+                    echo "| $pin | $mtu | $batch | $label | $ops | $p50 | $p99 | $p999 | $max | $errors | $runs | $lo-$hi |"
+                fi
+            done
+        done
+    done
     echo
-    echo "Jumbo frames: MTU 9000 against 1500 (change in orders/s and in p99)."
+    echo "Jumbo frames: MTU 9000 against 1500 (change in median orders/s and in median p99)."
     echo
     echo "| pinning | batch | load | orders/s 1500 | orders/s 9000 | change | p99 us 1500 | p99 us 9000 | change |"
     echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     for pin in "${PINS[@]}"; do
         for load in "${LOADS[@]}"; do
             read -r batch rate <<<"$load"
-            if [ "$rate" -gt 0 ]; then key="$batch open $rate/s"; else key="$batch closed"; fi
-            a=$(lookup "$pin" 1500 "$key" 4)
-            b=$(lookup "$pin" 9000 "$key" 4)
-            c=$(lookup "$pin" 1500 "$key" 5)
-            d=$(lookup "$pin" 9000 "$key" 5)
-            echo "| $pin | $batch | ${key#* } | ${a:--} | ${b:--} | $(percent_change "$a" "$b") | ${c:--} | ${d:--} | $(percent_change "$c" "$d") |"
+            label=$(load_label "$rate")
+            a=$(median_of "$pin" 1500 "$batch" "$label" 3)
+            b=$(median_of "$pin" 9000 "$batch" "$label" 3)
+            c=$(median_of "$pin" 1500 "$batch" "$label" 5)
+            d=$(median_of "$pin" 9000 "$batch" "$label" 5)
+            echo "| $pin | $batch | $label | $a | $b | $(percent_change "$a" "$b") | $c | $d | $(percent_change "$c" "$d") |"
         done
     done
     if [ "${#PINS[@]}" -ge 2 ]; then
         echo
-        echo "Pinning: pinned against unpinned (change in orders/s and in p99)."
+        echo "Pinning: pinned against unpinned (change in median orders/s and in median p99)."
         echo
         echo "| MTU | batch | load | orders/s unpinned | orders/s pinned | change | p99 us unpinned | p99 us pinned | change |"
         echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|"
         for mtu in "${MTUS[@]}"; do
             for load in "${LOADS[@]}"; do
                 read -r batch rate <<<"$load"
-                if [ "$rate" -gt 0 ]; then key="$batch open $rate/s"; else key="$batch closed"; fi
-                a=$(lookup unpinned "$mtu" "$key" 4)
-                b=$(lookup pinned "$mtu" "$key" 4)
-                c=$(lookup unpinned "$mtu" "$key" 5)
-                d=$(lookup pinned "$mtu" "$key" 5)
-                echo "| $mtu | $batch | ${key#* } | ${a:--} | ${b:--} | $(percent_change "$a" "$b") | ${c:--} | ${d:--} | $(percent_change "$c" "$d") |"
+                label=$(load_label "$rate")
+                a=$(median_of unpinned "$mtu" "$batch" "$label" 3)
+                b=$(median_of pinned "$mtu" "$batch" "$label" 3)
+                c=$(median_of unpinned "$mtu" "$batch" "$label" 5)
+                d=$(median_of pinned "$mtu" "$batch" "$label" 5)
+                echo "| $mtu | $batch | $label | $a | $b | $(percent_change "$a" "$b") | $c | $d | $(percent_change "$c" "$d") |"
             done
         done
     fi
 } >"$OUT/table.md"
 
-step "results (also in $OUT/table.md, raw JSON per run beside it)"
+step "results (also in $OUT/table.md; every run's raw JSON and logs, and runs.tsv, beside it)"
 cat "$OUT/table.md"
 if [ "$FAILED" -ne 0 ]; then
     printf '%s: some runs failed; their rows say so and their logs are in %s\n' "$PROG" "$OUT" >&2

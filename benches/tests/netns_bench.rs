@@ -282,7 +282,7 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                     "want one row for {pin} MTU {mtu} batch {batch} {load}:\n{table}"
                 );
                 let row = matching[0];
-                assert_eq!(row.len(), 10, "row {row:?} should have 10 columns");
+                assert_eq!(row.len(), 12, "row {row:?} should have 12 columns");
                 // Above zero means the run traded at all; no speed is asserted.
                 assert!(
                     number(&row[4], "orders/s", row) > 0.0,
@@ -299,11 +299,27 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                 row[9]
                     .parse::<u64>()
                     .unwrap_or_else(|_| panic!("errors is not a count in {row:?}"));
+                assert_eq!(row[10], "1", "--tiny runs each row once: {row:?}");
+                let (lo, hi) = row[11]
+                    .split_once('-')
+                    .unwrap_or_else(|| panic!("orders/s range is not LOW-HIGH in {row:?}"));
+                assert_eq!(
+                    (
+                        number(lo, "lowest orders/s", row),
+                        number(hi, "highest orders/s", row)
+                    ),
+                    (
+                        number(&row[4], "orders/s", row),
+                        number(&row[4], "orders/s", row)
+                    ),
+                    "one run: its range is its own orders/s in {row:?}"
+                );
 
                 let mut json = format!("{pin}-mtu{mtu}-batch{batch}");
                 if let Some(rate) = load.strip_prefix("open ") {
                     json += &format!("-rate{}", rate.trim_end_matches("/s"));
                 }
+                json += "-run1";
                 let raw = std::fs::read_to_string(out.path().join(format!("{json}.json")))
                     .unwrap_or_else(|e| panic!("no raw JSON {json}.json ({e})"));
                 assert!(raw.contains("\"orders_per_sec\""), "{json}.json: {raw}");
@@ -411,13 +427,30 @@ fn bad_options_are_usage_errors() {
         text(&output)
     );
 
+    for bad in [["--repeat", "0"], ["--rate", "1e5"]] {
+        let output = Command::new("bash")
+            .arg(script())
+            .args(bad)
+            .output()
+            .expect("bash runs");
+        assert_eq!(output.status.code(), Some(2), "{bad:?}: {}", text(&output));
+    }
+
     let help = Command::new("bash")
         .arg(script())
         .arg("--help")
         .output()
         .expect("bash runs");
     assert!(help.status.success(), "{}", text(&help));
-    for option in ["--tiny", "--short", "--full", "--out", "--bin-dir"] {
+    for option in [
+        "--tiny",
+        "--short",
+        "--full",
+        "--repeat",
+        "--rate",
+        "--out",
+        "--bin-dir",
+    ] {
         assert!(
             text(&help).contains(option),
             "--help does not mention {option}"
