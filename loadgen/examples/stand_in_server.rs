@@ -24,8 +24,7 @@ use std::net::{TcpListener, TcpStream};
 
 use common::{EngineKind, ServerOptions, TestServer};
 use wire::{
-    Accepted, CancelReason, Canceled, Decoder, Frame, FrameWriter, HelloAck, Replaced,
-    SymbolEntry,
+    Accepted, CancelReason, Canceled, Decoder, Frame, FrameWriter, HelloAck, Replaced, SymbolEntry,
 };
 
 fn main() {
@@ -126,7 +125,13 @@ fn answer(mut conn: TcpStream, session: u64, symbols: u32) -> std::io::Result<()
                     for o in list {
                         if let Ok(fields) = o.fields() {
                             let id = o.client_order_id.get();
-                            w.push(&Accepted::new(id, next_order_id, 0, o.symbol.get(), &fields));
+                            w.push(&Accepted::new(
+                                id,
+                                next_order_id,
+                                0,
+                                o.symbol.get(),
+                                &fields,
+                            ));
                             next_order_id += 1;
                         }
                     }
@@ -140,14 +145,23 @@ fn answer(mut conn: TcpStream, session: u64, symbols: u32) -> std::io::Result<()
                 Frame::Replace(list) => {
                     for r in list {
                         let (id, symbol) = (r.client_order_id.get(), r.symbol.get());
-                        w.push(&Replaced::new(id, symbol, false, r.price.get(), r.quantity.get()));
+                        w.push(&Replaced::new(
+                            id,
+                            symbol,
+                            false,
+                            r.price.get(),
+                            r.quantity.get(),
+                        ));
                     }
                 }
                 _ => {}
             }
         }
         if let Some(e) = frames.error() {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.to_string(),
+            ));
         }
         let used = frames.consumed();
         input.copy_within(used..len, 0);

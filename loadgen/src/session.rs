@@ -228,6 +228,10 @@ pub struct Session {
     window: Window,
     decoder: Decoder,
     max_frame_bytes: u32,
+    /// Most cancels one frame under the server's limit carries.
+    max_cancels_per_frame: usize,
+    /// Most replaces one frame under the server's limit carries.
+    max_replaces_per_frame: usize,
     outstanding_max: usize,
     live_max: usize,
 
@@ -280,6 +284,12 @@ impl Session {
             window: cfg.window,
             decoder: Decoder::for_client(max_frame),
             max_frame_bytes: cfg.max_frame_bytes,
+            max_cancels_per_frame: Decoder::new(cfg.max_frame_bytes)
+                .max_messages(Kind::Cancel)
+                .max(1),
+            max_replaces_per_frame: Decoder::new(cfg.max_frame_bytes)
+                .max_messages(Kind::Replace)
+                .max(1),
             outstanding_max: cfg.outstanding_max.max(1),
             live_max: cfg.live_max.max(1),
             slots: vec![Slot::default(); slots].into_boxed_slice(),
@@ -640,8 +650,13 @@ impl Session {
                 written += 1;
             }
         }
-        writer.push_all(&self.cancel_batch);
-        writer.push_all(&self.replace_batch);
+        // One header and one copy per frame, not a push per message.
+        for chunk in self.cancel_batch.chunks(self.max_cancels_per_frame) {
+            let _ = wire::append_frame(chunk, out);
+        }
+        for chunk in self.replace_batch.chunks(self.max_replaces_per_frame) {
+            let _ = wire::append_frame(chunk, out);
+        }
         self.counters.orders_sent += written as u64;
         written
     }
