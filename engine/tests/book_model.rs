@@ -1,8 +1,10 @@
 //! Model-based test of the matching core: random command sequences run
 //! through [`Shard`] and through a small reference model written for
-//! clarity (a `Vec` of live orders, sorted by linear rules on every step),
-//! and must produce identical reports, report for report, and identical
-//! books after every command.
+//! clarity (a `Vec` of live orders, sorted by linear rules on every step,
+//! and a `Vec` of terminated orders, oldest first), and must produce
+//! identical reports, report for report, and identical books and history
+//! after every command. A shard restored from a snapshot taken at a random
+//! point must go on exactly like the original.
 //!
 //! Besides agreement with the model, every step checks invariants that do
 //! not depend on the model: the shard's own structural check (never
@@ -14,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use engine::book::{Command, Matcher, Op, Report, SessionId, Shard, ShardConfig};
+use engine::book::{Command, FinishedOrder, Matcher, Op, Report, SessionId, Shard, ShardConfig};
 use proptest::prelude::*;
 use wire::{
     Accepted, Cancel, CancelReason, Canceled, Fill, Kind, Liquidity, NewOrder, OrderQuery,
@@ -51,6 +53,8 @@ struct Model {
     symbol_count: u32,
     cfg: ShardConfig,
     orders: Vec<ModelOrder>,
+    /// Terminated orders, oldest first, at most `cfg.history_max`.
+    history: Vec<FinishedOrder>,
     next_order: u64,
     next_trade: u64,
     clock: u64,
@@ -66,10 +70,59 @@ impl Model {
             symbol_count,
             cfg,
             orders: Vec::new(),
+            history: Vec::new(),
             next_order: 1,
             next_trade: 1,
             clock: 0,
         }
+    }
+
+    /// An order reached its terminal report: remember it, forgetting the
+    /// oldest entry when the history is full.
+    fn finish(&mut self, o: &ModelOrder, state: OrderState, filled: u64) {
+        if self.cfg.history_max == 0 {
+            return;
+        }
+        if self.history.len() == self.cfg.history_max as usize {
+            self.history.remove(0);
+        }
+        self.history.push(FinishedOrder {
+            account: o.account,
+            client_order_id: o.client_order_id,
+            order_id: o.order_id,
+            filled_quantity: filled,
+            symbol: o.symbol,
+            state,
+        });
+    }
+
+    fn finished(&self, account: u64, id: u64) -> Option<&FinishedOrder> {
+        self.history
+            .iter()
+            .find(|e| e.account == account && e.client_order_id == id)
+    }
+
+    fn live_status(&self, i: usize) -> OrderStatus {
+        let o = &self.orders[i];
+        OrderStatus::new(
+            o.client_order_id,
+            o.order_id,
+            o.symbol,
+            OrderState::Live,
+            o.filled,
+            o.open,
+        )
+    }
+
+    fn finished_status(e: &FinishedOrder) -> OrderStatus {
+        OrderStatus::new(
+            e.client_order_id,
+            e.order_id,
+            e.symbol,
+            e.state,
+            e.filled_quantity,
+            0,
+        )
     }
 
     fn owns(&self, symbol: u32) -> bool {
@@ -161,6 +214,7 @@ impl Model {
                     )),
                 ));
                 self.orders.remove(i);
+                self.finish(&maker, OrderState::Canceled, maker.filled);
                 if stp == Stp::CancelBoth {
                     return (remaining, filled, true);
                 }
@@ -200,7 +254,8 @@ impl Model {
                 )),
             ));
             if self.orders[i].open == 0 {
-                self.orders.remove(i);
+                let done = self.orders.remove(i);
+                self.finish(&done, OrderState::Filled, done.filled);
             }
         }
         (remaining, filled, false)
@@ -224,6 +279,7 @@ impl Model {
                     ))
                 } else if let Some(i) = found {
                     let o = self.orders.remove(i);
+                    self.finish(&o, OrderState::Canceled, o.filled);
                     Report::Canceled(Canceled::new(id, symbol, CancelReason::Requested, o.open))
                 } else {
                     Report::Rejected(Rejected::new(
@@ -246,30 +302,17 @@ impl Model {
                         Kind::OrderQuery,
                     ))
                 } else {
-                    match self
+                    let live = self
                         .find(cmd.account, id)
-                        .filter(|&i| self.orders[i].symbol == symbol)
-                    {
-                        Some(i) => {
-                            let o = &self.orders[i];
-                            Report::Status(OrderStatus::new(
-                                id,
-                                o.order_id,
-                                symbol,
-                                OrderState::Live,
-                                o.filled,
-                                o.open,
-                            ))
-                        }
-                        None => Report::Status(OrderStatus::new(
-                            id,
-                            0,
-                            symbol,
-                            OrderState::Unknown,
-                            0,
-                            0,
-                        )),
-                    }
+                        .filter(|&i| self.orders[i].symbol == symbol);
+                    let finished = self
+                        .finished(cmd.account, id)
+                        .filter(|e| e.symbol == symbol);
+                    Report::Status(match (live, finished) {
+                        (Some(i), _) => self.live_status(i),
+                        (None, Some(e)) => Self::finished_status(e),
+                        (None, None) => OrderStatus::new(id, 0, symbol, OrderState::Unknown, 0, 0),
+                    })
                 };
                 out.push((cmd.session, report));
             }
@@ -289,6 +332,7 @@ impl Model {
                         for (account, id) in victims {
                             let i = self.find(account, id).unwrap();
                             let o = self.orders.remove(i);
+                            self.finish(&o, OrderState::Canceled, o.filled);
                             out.push((
                                 cmd.session,
                                 Report::Canceled(Canceled::new(
@@ -339,8 +383,14 @@ impl Model {
         if f.post_only && tif != TimeInForce::Gtc {
             return reject(out, RejectReason::InvalidTimeInForce);
         }
-        if self.find(cmd.account, id).is_some() {
-            return reject(out, RejectReason::DuplicateClientOrderId);
+        let existing = match self.find(cmd.account, id) {
+            Some(i) => Some(self.live_status(i)),
+            None => self.finished(cmd.account, id).map(Self::finished_status),
+        };
+        if let Some(status) = existing {
+            reject(out, RejectReason::DuplicateClientOrderId);
+            out.push((cmd.session, Report::Status(status)));
+            return;
         }
         let rests = !market && tif == TimeInForce::Gtc;
         if rests && self.orders.len() >= self.cfg.orders_max as usize {
@@ -380,6 +430,20 @@ impl Model {
                 Report::Canceled(Canceled::new(id, symbol, reason, q)),
             ));
         };
+        let incoming = ModelOrder {
+            account: cmd.account,
+            client_order_id: id,
+            owner: cmd.session,
+            order_id,
+            symbol,
+            side: f.side,
+            price,
+            open: qty,
+            filled: 0,
+            stp: f.stp,
+            post_only: f.post_only,
+            time: 0,
+        };
         if tif == TimeInForce::Fok {
             // Try it on a copy: FOK fills only if matching would fill it all.
             let mut trial = self.clone();
@@ -396,7 +460,8 @@ impl Model {
                 0,
             );
             if left > 0 {
-                return cancel(out, CancelReason::FokUnfilled, qty);
+                cancel(out, CancelReason::FokUnfilled, qty);
+                return self.finish(&incoming, OrderState::Canceled, 0);
             }
         }
         let (left, filled, self_trade) = self.match_incoming(
@@ -412,32 +477,27 @@ impl Model {
             0,
         );
         if left == 0 {
-            return;
+            return self.finish(&incoming, OrderState::Filled, filled);
         }
         if self_trade {
-            return cancel(out, CancelReason::SelfTrade, left);
+            cancel(out, CancelReason::SelfTrade, left);
+            return self.finish(&incoming, OrderState::Canceled, filled);
         }
         if rests {
             self.clock += 1;
             self.orders.push(ModelOrder {
-                account: cmd.account,
-                client_order_id: id,
-                owner: cmd.session,
-                order_id,
-                symbol,
-                side: f.side,
-                price,
                 open: left,
                 filled,
-                stp: f.stp,
-                post_only: f.post_only,
                 time: self.clock,
+                ..incoming
             });
+            return;
         } else if market && self.best(symbol, f.side.opposite()).is_some() {
             cancel(out, CancelReason::PriceBand, left);
         } else {
             cancel(out, CancelReason::IocRemainder, left);
         }
+        self.finish(&incoming, OrderState::Canceled, filled);
     }
 
     fn replace(&mut self, cmd: &Command, r: &Replace, out: &mut Out) {
@@ -504,14 +564,14 @@ impl Model {
             o.filled,
         );
         if left == 0 {
-            return;
+            return self.finish(&o, OrderState::Filled, filled);
         }
         if self_trade {
             out.push((
                 cmd.session,
                 Report::Canceled(Canceled::new(id, symbol, CancelReason::SelfTrade, left)),
             ));
-            return;
+            return self.finish(&o, OrderState::Canceled, filled);
         }
         self.clock += 1;
         self.orders.push(ModelOrder {
@@ -670,6 +730,7 @@ fn tight() -> ShardConfig {
         quantity_max: 40,
         price_max: 120,
         market_band_ticks: 3,
+        history_max: 5,
     }
 }
 
@@ -681,6 +742,7 @@ fn roomy() -> ShardConfig {
         quantity_max: 40,
         price_max: 120,
         market_band_ticks: 3,
+        history_max: 24,
     }
 }
 
@@ -867,6 +929,14 @@ fn check_with_coverage(
         if shard.live_orders() != model.orders.len() {
             return Err(format!("{}: live count differs", context()));
         }
+        let history: Vec<FinishedOrder> = shard.history().collect();
+        if history != model.history {
+            return Err(format!(
+                "{}: history differs:\n shard {history:?}\n model {:?}",
+                context(),
+                model.history
+            ));
+        }
     }
     Ok(shard.state_digest())
 }
@@ -928,6 +998,80 @@ proptest! {
         prop_assert_eq!(&first, &one_by_one());
         prop_assert_eq!(&first, &batched());
     }
+
+    #[test]
+    fn a_shard_restored_from_a_snapshot_goes_on_like_the_original(
+        cmds in commands(tight()),
+        split in any::<prop::sample::Index>(),
+        slack in prop::option::of(0usize..2),
+    ) {
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), slack);
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+
+    #[test]
+    fn a_roomy_shard_restored_from_a_snapshot_goes_on_like_the_original(
+        cmds in commands(roomy()),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), roomy(), None);
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+}
+
+/// Runs `cmds[..split]` on a shard, restores a second shard from its
+/// snapshot, and requires the same digest, the same snapshot bytes again,
+/// and then the same reports for `cmds[split..]` from both.
+fn check_snapshot_continuation(
+    cmds: &[Command],
+    split: usize,
+    cfg: ShardConfig,
+    tombstone_slack: Option<usize>,
+) -> Result<(), String> {
+    let (index, count, symbols) = SHARD;
+    let mut original = Shard::new(index, count, symbols, cfg);
+    if let Some(slack) = tombstone_slack {
+        original = original.with_tombstone_slack(slack);
+    }
+    let (before, after) = cmds.split_at(split);
+    let mut out = Vec::new();
+    for (step, cmd) in before.iter().enumerate() {
+        original.process(cmd, 1_000 + step as u64, &mut out);
+    }
+    let mut bytes = Vec::new();
+    let digest = original.write_snapshot(&mut bytes);
+    if digest != original.state_digest() {
+        return Err("write_snapshot's digest is not state_digest".into());
+    }
+    let mut restored =
+        Shard::from_snapshot(&bytes, cfg).map_err(|e| format!("restore after {split}: {e}"))?;
+    restored
+        .check_invariants()
+        .map_err(|e| format!("restored shard: {e}"))?;
+    if restored.state_digest() != digest {
+        return Err(format!("digest differs after restoring at {split}"));
+    }
+    let mut again = Vec::new();
+    restored.write_snapshot(&mut again);
+    if again != bytes {
+        return Err(format!("snapshot of the restored shard differs at {split}"));
+    }
+    for (step, cmd) in after.iter().enumerate() {
+        let now = 1_000 + (split + step) as u64;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        original.process(cmd, now, &mut a);
+        restored.process(cmd, now, &mut b);
+        if a != b {
+            return Err(format!(
+                "step {} after a snapshot at {split}, {cmd:?}:\n original {a:?}\n restored {b:?}",
+                split + step
+            ));
+        }
+    }
+    if original.state_digest() != restored.state_digest() {
+        return Err("final digests differ".into());
+    }
+    Ok(())
 }
 
 /// A tiny deterministic generator for the long runs (no external crate).
@@ -972,6 +1116,8 @@ fn long_random_runs_match_the_model() {
         "replaced kept=true",
         "replaced kept=false",
         "status live",
+        "status filled",
+        "status canceled",
         "status unknown",
     ]
     .into_iter()

@@ -31,6 +31,7 @@ fn small_config() -> ShardConfig {
         quantity_max: 1_000,
         price_max: 10_000,
         market_band_ticks: 5,
+        history_max: 8,
     }
 }
 
@@ -166,6 +167,21 @@ fn replaced(session: SessionId, id: u64, kept: bool, price: i64, qty: u64) -> (S
     (
         session,
         Report::Replaced(Replaced::new(id, 0, kept, price, qty)),
+    )
+}
+
+/// An OrderStatus on symbol 0.
+fn status(
+    session: SessionId,
+    id: u64,
+    order_id: u64,
+    state: OrderState,
+    filled: u64,
+    leaves: u64,
+) -> (SessionId, Report) {
+    (
+        session,
+        Report::Status(OrderStatus::new(id, order_id, 0, state, filled, leaves)),
     )
 }
 
@@ -439,9 +455,10 @@ fn validation_reports_the_first_failing_rule() {
         1,
     );
     assert_eq!(h.submit(S1, o), [new_reject(4, RejectReason::InvalidPrice)]);
-    // A duplicate that is also post-only-crossing reports the duplicate.
+    // A duplicate that is also post-only-crossing reports the duplicate,
+    // then the status of the order it duplicates.
     h.rest(S2, 5, Side::Sell, 50, 1);
-    h.rest(S1, 6, Side::Buy, 40, 1);
+    let existing = h.rest(S1, 6, Side::Buy, 40, 1);
     let o = NewOrder::new(
         6,
         0,
@@ -455,30 +472,97 @@ fn validation_reports_the_first_failing_rule() {
     );
     assert_eq!(
         h.submit(S1, o),
-        [new_reject(6, RejectReason::DuplicateClientOrderId)]
+        [
+            new_reject(6, RejectReason::DuplicateClientOrderId),
+            status(S1, 6, existing, OrderState::Live, 0, 1),
+        ]
     );
 }
 
 #[test]
-fn a_live_key_is_a_duplicate_but_other_accounts_and_dead_keys_are_not() {
+fn a_live_or_remembered_key_is_a_duplicate_but_other_accounts_and_forgotten_keys_are_not() {
     let mut h = Harness::new();
-    h.rest(S1, 1, Side::Buy, 10, 1);
-    // Another session of the same account: same key.
+    let first = h.rest(S1, 1, Side::Buy, 10, 1);
+    // Another session of the same account: same key. The reject is followed
+    // by the existing order's status.
     assert_eq!(
         h.submit(S3, NewOrder::limit(1, 0, Side::Sell, 20, 1)),
-        [rejected(
-            S3,
-            1,
-            RejectReason::DuplicateClientOrderId,
-            Kind::NewOrder
-        )]
+        [
+            rejected(S3, 1, RejectReason::DuplicateClientOrderId, Kind::NewOrder),
+            status(S3, 1, first, OrderState::Live, 0, 1),
+        ]
     );
     // Another account may use the same id.
     h.rest(S2, 1, Side::Sell, 20, 1);
-    // Once the order is gone the shard accepts the key again (the session
-    // layer's ClientOrderIds is what forbids reuse within a session).
+    // Once the order is gone the history still holds the key: a client
+    // resending an order it never saw acknowledged learns what became of it
+    // instead of trading twice.
     h.cancel(S1, 1);
+    assert_eq!(
+        h.submit(S3, NewOrder::limit(1, 0, Side::Buy, 11, 1)),
+        [
+            rejected(S3, 1, RejectReason::DuplicateClientOrderId, Kind::NewOrder),
+            status(S3, 1, first, OrderState::Canceled, 0, 0),
+        ]
+    );
+    // The history holds 8 (small_config); after 8 more terminated orders
+    // the key is forgotten and may be used again.
+    for id in 100..108 {
+        h.rest(S1, id, Side::Buy, 10, 1);
+        h.cancel(S1, id);
+    }
+    assert_eq!(h.shard.finished_order(A, 1), None);
+    assert!(h.shard.finished_order(A, 100).is_some());
     h.rest(S1, 1, Side::Buy, 11, 1);
+}
+
+#[test]
+fn a_duplicate_of_a_filled_order_names_the_filled_orders_symbol_and_fills() {
+    let mut h = Harness::with(Shard::new(0, 1, 4, small_config()));
+    h.rest(S2, 1, Side::Sell, 10, 5);
+    let mut out = Vec::new();
+    let cmd = |symbol| Command {
+        session: S1,
+        account: A,
+        op: Op::New(NewOrder::limit(7, symbol, Side::Buy, 10, 5)),
+    };
+    h.shard.process(&cmd(0), NOW, &mut out);
+    assert!(matches!(out.last(), Some((S1, Report::Fill(f))) if f.leaves_quantity.get() == 0));
+    // The same key on another symbol of the shard: still a duplicate, and
+    // the status describes the order that exists (symbol 0, filled).
+    out.clear();
+    h.shard.process(&cmd(3), NOW, &mut out);
+    assert_eq!(
+        out,
+        [
+            (
+                S1,
+                Report::Rejected(Rejected::new(
+                    7,
+                    3,
+                    RejectReason::DuplicateClientOrderId,
+                    Kind::NewOrder
+                ))
+            ),
+            status(S1, 7, 2, OrderState::Filled, 5, 0),
+        ]
+    );
+    assert_eq!(h.shard.live_orders(), 0);
+}
+
+#[test]
+fn rejected_orders_are_not_remembered() {
+    let mut h = Harness::new();
+    // Invalid price: rejected before it becomes an order.
+    h.submit(S1, NewOrder::limit(1, 0, Side::Buy, 0, 5));
+    assert_eq!(h.shard.finished_order(A, 1), None);
+    assert_eq!(
+        h.run(S1, Op::Query(OrderQuery::new(1, 0))),
+        [status(S1, 1, 0, OrderState::Unknown, 0, 0)]
+    );
+    // Its key is free: the shard accepts it (the session layer's
+    // increasing-id rule is separate).
+    h.rest(S3, 1, Side::Buy, 10, 5);
 }
 
 #[test]
@@ -1091,18 +1175,111 @@ fn query_reports_live_orders_with_fills_and_unknown_otherwise() {
     let q = |h: &mut Harness, session, id| h.run(session, Op::Query(OrderQuery::new(id, 0)));
     assert_eq!(
         q(&mut h, S3, 1),
-        [(
-            S3,
-            Report::Status(OrderStatus::new(1, id, 0, OrderState::Live, 2, 3))
-        )]
+        [status(S3, 1, id, OrderState::Live, 2, 3)]
     );
     assert_eq!(
         q(&mut h, S2, 1),
+        [status(S2, 1, 0, OrderState::Unknown, 0, 0)]
+    );
+}
+
+#[test]
+fn query_reports_terminated_orders_from_the_history_with_their_fills() {
+    let mut h = Harness::new();
+    let q = |h: &mut Harness, session, id| h.run(session, Op::Query(OrderQuery::new(id, 0)));
+    // Maker 1 fills completely; taker 2 (IOC) fills 3 of 5 and is canceled.
+    let maker = h.rest(S2, 1, Side::Sell, 10, 3);
+    let taker = order(2, Side::Buy, OrderType::Limit, Tif::Ioc, 10, 5);
+    assert_eq!(h.submit(S1, taker).len(), 4);
+    assert_eq!(
+        q(&mut h, S2, 1),
+        [status(S2, 1, maker, OrderState::Filled, 3, 0)]
+    );
+    assert_eq!(
+        q(&mut h, S3, 2),
+        [status(S3, 2, maker + 1, OrderState::Canceled, 3, 0)]
+    );
+    // A FOK that could not fill: canceled with nothing filled.
+    let fok = order(3, Side::Buy, OrderType::Limit, Tif::Fok, 10, 5);
+    h.submit(S1, fok);
+    assert_eq!(
+        q(&mut h, S1, 3),
+        [status(S1, 3, maker + 2, OrderState::Canceled, 0, 0)]
+    );
+    // A replace that crosses and fills completely: filled over its life.
+    let resting = h.rest(S1, 4, Side::Buy, 8, 4);
+    h.rest(S2, 5, Side::Sell, 9, 10);
+    assert_eq!(h.replace(S1, 4, 9, 4).len(), 3);
+    assert_eq!(
+        q(&mut h, S1, 4),
+        [status(S1, 4, resting, OrderState::Filled, 4, 0)]
+    );
+    // Self-trade prevention and disconnects cancel into the history too.
+    let own = h.rest(S1, 6, Side::Buy, 5, 2);
+    let stp = with_stp(NewOrder::limit(7, 0, Side::Sell, 5, 1), Stp::CancelResting);
+    h.submit(S3, stp);
+    assert_eq!(
+        q(&mut h, S1, 6),
+        [status(S1, 6, own, OrderState::Canceled, 0, 0)]
+    );
+    h.run(S3, Op::CancelSession);
+    assert_eq!(
+        q(&mut h, S1, 7),
+        [status(S1, 7, own + 1, OrderState::Canceled, 0, 0)]
+    );
+    // Another account, or another symbol, knows nothing of them.
+    assert_eq!(
+        q(&mut h, S2, 2),
+        [status(S2, 2, 0, OrderState::Unknown, 0, 0)]
+    );
+    let mut out = Vec::new();
+    h.shard.process(
+        &Command {
+            session: S1,
+            account: A,
+            op: Op::Query(OrderQuery::new(2, 1)),
+        },
+        NOW,
+        &mut out,
+    );
+    assert_eq!(
+        out,
         [(
-            S2,
-            Report::Status(OrderStatus::new(1, 0, 0, OrderState::Unknown, 0, 0))
+            S1,
+            Report::Status(OrderStatus::new(2, 0, 1, OrderState::Unknown, 0, 0))
         )]
     );
+    let kept: Vec<(u64, OrderState)> = h
+        .shard
+        .history()
+        .map(|e| (e.client_order_id, e.state))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, OrderState::Filled),
+            (2, OrderState::Canceled),
+            (3, OrderState::Canceled),
+            (4, OrderState::Filled),
+            (6, OrderState::Canceled),
+            (7, OrderState::Canceled),
+        ],
+        "remembered in the order of their terminal reports"
+    );
+}
+
+#[test]
+fn the_history_forgets_the_oldest_first() {
+    let mut h = Harness::new();
+    for id in 1..=9 {
+        h.rest(S1, id, Side::Buy, 10, 1);
+        h.cancel(S1, id);
+    }
+    let q = |h: &mut Harness, id| h.run(S1, Op::Query(OrderQuery::new(id, 0)));
+    assert_eq!(q(&mut h, 1), [status(S1, 1, 0, OrderState::Unknown, 0, 0)]);
+    assert_eq!(q(&mut h, 2), [status(S1, 2, 2, OrderState::Canceled, 0, 0)]);
+    assert_eq!(q(&mut h, 9), [status(S1, 9, 9, OrderState::Canceled, 0, 0)]);
+    assert_eq!(h.shard.history().count(), 8);
 }
 
 #[test]
@@ -1195,6 +1372,10 @@ fn invalid_configurations_say_what_is_wrong() {
         },
         ShardConfig {
             market_band_ticks: -1,
+            ..cfg
+        },
+        ShardConfig {
+            history_max: u32::MAX,
             ..cfg
         },
     ];

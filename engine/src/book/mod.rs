@@ -26,7 +26,8 @@
 //! 2^48). A replace keeps the order id.
 //!
 //! **New order validation**, in this order; the first failure is a
-//! `Rejected(reason, request_kind = NewOrder)` and the only report:
+//! `Rejected(reason, request_kind = NewOrder)` and the only report (except
+//! for rule 8, where the existing order's status follows it):
 //!
 //! 1. symbol not in this shard (or `>= symbol_count`): `UnknownSymbol`;
 //! 2. enum fields or flags that do not decode ([`NewOrder::fields`]):
@@ -37,7 +38,11 @@
 //! 5. market order with GTC: `InvalidTimeInForce`;
 //! 6. post-only market order: `InvalidFlags`;
 //! 7. post-only with IOC or FOK: `InvalidTimeInForce`;
-//! 8. (account, client order id) live in this shard: `DuplicateClientOrderId`;
+//! 8. (account, client order id) live in this shard, or remembered in its
+//!    history of terminated orders (see **History**):
+//!    `DuplicateClientOrderId`, then an `OrderStatus` of the existing order
+//!    to the same session, as a Query on that order's symbol would answer
+//!    (so the status may name another symbol than the reject);
 //! 9. an order that can rest (limit GTC, post-only included) when the shard
 //!    already holds `orders_max` live orders: `BookFull`;
 //! 10. such an order whose price has no level on its side while that side
@@ -110,8 +115,20 @@
 //! (see Query) counts fills over the order's whole life.
 //!
 //! **Query**: `OrderStatus(Live, filled_quantity, leaves_quantity, order_id)`
-//! for a live order, else `OrderStatus(Unknown)` with zeros. Unknown symbol:
-//! `Rejected(UnknownSymbol, request_kind = OrderQuery)`.
+//! for a live order of that symbol; `OrderStatus(Filled or Canceled,
+//! filled_quantity, 0, order_id)` for a terminated order of that symbol
+//! still in the history; else `OrderStatus(Unknown)` with zeros. Unknown
+//! symbol: `Rejected(UnknownSymbol, request_kind = OrderQuery)`.
+//!
+//! **History**: every accepted order that terminates (a Fill with
+//! `leaves_quantity` 0: `Filled`; a Canceled, for any reason: `Canceled`)
+//! is remembered with its account, client order id, order id, symbol and
+//! lifetime filled quantity, in the order of the terminal reports, in a
+//! ring of [`ShardConfig::history_max`] entries; when it is full the
+//! oldest is forgotten, and then its key may be used again. A rejected
+//! NewOrder is not remembered (it never had an order id). The history is
+//! part of the shard's state (digest, snapshots), so duplicates are found
+//! across restarts.
 //!
 //! **Cancel session** ([`Op::CancelSession`]): every live order whose owner
 //! session is the command's session gets `Canceled(Disconnect)`, in this
@@ -130,6 +147,7 @@ use wire::{
     Replaced,
 };
 
+mod history;
 mod ids;
 mod index;
 mod null;
@@ -137,11 +155,12 @@ mod shard;
 mod side;
 pub mod workload;
 
+pub use history::{FinishedOrder, HISTORY_MAX_LIMIT};
 pub use ids::ClientOrderIds;
 pub use null::NullShard;
 pub use shard::{
     BOOKS_PER_SHARD_LIMIT, ConfigError, ID_SHARD_SHIFT, LevelView, ORDERS_MAX_LIMIT, OrderView,
-    SHARD_INDEX_LIMIT, Shard,
+    SHARD_INDEX_LIMIT, SNAPSHOT_FORMAT_VERSION, Shard, SnapshotError,
 };
 
 /// The server's id for a session (a connection after its Hello). The top 16
@@ -248,6 +267,13 @@ pub struct ShardConfig {
     /// the best ask at arrival plus this many ticks (a sell no lower than the
     /// best bid minus it); the remainder is canceled with reason `PriceBand`.
     pub market_band_ticks: i64,
+    /// Most terminated orders the shard remembers, for OrderQuery and for
+    /// refusing a client order id again after its order ended (also across
+    /// restarts: the history is in snapshots and rebuilt by replay); the
+    /// oldest is forgotten first. 0 remembers nothing. Costs 56 to 72
+    /// bytes per entry once the ring has filled (56 MiB for 2^20), mapped
+    /// lazily; at most [`HISTORY_MAX_LIMIT`].
+    pub history_max: u32,
 }
 
 impl Default for ShardConfig {
@@ -258,6 +284,7 @@ impl Default for ShardConfig {
             quantity_max: 1 << 40,
             price_max: 1 << 52,
             market_band_ticks: 1_000,
+            history_max: 1 << 20,
         }
     }
 }
@@ -276,7 +303,8 @@ pub trait Matcher {
         }
     }
 
-    /// A digest of the shard's whole state (books, orders, id counters).
+    /// A digest of the shard's whole state (books, orders, id counters,
+    /// the history of terminated orders).
     /// Equal inputs give equal digests; it walks the books, so call it for
     /// checks and replay, not per order.
     fn state_digest(&self) -> u64;

@@ -26,6 +26,9 @@
 //! - **The order index** maps (account, client order id) to a slot in an
 //!   open-addressing table of twice the capacity ([`SlotIndex`]): cancel,
 //!   replace and query are O(1).
+//! - **The history** of terminated orders is a ring of `history_max`
+//!   entries with its own index by (account, client order id), both
+//!   reserved up front ([`History`]).
 //! - **The level index** maps ((book, side), price) to a level, so an order
 //!   arriving at a price (a replace moving an order, mostly) finds its level
 //!   in O(1); the sorted side is searched only when a price is new to it.
@@ -44,9 +47,14 @@ use wire::{
     RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce,
 };
 
+use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
 use super::side::BookSide;
 use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
+
+mod snapshot;
+
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
 
 /// "No slot" in the intrusive lists and free lists.
 const NIL: u32 = u32::MAX;
@@ -194,6 +202,8 @@ pub enum ConfigError {
     PriceMax(i64),
     /// `market_band_ticks` is negative.
     MarketBand(i64),
+    /// `history_max` is above [`HISTORY_MAX_LIMIT`].
+    HistoryMax(u32),
 }
 
 impl core::fmt::Display for ConfigError {
@@ -228,6 +238,10 @@ impl core::fmt::Display for ConfigError {
             ConfigError::MarketBand(b) => {
                 write!(f, "market_band_ticks {b} is negative; use 0 or more")
             }
+            ConfigError::HistoryMax(n) => write!(
+                f,
+                "history_max {n} is above {HISTORY_MAX_LIMIT}; use 0..={HISTORY_MAX_LIMIT}"
+            ),
         }
     }
 }
@@ -256,6 +270,9 @@ impl ShardConfig {
         }
         if self.market_band_ticks < 0 {
             return Err(ConfigError::MarketBand(self.market_band_ticks));
+        }
+        if self.history_max > HISTORY_MAX_LIMIT {
+            return Err(ConfigError::HistoryMax(self.history_max));
         }
         Ok(())
     }
@@ -338,6 +355,8 @@ pub struct Shard {
     next_order: u64,
     /// Sequence of the next trade id (starts at 1).
     next_trade: u64,
+    /// Recently terminated orders.
+    history: History,
 }
 
 impl Shard {
@@ -409,6 +428,7 @@ impl Shard {
             live: 0,
             next_order: 1,
             next_trade: 1,
+            history: History::new(cfg.history_max),
         })
     }
 
@@ -432,6 +452,16 @@ impl Shard {
     /// This shard's index.
     pub fn shard_index(&self) -> u32 {
         self.shard_index
+    }
+
+    /// The number of shards symbols are spread over.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    /// The size of the symbol directory (symbols `0..symbol_count`).
+    pub fn symbol_count(&self) -> u32 {
+        self.symbol_count
     }
 
     /// The limits it was built with.
@@ -489,6 +519,16 @@ impl Shard {
     pub fn order(&self, account: u64, client_order_id: u64) -> Option<OrderView> {
         self.find(account, client_order_id)
             .map(|f| self.view(f.slot))
+    }
+
+    /// A terminated order by its key, while the history remembers it.
+    pub fn finished_order(&self, account: u64, client_order_id: u64) -> Option<FinishedOrder> {
+        self.history.find(account, client_order_id).copied()
+    }
+
+    /// The remembered terminated orders, oldest (next to be forgotten) first.
+    pub fn history(&self) -> impl Iterator<Item = FinishedOrder> + '_ {
+        self.history.iter_oldest_first().copied()
     }
 
     /// Checks every invariant of the whole shard by walking it: books not
@@ -585,6 +625,15 @@ impl Shard {
                 self.level_index.len()
             ));
         }
+        self.history.check()?;
+        for e in self.history.iter_oldest_first() {
+            if self.find(e.account, e.client_order_id).is_some() {
+                return Err(format!(
+                    "({}, {}) is both live and in the history",
+                    e.account, e.client_order_id
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -653,6 +702,56 @@ impl Shard {
         let id = self.id_of(self.next_trade);
         self.next_trade = self.next_trade.wrapping_add(1);
         id
+    }
+
+    /// Records a terminated order in the history; called where its
+    /// terminal report is emitted, so the history's order is report order.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn remember(
+        &mut self,
+        account: u64,
+        client_order_id: u64,
+        order_id: u64,
+        symbol: u32,
+        state: OrderState,
+        filled_quantity: u64,
+    ) {
+        self.history.push(FinishedOrder {
+            account,
+            client_order_id,
+            order_id,
+            filled_quantity,
+            symbol,
+            state,
+        });
+    }
+
+    /// The status a Query about a live order answers.
+    #[inline]
+    fn live_status(&self, slot: u32, client_order_id: u64, symbol: u32) -> OrderStatus {
+        let o = &self.orders[slot as usize];
+        OrderStatus::new(
+            client_order_id,
+            o.order_id,
+            symbol,
+            OrderState::Live,
+            o.filled,
+            o.open,
+        )
+    }
+
+    /// The status a Query about a remembered order answers.
+    #[inline]
+    fn finished_status(e: &FinishedOrder) -> OrderStatus {
+        OrderStatus::new(
+            e.client_order_id,
+            e.order_id,
+            e.symbol,
+            e.state,
+            e.filled_quantity,
+            0,
+        )
     }
 
     // ---------------------------------------------------------------------
@@ -825,6 +924,12 @@ impl Shard {
             Some(found) => found.slot,
             None => self.add_level(book, s, price),
         };
+        self.link_at_level(book, s, level, slot);
+    }
+
+    /// Appends an order at the back of a level of side `s` of `book`.
+    #[inline]
+    fn link_at_level(&mut self, book: u32, s: usize, level: u32, slot: u32) {
         let l = &mut self.levels[level as usize];
         if l.count == 0 {
             let book_side = &mut self.books[book as usize].sides[s];
@@ -1026,7 +1131,14 @@ impl Shard {
                             maker.open,
                         )),
                     );
+                    let (account, id, order_id, filled) = (
+                        maker.account,
+                        maker.client_order_id,
+                        maker.order_id,
+                        maker.filled,
+                    );
                     self.remove_front(level, slot);
+                    self.remember(account, id, order_id, symbol, OrderState::Canceled, filled);
                     slot = next;
                     if stop {
                         self_trade_stop = true;
@@ -1041,6 +1153,8 @@ impl Shard {
                 maker.filled = maker.filled.saturating_add(quantity);
                 let (maker_owner, maker_id, maker_side, maker_open) =
                     (maker.owner, maker.client_order_id, maker.side, maker.open);
+                let (maker_account, maker_order_id, maker_filled) =
+                    (maker.account, maker.order_id, maker.filled);
                 taker.remaining -= quantity;
                 taker.filled = taker.filled.saturating_add(quantity);
                 self.levels[level as usize].total -= quantity;
@@ -1073,6 +1187,14 @@ impl Shard {
                 );
                 if maker_open == 0 {
                     self.remove_front(level, slot);
+                    self.remember(
+                        maker_account,
+                        maker_id,
+                        maker_order_id,
+                        symbol,
+                        OrderState::Filled,
+                        maker_filled,
+                    );
                 }
                 slot = next;
             }
@@ -1119,7 +1241,7 @@ impl Shard {
     fn new_order<S: Sink>(&mut self, cmd: &Command, o: &NewOrder, now_ns: u64, sink: &mut S) {
         let client_order_id = o.client_order_id.get();
         let symbol = o.symbol.get();
-        let mut reject = |reason| {
+        let reject = |sink: &mut S, reason| {
             sink.emit(
                 cmd.session,
                 Report::Rejected(Rejected::new(
@@ -1131,33 +1253,34 @@ impl Shard {
             );
         };
         let Some(book) = self.book_of(symbol) else {
-            return reject(RejectReason::UnknownSymbol);
+            return reject(sink, RejectReason::UnknownSymbol);
         };
         let fields = match o.fields() {
             Ok(f) => f,
-            Err(e) => return reject(reject_reason_for(&e)),
+            Err(e) => return reject(sink, reject_reason_for(&e)),
         };
         let quantity = o.quantity.get();
         if quantity == 0 || quantity > self.cfg.quantity_max {
-            return reject(RejectReason::InvalidQuantity);
+            return reject(sink, RejectReason::InvalidQuantity);
         }
         let market = fields.order_type == wire::OrderType::Market;
         let price = o.price.get();
         if !market && !(1..=self.cfg.price_max).contains(&price) {
-            return reject(RejectReason::InvalidPrice);
+            return reject(sink, RejectReason::InvalidPrice);
         }
         let tif = fields.time_in_force;
         if market && tif == TimeInForce::Gtc {
-            return reject(RejectReason::InvalidTimeInForce);
+            return reject(sink, RejectReason::InvalidTimeInForce);
         }
         if fields.post_only && market {
-            return reject(RejectReason::InvalidFlags);
+            return reject(sink, RejectReason::InvalidFlags);
         }
         if fields.post_only && tif != TimeInForce::Gtc {
-            return reject(RejectReason::InvalidTimeInForce);
+            return reject(sink, RejectReason::InvalidTimeInForce);
         }
-        if self.find(cmd.account, client_order_id).is_some() {
-            return reject(RejectReason::DuplicateClientOrderId);
+        if let Some(status) = self.duplicate_status(cmd.account, client_order_id) {
+            reject(sink, RejectReason::DuplicateClientOrderId);
+            return sink.emit(cmd.session, Report::Status(status));
         }
         let side = fields.side;
         let own = side_index(side);
@@ -1167,17 +1290,17 @@ impl Shard {
             // Checked as if the whole order would rest, before anything
             // happens, so that a reject is always the only report.
             if self.live >= self.cfg.orders_max {
-                return reject(RejectReason::BookFull);
+                return reject(sink, RejectReason::BookFull);
             }
             if self.books[book as usize].sides[own].active >= self.cfg.levels_per_side_max
                 && !self.has_level(book, side, price)
             {
-                return reject(RejectReason::PriceLevelsFull);
+                return reject(sink, RejectReason::PriceLevelsFull);
             }
         }
         let limit = if market {
             let Some(best_key) = self.books[book as usize].sides[opposite].best_key() else {
-                return reject(RejectReason::NoLiquidity);
+                return reject(sink, RejectReason::NoLiquidity);
             };
             // The opposite key of a buy's asks is -price; of a sell's bids, price.
             let reference = key_of(side.opposite(), best_key);
@@ -1190,7 +1313,7 @@ impl Shard {
         };
         let threshold = key_of(side.opposite(), limit);
         if fields.post_only && self.crosses(book, opposite, threshold) {
-            return reject(RejectReason::PostOnlyWouldTake);
+            return reject(sink, RejectReason::PostOnlyWouldTake);
         }
 
         let order_id = self.id_of(self.next_order);
@@ -1211,10 +1334,21 @@ impl Shard {
                 Report::Canceled(Canceled::new(client_order_id, symbol, reason, quantity)),
             );
         };
+        let finished = |shard: &mut Shard, state, filled| {
+            shard.remember(
+                cmd.account,
+                client_order_id,
+                order_id,
+                symbol,
+                state,
+                filled,
+            );
+        };
         if tif == TimeInForce::Fok
             && !self.can_fill(book, opposite, threshold, cmd.account, fields.stp, quantity)
         {
-            return cancel(sink, CancelReason::FokUnfilled, quantity);
+            cancel(sink, CancelReason::FokUnfilled, quantity);
+            return finished(self, OrderState::Canceled, 0);
         }
         let mut taker = Taker {
             account: cmd.account,
@@ -1229,10 +1363,11 @@ impl Shard {
         let self_trade = self.crosses(book, opposite, threshold)
             && self.match_taker(book, opposite, threshold, &mut taker, sink);
         if taker.remaining == 0 {
-            return;
+            return finished(self, OrderState::Filled, taker.filled);
         }
         if self_trade {
-            return cancel(sink, CancelReason::SelfTrade, taker.remaining);
+            cancel(sink, CancelReason::SelfTrade, taker.remaining);
+            return finished(self, OrderState::Canceled, taker.filled);
         }
         if rests {
             let slot = self.alloc_order(Order {
@@ -1263,6 +1398,21 @@ impl Shard {
             CancelReason::IocRemainder
         };
         cancel(sink, reason, taker.remaining);
+        finished(self, OrderState::Canceled, taker.filled);
+    }
+
+    /// The status of the order that makes a NewOrder's key a duplicate: a
+    /// live order with that key (in any book of the shard) or a remembered
+    /// one; `None` when the key is free.
+    #[inline]
+    fn duplicate_status(&self, account: u64, client_order_id: u64) -> Option<OrderStatus> {
+        if let Some(found) = self.find(account, client_order_id) {
+            let symbol = self.symbol_of(self.book_of_slot(found.slot));
+            return Some(self.live_status(found.slot, client_order_id, symbol));
+        }
+        self.history
+            .find(account, client_order_id)
+            .map(Self::finished_status)
     }
 
     fn cancel<S: Sink>(&mut self, cmd: &Command, c: &wire::Cancel, sink: &mut S) {
@@ -1280,9 +1430,22 @@ impl Shard {
                 Report::Rejected(Rejected::new(client_order_id, symbol, reason, Kind::Cancel))
             }
             Ok(found) => {
-                let open = self.orders[found.slot as usize].open;
+                let Order {
+                    open,
+                    filled,
+                    order_id,
+                    ..
+                } = self.orders[found.slot as usize];
                 self.unlink(found.slot);
                 self.retire_order(found.slot, Some(found.position));
+                self.remember(
+                    cmd.account,
+                    client_order_id,
+                    order_id,
+                    symbol,
+                    OrderState::Canceled,
+                    filled,
+                );
                 Report::Canceled(Canceled::new(
                     client_order_id,
                     symbol,
@@ -1392,7 +1555,15 @@ impl Shard {
         let self_trade = self.crosses(book, opposite, threshold)
             && self.match_taker(book, opposite, threshold, &mut taker, sink);
         if taker.remaining == 0 {
-            return self.retire_order(slot, None);
+            self.retire_order(slot, None);
+            return self.remember(
+                cmd.account,
+                client_order_id,
+                o.order_id,
+                symbol,
+                OrderState::Filled,
+                taker.filled,
+            );
         }
         if self_trade {
             sink.emit(
@@ -1404,7 +1575,15 @@ impl Shard {
                     taker.remaining,
                 )),
             );
-            return self.retire_order(slot, None);
+            self.retire_order(slot, None);
+            return self.remember(
+                cmd.account,
+                client_order_id,
+                o.order_id,
+                symbol,
+                OrderState::Canceled,
+                taker.filled,
+            );
         }
         let order = &mut self.orders[slot as usize];
         order.open = taker.remaining;
@@ -1424,21 +1603,19 @@ impl Shard {
                 Kind::OrderQuery,
             )),
             Some(book) => {
-                let status = self
+                let live = self
                     .find(cmd.account, client_order_id)
                     .filter(|f| self.book_of_slot(f.slot) == book)
-                    .map(|f| &self.orders[f.slot as usize]);
-                Report::Status(match status {
-                    Some(o) => OrderStatus::new(
-                        client_order_id,
-                        o.order_id,
-                        symbol,
-                        OrderState::Live,
-                        o.filled,
-                        o.open,
-                    ),
-                    None => OrderStatus::new(client_order_id, 0, symbol, OrderState::Unknown, 0, 0),
-                })
+                    .map(|f| self.live_status(f.slot, client_order_id, symbol));
+                let finished = || {
+                    self.history
+                        .find(cmd.account, client_order_id)
+                        .filter(|e| e.symbol == symbol)
+                        .map(Self::finished_status)
+                };
+                Report::Status(live.or_else(finished).unwrap_or_else(|| {
+                    OrderStatus::new(client_order_id, 0, symbol, OrderState::Unknown, 0, 0)
+                }))
             }
         };
         sink.emit(cmd.session, report);
@@ -1481,6 +1658,14 @@ impl Shard {
                             );
                             self.unlink(slot);
                             self.retire_order(slot, None);
+                            self.remember(
+                                o.account,
+                                o.client_order_id,
+                                o.order_id,
+                                symbol,
+                                OrderState::Canceled,
+                                o.filled,
+                            );
                         }
                         slot = o.next;
                     }
@@ -1528,11 +1713,15 @@ fn command_key(cmd: &Command) -> Option<(u64, u32)> {
 }
 
 impl Shard {
-    /// Stage 1: the order index bucket of the command's key.
+    /// Stage 1: the order index bucket of the command's key, and for a
+    /// new order the history's bucket too (both are duplicate checks).
     #[inline]
     fn prefetch_bucket(&self, cmd: &Command) {
         if let Some((id, _)) = command_key(cmd) {
             self.index.prefetch(cmd.account, id);
+            if let Op::New(_) = cmd.op {
+                self.history.prefetch(cmd.account, id);
+            }
         }
     }
 
@@ -1631,49 +1820,7 @@ impl Matcher for Shard {
     }
 
     fn state_digest(&self) -> u64 {
-        let mut h = Digest::default();
-        for word in [
-            u64::from(self.shard_index),
-            u64::from(self.shard_count),
-            u64::from(self.symbol_count),
-            u64::from(self.live),
-            self.next_order,
-            self.next_trade,
-        ] {
-            h.add(word);
-        }
-        for book in &self.books {
-            for side in &book.sides {
-                // Tombstones are an internal cache: not part of the state.
-                h.add(u64::from(side.active));
-                for (_, level) in side.iter_best_first() {
-                    let l = &self.levels[level as usize];
-                    if l.count == 0 {
-                        continue;
-                    }
-                    h.add(l.price as u64);
-                    h.add(l.total);
-                    h.add(u64::from(l.count));
-                    for slot in self.level_slots(level) {
-                        let o = &self.orders[slot as usize];
-                        for word in [
-                            o.account,
-                            o.client_order_id,
-                            o.owner,
-                            o.order_id,
-                            o.open,
-                            o.filled,
-                            u64::from(o.side.to_wire())
-                                | u64::from(o.stp.to_wire()) << 8
-                                | u64::from(o.post_only) << 16,
-                        ] {
-                            h.add(word);
-                        }
-                    }
-                }
-            }
-        }
-        h.finish()
+        self.walk(None)
     }
 
     #[inline]
