@@ -28,6 +28,11 @@ fn main() -> ExitCode {
         }
         tuning::print_startup_warnings("dex-trader", &check);
     }
+    if let Err(e) = loadgen::run::install_interrupt_handler() {
+        eprintln!(
+            "dex-trader: warning: cannot catch Ctrl-C ({e}); it will end the run without a report"
+        );
+    }
     let report = match loadgen::run(&plan, |line| eprintln!("{line}")) {
         Ok(r) => r,
         Err(RunError::Usage(e)) => {

@@ -51,6 +51,40 @@ const PUBLISH_INTERVAL_NS: u64 = 200_000_000;
 /// the minimum (glommio rounds up to 64 KiB) instead of its 10 MiB default.
 const GLOMMIO_IO_MEMORY_BYTES: usize = 64 << 10;
 
+/// Set by SIGINT or SIGTERM: the run ends now (as if its duration were
+/// over), drains, and reports what it measured.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM end the run early with a report instead of
+/// killing the process; a second signal kills it (the handler resets).
+pub fn install_interrupt_handler() -> io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the
+        // handler only stores to an atomic, which is async-signal-safe, and
+        // the struct outlives the call that copies it.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_interrupt as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether a signal asked the run to end.
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// Why a run could not happen or did not finish.
 #[derive(Debug)]
 pub enum RunError {
@@ -351,11 +385,20 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
         .unwrap_or(0);
     let window_ns = (plan.duration.as_nanos() as u64)
         .min(measured_ns.saturating_sub(plan.warmup.as_nanos() as u64));
-    let duration_secs = if failure.is_some() {
+    let ended_early = failure.is_some() || interrupted();
+    let duration_secs = if ended_early {
         window_ns as f64 / 1e9
     } else {
         plan.duration.as_secs_f64()
     };
+    let failure = failure.or_else(|| {
+        interrupted().then(|| {
+            format!(
+                "interrupted by a signal after {:.2} s of measurement; the figures cover that part",
+                duration_secs
+            )
+        })
+    });
     // A server that takes requests and stops answering fails the run too.
     let failure = failure.or_else(|| {
         (unanswered > 0).then(|| {
@@ -836,7 +879,7 @@ async fn send(
             return Ok(());
         }
         let now = clock.now_ns();
-        if now >= end_ns {
+        if now >= end_ns || interrupted() {
             return Ok(());
         }
         out.clear();

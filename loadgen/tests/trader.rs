@@ -370,3 +370,36 @@ fn bad_flags_exit_2_and_help_explains_every_option() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn ctrl_c_ends_the_run_with_a_report() {
+    let server = TestServer::start(ServerOptions {
+        engine: EngineKind::Null,
+        ..ServerOptions::default()
+    });
+    let path = json_path("interrupted");
+    let child = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--server", &server.address(), "--cores", "0", "--quiet"])
+        .args(["--warmup", "100ms", "--duration", "60s", "--batch", "10"])
+        .args(["--json", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dex-trader");
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().expect("dex-trader exits");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("orders sent"));
+    let json = std::fs::read_to_string(&path).expect("json written");
+    let measured = number(&json, "duration_secs");
+    assert!(measured > 0.5 && measured < 10.0, "{measured}");
+    assert!(number(&json, "orders_sent") > 0.0);
+    let _ = std::fs::remove_file(path);
+}
