@@ -185,13 +185,28 @@ fmt_num() {
 
 FAILED=0
 # One line per run, tab-separated: round pinning MTU batch load orders/s p50
-# p99 p99.9 max errors status ("ok" or the exit status of a failed run).
+# p99 p99.9 max errors status ("ok" or the exit status of a failed run)
+# bytes/packet towards the server, bytes/packet towards the trader.
 RUNS="$OUT/runs.tsv"
 : >"$RUNS"
 
 # The load column of a row: "closed" or "open RATE/s".
 load_label() {
     if [ "$1" -gt 0 ]; then echo "open $1/s"; else echo closed; fi
+}
+
+# Bytes and packets an interface has sent: tx_counters NS DEV prints "BYTES PACKETS".
+tx_counters() {
+    ip netns exec "$1" sh -c "cat /sys/class/net/$2/statistics/tx_bytes /sys/class/net/$2/statistics/tx_packets" |
+        tr '\n' ' '
+}
+
+# Average bytes per packet between two tx_counters readings, or "-".
+bytes_per_packet() {
+    local b0 p0 b1 p1
+    read -r b0 p0 <<<"$1"
+    read -r b1 p1 <<<"$2"
+    awk -v b="$((b1 - b0))" -v p="$((p1 - p0))" 'BEGIN { if (p > 0) printf "%.0f\n", b / p; else print "-" }'
 }
 
 # One run against a fresh server: run_one ROUND PIN MTU BATCH RATE (RATE 0: closed loop).
@@ -223,6 +238,11 @@ run_one() {
     SERVER_LISTEN="$ADDR_SRV:0"
     start_server "$OUT/$name.server.out" "$OUT/$name.server.err" "${server_args[@]}"
 
+    # The veth counters show what the MTU did to packets: with the veth's
+    # segmentation offloads the kernel may pass packets above the MTU.
+    local to_server0 to_trader0
+    to_server0=$(tx_counters "$NS_CLI" "$VETH_CLI")
+    to_trader0=$(tx_counters "$NS_SRV" "$VETH_SRV")
     local rc=0
     rm -f "$OUT/$name.json"
     ip netns exec "$NS_CLI" "$DEX_TRADER" --server "$SERVER_ADDR" "${trader_args[@]}" \
@@ -231,13 +251,16 @@ run_one() {
     wait "$TRADER_PID" || rc=$?
     TRADER_PID=""
     stop_server
+    local to_server to_trader
+    to_server=$(bytes_per_packet "$to_server0" "$(tx_counters "$NS_CLI" "$VETH_CLI")")
+    to_trader=$(bytes_per_packet "$to_trader0" "$(tx_counters "$NS_SRV" "$VETH_SRV")")
 
     local json="$OUT/$name.json" ops p50 p99 p999 max errors
     if [ "$rc" -ne 0 ] || [ ! -s "$json" ]; then
         FAILED=1
         note "  failed (exit status $rc): see $OUT/$name.trader.err"
         sed 's/^/      /' "$OUT/$name.trader.err" >&2 || true
-        printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\texit %s\n' \
+        printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\texit %s\t-\t-\n' \
             "$round" "$pin" "$mtu" "$batch" "$load" "$rc" >>"$RUNS"
         return 0
     fi
@@ -248,13 +271,16 @@ run_one() {
     max=$(fmt_num "$json" max 1)
     errors=$(fmt_num "$json" errors 0)
     note "  $ops orders/s, p50 $p50 us, p99 $p99 us"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\n' \
-        "$round" "$pin" "$mtu" "$batch" "$load" "$ops" "$p50" "$p99" "$p999" "$max" "$errors" >>"$RUNS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\t%s\t%s\n' \
+        "$round" "$pin" "$mtu" "$batch" "$load" "$ops" "$p50" "$p99" "$p999" "$max" "$errors" \
+        "$to_server" "$to_trader" >>"$RUNS"
 }
 
 # The summary of one configuration over its rounds, tab-separated: ok runs,
 # failed runs, then the medians of orders/s, p50, p99, p99.9 and max, the
-# sum of errors, and the lowest and highest orders/s. summarize PIN MTU BATCH LOAD
+# sum of errors, the lowest and highest orders/s, and the medians of the
+# bytes per packet towards the server and towards the trader.
+# summarize PIN MTU BATCH LOAD
 summarize() {
     # mawk has no asort: an insertion sort is plenty for a few rounds.
     awk -F '\t' -v p="$1" -v m="$2" -v b="$3" -v l="$4" '
@@ -273,15 +299,16 @@ summarize() {
         $2 == p && $3 == m && $4 == b && $5 == l {
             if ($12 != "ok") { failed++; next }
             ok++
-            for (c = 6; c <= 11; c++) val[ok, c] = $c
+            for (c = 6; c <= 14; c++) val[ok, c] = $c
             errors += $11
             if (ok == 1 || $6 + 0 < lo) lo = $6 + 0
             if (ok == 1 || $6 + 0 > hi) hi = $6 + 0
         }
         END {
-            if (ok == 0) { printf "0\t%d\t-\t-\t-\t-\t-\t-\t-\t-\n", failed; exit }
-            printf "%d\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t%.0f\n", ok, failed + 0,
-                median(6), median(7), median(8), median(9), median(10), errors, lo, hi
+            if (ok == 0) { printf "0\t%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", failed; exit }
+            printf "%d\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.0f\n", ok, failed + 0,
+                median(6), median(7), median(8), median(9), median(10), errors, lo, hi,
+                median(13), median(14)
         }' "$RUNS"
 }
 
@@ -357,21 +384,22 @@ CPU_MODEL=$(awk -F ': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev
     echo
     echo "dex-trader: $CONNECTIONS connections, realistic mix; turbo-dex: match engine, one shard, adaptive polling; both with --mtu of the veth MTU."
     echo "Each row is the median of its runs (columns 'runs' and 'orders/s range' say how many and how far apart); errors are summed."
+    echo "Bytes/packet: what the veth ends sent per packet during the run (warmup and handshake included), ACKs counted as packets."
     echo
-    echo "| pinning | MTU | batch | load | orders/s | p50 us | p99 us | p99.9 us | max us | errors | runs | orders/s range |"
-    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| pinning | MTU | batch | load | orders/s | p50 us | p99 us | p99.9 us | max us | errors | runs | orders/s range | bytes/packet to server | bytes/packet to trader |"
+    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for pin in "${PINS[@]}"; do
         for mtu in "${MTUS[@]}"; do
             for load in "${LOADS[@]}"; do
                 read -r batch rate <<<"$load"
                 label=$(load_label "$rate")
-                IFS=$'\t' read -r ok failed ops p50 p99 p999 max errors lo hi <<<"$(summarize "$pin" "$mtu" "$batch" "$label")"
+                IFS=$'\t' read -r ok failed ops p50 p99 p999 max errors lo hi to_server to_trader <<<"$(summarize "$pin" "$mtu" "$batch" "$label")"
                 runs=$ok
                 [ "$failed" -eq 0 ] || runs="$ok of $((ok + failed))"
                 if [ "$ok" -eq 0 ]; then
-                    echo "| $pin | $mtu | $batch | $label | failed (see runs.tsv) | - | - | - | - | - | $runs | - |"
+                    echo "| $pin | $mtu | $batch | $label | failed (see runs.tsv) | - | - | - | - | - | $runs | - | - | - |"
                 else
-                    echo "| $pin | $mtu | $batch | $label | $ops | $p50 | $p99 | $p999 | $max | $errors | $runs | $lo-$hi |"
+                    echo "| $pin | $mtu | $batch | $label | $ops | $p50 | $p99 | $p999 | $max | $errors | $runs | $lo-$hi | $to_server | $to_trader |"
                 fi
             done
         done

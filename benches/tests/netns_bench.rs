@@ -282,7 +282,7 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                     "want one row for {pin} MTU {mtu} batch {batch} {load}:\n{table}"
                 );
                 let row = matching[0];
-                assert_eq!(row.len(), 12, "row {row:?} should have 12 columns");
+                assert_eq!(row.len(), 14, "row {row:?} should have 14 columns");
                 // Above zero means the run traded at all; no speed is asserted.
                 assert!(
                     number(&row[4], "orders/s", row) > 0.0,
@@ -318,6 +318,13 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                 let mut json = format!("{pin}-mtu{mtu}-batch{batch}");
                 if let Some(rate) = load.strip_prefix("open ") {
                     json += &format!("-rate{}", rate.trim_end_matches("/s"));
+                }
+                for (cell, what) in [
+                    (&row[12], "bytes/packet to server"),
+                    (&row[13], "bytes/packet to trader"),
+                ] {
+                    // Every run sends orders one way and reports the other.
+                    assert!(number(cell, what, row) > 0.0, "no {what} in {row:?}");
                 }
                 json += "-run1";
                 let raw = std::fs::read_to_string(out.path().join(format!("{json}.json")))
