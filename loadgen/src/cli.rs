@@ -81,8 +81,9 @@ pub struct Args {
     pub symbols: Option<u32>,
 
     /// Order mix: realistic (exchange-core like: 9% GTC, 3% IOC, 6% cancel,
-    /// 82% replace), insert (resting orders and cancels) or match (most
-    /// orders cross).
+    /// 82% replace), insert (resting orders and cancels) or match (takers
+    /// sweeping a book that GTC orders keep up: about half the requests
+    /// cross, the most trades per request).
     #[arg(long, value_enum, default_value_t = Mix::Realistic)]
     pub mix: Mix,
 

@@ -150,7 +150,7 @@ impl RunReport {
             Some(v) if v.is_empty() => {
                 let _ = writeln!(
                     s,
-                    "  verify       ok ({} trades paired)",
+                    "  verify       ok (all {} trades of the run paired, warmup and drain included)",
                     group(self.trades_paired)
                 );
             }
