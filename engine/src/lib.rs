@@ -3,4 +3,5 @@
 
 pub mod book;
 pub mod config;
+pub mod journal;
 pub mod server;
