@@ -526,7 +526,12 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
         .apply(fd)
         .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))?;
     let mtu = match plan.mtu {
-        Some(m) => m,
+        Some(m) => {
+            if global == 0 && !plan.quiet {
+                warn_if_mtu_too_big(&stream, m);
+            }
+            m
+        }
         None => tuning::sock::ip_mtu(fd).unwrap_or(tuning::mtu::ETHERNET_MTU_BYTES),
     };
     let coalesce_bytes = tuning::send_coalesce_bytes(mtu, addr.is_ipv6()).max(512);
@@ -590,6 +595,23 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
         leftover,
         coalesce_bytes,
     })
+}
+
+/// Warns (once, on stderr) when `--mtu` is larger than what the interface
+/// the connection leaves from carries: sends sized for it would be split.
+fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let Ok(Some(iface)) = tuning::interface_for_local_addr(local.ip()) else {
+        return;
+    };
+    let sys = std::path::Path::new(tuning::SYS_ROOT);
+    if let Ok(iface_mtu) = tuning::interface_mtu(sys, &iface)
+        && let Some(warning) = tuning::mtu_warning(&iface, mtu, iface_mtu)
+    {
+        eprintln!("dex-trader: warning: {warning}");
+    }
 }
 
 /// Reads HelloAck and the symbol directory; returns them and any bytes
