@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use engine::book::ShardConfig;
 use engine::config::parse_symbols;
+use engine::journal::JournalConfig;
+use engine::server::durable::JournalSettings;
 use engine::server::{EngineKind, PollMode, Server, ServerConfig, ring_capacity_for, stats};
 use tuning::{CpuList, HostCheckConfig};
 
@@ -104,6 +106,34 @@ struct Args {
     #[arg(long, value_name = "N")]
     ring_capacity: Option<usize>,
 
+    /// Journal directory: every accepted command is written and fdatasynced
+    /// here before it is acknowledged, and a restart recovers the books from
+    /// it. `none` turns durability off (benchmarks): acknowledgements are
+    /// then not durable.
+    #[arg(long, value_name = "DIR|none", default_value = "turbo-dex-data")]
+    journal: String,
+
+    /// batch: reports for a batch leave only after its journal write and
+    /// fdatasync complete. never: after the write reaches the page cache,
+    /// without fdatasync; UNSAFE: a power loss or kernel crash loses
+    /// acknowledged orders (a process crash does not).
+    #[arg(long, value_enum, default_value = "batch")]
+    fsync: FsyncMode,
+
+    /// Size of each pre-allocated journal segment file.
+    #[arg(long, value_name = "BYTES", default_value_t = engine::journal::DEFAULT_SEGMENT_BYTES)]
+    journal_segment_bytes: u64,
+
+    /// Snapshot a shard after this many journal records; recovery replays
+    /// at most this many records after loading the snapshot.
+    #[arg(long, value_name = "RECORDS", default_value_t = engine::journal::DEFAULT_SNAPSHOT_EVERY_RECORDS)]
+    snapshot_every: u64,
+
+    /// Terminated orders each shard remembers, for status queries and for
+    /// rejecting a reused client order id (also across restarts).
+    #[arg(long, value_name = "N", default_value_t = ShardConfig::default().history_max)]
+    order_history: u32,
+
     /// If set, a Hello's credentials must equal this token.
     #[arg(long, value_name = "TOKEN", env = "TURBO_DEX_AUTH_TOKEN")]
     auth_token: Option<String>,
@@ -115,6 +145,15 @@ struct Args {
     /// No live stats line and no host warnings.
     #[arg(long)]
     quiet: bool,
+}
+
+/// When journal writes are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FsyncMode {
+    /// fdatasync every batch before acknowledging it.
+    Batch,
+    /// Never fdatasync (unsafe: a machine crash loses acknowledged orders).
+    Never,
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,7 +257,19 @@ fn run(args: Args) -> Result<ExitCode, String> {
         orders_max: args.orders_per_shard.max(1),
         levels_per_side_max: args.levels_per_side.max(1),
         market_band_ticks: args.market_band_ticks.max(0),
+        history_max: args.order_history,
         ..ShardConfig::default()
+    };
+    cfg.journal = match args.journal.as_str() {
+        "none" => None,
+        dir => Some(JournalSettings {
+            config: JournalConfig {
+                dir: dir.into(),
+                segment_bytes: args.journal_segment_bytes,
+                snapshot_every_records: args.snapshot_every,
+            },
+            fsync: args.fsync == FsyncMode::Batch,
+        }),
     };
     cfg.max_frame_bytes = args.max_frame_bytes;
     cfg.heartbeat_ms = args.heartbeat_ms.clamp(100, 60_000);
@@ -258,6 +309,22 @@ fn run(args: Args) -> Result<ExitCode, String> {
             .map(|m| m.as_str())
             .unwrap_or("?"),
     );
+    match (&cfg.journal, cfg.engine) {
+        (_, EngineKind::Null) => {
+            eprintln!("turbo-dex: null engine: no journal (nothing to make durable)")
+        }
+        (None, _) => eprintln!(
+            "turbo-dex: --journal none: acknowledgements are NOT durable; a crash loses every order"
+        ),
+        (Some(j), _) if !j.fsync => eprintln!(
+            "turbo-dex: journal in {} with --fsync never: UNSAFE, a machine crash loses acknowledged orders",
+            j.config.dir.display()
+        ),
+        (Some(j), _) => eprintln!(
+            "turbo-dex: journal in {}: orders are acknowledged once written and fdatasynced",
+            j.config.dir.display()
+        ),
+    }
     println!("turbo-dex listening on {}", server.local_addr());
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -126,7 +126,15 @@ fn a_port_in_use_is_a_one_line_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let cpu = test_cpus()[0].to_string();
-    let (code, err) = refuses(&["--listen", &addr, "--cores", &cpu, "--quiet"]);
+    let (code, err) = refuses(&[
+        "--listen",
+        &addr,
+        "--cores",
+        &cpu,
+        "--quiet",
+        "--journal",
+        "none",
+    ]);
     assert_eq!(code, 2);
     let line = one_line_error(&err);
     assert!(line.contains("already in use"), "{line}");

@@ -169,6 +169,9 @@ pub struct Slab {
     generations: Vec<u32>,
     free: Vec<u32>,
     live: usize,
+    /// The generation new slots start at (above every session id a
+    /// recovered journal still names).
+    base: u32,
 }
 
 impl Slab {
@@ -178,7 +181,13 @@ impl Slab {
             generations: Vec::with_capacity(n),
             free: Vec::with_capacity(n),
             live: 0,
+            base: 1,
         }
+    }
+
+    /// Numbers new sessions from `generation` on (call before any accept).
+    pub fn set_base_generation(&mut self, generation: u32) {
+        self.base = generation.clamp(1, 0xff_ffff);
     }
 
     /// Reserves a slot: its index and the generation the new connection gets.
@@ -191,10 +200,10 @@ impl Slab {
         if self.slots.len() >= SLOTS_MAX {
             return None;
         }
-        // Generations start at 1 so that no session id is 0.
+        // Generations start at `base` (at least 1, so no session id is 0).
         self.slots.push(None);
-        self.generations.push(1);
-        Some(((self.slots.len() - 1) as u32, 1))
+        self.generations.push(self.base);
+        Some(((self.slots.len() - 1) as u32, self.base))
     }
 
     pub fn insert(&mut self, slot: u32, conn: Conn) {

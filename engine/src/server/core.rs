@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use rtrb::{Consumer, Producer};
@@ -20,10 +21,14 @@ use wire::{
 };
 
 use super::conn::{Conn, Phase, Slab, make_session, session_slot};
+use super::durable::{
+    Done, Inflight, Job, SEGMENT_RETRY_NS, ShardLog, Snapshot, reject_not_durable,
+};
 use super::stats::Counters;
 use super::uring::{BufRing, new_ring};
 use super::{PollMode, Shared, monotonic_ns, realtime_ns};
 use crate::book::{Command, Matcher, Op, Report, SessionId, Sink, session_core};
+use crate::journal;
 
 /// A message on a ring between two cores.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +67,18 @@ pub struct CoreConfig {
     pub ring_capacity: usize,
     pub auth_token: Option<Vec<u8>>,
     pub directory: Arc<[SymbolEntry]>,
+    /// fdatasync each journal write (`--fsync batch`); only used with a journal.
+    pub journal_fsync: bool,
+    /// Records between snapshots of a shard.
+    pub snapshot_every_records: u64,
+}
+
+/// Durability of a core's shards: their journals and the channels to the
+/// background thread (see [`super::durable`]).
+pub struct CoreJournal {
+    pub logs: Vec<ShardLog>,
+    pub jobs: Sender<Job>,
+    pub done: Receiver<Done>,
 }
 
 const OP_ACCEPT: u64 = 1;
@@ -69,6 +86,8 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_CANCEL: u64 = 4;
 const OP_WAKE: u64 = 5;
+const OP_JOURNAL_WRITE: u64 = 6;
+const OP_JOURNAL_SYNC: u64 = 7;
 
 #[inline]
 fn user_data(op: u64, slot: u32, generation: u32) -> u64 {
@@ -83,6 +102,9 @@ fn split_user_data(ud: u64) -> (u64, u32, u32) {
 /// How often housekeeping (idle timeouts, heartbeats, slow consumers) runs,
 /// and the longest a blocked wait lasts.
 const TICK_NS: u64 = 50_000_000;
+/// Most commands a shard's queue holds while its journal write is in
+/// flight; beyond it the core stops reading connections (backpressure).
+const PENDING_JOURNAL_MAX: usize = 1 << 16;
 /// Iterations without work before `--poll adaptive` goes to sleep.
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// How long a closing connection may take to flush before it is cut.
@@ -96,7 +118,10 @@ struct State<M> {
     shards: Vec<M>,
     /// Commands for each local shard, applied in one `process_batch` per
     /// shard (the book prefetches a few commands ahead); in arrival order.
+    /// With a journal they wait here until `journal_submit` writes them.
     pending: Vec<Vec<Command>>,
+    /// One journal per local shard; empty when there is no journal.
+    logs: Vec<ShardLog>,
     router: Router,
     decoder: Decoder,
     /// Connections with output to send this iteration.
@@ -224,7 +249,7 @@ enum InputEnd {
     Close(CloseReason),
 }
 
-impl<M: Matcher> State<M> {
+impl<M: Matcher + Snapshot> State<M> {
     fn local_shard(&self, symbol: u32) -> (usize, u32) {
         let shard = symbol % self.cfg.shard_count;
         let core = (shard as usize) % self.cfg.ncores;
@@ -245,16 +270,26 @@ impl<M: Matcher> State<M> {
 
     #[inline]
     fn queue_local(&mut self, shard: usize, cmd: Command) {
+        let journaled = !self.logs.is_empty();
         let Some(q) = self.pending.get_mut(shard) else {
             return;
         };
         q.push(cmd);
-        if q.len() >= self.cfg.batch {
+        if journaled {
+            // The queue waits for the journal: past its bound, stop reading.
+            if q.len() >= PENDING_JOURNAL_MAX {
+                self.router.congested = true;
+            }
+        } else if q.len() >= self.cfg.batch {
             self.apply_shard(shard);
         }
     }
 
     fn apply_shard(&mut self, shard: usize) {
+        if !self.logs.is_empty() {
+            // Journal before apply: `journal_done` applies durable batches.
+            return;
+        }
         let (Some(q), Some(s)) = (self.pending.get_mut(shard), self.shards.get_mut(shard)) else {
             return;
         };
@@ -603,6 +638,9 @@ pub struct Core<M> {
     wake_armed: bool,
     idle_spins: u32,
     next_tick_ns: u64,
+    /// To the journal's background thread, and its answers.
+    jobs: Option<Sender<Job>>,
+    done: Option<Receiver<Done>>,
 }
 
 /// The result of a core's run.
@@ -610,7 +648,7 @@ pub struct CoreExit {
     pub counters: Counters,
 }
 
-impl<M: Matcher> Core<M> {
+impl<M: Matcher + Snapshot> Core<M> {
     /// Builds the core on its own thread (io_uring SINGLE_ISSUER wants the
     /// creating thread to be the submitting one).
     pub fn new(
@@ -619,6 +657,7 @@ impl<M: Matcher> Core<M> {
         listener: OwnedFd,
         mesh: Mesh,
         shards: Vec<M>,
+        journal: Option<CoreJournal>,
     ) -> io::Result<Core<M>> {
         let sq_entries = 4096;
         let (ring, _mode) = new_ring(sq_entries, sq_entries * 4)?;
@@ -628,7 +667,13 @@ impl<M: Matcher> Core<M> {
         let staging_limit = cfg.ring_capacity.max(cfg.batch);
         let batch = cfg.batch;
         let max_frame = cfg.max_frame_bytes;
+        let (logs, jobs, done) = match journal {
+            Some(j) => (j.logs, Some(j.jobs), Some(j.done)),
+            None => (Vec::new(), None, None),
+        };
         Ok(Core {
+            jobs,
+            done,
             ring,
             bufring,
             listener: Some(listener),
@@ -654,6 +699,7 @@ impl<M: Matcher> Core<M> {
                     counters: Counters::default(),
                 },
                 pending: shards.iter().map(|_| Vec::with_capacity(batch)).collect(),
+                logs,
                 cfg,
                 shared,
                 shards,
@@ -1084,6 +1130,7 @@ impl<M: Matcher> Core<M> {
                     }
                 }
                 OP_WAKE => self.wake_armed = false,
+                OP_JOURNAL_WRITE | OP_JOURNAL_SYNC => self.on_journal(op, slot as usize, res),
                 _ => {}
             }
         }
@@ -1143,7 +1190,13 @@ impl<M: Matcher> Core<M> {
             .router
             .staging
             .iter()
-            .any(|q| q.len() >= self.st.router.staging_limit);
+            .any(|q| q.len() >= self.st.router.staging_limit)
+            || (!self.st.logs.is_empty()
+                && self
+                    .st
+                    .pending
+                    .iter()
+                    .any(|q| q.len() >= PENDING_JOURNAL_MAX));
         left
     }
 
@@ -1327,6 +1380,8 @@ impl<M: Matcher> Core<M> {
             self.retry_blocked();
             // Cancel-on-disconnect commands queued by closes.
             self.st.apply_pending();
+            self.poll_journal_done();
+            self.journal_submit();
             self.st.dirty.append(&mut self.st.router.newly_dirty);
             let left = self.flush_staging();
             self.send_dirty();
@@ -1345,8 +1400,10 @@ impl<M: Matcher> Core<M> {
                     self.close_all();
                     self.send_dirty();
                 }
-                if self.st.router.conns.live() == 0
-                    || start.saturating_sub(exit_started_ns) > CLOSE_FLUSH_NS * 2
+                // A journal write's buffer must outlive the write.
+                if !self.journal_busy()
+                    && (self.st.router.conns.live() == 0
+                        || start.saturating_sub(exit_started_ns) > CLOSE_FLUSH_NS * 2)
                 {
                     break;
                 }
@@ -1356,7 +1413,11 @@ impl<M: Matcher> Core<M> {
             }
             let has_work = popped > 0 || left > 0 || !self.rings_empty();
             // Only the shutdown coordinator reads `idle`, and only while draining.
-            let idle = self.st.draining && !has_work && self.output_flushed();
+            let idle = self.st.draining
+                && !has_work
+                && !self.journal_busy()
+                && self.st.pending.iter().all(Vec::is_empty)
+                && self.output_flushed();
             let busy = monotonic_ns().saturating_sub(start);
             self.publish(busy, idle);
             self.wait(has_work);
@@ -1409,6 +1470,261 @@ impl<M: Matcher> Core<M> {
         }
         me.store(false, Ordering::SeqCst);
         self.idle_spins = 0;
+    }
+
+    /// Numbers this core's new sessions from `generation` on.
+    pub fn set_session_base(&mut self, generation: u32) {
+        self.st.router.conns.set_base_generation(generation);
+    }
+
+    fn request_segment(&mut self, local: usize) {
+        let now = self.st.now_ns;
+        let core = self.st.cfg.index;
+        let (Some(jobs), Some(log)) = (&self.jobs, self.st.logs.get_mut(local)) else {
+            return;
+        };
+        if log.next_requested || log.next.is_some() || now < log.next_retry_ns {
+            return;
+        }
+        log.next_requested = true;
+        let _ = jobs.send(Job::CreateSegment {
+            core,
+            local,
+            id: log.id,
+            config: log.config,
+            number: log.segment.number() + 1,
+        });
+    }
+
+    /// Takes the background thread's answers (new segments, or why not).
+    fn poll_journal_done(&mut self) {
+        let Some(done) = &self.done else {
+            return;
+        };
+        while let Ok(Done::Segment { local, result }) = done.try_recv() {
+            let now = self.st.now_ns;
+            let Some(log) = self.st.logs.get_mut(local) else {
+                continue;
+            };
+            log.next_requested = false;
+            match result {
+                Ok(segment) => log.next = Some(segment),
+                Err(e) => {
+                    log.next_retry_ns = now + SEGMENT_RETRY_NS;
+                    let why = format!("cannot create the next journal segment of {}: {e}", log.id);
+                    if log.unavailable.as_deref() != Some(why.as_str()) {
+                        eprintln!(
+                            "turbo-dex: journal: {why}; new orders for this shard are rejected (journal \
+                             unavailable) until it can be created (retrying every second)"
+                        );
+                        log.unavailable = Some(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts one write (and fdatasync) per shard whose queue has commands
+    /// and no write in flight: group commit of everything that arrived.
+    fn journal_submit(&mut self) {
+        for local in 0..self.st.logs.len() {
+            if self.st.logs[local].inflight.is_some() || self.st.pending[local].is_empty() {
+                continue;
+            }
+            let first_bytes = journal::record_bytes(&self.st.pending[local][0]);
+            if self.st.logs[local].write_room() < first_bytes {
+                // This segment is full: continue in the next one.
+                let log = &mut self.st.logs[local];
+                if let Some(next) = log.next.take() {
+                    log.segment = next;
+                } else {
+                    self.request_segment(local);
+                    if self.st.logs[local].unavailable.is_some() {
+                        self.reject_pending(local);
+                    }
+                    continue;
+                }
+            }
+            if self.st.logs[local].wants_next() {
+                self.request_segment(local);
+            }
+            let engine_ns = self.st.engine_ns;
+            let now = self.st.now_ns;
+            let fsync = self.st.cfg.journal_fsync;
+            let State { logs, pending, .. } = &mut self.st;
+            let log = &mut logs[local];
+            let queue = &mut pending[local];
+            let room = log.write_room();
+            let mut bytes = 0;
+            let mut n = 0;
+            for cmd in queue.iter() {
+                let b = journal::record_bytes(cmd);
+                if bytes + b > room {
+                    break;
+                }
+                bytes += b;
+                n += 1;
+            }
+            log.bytes.clear();
+            for (i, cmd) in queue[..n].iter().enumerate() {
+                journal::encode_record(&mut log.bytes, log.next_seq + i as u64, engine_ns, cmd);
+            }
+            let mut cmds = std::mem::take(&mut log.batch);
+            cmds.clear();
+            cmds.extend(queue.drain(..n));
+            let len = log.bytes.len();
+            log.inflight = Some(Inflight {
+                cmds,
+                engine_ns,
+                len,
+                last_seq: log.next_seq + n as u64 - 1,
+                started_ns: now,
+                written: false,
+                failed: None,
+            });
+            let fd = types::Fd(log.segment.fd());
+            // The record bytes stay untouched until the batch completes.
+            let write = opcode::Write::new(fd, log.bytes.as_ptr(), len as u32)
+                .offset(log.segment.offset())
+                .build()
+                .user_data(user_data(OP_JOURNAL_WRITE, local as u32, 0));
+            if fsync {
+                self.push_sqe(write.flags(squeue::Flags::IO_LINK));
+                let sync = opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(user_data(OP_JOURNAL_SYNC, local as u32, 0));
+                self.push_sqe(sync);
+            } else {
+                self.push_sqe(write);
+            }
+        }
+    }
+
+    /// Rejects a shard's queued commands while its journal is unavailable
+    /// (a CancelSession stays queued: it cannot be refused).
+    fn reject_pending(&mut self, local: usize) {
+        let State {
+            pending, router, ..
+        } = &mut self.st;
+        let Some(queue) = pending.get_mut(local) else {
+            return;
+        };
+        let before = router.counters.rejects;
+        queue.retain(|cmd| !reject_not_durable(cmd, router));
+        router.counters.journal_rejects += router.counters.rejects - before;
+        self.st.dirty.append(&mut self.st.router.newly_dirty);
+    }
+
+    /// A journal write or sync completed.
+    fn on_journal(&mut self, op: u64, local: usize, res: i32) {
+        let fsync = self.st.cfg.journal_fsync;
+        let Some(log) = self.st.logs.get_mut(local) else {
+            return;
+        };
+        let Some(inflight) = log.inflight.as_mut() else {
+            return;
+        };
+        if op == OP_JOURNAL_WRITE {
+            inflight.written = true;
+            if res < 0 {
+                inflight.failed = Some(io::Error::from_raw_os_error(-res));
+            } else if res as usize != inflight.len {
+                inflight.failed = Some(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {res} of {} bytes", inflight.len),
+                ));
+            }
+            if fsync {
+                return; // the linked sync completes the batch
+            }
+        } else if res < 0 && inflight.failed.is_none() {
+            inflight.failed = Some(io::Error::from_raw_os_error(-res));
+        }
+        let Some(batch) = log.inflight.take() else {
+            return;
+        };
+        self.journal_done(local, batch);
+    }
+
+    /// A batch's write (and sync) finished: apply it, or reject it.
+    fn journal_done(&mut self, local: usize, mut batch: Inflight) {
+        let now = self.st.now_ns;
+        let every = self.st.cfg.snapshot_every_records;
+        let State {
+            logs,
+            shards,
+            pending,
+            router,
+            ..
+        } = &mut self.st;
+        let log = &mut logs[local];
+        router.counters.journal_writes += 1;
+        router.counters.journal_write_ns += now.saturating_sub(batch.started_ns);
+        if let Some(e) = batch.failed.take() {
+            let why = format!(
+                "journal write to {} failed: {e}",
+                log.segment.path().display()
+            );
+            if log.unavailable.as_deref() != Some(why.as_str()) {
+                eprintln!(
+                    "turbo-dex: journal: {why}; the batch is rejected (journal unavailable) and retried"
+                );
+                log.unavailable = Some(why);
+            }
+            // Commands that cannot be refused go back to the front of the queue.
+            let before = router.counters.rejects;
+            let mut keep: Vec<Command> = Vec::new();
+            for cmd in batch.cmds.drain(..) {
+                if !reject_not_durable(&cmd, router) {
+                    keep.push(cmd);
+                }
+            }
+            router.counters.journal_rejects += router.counters.rejects - before;
+            if !keep.is_empty() {
+                pending[local].splice(0..0, keep);
+            }
+        } else {
+            if let Some(why) = log.unavailable.take() {
+                eprintln!(
+                    "turbo-dex: journal: {} accepts writes again (was: {why})",
+                    log.id
+                );
+            }
+            log.segment.advance(batch.len as u64);
+            log.next_seq = batch.last_seq + 1;
+            router.counters.journal_bytes += batch.len as u64;
+            if let Some(shard) = shards.get_mut(local) {
+                shard.process_batch(&batch.cmds, batch.engine_ns, router);
+                router.counters.commands += batch.cmds.len() as u64;
+            }
+            log.since_snapshot += batch.cmds.len() as u64;
+            if log.since_snapshot >= every
+                && let (Some(shard), Some(jobs)) = (shards.get(local), &self.jobs)
+            {
+                let started = monotonic_ns();
+                let mut body = Vec::new();
+                if let Some(digest) = shard.snapshot(&mut body) {
+                    log.since_snapshot = 0;
+                    router.counters.snapshots += 1;
+                    router.counters.snapshot_ns += monotonic_ns().saturating_sub(started);
+                    let _ = jobs.send(Job::WriteSnapshot {
+                        id: log.id,
+                        covers_seq: batch.last_seq,
+                        digest,
+                        body,
+                    });
+                }
+            }
+        }
+        batch.cmds.clear();
+        log.batch = batch.cmds;
+        self.st.dirty.append(&mut self.st.router.newly_dirty);
+    }
+
+    /// True while any journal write is in flight.
+    fn journal_busy(&self) -> bool {
+        self.st.logs.iter().any(|l| l.inflight.is_some())
     }
 
     fn submit_error(&self, e: io::Error) {

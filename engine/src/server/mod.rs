@@ -4,6 +4,7 @@
 
 mod conn;
 mod core;
+pub mod durable;
 pub mod stats;
 pub mod uring;
 
@@ -17,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use wire::SymbolEntry;
 
-use self::core::{Core, CoreConfig, Mesh, Msg};
+use self::core::{Core, CoreConfig, CoreJournal, Mesh, Msg};
+use self::durable::{Housekeeper, JournalSettings, ShardLog, Snapshot};
 use self::stats::{CoreStats, Counters, Sample};
 use crate::book::{Matcher, NullShard, Shard, ShardConfig};
+use crate::journal::{self, ShardIdentity};
 
 /// How a core waits when it has nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +91,8 @@ pub struct ServerConfig {
     pub auth_token: Option<Vec<u8>>,
     /// Print the live stats line every second.
     pub live_stats: bool,
+    /// The journal, or `None` for no durability (benchmarks).
+    pub journal: Option<JournalSettings>,
 }
 
 impl ServerConfig {
@@ -116,6 +121,7 @@ impl ServerConfig {
             ring_capacity: ring_capacity_for(cpus.len()),
             auth_token: None,
             live_stats: false,
+            journal: None,
             cpus,
         }
     }
@@ -226,8 +232,10 @@ pub enum StartError {
     Listen(SocketAddr, io::Error),
     /// io_uring is unavailable (the message says why and how to fix it).
     IoUring(io::Error),
-    /// A core thread failed to start.
+    /// A core thread failed to start (or its shards could not be recovered).
     Core(usize, String),
+    /// The journal directory cannot be used.
+    Journal(String),
     /// The configuration is inconsistent.
     Config(String),
 }
@@ -246,6 +254,7 @@ impl std::fmt::Display for StartError {
             StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::IoUring(e) => write!(f, "{e}"),
             StartError::Core(cpu, e) => write!(f, "core on CPU {cpu} failed to start: {e}"),
+            StartError::Journal(e) => write!(f, "{e}"),
             StartError::Config(e) => write!(f, "{e}"),
         }
     }
@@ -275,6 +284,35 @@ pub struct Server {
     stats_stop: Arc<AtomicBool>,
     started: Instant,
     cpus: Vec<usize>,
+    housekeeper: Option<Housekeeper>,
+    /// Held while running: a second server on the same journal is refused.
+    _journal_lock: Option<std::fs::File>,
+}
+
+/// Creates the journal directory and takes its lock file.
+fn lock_journal(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StartError::Journal(format!(
+            "cannot create the journal directory {}: {e}; pick another with --journal DIR (or --journal none)",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::Journal(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartError::Journal(format!(
+            "the journal {} is in use by another turbo-dex; stop it or give this one another --journal",
+            dir.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// One SO_REUSEPORT listener (each core gets its own accept queue).
@@ -384,7 +422,43 @@ impl Server {
             .map(|(i, name)| SymbolEntry::new(i as u32, name))
             .collect();
         let mss_chunk = cfg.send_chunk_bytes.max(1);
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
+        let journal = if cfg.engine == EngineKind::Match {
+            cfg.journal.clone()
+        } else {
+            None
+        };
+        let journal_lock = match &journal {
+            Some(j) => {
+                j.config.validate().map_err(StartError::Journal)?;
+                Some(lock_journal(&j.config.dir)?)
+            }
+            None => None,
+        };
+        let mut done_rx = Vec::with_capacity(ncores);
+        let housekeeper = match &journal {
+            Some(j) => {
+                let mut done_tx = Vec::with_capacity(ncores);
+                for _ in 0..ncores {
+                    let (tx, rx) = mpsc::channel();
+                    done_tx.push(tx);
+                    done_rx.push(Some(rx));
+                }
+                Some(
+                    Housekeeper::start(
+                        j.config.dir.clone(),
+                        j.config.segment_bytes,
+                        done_tx,
+                        Arc::clone(&shared),
+                    )
+                    .map_err(|e| {
+                        StartError::Journal(format!("cannot start the journal thread: {e}"))
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<u64, (usize, String)>>();
+        let mut go_tx = Vec::with_capacity(ncores);
         let mut threads = Vec::with_capacity(ncores);
         for (index, (mesh, listener)) in meshes.into_iter().zip(listeners).enumerate() {
             let cpu = cfg.cpus[index];
@@ -409,6 +483,18 @@ impl Server {
                 ring_capacity: cfg.ring_capacity,
                 auth_token: cfg.auth_token.clone(),
                 directory: Arc::clone(&directory),
+                journal_fsync: journal.as_ref().is_some_and(|j| j.fsync),
+                snapshot_every_records: journal
+                    .as_ref()
+                    .map_or(u64::MAX, |j| j.config.snapshot_every_records),
+            };
+            let (go, go_rx) = mpsc::channel::<u32>();
+            go_tx.push(go);
+            let core_journal = match (&housekeeper, &journal, done_rx.get_mut(index)) {
+                (Some(h), Some(j), Some(rx)) => rx
+                    .take()
+                    .map(|done| (h.jobs.clone(), done, j.config.clone())),
+                _ => None,
             };
             let shared = Arc::clone(&shared);
             let ready = ready_tx.clone();
@@ -432,17 +518,60 @@ impl Server {
                     let local: Vec<u32> = (0..shard_count)
                         .filter(|s| *s as usize % ncores == index)
                         .collect();
-                    match engine {
-                        EngineKind::Match => {
-                            let shards = local
-                                .iter()
-                                .map(|&s| Shard::new(s, shard_count, symbol_count, shard_cfg))
-                                .collect();
-                            run_core(core_cfg, shared, listener, mesh, shards, ready, cpu)
+                    let parts = CoreParts {
+                        cfg: core_cfg,
+                        shared,
+                        listener,
+                        mesh,
+                        ready,
+                        go: go_rx,
+                        cpu,
+                    };
+                    match (engine, core_journal) {
+                        (EngineKind::Match, Some((jobs, done, jcfg))) => {
+                            let mut shards = Vec::with_capacity(local.len());
+                            let mut logs = Vec::with_capacity(local.len());
+                            let mut session_seq_max = 0;
+                            for &s in &local {
+                                let id = ShardIdentity {
+                                    shard_index: s,
+                                    shard_count,
+                                    symbol_count,
+                                };
+                                match journal::recover(
+                                    &jcfg.dir,
+                                    &id,
+                                    shard_cfg,
+                                    jcfg.segment_bytes,
+                                ) {
+                                    Ok(r) => {
+                                        eprintln!("turbo-dex: journal: {}", r.report);
+                                        session_seq_max =
+                                            session_seq_max.max(r.report.session_sequence_max);
+                                        logs.push(ShardLog::new(
+                                            id, shard_cfg, r.segment, r.next_seq,
+                                        ));
+                                        shards.push(r.shard);
+                                    }
+                                    Err(e) => return parts.fail(e.to_string()),
+                                }
+                            }
+                            let journal = CoreJournal { logs, jobs, done };
+                            run_core(parts, shards, Some(journal), session_seq_max)
                         }
-                        EngineKind::Null => {
+                        (EngineKind::Match, None) => {
+                            let mut shards = Vec::with_capacity(local.len());
+                            for &s in &local {
+                                match Shard::try_new(s, shard_count, symbol_count, shard_cfg) {
+                                    Ok(shard) => shards.push(shard),
+                                    Err(e) => return parts.fail(e.to_string()),
+                                }
+                            }
+                            run_core(parts, shards, None, 0)
+                        }
+                        (EngineKind::Null, _) => {
                             let shards = local.iter().map(|&s| NullShard::new(s)).collect();
-                            run_core(core_cfg, shared, listener, mesh, shards, ready, cpu)
+                            run_core(parts, shards, None, 0)
                         }
                     }
                 });
@@ -453,9 +582,10 @@ impl Server {
         }
         drop(ready_tx);
         let mut failure = None;
+        let mut session_seq_max = 0u64;
         for _ in 0..ncores {
             match ready_rx.recv() {
-                Ok(Ok(_)) => {}
+                Ok(Ok(seq)) => session_seq_max = session_seq_max.max(seq),
                 Ok(Err((cpu, e))) => failure = failure.or(Some(StartError::Core(cpu, e))),
                 Err(_) => {
                     failure = failure.or(Some(StartError::Core(0, "a core thread exited".into())))
@@ -470,7 +600,18 @@ impl Server {
             stats_stop: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
             cpus: cfg.cpus.clone(),
+            housekeeper,
+            _journal_lock: journal_lock,
         };
+        if failure.is_none() {
+            // New sessions are numbered above every session a recovered
+            // journal still names, on every core.
+            let base = (session_seq_max >> conn::SLOT_BITS) as u32 + 1;
+            for go in &go_tx {
+                let _ = go.send(base);
+            }
+        }
+        drop(go_tx);
         if let Some(e) = failure {
             server.shared.stop_reading.store(true, Ordering::Release);
             server.shared.exit.store(true, Ordering::Release);
@@ -562,6 +703,7 @@ impl Server {
         if let Some(t) = self.stats_thread.take() {
             let _ = t.join();
         }
+        self.stop_housekeeper();
         let mut total = Counters::default();
         for c in &cores {
             total.add(c);
@@ -571,6 +713,19 @@ impl Server {
             cores,
             elapsed_secs: self.started.elapsed().as_secs_f64(),
             clean,
+        }
+    }
+}
+
+impl Server {
+    /// Lets the journal thread finish its queue (a snapshot being written)
+    /// and joins it; the cores, its other senders, are gone by now.
+    fn stop_housekeeper(&mut self) {
+        if let Some(mut h) = self.housekeeper.take() {
+            drop(h.jobs);
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -589,24 +744,61 @@ impl Drop for Server {
         if let Some(t) = self.stats_thread.take() {
             let _ = t.join();
         }
+        self.stop_housekeeper();
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_core<M: Matcher>(
+/// What a core thread starts with.
+struct CoreParts {
     cfg: CoreConfig,
     shared: Arc<Shared>,
     listener: OwnedFd,
     mesh: Mesh,
-    shards: Vec<M>,
-    ready: mpsc::Sender<Result<usize, (usize, String)>>,
+    ready: mpsc::Sender<Result<u64, (usize, String)>>,
+    go: mpsc::Receiver<u32>,
     cpu: usize,
+}
+
+impl CoreParts {
+    fn fail(self, why: String) -> core::CoreExit {
+        let _ = self.ready.send(Err((self.cpu, why)));
+        core::CoreExit {
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// Builds the core, reports ready (with the highest recovered session
+/// sequence), waits for the go with the session numbering base, and runs.
+fn run_core<M: Matcher + Snapshot>(
+    parts: CoreParts,
+    shards: Vec<M>,
+    journal: Option<CoreJournal>,
+    session_seq_max: u64,
 ) -> core::CoreExit {
-    match Core::new(cfg, shared, listener, mesh, shards) {
-        Ok(core) => {
-            let _ = ready.send(Ok(cpu));
+    let CoreParts {
+        cfg,
+        shared,
+        listener,
+        mesh,
+        ready,
+        go,
+        cpu,
+    } = parts;
+    match Core::new(cfg, shared, listener, mesh, shards, journal) {
+        Ok(mut core) => {
+            let _ = ready.send(Ok(session_seq_max));
             drop(ready);
-            core.run()
+            match go.recv() {
+                Ok(base) => {
+                    core.set_session_base(base);
+                    core.run()
+                }
+                // Another core failed: the server is not starting.
+                Err(_) => core::CoreExit {
+                    counters: Counters::default(),
+                },
+            }
         }
         Err(e) => {
             let _ = ready.send(Err((cpu, e.to_string())));

@@ -36,6 +36,18 @@ pub struct Counters {
     pub iterations: u64,
     /// Nanoseconds spent outside the wait for completions.
     pub busy_ns: u64,
+    /// Journal record bytes made durable.
+    pub journal_bytes: u64,
+    /// Journal writes completed (each with its fdatasync under --fsync batch).
+    pub journal_writes: u64,
+    /// Sum of their latencies, submission to completion.
+    pub journal_write_ns: u64,
+    /// Commands rejected because the journal could not take them.
+    pub journal_rejects: u64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+    /// Time matching stood still serializing them.
+    pub snapshot_ns: u64,
 }
 
 macro_rules! published {
@@ -91,6 +103,12 @@ published!(
     ring_popped,
     iterations,
     busy_ns,
+    journal_bytes,
+    journal_writes,
+    journal_write_ns,
+    journal_rejects,
+    snapshots,
+    snapshot_ns,
 );
 
 /// `12,345,678`.
@@ -165,6 +183,25 @@ pub fn live_line(prev: &Sample, now: &Sample, cpu_ids: &[usize]) -> String {
         rate(a.reports_out, b.reports_out),
         now.conns,
     );
+    let writes = b.journal_writes.saturating_sub(a.journal_writes);
+    if writes > 0 {
+        let bytes = b.journal_bytes.saturating_sub(a.journal_bytes) as f64 / secs;
+        let avg_us =
+            b.journal_write_ns.saturating_sub(a.journal_write_ns) as f64 / writes as f64 / 1e3;
+        let _ = write!(
+            line,
+            "  journal {}B/s {}syncs/s sync {avg_us:.0}us",
+            si(bytes),
+            si(writes as f64 / secs)
+        );
+    }
+    if b.journal_rejects > 0 {
+        let _ = write!(
+            line,
+            "  not-durable rejects {}",
+            thousands(b.journal_rejects)
+        );
+    }
     for (i, (p, n)) in prev.cores.iter().zip(&now.cores).enumerate() {
         let busy = n.busy_ns.saturating_sub(p.busy_ns) as f64 / (secs * 1e9);
         let cpu = cpu_ids.get(i).copied().unwrap_or(i);
@@ -185,7 +222,9 @@ pub fn final_report(total: &Counters, elapsed_secs: f64) -> String {
          \x20 rejects           {}\n\
          \x20 orphaned reports  {}\n\
          \x20 connections       {} accepted, {} closed on error\n\
-         \x20 bytes             {} in, {} out\n",
+         \x20 bytes             {} in, {} out\n\
+         \x20 journal           {} bytes in {} writes ({}/s), mean write+sync {:.0} us, {} not-durable rejects\n\
+         \x20 snapshots         {} ({:.1} ms matching paused in total)\n",
         thousands(total.orders_in),
         per_s(total.orders_in),
         thousands(total.commands),
@@ -199,6 +238,17 @@ pub fn final_report(total: &Counters, elapsed_secs: f64) -> String {
         thousands(total.conns_errored),
         thousands(total.bytes_in),
         thousands(total.bytes_out),
+        thousands(total.journal_bytes),
+        thousands(total.journal_writes),
+        per_s(total.journal_writes),
+        if total.journal_writes > 0 {
+            total.journal_write_ns as f64 / total.journal_writes as f64 / 1e3
+        } else {
+            0.0
+        },
+        thousands(total.journal_rejects),
+        thousands(total.snapshots),
+        total.snapshot_ns as f64 / 1e6,
     )
 }
 
