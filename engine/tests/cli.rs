@@ -174,6 +174,8 @@ fn sigterm_stops_gracefully_with_final_stats() {
         "block",
         "--symbols",
         "4",
+        "--journal",
+        "none",
     ]);
     let mut a = Client::login(addr, 1, 0);
     let mut b = Client::login(addr, 2, 0);
@@ -217,6 +219,8 @@ fn sigint_with_no_clients_exits_zero() {
         "--poll",
         "adaptive",
         "--quiet",
+        "--journal",
+        "none",
     ]);
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
