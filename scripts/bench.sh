@@ -38,7 +38,10 @@ Usage: scripts/bench.sh [--tiny|--short|--full] [--out DIR] [--bin-dir DIR] [-- 
   --out DIR     where to write the JSON reports and table.md
                 (default results/bench-<mode>-<time>)
   --bin-dir DIR use prebuilt turbo-dex and dex-trader from DIR instead of building
-  -- ARGS       extra arguments for every turbo-dex run (e.g. -- --journal none)
+  -- ARGS       extra arguments for every turbo-dex run (e.g. -- --poll spin)
+
+Rows marked journal "fsync" run with a journal in the results folder and
+--fsync batch (deleted after the run); all others with --journal none.
 EOF
 }
 
@@ -156,17 +159,31 @@ step "throughput (closed loop)"
 {
     echo "## Throughput, closed loop"
     echo
-    echo "| engine | batch | orders/s | reports/s | trades/s | rejects | p50 us | p99 us | p99.99 us | server peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| engine | journal | batch | orders/s | reports/s | trades/s | rejects | p50 us | p99 us | p99.99 us | server peak RSS MiB |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >>"$TABLE"
+# Rows: engine, journal (none or fsync), batch. The journal rows show what
+# durability costs at the largest batch.
+TPUT_ROWS=""
 for engine in match null; do
     for batch in $BATCHES; do
-        name="tput-$engine-b$batch"
-        note "$name"
-        if run_one "$name" --engine "$engine" -- --batch "$batch" --connections 2 --mix realistic; then
+        TPUT_ROWS="$TPUT_ROWS $engine:none:$batch"
+    done
+done
+TPUT_ROWS="$TPUT_ROWS match:fsync:${BATCHES##* }"
+for row in $TPUT_ROWS; do
+    IFS=: read -r engine journal batch <<<"$row"
+    name="tput-$engine-$journal-b$batch"
+    note "$name"
+    journal_args=(--journal none)
+    if [ "$journal" = fsync ]; then
+        rm -rf "$OUT/journal-$name"
+        journal_args=(--journal "$OUT/journal-$name" --fsync batch)
+    fi
+    if run_one "$name" --engine "$engine" "${journal_args[@]}" -- --batch "$batch" --connections 2 --mix realistic; then
             j="$OUT/$name.json"
             dur=$(json_num "$j" duration_secs)
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$engine" "$batch" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$engine" "$journal" "$batch" \
                 "$(fmt_rate "$(json_num "$j" orders_per_sec)")" \
                 "$(fmt_rate "$(awk -v r="$(json_num "$j" reports_received)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
                 "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
@@ -174,9 +191,9 @@ for engine in match null; do
                 "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
         else
             failures=$((failures + 1))
-            printf '| %s | %s | failed | | | | | | | |\n' "$engine" "$batch" >>"$TABLE"
+            printf '| %s | %s | %s | failed | | | | | | | |\n' "$engine" "$journal" "$batch" >>"$TABLE"
         fi
-    done
+        rm -rf "$OUT/journal-$name"
 done
 
 step "latency (open loop)"
@@ -184,31 +201,39 @@ step "latency (open loop)"
     echo
     echo "## Latency, open loop (wire to wire, from each order's scheduled send time)"
     echo
-    echo "| engine | offered/s | batch | achieved/s | p50 us | p90 us | p99 us | p99.9 us | p99.99 us | max us | server peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| engine | journal | offered/s | batch | achieved/s | p50 us | p90 us | p99 us | p99.9 us | p99.99 us | max us | server peak RSS MiB |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >>"$TABLE"
 for spec in $RATES; do
-    rate=${spec%%:*}
-    batch=${spec#*:}
-    name="lat-match-r$rate"
+  rate=${spec%%:*}
+  batch=${spec#*:}
+  for journal in none fsync; do
+    name="lat-match-$journal-r$rate"
     note "$name (batch $batch)"
-    if run_one "$name" --engine match --poll spin -- --rate "$rate" --batch "$batch" --connections 1 --mix realistic; then
+    journal_args=(--journal none)
+    if [ "$journal" = fsync ]; then
+        rm -rf "$OUT/journal-$name"
+        journal_args=(--journal "$OUT/journal-$name" --fsync batch)
+    fi
+    if run_one "$name" --engine match --poll spin "${journal_args[@]}" -- --rate "$rate" --batch "$batch" --connections 1 --mix realistic; then
         j="$OUT/$name.json"
-        printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(fmt_rate "$rate")" "$batch" \
+        printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$journal" "$(fmt_rate "$rate")" "$batch" \
             "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_us "$(json_num "$j" p50)")" \
             "$(fmt_us "$(json_num "$j" p90)")" "$(fmt_us "$(json_num "$j" p99)")" "$(fmt_us "$(json_num "$j" p999)")" \
             "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_us "$(json_num "$j" max)")" \
             "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
     else
         failures=$((failures + 1))
-        printf '| match | %s | %s | failed | | | | | | | |\n' "$(fmt_rate "$rate")" "$batch" >>"$TABLE"
+        printf '| match | %s | %s | %s | failed | | | | | | | |\n' "$journal" "$(fmt_rate "$rate")" "$batch" >>"$TABLE"
     fi
+    rm -rf "$OUT/journal-$name"
+  done
 done
 
 if [ "$MEMORY_SECS" -gt 0 ]; then
     step "memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match)"
     start_server "$OUT/memory.server.out" "$OUT/memory.server.err" "${SERVER_PIN[@]}" --quiet --engine match \
-        "${SERVER_EXTRA[@]}"
+        --journal none "${SERVER_EXTRA[@]}"
     "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" --duration "${MEMORY_SECS}s" --warmup 2s --quiet \
         --batch 2000 --connections 2 --json "$OUT/memory.json" >"$OUT/memory.trader.out" 2>&1 &
     trader=$!

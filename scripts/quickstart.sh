@@ -78,8 +78,9 @@ else
     note "      the numbers will be far below what two or more cores give"
 fi
 
-step "starting turbo-dex (matching engine, adaptive polling)"
-start_server "$WORK/server.out" "$WORK/server.err" "${SERVER_PIN[@]}" --symbols 64 --poll adaptive --quiet
+step "starting turbo-dex (matching engine, adaptive polling, journal with fdatasync per batch)"
+start_server "$WORK/server.out" "$WORK/server.err" "${SERVER_PIN[@]}" --symbols 64 --poll adaptive --quiet \
+    --journal "$WORK/journal" --fsync batch
 note "listening on $SERVER_ADDR (pid $SERVER_PID)"
 
 step "running dex-trader for $DURATION: batches of $BATCH, mix $MIX, --verify"
