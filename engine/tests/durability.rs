@@ -145,3 +145,138 @@ fn a_second_server_on_the_same_journal_is_refused() {
     first.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tmpfs of `size` mounted at `dir` for the life of the value.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
+    let dir = temp_dir("full-disk");
+    let Some(fs) = Tmpfs::mount(&dir, "4m") else {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine"
+        );
+        return;
+    };
+    let journal = fs.0.join("journal");
+    let segment_bytes = 512 << 10;
+    let server = start_journaled(&journal, segment_bytes, u64::MAX / 2);
+    // Leave room for less than one more segment.
+    let filler = fs.0.join("filler");
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&fs.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::fs::write(&filler, vec![1u8; (free - segment_bytes / 2) as usize]).unwrap();
+
+    let addr = server.local_addr();
+    let mut c = Client::login(addr, 1, 0);
+    let mut id = 0u64;
+    let mut accepted = Vec::new();
+    let mut not_durable = 0;
+    // About 6,700 records fit a 512 KiB segment: go well past that.
+    for _ in 0..40 {
+        let orders: Vec<NewOrder> = (0..500)
+            .map(|i| {
+                id += 1;
+                sell(id, (i % 4) as u32, 1000 + i as i64, 1)
+            })
+            .collect();
+        c.send(&orders);
+        let msgs = c.collect_until(
+            |m| matches!(m, Msg::Accepted(_) | Msg::Rejected(_)),
+            500,
+            "answers",
+        );
+        for m in msgs {
+            match m {
+                Msg::Accepted(a) => accepted.push(a.client_order_id.get()),
+                Msg::Rejected(r) => {
+                    assert_eq!(r.reason(), Ok(RejectReason::NotDurable), "{r:?}");
+                    not_durable += 1;
+                }
+                _ => {}
+            }
+        }
+        if not_durable > 0 {
+            break;
+        }
+    }
+    assert!(not_durable > 0, "the journal ran out of space and said so");
+    let durable_before = accepted.len();
+    assert!(durable_before > 1000);
+
+    // Space comes back: within a few seconds orders are acknowledged again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        id += 1;
+        c.send(&[sell(id, 0, 5000, 1)]);
+        match c.wait_for(|m| m.coid() == Some(id), "an answer") {
+            Msg::Accepted(_) => {
+                accepted.push(id);
+                break;
+            }
+            Msg::Rejected(r) => assert_eq!(r.reason(), Ok(RejectReason::NotDurable)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledgements did not resume"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let fin = server.stop();
+    assert!(fin.total.journal_rejects > 0);
+
+    // Everything acknowledged is durable; nothing rejected came back.
+    let server = start_journaled(&journal, segment_bytes, u64::MAX / 2);
+    let mut c = Client::login(server.local_addr(), 1, 0);
+    let last = *accepted.last().unwrap();
+    for (coid, symbol) in [
+        (accepted[0], 0),
+        (
+            accepted[durable_before - 1],
+            ((accepted[durable_before - 1] - 1) % 500 % 4) as u32,
+        ),
+        (last, 0),
+    ] {
+        let s = status(&mut c, coid, symbol);
+        assert_eq!(
+            s.state,
+            OrderState::Live.to_wire(),
+            "acknowledged order {coid}"
+        );
+    }
+    server.stop();
+    drop(fs);
+}

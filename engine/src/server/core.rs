@@ -1508,16 +1508,24 @@ impl<M: Matcher + Snapshot> Core<M> {
             };
             log.next_requested = false;
             match result {
-                Ok(segment) => log.next = Some(segment),
+                Ok(segment) => {
+                    if let Some(why) = log.next_failed.take() {
+                        eprintln!(
+                            "turbo-dex: journal: the next segment of {} exists now (was: {why})",
+                            log.id
+                        );
+                    }
+                    log.next = Some(segment);
+                }
                 Err(e) => {
                     log.next_retry_ns = now + SEGMENT_RETRY_NS;
                     let why = format!("cannot create the next journal segment of {}: {e}", log.id);
-                    if log.unavailable.as_deref() != Some(why.as_str()) {
+                    if log.next_failed.as_deref() != Some(why.as_str()) {
                         eprintln!(
-                            "turbo-dex: journal: {why}; new orders for this shard are rejected (journal \
-                             unavailable) until it can be created (retrying every second)"
+                            "turbo-dex: journal: {why}; retrying every second (orders are rejected as \
+                             not durable once the current segment is full)"
                         );
-                        log.unavailable = Some(why);
+                        log.next_failed = Some(why);
                     }
                 }
             }
@@ -1539,7 +1547,16 @@ impl<M: Matcher + Snapshot> Core<M> {
                     log.segment = next;
                 } else {
                     self.request_segment(local);
-                    if self.st.logs[local].unavailable.is_some() {
+                    let log = &mut self.st.logs[local];
+                    if let Some(why) = log.next_failed.clone() {
+                        if log.unavailable.is_none() {
+                            eprintln!(
+                                "turbo-dex: journal: {} is full and {why}: rejecting its orders (journal \
+                                 unavailable) until space returns",
+                                log.id
+                            );
+                            log.unavailable = Some(why);
+                        }
                         self.reject_pending(local);
                     }
                     continue;

@@ -190,6 +190,8 @@ pub struct ShardLog {
     pub next_requested: bool,
     /// Monotonic time after which a failed segment creation is retried.
     pub next_retry_ns: u64,
+    /// Why the next segment could not be made (logged once per episode).
+    pub next_failed: Option<String>,
     /// Why the journal cannot take commands now (logged once per episode).
     pub unavailable: Option<String>,
     pub next_seq: u64,
@@ -216,6 +218,7 @@ impl ShardLog {
             next: None,
             next_requested: false,
             next_retry_ns: 0,
+            next_failed: None,
             unavailable: None,
             next_seq,
             inflight: None,

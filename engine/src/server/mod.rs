@@ -548,9 +548,11 @@ impl Server {
                                         eprintln!("turbo-dex: journal: {}", r.report);
                                         session_seq_max =
                                             session_seq_max.max(r.report.session_sequence_max);
-                                        logs.push(ShardLog::new(
-                                            id, shard_cfg, r.segment, r.next_seq,
-                                        ));
+                                        let mut log =
+                                            ShardLog::new(id, shard_cfg, r.segment, r.next_seq);
+                                        // Records since the last snapshot count towards the next.
+                                        log.since_snapshot = r.report.records_replayed;
+                                        logs.push(log);
                                         shards.push(r.shard);
                                     }
                                     Err(e) => return parts.fail(e.to_string()),
