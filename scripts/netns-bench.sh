@@ -105,6 +105,11 @@ CONNECTIONS=2
 [ -n "$OUT" ] || OUT="$ROOT/results/netns-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" || die "cannot create the output directory $OUT"
 OUT=$(cd "$OUT" && pwd)
+if [ -n "$BIN_DIR" ]; then
+    [ -d "$BIN_DIR" ] || die "--bin-dir $BIN_DIR is not a directory"
+    BIN_DIR=$(cd "$BIN_DIR" && pwd)
+fi
+cd "$ROOT"
 
 # Names carry this shell's pid so that parallel runs never collide; the
 # addresses can repeat because each pair lives in its own namespaces.
@@ -219,7 +224,7 @@ run_one() {
         name="$name-rate$rate"
     fi
     name="$name-run$round"
-    local server_args=(--quiet --mtu "$mtu")
+    local server_args=(--quiet --mtu "$mtu" "${JOURNAL_ARGS[@]}")
     local trader_args=(--quiet --mtu "$mtu" --batch "$batch" --connections "$CONNECTIONS"
         --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/$name.json")
     if [ "$pin" = pinned ]; then
@@ -227,6 +232,8 @@ run_one() {
         trader_args+=(--cores "$TRADER_CPU")
     else
         # One server thread either way, so that only the pinning differs.
+        # dex-trader without --cores still pins its worker, to the first
+        # CPU it may use: its glommio executor is always placed.
         server_args+=(--cores "$SERVER_CPU" --no-pin)
     fi
     if [ "$rate" -gt 0 ]; then
@@ -326,6 +333,17 @@ median_of() {
 }
 
 build_binaries
+# This compares transports, not durability: no journal, so that no fdatasync
+# sits in the latency and no run recovers the books (and the client order
+# ids) of the one before. Binaries from before the journal have no flag.
+JOURNAL_ARGS=()
+JOURNAL_NOTE="turbo-dex has no journal"
+if "$TURBO_DEX" --help 2>/dev/null | grep -q -- '--journal'; then
+    JOURNAL_ARGS=(--journal none)
+    JOURNAL_NOTE="--journal none"
+fi
+# Anything a binary writes in its working directory lands beside the results.
+cd "$OUT"
 remove_leftovers
 setup_namespaces
 
@@ -377,12 +395,12 @@ CPU_MODEL=$(awk -F ': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev
     echo "Load average (1, 5, 15 min) before the runs: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)."
     echo
     if [ "${#CPUS[@]}" -ge 2 ]; then
-        echo "Pinned: turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU. Unpinned: turbo-dex --no-pin (one thread, free to move), dex-trader without --cores."
+        echo "Pinned: turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU. Unpinned: turbo-dex --no-pin (one thread, free to move); dex-trader without --cores, which still places its one worker on the first CPU it may use (CPU $SERVER_CPU: dex-trader has no way to run unpinned)."
     else
         echo "Only one core: pinned rows skipped."
     fi
     echo
-    echo "dex-trader: $CONNECTIONS connections, realistic mix; turbo-dex: match engine, one shard, adaptive polling; both with --mtu of the veth MTU."
+    echo "dex-trader: $CONNECTIONS connections, realistic mix; turbo-dex: match engine, one shard, adaptive polling, $JOURNAL_NOTE; both with --mtu of the veth MTU."
     echo "Each row is the median of its runs (columns 'runs' and 'orders/s range' say how many and how far apart); errors are summed."
     echo "Bytes/packet: what the veth ends sent per packet during the run (warmup and handshake included), ACKs counted as packets."
     echo
