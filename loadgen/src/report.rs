@@ -121,6 +121,12 @@ impl RunReport {
                 .map(|(n, k)| format!("{n} {}", group(*k)))
                 .collect();
             let _ = write!(s, "  ({})", parts.join(", "));
+            let kinds: Vec<String> = c
+                .rejects_by_request_named()
+                .iter()
+                .map(|(n, k)| format!("{} {}", n.replace('_', " "), group(*k)))
+                .collect();
+            let _ = write!(s, " of requests: {}", kinds.join(", "));
         }
         s.push('\n');
         let _ = writeln!(s, "  errors       {:>16}", group(self.errors));
@@ -200,6 +206,12 @@ impl RunReport {
             .map(|(n, k)| format!("{}: {k}", json_string(n)))
             .collect();
         field("rejects_by_reason", format!("{{{}}}", reasons.join(", ")));
+        let kinds: Vec<String> = c
+            .rejects_by_request_named()
+            .iter()
+            .map(|(n, k)| format!("{}: {k}", json_string(n)))
+            .collect();
+        field("rejects_by_request", format!("{{{}}}", kinds.join(", ")));
         field("errors", self.errors.to_string());
         field("unanswered", self.unanswered.to_string());
         field("stray_reports", c.stray_reports.to_string());
@@ -365,7 +377,10 @@ mod tests {
             trades: 12_100_000,
             ..Counters::default()
         };
-        counters.reject(wire::RejectReason::NoLiquidity.to_wire());
+        counters.reject(
+            wire::RejectReason::NoLiquidity.to_wire(),
+            wire::Kind::NewOrder as u8,
+        );
         RunReport {
             counters,
             duration_secs: 10.0,
@@ -440,6 +455,7 @@ mod tests {
             "\"latency_us\": {\"p50\": 12.5, \"p90\": 20, \"p99\": 38, \"p999\": 50, \"p9999\": 60, \"max\": 70",
             "\"verify_ok\": null,",
             "\"rejects_by_reason\": {\"no liquidity for market order\": 1},",
+            "\"rejects_by_request\": {\"new_order\": 1},",
             "\"failure\": \"the server said \\\"no\\\"\",",
         ] {
             assert!(json.contains(field), "missing {field} in\n{json}");

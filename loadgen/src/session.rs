@@ -904,7 +904,7 @@ impl Session {
 
     #[inline]
     fn on_rejected(&mut self, r: &Rejected, now_ns: u64) {
-        self.counters.reject(r.reason.get());
+        self.counters.reject(r.reason.get(), r.request_kind);
         let id = r.client_order_id.get();
         let Some(i) = self.lookup(id) else {
             return self.stray(id, "Rejected");

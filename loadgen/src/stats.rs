@@ -47,6 +47,9 @@ pub struct Counters {
     pub rejects: u64,
     /// Rejected reports by reason wire value (slot 0: an unknown value).
     pub rejects_by_reason: [u64; REJECT_REASON_SLOTS],
+    /// Rejected reports by the kind of request they refuse: new order,
+    /// cancel, replace, anything else.
+    pub rejects_by_request: [u64; 4],
     /// Reports that named no open order of this connection.
     pub stray_reports: u64,
     /// IOC, FOK or market orders accepted but never completed, forgotten
@@ -69,6 +72,7 @@ impl Default for Counters {
             replaced: 0,
             rejects: 0,
             rejects_by_reason: [0; REJECT_REASON_SLOTS],
+            rejects_by_request: [0; 4],
             stray_reports: 0,
             evicted: 0,
         }
@@ -76,10 +80,17 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Counts one reject.
+    /// Counts one reject of a request of kind `request_kind` (wire value).
     #[inline]
-    pub fn reject(&mut self, reason_wire: u16) {
+    pub fn reject(&mut self, reason_wire: u16, request_kind: u8) {
         self.rejects += 1;
+        let kind = match request_kind {
+            k if k == wire::Kind::NewOrder as u8 => 0,
+            k if k == wire::Kind::Cancel as u8 => 1,
+            k if k == wire::Kind::Replace as u8 => 2,
+            _ => 3,
+        };
+        self.rejects_by_request[kind] += 1;
         let slot = usize::from(reason_wire);
         let slot = if slot < REJECT_REASON_SLOTS { slot } else { 0 };
         if let Some(c) = self.rejects_by_reason.get_mut(slot) {
@@ -93,7 +104,12 @@ impl Counters {
         for (i, c) in by_reason.iter_mut().enumerate() {
             *c = self.rejects_by_reason[i].saturating_sub(earlier.rejects_by_reason[i]);
         }
+        let mut by_request = [0; 4];
+        for (i, c) in by_request.iter_mut().enumerate() {
+            *c = self.rejects_by_request[i].saturating_sub(earlier.rejects_by_request[i]);
+        }
         Counters {
+            rejects_by_request: by_request,
             orders_sent: self.orders_sent.saturating_sub(earlier.orders_sent),
             new_orders: self.new_orders.saturating_sub(earlier.new_orders),
             cancels: self.cancels.saturating_sub(earlier.cancels),
@@ -131,8 +147,24 @@ impl Counters {
         {
             *c += o;
         }
+        for (c, o) in self
+            .rejects_by_request
+            .iter_mut()
+            .zip(other.rejects_by_request)
+        {
+            *c += o;
+        }
         self.stray_reports += other.stray_reports;
         self.evicted += other.evicted;
+    }
+
+    /// Rejects by the request they refuse, named, the non-zero ones only.
+    pub fn rejects_by_request_named(&self) -> Vec<(&'static str, u64)> {
+        ["new_order", "cancel", "replace", "other"]
+            .into_iter()
+            .zip(self.rejects_by_request)
+            .filter(|&(_, c)| c > 0)
+            .collect()
     }
 
     /// Rejects by reason, named, the non-zero ones only.
@@ -282,11 +314,11 @@ mod tests {
             orders_sent: 10,
             ..Counters::default()
         };
-        a.reject(RejectReason::BookFull.to_wire());
-        a.reject(999);
+        a.reject(RejectReason::BookFull.to_wire(), wire::Kind::NewOrder as u8);
+        a.reject(999, wire::Kind::Replace as u8);
         let b = a;
         a.orders_sent = 25;
-        a.reject(RejectReason::BookFull.to_wire());
+        a.reject(RejectReason::BookFull.to_wire(), wire::Kind::NewOrder as u8);
         let d = a.since(&b);
         assert_eq!(d.orders_sent, 15);
         assert_eq!(d.rejects, 1);
@@ -299,6 +331,10 @@ mod tests {
                 ("unknown reason".to_string(), 1),
                 ("book full".to_string(), 2)
             ]
+        );
+        assert_eq!(
+            sum.rejects_by_request_named(),
+            vec![("new_order", 2), ("replace", 1)]
         );
     }
 }
