@@ -3,12 +3,13 @@
 //! `turbo-dex` binary itself.
 //!
 //! Finding the binary: `env!("CARGO_BIN_EXE_turbo-dex")` exists only in
-//! the engine package's own tests. The workspace's test run
-//! (`scripts/test.sh`, `cargo test --workspace`) builds every package's
-//! binaries next to the test executables, in `<target>/<profile>/`; when
-//! it is not there (`cargo test -p loadgen`), the test builds it with the
-//! same cargo, target directory and profile (cargo releases its build lock
-//! before it runs tests, so the nested build does not wait on us).
+//! the engine package's own tests. The test runs `cargo build -p engine
+//! --bin turbo-dex` with the same cargo, target directory and profile as
+//! itself, and takes `<target>/<profile>/turbo-dex`: a no-op when the
+//! workspace's test run (`scripts/test.sh`) has built it already, a short
+//! build after `cargo test -p loadgen`, and never a stale binary. Cargo
+//! releases its build lock before it runs tests, so the nested build does
+//! not wait on the outer one.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -174,7 +175,7 @@ fn report_against_the_null_server() {
     let _ = std::fs::remove_file(path);
 }
 
-/// `<target>/<profile>/turbo-dex`, built if it is not there yet.
+/// `<target>/<profile>/turbo-dex`, built (or found up to date) by cargo.
 fn turbo_dex_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // <target>/<profile>/deps/turbo_dex-<hash>
@@ -182,25 +183,23 @@ fn turbo_dex_binary() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test executable under <target>/<profile>/deps");
-    let binary = profile_dir.join("turbo-dex");
-    if !binary.exists() {
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "-p", "engine", "--bin", "turbo-dex"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            build.env("CARGO_TARGET_DIR", target);
-        }
-        let out = build.output().expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "building turbo-dex:\n{}",
-            text(&out.stderr)
-        );
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "-p", "engine", "--bin", "turbo-dex"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
     }
+    if let Some(target) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target);
+    }
+    let out = build.output().expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "building turbo-dex:\n{}",
+        text(&out.stderr)
+    );
+    let binary = profile_dir.join("turbo-dex");
     assert!(binary.exists(), "no turbo-dex at {}", binary.display());
     binary
 }
