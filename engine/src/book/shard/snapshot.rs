@@ -36,7 +36,7 @@ use wire::{OrderState, SelfTradePrevention, Side};
 
 use super::{
     ConfigError, Digest, FinishedOrder, NIL, Order, Shard, ShardConfig, key_of, level_key,
-    side_index,
+    prefetch_read, side_index,
 };
 
 /// The snapshot format this build writes and reads.
@@ -52,6 +52,13 @@ const ORDER_BYTES: usize = 6 * 8 + 1;
 const LEVEL_BYTES: usize = 8 + 4;
 /// Bytes per history entry.
 const FINISHED_BYTES: usize = 4 * 8 + 4 + 1;
+
+/// How far ahead the walk prefetches orders and price levels (in orders,
+/// in levels of a side).
+const ORDER_PREFETCH_AHEAD: usize = 16;
+const LEVEL_PREFETCH_AHEAD: usize = 4;
+/// Level lists [`chase`] follows at once.
+const CHASE_LANES: usize = 8;
 
 const FLAG_POST_ONLY: u8 = 1;
 const FLAG_STP_SHIFT: u8 = 4;
@@ -270,6 +277,17 @@ impl Shard {
             w.u64(self.next_trade);
             w.u64(self.history.len() as u64);
         }
+        // A level's orders are a linked list through the order slab, so
+        // walking them directly is a chain of dependent cache misses (88%
+        // of the walk's time, measured). Instead: copy every slot's `next`
+        // link into a dense array in one sequential pass, follow the
+        // chains there (4 bytes a slot: it stays in cache), and read the
+        // orders in the resulting order with prefetches well ahead, so
+        // their misses overlap.
+        let next: Vec<u32> = self.orders.iter().map(|o| o.next).collect();
+        let mut slots: Vec<u32> = Vec::new();
+        let mut rows: Vec<(i64, u64, u32)> = Vec::new();
+        let mut heads: Vec<u32> = Vec::new();
         for book in &self.books {
             for side in &book.sides {
                 // Tombstones are an internal cache: not part of the state.
@@ -277,21 +295,37 @@ impl Shard {
                 if let Some(out) = out.as_deref_mut() {
                     Writer(out).u32(side.active);
                 }
-                for (_, level) in side.iter_best_first() {
+                rows.clear();
+                heads.clear();
+                let len = side.len();
+                for (i, (_, level)) in side.iter_best_first().enumerate() {
+                    if let Some(ahead) = len.checked_sub(i + 1 + LEVEL_PREFETCH_AHEAD) {
+                        prefetch_read(&self.levels[side.at(ahead).1 as usize]);
+                    }
                     let l = &self.levels[level as usize];
                     if l.count == 0 {
                         continue;
                     }
-                    h.add(l.price as u64);
-                    h.add(l.total);
-                    h.add(u64::from(l.count));
+                    rows.push((l.price, l.total, l.count));
+                    heads.push(l.head);
+                }
+                chase(&next, &rows, &heads, &mut slots);
+                let mut k = 0;
+                for &(price, total, count) in &rows {
+                    h.add(price as u64);
+                    h.add(total);
+                    h.add(u64::from(count));
                     if let Some(out) = out.as_deref_mut() {
                         let mut w = Writer(out);
-                        w.u64(l.price as u64);
-                        w.u32(l.count);
+                        w.u64(price as u64);
+                        w.u32(count);
                     }
-                    for slot in self.level_slots(level) {
-                        let o = &self.orders[slot as usize];
+                    for _ in 0..count {
+                        if let Some(&ahead) = slots.get(k + ORDER_PREFETCH_AHEAD) {
+                            prefetch_read(&self.orders[ahead as usize]);
+                        }
+                        let o = &self.orders[slots[k] as usize];
+                        k += 1;
                         for word in [
                             o.account,
                             o.client_order_id,
@@ -326,6 +360,7 @@ impl Shard {
                         }
                     }
                 }
+                debug_assert_eq!(k, slots.len());
             }
         }
         h.add(self.history.len() as u64);
@@ -549,6 +584,46 @@ impl Shard {
         }
         debug_assert_eq!(self.levels[level as usize].book_side, level_key(book, s));
         Ok(())
+    }
+}
+
+/// Fills `slots` with the order slots of a side's levels in priority
+/// order, following each level's list from `heads` through the dense
+/// `next` links. Each level's count says where its slots go, so
+/// [`CHASE_LANES`] lists are followed at once, round robin: their loads do
+/// not depend on each other and their cache misses overlap.
+fn chase(next: &[u32], rows: &[(i64, u64, u32)], heads: &[u32], slots: &mut Vec<u32>) {
+    let total: usize = rows.iter().map(|r| r.2 as usize).sum();
+    slots.clear();
+    slots.resize(total, NIL);
+    let mut start = 0;
+    let mut lanes = [(NIL, 0usize); CHASE_LANES];
+    let mut level = 0;
+    loop {
+        // Give idle lanes the next levels.
+        let mut active = 0;
+        for lane in &mut lanes {
+            if lane.0 == NIL && level < heads.len() {
+                *lane = (heads[level], start);
+                start += rows[level].2 as usize;
+                level += 1;
+            }
+            active += usize::from(lane.0 != NIL);
+        }
+        if active == 0 {
+            break;
+        }
+        for lane in &mut lanes {
+            let (slot, at) = *lane;
+            if slot != NIL {
+                // A list longer than its level's count would be a broken
+                // book; `get_mut` keeps that from writing out of bounds.
+                if let Some(cell) = slots.get_mut(at) {
+                    *cell = slot;
+                }
+                *lane = (next[slot as usize], at + 1);
+            }
+        }
     }
 }
 
