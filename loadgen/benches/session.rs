@@ -8,10 +8,14 @@
 //! 20M orders/s goal) and the matching core with two sessions of different
 //! accounts trading with each other (fills, cancels, replaces, rejects).
 //!
+//! Times are this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall
+//! time: on a shared 2-core machine other processes' work would otherwise
+//! show up as ours.
+//!
 //! Run: `cargo bench -p loadgen --bench session`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engine::book::{Command, Matcher, NullShard, Op, Report, SessionId, Shard, ShardConfig};
@@ -21,6 +25,20 @@ use loadgen::verify::TradeLedger;
 use wire::{Decoder, Frame, FrameWriter};
 
 const BATCH: usize = 2000;
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 const SYMBOLS: u32 = 16;
 
 fn session(connection: u8, mix: Mix) -> Session {
@@ -108,19 +126,19 @@ fn rounds<M: Matcher>(engine: &mut M, mix: Mix, phase: Phase, iters: u64) -> Dur
     for _ in 0..iters {
         for sid in 0..2usize {
             out.clear();
-            let t0 = Instant::now();
+            let t0 = thread_cpu();
             let n = sessions[sid].write_batch(&mut out, BATCH, now, || now);
             if phase != Phase::Read {
-                timed += t0.elapsed();
+                timed += thread_cpu().saturating_sub(t0);
             }
             black_box(n);
             answer(engine, sid as SessionId, &out, &mut reports, &mut replies);
             now += 1_000;
             for (s, reply) in sessions.iter_mut().zip(replies.iter_mut()) {
-                let t0 = Instant::now();
+                let t0 = thread_cpu();
                 let used = s.on_bytes(reply, now, &mut ledger);
                 if phase != Phase::Write {
-                    timed += t0.elapsed();
+                    timed += thread_cpu().saturating_sub(t0);
                 }
                 let _ = black_box(used);
                 reply.clear();

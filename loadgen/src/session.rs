@@ -232,6 +232,8 @@ pub struct Session {
     max_cancels_per_frame: usize,
     /// Most replaces one frame under the server's limit carries.
     max_replaces_per_frame: usize,
+    /// Most new orders one frame under the server's limit carries.
+    max_new_per_frame: usize,
     outstanding_max: usize,
     live_max: usize,
 
@@ -252,7 +254,9 @@ pub struct Session {
     /// live order has exactly one entry: added when it becomes idle,
     /// removed when it is picked.
     candidates: VecDeque<u64>,
-    /// Cancels and replaces of the batch being written; they follow its new orders.
+    /// The batch being written, by kind: each becomes one frame (or more,
+    /// past the server's frame size) with one copy, new orders first.
+    new_batch: Vec<NewOrder>,
     cancel_batch: Vec<Cancel>,
     replace_batch: Vec<Replace>,
 
@@ -290,6 +294,9 @@ impl Session {
             max_replaces_per_frame: Decoder::new(cfg.max_frame_bytes)
                 .max_messages(Kind::Replace)
                 .max(1),
+            max_new_per_frame: Decoder::new(cfg.max_frame_bytes)
+                .max_messages(Kind::NewOrder)
+                .max(1),
             outstanding_max: cfg.outstanding_max.max(1),
             live_max: cfg.live_max.max(1),
             slots: vec![Slot::default(); slots].into_boxed_slice(),
@@ -299,6 +306,7 @@ impl Session {
             may_rest_open: 0,
             outstanding: 0,
             candidates: VecDeque::with_capacity(slots),
+            new_batch: Vec::with_capacity(slots.min(1 << 16)),
             cancel_batch: Vec::with_capacity(slots.min(1 << 16)),
             replace_batch: Vec::with_capacity(slots.min(1 << 16)),
             counters: Counters::default(),
@@ -612,13 +620,13 @@ impl Session {
             }
         }
         // Pass 2: generate them.
-        let mut writer = FrameWriter::with_max_frame(out, self.max_frame_bytes);
+        self.new_batch.clear();
         self.cancel_batch.clear();
         self.replace_batch.clear();
         let mut written = 0;
         'kinds: for (kind, n) in NewKind::ALL.into_iter().zip(news) {
             for _ in 0..n {
-                if !self.write_new(&mut writer, kind, &mut intended) {
+                if !self.write_new(kind, &mut intended) {
                     break 'kinds;
                 }
                 written += 1;
@@ -641,7 +649,7 @@ impl Session {
                             Action::New(kind) => kind,
                             _ => NewKind::IocNear,
                         };
-                        self.write_new(&mut writer, kind, &mut intended)
+                        self.write_new(kind, &mut intended)
                     }
                 };
                 if !done {
@@ -651,6 +659,9 @@ impl Session {
             }
         }
         // One header and one copy per frame, not a push per message.
+        for chunk in self.new_batch.chunks(self.max_new_per_frame) {
+            let _ = wire::append_frame(chunk, out);
+        }
         for chunk in self.cancel_batch.chunks(self.max_cancels_per_frame) {
             let _ = wire::append_frame(chunk, out);
         }
@@ -663,12 +674,7 @@ impl Session {
 
     /// Writes one new order; false when there is no slot or id left.
     #[inline]
-    fn write_new<F: FnMut() -> u64>(
-        &mut self,
-        writer: &mut FrameWriter<'_>,
-        kind: NewKind,
-        intended: &mut F,
-    ) -> bool {
+    fn write_new<F: FnMut() -> u64>(&mut self, kind: NewKind, intended: &mut F) -> bool {
         let Some(i) = self.allocate() else {
             return false;
         };
@@ -680,7 +686,7 @@ impl Session {
             .get(spec.symbol_index as usize)
             .copied()
             .unwrap_or(0);
-        writer.push(&NewOrder::new(
+        self.new_batch.push(NewOrder::new(
             id,
             symbol,
             spec.side,
