@@ -69,7 +69,7 @@ pub struct Args {
     pub rate: Option<u64>,
 
     /// Most requests awaiting their first answer per connection. Default:
-    /// 4 batches in closed loop; in open loop 4 batches or 100 ms of the
+    /// 4 batches in closed loop; in open loop 4 batches or 10 ms of the
     /// connection's rate, whichever is more (when reached, sending pauses and
     /// the late orders keep their scheduled times).
     #[arg(long, value_name = "N")]
@@ -280,7 +280,7 @@ impl Plan {
             None => four_batches,
             Some(rate) => {
                 let per_connection = rate / self.total_connections().max(1) as u64;
-                four_batches.max((per_connection / 10) as usize)
+                four_batches.max((per_connection / 100) as usize)
             }
         }
         .min(crate::session::SLOTS_MAX / 4)
@@ -568,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn open_loop_inflight_covers_100ms_of_rate() {
+    fn open_loop_inflight_covers_10ms_of_rate() {
         let a = parse(&[
             "--server",
             "127.0.0.1:1",
@@ -580,7 +580,7 @@ mod tests {
             "10",
         ])
         .unwrap();
-        assert_eq!(plan(&a).unwrap().outstanding_max(), 1_000_000);
+        assert_eq!(plan(&a).unwrap().outstanding_max(), 100_000);
         let a = parse(&["--server", "127.0.0.1:1", "--cores", "0", "--rate", "0"]).unwrap();
         assert_eq!(plan(&a).unwrap().rate, None);
     }

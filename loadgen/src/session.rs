@@ -45,8 +45,9 @@ pub const WORKER_SHIFT: u32 = 48;
 pub const CONNECTIONS_PER_WORKER_MAX: usize = 1 << (WORKER_SHIFT - CONNECTION_SHIFT);
 /// The last usable seq; a connection that gets there stops with an error.
 pub const SEQ_MAX: u64 = (1 << CONNECTION_SHIFT) - 1;
-/// Largest order table per connection (slots); bounds `--inflight`.
-pub const SLOTS_MAX: usize = 1 << 24;
+/// Largest order table per connection (slots, 64 bytes each: 256 MiB);
+/// bounds `--inflight` at a quarter of it.
+pub const SLOTS_MAX: usize = 1 << 22;
 /// Smallest order table.
 const SLOTS_MIN: usize = 1 << 10;
 
