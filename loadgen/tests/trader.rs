@@ -194,10 +194,12 @@ fn insert_mix_rests_and_verifies_in_open_loop() {
     let (out, json) = verified_run("insert", Fault::None, &["--rate", "20000"]);
     assert_ok(&out);
     assert_eq!(field(&json, "verify_ok"), "true");
-    // Open loop never sends ahead of the schedule (20,000/s for 1 s, plus at
-    // most one batch per connection of rounding).
+    // Open loop never sends ahead of the schedule: by the end of the window
+    // at most 20,000/s times (200 ms warmup + 1 s) are due, and the window
+    // holds at most that many (more than 20,000 only if the sender caught
+    // up on warmup orders that fell behind on a busy machine).
     let sent = number(&json, "orders_sent");
-    assert!(sent > 0.0 && sent <= 20_000.0 + 100.0, "{sent}");
+    assert!(sent > 0.0 && sent <= 24_000.0, "{sent}");
     assert!(number(&json, "cancels") > 0.0);
 }
 
