@@ -401,7 +401,7 @@ fn ctrl_c_ends_the_run_with_a_report() {
     assert!(text(&out.stdout).contains("orders sent"));
     let json = std::fs::read_to_string(&path).expect("json written");
     let measured = number(&json, "duration_secs");
-    assert!(measured > 0.5 && measured < 10.0, "{measured}");
+    assert!(measured > 0.0 && measured < 10.0, "{measured}");
     assert!(number(&json, "orders_sent") > 0.0);
     let _ = std::fs::remove_file(path);
 }
