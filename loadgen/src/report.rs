@@ -120,13 +120,17 @@ impl RunReport {
                 .iter()
                 .map(|(n, k)| format!("{n} {}", group(*k)))
                 .collect();
-            let _ = write!(s, "  ({})", parts.join(", "));
             let kinds: Vec<String> = c
                 .rejects_by_request_named()
                 .iter()
                 .map(|(n, k)| format!("{} {}", n.replace('_', " "), group(*k)))
                 .collect();
-            let _ = write!(s, " of requests: {}", kinds.join(", "));
+            let _ = write!(
+                s,
+                "  ({}; by request: {})",
+                parts.join(", "),
+                kinds.join(", ")
+            );
         }
         s.push('\n');
         let _ = writeln!(s, "  errors       {:>16}", group(self.errors));
