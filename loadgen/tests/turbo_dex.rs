@@ -208,6 +208,9 @@ fn turbo_dex_binary() -> PathBuf {
 struct TurboDex {
     child: Child,
     addr: SocketAddr,
+    /// Its journal: a fresh directory per server, so no run recovers the
+    /// books of an earlier one; removed on drop.
+    journal: PathBuf,
     /// Kept open: turbo-dex prints its final stats here after SIGTERM.
     stdout: BufReader<std::process::ChildStdout>,
 }
@@ -215,6 +218,9 @@ struct TurboDex {
 impl TurboDex {
     fn start(engine: &str) -> TurboDex {
         let cpu = server_cpu().to_string();
+        let journal = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("turbo-dex-journal-{}-{engine}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&journal);
         let mut child = Command::new(turbo_dex_binary())
             .args([
                 "--listen",
@@ -225,6 +231,9 @@ impl TurboDex {
                 "block",
             ])
             .args(["--symbols", "16", "--engine", engine, "--quiet"])
+            .arg("--journal")
+            .arg(&journal)
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -243,6 +252,7 @@ impl TurboDex {
         TurboDex {
             child,
             addr,
+            journal,
             stdout,
         }
     }
@@ -271,6 +281,7 @@ impl Drop for TurboDex {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.journal);
     }
 }
 
