@@ -53,7 +53,7 @@ fn orders() -> Vec<NewOrder> {
     let mut rng = Lcg(7);
     (0..BATCH_ORDERS as u64)
         .map(|id| {
-            let side = if rng.next() % 2 == 0 {
+            let side = if rng.next().is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell

@@ -788,12 +788,12 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
                 6..=9 => TimeInForce::Fok.to_wire(),
                 _ => TimeInForce::Gtc.to_wire(),
             };
-            let post_only = (r[5] >> 16) % 8 == 0;
+            let post_only = (r[5] >> 16).is_multiple_of(8);
             let stp = match (r[5] >> 20) % 40 {
                 0 => 3,
                 n => (n % 3) as u8,
             };
-            let reserved = if (r[5] >> 28) % 16 == 0 { 0b0100 } else { 0 };
+            let reserved = if (r[5] >> 28).is_multiple_of(16) { 0b0100 } else { 0 };
             Op::New(NewOrder {
                 client_order_id: id.into(),
                 symbol: symbol.into(),

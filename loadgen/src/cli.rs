@@ -47,6 +47,11 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     pub cores: Option<CpuList>,
 
+    /// Do not pin the workers: each runs wherever the scheduler puts it
+    /// (for comparing pinned against unpinned runs).
+    #[arg(long)]
+    pub no_pin: bool,
+
     /// Connections per worker (each a session, with its own account unless
     /// --accounts says otherwise).
     #[arg(long, default_value_t = 1, value_name = "N",
@@ -93,9 +98,13 @@ pub struct Args {
     pub seed: u64,
 
     /// Account of the first connection; connection i (counted over all
-    /// workers) uses account + (i mod accounts).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub account: u64,
+    /// workers) uses account + (i mod accounts). Default: the start time in
+    /// milliseconds since the epoch, so that each run trades under accounts
+    /// no earlier run used: a server with a journal remembers client order
+    /// ids per account (also across restarts) and would refuse a rerun's ids
+    /// as duplicates.
+    #[arg(long, value_name = "N")]
+    pub account: Option<u64>,
 
     /// How many accounts the connections spread over. Default: one per
     /// connection. Orders of one account never trade with each other
@@ -224,8 +233,10 @@ pub struct Plan {
     pub server: SocketAddr,
     /// As written on the command line.
     pub server_name: String,
-    /// One worker per entry, pinned to that CPU.
+    /// One worker per entry, pinned to that CPU (unless `pin` is false).
     pub cores: Vec<usize>,
+    /// Pin each worker to its CPU.
+    pub pin: bool,
     /// Connections per worker.
     pub connections: usize,
     /// Orders per frame.
@@ -338,6 +349,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         server,
         server_name: args.server.clone(),
         cores,
+        pin: !args.no_pin,
         connections: args.connections as usize,
         batch,
         duration: args.duration,
@@ -349,7 +361,11 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         symbols: args.symbols.map(|n| n as usize),
         mix: args.mix,
         seed: args.seed,
-        account: args.account,
+        account: args.account.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64)
+        }),
         accounts: args.accounts.unwrap_or(u64::MAX),
         credentials: args.credentials.clone(),
         mtu: args.mtu.map(|m| m as usize),

@@ -10,12 +10,7 @@
 
 /// `if cond { a } else { b }` compiled without a branch: for coin flips the
 /// CPU cannot predict, a cmov beats a 50% mispredicted jump.
-///
-/// `select_unpredictable` is stable since Rust 1.88; the workspace's
-/// `rust-version` still says 1.85 although its code already needs 1.88
-/// (let chains), and the toolchain is 1.95.
 #[inline(always)]
-#[allow(clippy::incompatible_msrv)]
 pub fn select<T>(cond: bool, a: T, b: T) -> T {
     std::hint::select_unpredictable(cond, a, b)
 }

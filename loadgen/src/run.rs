@@ -431,7 +431,12 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
 /// A worker thread: builds its pinned executor, connects, waits for the
 /// others, trades.
 fn worker_thread(w: usize, cpu: usize, plan: &Plan, shared: &Arc<Shared>) -> Option<WorkerOutcome> {
-    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+    let placement = if plan.pin {
+        Placement::Fixed(cpu)
+    } else {
+        Placement::Unbound
+    };
+    let executor = LocalExecutorBuilder::new(placement)
         .name(&format!("dex-trader-w{w}"))
         .io_memory(GLOMMIO_IO_MEMORY_BYTES)
         .make();

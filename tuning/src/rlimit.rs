@@ -23,9 +23,9 @@ pub fn format_limit_bytes(bytes: u64) -> String {
     const KIB: u64 = 1024;
     if bytes == MEMLOCK_UNLIMITED {
         "unlimited".to_string()
-    } else if bytes >= KIB * KIB && bytes % (KIB * KIB) == 0 {
+    } else if bytes >= KIB * KIB && bytes.is_multiple_of(KIB * KIB) {
         format!("{} MiB", bytes / (KIB * KIB))
-    } else if bytes >= KIB && bytes % KIB == 0 {
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
         format!("{} KiB", bytes / KIB)
     } else {
         format!("{bytes} bytes")

@@ -722,13 +722,13 @@ impl<M: Matcher + Snapshot> Core<M> {
                 return;
             }
             // The submission queue is full: hand it to the kernel and retry.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    eprintln!(
-                        "turbo-dex: core {}: io_uring submit failed: {e}",
-                        self.st.cfg.index
-                    );
-                }
+            if let Err(e) = self.ring.submit()
+                && e.raw_os_error() != Some(libc::EBUSY)
+            {
+                eprintln!(
+                    "turbo-dex: core {}: io_uring submit failed: {e}",
+                    self.st.cfg.index
+                );
             }
         }
     }
