@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Keep a worker spinning this long (500us, 1s) after its last work
+    /// before it parks. Parking means the next answer has to wake the
+    /// thread (a cross-CPU wake-up, tens of microseconds on some VMs), so
+    /// latency measurements should spin; it costs a whole core. Default 0:
+    /// park at once.
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    pub spin: Option<Duration>,
+
     /// Connections per worker (each a session, with its own account unless
     /// --accounts says otherwise).
     #[arg(long, default_value_t = 1, value_name = "N",
@@ -237,6 +245,8 @@ pub struct Plan {
     pub cores: Vec<usize>,
     /// Pin each worker to its CPU.
     pub pin: bool,
+    /// Spin this long before parking an idle worker.
+    pub spin: Option<Duration>,
     /// Connections per worker.
     pub connections: usize,
     /// Orders per frame.
@@ -350,6 +360,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         server_name: args.server.clone(),
         cores,
         pin: !args.no_pin,
+        spin: args.spin.filter(|d| !d.is_zero()),
         connections: args.connections as usize,
         batch,
         duration: args.duration,

@@ -436,10 +436,13 @@ fn worker_thread(w: usize, cpu: usize, plan: &Plan, shared: &Arc<Shared>) -> Opt
     } else {
         Placement::Unbound
     };
-    let executor = LocalExecutorBuilder::new(placement)
+    let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("dex-trader-w{w}"))
-        .io_memory(GLOMMIO_IO_MEMORY_BYTES)
-        .make();
+        .io_memory(GLOMMIO_IO_MEMORY_BYTES);
+    if let Some(spin) = plan.spin {
+        builder = builder.spin_before_park(spin);
+    }
+    let executor = builder.make();
     let executor = match executor {
         Ok(ex) => ex,
         Err(e) => {
