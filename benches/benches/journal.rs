@@ -20,6 +20,12 @@
 //!   shard with 2^20 live orders in 64 books, and with the same plus a full
 //!   history of 2^20 terminated orders (`_with_history`).
 //!   `journal/state_digest_1m_live` is the digest walk alone, for scale.
+//! - `history/heavy_matching_{off,full_1m}`: what the order history costs
+//!   the book in steady state: the heavy-matching mix (most commands end
+//!   an order) on a shard whose history is off (`history_max` 0) or a
+//!   full ring of 2^20 entries, so that every terminated order also evicts
+//!   one. Each iteration restores the warmed-up shard from a snapshot
+//!   (untimed) and times `process_batch` over the measured slice.
 //!
 //! The journal files go to a directory under the system temp dir, removed
 //! at the end; the generated flows are printed to stderr with their shape.
@@ -252,5 +258,62 @@ fn snapshots(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec, recovery, snapshots);
+/// Commands run before the history's steady state (enough terminated
+/// orders to fill a ring of 2^20), and commands measured.
+const HISTORY_WARM_UP_COMMANDS: usize = 1_400_000;
+const HISTORY_MEASURED_COMMANDS: usize = 300_000;
+
+fn history(c: &mut Criterion) {
+    let mut group = c.benchmark_group("history");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(HISTORY_MEASURED_COMMANDS as u64));
+    for (name, history_max) in [
+        ("heavy_matching_off", 0),
+        ("heavy_matching_full_1m", 1 << 20),
+    ] {
+        let shard_config = ShardConfig {
+            orders_max: 1 << 17,
+            history_max,
+            ..ShardConfig::default()
+        };
+        let cfg = WorkloadConfig {
+            mix: workload::Mix::HEAVY_MATCHING,
+            ..WorkloadConfig::default()
+        };
+        let flow = workload::generate(
+            shard_config,
+            cfg,
+            HISTORY_WARM_UP_COMMANDS + HISTORY_MEASURED_COMMANDS,
+        );
+        let (warm_up, measured) = flow.commands.split_at(HISTORY_WARM_UP_COMMANDS);
+        let mut shard = flow.start_shard(shard_config, cfg.symbols);
+        shard.process_batch(warm_up, 1, &mut workload::DiscardSink::default());
+        assert_eq!(
+            shard.history().count(),
+            history_max as usize,
+            "{name}: not full"
+        );
+        let mut warmed = Vec::new();
+        shard.write_snapshot(&mut warmed);
+        drop(shard);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut shard = Shard::from_snapshot(&warmed, shard_config).unwrap();
+                    let mut sink = workload::DiscardSink::default();
+                    let started = std::time::Instant::now();
+                    shard.process_batch(black_box(measured), 2, &mut sink);
+                    total += started.elapsed();
+                    black_box((sink, shard.live_orders()));
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, recovery, snapshots, history);
 criterion_main!(benches);

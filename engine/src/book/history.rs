@@ -18,8 +18,14 @@
 //! of two (16 to 32 bytes per entry), so 56 to 72 bytes per remembered
 //! order: 56 MiB for the default 2^20 entries, mapped lazily as the ring
 //! fills. Both the ring and the index are reserved when the shard is
-//! built; remembering an order never allocates (beyond the index's
-//! rebuilds while it first fills, like the order index's).
+//! built, and the index uses its whole table from the start (unlike the
+//! order index, it is meant to fill, and growing would rebuild it on the
+//! hot path); remembering an order never allocates.
+//!
+//! Cost: a NewOrder looks its key up here too (prefetched a few commands
+//! ahead by `Shard::process_batch`), and a terminated order writes a ring
+//! entry, inserts its key and, once the ring is full, removes the oldest
+//! key (whose bucket is prefetched one push ahead).
 
 use wire::OrderState;
 
@@ -28,6 +34,10 @@ use super::index::SlotIndex;
 /// Largest `history_max`: ring positions are `u32` slots in a
 /// [`SlotIndex`], whose array is twice the capacity.
 pub const HISTORY_MAX_LIMIT: u32 = 1 << 28;
+
+/// How many pushes ahead the index bucket of an entry to be forgotten is
+/// prefetched.
+const EVICT_PREFETCH_AHEAD: usize = 8;
 
 /// A terminated order as the history remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +78,10 @@ impl History {
             entries: Vec::with_capacity(max as usize),
             max: max as usize,
             oldest: 0,
-            index: SlotIndex::new(max as usize),
+            // Full size from the start: the ring is meant to fill, and a
+            // growing index would rebuild itself (millions of keys, on the
+            // hot path) while it does.
+            index: SlotIndex::new_full(max as usize),
         }
     }
 
@@ -119,26 +132,18 @@ impl History {
             self.index.remove_at(position);
             self.entries[slot] = entry;
             self.oldest = if slot + 1 == self.max { 0 } else { slot + 1 };
+            // A later push removes this one's key: start loading its
+            // bucket a few pushes ahead (the ring is read in order, which
+            // the hardware prefetches).
+            let ahead = (self.oldest + EVICT_PREFETCH_AHEAD) % self.max;
+            let victim = &self.entries[ahead];
+            self.index.prefetch(victim.account, victim.client_order_id);
             slot
         };
-        if self.index.needs_growth() {
-            // The rebuild inserts every entry, the new one included.
-            self.grow_index();
-        } else {
-            self.index
-                .insert(entry.account, entry.client_order_id, slot as u32);
-        }
-    }
-
-    #[cold]
-    fn grow_index(&mut self) {
-        let entries = &self.entries;
-        self.index.grow(
-            entries
-                .iter()
-                .enumerate()
-                .map(|(slot, e)| (e.account, e.client_order_id, slot as u32)),
-        );
+        // The table has room for twice `max` keys from the start.
+        debug_assert!(!self.index.needs_growth());
+        self.index
+            .insert(entry.account, entry.client_order_id, slot as u32);
     }
 
     /// The entries from the oldest to the newest: the order in which they
@@ -196,7 +201,7 @@ mod tests {
             order_id: 1000 + id,
             filled_quantity: id,
             symbol: 3,
-            state: if id % 2 == 0 {
+            state: if id.is_multiple_of(2) {
                 OrderState::Filled
             } else {
                 OrderState::Canceled
@@ -253,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn the_index_grows_while_the_ring_fills() {
+    fn a_large_ring_keeps_exactly_the_newest_entries() {
         let mut h = History::new(1000);
         for id in 0..2500 {
             h.push(entry(id % 7, id));

@@ -95,6 +95,18 @@ impl SlotIndex {
         }
     }
 
+    /// A table for at most `keys_max` keys that uses its whole array from
+    /// the start, so it never grows (never rebuilds): for a table that is
+    /// expected to fill, where a rebuild of millions of keys would be a
+    /// stall on the hot path. The array is still zeroed lazily by the OS.
+    pub(crate) fn new_full(keys_max: usize) -> Self {
+        let mut index = Self::new(keys_max);
+        let size = index.entries.len();
+        index.mask = size - 1;
+        index.home_shift = 32 - size.trailing_zeros();
+        index
+    }
+
     /// True when one more key would take the in-use prefix past half full:
     /// the caller must [`Self::grow`] before inserting.
     #[inline]

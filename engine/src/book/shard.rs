@@ -1146,6 +1146,11 @@ impl Shard {
                     }
                     continue;
                 }
+                if taker.remaining >= maker.open {
+                    // This maker fills completely and will be remembered:
+                    // start loading its history bucket now.
+                    self.history.prefetch(maker.account, maker.client_order_id);
+                }
                 let quantity = taker.remaining.min(maker.open);
                 maker.open -= quantity;
                 // Saturating: an order replaced upward and filled again and
@@ -1713,13 +1718,15 @@ fn command_key(cmd: &Command) -> Option<(u64, u32)> {
 }
 
 impl Shard {
-    /// Stage 1: the order index bucket of the command's key, and for a
-    /// new order the history's bucket too (both are duplicate checks).
+    /// Stage 1: the order index bucket of the command's key, and for a new
+    /// order or a cancel the history's bucket too (a new order's duplicate
+    /// check reads it; a cancel, and often a new order, ends by inserting
+    /// its key there).
     #[inline]
     fn prefetch_bucket(&self, cmd: &Command) {
         if let Some((id, _)) = command_key(cmd) {
             self.index.prefetch(cmd.account, id);
-            if let Op::New(_) = cmd.op {
+            if let Op::New(_) | Op::Cancel(_) = cmd.op {
                 self.history.prefetch(cmd.account, id);
             }
         }
