@@ -157,15 +157,17 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Segment files of a shard directory, oldest first: (number, path).
-pub(crate) fn list_segments(shard_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// Segment files of a shard directory ([`shard_dir`]), oldest first:
+/// (number, path).
+pub fn list_segments(shard_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = list(shard_dir, segment::parse_segment_name)?;
     out.sort_unstable_by_key(|&(n, _)| n);
     Ok(out)
 }
 
-/// Snapshot files of a shard directory, oldest first: (covered sequence, path).
-pub(crate) fn list_snapshots(shard_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// Snapshot files of a shard directory ([`shard_dir`]), oldest first:
+/// (covered sequence, path).
+pub fn list_snapshots(shard_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = list(shard_dir, snapshot::parse_snapshot_name)?;
     out.sort_unstable_by_key(|&(n, _)| n);
     Ok(out)

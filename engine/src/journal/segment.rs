@@ -57,7 +57,7 @@ pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 /// The segment format this build writes and reads.
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 
-/// The smallest segment: its header and one record of each size.
+/// The smallest segment: its header and room for one record of any size.
 pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX as u64;
 
 const MAGIC: [u8; 8] = *b"TDXJRNL\0";
