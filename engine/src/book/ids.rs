@@ -3,8 +3,10 @@
 //! Within one session, the client order ids of NewOrders must strictly
 //! increase. The session's own core checks this before it routes an order
 //! to a shard, so a reused id never reaches a book and costs one compare.
-//! Shards separately reject a NewOrder whose (account, id) is live in them,
-//! which covers two sessions of one account that reuse each other's ids.
+//! Shards separately reject a NewOrder whose (account, id) is live in them
+//! or remembered in their history of finished orders, which covers two
+//! sessions of one account that reuse each other's ids, and a client that
+//! resends an order on a new session (after a disconnect or a restart).
 
 use wire::{Kind, NewOrder, RejectReason, Rejected};
 
