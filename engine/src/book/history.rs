@@ -32,7 +32,7 @@ use wire::OrderState;
 use super::index::SlotIndex;
 
 /// Largest `history_max`: ring positions are `u32` slots in a
-/// [`SlotIndex`], whose array is twice the capacity.
+/// slot index, whose array is twice the capacity.
 pub const HISTORY_MAX_LIMIT: u32 = 1 << 28;
 
 /// How many pushes ahead the index bucket of an entry to be forgotten is

@@ -230,8 +230,10 @@ struct RestingOrder {
 }
 
 impl Shard {
-    /// Appends a snapshot of the whole state to `out` (format in the
-    /// [module docs](self)) and returns the state digest, computed in the
+    /// Appends a snapshot of the whole state to `out` (format version
+    /// [`SNAPSHOT_FORMAT_VERSION`], described in `book/shard/snapshot.rs`:
+    /// the counters, every live order in priority order, the history
+    /// oldest first) and returns the state digest, computed in the
     /// same walk (equal to
     /// [`state_digest`](crate::book::Matcher::state_digest)). O(live
     /// orders + history); the shard cannot match meanwhile.
