@@ -793,7 +793,11 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
                 0 => 3,
                 n => (n % 3) as u8,
             };
-            let reserved = if (r[5] >> 28).is_multiple_of(16) { 0b0100 } else { 0 };
+            let reserved = if (r[5] >> 28).is_multiple_of(16) {
+                0b0100
+            } else {
+                0
+            };
             Op::New(NewOrder {
                 client_order_id: id.into(),
                 symbol: symbol.into(),
