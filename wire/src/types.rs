@@ -166,8 +166,8 @@ wire_enum! {
         /// or post-only on a market order.
         InvalidFlags = 7 => "invalid flags",
         /// The client order id was already used in this session (ids must
-        /// increase), or is live for the same account in the shard that owns
-        /// the symbol.
+        /// increase), or is live or remembered as finished for the same
+        /// account in the shard that owns the symbol.
         DuplicateClientOrderId = 8 => "duplicate client order id",
         /// Cancel, replace or query of an order that is not live.
         UnknownOrder = 9 => "unknown order",
