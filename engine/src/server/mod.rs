@@ -422,6 +422,15 @@ impl Server {
             .map(|(i, name)| SymbolEntry::new(i as u32, name))
             .collect();
         let mss_chunk = cfg.send_chunk_bytes.max(1);
+        // Symbol s lives in shard s % shards, shard k on core k % cores, as
+        // the (k / cores)-th shard of that core.
+        let placement: Arc<[u64]> = (0..cfg.symbols.len() as u64)
+            .map(|s| {
+                let shard = s % u64::from(cfg.shards);
+                let core = shard % ncores as u64;
+                (core << 32) | (shard / ncores as u64)
+            })
+            .collect();
         let journal = if cfg.engine == EngineKind::Match {
             cfg.journal.clone()
         } else {
@@ -483,6 +492,7 @@ impl Server {
                 ring_capacity: cfg.ring_capacity,
                 auth_token: cfg.auth_token.clone(),
                 directory: Arc::clone(&directory),
+                placement: Arc::clone(&placement),
                 journal_fsync: journal.as_ref().is_some_and(|j| j.fsync),
                 snapshot_every_records: journal
                     .as_ref()
