@@ -1,0 +1,187 @@
+//! The benchmark and quick-start scripts, run tiny against the debug
+//! binaries so they cannot rot: bench.sh must produce a complete table and
+//! its raw JSON, quickstart.sh must show both reports and stop the server.
+//! Nothing here asserts a speed.
+//!
+//! The debug binaries are the ones `cargo build --workspace --bins` (which
+//! scripts/test.sh runs first) puts beside this test's executable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `<target>/<profile>/`, where the workspace binaries are.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under <target>/<profile>/deps")
+        .to_path_buf();
+    for bin in ["turbo-dex", "dex-trader", "tcp-rtt"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("turbo-dex-{tag}-{}-{nanos}", std::process::id()))
+}
+
+/// The cells of the table rows under the heading that starts with `heading`.
+fn table_rows(table: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut inside = false;
+    for line in table.lines() {
+        if line.starts_with("## ") {
+            inside = line.starts_with(heading);
+            continue;
+        }
+        if inside
+            && line.starts_with('|')
+            && !line.starts_with("|---")
+            && !line.contains("engine |")
+        {
+            rows.push(
+                line.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+fn is_number(cell: &str) -> bool {
+    let digits = cell.trim_end_matches(['K', 'M']);
+    !digits.is_empty() && digits.parse::<f64>().is_ok()
+}
+
+#[test]
+fn bench_tiny_produces_a_complete_table() {
+    let out_dir = temp_dir("bench-tiny");
+    let out = Command::new(root().join("scripts/bench.sh"))
+        .arg("--tiny")
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(&out_dir)
+        .current_dir(root())
+        .output()
+        .expect("bench.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "bench.sh --tiny failed:\n{log}");
+    let table = std::fs::read_to_string(out_dir.join("table.md")).expect("table.md written");
+    assert!(
+        log.contains("## Throughput"),
+        "the table is printed too:\n{log}"
+    );
+    assert!(table.contains("Bare loopback TCP round trip"), "{table}");
+
+    // Throughput: match and null at batches 1 and 100 without a journal, and
+    // match with an fsynced journal at the largest batch.
+    let tput = table_rows(&table, "## Throughput");
+    let keys: Vec<(String, String, String)> = tput
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("match", "none", "1"),
+        ("match", "none", "100"),
+        ("null", "none", "1"),
+        ("null", "none", "100"),
+        ("match", "fsync", "100"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(keys, expected, "{table}");
+    for row in &tput {
+        assert_eq!(row.len(), 11, "{row:?}");
+        for cell in &row[3..] {
+            assert!(is_number(cell), "every figure is a number: {row:?}");
+        }
+    }
+    // Latency: one offered rate, with and without the journal.
+    let lat = table_rows(&table, "## Latency");
+    assert_eq!(lat.len(), 2, "{table}");
+    for row in &lat {
+        assert_eq!(row.len(), 12, "{row:?}");
+        for cell in &row[2..] {
+            assert!(is_number(cell), "every figure is a number: {row:?}");
+        }
+    }
+    // The raw reports sit beside the table.
+    for name in [
+        "tput-match-none-b1",
+        "tput-null-none-b100",
+        "lat-match-fsync-r20000",
+    ] {
+        let json = std::fs::read_to_string(out_dir.join(format!("{name}.json"))).expect("raw JSON");
+        assert!(json.contains("\"orders_per_sec\""), "{name}: {json}");
+    }
+    // No journal directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn quickstart_shows_both_reports_and_stops_the_server() {
+    let out = Command::new(root().join("scripts/quickstart.sh"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .args(["--duration", "1s", "--batch", "100"])
+        .current_dir(root())
+        .output()
+        .expect("quickstart.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "quickstart failed:\n{log}");
+    for expected in [
+        "starting turbo-dex",
+        "running dex-trader",
+        "orders sent",
+        "latency us",
+        "verify       ok",
+        "turbo-dex final stats",
+        "stopping turbo-dex",
+    ] {
+        assert!(
+            log.contains(expected),
+            "quickstart output lacks {expected:?}:\n{log}"
+        );
+    }
+    // The server it started is gone: its pid (from "listening on ADDR (pid N)") no longer runs.
+    let pid = log
+        .lines()
+        .find_map(|l| l.split("(pid ").nth(1))
+        .and_then(|rest| rest.trim_end_matches(')').parse::<u32>().ok())
+        .expect("quickstart names the server's pid");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the quickstart server (pid {pid}) is still running"
+    );
+}
