@@ -22,6 +22,15 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn start_journaled(dir: &Path, segment_bytes: u64, snapshot_every: u64) -> Server {
+    start_journaled_with(dir, segment_bytes, snapshot_every, true)
+}
+
+fn start_journaled_with(
+    dir: &Path,
+    segment_bytes: u64,
+    snapshot_every: u64,
+    fsync: bool,
+) -> Server {
     let dir = dir.to_path_buf();
     start_with(&test_cpus()[..1], 1, 4, EngineKind::Match, move |cfg| {
         cfg.journal = Some(JournalSettings {
@@ -30,7 +39,7 @@ fn start_journaled(dir: &Path, segment_bytes: u64, snapshot_every: u64) -> Serve
                 segment_bytes,
                 snapshot_every_records: snapshot_every,
             },
-            fsync: true,
+            fsync,
         });
     })
 }
@@ -279,4 +288,24 @@ fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
     }
     server.stop();
     drop(fs);
+}
+
+#[test]
+fn fsync_never_still_journals_before_acknowledging() {
+    let dir = temp_dir("fsync-never");
+    let server = start_journaled_with(&dir, 1 << 20, 1_000_000, false);
+    let mut c = Client::login(server.local_addr(), 1, 0);
+    c.send(&[sell(1, 0, 10, 3), sell(2, 1, 11, 4)]);
+    c.collect_until(|m| matches!(m, Msg::Accepted(_)), 2, "accepts");
+    let fin = server.stop();
+    assert!(fin.total.journal_writes > 0, "written, without fdatasync");
+    let server = start_journaled_with(&dir, 1 << 20, 1_000_000, false);
+    let mut c = Client::login(server.local_addr(), 1, 0);
+    let s = status(&mut c, 2, 1);
+    assert_eq!(
+        (s.state, s.leaves_quantity.get()),
+        (OrderState::Live.to_wire(), 4)
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
