@@ -79,7 +79,7 @@ pub use record::{
 };
 pub use recovery::{Recovered, RecoveryError, RecoveryReport, TornTail, recover, recover_into};
 pub use segment::{
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_segment,
+    DIRECT_ALIGN, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, Segment, SegmentHeader, create_segment,
     segment_file_name,
 };
 pub use snapshot::{

@@ -18,6 +18,16 @@
 //!   segment is all zeros, which recovery checks;
 //! - a segment with a bad header never appears under a segment name.
 //!
+//! The server appends with direct I/O (`O_DIRECT`) where the file system
+//! allows it ([`Segment::open_direct`]): each write starts at the
+//! [`DIRECT_ALIGN`] boundary before the append offset, writing that
+//! block's existing bytes again unchanged, and ends with zeros up to the
+//! next boundary, where the segment holds zeros already. The bytes on disk
+//! are the same as with buffered writes, so recovery does not care which
+//! was used. Rewriting the partial block cannot damage the records already
+//! in it: a device writes each sector whole or not at all, and every
+//! sector of the old bytes is written with the same bytes.
+//!
 //! Segments are named by number rather than by first sequence number so
 //! that the next one can be created ahead of need, when its first sequence
 //! number is not yet known (it is the sequence of its first record).
@@ -44,12 +54,17 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::record::{RECORD_BYTES_MAX, decode_record};
 use super::{ShardIdentity, fsync_dir, shard_dir};
 use crate::book::ShardConfig;
+
+/// Alignment of direct (`O_DIRECT`) writes: of their file offset, their
+/// length and their buffer's address. 4096 is a multiple of every common
+/// logical block size.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Bytes at the start of a segment before its first record.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
@@ -183,9 +198,70 @@ pub struct Segment {
     number: u64,
     offset: u64,
     capacity: u64,
+    /// A second descriptor opened with `O_DIRECT`, when direct writes are
+    /// in use (see [`Segment::open_direct`]).
+    direct: Option<File>,
 }
 
 impl Segment {
+    /// Opens a second descriptor on the segment for direct writes
+    /// (`O_DIRECT`: no copy into the page cache, and no write-back for
+    /// fdatasync to wait for). Writes through it must start and end on
+    /// [`DIRECT_ALIGN`] boundaries from an aligned buffer. Fails when the
+    /// file system does not support it or the segment's size is not a
+    /// multiple of [`DIRECT_ALIGN`]; the segment then stays buffered.
+    pub fn open_direct(&mut self) -> io::Result<()> {
+        if !self.capacity.is_multiple_of(DIRECT_ALIGN as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "segment size {} is not a multiple of {DIRECT_ALIGN}",
+                    self.capacity
+                ),
+            ));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)?;
+        self.direct = Some(file);
+        Ok(())
+    }
+
+    /// Goes back to buffered writes.
+    pub fn close_direct(&mut self) {
+        self.direct = None;
+    }
+
+    /// True when writes go through the `O_DIRECT` descriptor.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The descriptor writes go through: the direct one when open.
+    pub fn write_fd(&self) -> RawFd {
+        self.direct.as_ref().unwrap_or(&self.file).as_raw_fd()
+    }
+
+    /// Writes `bytes` at `offset` through the write descriptor, blocking
+    /// (the server submits the same write to io_uring instead).
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.direct
+            .as_ref()
+            .unwrap_or(&self.file)
+            .write_all_at(bytes, offset)
+    }
+
+    /// Reads the bytes from the last [`DIRECT_ALIGN`] boundary up to the
+    /// append offset into `out`: what a direct write must write again,
+    /// unchanged, before its new records.
+    pub fn read_partial_block(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        let from = self.offset - self.offset % DIRECT_ALIGN as u64;
+        out.clear();
+        out.resize((self.offset - from) as usize, 0);
+        self.file.read_exact_at(out, from)
+    }
+
     /// The file descriptor to write to (owned by this `Segment`).
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
@@ -268,6 +344,7 @@ impl Segment {
             number,
             offset: offset.min(capacity),
             capacity,
+            direct: None,
         })
     }
 }
@@ -306,7 +383,7 @@ pub fn create_segment(
         .truncate(true)
         .open(&temp)?;
     let result = (|| {
-        preallocate(&file, bytes)?;
+        preallocate(&file, &temp, bytes)?;
         let header = SegmentHeader {
             identity: *id,
             number,
@@ -327,12 +404,16 @@ pub fn create_segment(
         number,
         offset: SEGMENT_HEADER_BYTES,
         capacity: bytes,
+        direct: None,
     })
 }
 
 /// Reserves `bytes` for the file and writes zeros over them (see the module
-/// docs for why both).
-fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+/// docs for why both). The zeros go through a direct (`O_DIRECT`) descriptor
+/// where the file system allows it: on this project's VM buffered zero fill
+/// ran at about 190 MB/s and, at 2M journaled orders/s, competed with the
+/// journal's own writes for the disk; direct writes ran at 0.8-1 GB/s.
+fn preallocate(file: &File, path: &Path, bytes: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment size too large"))?;
     // SAFETY: fallocate only reads its integer arguments; the descriptor
@@ -349,11 +430,33 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
             return Err(e);
         }
     }
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut direct = if bytes.is_multiple_of(DIRECT_ALIGN as u64) {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+    } else {
+        None
+    };
+    // One aligned chunk of zeros (direct writes need an aligned buffer).
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES + DIRECT_ALIGN];
+    let lead = zeros.as_ptr().align_offset(DIRECT_ALIGN);
+    let chunk = &zeros[lead..lead + ZERO_CHUNK_BYTES];
     let mut at = 0u64;
     while at < bytes {
+        // Whole multiples of DIRECT_ALIGN when direct: `bytes` is one.
         let n = (bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
+        match direct.as_ref().map(|d| d.write_all_at(&chunk[..n], at)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Alignment refused: finish through the page cache.
+                direct = None;
+                continue;
+            }
+            Some(Err(e)) => return Err(e),
+            None => file.write_all_at(&chunk[..n], at)?,
+        }
         at += n as u64;
     }
     Ok(())

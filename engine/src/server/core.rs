@@ -1553,7 +1553,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 // This segment is full: continue in the next one.
                 let log = &mut self.st.logs[local];
                 if let Some(next) = log.next.take() {
-                    log.segment = next;
+                    log.use_segment(next);
                 } else {
                     self.request_segment(local);
                     let log = &mut self.st.logs[local];
@@ -1591,27 +1591,33 @@ impl<M: Matcher + Snapshot> Core<M> {
                 bytes += b;
                 n += 1;
             }
-            log.bytes.clear();
+            let start = log.begin_write();
+            let records_at = log.bytes.len();
             for (i, cmd) in queue[..n].iter().enumerate() {
                 journal::encode_record(&mut log.bytes, log.next_seq + i as u64, engine_ns, cmd);
             }
+            let len = log.bytes.len() - records_at;
             let mut cmds = std::mem::take(&mut log.batch);
             cmds.clear();
             cmds.extend(queue.drain(..n));
-            let len = log.bytes.len();
+            let fd = types::Fd(log.segment.write_fd());
+            let (bytes, offset) = log.end_write(start);
+            let (ptr, write_len) = (bytes.as_ptr(), bytes.len());
             log.inflight = Some(Inflight {
                 cmds,
                 engine_ns,
                 len,
+                start,
+                write_len,
                 last_seq: log.next_seq + n as u64 - 1,
                 started_ns: now,
                 written: false,
+                sync_follows: fsync,
                 failed: None,
             });
-            let fd = types::Fd(log.segment.fd());
-            // The record bytes stay untouched until the batch completes.
-            let write = opcode::Write::new(fd, log.bytes.as_ptr(), len as u32)
-                .offset(log.segment.offset())
+            // The bytes stay untouched until the batch completes.
+            let write = opcode::Write::new(fd, ptr, write_len as u32)
+                .offset(offset)
                 .build()
                 .user_data(user_data(OP_JOURNAL_WRITE, local as u32, 0));
             if fsync {
@@ -1644,7 +1650,6 @@ impl<M: Matcher + Snapshot> Core<M> {
 
     /// A journal write or sync completed.
     fn on_journal(&mut self, op: u64, local: usize, res: i32) {
-        let fsync = self.st.cfg.journal_fsync;
         let Some(log) = self.st.logs.get_mut(local) else {
             return;
         };
@@ -1655,13 +1660,13 @@ impl<M: Matcher + Snapshot> Core<M> {
             inflight.written = true;
             if res < 0 {
                 inflight.failed = Some(io::Error::from_raw_os_error(-res));
-            } else if res as usize != inflight.len {
+            } else if res as usize != inflight.write_len {
                 inflight.failed = Some(io::Error::new(
                     io::ErrorKind::WriteZero,
-                    format!("short write: {res} of {} bytes", inflight.len),
+                    format!("short write: {res} of {} bytes", inflight.write_len),
                 ));
             }
-            if fsync {
+            if inflight.sync_follows {
                 return; // the linked sync completes the batch
             }
         } else if res < 0 && inflight.failed.is_none() {
@@ -1688,6 +1693,14 @@ impl<M: Matcher + Snapshot> Core<M> {
         router.counters.journal_writes += 1;
         router.counters.journal_write_ns += now.saturating_sub(batch.started_ns);
         if let Some(e) = batch.failed.take() {
+            if e.raw_os_error() == Some(libc::EINVAL) && log.segment.is_direct() {
+                eprintln!(
+                    "turbo-dex: journal: a direct write to {} was refused as misaligned; \
+                     writing through the page cache from now on",
+                    log.segment.path().display()
+                );
+                log.fall_back_to_buffered();
+            }
             let why = format!(
                 "journal write to {} failed: {e}",
                 log.segment.path().display()
@@ -1717,7 +1730,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                     log.id
                 );
             }
-            log.segment.advance(batch.len as u64);
+            log.wrote(batch.start, batch.len);
             log.next_seq = batch.last_seq + 1;
             router.counters.journal_bytes += batch.len as u64;
             if let Some(shard) = shards.get_mut(local) {

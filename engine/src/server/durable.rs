@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::book::{Command, Op, Report, ShardConfig, Sink};
-use crate::journal::{self, JournalConfig, Segment, ShardIdentity};
+use crate::journal::{self, DIRECT_ALIGN, JournalConfig, Segment, ShardIdentity};
 
 use super::Shared;
 
@@ -171,12 +171,20 @@ pub struct Inflight {
     pub engine_ns: u64,
     /// Record bytes written.
     pub len: usize,
+    /// Where the write's bytes begin in `ShardLog::bytes`.
+    pub start: usize,
+    /// Bytes the write carries: `len`, or in direct mode the partial block
+    /// before the records, the records, and zeros to the next block.
+    pub write_len: usize,
     /// Sequence of the batch's last record.
     pub last_seq: u64,
     /// Monotonic time the write was submitted.
     pub started_ns: u64,
     /// The write completed (the sync may still be running).
     pub written: bool,
+    /// A linked fdatasync follows the write and completes the batch
+    /// (`--fsync batch`).
+    pub sync_follows: bool,
     /// The write or sync failed: reject the batch.
     pub failed: Option<io::Error>,
 }
@@ -196,8 +204,12 @@ pub struct ShardLog {
     pub unavailable: Option<String>,
     pub next_seq: u64,
     pub inflight: Option<Inflight>,
-    /// The record bytes of the write in flight (reused across batches).
+    /// The bytes of the write in flight (reused across batches; never
+    /// reallocated, so that its aligned start stays aligned).
     pub bytes: Vec<u8>,
+    /// Direct mode: the segment's bytes from the last block boundary to the
+    /// append offset, written again at the start of the next write.
+    pub tail: Vec<u8>,
     /// Records applied since the last snapshot.
     pub since_snapshot: u64,
     /// The command vector of the next batch (reused across batches).
@@ -211,7 +223,7 @@ impl ShardLog {
         segment: Segment,
         next_seq: u64,
     ) -> ShardLog {
-        ShardLog {
+        let mut log = ShardLog {
             id,
             config,
             segment,
@@ -222,9 +234,84 @@ impl ShardLog {
             unavailable: None,
             next_seq,
             inflight: None,
-            bytes: Vec::with_capacity(WRITE_BYTES_MAX),
+            // Records, plus an aligning lead, a partial block and padding.
+            bytes: Vec::with_capacity(WRITE_BYTES_MAX + 3 * DIRECT_ALIGN),
+            tail: Vec::with_capacity(DIRECT_ALIGN),
             since_snapshot: 0,
             batch: Vec::new(),
+        };
+        log.setup_direct();
+        log
+    }
+
+    /// Makes `segment` the one appended to.
+    pub fn use_segment(&mut self, segment: Segment) {
+        self.segment = segment;
+        self.setup_direct();
+    }
+
+    /// Writes the segment with direct I/O where the file system allows it
+    /// (measured on this project's VM: 512 KiB writes with O_DIRECT|O_DSYNC
+    /// ran at 750-900 MB/s, buffered writes plus fdatasync at 150-270 MB/s),
+    /// else buffered.
+    fn setup_direct(&mut self) {
+        self.tail.clear();
+        if self.segment.open_direct().is_ok()
+            && self.segment.read_partial_block(&mut self.tail).is_err()
+        {
+            self.segment.close_direct();
+            self.tail.clear();
+        }
+    }
+
+    /// Goes back to buffered writes after a direct write was refused as
+    /// misaligned (a device with blocks larger than `DIRECT_ALIGN`).
+    pub fn fall_back_to_buffered(&mut self) {
+        self.segment.close_direct();
+        self.tail.clear();
+    }
+
+    /// Starts the bytes of the next write, to be followed by its records;
+    /// returns where the write begins in `bytes`. In direct mode that is an
+    /// aligned address, and the write starts with the partial last block
+    /// (`tail`), so that it begins on a block boundary of the file.
+    pub fn begin_write(&mut self) -> usize {
+        self.bytes.clear();
+        if !self.segment.is_direct() {
+            return 0;
+        }
+        let lead = self.bytes.as_ptr().align_offset(DIRECT_ALIGN);
+        self.bytes.resize(lead, 0);
+        self.bytes.extend_from_slice(&self.tail);
+        lead
+    }
+
+    /// Ends a write begun at `start` once its records are in `bytes`: pads
+    /// a direct write with zeros to the next block boundary (the segment is
+    /// zeros there already). Returns the bytes to write and the file offset
+    /// to write them at.
+    pub fn end_write(&mut self, start: usize) -> (&[u8], u64) {
+        if !self.segment.is_direct() {
+            return (&self.bytes[start..], self.segment.offset());
+        }
+        let end = start + (self.bytes.len() - start).next_multiple_of(DIRECT_ALIGN);
+        self.bytes.resize(end, 0);
+        let offset = self.segment.offset() - self.tail.len() as u64;
+        (&self.bytes[start..end], offset)
+    }
+
+    /// The write begun at `start` is durable and held `len` record bytes:
+    /// move the append offset past them and keep the new partial block.
+    pub fn wrote(&mut self, start: usize, len: usize) {
+        let base = self.segment.offset() - self.tail.len() as u64;
+        self.segment.advance(len as u64);
+        if self.segment.is_direct() {
+            let end = self.segment.offset();
+            let block = end - end % DIRECT_ALIGN as u64;
+            let from = start + (block - base) as usize;
+            let to = start + (end - base) as usize;
+            self.tail.clear();
+            self.tail.extend_from_slice(&self.bytes[from..to]);
         }
     }
 
@@ -278,5 +365,94 @@ impl Snapshot for crate::book::Shard {
 impl Snapshot for crate::book::NullShard {
     fn snapshot(&self, _out: &mut Vec<u8>) -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    /// Batches of awkward sizes written the way the server writes them
+    /// (begin_write, records, end_write, write, wrote) leave exactly the
+    /// records, back to back, and zeros after them; a log reopened at the
+    /// end carries on with the same partial block.
+    #[test]
+    fn writes_leave_the_records_back_to_back() {
+        let dir = std::env::temp_dir().join(format!("turbo-dex-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let id = ShardIdentity {
+            shard_index: 0,
+            shard_count: 1,
+            symbol_count: 4,
+        };
+        let config = ShardConfig::default();
+        let segment = journal::create_segment(&dir, &id, &config, 1, 1 << 20).unwrap();
+        let path = segment.path().to_path_buf();
+        let mut log = ShardLog::new(id, config, segment, 1);
+        let mut expected = Vec::new();
+        for (i, &n) in [1usize, 100, 3995, 4096, 5000, 3, 70_000, 1]
+            .iter()
+            .enumerate()
+        {
+            let start = log.begin_write();
+            let payload: Vec<u8> = (0..n).map(|k| (k as u8 ^ i as u8) | 1).collect();
+            log.bytes.extend_from_slice(&payload);
+            let direct = log.segment.is_direct();
+            let (len, offset) = {
+                let (bytes, offset) = log.end_write(start);
+                (bytes.len(), offset)
+            };
+            let bytes = &log.bytes[start..start + len];
+            if direct {
+                assert_eq!(bytes.as_ptr() as usize % DIRECT_ALIGN, 0, "buffer aligned");
+                assert_eq!(bytes.len() % DIRECT_ALIGN, 0, "length aligned");
+                assert_eq!(offset % DIRECT_ALIGN as u64, 0, "offset aligned");
+            }
+            log.segment.write_at(bytes, offset).unwrap();
+            log.wrote(start, n);
+            expected.extend_from_slice(&payload);
+            assert_eq!(
+                log.segment.offset(),
+                journal::SEGMENT_HEADER_BYTES + expected.len() as u64
+            );
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let mut back = vec![0u8; expected.len() + 2 * DIRECT_ALIGN];
+        file.read_exact_at(&mut back, journal::SEGMENT_HEADER_BYTES)
+            .unwrap();
+        assert!(back[..expected.len()] == expected[..], "records intact");
+        assert!(
+            back[expected.len()..].iter().all(|&b| b == 0),
+            "zeros after"
+        );
+
+        // Reopened at the end (as after a restart), the next write keeps
+        // everything before it.
+        let end = log.segment.offset();
+        let tail = log.tail.clone();
+        drop(log);
+        let segment = Segment::open_at(&path, 1, end).unwrap();
+        let mut log = ShardLog::new(id, config, segment, 1);
+        if log.segment.is_direct() {
+            assert_eq!(log.tail, tail);
+        }
+        let start = log.begin_write();
+        log.bytes.extend_from_slice(b"next");
+        let (len, offset) = {
+            let (bytes, offset) = log.end_write(start);
+            (bytes.len(), offset)
+        };
+        log.segment
+            .write_at(&log.bytes[start..start + len], offset)
+            .unwrap();
+        log.wrote(start, 4);
+        expected.extend_from_slice(b"next");
+        let mut back = vec![0u8; expected.len()];
+        file.read_exact_at(&mut back, journal::SEGMENT_HEADER_BYTES)
+            .unwrap();
+        assert!(back == expected, "records intact after reopening");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
