@@ -155,8 +155,16 @@ if [ -x "$RTT_BIN" ] && "$RTT_BIN" "${rtt_args[@]}" >"$OUT/tcp-rtt.out" 2>&1; th
     rtt_p99=$(json_num "$OUT/tcp-rtt.json" p99)
     "$RTT_BIN" --count "$RTT_COUNT" --json "$OUT/tcp-rtt-unpinned.json" >"$OUT/tcp-rtt-unpinned.out" 2>&1 || true
     rtt_same=$(json_num "$OUT/tcp-rtt-unpinned.json" p50)
+    spin_line=""
+    spin_args=(--count "$RTT_COUNT" --json "$OUT/tcp-rtt-spin.json" --spin)
+    if [ "$N" -ge 2 ]; then
+        spin_args+=(--server-cpu "${CPUS[0]}" --client-cpu "${CPUS[$((N / 2))]}")
+    fi
+    if [ "${#TRADER_WAIT[@]}" -gt 0 ] && "$RTT_BIN" "${spin_args[@]}" >"$OUT/tcp-rtt-spin.out" 2>&1; then
+        spin_line=" Spinning (non-blocking sockets polled in a busy loop, the ends on the two CPUs above, as the runs below): p50 $(json_num "$OUT/tcp-rtt-spin.json" p50) us, p99 $(json_num "$OUT/tcp-rtt-spin.json" p99) us."
+    fi
     {
-        echo "Bare loopback TCP round trip (32 bytes, blocking): p50 ${rtt_p50} us, p99 ${rtt_p99} us with the ends on the two CPUs above; p50 ${rtt_same:-?} us unpinned (the scheduler keeps both on one CPU)."
+        echo "Bare loopback TCP round trip (32 bytes, blocking): p50 ${rtt_p50} us, p99 ${rtt_p99} us with the ends on the two CPUs above; p50 ${rtt_same:-?} us unpinned.${spin_line}"
         echo
     } >>"$TABLE"
 else
