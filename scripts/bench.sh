@@ -85,8 +85,9 @@ trap 'note "interrupted"; exit 130' INT TERM
 
 build_binaries
 RTT_BIN="$(dirname "$TURBO_DEX")/tcp-rtt"
-if [ ! -x "$RTT_BIN" ] && [ -z "${BIN_DIR:-}" ]; then
-    cargo build --release --locked -p benches --bin tcp-rtt >&2
+HICCUP_BIN="$(dirname "$TURBO_DEX")/hiccup"
+if [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release --locked -p benches --bin tcp-rtt --bin hiccup >&2
 fi
 
 read -r -a CPUS <<<"$(allowed_cpus)"
@@ -169,6 +170,20 @@ if [ -x "$RTT_BIN" ] && "$RTT_BIN" "${rtt_args[@]}" >"$OUT/tcp-rtt.out" 2>&1; th
     } >>"$TABLE"
 else
     note "tcp-rtt unavailable; skipping the round-trip line"
+fi
+
+if [ "$MODE" != tiny ] && [ -x "$HICCUP_BIN" ]; then
+    step "hiccups: how often the machine stops a spinning thread (hiccup, 10 s)"
+    if "$HICCUP_BIN" --cpus "$(join_cpus "${CPUS[@]}")" --seconds 10 >"$OUT/hiccup.out" 2>&1; then
+        {
+            echo "Hiccups: a thread spinning on each CPU, nothing else running, did not run for these gaps in 10 s (\`hiccup\`; no latency below can beat them):"
+            echo
+            sed 's/^/    /' "$OUT/hiccup.out"
+            echo
+        } >>"$TABLE"
+    else
+        note "hiccup failed; see $OUT/hiccup.out"
+    fi
 fi
 
 step "throughput (closed loop)"
