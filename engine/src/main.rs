@@ -114,9 +114,10 @@ struct Args {
     journal: String,
 
     /// batch: reports for a batch leave only after its journal write and
-    /// fdatasync complete. never: after the write reaches the page cache,
-    /// without fdatasync; UNSAFE: a power loss or kernel crash loses
-    /// acknowledged orders (a process crash does not).
+    /// fdatasync complete. never: once the write completes (into the page
+    /// cache, or the disk's volatile cache with direct I/O), without
+    /// fdatasync; UNSAFE: a power loss or kernel crash loses acknowledged
+    /// orders (a process crash does not).
     #[arg(long, value_enum, default_value = "batch")]
     fsync: FsyncMode,
 

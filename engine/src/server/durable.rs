@@ -29,8 +29,9 @@ pub struct JournalSettings {
     /// Directory, segment size, snapshot interval.
     pub config: JournalConfig,
     /// fdatasync every batch before acknowledging it (`--fsync batch`).
-    /// Without it (`--fsync never`) a batch is acknowledged once written to
-    /// the page cache: a machine crash can lose acknowledged orders.
+    /// Without it (`--fsync never`) a batch is acknowledged once its write
+    /// completes (page cache, or the disk's volatile cache with direct
+    /// I/O): a machine crash can lose acknowledged orders.
     pub fsync: bool,
 }
 
