@@ -95,24 +95,15 @@ fn main() {
     let mut json = String::from("{\"cpus\": [");
     for (i, g) in results.iter().enumerate() {
         let lost = g.lost_ns as f64 * 100.0 / g.run_ns.max(1) as f64;
+        let longest_ms = g.max_ns as f64 / 1e6;
+        let [c0, c1, c2, c3] = g.counts;
+        let cpu = g.cpu;
         println!(
-            "cpu {}: gaps 10-100us {}, 0.1-1ms {}, 1-5ms {}, over 5ms {}; longest {:.2} ms; {lost:.2}% of {seconds} s lost",
-            g.cpu,
-            g.counts[0],
-            g.counts[1],
-            g.counts[2],
-            g.counts[3],
-            g.max_ns as f64 / 1e6
+            "cpu {cpu}: gaps 10-100us {c0}, 0.1-1ms {c1}, 1-5ms {c2}, over 5ms {c3}; longest {longest_ms:.2} ms; {lost:.2}% of {seconds} s lost"
         );
         json.push_str(&format!(
-            "{}{{\"cpu\": {}, \"gaps_10us_100us\": {}, \"gaps_100us_1ms\": {}, \"gaps_1ms_5ms\": {}, \"gaps_over_5ms\": {}, \"longest_ms\": {:.3}, \"lost_percent\": {lost:.3}}}",
+            "{}{{\"cpu\": {cpu}, \"gaps_10us_100us\": {c0}, \"gaps_100us_1ms\": {c1}, \"gaps_1ms_5ms\": {c2}, \"gaps_over_5ms\": {c3}, \"longest_ms\": {longest_ms:.3}, \"lost_percent\": {lost:.3}}}",
             if i > 0 { ", " } else { "" },
-            g.cpu,
-            g.counts[0],
-            g.counts[1],
-            g.counts[2],
-            g.counts[3],
-            g.max_ns as f64 / 1e6
         ));
     }
     json.push_str(&format!("], \"seconds\": {seconds}}}\n"));
