@@ -1,7 +1,10 @@
 //! The journal's files one at a time: segment creation and appending,
 //! snapshot files and what reading a damaged or foreign one says.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::TempDir;
+use std::path::PathBuf;
 
 use engine::book::workload::{self, WorkloadConfig};
 use engine::book::{Command, Matcher, Op, Shard, ShardConfig, SnapshotError};
@@ -11,31 +14,6 @@ use engine::journal::{
     obsolete_snapshots, read_snapshot_file, recover, write_snapshot_file,
 };
 use wire::{NewOrder, Side};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("turbo-dex-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const ID: ShardIdentity = ShardIdentity {
     shard_index: 3,

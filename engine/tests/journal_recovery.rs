@@ -5,6 +5,9 @@
 //! that a torn tail is truncated and anything else is refused with the
 //! file and offset.
 
+mod common;
+
+use common::TempDir;
 use std::path::{Path, PathBuf};
 
 use engine::book::workload::{self, Mix, WorkloadConfig};
@@ -20,32 +23,6 @@ use wire::{
 // -------------------------------------------------------------------------
 // Helpers
 // -------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("turbo-dex-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 type Out = Vec<(SessionId, Report)>;
 
