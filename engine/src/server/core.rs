@@ -1693,6 +1693,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         router.counters.journal_writes += 1;
         router.counters.journal_write_ns += now.saturating_sub(batch.started_ns);
         if let Some(e) = batch.failed.take() {
+            log.write_failed(batch.write_len);
             if e.raw_os_error() == Some(libc::EINVAL) && log.segment.is_direct() {
                 eprintln!(
                     "turbo-dex: journal: a direct write to {} was refused as misaligned; \

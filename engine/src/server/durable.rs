@@ -211,6 +211,11 @@ pub struct ShardLog {
     /// Direct mode: the segment's bytes from the last block boundary to the
     /// append offset, written again at the start of the next write.
     pub tail: Vec<u8>,
+    /// A write that failed may have left some of its bytes in the segment
+    /// up to this offset (0: none). Its commands were refused, so the next
+    /// write covers the range with zeros after its own records, or recovery
+    /// could read them back.
+    pub stale_until: u64,
     /// Records applied since the last snapshot.
     pub since_snapshot: u64,
     /// The command vector of the next batch (reused across batches).
@@ -238,6 +243,7 @@ impl ShardLog {
             // Records, plus an aligning lead, a partial block and padding.
             bytes: Vec::with_capacity(WRITE_BYTES_MAX + 3 * DIRECT_ALIGN),
             tail: Vec::with_capacity(DIRECT_ALIGN),
+            stale_until: 0,
             since_snapshot: 0,
             batch: Vec::new(),
         };
@@ -257,6 +263,7 @@ impl ShardLog {
     /// else buffered.
     fn setup_direct(&mut self) {
         self.tail.clear();
+        self.stale_until = 0;
         if self.segment.open_direct().is_ok()
             && self.segment.read_partial_block(&mut self.tail).is_err()
         {
@@ -289,21 +296,35 @@ impl ShardLog {
 
     /// Ends a write begun at `start` once its records are in `bytes`: pads
     /// a direct write with zeros to the next block boundary (the segment is
-    /// zeros there already). Returns the bytes to write and the file offset
-    /// to write them at.
+    /// zeros there already), and any write with zeros over what a failed
+    /// write may have left (`stale_until`). Returns the bytes to write and
+    /// the file offset to write them at.
     pub fn end_write(&mut self, start: usize) -> (&[u8], u64) {
-        if !self.segment.is_direct() {
-            return (&self.bytes[start..], self.segment.offset());
-        }
-        let end = start + (self.bytes.len() - start).next_multiple_of(DIRECT_ALIGN);
-        self.bytes.resize(end, 0);
         let offset = self.segment.offset() - self.tail.len() as u64;
-        (&self.bytes[start..end], offset)
+        let mut len = (self.bytes.len() - start) as u64;
+        len = len.max(self.stale_until.saturating_sub(offset));
+        if self.segment.is_direct() {
+            len = len.next_multiple_of(DIRECT_ALIGN as u64);
+        }
+        // Within the segment: a failed write stayed inside it, and the
+        // segment's size is a multiple of DIRECT_ALIGN in direct mode.
+        let len = len.min(self.segment.capacity() - offset) as usize;
+        self.bytes.resize(start + len, 0);
+        (&self.bytes[start..start + len], offset)
+    }
+
+    /// The write begun at `start` failed after `write_len` bytes were
+    /// submitted: some of them may be in the file.
+    pub fn write_failed(&mut self, write_len: usize) {
+        let offset = self.segment.offset() - self.tail.len() as u64;
+        self.stale_until = self.stale_until.max(offset + write_len as u64);
     }
 
     /// The write begun at `start` is durable and held `len` record bytes:
     /// move the append offset past them and keep the new partial block.
     pub fn wrote(&mut self, start: usize, len: usize) {
+        // end_write covered whatever a failed write had left.
+        self.stale_until = 0;
         let base = self.segment.offset() - self.tail.len() as u64;
         self.segment.advance(len as u64);
         if self.segment.is_direct() {
@@ -454,6 +475,55 @@ mod tests {
         file.read_exact_at(&mut back, journal::SEGMENT_HEADER_BYTES)
             .unwrap();
         assert!(back == expected, "records intact after reopening");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write that fails after some of its bytes reached the file (its
+    /// commands refused) leaves nothing behind once the next, shorter
+    /// write succeeds: the file holds that write's records, then zeros.
+    #[test]
+    fn a_failed_write_leaves_no_records_behind() {
+        let dir = std::env::temp_dir().join(format!("turbo-dex-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let id = ShardIdentity {
+            shard_index: 0,
+            shard_count: 1,
+            symbol_count: 4,
+        };
+        let config = ShardConfig::default();
+        let segment = journal::create_segment(&dir, &id, &config, 1, 1 << 20).unwrap();
+        let path = segment.path().to_path_buf();
+        let mut log = ShardLog::new(id, config, segment, 1);
+        let write = |log: &mut ShardLog, payload: &[u8]| {
+            let start = log.begin_write();
+            log.bytes.extend_from_slice(payload);
+            let (len, offset) = {
+                let (bytes, offset) = log.end_write(start);
+                (bytes.len(), offset)
+            };
+            log.segment
+                .write_at(&log.bytes[start..start + len], offset)
+                .unwrap();
+            (start, len)
+        };
+        let (start, _) = write(&mut log, &[7u8; 300]);
+        log.wrote(start, 300);
+        // 20,000 bytes land, but the write reports failure.
+        let (_, failed_len) = write(&mut log, &[9u8; 20_000]);
+        log.write_failed(failed_len);
+        let (start, _) = write(&mut log, &[5u8; 100]);
+        log.wrote(start, 100);
+        let file = std::fs::File::open(&path).unwrap();
+        let mut back = vec![0u8; 40_000];
+        file.read_exact_at(&mut back, journal::SEGMENT_HEADER_BYTES)
+            .unwrap();
+        assert!(back[..300].iter().all(|&b| b == 7));
+        assert!(back[300..400].iter().all(|&b| b == 5));
+        assert!(
+            back[400..].iter().all(|&b| b == 0),
+            "the failed write's bytes are gone"
+        );
+        assert_eq!(log.stale_until, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
