@@ -1612,7 +1612,6 @@ impl<M: Matcher + Snapshot> Core<M> {
                 last_seq: log.next_seq + n as u64 - 1,
                 started_ns: now,
                 written: false,
-                sync_follows: fsync,
                 failed: None,
             });
             // The bytes stay untouched until the batch completes.
@@ -1650,6 +1649,7 @@ impl<M: Matcher + Snapshot> Core<M> {
 
     /// A journal write or sync completed.
     fn on_journal(&mut self, op: u64, local: usize, res: i32) {
+        let fsync = self.st.cfg.journal_fsync;
         let Some(log) = self.st.logs.get_mut(local) else {
             return;
         };
@@ -1666,7 +1666,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                     format!("short write: {res} of {} bytes", inflight.write_len),
                 ));
             }
-            if inflight.sync_follows {
+            if fsync {
                 return; // the linked sync completes the batch
             }
         } else if res < 0 && inflight.failed.is_none() {

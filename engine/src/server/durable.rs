@@ -183,9 +183,6 @@ pub struct Inflight {
     pub started_ns: u64,
     /// The write completed (the sync may still be running).
     pub written: bool,
-    /// A linked fdatasync follows the write and completes the batch
-    /// (`--fsync batch`).
-    pub sync_follows: bool,
     /// The write or sync failed: reject the batch.
     pub failed: Option<io::Error>,
 }
@@ -216,6 +213,9 @@ pub struct ShardLog {
     /// write covers the range with zeros after its own records, or recovery
     /// could read them back.
     pub stale_until: u64,
+    /// A direct write was refused as misaligned: later segments are written
+    /// through the page cache too.
+    pub direct_refused: bool,
     /// Records applied since the last snapshot.
     pub since_snapshot: u64,
     /// The command vector of the next batch (reused across batches).
@@ -244,6 +244,7 @@ impl ShardLog {
             bytes: Vec::with_capacity(WRITE_BYTES_MAX + 3 * DIRECT_ALIGN),
             tail: Vec::with_capacity(DIRECT_ALIGN),
             stale_until: 0,
+            direct_refused: false,
             since_snapshot: 0,
             batch: Vec::new(),
         };
@@ -264,7 +265,8 @@ impl ShardLog {
     fn setup_direct(&mut self) {
         self.tail.clear();
         self.stale_until = 0;
-        if self.segment.open_direct().is_ok()
+        if !self.direct_refused
+            && self.segment.open_direct().is_ok()
             && self.segment.read_partial_block(&mut self.tail).is_err()
         {
             self.segment.close_direct();
@@ -275,6 +277,7 @@ impl ShardLog {
     /// Goes back to buffered writes after a direct write was refused as
     /// misaligned (a device with blocks larger than `DIRECT_ALIGN`).
     pub fn fall_back_to_buffered(&mut self) {
+        self.direct_refused = true;
         self.segment.close_direct();
         self.tail.clear();
     }
