@@ -130,6 +130,16 @@ run_one() {
     fi
 }
 
+# Sets journal_args for run NAME with journal JOURNAL: "none", or "fsync"
+# (a fresh journal in the results folder, fdatasync every batch).
+set_journal_args() {
+    journal_args=(--journal none)
+    if [ "$2" = fsync ]; then
+        rm -rf "$OUT/journal-$1"
+        journal_args=(--journal "$OUT/journal-$1" --fsync batch)
+    fi
+}
+
 fmt_rate() { awk -v x="${1:-0}" 'BEGIN { if (x >= 1e6) printf "%.2fM", x / 1e6; else if (x >= 1e3) printf "%.0fK", x / 1e3; else printf "%.0f", x }'; }
 fmt_us() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x }'; }
 fmt_mib() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x / 1024 }'; }
@@ -206,25 +216,21 @@ for row in $TPUT_ROWS; do
     IFS=: read -r engine journal batch <<<"$row"
     name="tput-$engine-$journal-b$batch"
     note "$name"
-    journal_args=(--journal none)
-    if [ "$journal" = fsync ]; then
-        rm -rf "$OUT/journal-$name"
-        journal_args=(--journal "$OUT/journal-$name" --fsync batch)
-    fi
+    set_journal_args "$name" "$journal"
     if run_one "$name" --engine "$engine" "${journal_args[@]}" -- --batch "$batch" --connections 2 --mix realistic; then
-            j="$OUT/$name.json"
-            dur=$(json_num "$j" duration_secs)
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$engine" "$journal" "$batch" \
-                "$(fmt_rate "$(json_num "$j" orders_per_sec)")" \
-                "$(fmt_rate "$(awk -v r="$(json_num "$j" reports_received)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
-                "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
-                "$(json_num "$j" rejects)" "$(fmt_us "$(json_num "$j" p50)")" "$(fmt_us "$(json_num "$j" p99)")" \
-                "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
-        else
-            failures=$((failures + 1))
-            printf '| %s | %s | %s | failed | | | | | | | |\n' "$engine" "$journal" "$batch" >>"$TABLE"
-        fi
-        rm -rf "$OUT/journal-$name"
+        j="$OUT/$name.json"
+        dur=$(json_num "$j" duration_secs)
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$engine" "$journal" "$batch" \
+            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" \
+            "$(fmt_rate "$(awk -v r="$(json_num "$j" reports_received)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+            "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+            "$(json_num "$j" rejects)" "$(fmt_us "$(json_num "$j" p50)")" "$(fmt_us "$(json_num "$j" p99)")" \
+            "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
+    else
+        failures=$((failures + 1))
+        printf '| %s | %s | %s | failed | | | | | | | |\n' "$engine" "$journal" "$batch" >>"$TABLE"
+    fi
+    rm -rf "$OUT/journal-$name"
 done
 
 step "latency (open loop)"
@@ -241,11 +247,7 @@ for spec in $RATES; do
   for journal in none fsync; do
     name="lat-match-$journal-r$rate"
     note "$name (batch $batch)"
-    journal_args=(--journal none)
-    if [ "$journal" = fsync ]; then
-        rm -rf "$OUT/journal-$name"
-        journal_args=(--journal "$OUT/journal-$name" --fsync batch)
-    fi
+    set_journal_args "$name" "$journal"
     if run_one "$name" --engine match "${journal_args[@]}" -- --rate "$rate" --batch "$batch" --connections 1 --mix realistic; then
         j="$OUT/$name.json"
         printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$journal" "$(fmt_rate "$rate")" "$batch" \

@@ -396,46 +396,62 @@ impl Snapshot for crate::book::NullShard {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
 
     use super::*;
 
+    const ID: ShardIdentity = ShardIdentity {
+        shard_index: 0,
+        shard_count: 1,
+        symbol_count: 4,
+    };
+
+    /// A fresh 1 MiB segment in its own directory, and a log on it.
+    fn new_log(tag: &str) -> (PathBuf, PathBuf, ShardLog) {
+        let dir = std::env::temp_dir().join(format!("turbo-dex-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = ShardConfig::default();
+        let segment = journal::create_segment(&dir, &ID, &config, 1, 1 << 20).unwrap();
+        let path = segment.path().to_path_buf();
+        (dir, path, ShardLog::new(ID, config, segment, 1))
+    }
+
+    /// Writes `payload` as the server writes a batch (begin_write, the
+    /// records, end_write, the write), blocking; returns where the write
+    /// began in `log.bytes`, its length and its file offset.
+    fn write_batch(log: &mut ShardLog, payload: &[u8]) -> (usize, usize, u64) {
+        let start = log.begin_write();
+        log.bytes.extend_from_slice(payload);
+        let (len, offset) = {
+            let (bytes, offset) = log.end_write(start);
+            (bytes.len(), offset)
+        };
+        log.segment
+            .write_at(&log.bytes[start..start + len], offset)
+            .unwrap();
+        (start, len, offset)
+    }
+
     /// Batches of awkward sizes written the way the server writes them
-    /// (begin_write, records, end_write, write, wrote) leave exactly the
-    /// records, back to back, and zeros after them; a log reopened at the
-    /// end carries on with the same partial block.
+    /// leave exactly the records, back to back, and zeros after them; a log
+    /// reopened at the end carries on with the same partial block.
     #[test]
     fn writes_leave_the_records_back_to_back() {
-        let dir = std::env::temp_dir().join(format!("turbo-dex-durable-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let id = ShardIdentity {
-            shard_index: 0,
-            shard_count: 1,
-            symbol_count: 4,
-        };
-        let config = ShardConfig::default();
-        let segment = journal::create_segment(&dir, &id, &config, 1, 1 << 20).unwrap();
-        let path = segment.path().to_path_buf();
-        let mut log = ShardLog::new(id, config, segment, 1);
+        let (dir, path, mut log) = new_log("durable");
         let mut expected = Vec::new();
         for (i, &n) in [1usize, 100, 3995, 4096, 5000, 3, 70_000, 1]
             .iter()
             .enumerate()
         {
-            let start = log.begin_write();
             let payload: Vec<u8> = (0..n).map(|k| (k as u8 ^ i as u8) | 1).collect();
-            log.bytes.extend_from_slice(&payload);
             let direct = log.segment.is_direct();
-            let (len, offset) = {
-                let (bytes, offset) = log.end_write(start);
-                (bytes.len(), offset)
-            };
-            let bytes = &log.bytes[start..start + len];
+            let (start, len, offset) = write_batch(&mut log, &payload);
             if direct {
-                assert_eq!(bytes.as_ptr() as usize % DIRECT_ALIGN, 0, "buffer aligned");
-                assert_eq!(bytes.len() % DIRECT_ALIGN, 0, "length aligned");
+                let address = log.bytes[start..].as_ptr() as usize;
+                assert_eq!(address % DIRECT_ALIGN, 0, "buffer aligned");
+                assert_eq!(len % DIRECT_ALIGN, 0, "length aligned");
                 assert_eq!(offset % DIRECT_ALIGN as u64, 0, "offset aligned");
             }
-            log.segment.write_at(bytes, offset).unwrap();
             log.wrote(start, n);
             expected.extend_from_slice(&payload);
             assert_eq!(
@@ -459,19 +475,11 @@ mod tests {
         let tail = log.tail.clone();
         drop(log);
         let segment = Segment::open_at(&path, 1, end).unwrap();
-        let mut log = ShardLog::new(id, config, segment, 1);
+        let mut log = ShardLog::new(ID, ShardConfig::default(), segment, 1);
         if log.segment.is_direct() {
             assert_eq!(log.tail, tail);
         }
-        let start = log.begin_write();
-        log.bytes.extend_from_slice(b"next");
-        let (len, offset) = {
-            let (bytes, offset) = log.end_write(start);
-            (bytes.len(), offset)
-        };
-        log.segment
-            .write_at(&log.bytes[start..start + len], offset)
-            .unwrap();
+        let (start, _, _) = write_batch(&mut log, b"next");
         log.wrote(start, 4);
         expected.extend_from_slice(b"next");
         let mut back = vec![0u8; expected.len()];
@@ -486,35 +494,13 @@ mod tests {
     /// write succeeds: the file holds that write's records, then zeros.
     #[test]
     fn a_failed_write_leaves_no_records_behind() {
-        let dir = std::env::temp_dir().join(format!("turbo-dex-stale-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let id = ShardIdentity {
-            shard_index: 0,
-            shard_count: 1,
-            symbol_count: 4,
-        };
-        let config = ShardConfig::default();
-        let segment = journal::create_segment(&dir, &id, &config, 1, 1 << 20).unwrap();
-        let path = segment.path().to_path_buf();
-        let mut log = ShardLog::new(id, config, segment, 1);
-        let write = |log: &mut ShardLog, payload: &[u8]| {
-            let start = log.begin_write();
-            log.bytes.extend_from_slice(payload);
-            let (len, offset) = {
-                let (bytes, offset) = log.end_write(start);
-                (bytes.len(), offset)
-            };
-            log.segment
-                .write_at(&log.bytes[start..start + len], offset)
-                .unwrap();
-            (start, len)
-        };
-        let (start, _) = write(&mut log, &[7u8; 300]);
+        let (dir, path, mut log) = new_log("stale");
+        let (start, _, _) = write_batch(&mut log, &[7u8; 300]);
         log.wrote(start, 300);
         // 20,000 bytes land, but the write reports failure.
-        let (_, failed_len) = write(&mut log, &[9u8; 20_000]);
+        let (_, failed_len, _) = write_batch(&mut log, &[9u8; 20_000]);
         log.write_failed(failed_len);
-        let (start, _) = write(&mut log, &[5u8; 100]);
+        let (start, _, _) = write_batch(&mut log, &[5u8; 100]);
         log.wrote(start, 100);
         let file = std::fs::File::open(&path).unwrap();
         let mut back = vec![0u8; 40_000];
