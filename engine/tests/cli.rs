@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,14 +28,7 @@ fn refuses(args: &[&str]) -> (i32, String) {
 /// Starts turbo-dex and waits for its `listening on` line.
 fn spawn(args: &[&str]) -> (Child, std::net::SocketAddr) {
     let mut child = turbo_dex().args(args).spawn().expect("spawns");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next().expect("a ready line").expect("utf-8");
-    let addr = line
-        .strip_prefix("turbo-dex listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (addr, lines) = common::ready_addr(&mut child);
     // Keep reading stdout in the background so the final stats can be collected.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,14 +71,7 @@ fn start_server(journal: &Path) -> (Child, SocketAddr) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("turbo-dex starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next().expect("a ready line").expect("utf-8");
-    let addr = line
-        .strip_prefix("turbo-dex listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let (addr, mut lines) = common::ready_addr(&mut child);
     // Drain stdout so the server never blocks on it.
     std::thread::spawn(move || for _ in lines.by_ref() {});
     (child, addr)

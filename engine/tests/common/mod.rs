@@ -300,3 +300,23 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Waits for a spawned turbo-dex's `listening on ADDR` line (its stdout
+/// must be piped); returns the address and the rest of its stdout.
+pub fn ready_addr(
+    child: &mut std::process::Child,
+) -> (
+    std::net::SocketAddr,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let line = lines.next().expect("a ready line").expect("utf-8");
+    let addr = line
+        .strip_prefix("turbo-dex listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (addr, lines)
+}
