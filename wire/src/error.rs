@@ -78,6 +78,30 @@ impl DecodeError {
         )
     }
 
+    /// The number a server puts in `SessionError.detail` for this error
+    /// (PROTOCOL.md §9.1): the length, kind, count or version received,
+    /// or for a bad field value the value itself (for reserved bits: the
+    /// reserved bits that were set), saturated at `u32::MAX`.
+    pub const fn detail(&self) -> u32 {
+        match *self {
+            DecodeError::LengthTooSmall { length } | DecodeError::FrameTooLarge { length, .. } => {
+                length
+            }
+            DecodeError::UnknownKind { kind } => kind as u32,
+            DecodeError::UnsupportedVersion { version, .. } => version as u32,
+            DecodeError::BadCount { count, .. } | DecodeError::CountMustBeOne { count, .. } => {
+                count as u32
+            }
+            DecodeError::InvalidEnum { value, .. } | DecodeError::ReservedBits { value, .. } => {
+                if value > u32::MAX as u64 {
+                    u32::MAX
+                } else {
+                    value as u32
+                }
+            }
+        }
+    }
+
     /// The session error code a server answers this error with (see the
     /// SessionError table in PROTOCOL.md).
     pub const fn session_error_code(&self) -> SessionErrorCode {
@@ -193,3 +217,26 @@ impl fmt::Display for EncodeError {
 }
 
 impl std::error::Error for EncodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_is_the_number_received_and_saturates() {
+        let value = |value| DecodeError::InvalidEnum {
+            field: "side",
+            value,
+        };
+        assert_eq!(value(9).detail(), 9);
+        assert_eq!(value(u64::from(u32::MAX)).detail(), u32::MAX);
+        assert_eq!(value(u64::MAX).detail(), u32::MAX);
+        let bits = DecodeError::ReservedBits {
+            field: "hello.flags",
+            value: 0x8000,
+        };
+        assert_eq!(bits.detail(), 0x8000);
+        let count = DecodeError::CountMustBeOne { kind: 1, count: 0 };
+        assert_eq!(count.detail(), 0);
+    }
+}

@@ -28,6 +28,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod msg;
 pub mod types;
 
@@ -37,6 +38,7 @@ pub use frame::{
     HEADER_BYTES, Header, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION,
     append_frame, encode_frame,
 };
+pub use limits::*;
 pub use msg::*;
 pub use types::*;
 pub use zerocopy::little_endian::{I64, U16, U32, U64};

@@ -816,19 +816,36 @@ impl SessionError {
     /// bytes failed to decode: the matching code, the offending kind where
     /// the error names one, the error's number as `detail` (see PROTOCOL.md)
     /// and its message, truncated to fit `text`.
+    ///
+    /// An error about a field ([`DecodeError::InvalidEnum`],
+    /// [`DecodeError::ReservedBits`]) names no kind, so `kind` is 0 here;
+    /// a server that found it in a message knows the kind and should use
+    /// [`SessionError::invalid_field`] instead.
     pub fn from_decode_error(error: &DecodeError) -> Self {
-        let (kind, detail) = match *error {
-            DecodeError::LengthTooSmall { length } => (0, length),
-            DecodeError::FrameTooLarge { length, .. } => (0, length),
-            DecodeError::UnknownKind { kind } => (kind, u32::from(kind)),
-            DecodeError::UnsupportedVersion { version, .. } => (0, u32::from(version)),
-            DecodeError::BadCount { kind, count, .. } => (kind, u32::from(count)),
-            DecodeError::CountMustBeOne { kind, count } => (kind, u32::from(count)),
-            DecodeError::InvalidEnum { value, .. } | DecodeError::ReservedBits { value, .. } => {
-                (0, u32::try_from(value).unwrap_or(u32::MAX))
-            }
+        let kind = match *error {
+            DecodeError::UnknownKind { kind }
+            | DecodeError::BadCount { kind, .. }
+            | DecodeError::CountMustBeOne { kind, .. } => kind,
+            _ => 0,
         };
-        SessionError::new(error.session_error_code(), kind, detail, &error.to_string())
+        SessionError::new(
+            error.session_error_code(),
+            kind,
+            error.detail(),
+            &error.to_string(),
+        )
+    }
+
+    /// The `InvalidField` session error for a field of a message of `kind`
+    /// (in version 1, the Hello's reserved flag bits): `detail` is the
+    /// value refused, as [`DecodeError::detail`] gives it.
+    pub fn invalid_field(kind: Kind, error: &DecodeError) -> Self {
+        SessionError::new(
+            SessionErrorCode::InvalidField,
+            kind as u8,
+            error.detail(),
+            &error.to_string(),
+        )
     }
 
     /// The typed code.

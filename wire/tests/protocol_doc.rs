@@ -411,15 +411,347 @@ fn the_document_states_the_limits_the_code_has() {
     assert_eq!(MAX_FRAME_BYTES_LIMIT, 16_777_216);
     assert_eq!(HEADER_BYTES, 8);
     assert_eq!(PROTOCOL_VERSION, 1);
+    let power = |n: u64| format!("2^{} = {}", n.trailing_zeros(), thousands(n));
     for needle in [
-        "1,048,576",
-        "16,777,216",
-        "65,535",
-        "a NewOrder is 32 bytes",
-        "protocol version 1",
+        "1,048,576".to_string(),
+        "16,777,216".to_string(),
+        "65,535".to_string(),
+        "a NewOrder is 32 bytes".to_string(),
+        "protocol version 1".to_string(),
+        // §2 and §8.5 give the quantity and price limits as powers of two.
+        power(QUANTITY_MAX_LOTS),
+        power(PRICE_MAX_TICKS as u64),
+        format!(
+            "clamped to **{}–{} ms**",
+            thousands(u64::from(HEARTBEAT_INTERVAL_MIN_MS)),
+            thousands(u64::from(HEARTBEAT_INTERVAL_MAX_MS))
+        ),
+        format!("**{} ×", IDLE_TIMEOUT_HEARTBEATS),
+        format!("**{} heartbeat intervals**", IDLE_TIMEOUT_HEARTBEATS),
     ] {
-        assert!(doc.contains(needle), "PROTOCOL.md should say {needle:?}");
+        assert!(doc.contains(&needle), "PROTOCOL.md should say {needle:?}");
     }
+}
+
+/// `n` with a comma between groups of three digits, as the document writes numbers.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The rows of the table whose header line starts with `header_start`.
+fn table_starting(doc: &str, header_start: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let lines: Vec<&str> = doc.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(header_start))
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no table starting {header_start:?}"));
+    table_after(&lines, at - 1)
+}
+
+#[test]
+fn the_limits_table_gives_the_wire_constants() {
+    let doc = protocol_md();
+    let constants: BTreeMap<&str, u64> = [
+        ("QUANTITY_MAX_LOTS", QUANTITY_MAX_LOTS),
+        ("PRICE_MAX_TICKS", PRICE_MAX_TICKS as u64),
+        (
+            "HEARTBEAT_INTERVAL_MIN_MS",
+            u64::from(HEARTBEAT_INTERVAL_MIN_MS),
+        ),
+        (
+            "HEARTBEAT_INTERVAL_MAX_MS",
+            u64::from(HEARTBEAT_INTERVAL_MAX_MS),
+        ),
+        (
+            "DEFAULT_HEARTBEAT_INTERVAL_MS",
+            u64::from(DEFAULT_HEARTBEAT_INTERVAL_MS),
+        ),
+        (
+            "IDLE_TIMEOUT_HEARTBEATS",
+            u64::from(IDLE_TIMEOUT_HEARTBEATS),
+        ),
+        ("MAX_MESSAGES_PER_FRAME", MAX_MESSAGES_PER_FRAME as u64),
+        (
+            "DEFAULT_MAX_FRAME_BYTES",
+            u64::from(DEFAULT_MAX_FRAME_BYTES),
+        ),
+        ("MAX_FRAME_BYTES_LIMIT", u64::from(MAX_FRAME_BYTES_LIMIT)),
+    ]
+    .into_iter()
+    .collect();
+    let (header, rows) = table_starting(&doc, "| Limit | Value |");
+    assert_eq!(header[..3], ["Limit", "Value", "wire constant"]);
+    let mut documented = Vec::new();
+    for row in &rows {
+        let name = row[2].as_str();
+        if name == "—" {
+            continue;
+        }
+        let want = *constants
+            .get(name)
+            .unwrap_or_else(|| panic!("{row:?}: no wire constant {name}"));
+        let value = row[1].split(' ').next().map(parse_u64).unwrap();
+        assert_eq!(value, want, "{row:?}");
+        // "(2^N)" after the value must be the same number.
+        if let Some(p) = row[1].find("(2^") {
+            let n: u32 = row[1][p + 3..].trim_end_matches(')').parse().unwrap();
+            assert_eq!(1u64 << n, want, "{row:?}");
+        }
+        documented.push(name);
+    }
+    let expected: Vec<&str> = constants.keys().copied().collect();
+    documented.sort_unstable();
+    assert_eq!(documented, expected, "one row per limit constant");
+    // The heartbeat rule §8.1 states, at its edges.
+    let d = DEFAULT_HEARTBEAT_INTERVAL_MS;
+    assert_eq!(granted_heartbeat_ms(0, d), d);
+    assert_eq!(granted_heartbeat_ms(99, d), 100);
+    assert_eq!(granted_heartbeat_ms(60_001, d), 60_000);
+}
+
+/// One session error built by the `wire` crate, what it must carry, and
+/// words the §9.1 row of its code must contain in its `kind` and `detail`
+/// cells.
+struct DetailCase {
+    error: SessionError,
+    decode: DecodeError,
+    code: SessionErrorCode,
+    kind: u8,
+    detail: u32,
+    kind_words: &'static str,
+    detail_words: &'static str,
+}
+
+#[test]
+fn session_error_kinds_and_details_are_what_section_9_1_says() {
+    let doc = protocol_md();
+    let (header, rows) = table_starting(&doc, "| Code | `kind` | `detail` |");
+    assert_eq!(header, ["Code", "kind", "detail"]);
+    let codes: Vec<u64> = rows
+        .iter()
+        .map(|r| parse_u64(r[0].split(' ').next().unwrap()))
+        .collect();
+    let all: Vec<u64> = SessionErrorCode::ALL
+        .iter()
+        .map(|c| u64::from(c.to_wire()))
+        .collect();
+    assert_eq!(codes, all, "one row per session error code, in order");
+
+    let mut hello = Hello::new(1, HELLO_CANCEL_ON_DISCONNECT, 0, "");
+    hello.flags = (HELLO_CANCEL_ON_DISCONNECT | 0x0006).into();
+    let reserved = hello.validate().unwrap_err();
+    let from = |decode: DecodeError| (SessionError::from_decode_error(&decode), decode);
+    let cases = [
+        (
+            from(DecodeError::LengthTooSmall { length: 5 }),
+            SessionErrorCode::MalformedFrame,
+            0,
+            5,
+            "0",
+            "The `length` received",
+        ),
+        (
+            from(DecodeError::FrameTooLarge {
+                length: 2_000_000,
+                max_frame_bytes: 1 << 20,
+            }),
+            SessionErrorCode::FrameTooLarge,
+            0,
+            2_000_000,
+            "0",
+            "The `length` received",
+        ),
+        (
+            from(DecodeError::UnknownKind { kind: 0x42 }),
+            SessionErrorCode::UnknownKind,
+            0x42,
+            0x42,
+            "The kind received",
+            "The kind received",
+        ),
+        (
+            from(DecodeError::UnsupportedVersion {
+                version: 7,
+                supported: PROTOCOL_VERSION,
+            }),
+            SessionErrorCode::UnsupportedVersion,
+            0,
+            7,
+            "0 for a frame header",
+            "The version received",
+        ),
+        (
+            from(DecodeError::BadCount {
+                kind: 0x02,
+                count: 3,
+                length: 9,
+                message_bytes: 32,
+            }),
+            SessionErrorCode::BadCount,
+            0x02,
+            3,
+            "The frame's kind",
+            "The `count` received",
+        ),
+        (
+            from(DecodeError::CountMustBeOne {
+                kind: 0x01,
+                count: 2,
+            }),
+            SessionErrorCode::BadCount,
+            0x01,
+            2,
+            "The frame's kind",
+            "The `count` received",
+        ),
+        (
+            (
+                SessionError::invalid_field(Kind::Hello, &reserved),
+                reserved,
+            ),
+            SessionErrorCode::InvalidField,
+            0x01,
+            0x0006,
+            "0x01",
+            "The reserved `Hello.flags` bits that were set",
+        ),
+    ]
+    .map(
+        |((error, decode), code, kind, detail, kind_words, detail_words)| DetailCase {
+            error,
+            decode,
+            code,
+            kind,
+            detail,
+            kind_words,
+            detail_words,
+        },
+    );
+    for case in cases {
+        let DetailCase {
+            error: e, decode, ..
+        } = case;
+        assert_eq!(
+            (e.code(), e.kind, e.detail.get(), decode.detail()),
+            (Ok(case.code), case.kind, case.detail, case.detail),
+            "{decode:?}"
+        );
+        assert_eq!(decode.session_error_code(), case.code, "{decode:?}");
+        let row = rows
+            .iter()
+            .find(|r| r[0].split(' ').next().map(parse_u64) == Some(u64::from(case.code.to_wire())))
+            .unwrap();
+        // The cell starts with the words, and they end there ("0" is not "0x01").
+        let says = |cell: &str, words: &str| {
+            let words = words.replace('`', "");
+            cell.strip_prefix(words.as_str())
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric()))
+        };
+        assert!(
+            says(&row[1], case.kind_words),
+            "§9.1 row {row:?}: `kind` should say {:?}",
+            case.kind_words
+        );
+        assert!(
+            says(&row[2], case.detail_words),
+            "§9.1 row {row:?}: `detail` should say {:?}",
+            case.detail_words
+        );
+    }
+}
+
+#[test]
+fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
+    let doc = protocol_md();
+    let layouts = layouts();
+    let (header, rows) = table_starting(&doc, "| Message | Field | Reserved mask |");
+    assert_eq!(
+        header,
+        [
+            "Message",
+            "Field",
+            "Reserved mask",
+            "Checked",
+            "A non-zero value gets"
+        ]
+    );
+    // Every reserved field and flags field of a client message has a row.
+    let mut expected = Vec::new();
+    for kind in Kind::ALL {
+        if kind.direction() != Direction::ToServer {
+            continue;
+        }
+        let name = format!("{kind:?}");
+        for f in &layouts[name.as_str()].1 {
+            if f.name == "reserved" || f.name == "flags" {
+                expected.push((name.clone(), f.name.to_string()));
+            }
+        }
+    }
+    let documented: Vec<(String, String)> =
+        rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(documented, expected, "one row per reserved or flags field");
+
+    for row in &rows {
+        let (message, field) = (row[0].as_str(), row[1].as_str());
+        let mask = parse_u64(&row[2]);
+        let f = layouts[message].1.iter().find(|f| f.name == field).unwrap();
+        let width_mask = u64::MAX >> (64 - 8 * f.size);
+        assert_eq!(mask & !width_mask, 0, "{row:?}: mask wider than the field");
+        if field == "reserved" {
+            assert_eq!(
+                mask, width_mask,
+                "{row:?}: a reserved field is all reserved"
+            );
+        }
+        match row[3].as_str() {
+            "yes" => {
+                for bit in 0..8 * f.size {
+                    let value = 1u64 << bit;
+                    let reserved = mask & value != 0;
+                    let got = match message {
+                        "Hello" => {
+                            let mut h = Hello::new(1, 0, 0, "");
+                            h.flags = (value as u16).into();
+                            h.validate().err()
+                        }
+                        "NewOrder" => {
+                            let mut o = NewOrder::limit(1, 0, Side::Buy, 1, 1);
+                            o.flags = value as u8;
+                            o.fields().err()
+                        }
+                        other => panic!("{row:?}: no check in the wire crate for {other}"),
+                    };
+                    let want = reserved.then(|| DecodeError::ReservedBits {
+                        field: if message == "Hello" {
+                            "hello.flags"
+                        } else {
+                            "new_order.flags"
+                        },
+                        value,
+                    });
+                    assert_eq!(got, want, "{message}.{field} bit {bit}");
+                    if let Some(e) = got {
+                        assert_eq!(u64::from(e.detail()), value);
+                    }
+                }
+            }
+            "no" => assert!(row[4].starts_with("Ignored"), "{row:?}"),
+            other => panic!("{row:?}: Checked is yes or no, not {other:?}"),
+        }
+    }
+    let invalid_field = rows.iter().find(|r| r[0] == "Hello").unwrap();
+    assert!(invalid_field[4].contains("SessionError(InvalidField)"));
+    let invalid_flags = rows.iter().find(|r| r[0] == "NewOrder").unwrap();
+    assert!(invalid_flags[4].starts_with(&format!("Rejected({:?})", RejectReason::InvalidFlags)));
 }
 
 // ---------------------------------------------------------------------------
