@@ -5,14 +5,15 @@
 //! usage errors. Nothing here asserts a speed: the numbers are whatever the
 //! machine gives.
 //!
-//! The runs need root and `ip` (iproute2); without them those tests print
-//! why and pass without running.
+//! The runs need root and `ip` (iproute2); without them those tests say
+//! `SKIP: <test>: <reason>` (see testkit) and scripts/test.sh counts them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use testkit::{TempDir, missing, output_text as text};
 
 /// Prefix of the namespaces the script creates: `<prefix>-<pid>-srv|cli`.
 const NS_PREFIX: &str = "tdx-netns-bench";
@@ -24,85 +25,14 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns-bench.sh")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+/// Why the namespace runs cannot happen here, or `None` when they can.
+fn cannot_run() -> Option<String> {
+    missing(true, &["ip"]).map(|why| format!("{why}, to create network namespaces"))
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Whether the namespace runs can happen here; prints why not.
-fn can_run(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("skipping {test}: needs root to create network namespaces");
-        return false;
-    }
-    if !have("ip") {
-        eprintln!("skipping {test}: needs ip from iproute2 (apt-get install iproute2)");
-        return false;
-    }
-    true
-}
-
-/// The directory holding the debug turbo-dex and dex-trader: this test runs
-/// as target/debug/deps/netns_bench-<hash>, the binaries are in target/debug.
+/// The directory holding the debug turbo-dex and dex-trader.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    for bin in ["turbo-dex", "dex-trader"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before the tests \
-             (scripts/test.sh does)",
-            dir.join(bin).display()
-        );
-    }
-    dir
-}
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "netns-bench-test-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    testkit::bin_dir(&["turbo-dex", "dex-trader"])
 }
 
 /// The names `ip netns list` shows.
@@ -192,7 +122,8 @@ fn number(cell: &str, what: &str, row: &[String]) -> f64 {
 
 #[test]
 fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
-    if !can_run("tiny_run_gives_a_complete_table_and_leaves_no_namespace") {
+    if let Some(why) = cannot_run() {
+        testkit::skip!("{why}");
         return;
     }
     let bins = bin_dir();
@@ -348,7 +279,8 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
 
 #[test]
 fn an_interrupted_run_cleans_up() {
-    if !can_run("an_interrupted_run_cleans_up") {
+    if let Some(why) = cannot_run() {
+        testkit::skip!("{why}");
         return;
     }
     let bins = bin_dir();
@@ -467,8 +399,8 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn shellcheck_is_clean() {
-    if !have("shellcheck") {
-        eprintln!("skipping shellcheck_is_clean: shellcheck is not installed");
+    if let Some(why) = missing(false, &["shellcheck"]) {
+        testkit::skip!("{why}");
         return;
     }
     let output = Command::new("shellcheck")

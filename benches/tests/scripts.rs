@@ -7,7 +7,9 @@
 //! scripts/test.sh runs first) puts beside this test's executable.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use testkit::{TempDir, output_text as text};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -15,35 +17,7 @@ fn root() -> PathBuf {
 
 /// `<target>/<profile>/`, where the workspace binaries are.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable under <target>/<profile>/deps")
-        .to_path_buf();
-    for bin in ["turbo-dex", "dex-trader", "tcp-rtt"] {
-        assert!(
-            dir.join(bin).exists(),
-            "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-            dir.join(bin).display()
-        );
-    }
-    dir
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::env::temp_dir().join(format!("turbo-dex-{tag}-{}-{nanos}", std::process::id()))
+    testkit::bin_dir(&["turbo-dex", "dex-trader", "tcp-rtt"])
 }
 
 /// The cells of the table rows under the heading that starts with `heading`.
@@ -78,13 +52,14 @@ fn is_number(cell: &str) -> bool {
 
 #[test]
 fn bench_tiny_produces_a_complete_table() {
-    let out_dir = temp_dir("bench-tiny");
+    let tmp = TempDir::new("bench-tiny");
+    let out_dir = tmp.path();
     let out = Command::new(root().join("scripts/bench.sh"))
         .arg("--tiny")
         .arg("--bin-dir")
         .arg(bin_dir())
         .arg("--out")
-        .arg(&out_dir)
+        .arg(out_dir)
         .current_dir(root())
         .output()
         .expect("bench.sh runs");
@@ -140,13 +115,12 @@ fn bench_tiny_produces_a_complete_table() {
         assert!(json.contains("\"orders_per_sec\""), "{name}: {json}");
     }
     // No journal directory is left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
+    let leftovers: Vec<_> = std::fs::read_dir(out_dir)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]

@@ -18,8 +18,7 @@ fn json_field(json: &str, key: &str) -> f64 {
 
 #[test]
 fn hiccup_reports_every_cpu_and_refuses_a_missing_one() {
-    let dir = std::env::temp_dir().join(format!("turbo-dex-hiccup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::TempDir::new("hiccup");
     let json_path = dir.join("h.json");
     let out = Command::new(env!("CARGO_BIN_EXE_hiccup"))
         .args(["--cpus", "0", "--seconds", "0.05", "--json"])
@@ -45,13 +44,11 @@ fn hiccup_reports_every_cpu_and_refuses_a_missing_one() {
         err.contains("--cpus 4000") && err.contains("does not exist"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn tcp_rtt_measures_blocking_and_spinning_round_trips() {
-    let dir = std::env::temp_dir().join(format!("turbo-dex-rtt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::TempDir::new("rtt");
     for spin in [false, true] {
         let json_path = dir.join(format!("rtt-{spin}.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcp-rtt"));
@@ -69,5 +66,4 @@ fn tcp_rtt_measures_blocking_and_spinning_round_trips() {
         let (p50, p99) = (json_field(&json, "p50"), json_field(&json, "p99"));
         assert!(p50 > 0.0 && p50 <= p99, "{json}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,63 +5,16 @@
 //! This file holds a single test so that no other test's allocations run
 //! concurrently, and counting is per thread anyway.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use engine::book::workload::{self, DiscardSink, Mix, WorkloadConfig};
 use engine::book::{Matcher, ShardConfig};
-
-struct CountingAllocator;
-
-thread_local! {
-    /// Allocations made by this thread while counting is on (`None`: off).
-    static ALLOCATIONS: Cell<Option<u64>> = const { Cell::new(None) };
-}
-
-fn note_allocation() {
-    // `try_with`: the allocator can run while thread locals are torn down.
-    let _ = ALLOCATIONS.try_with(|c| {
-        if let Some(n) = c.get() {
-            c.set(Some(n + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments,
-// which upholds `GlobalAlloc`'s contract; counting touches no heap memory.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; the caller upholds `dealloc`'s contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use testkit::CountingAllocator;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// Runs `f` and returns how many allocations this thread made meanwhile.
 fn allocations_during(f: impl FnOnce()) -> u64 {
-    ALLOCATIONS.with(|c| c.set(Some(0)));
-    f();
-    ALLOCATIONS.with(|c| c.replace(None)).unwrap_or(0)
+    testkit::count_allocations(f).1
 }
 
 #[test]

@@ -8,11 +8,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The bare binary: these tests check its own argument handling.
 fn turbo_dex() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_turbo-dex"));
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    c
+}
+
+/// The binary as the tests run a server: [`testkit::turbo_dex`] on the first test CPU.
+fn server() -> Command {
+    let mut c = testkit::turbo_dex(env!("CARGO_BIN_EXE_turbo-dex"), &test_cpus()[0].to_string());
+    c.stderr(Stdio::piped());
     c
 }
 
@@ -26,9 +34,9 @@ fn refuses(args: &[&str]) -> (i32, String) {
 }
 
 /// Starts turbo-dex and waits for its `listening on` line.
-fn spawn(args: &[&str]) -> (Child, std::net::SocketAddr) {
-    let mut child = turbo_dex().args(args).spawn().expect("spawns");
-    let (addr, lines) = common::ready_addr(&mut child);
+fn spawn(command: &mut Command) -> (Child, std::net::SocketAddr) {
+    let mut child = command.spawn().expect("spawns");
+    let (addr, lines) = ready_addr(&mut child);
     // Keep reading stdout in the background so the final stats can be collected.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -85,6 +93,7 @@ fn a_core_that_does_not_exist_is_a_one_line_error() {
 fn fewer_shards_than_cores_is_refused() {
     let cpus = test_cpus();
     if cpus.len() < 2 {
+        testkit::skip!("needs two CPUs, this process may use {cpus:?}");
         return;
     }
     let list = format!("{},{}", cpus[0], cpus[1]);
@@ -157,19 +166,7 @@ fn help_explains_every_option() {
 
 #[test]
 fn sigterm_stops_gracefully_with_final_stats() {
-    let cpu = test_cpus()[0].to_string();
-    let (mut child, addr) = spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--cores",
-        &cpu,
-        "--poll",
-        "block",
-        "--symbols",
-        "4",
-        "--journal",
-        "none",
-    ]);
+    let (mut child, addr) = spawn(server().args(["--symbols", "4", "--journal", "none"]));
     let mut a = Client::login(addr, 1, 0);
     let mut b = Client::login(addr, 2, 0);
     a.send(&[sell(1, 0, 10, 5)]);
@@ -204,7 +201,8 @@ fn sigterm_stops_gracefully_with_final_stats() {
 #[test]
 fn sigint_with_no_clients_exits_zero() {
     let cpu = test_cpus()[0].to_string();
-    let (mut child, _addr) = spawn(&[
+    // Not `server()`: this one polls adaptively.
+    let (mut child, _addr) = spawn(turbo_dex().args([
         "--listen",
         "127.0.0.1:0",
         "--cores",
@@ -214,7 +212,7 @@ fn sigint_with_no_clients_exits_zero() {
         "--quiet",
         "--journal",
         "none",
-    ]);
+    ]));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -11,8 +11,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,16 +45,8 @@ const SYMBOLS: u32 = 4;
 
 fn start_server(journal: &Path) -> (Child, SocketAddr) {
     let cpu = test_cpus()[0].to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turbo-dex"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            &cpu,
-            "--poll",
-            "block",
-            "--quiet",
-        ])
+    let mut child = testkit::turbo_dex(env!("CARGO_BIN_EXE_turbo-dex"), &cpu)
+        .arg("--quiet")
         .args(["--symbols", &SYMBOLS.to_string(), "--fsync", "batch"])
         // Small segments and frequent snapshots, so that crashes land in
         // every phase: mid-segment, at a segment switch, around a snapshot.
@@ -66,12 +58,10 @@ fn start_server(journal: &Path) -> (Child, SocketAddr) {
         ])
         .arg("--journal")
         .arg(journal)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("turbo-dex starts");
-    let (addr, mut lines) = common::ready_addr(&mut child);
+    let (addr, mut lines) = ready_addr(&mut child);
     // Drain stdout so the server never blocks on it.
     std::thread::spawn(move || for _ in lines.by_ref() {});
     (child, addr)
@@ -289,21 +279,15 @@ fn check(addr: SocketAddr, trader: &Trader, rng: &mut Rng) -> (u64, u64) {
     (checked, resent)
 }
 
-fn temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::env::temp_dir().join(format!("turbo-dex-crash-{}-{nanos}", std::process::id()))
-}
-
 #[test]
 fn kill_dash_nine_loses_no_acknowledged_order() {
     let trials = env_or("CRASH_TRIALS", 3);
     let steps_max = env_or("CRASH_STEPS", 60);
     let seed = env_or("CRASH_SEED", 0x5eed);
     let mut rng = Rng(seed | 1);
-    let dir = temp_dir();
-    let (mut server, mut addr) = start_server(&dir);
+    let dir = TempDir::new("crash");
+    let journal = dir.join("journal");
+    let (mut server, mut addr) = start_server(&journal);
     let mut total_checked = 0;
     let mut total_resent = 0;
     let mut total_sent = 0;
@@ -327,7 +311,7 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
             t.read_to_end();
             total_sent += t.orders.len() as u64;
         }
-        let (s, a) = start_server(&dir);
+        let (s, a) = start_server(&journal);
         server = s;
         addr = a;
         for t in &traders {
@@ -338,7 +322,6 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
     }
     let _ = server.kill();
     let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "crash test: {trials} kill -9 trials, {total_sent} orders sent, {total_checked} acknowledged orders checked, \
          {total_resent} resent orders refused"

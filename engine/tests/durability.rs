@@ -12,15 +12,6 @@ use engine::server::durable::JournalSettings;
 use engine::server::{EngineKind, Server};
 use wire::*;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("turbo-dex-{tag}-{}-{nanos}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 fn start_journaled(dir: &Path, segment_bytes: u64, snapshot_every: u64) -> Server {
     start_journaled_with(dir, segment_bytes, snapshot_every, true)
 }
@@ -57,7 +48,8 @@ fn status(c: &mut Client, coid: u64, symbol: u32) -> OrderStatus {
 
 #[test]
 fn acknowledged_orders_survive_a_restart_and_reused_ids_are_refused() {
-    let dir = temp_dir("restart");
+    let tmp = TempDir::new("restart");
+    let dir = tmp.join("journal");
     // Small segments and snapshots so the run crosses both.
     let server = start_journaled(&dir, 64 << 10, 500);
     let addr = server.local_addr();
@@ -129,12 +121,12 @@ fn acknowledged_orders_survive_a_restart_and_reused_ids_are_refused() {
     assert_eq!((f.price.get(), f.quantity.get()), (60, 6));
     let fin = server.stop();
     assert_eq!(fin.total.trades, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_second_server_on_the_same_journal_is_refused() {
-    let dir = temp_dir("lock");
+    let tmp = TempDir::new("lock");
+    let dir = tmp.join("journal");
     let first = start_journaled(&dir, 1 << 20, 1000);
     let names = vec!["S0".to_string()];
     let mut cfg = engine::server::ServerConfig::new(
@@ -152,21 +144,31 @@ fn a_second_server_on_the_same_journal_is_refused() {
         "{err}"
     );
     first.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A tmpfs of `size` mounted at `dir` for the life of the value.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = std::process::Command::new("mount")
+    /// Mounts it, or says why it cannot (not root, no `mount`, a container
+    /// without CAP_SYS_ADMIN).
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        if let Some(why) = testkit::missing(true, &["mount", "umount"]) {
+            return Err(why);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                testkit::output_text(&out).trim()
+            ));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
     }
 }
 
@@ -179,12 +181,13 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
-    let dir = temp_dir("full-disk");
-    let Some(fs) = Tmpfs::mount(&dir, "4m") else {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine"
-        );
-        return;
+    let tmp = TempDir::new("full-disk");
+    let fs = match Tmpfs::mount(&tmp.join("tmpfs"), "4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            testkit::skip!("cannot mount a small tmpfs to fill: {why}");
+            return;
+        }
     };
     let journal = fs.0.join("journal");
     let segment_bytes = 512 << 10;
@@ -292,7 +295,8 @@ fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
 
 #[test]
 fn fsync_never_still_journals_before_acknowledging() {
-    let dir = temp_dir("fsync-never");
+    let tmp = TempDir::new("fsync-never");
+    let dir = tmp.join("journal");
     let server = start_journaled_with(&dir, 1 << 20, 1_000_000, false);
     let mut c = Client::login(server.local_addr(), 1, 0);
     c.send(&[sell(1, 0, 10, 3), sell(2, 1, 11, 4)]);
@@ -307,5 +311,4 @@ fn fsync_never_still_journals_before_acknowledging() {
         (OrderState::Live.to_wire(), 4)
     );
     server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }

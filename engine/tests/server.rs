@@ -82,7 +82,7 @@ fn sessions_on_both_cores(addr: std::net::SocketAddr, account_base: u64) -> (Cli
 fn two_cores_trade_a_symbol_owned_by_the_other_core() {
     let cpus = test_cpus();
     if cpus.len() < 2 {
-        eprintln!("skipped: this machine lets the test use one CPU only");
+        testkit::skip!("needs two CPUs, this process may use {cpus:?}");
         return;
     }
     let shards = 4;

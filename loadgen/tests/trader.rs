@@ -52,16 +52,6 @@ fn number(json: &str, name: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{name} = {v} is not a number"))
 }
 
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 #[test]
 fn report_against_the_null_engine_is_complete() {
     let server = TestServer::start(ServerOptions {
@@ -82,7 +72,7 @@ fn report_against_the_null_engine_is_complete() {
             path.to_str().unwrap(),
         ],
     );
-    assert_ok(&out);
+    testkit::assert_success(&out);
     let json = std::fs::read_to_string(&path).expect("json written");
     for name in [
         "orders_sent",
@@ -170,7 +160,7 @@ fn verified_run(mix: &str, fault: Fault, extra: &[&str]) -> (Output, String) {
 #[test]
 fn match_mix_trades_and_verifies() {
     let (out, json) = verified_run("match", Fault::None, &[]);
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert!(number(&json, "trades") > 0.0, "no trades:\n{json}");
     assert_eq!(field(&json, "verify_ok"), "true");
     assert!(number(&json, "trades_paired") > 0.0);
@@ -180,7 +170,7 @@ fn match_mix_trades_and_verifies() {
 #[test]
 fn realistic_mix_trades_and_verifies() {
     let (out, json) = verified_run("realistic", Fault::None, &[]);
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert!(
         number(&json, "replaces") > number(&json, "new_orders"),
         "{json}"
@@ -192,7 +182,7 @@ fn realistic_mix_trades_and_verifies() {
 #[test]
 fn insert_mix_rests_and_verifies_in_open_loop() {
     let (out, json) = verified_run("insert", Fault::None, &["--rate", "20000"]);
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert_eq!(field(&json, "verify_ok"), "true");
     // Open loop never sends ahead of the schedule: by the end of the window
     // at most 20,000/s times (200 ms warmup + 1 s) are due, and the window
@@ -271,7 +261,7 @@ fn a_refused_hello_is_one_clear_line_and_exit_1() {
         &server.address(),
         &["--duration", "300ms", "--credentials", "sesame"],
     );
-    assert_ok(&ok);
+    testkit::assert_success(&ok);
 }
 
 #[test]

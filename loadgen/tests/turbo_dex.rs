@@ -11,10 +11,10 @@
 //! releases its build lock before it runs tests, so the nested build does
 //! not wait on the outer one.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::server::{EngineKind, PollMode, Server, ServerConfig};
@@ -76,16 +76,6 @@ fn json_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}.json", std::process::id()))
 }
 
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 #[test]
 fn verified_match_mix_against_the_matching_server() {
     let server = start_server(EngineKind::Match);
@@ -109,7 +99,7 @@ fn verified_match_mix_against_the_matching_server() {
         ],
     );
     let fin = server.stop();
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert!(json_number(&path, "trades") > 0.0);
     assert!(text(&out.stdout).contains("verify       ok"));
     assert!(fin.total.trades > 0, "the server saw the trades too");
@@ -136,7 +126,7 @@ fn verified_realistic_open_loop_against_the_matching_server() {
         ],
     );
     server.stop();
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert!(text(&out.stdout).contains("verify       ok"));
 }
 
@@ -160,7 +150,7 @@ fn report_against_the_null_server() {
         ],
     );
     server.stop();
-    assert_ok(&out);
+    testkit::assert_success(&out);
     let sent = json_number(&path, "orders_sent");
     assert!(sent > 0.0);
     // One answer per request: the window's counts differ only by what was
@@ -210,49 +200,28 @@ struct TurboDex {
     addr: SocketAddr,
     /// Its journal: a fresh directory per server, so no run recovers the
     /// books of an earlier one; removed on drop.
-    journal: PathBuf,
+    _journal: testkit::TempDir,
     /// Kept open: turbo-dex prints its final stats here after SIGTERM.
-    stdout: BufReader<std::process::ChildStdout>,
+    stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl TurboDex {
     fn start(engine: &str) -> TurboDex {
         let cpu = server_cpu().to_string();
-        let journal = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("turbo-dex-journal-{}-{engine}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&journal);
-        let mut child = Command::new(turbo_dex_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                &cpu,
-                "--poll",
-                "block",
-            ])
+        let journal = testkit::TempDir::new(&format!("journal-{engine}"));
+        let mut child = testkit::turbo_dex(turbo_dex_binary(), &cpu)
             .args(["--symbols", "16", "--engine", engine, "--quiet"])
             .arg("--journal")
-            .arg(&journal)
+            .arg(journal.join("journal"))
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start turbo-dex");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("turbo-dex listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
+        let (addr, stdout) = testkit::ready_addr(&mut child);
         TurboDex {
             child,
             addr,
-            journal,
+            _journal: journal,
             stdout,
         }
     }
@@ -262,8 +231,12 @@ impl TurboDex {
     fn stop(mut self) -> (Option<i32>, String) {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+        let rest = self
+            .stdout
+            .by_ref()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -281,7 +254,6 @@ impl Drop for TurboDex {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.journal);
     }
 }
 
@@ -305,7 +277,7 @@ fn the_turbo_dex_binary_trades_and_verifies() {
         ],
     );
     let (code, final_stats) = server.stop();
-    assert_ok(&out);
+    testkit::assert_success(&out);
     assert!(text(&out.stdout).contains("verify       ok"));
     assert_eq!(
         code,

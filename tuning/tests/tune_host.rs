@@ -3,6 +3,12 @@
 //! re-apply and undo in fake /sys and /proc trees, and apply/undo of the
 //! MTU and network sysctls on a veth pair between two network namespaces
 //! that the test creates and always removes.
+//!
+//! Fake trees are private to their test. The two tests that touch the real
+//! machine (the on-this-host check, which compares host state before and
+//! after, and the namespace test, which creates namespaces and runs the
+//! script in the host's namespace) hold `testkit::real_host_lock()`, so
+//! neither runs while the other, in this or another test process, does.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,7 +16,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tuning::host::{DEFAULT_MEMLOCK_MIN_BYTES, recommended};
 
@@ -26,72 +31,7 @@ fn run(args: &[&str]) -> Output {
         .expect("bash runs")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tune-host-test-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn join(&self, relative: &str) -> PathBuf {
-        self.0.join(relative)
-    }
-
-    fn str(&self, relative: &str) -> String {
-        self.join(relative).to_str().unwrap().to_string()
-    }
-
-    fn write(&self, relative: &str, contents: &str) {
-        let path = self.0.join(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, contents).unwrap();
-    }
-
-    fn read(&self, relative: &str) -> String {
-        std::fs::read_to_string(self.0.join(relative))
-            .unwrap_or_else(|e| panic!("{relative}: {e}"))
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use testkit::{TempDir, missing, output_text as text, real_host_lock};
 
 /// Every file under `root` with its value as the kernel would show it: a
 /// fake file holds exactly what was written, so runs of whitespace are
@@ -193,8 +133,8 @@ fn run_fake(host: &TempDir, args: &[&str]) -> Output {
 
 #[test]
 fn script_is_shellcheck_clean() {
-    if !have("shellcheck") {
-        println!("skipped: shellcheck is not installed (scripts/test.sh installs it)");
+    if let Some(why) = missing(false, &["shellcheck"]) {
+        testkit::skip!("{why}");
         return;
     }
     let output = Command::new("shellcheck").arg(script()).output().unwrap();
@@ -527,8 +467,8 @@ fn missing_settings_are_skipped_with_a_reason_and_the_rest_applies() {
 /// Not root: each item says it could not be changed and why.
 #[test]
 fn not_root_gets_a_message_per_item() {
-    if !is_root() || !have("setpriv") {
-        println!("skipped: needs root and setpriv to run the script as an unprivileged user");
+    if let Some(why) = missing(true, &["setpriv"]) {
+        testkit::skip!("{why}, to run the script as an unprivileged user");
         return;
     }
     let host = untuned_host("nonroot");
@@ -569,6 +509,10 @@ fn not_root_gets_a_message_per_item() {
 /// not write anything.
 #[test]
 fn dry_run_and_check_change_nothing_on_this_host() {
+    // The namespace test below changes the host (namespaces, veth pairs)
+    // and runs the script in the host's namespace: not while this one
+    // compares the host before and after.
+    let _host = real_host_lock();
     let watched = || {
         let mut values = BTreeMap::new();
         let mut add = |path: PathBuf| {
@@ -644,12 +588,15 @@ struct VethPair {
 
 impl VethPair {
     fn new() -> VethPair {
+        // Interface names have at most 15 bytes: "tdxa" and 5 digits.
         let id = std::process::id() % 100_000;
         let pair = VethPair {
             namespaces: [format!("tdx-test-a-{id}"), format!("tdx-test-b-{id}")],
             ifaces: [format!("tdxa{id}"), format!("tdxb{id}")],
         };
         for ns in &pair.namespaces {
+            // A leftover of a killed run whose pid ended the same way.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
             ip(&["netns", "add", ns]);
         }
         ip(&[
@@ -743,12 +690,11 @@ fn in_namespace<T: Send + 'static>(
 
 #[test]
 fn apply_and_undo_mtu_and_net_sysctls_in_a_network_namespace() {
-    if !is_root() || !have("ip") {
-        println!(
-            "skipped: needs root and iproute2's ip (scripts/test.sh installs it) to create a netns and veth pair"
-        );
+    if let Some(why) = missing(true, &["ip"]) {
+        testkit::skip!("{why}, to create a netns and veth pair");
         return;
     }
+    let _host = real_host_lock();
     let host_net = || {
         [
             "net/core/rmem_max",
