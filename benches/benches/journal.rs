@@ -84,7 +84,7 @@ fn codec(c: &mut Criterion) {
             let mut at = 0;
             let mut sessions = 0u64;
             while let Ok(Some((record, used))) = decode_record(black_box(&buf[at..])) {
-                sessions = sessions.wrapping_add(record.cmd.session);
+                sessions = sessions.wrapping_add(record.cmd.session.get());
                 at += used;
             }
             black_box(sessions)
@@ -191,7 +191,7 @@ fn large_shard(history: bool) -> Shard {
             // the limit): half of all orders end canceled.
             let (account, id, symbol) = order(n - 1);
             let cancel = Command {
-                session: account,
+                session: engine::session_id::SessionId::from_raw(account),
                 account,
                 op: Op::Cancel(Cancel::new(id, symbol)),
             };
@@ -209,7 +209,7 @@ fn large_shard(history: bool) -> Shard {
             Side::Sell => 100_000 + offset,
         };
         let cmd = Command {
-            session: account,
+            session: engine::session_id::SessionId::from_raw(account),
             account,
             op: Op::New(NewOrder::limit(id, symbol, side, price, 1 + n % 50)),
         };

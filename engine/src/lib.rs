@@ -5,3 +5,4 @@ pub mod book;
 pub mod config;
 pub mod journal;
 pub mod server;
+pub mod session_id;

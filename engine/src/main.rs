@@ -93,9 +93,9 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(4096..=i64::from(wire::MAX_FRAME_BYTES_LIMIT)))]
     max_frame_bytes: u32,
 
-    /// Heartbeat interval for sessions that do not ask for one; a session
-    /// silent for 3 intervals is closed.
-    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    /// Heartbeat interval for sessions that do not ask for one (100 to
+    /// 60000); a session silent for 3 intervals is closed.
+    #[arg(long, value_name = "MS", default_value_t = wire::DEFAULT_HEARTBEAT_INTERVAL_MS)]
     heartbeat_ms: u32,
 
     /// Disconnect a client that has not read its reports for this long.
@@ -222,13 +222,8 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode, String> {
     let cores = resolve_cores(args.cores)?;
     let cpus = cores.to_vec();
+    // Server::start validates the whole configuration (limits.rs).
     let shards = args.shards.unwrap_or(cpus.len() as u32);
-    if (shards as usize) < cpus.len() {
-        return Err(format!(
-            "--shards {shards} is below the number of cores ({}); give at least one shard per core",
-            cpus.len()
-        ));
-    }
     let symbols = parse_symbols(&args.symbols)?;
     let ipv6 = args.listen.is_ipv6();
     let iface = tuning::interface_for_local_addr(args.listen.ip())
@@ -273,7 +268,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }),
     };
     cfg.max_frame_bytes = args.max_frame_bytes;
-    cfg.heartbeat_ms = args.heartbeat_ms.clamp(100, 60_000);
+    cfg.heartbeat_ms = args.heartbeat_ms;
     cfg.slow_consumer_ms = args.slow_consumer_ms.max(100);
     cfg.send_chunk_bytes = segment * (1usize << 20).div_ceil(segment);
     cfg.ring_capacity = args

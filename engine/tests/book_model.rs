@@ -711,7 +711,7 @@ impl Ledger {
 
 /// Sessions 1 and 2 trade for account 10, session 3 for 20, session 4 for 30.
 fn account_of(session: SessionId) -> u64 {
-    match session {
+    match session.get() {
         1 | 2 => 10,
         3 => 20,
         _ => 30,
@@ -814,6 +814,7 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
         93..=97 => Op::Query(OrderQuery::new(id, symbol)),
         _ => Op::CancelSession,
     };
+    let session = SessionId::from_raw(session);
     Command {
         session,
         account: account_of(session),

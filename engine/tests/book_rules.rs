@@ -13,9 +13,9 @@ use wire::{
 };
 
 /// Session 1 and 3 trade for account A, session 2 for account B.
-const S1: SessionId = 1;
-const S2: SessionId = 2;
-const S3: SessionId = 3;
+const S1: SessionId = SessionId::from_raw(1);
+const S2: SessionId = SessionId::from_raw(2);
+const S3: SessionId = SessionId::from_raw(3);
 const A: u64 = 100;
 const B: u64 = 200;
 const NOW: u64 = 777;

@@ -7,7 +7,7 @@ use common::TempDir;
 use std::path::PathBuf;
 
 use engine::book::workload::{self, WorkloadConfig};
-use engine::book::{Command, Matcher, Op, Shard, ShardConfig, SnapshotError};
+use engine::book::{Command, Matcher, Op, SessionId, Shard, ShardConfig, SnapshotError};
 use engine::journal::{
     self, JournalConfig, RecoveryError, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SegmentHeader,
     ShardIdentity, SnapshotFileError, create_segment, decode_record, encode_record,
@@ -38,14 +38,14 @@ fn busy_shard() -> Shard {
         let side = if id % 3 == 0 { Side::Sell } else { Side::Buy };
         let price = if side == Side::Buy { 90 } else { 110 } + (id % 7) as i64 - 3;
         let cmd = Command {
-            session: 1 + id % 5,
+            session: SessionId::from_raw(1 + id % 5),
             account: 1 + id % 5,
             op: Op::New(NewOrder::limit(id, symbol, side, price, 1 + id % 9)),
         };
         shard.process(&cmd, id, &mut out);
     }
     let crossing = Command {
-        session: 9,
+        session: SessionId::from_raw(9),
         account: 9,
         op: Op::New(NewOrder::limit(1, 3, Side::Buy, 120, 40)),
     };
@@ -87,7 +87,7 @@ fn a_new_segment_is_full_size_zeroed_and_has_its_header() {
     // Appending writes at the offset and moves it.
     let mut records = Vec::new();
     let cmd = Command {
-        session: 1,
+        session: SessionId::from_raw(1),
         account: 2,
         op: Op::New(NewOrder::limit(1, 3, Side::Buy, 10, 1)),
     };

@@ -150,7 +150,7 @@ fn flow(count: usize, mix: Mix, seed: u64) -> Vec<Command> {
         }
         if i % 1_999 == 1_000 {
             cmds.push(Command {
-                session: 1 + (i as u64 % 16),
+                session: SessionId::from_raw(1 + (i as u64 % 16)),
                 account: 1 + (i as u64 % 16),
                 op: Op::CancelSession,
             });
@@ -564,9 +564,9 @@ fn a_damaged_record_in_the_middle_is_refused_naming_the_file_and_offset() {
 // Order history across restarts
 // -------------------------------------------------------------------------
 
-fn new_order(session: SessionId, id: u64, side: Side, price: i64, qty: u64) -> Command {
+fn new_order(session: u64, id: u64, side: Side, price: i64, qty: u64) -> Command {
     Command {
-        session,
+        session: SessionId::from_raw(session),
         account: session,
         op: Op::New(NewOrder::limit(id, 0, side, price, qty)),
     }
@@ -596,7 +596,7 @@ fn a_resent_order_is_a_duplicate_after_a_restart_and_queries_find_finished_order
     rt.apply(&[new_order(1, 1, Side::Buy, 100, 5)], 2, &mut out);
     rt.apply(&[new_order(1, 2, Side::Buy, 90, 3)], 3, &mut out);
     let cancel = Command {
-        session: 1,
+        session: SessionId::from_raw(1),
         account: 1,
         op: Op::Cancel(Cancel::new(2, 0)),
     };
@@ -607,7 +607,7 @@ fn a_resent_order_is_a_duplicate_after_a_restart_and_queries_find_finished_order
     rt.apply(&[new_order(1, 3, Side::Buy, 95, 7)], 5, &mut out);
     rt.apply(&[new_order(2, 2, Side::Sell, 95, 4)], 6, &mut out);
     let gone = Command {
-        session: 1,
+        session: SessionId::from_raw(1),
         account: 1,
         op: Op::CancelSession,
     };
@@ -641,18 +641,21 @@ fn a_resent_order_is_a_duplicate_after_a_restart_and_queries_find_finished_order
     assert_eq!(rt.shard.live_orders(), 0);
     let mut out = Vec::new();
     let query = Command {
-        session,
+        session: SessionId::from_raw(session),
         account: 1,
         op: Op::Query(OrderQuery::new(1, 0)),
     };
     rt.apply(&[query], 11, &mut out);
     assert!(
-        matches!(out[..], [(77, Report::Status(s))] if s.state() == Ok(OrderState::Filled)),
+        matches!(out[..], [(who, Report::Status(s))] if who.get() == 77 && s.state() == Ok(OrderState::Filled)),
         "{out:?}"
     );
     // A new id is accepted.
     let out = resend(&mut rt, 4, 1);
-    assert!(matches!(out[0], (77, Report::Accepted(_))), "{out:?}");
+    assert!(
+        matches!(out[0], (who, Report::Accepted(_)) if who.get() == 77),
+        "{out:?}"
+    );
 }
 
 // -------------------------------------------------------------------------
@@ -756,7 +759,7 @@ fn a_query_is_journaled_and_replayed_like_any_command() {
     rt.apply(&[new_order(5, 1, Side::Buy, 10, 2)], 1, &mut out);
     let digest = rt.shard.state_digest();
     let q = Command {
-        session: 5,
+        session: SessionId::from_raw(5),
         account: 5,
         op: Op::Query(OrderQuery::new(1, 0)),
     };

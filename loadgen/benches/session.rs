@@ -73,7 +73,7 @@ fn answer<M: Matcher>(
             engine.process(
                 &Command {
                     session: sid,
-                    account: sid,
+                    account: sid.get(),
                     op,
                 },
                 0,
@@ -91,7 +91,7 @@ fn answer<M: Matcher>(
     let mut wa = FrameWriter::new(a);
     let mut wb = FrameWriter::new(b);
     for (to, r) in reports.iter() {
-        let w = if *to == 0 { &mut wa } else { &mut wb };
+        let w = if to.get() == 0 { &mut wa } else { &mut wb };
         match r {
             Report::Accepted(m) => w.push(m),
             Report::Rejected(m) => w.push(m),
@@ -132,7 +132,13 @@ fn rounds<M: Matcher>(engine: &mut M, mix: Mix, phase: Phase, iters: u64) -> Dur
                 timed += thread_cpu().saturating_sub(t0);
             }
             black_box(n);
-            answer(engine, sid as SessionId, &out, &mut reports, &mut replies);
+            answer(
+                engine,
+                SessionId::from_raw(sid as u64),
+                &out,
+                &mut reports,
+                &mut replies,
+            );
             now += 1_000;
             for (s, reply) in sessions.iter_mut().zip(replies.iter_mut()) {
                 let t0 = thread_cpu();

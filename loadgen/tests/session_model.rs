@@ -41,7 +41,7 @@ fn answer(shard: &mut Shard, sid: usize, input: &[u8], replies: &mut [Vec<u8>; 2
         let mut apply = |op| {
             shard.process(
                 &Command {
-                    session: sid as SessionId,
+                    session: SessionId::from_raw(sid as u64),
                     account: sid as u64 + 1,
                     op,
                 },
@@ -57,7 +57,7 @@ fn answer(shard: &mut Shard, sid: usize, input: &[u8], replies: &mut [Vec<u8>; 2
         }
     }
     for (to, report) in reports {
-        let mut w = FrameWriter::new(&mut replies[to as usize]);
+        let mut w = FrameWriter::new(&mut replies[to.get() as usize]);
         match report {
             Report::Accepted(m) => w.push(&m),
             Report::Rejected(m) => w.push(&m),

@@ -3,71 +3,15 @@
 //! while two sessions trade against the matching core and the null
 //! engine, after a warm-up that lets every buffer reach its working size.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use engine::book::{Command, Matcher, NullShard, Op, Report, SessionId, Shard, ShardConfig};
 use loadgen::flow::Mix;
 use loadgen::session::{Session, SessionConfig, Window};
 use loadgen::verify::TradeLedger;
+use testkit::{CountingAllocator, count_allocations};
 use wire::{Decoder, Frame, FrameWriter};
 
-/// Counts allocations made while the current thread has counting on.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's
-// arguments unchanged; counting touches only an atomic and a const
-// thread-local, neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout, which meets alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: as for alloc.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: ptr was allocated by System (every allocation goes there)
-        // with this layout, as realloc's contract requires of the caller.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr came from System.alloc* with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` with this thread's allocations counted; returns how many.
-fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let out = f();
-    COUNTING.with(|c| c.set(false));
-    (out, ALLOCATIONS.load(Ordering::Relaxed) - before)
-}
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const BATCH: usize = 500;
 
@@ -101,13 +45,13 @@ fn allocations<M: Matcher>(engine: &mut M, mix: Mix, warmup: usize, measured: us
     for round in 0..warmup + measured {
         for sid in 0..2usize {
             out.clear();
-            let (_, n) = counted(|| sessions[sid].write_batch(&mut out, BATCH, 1, || 1));
+            let (_, n) = count_allocations(|| sessions[sid].write_batch(&mut out, BATCH, 1, || 1));
             reports.clear();
             for frame in Decoder::default().frames(&out) {
                 let mut apply = |op| {
                     engine.process(
                         &Command {
-                            session: sid as SessionId,
+                            session: SessionId::from_raw(sid as u64),
                             account: sid as u64 + 1,
                             op,
                         },
@@ -123,7 +67,7 @@ fn allocations<M: Matcher>(engine: &mut M, mix: Mix, warmup: usize, measured: us
                 }
             }
             for (to, report) in &reports {
-                let mut w = FrameWriter::new(&mut replies[*to as usize]);
+                let mut w = FrameWriter::new(&mut replies[to.get() as usize]);
                 match report {
                     Report::Accepted(m) => w.push(m),
                     Report::Rejected(m) => w.push(m),
@@ -135,7 +79,7 @@ fn allocations<M: Matcher>(engine: &mut M, mix: Mix, warmup: usize, measured: us
             }
             let mut m = 0;
             for (s, reply) in sessions.iter_mut().zip(replies.iter_mut()) {
-                let (used, k) = counted(|| s.on_bytes(reply, 2, &mut ledger));
+                let (used, k) = count_allocations(|| s.on_bytes(reply, 2, &mut ledger));
                 assert_eq!(used, Ok(reply.len()));
                 reply.clear();
                 m += k;
@@ -151,7 +95,7 @@ fn allocations<M: Matcher>(engine: &mut M, mix: Mix, warmup: usize, measured: us
 #[test]
 fn the_generator_allocates_nothing_per_order_in_steady_state() {
     // The counter counts: one allocation is seen as one.
-    let (v, n) = counted(|| std::hint::black_box(vec![0u8; 100]));
+    let (v, n) = count_allocations(|| std::hint::black_box(vec![0u8; 100]));
     assert_eq!((v.len(), n), (100, 1));
     for mix in [Mix::Realistic, Mix::Insert, Mix::Match] {
         let mut shard = Shard::new(

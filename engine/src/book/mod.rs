@@ -163,25 +163,7 @@ pub use shard::{
     SHARD_INDEX_LIMIT, SNAPSHOT_FORMAT_VERSION, Shard, SnapshotError,
 };
 
-/// The server's id for a session (a connection after its Hello). The top 16
-/// bits name the core that owns the session, so a report can be routed home
-/// from the id alone; see [`session_core`].
-pub type SessionId = u64;
-
-/// Bits of a [`SessionId`] below the owning core's index.
-pub const SESSION_CORE_SHIFT: u32 = 48;
-
-/// Builds a session id from the owning core's index and a per-core sequence.
-#[inline]
-pub const fn session_id(core_index: u16, sequence: u64) -> SessionId {
-    ((core_index as u64) << SESSION_CORE_SHIFT) | (sequence & ((1 << SESSION_CORE_SHIFT) - 1))
-}
-
-/// The index (into the server's core list) of the core that owns a session.
-#[inline]
-pub const fn session_core(session: SessionId) -> usize {
-    (session >> SESSION_CORE_SHIFT) as usize
-}
+pub use crate::session_id::SessionId;
 
 /// The shard that owns `symbol` when there are `shard_count` shards.
 #[inline]
@@ -281,8 +263,8 @@ impl Default for ShardConfig {
         ShardConfig {
             orders_max: 1 << 20,
             levels_per_side_max: 1 << 14,
-            quantity_max: 1 << 40,
-            price_max: 1 << 52,
+            quantity_max: wire::QUANTITY_MAX_LOTS,
+            price_max: wire::PRICE_MAX_TICKS,
             market_band_ticks: 1_000,
             history_max: 1 << 20,
         }

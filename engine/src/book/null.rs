@@ -4,6 +4,8 @@
 
 use wire::{Accepted, CancelReason, Canceled, OrderState, OrderStatus, Rejected, Replaced};
 
+#[cfg(test)]
+use super::SessionId;
 use super::{Command, Matcher, Op, Report, Sink};
 
 /// A shard that accepts everything and matches nothing.
@@ -98,7 +100,7 @@ mod tests {
         ] {
             s.process(
                 &Command {
-                    session: 9,
+                    session: SessionId::from_raw(9),
                     account: 1,
                     op,
                 },
@@ -106,9 +108,11 @@ mod tests {
                 &mut out,
             );
         }
-        assert!(matches!(out[0], (9, Report::Accepted(a)) if a.order_id.get() == (3 << 48) | 1));
         assert!(
-            matches!(out[1], (9, Report::Rejected(r)) if r.reason() == Ok(RejectReason::InvalidSide))
+            matches!(out[0], (s, Report::Accepted(a)) if s.get() == 9 && a.order_id.get() == (3 << 48) | 1)
+        );
+        assert!(
+            matches!(out[1], (s, Report::Rejected(r)) if s.get() == 9 && r.reason() == Ok(RejectReason::InvalidSide))
         );
     }
 }

@@ -1875,7 +1875,7 @@ mod tests {
     fn run(shard: &mut Shard, op: Op) -> Vec<(SessionId, Report)> {
         let mut out = Vec::new();
         let cmd = Command {
-            session: 1,
+            session: SessionId::from_raw(1),
             account: 1,
             op,
         };

@@ -184,7 +184,7 @@ struct Generator {
 impl Generator {
     fn command(&mut self, account: u64, op: Op) -> Command {
         let cmd = Command {
-            session: account,
+            session: super::SessionId::from_raw(account),
             account,
             op,
         };

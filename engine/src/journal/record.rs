@@ -27,6 +27,7 @@ use wire::{Cancel, NewOrder, OrderQuery, Replace};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::book::{Command, Op};
+use crate::session_id::SessionId;
 
 /// Bytes before the payload: length, checksum, sequence, engine time.
 pub const RECORD_HEADER_BYTES: usize = 24;
@@ -164,7 +165,7 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, engine_ns: u64, cmd: &Command)
     record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
     record[8..16].copy_from_slice(&seq.to_le_bytes());
     record[16..24].copy_from_slice(&engine_ns.to_le_bytes());
-    record[24..32].copy_from_slice(&cmd.session.to_le_bytes());
+    record[24..32].copy_from_slice(&cmd.session.get().to_le_bytes());
     record[32..40].copy_from_slice(&cmd.account.to_le_bytes());
     record[40] = op;
     let crc = crc32c::crc32c(&record[8..length]);
@@ -242,7 +243,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Option<(Record, usize)>, RecordErro
             seq: u64_at(record, 8),
             engine_ns: u64_at(record, 16),
             cmd: Command {
-                session: u64_at(record, 24),
+                session: SessionId::from_raw(u64_at(record, 24)),
                 account: u64_at(record, 32),
                 op,
             },
@@ -258,7 +259,7 @@ mod tests {
 
     fn commands() -> [Command; 5] {
         let c = |op| Command {
-            session: 0x0102_0304_0506_0708,
+            session: SessionId::from_raw(0x0102_0304_0506_0708),
             account: 42,
             op,
         };

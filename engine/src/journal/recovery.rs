@@ -36,9 +36,7 @@ use super::segment::{
 use super::snapshot::{SnapshotFileError, read_snapshot_file};
 use super::{ShardIdentity, list_segments, list_snapshots, shard_dir};
 use crate::book::workload::DiscardSink;
-use crate::book::{
-    Command, ConfigError, Matcher, SESSION_CORE_SHIFT, Shard, ShardConfig, Sink, SnapshotError,
-};
+use crate::book::{Command, ConfigError, Matcher, Shard, ShardConfig, Sink, SnapshotError};
 use wire::Side;
 
 /// Commands replayed per `process_batch` call (records with one engine
@@ -88,9 +86,9 @@ pub struct RecoveryReport {
     pub append_at: (PathBuf, u64),
     /// Live orders after recovery.
     pub live_orders: usize,
-    /// The highest per-core sequence (the bits below
-    /// [`SESSION_CORE_SHIFT`]) of any session that owns a live order or
-    /// sent a replayed command. New sessions must be numbered above it on
+    /// The highest per-core sequence ([`SessionId::sequence`](crate::session_id::SessionId::sequence): generation
+    /// and slot) of any session that owns a live order or sent a replayed
+    /// command. New sessions must be numbered above it on
     /// every core, or reports for orders resting across the restart would
     /// reach an unrelated new session.
     pub session_sequence_max: u64,
@@ -592,7 +590,7 @@ pub fn recover_into<S: Sink>(
     for symbol in (id.shard_index..id.symbol_count).step_by(id.shard_count.max(1) as usize) {
         for side in [Side::Buy, Side::Sell] {
             for o in shard.orders_by_priority(symbol, side) {
-                session_sequence_max = session_sequence_max.max(session_sequence(o.owner_session));
+                session_sequence_max = session_sequence_max.max(o.owner_session.sequence());
             }
         }
     }
@@ -634,11 +632,6 @@ fn is_damage(error: &SnapshotFileError) -> bool {
         }
         SnapshotFileError::WrongShard { .. } | SnapshotFileError::Digest { .. } => false,
     }
-}
-
-#[inline]
-fn session_sequence(session: u64) -> u64 {
-    session & ((1 << SESSION_CORE_SHIFT) - 1)
 }
 
 /// How one segment's records ended.
@@ -732,9 +725,8 @@ impl<S: Sink> Replay<'_, S> {
                 self.batch_ns = record.engine_ns;
                 self.batch.push(record.cmd);
                 self.replayed += 1;
-                self.session_sequence_max = self
-                    .session_sequence_max
-                    .max(session_sequence(record.cmd.session));
+                self.session_sequence_max =
+                    self.session_sequence_max.max(record.cmd.session.sequence());
             }
             at += used;
         }

@@ -220,6 +220,8 @@ pub struct ShardLog {
     pub since_snapshot: u64,
     /// The command vector of the next batch (reused across batches).
     pub batch: Vec<Command>,
+    /// The write `end_write` prepared: start in `bytes`, length, file offset.
+    write_at: (usize, usize, u64),
 }
 
 impl ShardLog {
@@ -247,6 +249,7 @@ impl ShardLog {
             direct_refused: false,
             since_snapshot: 0,
             batch: Vec::new(),
+            write_at: (0, 0, 0),
         };
         log.setup_direct();
         log
@@ -287,6 +290,11 @@ impl ShardLog {
     /// aligned address, and the write starts with the partial last block
     /// (`tail`), so that it begins on a block boundary of the file.
     pub fn begin_write(&mut self) -> usize {
+        // The kernel may be reading `bytes` while a write is in flight.
+        assert!(
+            self.inflight.is_none(),
+            "a journal write is still in flight"
+        );
         self.bytes.clear();
         if !self.segment.is_direct() {
             return 0;
@@ -300,9 +308,9 @@ impl ShardLog {
     /// Ends a write begun at `start` once its records are in `bytes`: pads
     /// a direct write with zeros to the next block boundary (the segment is
     /// zeros there already), and any write with zeros over what a failed
-    /// write may have left (`stale_until`). Returns the bytes to write and
-    /// the file offset to write them at.
-    pub fn end_write(&mut self, start: usize) -> (&[u8], u64) {
+    /// write may have left (`stale_until`). Returns the number of bytes to
+    /// write and the file offset to write them at ([`ShardLog::write_bytes`]).
+    pub fn end_write(&mut self, start: usize) -> (usize, u64) {
         let offset = self.segment.offset() - self.tail.len() as u64;
         let mut len = (self.bytes.len() - start) as u64;
         len = len.max(self.stale_until.saturating_sub(offset));
@@ -313,6 +321,13 @@ impl ShardLog {
         // segment's size is a multiple of DIRECT_ALIGN in direct mode.
         let len = len.min(self.segment.capacity() - offset) as usize;
         self.bytes.resize(start + len, 0);
+        self.write_at = (start, len, offset);
+        (len, offset)
+    }
+
+    /// The bytes `end_write` prepared and the file offset they go to.
+    pub fn write_bytes(&self) -> (&[u8], u64) {
+        let (start, len, offset) = self.write_at;
         (&self.bytes[start..start + len], offset)
     }
 
@@ -393,6 +408,32 @@ impl Snapshot for crate::book::NullShard {
     }
 }
 
+/// Creates the journal directory and takes its lock file, so that a second
+/// server on the same journal is refused (the lock goes with the process).
+pub fn lock_journal(dir: &Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the journal directory {}: {e}; pick another with --journal DIR (or --journal none)",
+            dir.display()
+        )
+    })?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the journal {} is in use by another turbo-dex; stop it or give this one another --journal",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileExt;
@@ -422,10 +463,7 @@ mod tests {
     fn write_batch(log: &mut ShardLog, payload: &[u8]) -> (usize, usize, u64) {
         let start = log.begin_write();
         log.bytes.extend_from_slice(payload);
-        let (len, offset) = {
-            let (bytes, offset) = log.end_write(start);
-            (bytes.len(), offset)
-        };
+        let (len, offset) = log.end_write(start);
         log.segment
             .write_at(&log.bytes[start..start + len], offset)
             .unwrap();

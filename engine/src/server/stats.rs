@@ -48,6 +48,9 @@ pub struct Counters {
     pub snapshots: u64,
     /// Time matching stood still serializing them.
     pub snapshot_ns: u64,
+    /// States that cannot happen (an unknown completion, a placement miss):
+    /// counted and logged at exit instead of crashing a release build.
+    pub internal_errors: u64,
 }
 
 macro_rules! published {
@@ -109,33 +112,10 @@ published!(
     journal_rejects,
     snapshots,
     snapshot_ns,
+    internal_errors,
 );
 
-/// `12,345,678`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// `4.1M`, `950K`, `12`.
-pub fn si(rate: f64) -> String {
-    if rate >= 1e9 {
-        format!("{:.2}G", rate / 1e9)
-    } else if rate >= 1e6 {
-        format!("{:.2}M", rate / 1e6)
-    } else if rate >= 1e3 {
-        format!("{:.1}K", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
-    }
-}
+pub use tuning::units::{group as thousands, si};
 
 /// One sample of every core, for rates and loads between two samples.
 #[derive(Clone, Debug, Default)]

@@ -268,55 +268,12 @@ pub fn owner_core(symbol: u32, shards: u32, cores: usize) -> usize {
 }
 
 pub fn session_core(session: u64) -> usize {
-    engine::book::session_core(session)
+    engine::session_id::SessionId::from_raw(session).core()
 }
 
 pub fn is_engine(kind: EngineKind) -> bool {
     kind == EngineKind::Match
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("turbo-dex-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits for a spawned turbo-dex's `listening on ADDR` line (its stdout
-/// must be piped); returns the address and the rest of its stdout.
-pub fn ready_addr(
-    child: &mut std::process::Child,
-) -> (
-    std::net::SocketAddr,
-    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-) {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let line = lines.next().expect("a ready line").expect("utf-8");
-    let addr = line
-        .strip_prefix("turbo-dex listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    (addr, lines)
-}
+#[allow(unused_imports)] // each test file uses a different part
+pub use testkit::{TempDir, ready_addr};

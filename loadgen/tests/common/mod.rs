@@ -222,7 +222,7 @@ impl TestServer {
                     if let Ok(clone) = conn.try_clone() {
                         streams.lock().unwrap().push(clone);
                     }
-                    let sid = next_session;
+                    let sid = SessionId::from_raw(next_session);
                     next_session += 1;
                     let (core, stats, opts) = (core.clone(), stats.clone(), opts.clone());
                     let (stop, streams, armed) =
@@ -328,7 +328,7 @@ fn serve(
                 let mut out = Vec::new();
                 let mut w = FrameWriter::with_max_frame(&mut out, opts.max_frame_bytes);
                 w.push(&HelloAck {
-                    session_id: sid.into(),
+                    session_id: sid.get().into(),
                     protocol_version: u16::from(wire::PROTOCOL_VERSION).into(),
                     flags: h.flags,
                     heartbeat_interval_ms: opts.heartbeat_interval_ms.into(),

@@ -32,6 +32,7 @@
 //! | per history entry, oldest first: account, client order id, order id, filled | `u64` × 4 |
 //! | per history entry: symbol, state ([`OrderState`]) | `u32`, `u8` |
 
+use crate::session_id::SessionId;
 use wire::{OrderState, SelfTradePrevention, Side};
 
 use super::{
@@ -331,7 +332,7 @@ impl Shard {
                         for word in [
                             o.account,
                             o.client_order_id,
-                            o.owner,
+                            o.owner.get(),
                             o.order_id,
                             o.open,
                             o.filled,
@@ -346,7 +347,7 @@ impl Shard {
                             for (i, word) in [
                                 o.account,
                                 o.client_order_id,
-                                o.owner,
+                                o.owner.get(),
                                 o.order_id,
                                 o.open,
                                 o.filled,
@@ -567,7 +568,7 @@ impl Shard {
             let slot = self.alloc_order(Order {
                 account: o.account,
                 client_order_id: o.client_order_id,
-                owner: o.owner,
+                owner: SessionId::from_raw(o.owner),
                 order_id: o.order_id,
                 open: o.open,
                 filled: o.filled,

@@ -1,36 +1,33 @@
 //! A connection's state on its owning core, and the slab that holds them.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 
-use wire::FrameBuf;
+use wire::{FrameBuf, SessionError};
 
-use crate::book::{ClientOrderIds, SessionId, session_id};
-
-/// Where a connection is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Connected; the first frame must be a Hello.
-    AwaitHello,
-    /// Logged in.
-    Active,
-    /// Closing: no more input is read; pending output is flushed, then the
-    /// socket is shut down and freed once no operation is in flight.
-    Closing,
-}
+use super::session::{Phase, Session};
+use crate::session_id::{SLOTS_MAX, SessionId};
 
 /// One TCP connection (a session once its Hello is accepted).
 pub struct Conn {
-    pub fd: OwnedFd,
+    pub stream: TcpStream,
     /// Generation of the slab slot, so stale completions and stale session
     /// ids never reach a newer connection in the same slot.
     pub generation: u32,
-    pub phase: Phase,
-    /// Valid from the Hello on; 0 before.
-    pub session: SessionId,
-    pub account: u64,
-    pub cancel_on_disconnect: bool,
-    pub client_order_ids: ClientOrderIds,
-    pub heartbeat_ms: u32,
+    /// The session layer's state (phase, id, account, ids).
+    pub session: Session,
+    /// Commands of this session routed to shards (here or on other cores)
+    /// whose processing is not yet confirmed. Answers of the session layer
+    /// and the closing SessionError wait for it to reach zero, so that they
+    /// never overtake the answers to earlier requests.
+    pub in_flight: u32,
+    /// Input waits for `in_flight` to reach zero (an answer of the session
+    /// layer is next).
+    pub fenced: bool,
+    /// The SessionError to send once `in_flight` reaches zero.
+    pub close_msg: Option<SessionError>,
+    /// The SessionError is queued: it is the last message, nothing follows.
+    pub final_sent: bool,
     /// Bytes received but not yet processed (a partial frame, or input held
     /// back by backpressure).
     pub inbuf: Vec<u8>,
@@ -39,7 +36,9 @@ pub struct Conn {
     pub cursor: usize,
     /// Reports and replies waiting for the next send.
     pub out: FrameBuf,
-    /// The bytes of the send in flight (double buffer of `out`).
+    /// The bytes of the send in flight (double buffer of `out`). The kernel
+    /// reads them while `send_inflight` is set: only the send's completion
+    /// may change them then.
     pub sending: Vec<u8>,
     pub send_pos: usize,
     pub send_inflight: bool,
@@ -47,7 +46,7 @@ pub struct Conn {
     pub send_started_ns: u64,
     pub recv_armed: bool,
     pub cancel_inflight: bool,
-    /// Input processing is held back (backpressure or draining).
+    /// Input processing is held back (backpressure, a fence or draining).
     pub blocked: bool,
     /// Already on the core's list of connections with output to send.
     pub dirty: bool,
@@ -63,22 +62,21 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(
-        fd: OwnedFd,
-        generation: u32,
+        stream: TcpStream,
+        id: SessionId,
         now_ns: u64,
         out: FrameBuf,
         inbuf_capacity: usize,
     ) -> Conn {
-        let peer = peer_of(fd.as_raw_fd());
+        let peer = stream.peer_addr().ok();
         Conn {
-            fd,
-            generation,
-            phase: Phase::AwaitHello,
-            session: 0,
-            account: 0,
-            cancel_on_disconnect: false,
-            client_order_ids: ClientOrderIds::new(),
-            heartbeat_ms: 0,
+            stream,
+            generation: id.generation(),
+            session: Session::new(id),
+            in_flight: 0,
+            fenced: false,
+            close_msg: None,
+            final_sent: false,
             inbuf: Vec::with_capacity(inbuf_capacity),
             cursor: 0,
             out,
@@ -100,7 +98,11 @@ impl Conn {
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.stream.as_raw_fd()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.session.phase
     }
 
     /// Operations of this connection the kernel still owns (its buffers
@@ -113,52 +115,26 @@ impl Conn {
     pub fn out_bytes(&self) -> usize {
         self.out.len() + self.sending.len().saturating_sub(self.send_pos)
     }
-}
 
-fn peer_of(fd: RawFd) -> Option<std::net::SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getpeername writes at most `len` bytes into `storage`.
-    let rc = unsafe { libc::getpeername(fd, (&raw mut storage).cast(), &mut len) };
-    if rc != 0 {
-        return None;
-    }
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some((ip, u16::from_be(a.sin_port)).into())
+    /// `n` of its routed commands were processed. Returns true when that
+    /// let a waiting SessionError out (the connection needs a send).
+    pub fn processed(&mut self, n: u32) -> bool {
+        debug_assert!(
+            self.in_flight >= n,
+            "{} processed of {} in flight",
+            n,
+            self.in_flight
+        );
+        self.in_flight = self.in_flight.saturating_sub(n);
+        if self.in_flight == 0
+            && let Some(msg) = self.close_msg.take()
+        {
+            self.out.push(&msg);
+            self.final_sent = true;
+            return true;
         }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some((ip, u16::from_be(a.sin6_port)).into())
-        }
-        _ => None,
+        false
     }
-}
-
-/// Slot index bits of a session's per-core sequence; the generation sits above.
-pub const SLOT_BITS: u32 = 24;
-const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
-/// The most connections one core can hold (slot index width).
-pub const SLOTS_MAX: usize = 1 << SLOT_BITS;
-
-/// The session id for slot `slot` of core `core` in generation `generation`.
-pub fn make_session(core: u16, slot: u32, generation: u32) -> SessionId {
-    session_id(
-        core,
-        (u64::from(generation & 0xff_ffff) << SLOT_BITS) | u64::from(slot),
-    )
-}
-
-/// The slot and generation a session id names.
-pub fn session_slot(session: SessionId) -> (u32, u32) {
-    let seq = session & ((1 << crate::book::SESSION_CORE_SHIFT) - 1);
-    ((seq & SLOT_MASK) as u32, (seq >> SLOT_BITS) as u32)
 }
 
 /// Connections of one core, addressed by slot index; freed slots are reused
@@ -187,13 +163,13 @@ impl Slab {
 
     /// Numbers new sessions from `generation` on (call before any accept).
     pub fn set_base_generation(&mut self, generation: u32) {
-        self.base = generation.clamp(1, 0xff_ffff);
+        self.base = generation.clamp(1, crate::session_id::GENERATION_MAX);
     }
 
     /// Reserves a slot: its index and the generation the new connection gets.
     pub fn reserve(&mut self) -> Option<(u32, u32)> {
         if let Some(slot) = self.free.pop() {
-            let g = (self.generations[slot as usize] & 0xff_ffff) % 0xff_ffff + 1;
+            let g = SessionId::next_generation(self.generations[slot as usize]);
             self.generations[slot as usize] = g;
             return Some((slot, g));
         }
@@ -232,15 +208,23 @@ impl Slab {
     /// The connection that owns `session`, if it is still connected.
     #[inline]
     pub fn by_session(&mut self, session: SessionId) -> Option<&mut Conn> {
-        let (slot, _) = session_slot(session);
-        match self.slots.get_mut(slot as usize) {
-            Some(Some(c)) if c.session == session && c.phase != Phase::AwaitHello => Some(c),
+        match self.slots.get_mut(session.slot() as usize) {
+            Some(Some(c)) if c.session.id == session && c.session.phase != Phase::AwaitHello => {
+                Some(c)
+            }
             _ => None,
         }
     }
 
+    /// Frees a slot. The kernel must be done with the connection: freeing
+    /// one with an operation in flight would free memory it may still use.
     pub fn remove(&mut self, slot: u32) -> Option<Conn> {
-        let c = self.slots.get_mut(slot as usize)?.take()?;
+        let entry = self.slots.get_mut(slot as usize)?;
+        assert!(
+            entry.as_ref().is_none_or(|c| !c.ops_in_flight()),
+            "connection in slot {slot} freed with an operation in flight"
+        );
+        let c = entry.take()?;
         self.free.push(slot);
         self.live -= 1;
         Some(c)
@@ -265,9 +249,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_ids_encode_core_slot_and_generation() {
-        let s = make_session(3, 77, 5);
-        assert_eq!(crate::book::session_core(s), 3);
-        assert_eq!(session_slot(s), (77, 5));
+    fn reused_slots_get_a_new_generation() {
+        let mut slab = Slab::with_capacity(2);
+        slab.set_base_generation(7);
+        let (slot, g) = slab.reserve().unwrap();
+        assert_eq!((slot, g), (0, 7));
+        slab.free.push(slot);
+        let (again, g2) = slab.reserve().unwrap();
+        assert_eq!((again, g2), (0, 8));
     }
 }

@@ -1,0 +1,334 @@
+//! Journal I/O of a core: one write (and fdatasync) per shard and loop
+//! iteration, submitted through io_uring; the batch is applied, and its
+//! reports leave, only when the write is durable. The journal's state per
+//! shard and the background thread are in `../durable.rs`.
+
+use std::io;
+
+use super::super::durable::{Done, Inflight, Job, SEGMENT_RETRY_NS, reject_not_durable};
+use super::super::monotonic_ns;
+use super::{Core, State};
+use crate::book::{Command, Matcher};
+use crate::journal;
+use crate::server::durable::Snapshot;
+
+impl<M: Matcher + Snapshot> Core<M> {
+    /// Asks the background thread for the next segment of a shard's journal.
+    fn request_segment(&mut self, local: usize) {
+        let now = self.st.now_ns;
+        let core = self.st.cfg.index;
+        let (Some(jobs), Some(log)) = (&self.jobs, self.st.logs.get_mut(local)) else {
+            return;
+        };
+        if log.next_requested || log.next.is_some() || now < log.next_retry_ns {
+            return;
+        }
+        log.next_requested = true;
+        let _ = jobs.send(Job::CreateSegment {
+            core,
+            local,
+            id: log.id,
+            config: log.config,
+            number: log.segment.number() + 1,
+        });
+    }
+
+    /// Takes the background thread's answers (new segments, or why not).
+    pub(super) fn poll_journal_done(&mut self) {
+        let Some(done) = &self.done else {
+            return;
+        };
+        while let Ok(Done::Segment { local, result }) = done.try_recv() {
+            let now = self.st.now_ns;
+            let Some(log) = self.st.logs.get_mut(local) else {
+                debug_assert!(false, "a segment for local shard {local}");
+                self.st.router.counters.internal_errors += 1;
+                continue;
+            };
+            log.next_requested = false;
+            match result {
+                Ok(segment) => {
+                    if let Some(why) = log.next_failed.take() {
+                        eprintln!(
+                            "turbo-dex: journal: the next segment of {} exists now (was: {why})",
+                            log.id
+                        );
+                    }
+                    log.next = Some(segment);
+                }
+                Err(e) => {
+                    log.next_retry_ns = now + SEGMENT_RETRY_NS;
+                    let why = format!("cannot create the next journal segment of {}: {e}", log.id);
+                    if log.next_failed.as_deref() != Some(why.as_str()) {
+                        eprintln!(
+                            "turbo-dex: journal: {why}; retrying every second (orders are rejected as \
+                             not durable once the current segment is full)"
+                        );
+                        log.next_failed = Some(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts one write (and fdatasync) per shard whose queue has commands
+    /// and no write in flight: group commit of everything that arrived.
+    pub(super) fn journal_submit(&mut self) {
+        for local in 0..self.st.logs.len() {
+            if self.st.logs[local].inflight.is_some() || self.st.pending[local].is_empty() {
+                continue;
+            }
+            let first_bytes = journal::record_bytes(&self.st.pending[local][0]);
+            if self.st.logs[local].write_room() < first_bytes && !self.next_segment(local) {
+                continue;
+            }
+            if self.st.logs[local].wants_next() {
+                self.request_segment(local);
+            }
+            self.start_write(local);
+        }
+    }
+
+    /// The current segment of a shard is full: continue in the next one.
+    /// False when there is none yet (its queue is rejected if none can be made).
+    fn next_segment(&mut self, local: usize) -> bool {
+        let log = &mut self.st.logs[local];
+        if let Some(next) = log.next.take() {
+            log.use_segment(next);
+            return true;
+        }
+        self.request_segment(local);
+        let log = &mut self.st.logs[local];
+        if let Some(why) = log.next_failed.clone() {
+            if log.unavailable.is_none() {
+                eprintln!(
+                    "turbo-dex: journal: {} is full and {why}: rejecting its orders (journal \
+                     unavailable) until space returns",
+                    log.id
+                );
+                log.unavailable = Some(why);
+            }
+            self.reject_pending(local);
+        }
+        false
+    }
+
+    /// Encodes as many queued commands as the segment has room for and
+    /// submits their write.
+    fn start_write(&mut self, local: usize) {
+        let engine_ns = self.st.engine_ns;
+        let now = self.st.now_ns;
+        let fsync = self.st.cfg.journal_fsync;
+        let State { logs, pending, .. } = &mut self.st;
+        let log = &mut logs[local];
+        let queue = &mut pending[local];
+        let room = log.write_room();
+        let mut bytes = 0;
+        let mut n = 0;
+        for cmd in queue.iter() {
+            let b = journal::record_bytes(cmd);
+            if bytes + b > room {
+                break;
+            }
+            bytes += b;
+            n += 1;
+        }
+        debug_assert!(n > 0, "the first record fits (checked by the caller)");
+        let start = log.begin_write();
+        let records_at = log.bytes.len();
+        for (i, cmd) in queue[..n].iter().enumerate() {
+            journal::encode_record(&mut log.bytes, log.next_seq + i as u64, engine_ns, cmd);
+        }
+        let len = log.bytes.len() - records_at;
+        let mut cmds = std::mem::take(&mut log.batch);
+        cmds.clear();
+        cmds.extend(queue.drain(..n));
+        let (write_len, _offset) = log.end_write(start);
+        log.inflight = Some(Inflight {
+            cmds,
+            engine_ns,
+            len,
+            start,
+            write_len,
+            last_seq: log.next_seq + n as u64 - 1,
+            started_ns: now,
+            written: false,
+            failed: None,
+        });
+        self.ops
+            .journal_write(&self.st.logs[local], local as u32, fsync);
+    }
+
+    /// Rejects a shard's queued commands while its journal is unavailable
+    /// (a CancelSession stays queued: it cannot be refused).
+    fn reject_pending(&mut self, local: usize) {
+        let State {
+            pending, router, ..
+        } = &mut self.st;
+        let Some(queue) = pending.get_mut(local) else {
+            return;
+        };
+        let before = router.counters.rejects;
+        let mut rejected = Vec::new();
+        queue.retain(|cmd| {
+            let refused = reject_not_durable(cmd, router);
+            if refused {
+                rejected.push(*cmd);
+            }
+            !refused
+        });
+        router.counters.journal_rejects += router.counters.rejects - before;
+        router.batch_processed(&rejected);
+    }
+
+    /// A journal write or sync completed.
+    pub(super) fn on_journal(&mut self, sync: bool, local: usize, res: i32) {
+        let fsync = self.st.cfg.journal_fsync;
+        let Some(inflight) = self
+            .st
+            .logs
+            .get_mut(local)
+            .and_then(|l| l.inflight.as_mut())
+        else {
+            debug_assert!(
+                false,
+                "a journal completion for shard {local} with no write in flight"
+            );
+            self.st.router.counters.internal_errors += 1;
+            return;
+        };
+        if !sync {
+            inflight.written = true;
+            if res < 0 {
+                inflight.failed = Some(io::Error::from_raw_os_error(-res));
+            } else if res as usize != inflight.write_len {
+                inflight.failed = Some(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {res} of {} bytes", inflight.write_len),
+                ));
+            }
+            if fsync {
+                return; // the linked sync completes the batch
+            }
+        } else if res < 0 && inflight.failed.is_none() {
+            inflight.failed = Some(io::Error::from_raw_os_error(-res));
+        }
+        if let Some(batch) = self.st.logs[local].inflight.take() {
+            self.journal_done(local, batch);
+        }
+    }
+
+    /// A batch's write (and sync) finished: apply it, or reject it.
+    fn journal_done(&mut self, local: usize, mut batch: Inflight) {
+        let now = self.st.now_ns;
+        let State { logs, router, .. } = &mut self.st;
+        router.counters.journal_writes += 1;
+        router.counters.journal_write_ns += now.saturating_sub(batch.started_ns);
+        if let Some(e) = batch.failed.take() {
+            self.write_failed(local, &mut batch, e);
+        } else {
+            let log = &mut logs[local];
+            if let Some(why) = log.unavailable.take() {
+                eprintln!(
+                    "turbo-dex: journal: {} accepts writes again (was: {why})",
+                    log.id
+                );
+            }
+            log.wrote(batch.start, batch.len);
+            log.next_seq = batch.last_seq + 1;
+            router.counters.journal_bytes += batch.len as u64;
+            if let Some(shard) = self.st.shards.get_mut(local) {
+                shard.process_batch(&batch.cmds, batch.engine_ns, &mut self.st.router);
+                self.st.router.counters.commands += batch.cmds.len() as u64;
+                self.st.router.batch_processed(&batch.cmds);
+            }
+            self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
+        }
+        batch.cmds.clear();
+        self.st.logs[local].batch = batch.cmds;
+    }
+
+    /// A write failed: reject its batch (keeping what cannot be refused for
+    /// the next write) and say why, once per episode.
+    fn write_failed(&mut self, local: usize, batch: &mut Inflight, e: io::Error) {
+        let State {
+            logs,
+            pending,
+            router,
+            ..
+        } = &mut self.st;
+        let log = &mut logs[local];
+        log.write_failed(batch.write_len);
+        if e.raw_os_error() == Some(libc::EINVAL) && log.segment.is_direct() {
+            eprintln!(
+                "turbo-dex: journal: a direct write to {} was refused as misaligned; \
+                 writing through the page cache from now on",
+                log.segment.path().display()
+            );
+            log.fall_back_to_buffered();
+        }
+        let why = format!(
+            "journal write to {} failed: {e}",
+            log.segment.path().display()
+        );
+        if log.unavailable.as_deref() != Some(why.as_str()) {
+            eprintln!(
+                "turbo-dex: journal: {why}; the batch is rejected (journal unavailable) and retried"
+            );
+            log.unavailable = Some(why);
+        }
+        // Commands that cannot be refused go back to the front of the queue.
+        let before = router.counters.rejects;
+        let mut keep: Vec<Command> = Vec::new();
+        let mut rejected: Vec<Command> = Vec::new();
+        for cmd in batch.cmds.drain(..) {
+            if reject_not_durable(&cmd, router) {
+                rejected.push(cmd);
+            } else {
+                keep.push(cmd);
+            }
+        }
+        router.counters.journal_rejects += router.counters.rejects - before;
+        router.batch_processed(&rejected);
+        if !keep.is_empty() {
+            pending[local].splice(0..0, keep);
+        }
+    }
+
+    /// Snapshots a shard once enough records were applied since the last.
+    fn maybe_snapshot(&mut self, local: usize, applied: u64, covers_seq: u64) {
+        let every = self.st.cfg.snapshot_every_records;
+        let State {
+            logs,
+            shards,
+            router,
+            ..
+        } = &mut self.st;
+        let log = &mut logs[local];
+        log.since_snapshot += applied;
+        if log.since_snapshot < every {
+            return;
+        }
+        let (Some(shard), Some(jobs)) = (shards.get(local), &self.jobs) else {
+            return;
+        };
+        let started = monotonic_ns();
+        let mut body = Vec::new();
+        if let Some(digest) = shard.snapshot(&mut body) {
+            log.since_snapshot = 0;
+            router.counters.snapshots += 1;
+            router.counters.snapshot_ns += monotonic_ns().saturating_sub(started);
+            let _ = jobs.send(Job::WriteSnapshot {
+                id: log.id,
+                covers_seq,
+                digest,
+                body,
+            });
+        }
+    }
+
+    /// True while any journal write is in flight.
+    pub(super) fn journal_busy(&self) -> bool {
+        self.st.logs.iter().any(|l| l.inflight.is_some())
+    }
+}

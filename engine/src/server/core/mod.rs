@@ -1,0 +1,372 @@
+//! One engine core: a pinned thread with its own io_uring, listener,
+//! connections and shards, joined to every other core by SPSC rings.
+//!
+//! One concern per file:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | the loop: reap, dispatch, route, journal, send, housekeeping, wait |
+//! | `session.rs` | the session layer: frames in, commands and answers out (no I/O) |
+//! | `conn.rs` | a connection's state and the slab of a core's connections |
+//! | `io.rs` | connection I/O: accept, receive, send, backpressure, close, timers |
+//! | `route.rs` | symbols to shards, the ring mesh, reports home, processed notices |
+//! | `journal.rs` | journal writes through io_uring, applying durable batches |
+//! | `ops.rs` | io_uring operations: typed `user_data`, every submission (all `unsafe`) |
+
+mod conn;
+mod io;
+mod journal;
+mod ops;
+mod route;
+mod session;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+
+use wire::SymbolEntry;
+
+use self::conn::Slab;
+use self::ops::{Op, Ops};
+use self::route::Router;
+pub use self::route::{Mesh, Msg, Placement, placement_table};
+use self::session::{SessionConfig, SessionLayer};
+use super::durable::{Done, Job, ShardLog, Snapshot};
+use super::limits::{ADAPTIVE_SPINS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS};
+use super::stats::Counters;
+use super::uring::{BufRing, new_ring};
+use super::{PollMode, Shared, monotonic_ns, realtime_ns};
+use crate::book::{Command, Matcher};
+
+/// Static configuration a core needs.
+pub struct CoreConfig {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub ncores: usize,
+    pub shard_count: u32,
+    pub batch: usize,
+    pub poll: PollMode,
+    pub max_connections: usize,
+    pub max_frame_bytes: u32,
+    pub out_high_water_bytes: usize,
+    pub out_max_bytes: usize,
+    pub send_chunk_bytes: usize,
+    pub recv_buffers: u16,
+    pub recv_buffer_bytes: usize,
+    pub ring_capacity: usize,
+    pub placement: Arc<[Placement]>,
+    /// fdatasync each journal write (`--fsync batch`); only used with a journal.
+    pub journal_fsync: bool,
+    /// Records between snapshots of a shard.
+    pub snapshot_every_records: u64,
+    /// What the session layer needs.
+    pub session: SessionSettings,
+}
+
+/// The session layer's settings, as the server passes them to each core.
+pub struct SessionSettings {
+    pub symbol_count: u32,
+    pub directory: Arc<[SymbolEntry]>,
+    pub auth_token: Option<Vec<u8>>,
+    pub heartbeat_ms: u32,
+    pub idle_timeout_factor: u32,
+    pub slow_consumer_ms: u64,
+}
+
+/// Durability of a core's shards: their journals and the channels to the
+/// background thread (see [`super::durable`]).
+pub struct CoreJournal {
+    pub logs: Vec<ShardLog>,
+    pub jobs: Sender<Job>,
+    pub done: Receiver<Done>,
+}
+
+/// Everything of a core except its rings and buffers, so that data
+/// borrowed from the buffer ring can be processed while this is mutably
+/// borrowed.
+struct State<M> {
+    cfg: CoreConfig,
+    shared: Arc<Shared>,
+    session: Arc<SessionLayer>,
+    shards: Vec<M>,
+    /// Commands for each local shard, applied in one `process_batch` per
+    /// shard (the book prefetches a few commands ahead); in arrival order.
+    /// With a journal they wait here until `journal_submit` writes them.
+    pending: Vec<Vec<Command>>,
+    /// One journal per local shard; empty when there is no journal.
+    logs: Vec<ShardLog>,
+    router: Router,
+    /// Connections with output to send this iteration.
+    dirty: Vec<u32>,
+    /// Connections whose input processing is held back.
+    blocked: Vec<u32>,
+    /// Connections to start closing this iteration.
+    to_close: Vec<u32>,
+    /// Monotonic time of this iteration (intervals, timeouts).
+    now_ns: u64,
+    /// Wall-clock time of this iteration: the engine time given to shards.
+    engine_ns: u64,
+    draining: bool,
+}
+
+impl<M> State<M> {
+    /// Moves connections the router marked into this iteration's send list.
+    fn collect_dirty(&mut self) {
+        self.dirty.append(&mut self.router.newly_dirty);
+    }
+}
+
+/// A core: its ring and buffers, and the state they feed.
+pub struct Core<M> {
+    // Field order is drop order: the ring goes before the buffer ring's memory.
+    ops: Ops,
+    bufring: BufRing,
+    listener: Option<OwnedFd>,
+    mesh: Mesh,
+    st: State<M>,
+    completions: Vec<(Op, i32, u32)>,
+    accept_armed: bool,
+    wake_armed: bool,
+    idle_spins: u32,
+    next_tick_ns: u64,
+    /// To the journal's background thread, and its answers.
+    jobs: Option<Sender<Job>>,
+    done: Option<Receiver<Done>>,
+}
+
+/// The result of a core's run.
+pub struct CoreExit {
+    pub counters: Counters,
+}
+
+impl<M: Matcher + Snapshot> Core<M> {
+    /// Builds the core on its own thread (io_uring SINGLE_ISSUER wants the
+    /// creating thread to be the submitting one).
+    pub fn new(
+        cfg: CoreConfig,
+        shared: Arc<Shared>,
+        listener: OwnedFd,
+        mesh: Mesh,
+        shards: Vec<M>,
+        journal: Option<CoreJournal>,
+    ) -> std::io::Result<Core<M>> {
+        let (ring, _mode) = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+        let bufring = BufRing::new(&ring, cfg.recv_buffers, cfg.recv_buffer_bytes, 0)?;
+        let staging_limit = cfg.ring_capacity.max(cfg.batch);
+        let (logs, jobs, done) = match journal {
+            Some(j) => (j.logs, Some(j.jobs), Some(j.done)),
+            None => (Vec::new(), None, None),
+        };
+        let s = &cfg.session;
+        let session = Arc::new(SessionLayer::new(SessionConfig {
+            symbol_count: s.symbol_count,
+            directory: Arc::clone(&s.directory),
+            auth_token: s.auth_token.clone(),
+            heartbeat_ms: s.heartbeat_ms,
+            idle_timeout_factor: s.idle_timeout_factor,
+            max_frame_bytes: cfg.max_frame_bytes,
+            slow_consumer_ms: s.slow_consumer_ms,
+        }));
+        Ok(Core {
+            ops: Ops::new(ring, cfg.index),
+            bufring,
+            listener: Some(listener),
+            mesh,
+            completions: Vec::with_capacity(CQ_ENTRIES as usize),
+            accept_armed: false,
+            wake_armed: false,
+            idle_spins: 0,
+            next_tick_ns: 0,
+            jobs,
+            done,
+            st: State {
+                router: Router {
+                    core: cfg.index,
+                    conns: Slab::with_capacity(64),
+                    staging: (0..cfg.ncores)
+                        .map(|_| Vec::with_capacity(staging_limit * 2))
+                        .collect(),
+                    staging_limit,
+                    congested: false,
+                    newly_dirty: Vec::with_capacity(1024),
+                    counters: Counters::default(),
+                },
+                pending: shards
+                    .iter()
+                    .map(|_| Vec::with_capacity(cfg.batch))
+                    .collect(),
+                logs,
+                session,
+                cfg,
+                shared,
+                shards,
+                dirty: Vec::with_capacity(1024),
+                blocked: Vec::with_capacity(64),
+                to_close: Vec::with_capacity(64),
+                now_ns: 0,
+                engine_ns: 0,
+                draining: false,
+            },
+        })
+    }
+
+    /// Numbers this core's new sessions from `generation` on.
+    pub fn set_session_base(&mut self, generation: u32) {
+        self.st.router.conns.set_base_generation(generation);
+    }
+
+    /// Runs the loop until the server's shutdown completes.
+    pub fn run(mut self) -> CoreExit {
+        self.arm_accept();
+        self.arm_wake();
+        let mut exit_started_ns = None;
+        loop {
+            let start = monotonic_ns();
+            self.st.now_ns = start;
+            self.st.engine_ns = realtime_ns();
+            self.reap();
+            let popped = self.drain_rings();
+            self.retry_blocked();
+            // Cancel-on-disconnect commands queued by closes.
+            self.st.apply_pending();
+            self.poll_journal_done();
+            self.journal_submit();
+            self.st.collect_dirty();
+            let left = self.flush_staging();
+            self.send_dirty();
+            self.finish_closes();
+            if start >= self.next_tick_ns {
+                self.next_tick_ns = start + TICK_NS;
+                self.housekeeping();
+                self.send_dirty();
+            }
+            if !self.st.draining && self.st.shared.stop_reading.load(Ordering::Acquire) {
+                self.start_draining();
+            }
+            if self.st.shared.exit.load(Ordering::Acquire) {
+                let since = *exit_started_ns.get_or_insert_with(|| {
+                    self.close_all();
+                    self.send_dirty();
+                    start
+                });
+                // A journal write's buffer must outlive the write.
+                if !self.journal_busy()
+                    && (self.st.router.conns.live() == 0
+                        || start.saturating_sub(since) > EXIT_FLUSH_NS)
+                {
+                    break;
+                }
+            }
+            self.arm_wake();
+            let has_work = popped > 0 || left > 0 || !self.rings_empty();
+            // Only the shutdown coordinator reads `idle`, and only while draining.
+            let idle = self.st.draining
+                && !has_work
+                && !self.journal_busy()
+                && self.st.pending.iter().all(Vec::is_empty)
+                && self.output_flushed();
+            self.publish(monotonic_ns().saturating_sub(start), idle);
+            self.wait(has_work);
+        }
+        if self.st.router.counters.internal_errors > 0 {
+            eprintln!(
+                "turbo-dex: core {}: {} internal errors (states that should not happen); please report",
+                self.st.cfg.index, self.st.router.counters.internal_errors
+            );
+        }
+        CoreExit {
+            counters: self.st.router.counters,
+        }
+    }
+
+    /// Takes every completion and hands it to its handler.
+    fn reap(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        self.ops
+            .reap(&mut done, &mut self.st.router.counters.internal_errors);
+        for &(op, res, flags) in &done {
+            match op {
+                Op::Accept => self.on_accept(res, flags),
+                Op::Recv { slot, generation } => self.on_recv(slot, generation, res, flags),
+                Op::Send { slot, generation } => self.on_send(slot, generation, res),
+                Op::CancelRecv { slot, generation } => {
+                    if let Some(c) = self.st.router.conns.get_mut(slot, generation) {
+                        c.cancel_inflight = false;
+                    }
+                }
+                Op::CancelAccept => {}
+                Op::Wake => self.wake_armed = false,
+                Op::JournalWrite { shard } => self.on_journal(false, shard as usize, res),
+                Op::JournalSync { shard } => self.on_journal(true, shard as usize, res),
+            }
+        }
+        self.completions = done;
+    }
+
+    fn publish(&mut self, busy_ns: u64, idle: bool) {
+        let c = &mut self.st.router.counters;
+        c.iterations += 1;
+        c.busy_ns += busy_ns;
+        let stats = &self.st.shared.stats[self.st.cfg.index];
+        stats.publish(c);
+        stats
+            .conns
+            .store(self.st.router.conns.live() as u64, Ordering::Relaxed);
+        let staged: usize = self.st.router.staging.iter().map(Vec::len).sum();
+        stats.staged.store(staged as u64, Ordering::Relaxed);
+        stats.idle.store(idle, Ordering::Release);
+    }
+
+    /// Submits what this iteration queued and, when there is nothing to do
+    /// (depending on `--poll`), sleeps until a completion, a wake or the
+    /// next tick.
+    fn wait(&mut self, has_work: bool) {
+        let block = match self.st.cfg.poll {
+            PollMode::Spin => false,
+            PollMode::Block => !has_work,
+            PollMode::Adaptive => {
+                if has_work {
+                    self.idle_spins = 0;
+                    false
+                } else {
+                    self.idle_spins += 1;
+                    self.idle_spins > ADAPTIVE_SPINS
+                }
+            }
+        };
+        if !block {
+            if let Err(e) = self.ops.submit() {
+                self.submit_error(e);
+            }
+            return;
+        }
+        let me = &self.st.shared.sleeping[self.st.cfg.index];
+        me.store(true, Ordering::SeqCst);
+        // A producer that pushed before seeing the flag did not wake us: look again.
+        if !self.rings_empty() {
+            me.store(false, Ordering::SeqCst);
+            let _ = self.ops.submit();
+            return;
+        }
+        let until = self
+            .next_tick_ns
+            .saturating_sub(monotonic_ns())
+            .clamp(WAIT_MIN_NS, TICK_NS);
+        if let Err(e) = self.ops.submit_and_wait(until) {
+            self.submit_error(e);
+        }
+        self.st.shared.sleeping[self.st.cfg.index].store(false, Ordering::SeqCst);
+        self.idle_spins = 0;
+    }
+
+    fn submit_error(&self, e: std::io::Error) {
+        match e.raw_os_error() {
+            Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ETIME) => {}
+            _ => eprintln!(
+                "turbo-dex: core {}: io_uring_enter failed: {e}",
+                self.st.cfg.index
+            ),
+        }
+    }
+}

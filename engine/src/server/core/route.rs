@@ -1,0 +1,417 @@
+//! Routing: symbols to shards, commands to the core that owns the shard,
+//! reports back to the core that owns the session, over the mesh of SPSC
+//! rings; and the account of which routed commands are processed, that
+//! keeps a session's answers in request order.
+
+use rtrb::{Consumer, Producer};
+use wire::{FrameBuf, Message};
+
+use super::super::limits::PENDING_JOURNAL_MAX;
+use super::super::stats::Counters;
+use super::conn::Slab;
+use super::session::Effects;
+use super::{Core, State};
+use crate::book::{Command, Matcher, Op, Report, Sink};
+use crate::server::durable::Snapshot;
+use crate::session_id::SessionId;
+
+/// A message on a ring between two cores.
+#[derive(Clone, Copy, Debug)]
+pub enum Msg {
+    /// A command for the target core's local shard `shard`.
+    Cmd { shard: u32, cmd: Command },
+    /// A report for a session the target core owns.
+    Report { session: SessionId, report: Report },
+    /// `count` commands of a session the target core owns were processed
+    /// (after their reports, on the same ring).
+    Processed { session: SessionId, count: u32 },
+}
+
+/// The rings of one core: to and from every other core (`None` for itself).
+pub struct Mesh {
+    pub to: Vec<Option<Producer<Msg>>>,
+    pub from: Vec<Option<Consumer<Msg>>>,
+}
+
+/// Where a symbol lives: the core that owns its shard, and the shard's
+/// index among that core's shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub core: u32,
+    pub shard: u32,
+}
+
+/// The placement table: symbol s in shard s % shards, shard k on core
+/// k % cores as that core's (k / cores)-th shard. One load per order
+/// instead of three divisions.
+pub fn placement_table(symbols: usize, shards: u32, cores: usize) -> Vec<Placement> {
+    (0..symbols as u64)
+        .map(|s| {
+            let shard = s % u64::from(shards);
+            Placement {
+                core: (shard % cores as u64) as u32,
+                shard: (shard / cores as u64) as u32,
+            }
+        })
+        .collect()
+}
+
+/// Shards that core `core` of `cores` holds when there are `shards`.
+pub fn shards_on_core(shards: u32, cores: usize, core: usize) -> usize {
+    (shards as usize + cores - 1 - core) / cores
+}
+
+/// Delivers reports: into local connections' output, or staged for the
+/// core that owns the session. Implements the shards' [`Sink`].
+pub struct Router {
+    pub core: usize,
+    pub conns: Slab,
+    pub staging: Vec<Vec<Msg>>,
+    pub staging_limit: usize,
+    pub congested: bool,
+    /// Connections that got output since the core last collected them.
+    pub newly_dirty: Vec<u32>,
+    pub counters: Counters,
+}
+
+impl Router {
+    #[inline]
+    pub fn deliver_local(&mut self, session: SessionId, report: &Report) {
+        let Some(conn) = self.conns.by_session(session) else {
+            self.counters.reports_orphaned += 1;
+            return;
+        };
+        if conn.final_sent {
+            // The SessionError was the last message: nothing follows it.
+            self.counters.reports_orphaned += 1;
+            return;
+        }
+        push_report(&mut conn.out, report);
+        self.counters.reports_out += 1;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.newly_dirty.push(session.slot());
+        }
+    }
+
+    #[inline]
+    pub fn stage(&mut self, core: usize, msg: Msg) {
+        let q = &mut self.staging[core];
+        q.push(msg);
+        if q.len() >= self.staging_limit {
+            self.congested = true;
+        }
+    }
+
+    /// `count` commands of `session` were processed here.
+    fn processed(&mut self, session: SessionId, count: u32) {
+        if session.core() != self.core {
+            self.stage(session.core(), Msg::Processed { session, count });
+            return;
+        }
+        self.processed_local(session, count);
+    }
+
+    /// `count` commands of a session of this core were processed (here or
+    /// on the core that sent the notice).
+    pub fn processed_local(&mut self, session: SessionId, count: u32) {
+        // A connection gone meanwhile has nobody left to answer.
+        if let Some(conn) = self.conns.by_session(session)
+            && conn.processed(count)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.newly_dirty.push(session.slot());
+        }
+    }
+
+    /// Accounts a processed batch: one notice per run of one session's
+    /// commands. A CancelSession is not counted (no session waits on it).
+    pub fn batch_processed(&mut self, cmds: &[Command]) {
+        let mut run: Option<(SessionId, u32)> = None;
+        for cmd in cmds {
+            if matches!(cmd.op, Op::CancelSession) {
+                continue;
+            }
+            match &mut run {
+                Some((session, n)) if *session == cmd.session => *n += 1,
+                _ => {
+                    if let Some((session, n)) = run.take() {
+                        self.processed(session, n);
+                    }
+                    run = Some((cmd.session, 1));
+                }
+            }
+        }
+        if let Some((session, n)) = run {
+            self.processed(session, n);
+        }
+    }
+}
+
+#[inline]
+fn push_report(out: &mut FrameBuf, report: &Report) {
+    match report {
+        Report::Accepted(m) => out.push(m),
+        Report::Rejected(m) => out.push(m),
+        Report::Fill(m) => out.push(m),
+        Report::Canceled(m) => out.push(m),
+        Report::Replaced(m) => out.push(m),
+        Report::Status(m) => out.push(m),
+    }
+}
+
+impl Sink for Router {
+    #[inline]
+    fn emit(&mut self, session: SessionId, report: Report) {
+        match &report {
+            Report::Fill(f) if f.liquidity == wire::Liquidity::Taker.to_wire() => {
+                self.counters.trades += 1
+            }
+            Report::Rejected(_) => self.counters.rejects += 1,
+            _ => {}
+        }
+        let owner = session.core();
+        if owner == self.core {
+            self.deliver_local(session, &report);
+        } else if owner < self.staging.len() {
+            self.stage(owner, Msg::Report { session, report });
+        } else {
+            debug_assert!(false, "a report for session {session:#x} of no core");
+            self.counters.internal_errors += 1;
+        }
+    }
+}
+
+impl<M: Matcher + Snapshot> State<M> {
+    /// Sends a command to the shard that owns `symbol`: queued for a batch
+    /// when that shard is local, else staged for its core's ring.
+    #[inline]
+    pub fn route(&mut self, symbol: u32, cmd: Command) {
+        let Some(&p) = self.cfg.placement.get(symbol as usize) else {
+            // The session layer checked the symbol against the directory,
+            // which the placement table covers: this cannot happen.
+            debug_assert!(false, "symbol {symbol} has no placement");
+            self.router.counters.internal_errors += 1;
+            return;
+        };
+        if p.core as usize == self.cfg.index {
+            self.queue_local(p.shard as usize, cmd);
+        } else {
+            self.router.stage(
+                p.core as usize,
+                Msg::Cmd {
+                    shard: p.shard,
+                    cmd,
+                },
+            );
+        }
+    }
+
+    #[inline]
+    pub fn queue_local(&mut self, shard: usize, cmd: Command) {
+        let journaled = !self.logs.is_empty();
+        let Some(q) = self.pending.get_mut(shard) else {
+            debug_assert!(false, "local shard {shard} of {}", self.pending.len());
+            self.router.counters.internal_errors += 1;
+            return;
+        };
+        q.push(cmd);
+        if journaled {
+            // The queue waits for the journal: past its bound, stop reading.
+            if q.len() >= PENDING_JOURNAL_MAX {
+                self.router.congested = true;
+            }
+        } else if q.len() >= self.cfg.batch {
+            self.apply_shard(shard);
+        }
+    }
+
+    /// Applies a local shard's queue now (without a journal; with one,
+    /// `journal_done` applies durable batches).
+    pub fn apply_shard(&mut self, shard: usize) {
+        if !self.logs.is_empty() {
+            return;
+        }
+        let (Some(q), Some(s)) = (self.pending.get_mut(shard), self.shards.get_mut(shard)) else {
+            return;
+        };
+        if q.is_empty() {
+            return;
+        }
+        s.process_batch(q, self.engine_ns, &mut self.router);
+        self.router.counters.commands += q.len() as u64;
+        self.router.batch_processed(q);
+        q.clear();
+    }
+
+    /// Applies every queued local command (without a journal).
+    pub fn apply_pending(&mut self) {
+        for shard in 0..self.pending.len() {
+            self.apply_shard(shard);
+        }
+    }
+
+    /// Cancel-on-disconnect: a CancelSession to every shard of every core.
+    pub fn cancel_session_everywhere(&mut self, session: SessionId, account: u64) {
+        let cmd = Command {
+            session,
+            account,
+            op: Op::CancelSession,
+        };
+        for core in 0..self.cfg.ncores {
+            for shard in 0..shards_on_core(self.cfg.shard_count, self.cfg.ncores, core) {
+                if core == self.cfg.index {
+                    self.queue_local(shard, cmd);
+                } else {
+                    self.router.stage(
+                        core,
+                        Msg::Cmd {
+                            shard: shard as u32,
+                            cmd,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes a message popped from another core's ring.
+    #[inline]
+    fn take(&mut self, msg: &Msg) {
+        match msg {
+            Msg::Cmd { shard, cmd } => self.queue_local(*shard as usize, *cmd),
+            Msg::Report { session, report } => self.router.deliver_local(*session, report),
+            Msg::Processed { session, count } => self.router.processed_local(*session, *count),
+        }
+    }
+}
+
+/// The session layer's effects on this core, for one connection.
+pub struct CoreEffects<'a, M> {
+    pub st: &'a mut State<M>,
+    pub slot: u32,
+}
+
+impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
+    #[inline]
+    fn congested(&self) -> bool {
+        self.st.router.congested
+    }
+
+    #[inline]
+    fn route(&mut self, symbol: u32, cmd: Command) {
+        if let Some(c) = self.st.router.conns.slot_mut(self.slot) {
+            c.in_flight += 1;
+        }
+        self.st.route(symbol, cmd);
+    }
+
+    fn settled(&mut self) -> bool {
+        let waiting =
+            |st: &mut State<M>, slot| st.router.conns.slot_mut(slot).map_or(0, |c| c.in_flight);
+        if waiting(self.st, self.slot) > 0 {
+            // Without a journal, local commands are processed on the spot.
+            self.st.apply_pending();
+        }
+        waiting(self.st, self.slot) == 0
+    }
+
+    fn answer<T: Message>(&mut self, msg: &T) {
+        let slot = self.slot;
+        if let Some(c) = self.st.router.conns.slot_mut(slot) {
+            c.out.push(msg);
+            if !c.dirty {
+                c.dirty = true;
+                self.st.router.newly_dirty.push(slot);
+            }
+        }
+    }
+
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.st.router.counters
+    }
+}
+
+impl<M: Matcher + Snapshot> Core<M> {
+    /// Pops what other cores sent; at most `batch` messages per ring per call.
+    pub(super) fn drain_rings(&mut self) -> usize {
+        let mut total = 0;
+        for consumer in self.mesh.from.iter_mut().flatten() {
+            let n = consumer.slots().min(self.st.cfg.batch);
+            if n == 0 {
+                continue;
+            }
+            let Ok(chunk) = consumer.read_chunk(n) else {
+                continue;
+            };
+            let (a, b) = chunk.as_slices();
+            for msg in a.iter().chain(b) {
+                self.st.take(msg);
+            }
+            chunk.commit_all();
+            total += n;
+        }
+        self.st.apply_pending();
+        self.st.router.counters.ring_popped += total as u64;
+        total
+    }
+
+    /// Moves staged messages into the rings; wakes targets that sleep.
+    /// Returns how many stay staged (their rings are full).
+    pub(super) fn flush_staging(&mut self) -> usize {
+        let mut left = 0;
+        let router = &mut self.st.router;
+        for (dst, staged) in router.staging.iter_mut().enumerate() {
+            if staged.is_empty() {
+                continue;
+            }
+            let Some(producer) = self.mesh.to[dst].as_mut() else {
+                debug_assert!(false, "messages staged for this core itself");
+                router.counters.internal_errors += staged.len() as u64;
+                staged.clear();
+                continue;
+            };
+            let n = producer.slots().min(staged.len());
+            if n > 0
+                && let Ok(chunk) = producer.write_chunk_uninit(n)
+            {
+                let pushed = chunk.fill_from_iter(staged.drain(..n));
+                router.counters.ring_pushed += pushed as u64;
+                self.st.shared.wake(dst);
+            }
+            left += staged.len();
+        }
+        router.congested = router
+            .staging
+            .iter()
+            .any(|q| q.len() >= router.staging_limit)
+            || (!self.st.logs.is_empty()
+                && self
+                    .st
+                    .pending
+                    .iter()
+                    .any(|q| q.len() >= PENDING_JOURNAL_MAX));
+        left
+    }
+
+    /// True when no other core has sent anything not yet popped.
+    pub(super) fn rings_empty(&self) -> bool {
+        self.mesh.from.iter().flatten().all(|c| c.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_shards_round_robin() {
+        let p = placement_table(6, 4, 2);
+        let got: Vec<(u32, u32)> = p.iter().map(|p| (p.core, p.shard)).collect();
+        // symbols 0..6 -> shards 0,1,2,3,0,1 -> (core, local shard)
+        assert_eq!(got, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 0), (1, 0)]);
+        assert_eq!(shards_on_core(5, 2, 0), 3);
+        assert_eq!(shards_on_core(5, 2, 1), 2);
+    }
+}

@@ -1,0 +1,851 @@
+//! The session layer: bytes and `now` in, effects out (commands for the
+//! shards, answers for the client, a reason to close). No sockets, no
+//! io_uring, no clock: the core feeds it what arrived and carries out what
+//! it asks through [`Effects`], and the tests below drive it with bytes.
+//!
+//! Rules it keeps (PROTOCOL.md §8):
+//! - the first frame is a Hello, and only the first;
+//! - an order for a symbol the server does not list is rejected here, as
+//!   is a NewOrder whose client order id does not increase on the session;
+//! - **answers keep request order**: an answer made here (a reject, a
+//!   heartbeat's echo) is sent only when every request the session sent
+//!   before it has been processed by its shard ([`Effects::settled`]);
+//!   until then input stops at that message ([`InputEnd::Fenced`]) and
+//!   resumes later from it;
+//! - a stream it cannot trust ends the session: [`InputEnd::Close`], after
+//!   the requests already taken.
+
+use std::sync::Arc;
+
+use wire::{
+    Decoded, Decoder, Frame, HelloAck, Kind, Message, PROTOCOL_VERSION, RejectReason, Rejected,
+    ServerHeartbeat, SessionError, SessionErrorCode, SymbolEntry,
+};
+
+use super::super::stats::Counters;
+use crate::book::{ClientOrderIds, Command, Op};
+use crate::session_id::SessionId;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected; the first frame must be a Hello.
+    AwaitHello,
+    /// Logged in.
+    Active,
+    /// Closing: no more input is read; pending output is flushed, then the
+    /// socket is shut down and freed once no operation is in flight.
+    Closing,
+}
+
+/// One session's state in the session layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Session {
+    pub phase: Phase,
+    /// The id it gets at its Hello (fixed when the connection is accepted).
+    pub id: SessionId,
+    pub account: u64,
+    pub cancel_on_disconnect: bool,
+    pub client_order_ids: ClientOrderIds,
+    /// The negotiated heartbeat interval (0 before the Hello).
+    pub heartbeat_ms: u32,
+}
+
+impl Session {
+    /// A connection that has not sent its Hello; `id` is what it will get.
+    pub fn new(id: SessionId) -> Session {
+        Session {
+            phase: Phase::AwaitHello,
+            id,
+            account: 0,
+            cancel_on_disconnect: false,
+            client_order_ids: ClientOrderIds::new(),
+            heartbeat_ms: 0,
+        }
+    }
+}
+
+/// What the session layer of a core needs to know.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub symbol_count: u32,
+    pub directory: Arc<[SymbolEntry]>,
+    pub auth_token: Option<Vec<u8>>,
+    /// The heartbeat interval of sessions that do not ask for one.
+    pub heartbeat_ms: u32,
+    /// Silence for this many heartbeat intervals closes a session.
+    pub idle_timeout_factor: u32,
+    pub max_frame_bytes: u32,
+    /// A send stuck for this long closes the session.
+    pub slow_consumer_ms: u64,
+}
+
+/// How the core carries out what the session layer decides.
+pub trait Effects {
+    /// True when input must stop (a ring or queue is full).
+    fn congested(&self) -> bool;
+    /// Hands a command to the shard that owns `symbol` (checked to exist).
+    fn route(&mut self, symbol: u32, cmd: Command);
+    /// True when an answer made here may be sent now: every command the
+    /// session routed before has been processed. The core may process its
+    /// queued local commands first to make this so.
+    fn settled(&mut self) -> bool;
+    /// Queues an answer for the client.
+    fn answer<T: Message>(&mut self, msg: &T);
+    /// The core's counters.
+    fn counters(&mut self) -> &mut Counters;
+}
+
+/// Why a connection is being closed: the SessionError it is sent, and the
+/// full explanation for the log (the message's text field holds 56 bytes).
+#[derive(Debug)]
+pub struct CloseReason {
+    pub msg: SessionError,
+    pub text: String,
+    pub log: bool,
+}
+
+impl CloseReason {
+    pub fn new(code: SessionErrorCode, kind: u8, detail: u32, text: impl Into<String>) -> Self {
+        let text = text.into();
+        CloseReason {
+            msg: SessionError::new(code, kind, detail, &text),
+            text,
+            log: true,
+        }
+    }
+
+    fn decode(e: &wire::DecodeError) -> CloseReason {
+        CloseReason {
+            msg: SessionError::from_decode_error(e),
+            text: e.to_string(),
+            log: true,
+        }
+    }
+
+    /// The same reason, not logged (an expected close).
+    pub fn quiet(mut self) -> CloseReason {
+        self.log = false;
+        self
+    }
+
+    pub fn code(&self) -> Option<SessionErrorCode> {
+        self.msg.code().ok()
+    }
+}
+
+/// What processing a connection's input ended with.
+#[derive(Debug)]
+pub enum InputEnd {
+    /// All whole frames were processed.
+    Done,
+    /// Backpressure: stopped before a message; resume when it clears.
+    Blocked,
+    /// An answer made here must wait for earlier requests' answers:
+    /// stopped before its message; resume once the session is settled.
+    Fenced,
+    /// The stream cannot be trusted: close with this reason.
+    Close(CloseReason),
+}
+
+/// What a connection's timers call for now.
+#[derive(Debug)]
+pub enum Timer {
+    Nothing,
+    /// Send a ServerHeartbeat (nothing else went out for an interval).
+    Heartbeat,
+    /// Close: idle or a slow consumer.
+    Close(CloseReason),
+}
+
+/// A connection's times and output state, for [`SessionLayer::poll_timers`].
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now_ns: u64,
+    pub last_recv_ns: u64,
+    pub last_out_ns: u64,
+    /// When the send in flight started, if one is.
+    pub send_started_ns: Option<u64>,
+    /// Bytes waiting for the client.
+    pub out_bytes: usize,
+    /// Input is held back by the server (the client is not to blame for silence).
+    pub held_back: bool,
+}
+
+/// Where processing stopped inside a frame.
+enum Stop {
+    Blocked(usize),
+    Fenced(usize),
+}
+
+/// The session layer of one core (stateless between calls but for its config).
+pub struct SessionLayer {
+    cfg: SessionConfig,
+    decoder: Decoder,
+}
+
+impl SessionLayer {
+    pub fn new(cfg: SessionConfig) -> SessionLayer {
+        let decoder = Decoder::for_server(cfg.max_frame_bytes);
+        SessionLayer { cfg, decoder }
+    }
+
+    /// Processes the whole frames of `data` from message `cursor` of the
+    /// first. Returns bytes consumed, the message cursor into the frame at
+    /// that point, and how it ended.
+    pub fn handle_input(
+        &self,
+        s: &mut Session,
+        data: &[u8],
+        mut cursor: usize,
+        fx: &mut impl Effects,
+    ) -> (usize, usize, InputEnd) {
+        let mut consumed = 0;
+        loop {
+            if fx.congested() {
+                return (consumed, cursor, InputEnd::Blocked);
+            }
+            let (frame, used) = match self.decoder.decode(&data[consumed..]) {
+                Ok(Decoded::NeedMore(_)) => return (consumed, cursor, InputEnd::Done),
+                Ok(Decoded::Frame(f, used)) => (f, used),
+                Err(e) => return (consumed, cursor, InputEnd::Close(CloseReason::decode(&e))),
+            };
+            match self.handle_frame(s, frame, cursor, fx) {
+                Ok(None) => {
+                    consumed += used;
+                    cursor = 0;
+                }
+                Ok(Some(Stop::Blocked(at))) => return (consumed, at, InputEnd::Blocked),
+                Ok(Some(Stop::Fenced(at))) => return (consumed, at, InputEnd::Fenced),
+                Err(reason) => return (consumed + used, 0, InputEnd::Close(reason)),
+            }
+        }
+    }
+
+    /// Handles one frame from message `from` on.
+    fn handle_frame(
+        &self,
+        s: &mut Session,
+        frame: Frame<'_>,
+        from: usize,
+        fx: &mut impl Effects,
+    ) -> Result<Option<Stop>, CloseReason> {
+        debug_assert!(
+            s.phase != Phase::Closing,
+            "no input is processed while closing"
+        );
+        if let Frame::Hello(h) = frame {
+            if s.phase != Phase::AwaitHello {
+                return Err(CloseReason::new(
+                    SessionErrorCode::DuplicateHello,
+                    Kind::Hello as u8,
+                    0,
+                    "a session sends exactly one Hello",
+                ));
+            }
+            return self.handle_hello(s, &h[0], fx).map(|()| None);
+        }
+        if s.phase != Phase::Active {
+            return Err(CloseReason::new(
+                SessionErrorCode::NotLoggedIn,
+                frame.kind() as u8,
+                0,
+                "the first frame of a connection must be a Hello",
+            ));
+        }
+        Ok(match frame {
+            Frame::NewOrder(orders) => self.new_orders(s, orders, from, fx),
+            Frame::Cancel(cancels) => self.routed(s, cancels, from, fx, Kind::Cancel, true, |c| {
+                (c.client_order_id.get(), c.symbol.get(), Op::Cancel(*c))
+            }),
+            Frame::Replace(replaces) => {
+                self.routed(s, replaces, from, fx, Kind::Replace, true, |r| {
+                    (r.client_order_id.get(), r.symbol.get(), Op::Replace(*r))
+                })
+            }
+            Frame::OrderQuery(queries) => {
+                self.routed(s, queries, from, fx, Kind::OrderQuery, false, |q| {
+                    (q.client_order_id.get(), q.symbol.get(), Op::Query(*q))
+                })
+            }
+            Frame::Heartbeat(beats) => answered(beats, from, fx, |fx, b| {
+                fx.answer(&ServerHeartbeat { token: b.token });
+            }),
+            Frame::Subscribe(subs) => answered(subs, from, fx, |fx, sub| {
+                let symbol = sub.symbol.get();
+                reject(fx, 0, symbol, RejectReason::NotSupported, Kind::Subscribe);
+            }),
+            // The server decoder refuses client-bound kinds before this.
+            other => {
+                return Err(CloseReason::new(
+                    SessionErrorCode::UnknownKind,
+                    other.kind() as u8,
+                    0,
+                    "a server-to-client message kind was sent to the server",
+                ));
+            }
+        })
+    }
+
+    /// NewOrders from message `from` on: the session's id rule and the
+    /// symbol are checked here, the rest by the shard.
+    fn new_orders(
+        &self,
+        s: &mut Session,
+        orders: &[wire::NewOrder],
+        from: usize,
+        fx: &mut impl Effects,
+    ) -> Option<Stop> {
+        for (i, o) in orders.iter().enumerate().skip(from) {
+            if fx.congested() {
+                return Some(Stop::Blocked(i));
+            }
+            let (id, symbol) = (o.client_order_id.get(), o.symbol.get());
+            let duplicate = s.client_order_ids.last().is_some_and(|last| id <= last);
+            if duplicate || symbol >= self.cfg.symbol_count {
+                // Answered here: nothing may change before the fence.
+                if !fx.settled() {
+                    return Some(Stop::Fenced(i));
+                }
+                fx.counters().orders_in += 1;
+                // The id is used even when the symbol is unknown.
+                match s.client_order_ids.check(o) {
+                    Err(r) => {
+                        fx.counters().rejects += 1;
+                        fx.counters().reports_out += 1;
+                        fx.answer(&r);
+                    }
+                    Ok(()) => reject(fx, id, symbol, RejectReason::UnknownSymbol, Kind::NewOrder),
+                }
+            } else {
+                fx.counters().orders_in += 1;
+                let admitted = s.client_order_ids.admit(id);
+                debug_assert!(admitted);
+                fx.route(symbol, command(s, Op::New(*o)));
+            }
+        }
+        None
+    }
+
+    /// Requests a shard answers (Cancel, Replace, OrderQuery) from message
+    /// `from` on; an unknown symbol is answered here. `counted`: the
+    /// request counts in `orders_in`.
+    #[allow(clippy::too_many_arguments)]
+    fn routed<T>(
+        &self,
+        s: &Session,
+        msgs: &[T],
+        from: usize,
+        fx: &mut impl Effects,
+        kind: Kind,
+        counted: bool,
+        parts: impl Fn(&T) -> (u64, u32, Op),
+    ) -> Option<Stop> {
+        for (i, m) in msgs.iter().enumerate().skip(from) {
+            if fx.congested() {
+                return Some(Stop::Blocked(i));
+            }
+            let (id, symbol, op) = parts(m);
+            if symbol >= self.cfg.symbol_count {
+                if !fx.settled() {
+                    return Some(Stop::Fenced(i));
+                }
+                reject(fx, id, symbol, RejectReason::UnknownSymbol, kind);
+            } else {
+                fx.route(symbol, command(s, op));
+            }
+            if counted {
+                fx.counters().orders_in += 1;
+            }
+        }
+        None
+    }
+
+    fn handle_hello(
+        &self,
+        s: &mut Session,
+        h: &wire::Hello,
+        fx: &mut impl Effects,
+    ) -> Result<(), CloseReason> {
+        let version = h.protocol_version.get();
+        if version != u16::from(PROTOCOL_VERSION) {
+            return Err(CloseReason::new(
+                SessionErrorCode::UnsupportedVersion,
+                Kind::Hello as u8,
+                u32::from(version),
+                format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
+            ));
+        }
+        if let Err(e) = h.validate() {
+            return Err(CloseReason::new(
+                SessionErrorCode::InvalidField,
+                Kind::Hello as u8,
+                e.detail(),
+                e.to_string(),
+            ));
+        }
+        if let Some(token) = &self.cfg.auth_token
+            && h.credentials() != token.as_slice()
+        {
+            return Err(CloseReason::new(
+                SessionErrorCode::AuthenticationFailed,
+                Kind::Hello as u8,
+                0,
+                "the credentials were refused",
+            ));
+        }
+        let heartbeat_ms =
+            wire::granted_heartbeat_ms(h.heartbeat_interval_ms.get(), self.cfg.heartbeat_ms);
+        s.account = h.account.get();
+        s.cancel_on_disconnect = h.cancel_on_disconnect();
+        s.heartbeat_ms = heartbeat_ms;
+        s.phase = Phase::Active;
+        fx.answer(&HelloAck {
+            session_id: s.id.get().into(),
+            protocol_version: u16::from(PROTOCOL_VERSION).into(),
+            flags: h.flags,
+            heartbeat_interval_ms: heartbeat_ms.into(),
+            symbol_count: (self.cfg.directory.len() as u32).into(),
+            max_frame_bytes: self.cfg.max_frame_bytes.into(),
+        });
+        for entry in self.cfg.directory.iter() {
+            fx.answer(entry);
+        }
+        Ok(())
+    }
+
+    /// The interval a connection's timers run on: the session's, or the
+    /// server default before the Hello.
+    fn heartbeat_ns(&self, s: &Session) -> u64 {
+        let ms = if s.heartbeat_ms == 0 {
+            self.cfg.heartbeat_ms
+        } else {
+            s.heartbeat_ms
+        };
+        u64::from(ms) * 1_000_000
+    }
+
+    /// What a connection's timers call for at `c.now_ns`: a slow consumer
+    /// or a silent client is closed; an idle line gets a heartbeat.
+    pub fn poll_timers(&self, s: &Session, c: &Clock) -> Timer {
+        if s.phase == Phase::Closing {
+            return Timer::Nothing;
+        }
+        let slow_ns = self.cfg.slow_consumer_ms * 1_000_000;
+        if let Some(started) = c.send_started_ns
+            && c.now_ns.saturating_sub(started) > slow_ns
+        {
+            return Timer::Close(CloseReason::new(
+                SessionErrorCode::SlowConsumer,
+                0,
+                0,
+                format!(
+                    "the client has not read its reports for {} ms ({} bytes waiting)",
+                    c.now_ns.saturating_sub(started) / 1_000_000,
+                    c.out_bytes
+                ),
+            ));
+        }
+        let idle_ns = self.heartbeat_ns(s) * u64::from(self.cfg.idle_timeout_factor);
+        if c.now_ns.saturating_sub(c.last_recv_ns) > idle_ns && !c.held_back {
+            let ms = idle_ns / 1_000_000;
+            return Timer::Close(CloseReason::new(
+                SessionErrorCode::IdleTimeout,
+                0,
+                ms as u32,
+                format!("nothing received for {ms} ms"),
+            ));
+        }
+        if s.phase == Phase::Active
+            && c.now_ns.saturating_sub(c.last_out_ns) >= self.heartbeat_ns(s)
+            && c.out_bytes == 0
+        {
+            return Timer::Heartbeat;
+        }
+        Timer::Nothing
+    }
+}
+
+/// A command of the session.
+fn command(s: &Session, op: Op) -> Command {
+    Command {
+        session: s.id,
+        account: s.account,
+        op,
+    }
+}
+
+/// Messages the session layer answers itself, each once the session is
+/// settled, from message `from` on.
+fn answered<T, F: FnMut(&mut E, &T), E: Effects>(
+    msgs: &[T],
+    from: usize,
+    fx: &mut E,
+    mut answer: F,
+) -> Option<Stop> {
+    for (i, m) in msgs.iter().enumerate().skip(from) {
+        if fx.congested() {
+            return Some(Stop::Blocked(i));
+        }
+        if !fx.settled() {
+            return Some(Stop::Fenced(i));
+        }
+        answer(fx, m);
+    }
+    None
+}
+
+fn reject(
+    fx: &mut impl Effects,
+    client_order_id: u64,
+    symbol: u32,
+    reason: RejectReason,
+    kind: Kind,
+) {
+    let counters = fx.counters();
+    counters.rejects += 1;
+    counters.reports_out += 1;
+    fx.answer(&Rejected::new(client_order_id, symbol, reason, kind));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::limits::{HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN};
+    use super::*;
+    use wire::{Cancel, Heartbeat, Hello, NewOrder, OrderQuery, Side, Subscribe};
+
+    /// Records what the session layer asks for, in order.
+    #[derive(Default)]
+    struct Recorder {
+        /// Each effect in order: a routed command's client order id as
+        /// "route N", an answer as its kind and id.
+        log: Vec<String>,
+        routed: Vec<Command>,
+        answers: Vec<u8>,
+        /// Routed commands not yet processed; `settled` processes them all
+        /// when `settle_on_ask` (the core's local, unjournaled case).
+        unprocessed: usize,
+        settle_on_ask: bool,
+        /// Congested after this many routes.
+        congest_after: Option<usize>,
+        counters: Counters,
+    }
+
+    impl Effects for Recorder {
+        fn congested(&self) -> bool {
+            self.congest_after.is_some_and(|n| self.routed.len() >= n)
+        }
+        fn route(&mut self, _symbol: u32, cmd: Command) {
+            let id = match cmd.op {
+                Op::New(o) => o.client_order_id.get(),
+                Op::Cancel(c) => c.client_order_id.get(),
+                Op::Replace(r) => r.client_order_id.get(),
+                Op::Query(q) => q.client_order_id.get(),
+                Op::CancelSession => 0,
+            };
+            self.log.push(format!("route {id}"));
+            self.routed.push(cmd);
+            self.unprocessed += 1;
+        }
+        fn settled(&mut self) -> bool {
+            if self.settle_on_ask {
+                self.unprocessed = 0;
+            }
+            self.unprocessed == 0
+        }
+        fn answer<T: Message>(&mut self, msg: &T) {
+            let mut one = Vec::new();
+            wire::append_frame(std::slice::from_ref(msg), &mut one).unwrap();
+            self.answers.extend_from_slice(&one);
+            let id = match T::KIND {
+                Kind::Rejected => {
+                    let (r, _) =
+                        <Rejected as zerocopy::FromBytes>::read_from_prefix(&one[8..]).unwrap();
+                    format!(" {} {:?}", r.client_order_id.get(), r.reason())
+                }
+                _ => String::new(),
+            };
+            self.log.push(format!("{:?}{id}", T::KIND));
+        }
+        fn counters(&mut self) -> &mut Counters {
+            &mut self.counters
+        }
+    }
+
+    fn layer() -> SessionLayer {
+        SessionLayer::new(SessionConfig {
+            symbol_count: 2,
+            directory: vec![SymbolEntry::new(0, "A"), SymbolEntry::new(1, "B")].into(),
+            auth_token: None,
+            heartbeat_ms: 1_000,
+            idle_timeout_factor: 3,
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            slow_consumer_ms: 10_000,
+        })
+    }
+
+    fn bytes<M: Message>(msgs: &[M]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::append_frame(msgs, &mut out).unwrap();
+        out
+    }
+
+    fn order(id: u64, symbol: u32) -> NewOrder {
+        NewOrder::limit(id, symbol, Side::Buy, 100, 1)
+    }
+
+    fn logged_on(l: &SessionLayer, fx: &mut Recorder) -> Session {
+        let mut s = Session::new(SessionId::new(1, 2, 3));
+        let (used, _, end) = l.handle_input(&mut s, &bytes(&[Hello::new(7, 0, 0, "")]), 0, fx);
+        assert!(matches!(end, InputEnd::Done), "{end:?}");
+        assert_eq!(used, 8 + 48);
+        fx.log.clear();
+        s
+    }
+
+    #[test]
+    fn a_hello_gets_its_ack_then_the_directory() {
+        let l = layer();
+        let mut fx = Recorder::default();
+        let mut s = Session::new(SessionId::new(1, 2, 3));
+        let hello = bytes(&[Hello::new(7, 0, 250, "")]);
+        let (used, _, end) = l.handle_input(&mut s, &hello, 0, &mut fx);
+        assert!(matches!(end, InputEnd::Done));
+        assert_eq!(used, hello.len());
+        assert_eq!(fx.log, ["HelloAck", "SymbolEntry", "SymbolEntry"]);
+        assert_eq!(
+            (s.phase, s.account, s.heartbeat_ms),
+            (Phase::Active, 7, 250)
+        );
+    }
+
+    #[test]
+    fn hello_rules() {
+        let l = layer();
+        // A heartbeat interval out of range is clamped; 0 takes the default.
+        for (asked, got) in [
+            (1, HEARTBEAT_MS_MIN),
+            (u32::MAX, HEARTBEAT_MS_MAX),
+            (0, 1_000),
+        ] {
+            let mut s = Session::new(SessionId::new(0, 1, 0));
+            l.handle_input(
+                &mut s,
+                &bytes(&[Hello::new(1, 0, asked, "")]),
+                0,
+                &mut Recorder::default(),
+            );
+            assert_eq!(s.heartbeat_ms, got, "asked {asked}");
+        }
+        // A second Hello closes the session.
+        let mut fx = Recorder::default();
+        let mut s = logged_on(&l, &mut fx);
+        let (_, _, end) = l.handle_input(&mut s, &bytes(&[Hello::new(7, 0, 0, "")]), 0, &mut fx);
+        let InputEnd::Close(r) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::DuplicateHello));
+        // A wrong version is refused, naming the version.
+        let mut s = Session::new(SessionId::new(0, 1, 0));
+        let mut hello = Hello::new(1, 0, 0, "");
+        hello.protocol_version = 9.into();
+        let (_, _, end) = l.handle_input(&mut s, &bytes(&[hello]), 0, &mut Recorder::default());
+        let InputEnd::Close(r) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::UnsupportedVersion));
+        assert_eq!(r.msg.detail.get(), 9);
+        // With a token, other credentials are refused.
+        let mut cfg = layer().cfg;
+        cfg.auth_token = Some(b"secret".to_vec());
+        let l = SessionLayer::new(cfg);
+        let mut s = Session::new(SessionId::new(0, 1, 0));
+        let (_, _, end) = l.handle_input(
+            &mut s,
+            &bytes(&[Hello::new(1, 0, 0, "guess")]),
+            0,
+            &mut Recorder::default(),
+        );
+        let InputEnd::Close(r) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::AuthenticationFailed));
+        let mut fx = Recorder::default();
+        l.handle_input(&mut s, &bytes(&[Hello::new(1, 0, 0, "secret")]), 0, &mut fx);
+        assert_eq!(s.phase, Phase::Active);
+    }
+
+    #[test]
+    fn an_order_before_the_hello_closes_the_connection() {
+        let l = layer();
+        let mut fx = Recorder::default();
+        let mut s = Session::new(SessionId::new(0, 1, 0));
+        let (_, _, end) = l.handle_input(&mut s, &bytes(&[order(1, 0)]), 0, &mut fx);
+        let InputEnd::Close(r) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::NotLoggedIn));
+        assert!(fx.routed.is_empty());
+    }
+
+    #[test]
+    fn frame_errors_close_after_the_frames_before_them() {
+        let l = layer();
+        let mut fx = Recorder::default();
+        let mut s = logged_on(&l, &mut fx);
+        let mut data = bytes(&[order(1, 0)]);
+        let good = data.len();
+        data.extend_from_slice(&[8, 0, 0, 0, 0x08, 1, 0, 0]); // a server-bound kind 0x08
+        let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+        let InputEnd::Close(r) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::UnknownKind));
+        assert_eq!(used, good, "the bad frame is not consumed");
+        assert_eq!(fx.log, ["route 1"], "the good order was routed first");
+        // A truncated frame is not an error: it waits for more bytes.
+        let partial = &bytes(&[order(2, 0)])[..20];
+        let (used, _, end) = l.handle_input(&mut s, partial, 0, &mut fx);
+        assert!(matches!(end, InputEnd::Done));
+        assert_eq!(used, 0);
+    }
+
+    #[test]
+    fn duplicate_and_unknown_symbol_rejects_wait_for_earlier_requests() {
+        let l = layer();
+        let mut fx = Recorder::default();
+        let mut s = logged_on(&l, &mut fx);
+        // id 7 is routed and not yet processed; the duplicate 7 and the
+        // unknown symbol must not be answered before it.
+        let data = bytes(&[order(7, 0), order(7, 1), order(8, 5), order(8, 0)]);
+        let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+        assert!(matches!(end, InputEnd::Fenced), "{end:?}");
+        assert_eq!((used, cursor), (0, 1), "stopped before the second message");
+        assert_eq!(fx.log, ["route 7"]);
+        // Once the shard processed 7, the rest goes through, in order.
+        fx.unprocessed = 0;
+        let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+        assert!(matches!(end, InputEnd::Done));
+        assert_eq!(used, data.len());
+        assert_eq!(
+            fx.log,
+            [
+                "route 7",
+                "Rejected 7 Ok(DuplicateClientOrderId)",
+                "Rejected 8 Ok(UnknownSymbol)",
+                // Id 8 counts as used even though its symbol was unknown.
+                "Rejected 8 Ok(DuplicateClientOrderId)"
+            ]
+        );
+        assert_eq!(fx.counters.orders_in, 4, "each order counted once");
+        assert_eq!(fx.counters.rejects, 3);
+    }
+
+    #[test]
+    fn answers_follow_local_commands_processed_on_the_spot() {
+        let l = layer();
+        let mut fx = Recorder {
+            settle_on_ask: true,
+            ..Recorder::default()
+        };
+        let mut s = logged_on(&l, &mut fx);
+        let mut data = bytes(&[order(1, 0)]);
+        data.extend(bytes(&[Heartbeat { token: 5.into() }]));
+        data.extend(bytes(&[Subscribe {
+            symbol: 0.into(),
+            flags: 1.into(),
+        }]));
+        data.extend(bytes(&[Cancel::new(1, 9)]));
+        data.extend(bytes(&[OrderQuery::new(1, 1)]));
+        let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+        assert!(matches!(end, InputEnd::Done));
+        assert_eq!(used, data.len());
+        assert_eq!(
+            fx.log,
+            [
+                "route 1",
+                "ServerHeartbeat",
+                "Rejected 0 Ok(NotSupported)",
+                "Rejected 1 Ok(UnknownSymbol)",
+                "route 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn congestion_stops_before_a_message_and_resumes_there() {
+        let l = layer();
+        let mut fx = Recorder {
+            congest_after: Some(2),
+            settle_on_ask: true,
+            ..Recorder::default()
+        };
+        let mut s = logged_on(&l, &mut fx);
+        let data = bytes(&[order(1, 0), order(2, 1), order(3, 0)]);
+        let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+        assert!(matches!(end, InputEnd::Blocked));
+        assert_eq!((used, cursor), (0, 2));
+        fx.congest_after = None;
+        let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+        assert!(matches!(end, InputEnd::Done));
+        assert_eq!(used, data.len());
+        assert_eq!(fx.log, ["route 1", "route 2", "route 3"]);
+    }
+
+    #[test]
+    fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
+        let l = layer();
+        let mut fx = Recorder::default();
+        let s = logged_on(&l, &mut fx);
+        let ms = 1_000_000;
+        let clock = Clock {
+            now_ns: 10_000 * ms,
+            last_recv_ns: 9_500 * ms,
+            last_out_ns: 9_500 * ms,
+            send_started_ns: None,
+            out_bytes: 0,
+            held_back: false,
+        };
+        assert!(matches!(l.poll_timers(&s, &clock), Timer::Nothing));
+        let quiet = Clock {
+            last_out_ns: 8_900 * ms,
+            ..clock
+        };
+        assert!(matches!(l.poll_timers(&s, &quiet), Timer::Heartbeat));
+        let silent = Clock {
+            last_recv_ns: 6_900 * ms,
+            ..clock
+        };
+        let Timer::Close(r) = l.poll_timers(&s, &silent) else {
+            panic!()
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
+        assert_eq!(r.msg.detail.get(), 3_000, "3 heartbeat intervals");
+        // Silence while the server holds input back is not the client's fault.
+        let held = Clock {
+            held_back: true,
+            ..silent
+        };
+        assert!(!matches!(l.poll_timers(&s, &held), Timer::Close(_)));
+        let stuck = Clock {
+            now_ns: 20_000 * ms,
+            last_recv_ns: 19_900 * ms,
+            last_out_ns: 19_900 * ms,
+            send_started_ns: Some(9_000 * ms),
+            out_bytes: 99,
+            held_back: false,
+        };
+        let Timer::Close(r) = l.poll_timers(&s, &stuck) else {
+            panic!()
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::SlowConsumer));
+        // Before the Hello the server's default interval applies.
+        let fresh = Session::new(SessionId::new(0, 1, 1));
+        let Timer::Close(r) = l.poll_timers(&fresh, &silent) else {
+            panic!()
+        };
+        assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
+    }
+}

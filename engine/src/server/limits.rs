@@ -1,0 +1,177 @@
+//! Every limit and timeout of the server in one place, with the relations
+//! between them asserted at compile time, and the one validation of a
+//! [`ServerConfig`] (the command line only parses).
+//!
+//! Limits of the book live with the book ([`crate::book::ShardConfig`]),
+//! of the protocol with the wire crate, of the session id in
+//! [`crate::session_id`].
+
+use super::ServerConfig;
+
+/// How often housekeeping (idle timeouts, heartbeats, slow consumers) runs,
+/// and the longest a blocked wait lasts.
+pub const TICK_NS: u64 = 50_000_000;
+/// The shortest wait of a blocked core (timer granularity).
+pub const WAIT_MIN_NS: u64 = 1_000_000;
+/// Iterations without work before `--poll adaptive` goes to sleep.
+pub const ADAPTIVE_SPINS: u32 = 2_000;
+/// How long a closing connection may take to flush before it is cut.
+pub const CLOSE_FLUSH_NS: u64 = 2_000_000_000;
+/// How long a core may take to leave its loop once told to exit (open
+/// connections get this long to flush their last SessionError).
+pub const EXIT_FLUSH_NS: u64 = 2 * CLOSE_FLUSH_NS;
+/// How long a graceful stop waits for the cores to drain.
+pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// Submission queue entries of each core's ring.
+pub const SQ_ENTRIES: u32 = 4096;
+/// Completion queue entries: multishot receives and accepts complete many
+/// times per submission.
+pub const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
+
+/// Most commands a shard's queue holds while its journal write is in
+/// flight; beyond it the core stops reading connections (backpressure).
+pub const PENDING_JOURNAL_MAX: usize = 1 << 16;
+
+/// A Hello may ask for a heartbeat interval in this range (clamped), and
+/// `--heartbeat-ms` must be in it.
+pub const HEARTBEAT_MS_MIN: u32 = wire::HEARTBEAT_INTERVAL_MIN_MS;
+pub const HEARTBEAT_MS_MAX: u32 = wire::HEARTBEAT_INTERVAL_MAX_MS;
+
+/// Initial capacity of a connection's output and input buffers; they grow
+/// to the output cut-off (`--out-max-bytes`) and the frame limit.
+pub const CONN_BUFFER_BYTES: usize = 64 * 1024;
+/// Accept backlog per core (the kernel caps it at net.core.somaxconn).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Core-to-core ring capacity bounds, in messages ([`ring_capacity_for`]).
+pub const RING_CAPACITY_MIN: usize = 4096;
+pub const RING_CAPACITY_MAX: usize = 1 << 16;
+/// The full mesh's messages in total that the default capacity aims at.
+const MESH_MESSAGES: usize = 1 << 20;
+
+/// Defaults of the output limits: stop reading a connection at the high
+/// water mark, cut it off at the maximum.
+pub const OUT_HIGH_WATER_BYTES: usize = 4 << 20;
+pub const OUT_MAX_BYTES: usize = 64 << 20;
+
+const _: () = assert!(CQ_ENTRIES >= SQ_ENTRIES);
+const _: () = assert!(WAIT_MIN_NS < TICK_NS);
+// Housekeeping must run several times within a close's flush window.
+const _: () = assert!(CLOSE_FLUSH_NS >= 10 * TICK_NS);
+const _: () = assert!(EXIT_FLUSH_NS > CLOSE_FLUSH_NS);
+// A drain must outlast a close flush, or shutdown would cut flushes short.
+const _: () = assert!(DRAIN_TIMEOUT_MS * 1_000_000 > EXIT_FLUSH_NS);
+const _: () = assert!(HEARTBEAT_MS_MIN as u64 * 1_000_000 >= 2 * TICK_NS);
+const _: () = assert!(HEARTBEAT_MS_MIN < HEARTBEAT_MS_MAX);
+const _: () = assert!(OUT_HIGH_WATER_BYTES <= OUT_MAX_BYTES);
+const _: () = assert!(RING_CAPACITY_MIN.is_power_of_two() && RING_CAPACITY_MAX.is_power_of_two());
+const _: () = assert!(RING_CAPACITY_MIN <= RING_CAPACITY_MAX);
+// A journal queue must hold at least one full batch (`--batch` is a u16 range).
+const _: () = assert!(PENDING_JOURNAL_MAX > u16::MAX as usize);
+
+/// Default ring capacity: a full mesh has n*(n-1) rings, so shrink each as
+/// cores grow (64K messages each on 2 cores, 16K on 40), keeping the mesh
+/// within about a gigabyte.
+pub fn ring_capacity_for(cores: usize) -> usize {
+    MESH_MESSAGES
+        .checked_div(cores.max(1) * 2)
+        .unwrap_or(RING_CAPACITY_MAX)
+        .next_power_of_two()
+        .clamp(RING_CAPACITY_MIN, RING_CAPACITY_MAX)
+}
+
+/// Checks a configuration once, before anything starts. Each error names
+/// the flag and what to do.
+pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
+    let cores = cfg.cpus.len();
+    if cores == 0 {
+        return Err("no cores to run on".into());
+    }
+    if cores > crate::session_id::CORES_MAX {
+        return Err(format!(
+            "{cores} cores: a session id names at most {} cores",
+            crate::session_id::CORES_MAX
+        ));
+    }
+    if (cfg.shards as usize) < cores {
+        return Err(format!(
+            "--shards {} is below the number of cores ({cores}); give at least one shard per core",
+            cfg.shards
+        ));
+    }
+    if cfg.symbols.is_empty() {
+        return Err("at least one symbol is needed".into());
+    }
+    if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&cfg.heartbeat_ms) {
+        return Err(format!(
+            "--heartbeat-ms {} is out of range; use {HEARTBEAT_MS_MIN}..={HEARTBEAT_MS_MAX}",
+            cfg.heartbeat_ms
+        ));
+    }
+    if cfg.idle_timeout_factor == 0 {
+        return Err("the idle timeout factor must be at least 1".into());
+    }
+    if cfg.batch == 0 || cfg.batch > usize::from(u16::MAX) {
+        return Err(format!(
+            "--batch {} is out of range; use 1..=65535",
+            cfg.batch
+        ));
+    }
+    if cfg.out_high_water_bytes > cfg.out_max_bytes {
+        return Err(format!(
+            "the output high water mark ({} bytes) is above the output cut-off ({} bytes)",
+            cfg.out_high_water_bytes, cfg.out_max_bytes
+        ));
+    }
+    if cfg.send_chunk_bytes == 0 {
+        return Err("the send chunk must be at least one byte".into());
+    }
+    if cfg.ring_capacity == 0 {
+        return Err("--ring-capacity must be at least 1".into());
+    }
+    cfg.shard.validate().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServerConfig {
+        ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![0, 1], vec!["A".into()])
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        validate(&cfg()).unwrap();
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        type Change = fn(&mut ServerConfig);
+        let cases: [(&str, Change); 6] = [
+            ("--shards 1", |c| c.shards = 1),
+            ("--heartbeat-ms 50", |c| c.heartbeat_ms = 50),
+            ("--batch 0", |c| c.batch = 0),
+            ("high water", |c| {
+                c.out_high_water_bytes = c.out_max_bytes + 1
+            }),
+            ("no cores", |c| c.cpus.clear()),
+            ("at least one symbol", |c| c.symbols.clear()),
+        ];
+        for (words, change) in cases {
+            let mut c = cfg();
+            change(&mut c);
+            let e = validate(&c).unwrap_err();
+            assert!(e.contains(words), "{words}: {e}");
+        }
+    }
+
+    #[test]
+    fn ring_capacity_shrinks_with_cores_within_bounds() {
+        assert_eq!(ring_capacity_for(2), RING_CAPACITY_MAX);
+        assert_eq!(ring_capacity_for(40), 16384);
+        assert_eq!(ring_capacity_for(1000), RING_CAPACITY_MIN);
+    }
+}

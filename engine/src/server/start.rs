@@ -1,0 +1,445 @@
+//! Starting a server, one named step at a time: validate, listen, share,
+//! build the mesh, place the shards, open the journal, spawn the cores
+//! (each creates or recovers its shards on its own CPU), wait for ready.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use wire::SymbolEntry;
+
+use super::core::{
+    Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionSettings, placement_table,
+};
+use super::durable::{Housekeeper, ShardLog, Snapshot, lock_journal};
+use super::limits::{LISTEN_BACKLOG, validate};
+use super::stats::{CoreStats, Counters};
+use super::uring::{self, WakeFd};
+use super::{EngineKind, PaddedFlag, Server, ServerConfig, Shared, StartError, spawn_stats_thread};
+use crate::book::{Matcher, NullShard, Shard};
+use crate::journal::{self, ShardIdentity};
+use crate::session_id::SessionId;
+
+/// What each core reports when it is ready: the highest session sequence
+/// its recovered journals name, or why it failed (CPU, reason).
+type Ready = Result<u64, (usize, String)>;
+
+pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
+    validate(&cfg).map_err(StartError::Config)?;
+    // io_uring's rings and buffers count against RLIMIT_MEMLOCK on older
+    // kernels: raise it as far as allowed (the start-up host check
+    // explains what to do when it stays low).
+    let _ = tuning::raise_memlock(tuning::MEMLOCK_UNLIMITED);
+    uring::probe().map_err(StartError::IoUring)?;
+    // Listeners first, so a busy port fails before any thread starts.
+    let (local_addr, listeners) = listen_all(cfg.listen, cfg.cpus.len())?;
+    let shared = share(cfg.cpus.len())?;
+    let meshes = build_mesh(cfg.cpus.len(), cfg.ring_capacity);
+    let placement: Arc<[Placement]> =
+        placement_table(cfg.symbols.len(), cfg.shards, cfg.cpus.len()).into();
+    let journal = open_journal(&cfg, &shared)?;
+    let mut journal = journal;
+    let mut spawned = spawn_cores(&cfg, &shared, meshes, listeners, &placement, &mut journal)?;
+    let failure = wait_ready(&mut spawned);
+    let Spawned { threads, go, .. } = spawned;
+    let mut server = Server {
+        local_addr,
+        shared,
+        threads,
+        stats_thread: None,
+        stats_stop: Arc::new(AtomicBool::new(false)),
+        started: Instant::now(),
+        cpus: cfg.cpus.clone(),
+        housekeeper: journal.housekeeper,
+        _journal_lock: journal.lock,
+    };
+    if let Err(e) = failure {
+        drop(go);
+        server.shared.stop_reading.store(true, Ordering::Release);
+        server.shared.exit.store(true, Ordering::Release);
+        server.shared.kick_all();
+        for t in server.threads.drain(..) {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    if cfg.live_stats {
+        server.stats_thread = spawn_stats_thread(
+            Arc::clone(&server.shared),
+            Arc::clone(&server.stats_stop),
+            server.cpus.clone(),
+        );
+    }
+    Ok(server)
+}
+
+/// One SO_REUSEPORT listener per core (each core gets its own accept
+/// queue), all on the port the first one got.
+fn listen_all(
+    addr: SocketAddr,
+    cores: usize,
+) -> Result<(SocketAddr, Vec<TcpListener>), StartError> {
+    let first = listen(addr)?;
+    let local = first
+        .local_addr()
+        .map_err(|e| StartError::Listen(addr, e))?;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(listen(local)?);
+    }
+    Ok((local, listeners))
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    tuning::listen_reuseport(addr, LISTEN_BACKLOG).map_err(|e| {
+        if e.is_addr_in_use() {
+            StartError::AddressInUse(addr)
+        } else if e.is_addr_not_available() {
+            StartError::AddressNotAvailable(addr)
+        } else {
+            StartError::Listen(addr, std::io::Error::other(e.to_string()))
+        }
+    })
+}
+
+/// The state the cores and the admin side share.
+fn share(cores: usize) -> Result<Arc<Shared>, StartError> {
+    let wake_fds = (0..cores)
+        .map(|_| WakeFd::new())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Config(format!("eventfd: {e}")))?;
+    Ok(Arc::new(Shared {
+        stats: (0..cores).map(|_| CoreStats::default()).collect(),
+        sleeping: (0..cores).map(|_| PaddedFlag::default()).collect(),
+        wake_fds: wake_fds.into_boxed_slice(),
+        stop_reading: AtomicBool::new(false),
+        exit: AtomicBool::new(false),
+        conns_live: AtomicUsize::new(0),
+    }))
+}
+
+/// The full mesh: ring i->j feeds core j from core i.
+fn build_mesh(cores: usize, capacity: usize) -> Vec<Mesh> {
+    let mut meshes: Vec<Mesh> = (0..cores)
+        .map(|_| Mesh {
+            to: (0..cores).map(|_| None).collect(),
+            from: (0..cores).map(|_| None).collect(),
+        })
+        .collect();
+    for i in 0..cores {
+        for j in 0..cores {
+            if i != j {
+                let (p, c) = rtrb::RingBuffer::<Msg>::new(capacity);
+                meshes[i].to[j] = Some(p);
+                meshes[j].from[i] = Some(c);
+            }
+        }
+    }
+    meshes
+}
+
+/// The journal of a run: its settings, lock and background thread, and
+/// each core's end of the channel back from that thread.
+struct OpenJournal {
+    settings: Option<super::durable::JournalSettings>,
+    lock: Option<std::fs::File>,
+    housekeeper: Option<Housekeeper>,
+    done: Vec<Option<mpsc::Receiver<super::durable::Done>>>,
+}
+
+fn open_journal(cfg: &ServerConfig, shared: &Arc<Shared>) -> Result<OpenJournal, StartError> {
+    // The null engine keeps no state worth journaling.
+    let settings = cfg
+        .journal
+        .clone()
+        .filter(|_| cfg.engine == EngineKind::Match);
+    let Some(j) = &settings else {
+        return Ok(OpenJournal {
+            settings,
+            lock: None,
+            housekeeper: None,
+            done: Vec::new(),
+        });
+    };
+    j.config.validate().map_err(StartError::Journal)?;
+    let lock = lock_journal(&j.config.dir).map_err(StartError::Journal)?;
+    let (done_tx, done): (Vec<_>, Vec<_>) = (0..cfg.cpus.len())
+        .map(|_| {
+            let (tx, rx) = mpsc::channel();
+            (tx, Some(rx))
+        })
+        .unzip();
+    let housekeeper = Housekeeper::start(
+        j.config.dir.clone(),
+        j.config.segment_bytes,
+        done_tx,
+        Arc::clone(shared),
+    )
+    .map_err(|e| StartError::Journal(format!("cannot start the journal thread: {e}")))?;
+    Ok(OpenJournal {
+        settings,
+        lock: Some(lock),
+        housekeeper: Some(housekeeper),
+        done,
+    })
+}
+
+/// The core threads, the channel they report ready on, and the channels
+/// that tell them to go (with the session numbering base).
+struct Spawned {
+    threads: Vec<JoinHandle<CoreExit>>,
+    ready: mpsc::Receiver<Ready>,
+    go: Vec<mpsc::Sender<u32>>,
+}
+
+fn spawn_cores(
+    cfg: &ServerConfig,
+    shared: &Arc<Shared>,
+    meshes: Vec<Mesh>,
+    listeners: Vec<TcpListener>,
+    placement: &Arc<[Placement]>,
+    journal: &mut OpenJournal,
+) -> Result<Spawned, StartError> {
+    let OpenJournal {
+        settings,
+        housekeeper,
+        done,
+        ..
+    } = journal;
+    let ncores = cfg.cpus.len();
+    let directory: Arc<[SymbolEntry]> = cfg
+        .symbols
+        .iter()
+        .enumerate()
+        .map(|(i, name)| SymbolEntry::new(i as u32, name))
+        .collect();
+    let (ready_tx, ready) = mpsc::channel::<Ready>();
+    let mut go = Vec::with_capacity(ncores);
+    let mut threads = Vec::with_capacity(ncores);
+    let mut done = done.iter_mut();
+    for (index, (mesh, listener)) in meshes.into_iter().zip(listeners).enumerate() {
+        let cpu = cfg.cpus[index];
+        let settings = settings.as_ref();
+        let core_cfg = CoreConfig {
+            index,
+            cpu: cfg.pin.then_some(cpu),
+            ncores,
+            shard_count: cfg.shards,
+            batch: cfg.batch,
+            poll: cfg.poll,
+            max_connections: cfg.max_connections,
+            max_frame_bytes: cfg.max_frame_bytes,
+            out_high_water_bytes: cfg.out_high_water_bytes,
+            out_max_bytes: cfg.out_max_bytes,
+            send_chunk_bytes: cfg.send_chunk_bytes,
+            recv_buffers: cfg.recv_buffers,
+            recv_buffer_bytes: cfg.recv_buffer_bytes,
+            ring_capacity: cfg.ring_capacity,
+            placement: Arc::clone(placement),
+            journal_fsync: settings.is_some_and(|j| j.fsync),
+            snapshot_every_records: settings.map_or(u64::MAX, |j| j.config.snapshot_every_records),
+            session: SessionSettings {
+                symbol_count: cfg.symbols.len() as u32,
+                directory: Arc::clone(&directory),
+                auth_token: cfg.auth_token.clone(),
+                heartbeat_ms: cfg.heartbeat_ms,
+                idle_timeout_factor: cfg.idle_timeout_factor,
+                slow_consumer_ms: cfg.slow_consumer_ms,
+            },
+        };
+        let (go_tx, go_rx) = mpsc::channel::<u32>();
+        go.push(go_tx);
+        let core_journal = match (&*housekeeper, settings, done.next()) {
+            (Some(h), Some(j), Some(rx)) => rx.take().map(|rx| JournalParts {
+                jobs: h.jobs.clone(),
+                done: rx,
+                dir: j.config.dir.clone(),
+                segment_bytes: j.config.segment_bytes,
+            }),
+            _ => None,
+        };
+        let parts = CoreParts {
+            cfg: core_cfg,
+            shared: Arc::clone(shared),
+            listener: OwnedFd::from(listener),
+            mesh,
+            ready: ready_tx.clone(),
+            go: go_rx,
+            cpu,
+        };
+        let engine = cfg.engine;
+        let shard_cfg = cfg.shard;
+        let spawned = std::thread::Builder::new()
+            .name(format!("turbo-dex-core-{cpu}"))
+            .spawn(move || core_main(parts, engine, shard_cfg, core_journal));
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => return Err(StartError::Core(cpu, e.to_string())),
+        }
+    }
+    Ok(Spawned { threads, ready, go })
+}
+
+/// Waits until every core reported ready, then lets them go with the
+/// session numbering base: new sessions are numbered above every session
+/// a recovered journal still names, on every core.
+fn wait_ready(spawned: &mut Spawned) -> Result<(), StartError> {
+    let mut failure = None;
+    let mut session_seq_max = 0u64;
+    for _ in 0..spawned.threads.len() {
+        match spawned.ready.recv() {
+            Ok(Ok(seq)) => session_seq_max = session_seq_max.max(seq),
+            Ok(Err((cpu, e))) => failure = failure.or(Some(StartError::Core(cpu, e))),
+            Err(_) => {
+                failure = failure.or(Some(StartError::Core(0, "a core thread exited".into())))
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let base = SessionId::generation_of_sequence(session_seq_max) + 1;
+    for go in &spawned.go {
+        let _ = go.send(base);
+    }
+    Ok(())
+}
+
+/// A core's end of the journal: the background thread's queue and answers.
+struct JournalParts {
+    jobs: mpsc::Sender<super::durable::Job>,
+    done: mpsc::Receiver<super::durable::Done>,
+    dir: std::path::PathBuf,
+    segment_bytes: u64,
+}
+
+/// What a core thread starts with.
+struct CoreParts {
+    cfg: CoreConfig,
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    mesh: Mesh,
+    ready: mpsc::Sender<Ready>,
+    go: mpsc::Receiver<u32>,
+    cpu: usize,
+}
+
+impl CoreParts {
+    fn fail(self, why: String) -> CoreExit {
+        let _ = self.ready.send(Err((self.cpu, why)));
+        CoreExit {
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// A core thread: pin, create or recover its shards (on its own CPU, so
+/// their memory is first touched there), then run.
+fn core_main(
+    parts: CoreParts,
+    engine: EngineKind,
+    shard_cfg: crate::book::ShardConfig,
+    journal: Option<JournalParts>,
+) -> CoreExit {
+    if let Some(cpu) = parts.cfg.cpu
+        && let Err(e) = tuning::pin_current_thread(cpu)
+    {
+        return parts.fail(e.to_string());
+    }
+    let shard_count = parts.cfg.shard_count;
+    let symbol_count = parts.cfg.session.symbol_count;
+    let (index, ncores) = (parts.cfg.index, parts.cfg.ncores);
+    let local: Vec<u32> = (0..shard_count)
+        .filter(|s| *s as usize % ncores == index)
+        .collect();
+    match (engine, journal) {
+        (EngineKind::Match, Some(j)) => {
+            let mut shards = Vec::with_capacity(local.len());
+            let mut logs = Vec::with_capacity(local.len());
+            let mut session_seq_max = 0;
+            for &s in &local {
+                let id = ShardIdentity {
+                    shard_index: s,
+                    shard_count,
+                    symbol_count,
+                };
+                match journal::recover(&j.dir, &id, shard_cfg, j.segment_bytes) {
+                    Ok(r) => {
+                        eprintln!("turbo-dex: journal: {}", r.report);
+                        session_seq_max = session_seq_max.max(r.report.session_sequence_max);
+                        let mut log = ShardLog::new(id, shard_cfg, r.segment, r.next_seq);
+                        // Records since the last snapshot count towards the next.
+                        log.since_snapshot = r.report.records_replayed;
+                        logs.push(log);
+                        shards.push(r.shard);
+                    }
+                    Err(e) => return parts.fail(e.to_string()),
+                }
+            }
+            let journal = CoreJournal {
+                logs,
+                jobs: j.jobs,
+                done: j.done,
+            };
+            run_core(parts, shards, Some(journal), session_seq_max)
+        }
+        (EngineKind::Match, None) => {
+            let mut shards = Vec::with_capacity(local.len());
+            for &s in &local {
+                match Shard::try_new(s, shard_count, symbol_count, shard_cfg) {
+                    Ok(shard) => shards.push(shard),
+                    Err(e) => return parts.fail(e.to_string()),
+                }
+            }
+            run_core(parts, shards, None, 0)
+        }
+        (EngineKind::Null, _) => {
+            let shards = local.iter().map(|&s| NullShard::new(s)).collect();
+            run_core(parts, shards, None, 0)
+        }
+    }
+}
+
+/// Builds the core, reports ready (with the highest recovered session
+/// sequence), waits for the go with the session numbering base, and runs.
+fn run_core<M: Matcher + Snapshot>(
+    parts: CoreParts,
+    shards: Vec<M>,
+    journal: Option<CoreJournal>,
+    session_seq_max: u64,
+) -> CoreExit {
+    let CoreParts {
+        cfg,
+        shared,
+        listener,
+        mesh,
+        ready,
+        go,
+        cpu,
+    } = parts;
+    match Core::new(cfg, shared, listener, mesh, shards, journal) {
+        Ok(mut core) => {
+            let _ = ready.send(Ok(session_seq_max));
+            drop(ready);
+            match go.recv() {
+                Ok(base) => {
+                    core.set_session_base(base);
+                    core.run()
+                }
+                // Another core failed: the server is not starting.
+                Err(_) => CoreExit {
+                    counters: Counters::default(),
+                },
+            }
+        }
+        Err(e) => {
+            let _ = ready.send(Err((cpu, e.to_string())));
+            CoreExit {
+                counters: Counters::default(),
+            }
+        }
+    }
+}
