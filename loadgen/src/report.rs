@@ -6,6 +6,8 @@ use crate::flow::Mix;
 use crate::stats::{Counters, Percentiles};
 use crate::verify::Violations;
 
+pub use tuning::units::{group, si};
+
 /// Everything a run measured.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -293,39 +295,6 @@ pub fn live_line(
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-/// 45678000 -> "45,678,000".
-pub fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// 4_520_000 -> "4.52M", 12_100 -> "12.1k", 950 -> "950".
-pub fn si(v: f64) -> String {
-    let (scaled, unit) = if v >= 1e9 {
-        (v / 1e9, "G")
-    } else if v >= 1e6 {
-        (v / 1e6, "M")
-    } else if v >= 1e3 {
-        (v / 1e3, "k")
-    } else {
-        return format!("{v:.0}");
-    };
-    if scaled >= 100.0 {
-        format!("{scaled:.0}{unit}")
-    } else if scaled >= 10.0 {
-        format!("{scaled:.1}{unit}")
-    } else {
-        format!("{scaled:.2}{unit}")
-    }
 }
 
 /// Microseconds with a precision that suits their size.

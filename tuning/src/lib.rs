@@ -50,6 +50,7 @@ pub mod host;
 pub mod mtu;
 pub mod rlimit;
 pub mod sock;
+pub mod units;
 
 pub use cpu::{
     CPU_ID_LIMIT, CpuList, CpuUnavailableError, ParseCpuListError, ParseErrorKind, PinError,
