@@ -247,12 +247,12 @@ fn run(args: Args) -> Result<ExitCode, String> {
     cfg.shards = shards;
     cfg.batch = args.batch as usize;
     cfg.poll = args.poll;
-    cfg.max_connections = args.max_connections.max(1);
+    cfg.max_connections = args.max_connections;
     cfg.engine = args.engine;
     cfg.shard = ShardConfig {
-        orders_max: args.orders_per_shard.max(1),
-        levels_per_side_max: args.levels_per_side.max(1),
-        market_band_ticks: args.market_band_ticks.max(0),
+        orders_max: args.orders_per_shard,
+        levels_per_side_max: args.levels_per_side,
+        market_band_ticks: args.market_band_ticks,
         history_max: args.order_history,
         ..ShardConfig::default()
     };
@@ -269,12 +269,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
     };
     cfg.max_frame_bytes = args.max_frame_bytes;
     cfg.heartbeat_ms = args.heartbeat_ms;
-    cfg.slow_consumer_ms = args.slow_consumer_ms.max(100);
+    cfg.slow_consumer_ms = args.slow_consumer_ms;
     cfg.send_chunk_bytes = segment * (1usize << 20).div_ceil(segment);
     cfg.ring_capacity = args
         .ring_capacity
-        .unwrap_or_else(|| ring_capacity_for(cpus.len()))
-        .max(64);
+        .unwrap_or_else(|| ring_capacity_for(cpus.len()));
     cfg.auth_token = args.auth_token.map(String::into_bytes);
     cfg.live_stats = !args.quiet;
 

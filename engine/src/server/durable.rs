@@ -35,15 +35,8 @@ pub struct JournalSettings {
     pub fsync: bool,
 }
 
-/// Most record bytes one write carries (bounded below the segment size):
-/// 4 MiB is about 55,000 new orders, far more than one iteration brings.
-pub const WRITE_BYTES_MAX: usize = 4 << 20;
-
-/// Ask for the next segment once the current one is this full (percent).
-const NEXT_SEGMENT_AT_PERCENT: u64 = 50;
-
-/// How long to wait before asking again for a segment that failed.
-pub const SEGMENT_RETRY_NS: u64 = 1_000_000_000;
+use super::limits::{NEXT_SEGMENT_AT_PERCENT, SNAPSHOTS_KEPT};
+pub use super::limits::{SEGMENT_RETRY_NS, WRITE_BYTES_MAX};
 
 /// Work for the background thread.
 pub enum Job {
@@ -143,9 +136,6 @@ fn housekeeping(
         }
     }
 }
-
-/// Snapshots kept per shard: two, so recovery can fall back one.
-const SNAPSHOTS_KEPT: usize = 2;
 
 /// Removes snapshots beyond the newest two, and the segments the older of
 /// those two covers entirely.

@@ -33,6 +33,22 @@ pub const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
 /// flight; beyond it the core stops reading connections (backpressure).
 pub const PENDING_JOURNAL_MAX: usize = 1 << 16;
 
+/// Most record bytes one journal write carries (bounded below the segment
+/// size): 4 MiB is about 55,000 new orders, far more than one iteration brings.
+pub const WRITE_BYTES_MAX: usize = 4 << 20;
+/// Ask for the next journal segment once the current one is this full (percent).
+pub const NEXT_SEGMENT_AT_PERCENT: u64 = 50;
+/// How long to wait before asking again for a segment that failed.
+pub const SEGMENT_RETRY_NS: u64 = 1_000_000_000;
+/// Snapshots kept per shard: two, so recovery can fall back one.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// The shortest `--slow-consumer-ms`: below it, ordinary scheduling
+/// hiccups would cut healthy clients off.
+pub const SLOW_CONSUMER_MS_MIN: u64 = 100;
+/// The smallest core-to-core ring a configuration may ask for.
+pub const RING_CAPACITY_FLOOR: usize = 64;
+
 /// A Hello may ask for a heartbeat interval in this range (clamped), and
 /// `--heartbeat-ms` must be in it.
 pub const HEARTBEAT_MS_MIN: u32 = wire::HEARTBEAT_INTERVAL_MIN_MS;
@@ -69,6 +85,11 @@ const _: () = assert!(RING_CAPACITY_MIN.is_power_of_two() && RING_CAPACITY_MAX.i
 const _: () = assert!(RING_CAPACITY_MIN <= RING_CAPACITY_MAX);
 // A journal queue must hold at least one full batch (`--batch` is a u16 range).
 const _: () = assert!(PENDING_JOURNAL_MAX > u16::MAX as usize);
+const _: () = assert!(NEXT_SEGMENT_AT_PERCENT > 0 && NEXT_SEGMENT_AT_PERCENT < 100);
+const _: () = assert!(SNAPSHOTS_KEPT >= 1);
+const _: () = assert!(RING_CAPACITY_FLOOR <= RING_CAPACITY_MIN);
+// A core checks for a stuck send on its housekeeping tick.
+const _: () = assert!(SLOW_CONSUMER_MS_MIN * 1_000_000 >= TICK_NS);
 
 /// Default ring capacity: a full mesh has n*(n-1) rings, so shrink each as
 /// cores grow (64K messages each on 2 cores, 16K on 40), keeping the mesh
@@ -127,8 +148,20 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     if cfg.send_chunk_bytes == 0 {
         return Err("the send chunk must be at least one byte".into());
     }
-    if cfg.ring_capacity == 0 {
-        return Err("--ring-capacity must be at least 1".into());
+    if cfg.ring_capacity < RING_CAPACITY_FLOOR {
+        return Err(format!(
+            "--ring-capacity {} is below {RING_CAPACITY_FLOOR} messages",
+            cfg.ring_capacity
+        ));
+    }
+    if cfg.slow_consumer_ms < SLOW_CONSUMER_MS_MIN {
+        return Err(format!(
+            "--slow-consumer-ms {} is below {SLOW_CONSUMER_MS_MIN}",
+            cfg.slow_consumer_ms
+        ));
+    }
+    if cfg.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
     }
     cfg.shard.validate().map_err(|e| e.to_string())?;
     Ok(())

@@ -12,7 +12,7 @@ use std::time::Instant;
 use wire::SymbolEntry;
 
 use super::core::{
-    Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionSettings, placement_table,
+    Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionConfig, placement_table,
 };
 use super::durable::{Housekeeper, ShardLog, Snapshot, lock_journal};
 use super::limits::{LISTEN_BACKLOG, validate};
@@ -241,12 +241,13 @@ fn spawn_cores(
             placement: Arc::clone(placement),
             journal_fsync: settings.is_some_and(|j| j.fsync),
             snapshot_every_records: settings.map_or(u64::MAX, |j| j.config.snapshot_every_records),
-            session: SessionSettings {
+            session: SessionConfig {
                 symbol_count: cfg.symbols.len() as u32,
                 directory: Arc::clone(&directory),
                 auth_token: cfg.auth_token.clone(),
                 heartbeat_ms: cfg.heartbeat_ms,
                 idle_timeout_factor: cfg.idle_timeout_factor,
+                max_frame_bytes: cfg.max_frame_bytes,
                 slow_consumer_ms: cfg.slow_consumer_ms,
             },
         };

@@ -237,15 +237,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn number_formatting() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(15_234_112), "15,234,112");
-        assert_eq!(si(4_100_000.0), "4.10M");
-        assert_eq!(si(950.0), "950");
-    }
-
-    #[test]
     fn live_line_shows_rates_and_per_core_load() {
         let stats = [CoreStats::default(), CoreStats::default()];
         let prev = Sample::take(&stats, 0);

@@ -11,7 +11,7 @@
 //! | `io.rs` | connection I/O: accept, receive, send, backpressure, close, timers |
 //! | `route.rs` | symbols to shards, the ring mesh, reports home, processed notices |
 //! | `journal.rs` | journal writes through io_uring, applying durable batches |
-//! | `ops.rs` | io_uring operations: typed `user_data`, every submission (all `unsafe`) |
+//! | `ops.rs` | io_uring operations: the typed `user_data`, every submission and why its memory outlives it |
 
 mod conn;
 mod io;
@@ -25,13 +25,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 
-use wire::SymbolEntry;
-
 use self::conn::Slab;
 use self::ops::{Op, Ops};
 use self::route::Router;
 pub use self::route::{Mesh, Msg, Placement, placement_table};
-use self::session::{SessionConfig, SessionLayer};
+pub use self::session::SessionConfig;
+use self::session::SessionLayer;
 use super::durable::{Done, Job, ShardLog, Snapshot};
 use super::limits::{ADAPTIVE_SPINS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS};
 use super::stats::Counters;
@@ -61,17 +60,7 @@ pub struct CoreConfig {
     /// Records between snapshots of a shard.
     pub snapshot_every_records: u64,
     /// What the session layer needs.
-    pub session: SessionSettings,
-}
-
-/// The session layer's settings, as the server passes them to each core.
-pub struct SessionSettings {
-    pub symbol_count: u32,
-    pub directory: Arc<[SymbolEntry]>,
-    pub auth_token: Option<Vec<u8>>,
-    pub heartbeat_ms: u32,
-    pub idle_timeout_factor: u32,
-    pub slow_consumer_ms: u64,
+    pub session: SessionConfig,
 }
 
 /// Durability of a core's shards: their journals and the channels to the
@@ -158,16 +147,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             Some(j) => (j.logs, Some(j.jobs), Some(j.done)),
             None => (Vec::new(), None, None),
         };
-        let s = &cfg.session;
-        let session = Arc::new(SessionLayer::new(SessionConfig {
-            symbol_count: s.symbol_count,
-            directory: Arc::clone(&s.directory),
-            auth_token: s.auth_token.clone(),
-            heartbeat_ms: s.heartbeat_ms,
-            idle_timeout_factor: s.idle_timeout_factor,
-            max_frame_bytes: cfg.max_frame_bytes,
-            slow_consumer_ms: s.slow_consumer_ms,
-        }));
+        let session = Arc::new(SessionLayer::new(cfg.session.clone()));
         Ok(Core {
             ops: Ops::new(ring, cfg.index),
             bufring,
