@@ -1,6 +1,16 @@
 //! The turbo-dex server: one pinned thread per core, each with its own
 //! io_uring, SO_REUSEPORT listener, connections and shards, joined by a
 //! full mesh of SPSC rings (rtrb). See ARCHITECTURE.md for the hot path.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the API: [`ServerConfig`], [`Server`] (start, sample, stop), shared state, clocks |
+//! | `start.rs` | start-up, one named step at a time |
+//! | `limits.rs` | every limit and timeout, their compile-time relations, the one validation |
+//! | `core/` | one engine core: the loop and its concerns, one per file (see `core/mod.rs`) |
+//! | `durable.rs` | each shard's journal state, and the journal's background thread |
+//! | `uring.rs` | io_uring setup and diagnostics, the provided-buffer ring, the wake eventfd |
+//! | `stats.rs` | per-core counters, the live line and the final report |
 
 mod core;
 pub mod durable;
