@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod cpu;
 pub mod host;
 pub mod mtu;
