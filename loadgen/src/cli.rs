@@ -8,6 +8,7 @@ use clap::Parser;
 use tuning::CpuList;
 
 use crate::flow::Mix;
+use crate::logging::LogFormat;
 use crate::session::CONNECTIONS_PER_WORKER_MAX;
 
 /// Longest `--duration`, `--warmup` or `--drain`: a week. Keeps the
@@ -20,6 +21,7 @@ Examples:
   dex-trader --server 10.0.0.2:9000 --batch 2000 --cores 0-7 --connections 2 --duration 60s
   dex-trader --server 10.0.0.2:9000 --rate 1000000 --mix match --json result.json
   dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
+  dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
 
 Latency is measured from each request's send time (closed loop) or its
 scheduled time (open loop, --rate) to its first answer from the server.
@@ -161,6 +163,22 @@ pub struct Args {
     /// goes to stdout.
     #[arg(long)]
     pub quiet: bool,
+
+    /// How warnings, errors and the live line are written to stderr: text
+    /// (`dex-trader: warning: ...`, as always) or json (one object per line,
+    /// for log collectors). RUST_LOG filters them (default info; warn drops
+    /// the live line). The summary and --json report are not affected.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DEX_LOG_FORMAT",
+          value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Serve /metrics (Prometheus text format) and /health over HTTP on
+    /// this address while the run lasts, e.g. 127.0.0.1:9101 (port 0 picks
+    /// one; the address is printed on stdout as `dex-trader admin listening
+    /// on ADDR`). No authentication: keep it on loopback or a trusted
+    /// network. Default: off.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
 }
 
 /// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
@@ -283,6 +301,8 @@ pub struct Plan {
     pub verify: bool,
     /// `--quiet`.
     pub quiet: bool,
+    /// `--admin` if given.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Plan {
@@ -383,6 +403,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         json: args.json.clone(),
         verify: args.verify,
         quiet: args.quiet,
+        admin: args.admin,
     };
     if args.duration.is_zero() {
         return Err(UsageError("--duration must be above zero".into()));
@@ -468,6 +489,7 @@ mod tests {
         assert_eq!(a.mix, Mix::Realistic);
         assert_eq!(a.rate, None);
         assert!(!a.verify && !a.quiet);
+        assert_eq!(a.admin, None);
         let a = parse(&[
             "--server",
             "localhost:1",
@@ -501,8 +523,14 @@ mod tests {
             "out.json",
             "--verify",
             "--quiet",
+            "--log-format",
+            "json",
+            "--admin",
+            "127.0.0.1:0",
         ])
         .unwrap();
+        assert_eq!(a.log_format, LogFormat::Json);
+        assert_eq!(a.admin, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(a.batch, 2000);
         assert_eq!(a.cores.as_ref().map(|c| c.to_vec()), Some(vec![0]));
         assert_eq!(a.duration, Duration::from_secs(90));
@@ -538,6 +566,14 @@ mod tests {
             ),
             (
                 vec!["--server", "x:1", "--connections", "0"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                vec!["--server", "x:1", "--log-format", "xml"],
+                ErrorKind::InvalidValue,
+            ),
+            (
+                vec!["--server", "x:1", "--admin", "localhost"],
                 ErrorKind::ValueValidation,
             ),
             (

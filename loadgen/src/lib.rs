@@ -6,7 +6,9 @@
 //! them (tracking every order, and checking every answer under `--verify`),
 //! [`schedule`] says when open-loop orders are due. [`run`] is the only
 //! part with sockets, threads and time: glommio executors pinned to the
-//! `--cores`, moving bytes between the sessions and the server.
+//! `--cores`, moving bytes between the sessions and the server. [`metrics`]
+//! is what the connections publish while they run (the live line,
+//! `--admin`'s `/metrics`); [`logging`] sets up `tracing` for the binary.
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -18,6 +20,8 @@
 
 pub mod cli;
 pub mod flow;
+pub mod logging;
+pub mod metrics;
 pub mod report;
 pub mod rng;
 pub mod run;
@@ -28,4 +32,4 @@ pub mod verify;
 
 pub use cli::{Args, Plan, UsageError, parse_duration, plan};
 pub use report::RunReport;
-pub use run::{RunError, run};
+pub use run::{RunError, run, run_with_metrics};

@@ -1,10 +1,19 @@
 //! dex-trader: a pinned load generator for turbo-dex. See `dex-trader --help`.
+//!
+//! stdout carries the summary (and, with `--admin`, the admin address
+//! first); stderr carries the diagnostics through `tracing` (see
+//! `loadgen::logging`).
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use loadgen::logging::{self, LIVE_TARGET};
+use loadgen::metrics::{AdminRoutes, Metrics};
 use loadgen::{Args, RunError};
+use tracing::{error, info, warn};
+use tuning::admin::{AdminConfig, AdminServer};
 
 /// Exit status of a run that failed or found violations.
 const EXIT_FAILED: u8 = 1;
@@ -13,10 +22,14 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = logging::init(args.log_format) {
+        eprintln!("dex-trader: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
     let plan = match loadgen::plan(&args) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("dex-trader: {e}");
+            error!("{e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -26,21 +39,71 @@ fn main() -> ExitCode {
         if let Some(mtu) = plan.mtu {
             check = check.with_mtu(mtu);
         }
-        tuning::print_startup_warnings("dex-trader", &check);
+        for item in tuning::check_host(&check).warnings() {
+            if item.fix.is_empty() {
+                warn!(
+                    "{}: {} (recommended: {})",
+                    item.name, item.current, item.recommended
+                );
+            } else {
+                warn!(
+                    "{}: {} (recommended: {}); fix: {}",
+                    item.name, item.current, item.recommended, item.fix
+                );
+            }
+        }
     }
     if let Err(e) = loadgen::run::install_interrupt_handler() {
-        eprintln!(
-            "dex-trader: warning: cannot catch Ctrl-C ({e}); it will end the run without a report"
-        );
+        warn!("cannot catch Ctrl-C ({e}); it will end the run without a report");
     }
-    let report = match loadgen::run(&plan, |line| eprintln!("{line}")) {
+    let metrics = Metrics::new(plan.total_connections());
+    // Started here, on the main thread, before any worker pins itself: the
+    // admin thread inherits this thread's (unpinned) affinity.
+    let admin = match plan.admin {
+        None => None,
+        Some(addr) => {
+            if !tuning::admin::is_loopback(&addr) {
+                warn!(
+                    "--admin {addr} is reachable from other hosts and has no authentication; \
+                     bind 127.0.0.1 unless a firewall guards it"
+                );
+            }
+            let config = AdminConfig::new(addr, "dex-trader-admin");
+            match AdminServer::start(config, Arc::new(AdminRoutes::new(metrics.clone()))) {
+                Ok(server) => {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(
+                        stdout,
+                        "dex-trader admin listening on {}",
+                        server.local_addr()
+                    );
+                    let _ = stdout.flush();
+                    Some(server)
+                }
+                Err(e) => {
+                    error!(
+                        "--admin {addr}: cannot serve there ({e}); pick a free port, or port 0 \
+                         for any"
+                    );
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            }
+        }
+    };
+    let outcome = loadgen::run_with_metrics(&plan, &metrics, |line| {
+        info!(target: LIVE_TARGET, "{line}");
+    });
+    if let Some(server) = admin {
+        server.stop();
+    }
+    let report = match outcome {
         Ok(r) => r,
         Err(RunError::Usage(e)) => {
-            eprintln!("dex-trader: {e}");
+            error!("{e}");
             return ExitCode::from(EXIT_USAGE);
         }
         Err(RunError::Failed(e)) => {
-            eprintln!("dex-trader: {e}");
+            error!("{e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -51,19 +114,16 @@ fn main() -> ExitCode {
     if let Some(path) = &plan.json
         && let Err(e) = std::fs::write(path, report.to_json())
     {
-        eprintln!(
-            "dex-trader: cannot write the JSON report to {}: {e}",
-            path.display()
-        );
+        error!("cannot write the JSON report to {}: {e}", path.display());
         failed = true;
     }
     if let Some(f) = &report.failure {
-        eprintln!("dex-trader: {f}");
+        error!("{f}");
         failed = true;
     }
     if report.verify_ok() == Some(false) {
         let total = report.verify.as_ref().map_or(0, |v| v.total);
-        eprintln!("dex-trader: --verify found {total} violation(s); see the summary above");
+        error!("--verify found {total} violation(s); see the summary above");
         failed = true;
     }
     if failed {

@@ -1,6 +1,9 @@
 //! The run's report: the summary on stdout, the JSON file and the live line.
 
 use std::fmt::Write as _;
+use std::io;
+
+use serde::{Serialize, Serializer};
 
 use crate::flow::Mix;
 use crate::stats::{Counters, Percentiles};
@@ -184,88 +187,201 @@ impl RunReport {
     }
 
     /// The report as a JSON object (numbers are numbers; `verify_ok` is
-    /// null when not verifying).
+    /// null when not verifying). The field names and their nesting are a
+    /// stable schema that scripts/bench.sh and the benches read; the test
+    /// `json_schema_is_stable` pins them.
     pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(2048);
+        let mut serializer =
+            serde_json::Serializer::with_formatter(&mut out, ReportLayout::default());
+        self.json_view()
+            .serialize(&mut serializer)
+            .expect("the report holds only maps with string keys and numbers");
+        out.push(b'\n');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// What [`RunReport::to_json`] serializes.
+    fn json_view(&self) -> JsonReport<'_> {
         let c = &self.counters;
         let l = &self.latency;
-        let mut s = String::from("{\n");
-        let mut field = |name: &str, value: String| {
-            let _ = writeln!(s, "  \"{name}\": {value},");
-        };
-        field("orders_sent", c.orders_sent.to_string());
-        field("orders_per_sec", num(self.orders_per_sec()));
-        field("new_orders", c.new_orders.to_string());
-        field("cancels", c.cancels.to_string());
-        field("replaces", c.replaces.to_string());
-        field("reports_received", c.reports.to_string());
-        field("reports_per_sec", num(self.per_sec(c.reports)));
-        field("accepted", c.accepted.to_string());
-        field("fills", c.fills.to_string());
-        field("trades", c.trades.to_string());
-        field("trades_per_sec", num(self.per_sec(c.trades)));
-        field("canceled", c.canceled.to_string());
-        field("replaced", c.replaced.to_string());
-        field("rejects", c.rejects.to_string());
-        let reasons: Vec<String> = c
-            .rejects_named()
-            .iter()
-            .map(|(n, k)| format!("{}: {k}", json_string(n)))
-            .collect();
-        field("rejects_by_reason", format!("{{{}}}", reasons.join(", ")));
-        let kinds: Vec<String> = c
-            .rejects_by_request_named()
-            .iter()
-            .map(|(n, k)| format!("{}: {k}", json_string(n)))
-            .collect();
-        field("rejects_by_request", format!("{{{}}}", kinds.join(", ")));
-        field("errors", self.errors.to_string());
-        field("unanswered", self.unanswered.to_string());
-        field("stray_reports", c.stray_reports.to_string());
-        field("duration_secs", num(self.duration_secs));
-        field("warmup_secs", num(self.warmup_secs));
-        field("batch", self.batch.to_string());
-        field("workers", self.workers.to_string());
-        field("connections", self.connections.to_string());
-        field(
-            "rate_target",
-            self.rate
-                .map_or_else(|| "null".to_string(), |r| r.to_string()),
-        );
-        field("inflight", self.inflight.to_string());
-        field("mix", json_string(self.mix.as_str()));
-        field(
-            "latency_us",
-            format!(
-                "{{\"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"p9999\": {}, \"max\": {}, \"samples\": {}}}",
-                num(l.p50),
-                num(l.p90),
-                num(l.p99),
-                num(l.p999),
-                num(l.p9999),
-                num(l.max),
-                l.samples
-            ),
-        );
-        field(
-            "verify_ok",
-            self.verify_ok()
-                .map_or_else(|| "null".to_string(), |ok| ok.to_string()),
-        );
-        field(
-            "violations",
-            self.verify
-                .as_ref()
-                .map_or_else(|| "0".to_string(), |v| v.total.to_string()),
-        );
-        field(
-            "failure",
-            self.failure
-                .as_deref()
-                .map_or_else(|| "null".to_string(), json_string),
-        );
-        // The last field closes the object without a trailing comma.
-        let _ = writeln!(s, "  \"trades_paired\": {}\n}}", self.trades_paired);
-        s
+        JsonReport {
+            orders_sent: c.orders_sent,
+            orders_per_sec: Num(self.orders_per_sec()),
+            new_orders: c.new_orders,
+            cancels: c.cancels,
+            replaces: c.replaces,
+            reports_received: c.reports,
+            reports_per_sec: Num(self.per_sec(c.reports)),
+            accepted: c.accepted,
+            fills: c.fills,
+            trades: c.trades,
+            trades_per_sec: Num(self.per_sec(c.trades)),
+            canceled: c.canceled,
+            replaced: c.replaced,
+            rejects: c.rejects,
+            rejects_by_reason: Named(c.rejects_named()),
+            rejects_by_request: Named(c.rejects_by_request_named()),
+            errors: self.errors,
+            unanswered: self.unanswered,
+            stray_reports: c.stray_reports,
+            duration_secs: Num(self.duration_secs),
+            warmup_secs: Num(self.warmup_secs),
+            batch: self.batch,
+            workers: self.workers,
+            connections: self.connections,
+            rate_target: self.rate,
+            inflight: self.inflight,
+            mix: self.mix.as_str(),
+            latency_us: JsonLatency {
+                p50: Num(l.p50),
+                p90: Num(l.p90),
+                p99: Num(l.p99),
+                p999: Num(l.p999),
+                p9999: Num(l.p9999),
+                max: Num(l.max),
+                samples: l.samples,
+            },
+            verify_ok: self.verify_ok(),
+            violations: self.verify.as_ref().map_or(0, |v| v.total),
+            failure: self.failure.as_deref(),
+            trades_paired: self.trades_paired,
+        }
+    }
+}
+
+/// The JSON report's schema, in the order the fields are written.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    orders_sent: u64,
+    orders_per_sec: Num,
+    new_orders: u64,
+    cancels: u64,
+    replaces: u64,
+    reports_received: u64,
+    reports_per_sec: Num,
+    accepted: u64,
+    fills: u64,
+    trades: u64,
+    trades_per_sec: Num,
+    canceled: u64,
+    replaced: u64,
+    rejects: u64,
+    /// Reason name to count, the non-zero ones only, in wire order.
+    rejects_by_reason: Named<String>,
+    /// `new_order`, `cancel`, `replace`, `other` to count, the non-zero ones only.
+    rejects_by_request: Named<&'static str>,
+    errors: u64,
+    unanswered: u64,
+    stray_reports: u64,
+    duration_secs: Num,
+    warmup_secs: Num,
+    batch: usize,
+    workers: usize,
+    connections: usize,
+    /// null in closed loop.
+    rate_target: Option<u64>,
+    inflight: usize,
+    mix: &'a str,
+    latency_us: JsonLatency,
+    /// null when not verifying.
+    verify_ok: Option<bool>,
+    violations: u64,
+    failure: Option<&'a str>,
+    trades_paired: u64,
+}
+
+/// `latency_us` of the JSON report.
+#[derive(Serialize)]
+struct JsonLatency {
+    p50: Num,
+    p90: Num,
+    p99: Num,
+    p999: Num,
+    p9999: Num,
+    max: Num,
+    samples: u64,
+}
+
+/// The layout the report always had: one top-level field per line, the
+/// nested objects on their field's line (`"latency_us": {"p50": 12.5,
+/// "p90": 20, ...}`), so that line-oriented readers (`grep`, the scripts'
+/// `json_num`) keep working.
+#[derive(Default)]
+struct ReportLayout {
+    depth: usize,
+}
+
+impl serde_json::ser::Formatter for ReportLayout {
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        writer.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        if self.depth == 0 {
+            writer.write_all(b"\n}")
+        } else {
+            writer.write_all(b"}")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        match (self.depth, first) {
+            (1, true) => writer.write_all(b"\n  "),
+            (1, false) => writer.write_all(b",\n  "),
+            (_, true) => Ok(()),
+            (_, false) => writer.write_all(b", "),
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// Named counts written as a JSON object, keeping their order.
+struct Named<K>(Vec<(K, u64)>);
+
+impl<K: AsRef<str>> Serialize for Named<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k.as_ref(), v)))
+    }
+}
+
+/// A measured number in the JSON report: rounded to 3 decimals (more is
+/// noise), written as an integer when it is one (`4567800`, not
+/// `4567800.0`, as the report always wrote them); non-finite values
+/// become 0.
+#[derive(Clone, Copy, Debug)]
+struct Num(f64);
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// Above 2^53 an f64 has no fraction left to round, and a u64 no
+        /// longer holds every f64 exactly.
+        const EXACT_INTEGER_MAX: f64 = 9_007_199_254_740_992.0;
+        let v = self.0;
+        if !v.is_finite() {
+            return serializer.serialize_u64(0);
+        }
+        let rounded = (v * 1000.0).round() / 1000.0;
+        if rounded.fract() == 0.0 && rounded.abs() <= EXACT_INTEGER_MAX {
+            if rounded >= 0.0 {
+                serializer.serialize_u64(rounded as u64)
+            } else {
+                serializer.serialize_i64(rounded as i64)
+            }
+        } else if rounded.is_finite() {
+            serializer.serialize_f64(rounded)
+        } else {
+            serializer.serialize_f64(v)
+        }
     }
 }
 
@@ -306,37 +422,6 @@ fn us(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
-}
-
-/// A JSON number (finite; non-finite values become 0).
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        "0".to_string()
-    }
-}
-
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 2);
-    s.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
-        }
-    }
-    s.push('"');
-    s
 }
 
 #[cfg(test)]
@@ -383,9 +468,14 @@ mod tests {
 
     #[test]
     fn numbers_read_well() {
-        assert_eq!(num(2.5), "2.5");
-        assert_eq!(num(3.0), "3");
-        assert_eq!(json_string("a\"b\\\n"), "\"a\\\"b\\\\\\n\"");
+        let text = |v: f64| serde_json::to_string(&Num(v)).unwrap();
+        assert_eq!(text(2.5), "2.5");
+        assert_eq!(text(3.0), "3");
+        assert_eq!(text(1.23456), "1.235");
+        assert_eq!(text(-4.0), "-4");
+        assert_eq!(text(f64::NAN), "0");
+        assert_eq!(text(f64::INFINITY), "0");
+        assert_eq!(text(1e300), "1e+300");
     }
 
     #[test]
@@ -408,6 +498,7 @@ mod tests {
     #[test]
     fn json_has_every_field_as_numbers() {
         let json = report().to_json();
+        // The line format scripts/lib/common.sh's json_num greps for.
         for field in [
             "\"orders_sent\": 45678000,",
             "\"orders_per_sec\": 4567800,",
@@ -418,7 +509,7 @@ mod tests {
             "\"duration_secs\": 10,",
             "\"batch\": 2000,",
             "\"connections\": 2,",
-            "\"latency_us\": {\"p50\": 12.5, \"p90\": 20, \"p99\": 38, \"p999\": 50, \"p9999\": 60, \"max\": 70",
+            "\"latency_us\": {\"p50\": 12.5, \"p90\": 20, \"p99\": 38, \"p999\": 50, \"p9999\": 60, \"max\": 70, \"samples\": 10},",
             "\"verify_ok\": null,",
             "\"rejects_by_reason\": {\"no liquidity for market order\": 1},",
             "\"rejects_by_request\": {\"new_order\": 1},",
@@ -426,11 +517,166 @@ mod tests {
         ] {
             assert!(json.contains(field), "missing {field} in\n{json}");
         }
-        assert!(json.trim_end().ends_with('}'));
+        assert!(json.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["latency_us"]["p90"], 20);
+        assert_eq!(v["latency_us"]["max"], 70);
+        assert_eq!(v["latency_us"]["samples"], 10);
+        assert_eq!(v["rejects_by_request"]["new_order"], 1);
+        assert_eq!(v["rate_target"], serde_json::Value::Null);
+        assert_eq!(v["mix"], "match");
+        assert_eq!(v["failure"], "the server said \"no\"");
         let mut verified = report();
         verified.verify = Some(Violations::default());
-        assert!(verified.to_json().contains("\"verify_ok\": true,"));
+        verified.rate = Some(1000);
+        let v: serde_json::Value = serde_json::from_str(&verified.to_json()).unwrap();
+        assert_eq!(v["verify_ok"], true);
+        assert_eq!(v["violations"], 0);
+        assert_eq!(v["rate_target"], 1000);
         assert!(verified.summary().contains("verify       ok"));
+    }
+
+    /// The bytes of the file, as the hand-written encoder wrote them before
+    /// serde: line-oriented readers (`json_num` in scripts/lib/common.sh,
+    /// the tests' field helpers) see no change.
+    #[test]
+    fn json_layout_is_unchanged() {
+        let want = r#"{
+  "orders_sent": 45678000,
+  "orders_per_sec": 4567800,
+  "new_orders": 0,
+  "cancels": 0,
+  "replaces": 0,
+  "reports_received": 50000000,
+  "reports_per_sec": 5000000,
+  "accepted": 0,
+  "fills": 0,
+  "trades": 12100000,
+  "trades_per_sec": 1210000,
+  "canceled": 0,
+  "replaced": 0,
+  "rejects": 1,
+  "rejects_by_reason": {"no liquidity for market order": 1},
+  "rejects_by_request": {"new_order": 1},
+  "errors": 0,
+  "unanswered": 0,
+  "stray_reports": 0,
+  "duration_secs": 10,
+  "warmup_secs": 2,
+  "batch": 2000,
+  "workers": 1,
+  "connections": 2,
+  "rate_target": null,
+  "inflight": 8000,
+  "mix": "match",
+  "latency_us": {"p50": 12.5, "p90": 20, "p99": 38, "p999": 50, "p9999": 60, "max": 70, "samples": 10},
+  "verify_ok": null,
+  "violations": 0,
+  "failure": "the server said \"no\"",
+  "trades_paired": 0
+}
+"#;
+        assert_eq!(report().to_json(), want);
+    }
+
+    /// Every key path of a JSON value, nested ones as `outer.inner`, sorted.
+    fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, inner) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                key_paths(inner, &path, out);
+                out.push(path);
+            }
+        }
+        out.sort();
+    }
+
+    /// The JSON report's field names are a schema: scripts/bench.sh,
+    /// scripts/netns-bench.sh and the benches read them. A rename or a
+    /// move must fail here first (and then be made in those readers too).
+    #[test]
+    fn json_schema_is_stable() {
+        let mut full = report();
+        full.counters.reject(
+            wire::RejectReason::UnknownOrder.to_wire(),
+            wire::Kind::Cancel as u8,
+        );
+        full.counters.reject(
+            wire::RejectReason::UnknownOrder.to_wire(),
+            wire::Kind::Replace as u8,
+        );
+        full.counters
+            .reject(wire::RejectReason::BookFull.to_wire(), 0);
+        full.rate = Some(1000);
+        full.verify = Some(Violations::default());
+        let v: serde_json::Value = serde_json::from_str(&full.to_json()).unwrap();
+        let mut got = Vec::new();
+        key_paths(&v, "", &mut got);
+        let mut want = vec![
+            "accepted",
+            "batch",
+            "canceled",
+            "cancels",
+            "connections",
+            "duration_secs",
+            "errors",
+            "failure",
+            "fills",
+            "inflight",
+            "latency_us",
+            "latency_us.max",
+            "latency_us.p50",
+            "latency_us.p90",
+            "latency_us.p99",
+            "latency_us.p999",
+            "latency_us.p9999",
+            "latency_us.samples",
+            "mix",
+            "new_orders",
+            "orders_per_sec",
+            "orders_sent",
+            "rate_target",
+            "rejects",
+            "rejects_by_reason",
+            "rejects_by_reason.book full",
+            "rejects_by_reason.no liquidity for market order",
+            "rejects_by_reason.unknown order",
+            "rejects_by_request",
+            "rejects_by_request.cancel",
+            "rejects_by_request.new_order",
+            "rejects_by_request.other",
+            "rejects_by_request.replace",
+            "replaced",
+            "replaces",
+            "reports_per_sec",
+            "reports_received",
+            "stray_reports",
+            "trades",
+            "trades_paired",
+            "trades_per_sec",
+            "unanswered",
+            "verify_ok",
+            "violations",
+            "warmup_secs",
+            "workers",
+        ];
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // Every value is a number, a string, a bool or null except the three objects.
+        let map = v.as_object().unwrap();
+        for (k, value) in map {
+            let object =
+                ["latency_us", "rejects_by_reason", "rejects_by_request"].contains(&k.as_str());
+            assert_eq!(value.is_object(), object, "{k}: {value}");
+        }
+        // And the file keeps the order it always had: orders first, trades_paired last.
+        let text = full.to_json();
+        assert!(text.starts_with("{\n  \"orders_sent\": "), "{text}");
+        assert!(text.ends_with(",\n  \"trades_paired\": 0\n}\n"), "{text}");
     }
 
     #[test]

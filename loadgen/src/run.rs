@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -33,6 +33,7 @@ use wire::{
 };
 
 use crate::cli::Plan;
+use crate::metrics::{Metrics, Published};
 use crate::report::{RunReport, live_line};
 use crate::rng::stream_seed;
 use crate::schedule::Schedule;
@@ -104,36 +105,6 @@ impl std::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// What a connection publishes for the live line. Single writer (its
-/// connection), read once a second by the main thread.
-#[repr(align(128))]
-struct Published {
-    orders_sent: AtomicU64,
-    accepted: AtomicU64,
-    trades: AtomicU64,
-    rejects: AtomicU64,
-    interval: Mutex<Histogram<u64>>,
-}
-
-impl Published {
-    fn new() -> Self {
-        Published {
-            orders_sent: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            trades: AtomicU64::new(0),
-            rejects: AtomicU64::new(0),
-            interval: Mutex::new(new_histogram()),
-        }
-    }
-
-    fn store(&self, c: &Counters) {
-        self.orders_sent.store(c.orders_sent, Ordering::Relaxed);
-        self.accepted.store(c.accepted, Ordering::Relaxed);
-        self.trades.store(c.trades, Ordering::Relaxed);
-        self.rejects.store(c.rejects, Ordering::Relaxed);
-    }
-}
-
 /// State shared by the main thread and the workers.
 struct Shared {
     /// Set when the run must stop now (a failure anywhere).
@@ -146,7 +117,8 @@ struct Shared {
     epoch: OnceLock<Instant>,
     /// Workers say they are connected; the main thread says go.
     gate: Gate,
-    published: Vec<Arc<Published>>,
+    /// What the connections publish, for the live line and `--admin`.
+    metrics: Arc<Metrics>,
 }
 
 /// Where the workers wait, after connecting, for the clock to start.
@@ -238,7 +210,19 @@ struct WorkerOutcome {
 
 /// Runs the whole load test described by `plan`; `live` is called with
 /// each live line (once a second) unless the plan is quiet.
-pub fn run(plan: &Plan, mut live: impl FnMut(&str)) -> Result<RunReport, RunError> {
+pub fn run(plan: &Plan, live: impl FnMut(&str)) -> Result<RunReport, RunError> {
+    run_with_metrics(plan, &Metrics::new(plan.total_connections()), live)
+}
+
+/// [`run`], publishing into `metrics` (made by
+/// `Metrics::new(plan.total_connections())`) as it goes, for a `/metrics`
+/// endpoint to read while the run lasts.
+pub fn run_with_metrics(
+    plan: &Plan,
+    metrics: &Arc<Metrics>,
+    mut live: impl FnMut(&str),
+) -> Result<RunReport, RunError> {
+    debug_assert_eq!(metrics.connections.len(), plan.total_connections());
     let workers = plan.cores.len();
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -246,9 +230,7 @@ pub fn run(plan: &Plan, mut live: impl FnMut(&str)) -> Result<RunReport, RunErro
         usage: Mutex::new(None),
         epoch: OnceLock::new(),
         gate: Gate::default(),
-        published: (0..plan.total_connections())
-            .map(|_| Arc::new(Published::new()))
-            .collect(),
+        metrics: metrics.clone(),
     });
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(workers);
@@ -303,7 +285,7 @@ pub fn run(plan: &Plan, mut live: impl FnMut(&str)) -> Result<RunReport, RunErro
                 let now = Instant::now();
                 let (mut orders, mut accepted, mut trades, mut rejects) = (0, 0, 0, 0);
                 scratch.reset();
-                for p in &shared.published {
+                for p in &shared.metrics.connections {
                     orders += p.orders_sent.load(Ordering::Relaxed);
                     accepted += p.accepted.load(Ordering::Relaxed);
                     trades += p.trades.load(Ordering::Relaxed);
@@ -320,6 +302,7 @@ pub fn run(plan: &Plan, mut live: impl FnMut(&str)) -> Result<RunReport, RunErro
                     0.0
                 };
                 last = (now, orders);
+                shared.metrics.add_latency(&scratch);
                 if !plan.quiet {
                     let p99 = (!scratch.is_empty())
                         .then(|| scratch.value_at_quantile(0.99) as f64 / 1000.0);
@@ -605,7 +588,7 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
     })
 }
 
-/// Warns (once, on stderr) when `--mtu` is larger than what the interface
+/// Warns (once) when `--mtu` is larger than what the interface
 /// the connection leaves from carries: sends sized for it would be split.
 fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
     let Ok(local) = stream.local_addr() else {
@@ -618,7 +601,7 @@ fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
     if let Ok(iface_mtu) = tuning::interface_mtu(sys, &iface)
         && let Some(warning) = tuning::mtu_warning(&iface, mtu, iface_mtu)
     {
-        eprintln!("dex-trader: warning: {warning}");
+        tracing::warn!("{warning}");
     }
 }
 
@@ -831,7 +814,8 @@ async fn connection(
         },
     });
     let published = shared
-        .published
+        .metrics
+        .connections
         .get(global)
         .cloned()
         .unwrap_or_else(|| Arc::new(Published::new()));
@@ -870,6 +854,7 @@ async fn connection(
     let failure = link.failure.borrow_mut().take();
     let failed = failure.is_some();
     if let Some(f) = failure {
+        link.published.failed.store(true, Ordering::Relaxed);
         shared.fail(format!("connection {global} to {}: {f}", plan.server_name));
     }
     let mut session = link.session.borrow_mut();

@@ -275,6 +275,45 @@ fn an_unreachable_server_is_one_clear_line_and_exit_1() {
 }
 
 #[test]
+fn json_log_format_writes_one_object_per_line_and_rust_log_filters() {
+    let addr = format!("127.0.0.1:{}", unused_port());
+    let out = dex_trader(&addr, &["--duration", "1s", "--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.is_empty(), "no log line");
+    let mut errors = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
+        assert!(v.is_object(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+        if v["level"] == "ERROR" {
+            errors += 1;
+            let message = v["message"].as_str().unwrap_or_default();
+            assert!(message.contains("cannot connect to"), "{line}");
+        }
+    }
+    assert_eq!(errors, 1, "{stderr}");
+
+    // RUST_LOG filters: `off` silences the diagnostics, not the exit status.
+    let silent = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args([
+            "--server",
+            &addr,
+            "--cores",
+            "0",
+            "--quiet",
+            "--duration",
+            "1s",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run dex-trader");
+    assert_eq!(silent.status.code(), Some(1));
+    assert_eq!(text(&silent.stderr), "");
+}
+
+#[test]
 fn a_server_that_stops_mid_run_reports_what_was_measured_and_exits_1() {
     let server = TestServer::start(ServerOptions {
         engine: EngineKind::Null,

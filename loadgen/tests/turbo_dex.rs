@@ -11,7 +11,7 @@
 //! releases its build lock before it runs tests, so the nested build does
 //! not wait on the outer one.
 
-use std::io::{BufReader, Lines};
+use std::io::{BufRead, BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -284,4 +284,169 @@ fn the_turbo_dex_binary_trades_and_verifies() {
         Some(0),
         "turbo-dex stops cleanly on SIGTERM:\n{final_stats}"
     );
+}
+
+/// `GET path` over a fresh connection: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to the admin endpoint {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// The value of an unlabelled sample in a Prometheus text body.
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{body}"))
+}
+
+#[test]
+fn admin_metrics_follow_a_run_against_the_turbo_dex_binary() {
+    let server = TurboDex::start("null");
+    let path = json_path("td-admin");
+    let mut trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--server", &server.addr.to_string(), "--quiet"])
+        .args(["--cores", "0", "--mix", "insert", "--batch", "100"])
+        // No warmup: the metrics (the whole process) and the report (the
+        // measured window) then count the same requests.
+        .args([
+            "--warmup",
+            "0s",
+            "--duration",
+            "2s",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--json")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dex-trader");
+    let mut stdout = BufReader::new(trader.stdout.take().expect("piped")).lines();
+    let first = stdout
+        .next()
+        .expect("a first line")
+        .expect("utf-8 on stdout");
+    let admin: SocketAddr = first
+        .strip_prefix("dex-trader admin listening on ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .parse()
+        .expect("an address");
+    assert_eq!(http_get(admin, "/health"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(admin, "/nothing-here").0, 404);
+
+    // Mid-run: orders counted already, and the latency histogram filled
+    // (the main thread folds it in once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mid = loop {
+        let (status, body) = http_get(admin, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        if sample(&body, "dex_trader_orders_sent_total") > 0.0
+            && sample(&body, "dex_trader_latency_seconds_count") > 0.0
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "nothing counted by now:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mid_sent = sample(&mid, "dex_trader_orders_sent_total");
+    for line in [
+        "# TYPE dex_trader_orders_sent_total counter",
+        "# TYPE dex_trader_reports_received_total counter",
+        "# TYPE dex_trader_rejects_total counter",
+        "# TYPE dex_trader_trades_total counter",
+        "# TYPE dex_trader_errors_total counter",
+        "# TYPE dex_trader_latency_seconds histogram",
+        "# TYPE dex_trader_build_info gauge",
+        "dex_trader_errors_total 0",
+        "dex_trader_rejects_total{reason=\"book full\"} 0",
+        "dex_trader_latency_seconds_bucket{le=\"0.00001\"}",
+        "dex_trader_latency_seconds_bucket{le=\"1\"}",
+        "dex_trader_latency_seconds_bucket{le=\"+Inf\"}",
+    ] {
+        assert!(
+            mid.lines().any(|l| l.starts_with(line)),
+            "no {line} in\n{mid}"
+        );
+    }
+    assert!(
+        sample(&mid, "dex_trader_reports_received_total") > 0.0,
+        "{mid}"
+    );
+    assert!(
+        mid.contains(&format!(
+            "dex_trader_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{mid}"
+    );
+    if testkit::have("promtool") {
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start promtool");
+        {
+            use std::io::Write;
+            let mut stdin = check.stdin.take().expect("piped");
+            stdin.write_all(mid.as_bytes()).expect("feed promtool");
+        }
+        let checked = check.wait_with_output().expect("promtool ends");
+        assert!(
+            checked.status.success(),
+            "promtool check metrics:\n{}{}\n{mid}",
+            text(&checked.stdout),
+            text(&checked.stderr)
+        );
+    } else {
+        testkit::skip!("promtool is not on PATH: /metrics not checked with it");
+    }
+
+    let rest: Vec<String> = stdout.map_while(Result::ok).collect();
+    let out = trader.wait_with_output().expect("dex-trader ends");
+    let (code, final_stats) = server.stop();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        rest.join("\n"),
+        text(&out.stderr)
+    );
+    assert_eq!(code, Some(0), "{final_stats}");
+    let final_sent = json_number(&path, "orders_sent");
+    assert!(
+        mid_sent <= final_sent,
+        "scraped {mid_sent} requests mid-run, the report counts {final_sent}"
+    );
+    // The endpoint lives as long as the run.
+    assert!(
+        std::net::TcpStream::connect(admin).is_err(),
+        "{admin} still open"
+    );
+    let _ = std::fs::remove_file(path);
 }
