@@ -19,17 +19,21 @@ done
 # System tools some tests need: shellcheck (script lints), ip from iproute2
 # (network namespaces in tuning/tests/tune_host.rs and
 # benches/tests/netns_bench.rs), setpriv, mount and umount from util-linux
-# (running tune-host.sh unprivileged; the tmpfs of engine/tests/durability.rs).
+# (running tune-host.sh unprivileged; the tmpfs of engine/tests/durability.rs),
+# promtool and prometheus from prometheus (the admin endpoints' tests).
 # Installing needs root and apt; without them those tests are skipped, loudly.
 missing=()
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 { command -v mount && command -v umount; } >/dev/null 2>&1 || missing+=(mount)
+# promtool checks /metrics; a real prometheus scrapes the admin endpoint
+# (engine/tests/admin.rs, tuning/tests/admin.rs, loadgen/tests/turbo_dex.rs).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "note: ${missing[*]} not installed and cannot install (need root and apt-get)"
     fi

@@ -146,6 +146,44 @@ struct Args {
     /// No live stats line and no host warnings.
     #[arg(long)]
     quiet: bool,
+
+    /// The admin HTTP endpoint: /health, /ready, /stats (JSON) and /metrics
+    /// (Prometheus), served from a thread that is not an engine core. Port
+    /// 0 picks a free port (printed on stdout as `turbo-dex admin listening
+    /// on ADDR`); `none` turns it off. It has no authentication: keep it on
+    /// loopback or behind a firewall.
+    #[arg(long, value_name = "ADDR:PORT|none", default_value = "127.0.0.1:9100")]
+    admin: String,
+
+    /// Log lines on stderr as text (for people) or JSON (one object per
+    /// line, for log collectors). RUST_LOG filters them (default: info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-12-02T10:00:00.000000Z  INFO message`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up the `tracing` subscriber: stderr, RUST_LOG filtering.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// When journal writes are made durable.
@@ -197,6 +235,7 @@ fn resolve_cores(cores: Option<CpuList>) -> Result<CpuList, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logging(args.log_format);
     if let Some(Command::CheckHost { cores, iface, mtu }) = args.command {
         let cores = match resolve_cores(cores) {
             Ok(c) => c,
@@ -239,7 +278,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
     if let (Some(i), Some(have), Some(want)) = (&iface, iface_mtu, args.mtu)
         && let Some(w) = tuning::mtu_warning(i, want, have)
     {
-        eprintln!("turbo-dex: warning: {w}");
+        tracing::warn!("{w}");
     }
     let segment = tuning::send_coalesce_bytes(mtu, ipv6).max(512);
     let mut cfg = ServerConfig::new(args.listen, cpus.clone(), symbols);
@@ -276,6 +315,12 @@ fn run(args: Args) -> Result<ExitCode, String> {
         .unwrap_or_else(|| ring_capacity_for(cpus.len()));
     cfg.auth_token = args.auth_token.map(String::into_bytes);
     cfg.live_stats = !args.quiet;
+    cfg.admin = match args.admin.as_str() {
+        "none" => None,
+        addr => Some(addr.parse().map_err(|e| {
+            format!("--admin {addr}: {e}; give ADDR:PORT (127.0.0.1:9100) or none")
+        })?),
+    };
 
     if !args.quiet {
         let mut host = HostCheckConfig::new(cores.clone()).with_mtu(mtu);
@@ -289,8 +334,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
     // core threads start so those inherit the mask.
     let signals = block_signals();
     let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
-    eprintln!(
-        "turbo-dex: {} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
+    tracing::info!(
+        "{} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
         cpus.len(),
         cores,
         shards,
@@ -306,17 +351,17 @@ fn run(args: Args) -> Result<ExitCode, String> {
     );
     match (&cfg.journal, cfg.engine) {
         (_, EngineKind::Null) => {
-            eprintln!("turbo-dex: null engine: no journal (nothing to make durable)")
+            tracing::info!("null engine: no journal (nothing to make durable)")
         }
-        (None, _) => eprintln!(
-            "turbo-dex: --journal none: acknowledgements are NOT durable; a crash loses every order"
+        (None, _) => tracing::warn!(
+            "--journal none: acknowledgements are NOT durable; a crash loses every order"
         ),
-        (Some(j), _) if !j.fsync => eprintln!(
-            "turbo-dex: journal in {} with --fsync never: UNSAFE, a machine crash loses acknowledged orders",
+        (Some(j), _) if !j.fsync => tracing::warn!(
+            "journal in {} with --fsync never: UNSAFE, a machine crash loses acknowledged orders",
             j.config.dir.display()
         ),
-        (Some(j), _) => eprintln!(
-            "turbo-dex: journal in {}: orders are acknowledged once written and fdatasynced",
+        (Some(j), _) => tracing::info!(
+            "journal in {}: orders are acknowledged once written and fdatasynced",
             j.config.dir.display()
         ),
     }
@@ -328,11 +373,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
     loop {
         match wait_signal(&signals, Duration::from_millis(200)) {
             Some(sig) => {
-                eprintln!("turbo-dex: received {sig}, shutting down");
+                tracing::info!("received {sig}, shutting down");
                 break;
             }
             None if server.has_failed_core() => {
-                eprintln!("turbo-dex: a core thread stopped unexpectedly; shutting down");
+                tracing::error!("a core thread stopped unexpectedly; shutting down");
                 failed = true;
                 break;
             }

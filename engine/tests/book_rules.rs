@@ -1083,7 +1083,7 @@ fn a_crossing_replace_obeys_the_orders_self_trade_prevention() {
         ]
     );
     assert_eq!(h.queue(Side::Sell), [1]);
-    assert_eq!(h.queue(Side::Buy), []);
+    assert_eq!(h.queue(Side::Buy), [0u64; 0]);
 }
 
 #[test]

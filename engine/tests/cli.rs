@@ -212,6 +212,8 @@ fn sigint_with_no_clients_exits_zero() {
         "--quiet",
         "--journal",
         "none",
+        "--admin",
+        "none",
     ]));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])

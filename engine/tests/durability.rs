@@ -24,6 +24,7 @@ fn start_journaled_with(
 ) -> Server {
     let dir = dir.to_path_buf();
     start_with(&test_cpus()[..1], 1, 4, EngineKind::Match, move |cfg| {
+        cfg.admin = Some("127.0.0.1:0".parse().unwrap());
         cfg.journal = Some(JournalSettings {
             config: JournalConfig {
                 dir,
@@ -244,6 +245,18 @@ fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
         }
     }
     assert!(not_durable > 0, "the journal ran out of space and said so");
+    // Load balancers see it: /ready is 503 and says why.
+    let admin = server.admin_addr().unwrap();
+    // (Published within a loop iteration or two.)
+    let (ready, why) = (0..100)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            get(admin, "/ready")
+        })
+        .find(|(ready, _)| *ready == 503)
+        .unwrap_or_else(|| get(admin, "/ready"));
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("journal cannot write"), "{why}");
     let durable_before = accepted.len();
     assert!(durable_before > 1000);
 
@@ -267,6 +280,11 @@ fn a_full_disk_stops_acknowledgements_and_they_resume_when_space_returns() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        get(admin, "/ready").0 == 200
+    });
+    assert!(ready, "/ready is 200 again once writes succeed");
     let fin = server.stop();
     assert!(fin.total.journal_rejects > 0);
 

@@ -80,11 +80,18 @@ start_server() {
     SERVER_OUT=$out_file
     SERVER_ERR=$err_file
     : >"$SERVER_OUT"
-    "${SERVER_PREFIX[@]}" "$TURBO_DEX" --listen "${SERVER_LISTEN:-127.0.0.1:0}" "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
+    # The admin endpoint on a free port (its default, 9100, would collide
+    # between servers); builds from before --admin existed get none.
+    local admin=()
+    if "$TURBO_DEX" --help 2>/dev/null | grep -q -- '--admin'; then
+        admin=(--admin "${SERVER_ADMIN:-127.0.0.1:0}")
+    fi
+    "${SERVER_PREFIX[@]}" "$TURBO_DEX" --listen "${SERVER_LISTEN:-127.0.0.1:0}" "${admin[@]}" "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
     SERVER_PID=$!
     local i
     for i in $(seq 1 200); do
         SERVER_ADDR=$(sed -n 's/^turbo-dex listening on //p' "$SERVER_OUT")
+        SERVER_ADMIN_ADDR=$(sed -n 's/^turbo-dex admin listening on //p' "$SERVER_OUT")
         [ -n "$SERVER_ADDR" ] && return 0
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             cat "$SERVER_ERR" >&2

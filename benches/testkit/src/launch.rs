@@ -50,6 +50,9 @@ pub fn turbo_dex(binary: impl AsRef<OsStr>, cores: &str) -> Command {
             cores,
             "--poll",
             "block",
+            // Not the default 9100: tests run many servers at once.
+            "--admin",
+            "127.0.0.1:0",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
@@ -57,14 +60,16 @@ pub fn turbo_dex(binary: impl AsRef<OsStr>, cores: &str) -> Command {
 }
 
 /// Waits for a spawned turbo-dex's `turbo-dex listening on ADDR` line (its
-/// stdout must be piped); returns the address and the rest of its stdout.
+/// stdout must be piped), past the admin endpoint's line that comes first;
+/// returns the address and the rest of its stdout.
 pub fn ready_addr(child: &mut Child) -> (SocketAddr, Lines<BufReader<ChildStdout>>) {
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let line = lines
-        .next()
-        .expect("a ready line before turbo-dex exits")
-        .expect("utf-8");
+        .by_ref()
+        .map(|l| l.expect("utf-8"))
+        .find(|l| !l.starts_with("turbo-dex admin listening on "))
+        .expect("a ready line before turbo-dex exits");
     let addr = line
         .strip_prefix("turbo-dex listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))

@@ -121,16 +121,14 @@ fn housekeeping(
                 body,
             } => {
                 if let Err(e) = journal::write_snapshot_bytes(dir, &id, covers_seq, digest, &body) {
-                    eprintln!(
-                        "turbo-dex: journal: snapshot of {id} through seq {covers_seq} failed: {e}; \
+                    tracing::error!(
+                        "journal: snapshot of {id} through seq {covers_seq} failed: {e}; \
                          the journal is intact, recovery will replay more"
                     );
                     continue;
                 }
                 if let Err(e) = remove_covered(dir, &id) {
-                    eprintln!(
-                        "turbo-dex: journal: removing files covered by the snapshot of {id}: {e}"
-                    );
+                    tracing::warn!("journal: removing files covered by the snapshot of {id}: {e}");
                 }
             }
         }

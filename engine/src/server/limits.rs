@@ -15,6 +15,9 @@ pub const TICK_NS: u64 = 50_000_000;
 pub const WAIT_MIN_NS: u64 = 1_000_000;
 /// Iterations without work before `--poll adaptive` goes to sleep.
 pub const ADAPTIVE_SPINS: u32 = 2_000;
+/// How often a core publishes its counter arrays (by reason, by latency
+/// bucket, by shard) at most; its scalar counters go every iteration.
+pub const ARRAYS_PUBLISH_NS: u64 = 1_000_000;
 /// How long a closing connection may take to flush before it is cut.
 pub const CLOSE_FLUSH_NS: u64 = 2_000_000_000;
 /// How long a core may take to leave its loop once told to exit (open

@@ -12,6 +12,7 @@
 //! | `uring.rs` | io_uring setup and diagnostics, the provided-buffer ring, the wake eventfd |
 //! | `stats.rs` | per-core counters, the live line and the final report |
 
+mod admin;
 mod core;
 pub mod durable;
 pub mod limits;
@@ -22,7 +23,7 @@ pub mod uring;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,9 @@ pub struct ServerConfig {
     pub live_stats: bool,
     /// The journal, or `None` for no durability (benchmarks).
     pub journal: Option<JournalSettings>,
+    /// Where the admin endpoint listens (`/health`, `/ready`, `/stats`,
+    /// `/metrics`), or `None` for no endpoint.
+    pub admin: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -131,6 +135,7 @@ impl ServerConfig {
             auth_token: None,
             live_stats: false,
             journal: None,
+            admin: None,
             cpus,
         }
     }
@@ -150,6 +155,12 @@ pub struct Shared {
     exit: AtomicBool,
     /// Live connections over all cores (checked at accept only).
     conns_live: AtomicUsize,
+    /// Recovery is done and the cores take orders.
+    ready: AtomicBool,
+    /// How long start-up recovery took.
+    recovery_ns: AtomicU64,
+    /// `monotonic_ns` when the server started.
+    started_ns: u64,
 }
 
 #[repr(align(128))]
@@ -217,6 +228,8 @@ pub enum StartError {
     Journal(String),
     /// The configuration is inconsistent.
     Config(String),
+    /// The admin endpoint cannot listen (the message says why).
+    Admin(io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -235,6 +248,7 @@ impl std::fmt::Display for StartError {
             StartError::Core(cpu, e) => write!(f, "core on CPU {cpu} failed to start: {e}"),
             StartError::Journal(e) => write!(f, "{e}"),
             StartError::Config(e) => write!(f, "{e}"),
+            StartError::Admin(e) => write!(f, "{e}"),
         }
     }
 }
@@ -266,6 +280,8 @@ pub struct Server {
     housekeeper: Option<Housekeeper>,
     /// Held while running: a second server on the same journal is refused.
     _journal_lock: Option<std::fs::File>,
+    /// The admin endpoint, when it runs.
+    admin: Option<tuning::admin::AdminServer>,
 }
 
 impl Server {
@@ -327,8 +343,8 @@ impl Server {
                 previous = None;
             }
             if Instant::now() > deadline || self.has_failed_core() {
-                eprintln!(
-                    "turbo-dex: shutdown: cores did not drain within {DRAIN_TIMEOUT_MS} ms; closing anyway"
+                tracing::warn!(
+                    "shutdown: cores did not drain within {DRAIN_TIMEOUT_MS} ms; closing anyway"
                 );
                 clean = false;
                 break;

@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -13,12 +13,16 @@ use wire::SymbolEntry;
 
 use super::core::{
     Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionConfig, placement_table,
+    shards_on_core,
 };
 use super::durable::{Housekeeper, ShardLog, Snapshot, lock_journal};
 use super::limits::{LISTEN_BACKLOG, validate};
 use super::stats::{CoreStats, Counters};
 use super::uring::{self, WakeFd};
-use super::{EngineKind, PaddedFlag, Server, ServerConfig, Shared, StartError, spawn_stats_thread};
+use super::{
+    EngineKind, PaddedFlag, Server, ServerConfig, Shared, StartError, monotonic_ns,
+    spawn_stats_thread,
+};
 use crate::book::{Matcher, NullShard, Shard};
 use crate::journal::{self, ShardIdentity};
 use crate::session_id::SessionId;
@@ -36,7 +40,12 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
     uring::probe().map_err(StartError::IoUring)?;
     // Listeners first, so a busy port fails before any thread starts.
     let (local_addr, listeners) = listen_all(cfg.listen, cfg.cpus.len())?;
-    let shared = share(cfg.cpus.len())?;
+    let shared = share(cfg.cpus.len(), cfg.shards)?;
+    // Before recovery, so that /ready can say the server is recovering.
+    let admin = match cfg.admin {
+        Some(addr) => Some(super::admin::start(addr, &cfg, &shared).map_err(StartError::Admin)?),
+        None => None,
+    };
     let meshes = build_mesh(cfg.cpus.len(), cfg.ring_capacity);
     let placement: Arc<[Placement]> =
         placement_table(cfg.symbols.len(), cfg.shards, cfg.cpus.len()).into();
@@ -55,6 +64,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         cpus: cfg.cpus.clone(),
         housekeeper: journal.housekeeper,
         _journal_lock: journal.lock,
+        admin,
     };
     if let Err(e) = failure {
         drop(go);
@@ -66,6 +76,12 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         }
         return Err(e);
     }
+    let recovery_ns = monotonic_ns().saturating_sub(server.shared.started_ns);
+    server
+        .shared
+        .recovery_ns
+        .store(recovery_ns, Ordering::Relaxed);
+    server.shared.ready.store(true, Ordering::Release);
     if cfg.live_stats {
         server.stats_thread = spawn_stats_thread(
             Arc::clone(&server.shared),
@@ -106,18 +122,23 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// The state the cores and the admin side share.
-fn share(cores: usize) -> Result<Arc<Shared>, StartError> {
+fn share(cores: usize, shards: u32) -> Result<Arc<Shared>, StartError> {
     let wake_fds = (0..cores)
         .map(|_| WakeFd::new())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Config(format!("eventfd: {e}")))?;
     Ok(Arc::new(Shared {
-        stats: (0..cores).map(|_| CoreStats::default()).collect(),
+        stats: (0..cores)
+            .map(|core| CoreStats::new(shards_on_core(shards, cores, core)))
+            .collect(),
         sleeping: (0..cores).map(|_| PaddedFlag::default()).collect(),
         wake_fds: wake_fds.into_boxed_slice(),
         stop_reading: AtomicBool::new(false),
         exit: AtomicBool::new(false),
         conns_live: AtomicUsize::new(0),
+        ready: AtomicBool::new(false),
+        recovery_ns: AtomicU64::new(0),
+        started_ns: monotonic_ns(),
     }))
 }
 
@@ -369,7 +390,7 @@ fn core_main(
                 };
                 match journal::recover(&j.dir, &id, shard_cfg, j.segment_bytes) {
                     Ok(r) => {
-                        eprintln!("turbo-dex: journal: {}", r.report);
+                        tracing::info!("journal: {}", r.report);
                         session_seq_max = session_seq_max.max(r.report.session_sequence_max);
                         let mut log = ShardLog::new(id, shard_cfg, r.segment, r.next_seq);
                         // Records since the last snapshot count towards the next.

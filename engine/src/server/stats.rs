@@ -1,6 +1,8 @@
 //! Per-core counters. Each core counts in plain integers on its own stack
-//! and publishes them here once per loop iteration with relaxed stores, so
-//! no order ever touches a shared atomic; the admin thread sums them.
+//! and publishes them here with relaxed stores (the scalars once per loop
+//! iteration, the per-reason, per-bucket and per-shard arrays at most once
+//! a millisecond), so no order ever touches a shared atomic and no core
+//! takes a lock; the admin thread and the stats line read and sum them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -51,19 +53,77 @@ pub struct Counters {
     /// States that cannot happen (an unknown completion, a placement miss):
     /// counted and logged at exit instead of crashing a release build.
     pub internal_errors: u64,
+    /// Rejects by reason, indexed by the reason's wire value.
+    pub rejects_by_reason: [u64; REJECT_REASONS],
+    /// Closed connections by reason, indexed by the SessionError code's
+    /// wire value; 0 is a close without a SessionError (the peer left, or
+    /// the connection failed).
+    pub closes_by_reason: [u64; CLOSE_REASONS],
+    /// Journal writes (with their fdatasync) by latency: bucket i counts
+    /// writes up to `JOURNAL_WRITE_BUCKETS_S[i]`, the last one the rest.
+    pub journal_write_hist: [u64; JOURNAL_WRITE_BUCKETS_S.len() + 1],
+}
+
+/// Reject reasons a counter array holds (wire values 1..=16, 0 unused).
+pub const REJECT_REASONS: usize = 17;
+/// Close reasons a counter array holds (SessionError codes 1..=13, 0: none).
+pub const CLOSE_REASONS: usize = 14;
+/// Upper bounds of the journal write latency buckets, in seconds.
+pub const JOURNAL_WRITE_BUCKETS_S: [f64; 14] = [
+    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
+    1.0,
+];
+
+const _: () = assert!(wire::RejectReason::ALL.len() < REJECT_REASONS);
+const _: () = assert!(wire::SessionErrorCode::ALL.len() < CLOSE_REASONS);
+
+impl Counters {
+    /// Counts a reject with its reason's wire value.
+    #[inline]
+    pub fn reject(&mut self, reason: u16) {
+        self.rejects += 1;
+        self.rejects_by_reason[usize::from(reason).min(REJECT_REASONS - 1)] += 1;
+    }
+
+    /// Counts a closed connection (`code`: the SessionError's wire value, 0 for none).
+    pub fn closed(&mut self, code: u16) {
+        self.closes_by_reason[usize::from(code).min(CLOSE_REASONS - 1)] += 1;
+    }
+
+    /// Counts a completed journal write that took `ns`.
+    pub fn journal_write(&mut self, ns: u64) {
+        self.journal_writes += 1;
+        self.journal_write_ns += ns;
+        let secs = ns as f64 / 1e9;
+        let bucket = JOURNAL_WRITE_BUCKETS_S
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(JOURNAL_WRITE_BUCKETS_S.len());
+        self.journal_write_hist[bucket] += 1;
+    }
 }
 
 macro_rules! published {
-    ($($field:ident),+ $(,)?) => {
-        /// A core's published counters and state; one cache line set per core.
+    (scalars: $($field:ident),+ ; arrays: $($array:ident),+ $(,)?) => {
+        /// A core's published counters and state; its own cache lines.
         #[repr(align(128))]
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub struct CoreStats {
             $( $field: AtomicU64, )+
+            $( $array: Box<[AtomicU64]>, )+
+            /// Per local shard: commands applied and trades made.
+            shard_commands: Box<[AtomicU64]>,
+            shard_trades: Box<[AtomicU64]>,
             /// Live connections.
             pub conns: AtomicU64,
             /// Messages staged for other cores but not yet in their rings.
             pub staged: AtomicU64,
+            /// The most messages one of this core's outgoing rings held.
+            pub ring_high_water: AtomicU64,
+            /// Monotonic time (`monotonic_ns`) of the core's last loop iteration.
+            pub loop_ns: AtomicU64,
+            /// A local shard's journal refuses writes (full disk, failing writes).
+            pub journal_unavailable: AtomicBool,
             /// True when the core saw no pending work at the end of its last iteration.
             pub idle: AtomicBool,
             /// True once the core stopped reading connections for shutdown.
@@ -71,14 +131,66 @@ macro_rules! published {
         }
 
         impl CoreStats {
-            /// Publishes the core's counters (called once per loop iteration).
+            /// The slot of a core with `local_shards` shards.
+            pub fn new(local_shards: usize) -> CoreStats {
+                let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+                let c = Counters::default();
+                CoreStats {
+                    $( $field: AtomicU64::new(0), )+
+                    $( $array: zeros(c.$array.len()), )+
+                    shard_commands: zeros(local_shards),
+                    shard_trades: zeros(local_shards),
+                    conns: AtomicU64::new(0),
+                    staged: AtomicU64::new(0),
+                    ring_high_water: AtomicU64::new(0),
+                    loop_ns: AtomicU64::new(0),
+                    journal_unavailable: AtomicBool::new(false),
+                    idle: AtomicBool::new(false),
+                    draining: AtomicBool::new(false),
+                }
+            }
+
+            /// Publishes the core's scalar counters (once per loop iteration).
             pub fn publish(&self, c: &Counters) {
                 $( self.$field.store(c.$field, Relaxed); )+
             }
 
+            /// Publishes the arrays and the per-shard counters (less often).
+            pub fn publish_arrays(&self, c: &Counters, shards: &[ShardCounters]) {
+                $(
+                    for (slot, v) in self.$array.iter().zip(c.$array.iter()) {
+                        slot.store(*v, Relaxed);
+                    }
+                )+
+                for (i, s) in shards.iter().enumerate() {
+                    if let (Some(a), Some(b)) = (self.shard_commands.get(i), self.shard_trades.get(i)) {
+                        a.store(s.commands, Relaxed);
+                        b.store(s.trades, Relaxed);
+                    }
+                }
+            }
+
             /// A snapshot of the published counters.
             pub fn load(&self) -> Counters {
-                Counters { $( $field: self.$field.load(Relaxed), )+ }
+                let mut c = Counters { $( $field: self.$field.load(Relaxed), )+ ..Counters::default() };
+                $(
+                    for (v, slot) in c.$array.iter_mut().zip(self.$array.iter()) {
+                        *v = slot.load(Relaxed);
+                    }
+                )+
+                c
+            }
+
+            /// Per local shard (in local order): commands applied and trades.
+            pub fn load_shards(&self) -> Vec<ShardCounters> {
+                self.shard_commands
+                    .iter()
+                    .zip(self.shard_trades.iter())
+                    .map(|(c, t)| ShardCounters {
+                        commands: c.load(Relaxed),
+                        trades: t.load(Relaxed),
+                    })
+                    .collect()
             }
         }
 
@@ -86,13 +198,27 @@ macro_rules! published {
             /// Field-wise sum.
             pub fn add(&mut self, o: &Counters) {
                 $( self.$field += o.$field; )+
+                $(
+                    for (a, b) in self.$array.iter_mut().zip(o.$array.iter()) {
+                        *a += b;
+                    }
+                )+
             }
         }
     };
 }
 
+/// One shard's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    /// Commands applied.
+    pub commands: u64,
+    /// Trades made.
+    pub trades: u64,
+}
+
 published!(
-    orders_in,
+    scalars: orders_in,
     commands,
     trades,
     reports_out,
@@ -112,7 +238,10 @@ published!(
     journal_rejects,
     snapshots,
     snapshot_ns,
-    internal_errors,
+    internal_errors;
+    arrays: rejects_by_reason,
+    closes_by_reason,
+    journal_write_hist,
 );
 
 pub use tuning::units::{group as thousands, si};
@@ -238,7 +367,7 @@ mod tests {
 
     #[test]
     fn live_line_shows_rates_and_per_core_load() {
-        let stats = [CoreStats::default(), CoreStats::default()];
+        let stats = [CoreStats::new(0), CoreStats::new(0)];
         let prev = Sample::take(&stats, 0);
         stats[0].publish(&Counters {
             orders_in: 2_000_000,

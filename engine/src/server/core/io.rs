@@ -113,12 +113,16 @@ impl<M: Matcher + Snapshot> Core<M> {
         c.session.phase = Phase::Closing;
         c.closing_since_ns = now;
         c.inbuf.clear();
+        self.st
+            .router
+            .counters
+            .closed(reason.as_ref().map_or(0, |r| r.msg.code.get()));
         if let Some(r) = &reason {
             if r.log {
                 let who = c.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
                 let code = r.code().map_or("session error", SessionErrorCode::as_str);
-                eprintln!(
-                    "turbo-dex: core {core}: closing connection from {who} (session {id:#x}): {code}: {}",
+                tracing::warn!(
+                    "core {core}: closing connection from {who} (session {id:#x}): {code}: {}",
                     r.text
                 );
             }
@@ -179,8 +183,8 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
         let Some(stream) = accepted_socket(res) else {
             if res != -libc::ECANCELED {
-                eprintln!(
-                    "turbo-dex: core {}: accept failed: {}",
+                tracing::error!(
+                    "core {}: accept failed: {}",
                     self.st.cfg.index,
                     io::Error::from_raw_os_error(-res)
                 );
@@ -237,14 +241,16 @@ impl<M: Matcher + Snapshot> Core<M> {
                 libc::ENOBUFS => {}                // buffers ran out: re-armed below
                 libc::ECANCELED => {}              // paused by backpressure or closing
                 e => {
-                    let mut r = CloseReason::new(
-                        SessionErrorCode::MalformedFrame,
-                        0,
-                        0,
-                        format!("receive failed: {}", io::Error::from_raw_os_error(e)),
-                    );
-                    r.log = e != libc::ECONNRESET;
-                    self.begin_close(slot, Some(r));
+                    // The connection is broken: no SessionError can reach
+                    // the client, and it is not the client's protocol error.
+                    if e != libc::ECONNRESET {
+                        tracing::warn!(
+                            "core {}: receive failed: {}; closing the connection",
+                            self.st.cfg.index,
+                            io::Error::from_raw_os_error(e)
+                        );
+                    }
+                    self.begin_close(slot, None);
                 }
             }
             if !more {
@@ -390,8 +396,8 @@ impl<M: Matcher + Snapshot> Core<M> {
             c.out.clear();
             let e = -res;
             if e != libc::EPIPE && e != libc::ECONNRESET {
-                eprintln!(
-                    "turbo-dex: core {}: send failed: {}",
+                tracing::warn!(
+                    "core {}: send failed: {}",
                     self.st.cfg.index,
                     io::Error::from_raw_os_error(e)
                 );

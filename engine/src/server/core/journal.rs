@@ -49,8 +49,8 @@ impl<M: Matcher + Snapshot> Core<M> {
             match result {
                 Ok(segment) => {
                     if let Some(why) = log.next_failed.take() {
-                        eprintln!(
-                            "turbo-dex: journal: the next segment of {} exists now (was: {why})",
+                        tracing::info!(
+                            "journal: the next segment of {} exists now (was: {why})",
                             log.id
                         );
                     }
@@ -60,8 +60,8 @@ impl<M: Matcher + Snapshot> Core<M> {
                     log.next_retry_ns = now + SEGMENT_RETRY_NS;
                     let why = format!("cannot create the next journal segment of {}: {e}", log.id);
                     if log.next_failed.as_deref() != Some(why.as_str()) {
-                        eprintln!(
-                            "turbo-dex: journal: {why}; retrying every second (orders are rejected as \
+                        tracing::warn!(
+                            "journal: {why}; retrying every second (orders are rejected as \
                              not durable once the current segment is full)"
                         );
                         log.next_failed = Some(why);
@@ -101,8 +101,8 @@ impl<M: Matcher + Snapshot> Core<M> {
         let log = &mut self.st.logs[local];
         if let Some(why) = log.next_failed.clone() {
             if log.unavailable.is_none() {
-                eprintln!(
-                    "turbo-dex: journal: {} is full and {why}: rejecting its orders (journal \
+                tracing::warn!(
+                    "journal: {} is full and {why}: rejecting its orders (journal \
                      unavailable) until space returns",
                     log.id
                 );
@@ -222,24 +222,26 @@ impl<M: Matcher + Snapshot> Core<M> {
     fn journal_done(&mut self, local: usize, mut batch: Inflight) {
         let now = self.st.now_ns;
         let State { logs, router, .. } = &mut self.st;
-        router.counters.journal_writes += 1;
-        router.counters.journal_write_ns += now.saturating_sub(batch.started_ns);
+        router
+            .counters
+            .journal_write(now.saturating_sub(batch.started_ns));
         if let Some(e) = batch.failed.take() {
             self.write_failed(local, &mut batch, e);
         } else {
             let log = &mut logs[local];
             if let Some(why) = log.unavailable.take() {
-                eprintln!(
-                    "turbo-dex: journal: {} accepts writes again (was: {why})",
-                    log.id
-                );
+                tracing::info!("journal: {} accepts writes again (was: {why})", log.id);
             }
             log.wrote(batch.start, batch.len);
             log.next_seq = batch.last_seq + 1;
             router.counters.journal_bytes += batch.len as u64;
             if let Some(shard) = self.st.shards.get_mut(local) {
+                let trades_before = self.st.router.counters.trades;
                 shard.process_batch(&batch.cmds, batch.engine_ns, &mut self.st.router);
                 self.st.router.counters.commands += batch.cmds.len() as u64;
+                let counted = &mut self.st.shard_counters[local];
+                counted.commands += batch.cmds.len() as u64;
+                counted.trades += self.st.router.counters.trades - trades_before;
                 self.st.router.batch_processed(&batch.cmds);
             }
             self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
@@ -260,8 +262,8 @@ impl<M: Matcher + Snapshot> Core<M> {
         let log = &mut logs[local];
         log.write_failed(batch.write_len);
         if e.raw_os_error() == Some(libc::EINVAL) && log.segment.is_direct() {
-            eprintln!(
-                "turbo-dex: journal: a direct write to {} was refused as misaligned; \
+            tracing::error!(
+                "journal: a direct write to {} was refused as misaligned; \
                  writing through the page cache from now on",
                 log.segment.path().display()
             );
@@ -272,8 +274,8 @@ impl<M: Matcher + Snapshot> Core<M> {
             log.segment.path().display()
         );
         if log.unavailable.as_deref() != Some(why.as_str()) {
-            eprintln!(
-                "turbo-dex: journal: {why}; the batch is rejected (journal unavailable) and retried"
+            tracing::warn!(
+                "journal: {why}; the batch is rejected (journal unavailable) and retried"
             );
             log.unavailable = Some(why);
         }

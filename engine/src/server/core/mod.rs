@@ -28,12 +28,14 @@ use std::sync::mpsc::{Receiver, Sender};
 use self::conn::Slab;
 use self::ops::{Op, Ops};
 use self::route::Router;
-pub use self::route::{Mesh, Msg, Placement, placement_table};
+pub use self::route::{Mesh, Msg, Placement, placement_table, shards_on_core};
 pub use self::session::SessionConfig;
 use self::session::SessionLayer;
 use super::durable::{Done, Job, ShardLog, Snapshot};
-use super::limits::{ADAPTIVE_SPINS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS};
-use super::stats::Counters;
+use super::limits::{
+    ADAPTIVE_SPINS, ARRAYS_PUBLISH_NS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS,
+};
+use super::stats::{Counters, ShardCounters};
 use super::uring::{BufRing, new_ring};
 use super::{PollMode, Shared, monotonic_ns, realtime_ns};
 use crate::book::{Command, Matcher};
@@ -85,6 +87,8 @@ struct State<M> {
     pending: Vec<Vec<Command>>,
     /// One journal per local shard; empty when there is no journal.
     logs: Vec<ShardLog>,
+    /// Per local shard: commands applied and trades made.
+    shard_counters: Vec<ShardCounters>,
     router: Router,
     /// Connections with output to send this iteration.
     dirty: Vec<u32>,
@@ -119,6 +123,10 @@ pub struct Core<M> {
     wake_armed: bool,
     idle_spins: u32,
     next_tick_ns: u64,
+    /// The most messages one outgoing ring held after a push.
+    ring_high_water: u64,
+    /// When the counter arrays were last published.
+    arrays_published_ns: u64,
     /// To the journal's background thread, and its answers.
     jobs: Option<Sender<Job>>,
     done: Option<Receiver<Done>>,
@@ -158,6 +166,8 @@ impl<M: Matcher + Snapshot> Core<M> {
             wake_armed: false,
             idle_spins: 0,
             next_tick_ns: 0,
+            ring_high_water: 0,
+            arrays_published_ns: 0,
             jobs,
             done,
             st: State {
@@ -177,6 +187,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                     .map(|_| Vec::with_capacity(cfg.batch))
                     .collect(),
                 logs,
+                shard_counters: vec![ShardCounters::default(); shards.len()],
                 session,
                 cfg,
                 shared,
@@ -246,13 +257,15 @@ impl<M: Matcher + Snapshot> Core<M> {
                 && !self.journal_busy()
                 && self.st.pending.iter().all(Vec::is_empty)
                 && self.output_flushed();
-            self.publish(monotonic_ns().saturating_sub(start), idle);
+            self.publish(start, monotonic_ns().saturating_sub(start), idle);
             self.wait(has_work);
         }
+        self.publish_arrays();
         if self.st.router.counters.internal_errors > 0 {
-            eprintln!(
-                "turbo-dex: core {}: {} internal errors (states that should not happen); please report",
-                self.st.cfg.index, self.st.router.counters.internal_errors
+            tracing::warn!(
+                "core {}: {} internal errors (states that should not happen); please report",
+                self.st.cfg.index,
+                self.st.router.counters.internal_errors
             );
         }
         CoreExit {
@@ -284,18 +297,37 @@ impl<M: Matcher + Snapshot> Core<M> {
         self.completions = done;
     }
 
-    fn publish(&mut self, busy_ns: u64, idle: bool) {
+    /// Publishes the counters (the arrays at most once a millisecond: they
+    /// are many stores, and only people read them).
+    fn publish(&mut self, start_ns: u64, busy_ns: u64, idle: bool) {
+        if start_ns.saturating_sub(self.arrays_published_ns) >= ARRAYS_PUBLISH_NS || idle {
+            self.arrays_published_ns = start_ns;
+            self.publish_arrays();
+        }
         let c = &mut self.st.router.counters;
         c.iterations += 1;
         c.busy_ns += busy_ns;
         let stats = &self.st.shared.stats[self.st.cfg.index];
         stats.publish(c);
+        stats.loop_ns.store(start_ns, Ordering::Relaxed);
         stats
             .conns
             .store(self.st.router.conns.live() as u64, Ordering::Relaxed);
         let staged: usize = self.st.router.staging.iter().map(Vec::len).sum();
         stats.staged.store(staged as u64, Ordering::Relaxed);
         stats.idle.store(idle, Ordering::Release);
+    }
+
+    fn publish_arrays(&self) {
+        let stats = &self.st.shared.stats[self.st.cfg.index];
+        stats.publish_arrays(&self.st.router.counters, &self.st.shard_counters);
+        stats
+            .ring_high_water
+            .store(self.ring_high_water, Ordering::Relaxed);
+        let unavailable = self.st.logs.iter().any(|l| l.unavailable.is_some());
+        stats
+            .journal_unavailable
+            .store(unavailable, Ordering::Relaxed);
     }
 
     /// Submits what this iteration queued and, when there is nothing to do
@@ -343,10 +375,7 @@ impl<M: Matcher + Snapshot> Core<M> {
     fn submit_error(&self, e: std::io::Error) {
         match e.raw_os_error() {
             Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ETIME) => {}
-            _ => eprintln!(
-                "turbo-dex: core {}: io_uring_enter failed: {e}",
-                self.st.cfg.index
-            ),
+            _ => tracing::error!("core {}: io_uring_enter failed: {e}", self.st.cfg.index),
         }
     }
 }

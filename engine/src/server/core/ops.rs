@@ -140,7 +140,7 @@ impl Ops {
             if let Err(e) = self.ring.submit()
                 && e.raw_os_error() != Some(libc::EBUSY)
             {
-                eprintln!("turbo-dex: core {}: io_uring submit failed: {e}", self.core);
+                tracing::error!("core {}: io_uring submit failed: {e}", self.core);
             }
         }
     }

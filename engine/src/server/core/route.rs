@@ -168,7 +168,7 @@ impl Sink for Router {
             Report::Fill(f) if f.liquidity == wire::Liquidity::Taker.to_wire() => {
                 self.counters.trades += 1
             }
-            Report::Rejected(_) => self.counters.rejects += 1,
+            Report::Rejected(r) => self.counters.reject(r.reason.get()),
             _ => {}
         }
         let owner = session.core();
@@ -239,8 +239,12 @@ impl<M: Matcher + Snapshot> State<M> {
         if q.is_empty() {
             return;
         }
+        let trades_before = self.router.counters.trades;
         s.process_batch(q, self.engine_ns, &mut self.router);
         self.router.counters.commands += q.len() as u64;
+        let counted = &mut self.shard_counters[shard];
+        counted.commands += q.len() as u64;
+        counted.trades += self.router.counters.trades - trades_before;
         self.router.batch_processed(q);
         q.clear();
     }
@@ -379,6 +383,8 @@ impl<M: Matcher + Snapshot> Core<M> {
                 let pushed = chunk.fill_from_iter(staged.drain(..n));
                 router.counters.ring_pushed += pushed as u64;
                 self.st.shared.wake(dst);
+                let held = (producer.buffer().capacity() - producer.slots()) as u64;
+                self.ring_high_water = self.ring_high_water.max(held);
             }
             left += staged.len();
         }

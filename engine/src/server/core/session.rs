@@ -311,7 +311,7 @@ impl SessionLayer {
                 // The id is used even when the symbol is unknown.
                 match s.client_order_ids.check(o) {
                     Err(r) => {
-                        fx.counters().rejects += 1;
+                        fx.counters().reject(r.reason.get());
                         fx.counters().reports_out += 1;
                         fx.answer(&r);
                     }
@@ -505,7 +505,7 @@ fn reject(
     kind: Kind,
 ) {
     let counters = fx.counters();
-    counters.rejects += 1;
+    counters.reject(reason.to_wire());
     counters.reports_out += 1;
     fx.answer(&Rejected::new(client_order_id, symbol, reason, kind));
 }
