@@ -159,3 +159,39 @@ fn quickstart_shows_both_reports_and_stops_the_server() {
         "the quickstart server (pid {pid}) is still running"
     );
 }
+
+#[test]
+fn every_script_is_shellcheck_clean() {
+    if let Some(why) = testkit::missing(false, &["shellcheck"]) {
+        testkit::skip!("{why}");
+        return;
+    }
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(root().join("scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 6, "{scripts:?}");
+    let output = Command::new("shellcheck")
+        .arg("-x")
+        .args(&scripts)
+        .current_dir(root())
+        .output()
+        .expect("shellcheck runs");
+    assert!(output.status.success(), "shellcheck:\n{}", text(&output));
+}
+
+#[test]
+fn admin_bench_runs_with_and_without_a_scraper() {
+    let out = Command::new(root().join("scripts/admin-bench.sh"))
+        .args(["--pairs", "1", "--duration", "1s", "--bin-dir"])
+        .arg(bin_dir())
+        .output()
+        .expect("admin-bench.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "admin-bench.sh failed:\n{log}");
+    assert!(log.contains("without scraper:"), "{log}");
+    assert!(log.contains("with scraper:"), "{log}");
+    assert!(log.contains("median orders/s: without"), "{log}");
+}

@@ -428,3 +428,46 @@ fn abuse_of_the_admin_endpoint_does_not_disturb_trading() {
     let fin = server.stop();
     assert_eq!(fin.total.trades, 50);
 }
+
+#[test]
+fn the_dashboard_and_the_scrape_config_name_real_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("scripts/grafana-turbo-dex.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let server = admin_server(None);
+    let (_, text) = get(server.admin_addr().unwrap(), "/metrics");
+    server.stop();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("turbo_dex_"));
+            for name in names {
+                let family = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "panel {:?} uses {name}, which /metrics does not have",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} metric names checked");
+    if testkit::have("promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "config"])
+            .arg(root.join("scripts/prometheus.yml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
