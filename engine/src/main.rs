@@ -170,20 +170,33 @@ enum LogFormat {
     Json,
 }
 
-/// Sets up the `tracing` subscriber: stderr, RUST_LOG filtering.
-fn init_logging(format: LogFormat) {
+/// Log lines a full writer queue holds before it drops new ones.
+const LOG_QUEUE_LINES: usize = 16_384;
+
+/// Sets up the `tracing` subscriber: RUST_LOG filtering, and stderr written
+/// by a writer thread, so that an engine core that logs (rarely: a
+/// connection closed for an error, journal trouble) never blocks on a slow
+/// log consumer; past `LOG_QUEUE_LINES` waiting lines, new ones are
+/// dropped. Keep the guard until exit: dropping it flushes the queue.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("turbo-dex-log")
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// When journal writes are made durable.
@@ -235,7 +248,11 @@ fn resolve_cores(cores: Option<CpuList>) -> Result<CpuList, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    // Signals are taken by sigwait on this thread; block them before any
+    // other thread (the log writer, the cores, the admin) starts, so that
+    // every thread inherits the mask.
+    let signals = block_signals();
+    let _log = init_logging(args.log_format);
     if let Some(Command::CheckHost { cores, iface, mtu }) = args.command {
         let cores = match resolve_cores(cores) {
             Ok(c) => c,
@@ -252,13 +269,13 @@ fn main() -> ExitCode {
         println!("{report}");
         return ExitCode::from(report.exit_code());
     }
-    match run(args) {
+    match run(args, signals) {
         Ok(code) => code,
         Err(e) => fail(e),
     }
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
+fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
     let cores = resolve_cores(args.cores)?;
     let cpus = cores.to_vec();
     // Server::start validates the whole configuration (limits.rs).
@@ -330,9 +347,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
         tuning::print_startup_warnings("turbo-dex", &host);
     }
 
-    // Signals are taken by sigwait on this thread; block them before the
-    // core threads start so those inherit the mask.
-    let signals = block_signals();
     let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
     tracing::info!(
         "{} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
