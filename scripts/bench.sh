@@ -238,8 +238,8 @@ step "latency (open loop)"
     echo
     echo "## Latency, open loop (wire to wire, from each order's scheduled send time)"
     echo
-    echo "| engine | journal | offered/s | batch | achieved/s | p50 us | p90 us | p99 us | p99.9 us | p99.99 us | max us | server peak RSS MiB |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| engine | journal | offered/s | batch | achieved orders/s | trades/s | p50 us | p90 us | p99 us | p99.9 us | p99.99 us | max us | server peak RSS MiB |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >>"$TABLE"
 for spec in $RATES; do
   rate=${spec%%:*}
@@ -248,16 +248,20 @@ for spec in $RATES; do
     name="lat-match-$journal-r$rate"
     note "$name (batch $batch)"
     set_journal_args "$name" "$journal"
-    if run_one "$name" --engine match "${journal_args[@]}" -- --rate "$rate" --batch "$batch" --connections 1 --mix realistic; then
+    # Two connections (two accounts), so that crossing orders trade.
+    if run_one "$name" --engine match "${journal_args[@]}" -- --rate "$rate" --batch "$batch" --connections 2 --mix realistic; then
         j="$OUT/$name.json"
-        printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$journal" "$(fmt_rate "$rate")" "$batch" \
-            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_us "$(json_num "$j" p50)")" \
+        dur=$(json_num "$j" duration_secs)
+        printf '| match | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$journal" "$(fmt_rate "$rate")" "$batch" \
+            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" \
+            "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+            "$(fmt_us "$(json_num "$j" p50)")" \
             "$(fmt_us "$(json_num "$j" p90)")" "$(fmt_us "$(json_num "$j" p99)")" "$(fmt_us "$(json_num "$j" p999)")" \
             "$(fmt_us "$(json_num "$j" p9999)")" "$(fmt_us "$(json_num "$j" max)")" \
             "$(fmt_mib "$(cat "$OUT/$name.rss_kib")")" >>"$TABLE"
     else
         failures=$((failures + 1))
-        printf '| match | %s | %s | %s | failed | | | | | | | |\n' "$journal" "$(fmt_rate "$rate")" "$batch" >>"$TABLE"
+        printf '| match | %s | %s | %s | failed | | | | | | | | |\n' "$journal" "$(fmt_rate "$rate")" "$batch" >>"$TABLE"
     fi
     rm -rf "$OUT/journal-$name"
   done

@@ -191,7 +191,7 @@ fmt_num() {
 FAILED=0
 # One line per run, tab-separated: round pinning MTU batch load orders/s p50
 # p99 p99.9 max errors status ("ok" or the exit status of a failed run)
-# bytes/packet towards the server, bytes/packet towards the trader.
+# bytes/packet towards the server, bytes/packet towards the trader, trades/s.
 RUNS="$OUT/runs.tsv"
 : >"$RUNS"
 
@@ -267,7 +267,7 @@ run_one() {
         FAILED=1
         note "  failed (exit status $rc): see $OUT/$name.trader.err"
         sed 's/^/      /' "$OUT/$name.trader.err" >&2 || true
-        printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\texit %s\t-\t-\n' \
+        printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\texit %s\t-\t-\t-\n' \
             "$round" "$pin" "$mtu" "$batch" "$load" "$rc" >>"$RUNS"
         return 0
     fi
@@ -277,16 +277,18 @@ run_one() {
     p999=$(fmt_num "$json" p999 1)
     max=$(fmt_num "$json" max 1)
     errors=$(fmt_num "$json" errors 0)
-    note "  $ops orders/s, p50 $p50 us, p99 $p99 us"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\t%s\t%s\n' \
+    trades=$(fmt_num "$json" trades_per_sec 0)
+    note "  $ops orders/s, $trades trades/s, p50 $p50 us, p99 $p99 us"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tok\t%s\t%s\t%s\n' \
         "$round" "$pin" "$mtu" "$batch" "$load" "$ops" "$p50" "$p99" "$p999" "$max" "$errors" \
-        "$to_server" "$to_trader" >>"$RUNS"
+        "$to_server" "$to_trader" "$trades" >>"$RUNS"
 }
 
 # The summary of one configuration over its rounds, tab-separated: ok runs,
 # failed runs, then the medians of orders/s, p50, p99, p99.9 and max, the
-# sum of errors, the lowest and highest orders/s, and the medians of the
-# bytes per packet towards the server and towards the trader.
+# sum of errors, the lowest and highest orders/s, the medians of the
+# bytes per packet towards the server and towards the trader, and the
+# median trades/s.
 # summarize PIN MTU BATCH LOAD
 summarize() {
     # mawk has no asort: an insertion sort is plenty for a few rounds.
@@ -306,16 +308,16 @@ summarize() {
         $2 == p && $3 == m && $4 == b && $5 == l {
             if ($12 != "ok") { failed++; next }
             ok++
-            for (c = 6; c <= 14; c++) val[ok, c] = $c
+            for (c = 6; c <= 15; c++) val[ok, c] = $c
             errors += $11
             if (ok == 1 || $6 + 0 < lo) lo = $6 + 0
             if (ok == 1 || $6 + 0 > hi) hi = $6 + 0
         }
         END {
-            if (ok == 0) { printf "0\t%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", failed; exit }
-            printf "%d\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.0f\n", ok, failed + 0,
+            if (ok == 0) { printf "0\t%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", failed; exit }
+            printf "%d\t%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", ok, failed + 0,
                 median(6), median(7), median(8), median(9), median(10), errors, lo, hi,
-                median(13), median(14)
+                median(13), median(14), median(15)
         }' "$RUNS"
 }
 
@@ -404,20 +406,20 @@ CPU_MODEL=$(awk -F ': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev
     echo "Each row is the median of its runs (columns 'runs' and 'orders/s range' say how many and how far apart); errors are summed."
     echo "Bytes/packet: what the veth ends sent per packet during the run (warmup and handshake included), ACKs counted as packets."
     echo
-    echo "| pinning | MTU | batch | load | orders/s | p50 us | p99 us | p99.9 us | max us | errors | runs | orders/s range | bytes/packet to server | bytes/packet to trader |"
-    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| pinning | MTU | batch | load | orders/s | trades/s | p50 us | p99 us | p99.9 us | max us | errors | runs | orders/s range | bytes/packet to server | bytes/packet to trader |"
+    echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for pin in "${PINS[@]}"; do
         for mtu in "${MTUS[@]}"; do
             for load in "${LOADS[@]}"; do
                 read -r batch rate <<<"$load"
                 label=$(load_label "$rate")
-                IFS=$'\t' read -r ok failed ops p50 p99 p999 max errors lo hi to_server to_trader <<<"$(summarize "$pin" "$mtu" "$batch" "$label")"
+                IFS=$'\t' read -r ok failed ops p50 p99 p999 max errors lo hi to_server to_trader trades <<<"$(summarize "$pin" "$mtu" "$batch" "$label")"
                 runs=$ok
                 [ "$failed" -eq 0 ] || runs="$ok of $((ok + failed))"
                 if [ "$ok" -eq 0 ]; then
-                    echo "| $pin | $mtu | $batch | $label | failed (see runs.tsv) | - | - | - | - | - | $runs | - | - | - |"
+                    echo "| $pin | $mtu | $batch | $label | failed (see runs.tsv) | - | - | - | - | - | - | $runs | - | - | - |"
                 else
-                    echo "| $pin | $mtu | $batch | $label | $ops | $p50 | $p99 | $p999 | $max | $errors | $runs | $lo-$hi | $to_server | $to_trader |"
+                    echo "| $pin | $mtu | $batch | $label | $ops | $trades | $p50 | $p99 | $p999 | $max | $errors | $runs | $lo-$hi | $to_server | $to_trader |"
                 fi
             done
         done

@@ -213,25 +213,27 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                     "want one row for {pin} MTU {mtu} batch {batch} {load}:\n{table}"
                 );
                 let row = matching[0];
-                assert_eq!(row.len(), 14, "row {row:?} should have 14 columns");
-                // Above zero means the run traded at all; no speed is asserted.
+                assert_eq!(row.len(), 15, "row {row:?} should have 15 columns");
+                // Above zero means the run sent orders at all; no speed is asserted.
                 assert!(
                     number(&row[4], "orders/s", row) > 0.0,
                     "no orders in {row:?}"
                 );
-                let p50 = number(&row[5], "p50", row);
-                let p99 = number(&row[6], "p99", row);
-                let p999 = number(&row[7], "p99.9", row);
-                let max = number(&row[8], "max", row);
+                // Two accounts: crossing orders trade (a number, 0 at worst in a tiny run).
+                number(&row[5], "trades/s", row);
+                let p50 = number(&row[6], "p50", row);
+                let p99 = number(&row[7], "p99", row);
+                let p999 = number(&row[8], "p99.9", row);
+                let max = number(&row[9], "max", row);
                 assert!(
                     p50 <= p99 && p99 <= p999 && p999 <= max,
                     "percentiles out of order in {row:?}"
                 );
-                row[9]
+                row[10]
                     .parse::<u64>()
                     .unwrap_or_else(|_| panic!("errors is not a count in {row:?}"));
-                assert_eq!(row[10], "1", "--tiny runs each row once: {row:?}");
-                let (lo, hi) = row[11]
+                assert_eq!(row[11], "1", "--tiny runs each row once: {row:?}");
+                let (lo, hi) = row[12]
                     .split_once('-')
                     .unwrap_or_else(|| panic!("orders/s range is not LOW-HIGH in {row:?}"));
                 assert_eq!(
@@ -251,8 +253,8 @@ fn tiny_run_gives_a_complete_table_and_leaves_no_namespace() {
                     json += &format!("-rate{}", rate.trim_end_matches("/s"));
                 }
                 for (cell, what) in [
-                    (&row[12], "bytes/packet to server"),
-                    (&row[13], "bytes/packet to trader"),
+                    (&row[13], "bytes/packet to server"),
+                    (&row[14], "bytes/packet to trader"),
                 ] {
                     // Every run sends orders one way and reports the other.
                     assert!(number(cell, what, row) > 0.0, "no {what} in {row:?}");
