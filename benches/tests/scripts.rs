@@ -100,7 +100,7 @@ fn bench_tiny_produces_a_complete_table() {
     let lat = table_rows(&table, "## Latency");
     assert_eq!(lat.len(), 2, "{table}");
     for row in &lat {
-        assert_eq!(row.len(), 12, "{row:?}");
+        assert_eq!(row.len(), 13, "{row:?}");
         for cell in &row[2..] {
             assert!(is_number(cell), "every figure is a number: {row:?}");
         }
