@@ -243,6 +243,12 @@ impl SlotIndex {
         self.entries[hole] = 0;
     }
 
+    /// Removes every key (one sequential pass over the in-use prefix).
+    pub(crate) fn clear(&mut self) {
+        self.entries[..=self.mask].fill(0);
+        self.len = 0;
+    }
+
     /// Keys stored.
     #[inline]
     pub(crate) fn len(&self) -> usize {

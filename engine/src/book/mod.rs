@@ -151,6 +151,7 @@ mod history;
 mod ids;
 mod index;
 mod null;
+mod seen;
 mod shard;
 mod side;
 pub mod workload;

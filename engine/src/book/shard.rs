@@ -49,6 +49,7 @@ use wire::{
 
 use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
+use super::seen::IdHighWater;
 use super::side::BookSide;
 use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
 
@@ -357,6 +358,8 @@ pub struct Shard {
     next_trade: u64,
     /// Recently terminated orders.
     history: History,
+    /// Which new ids cannot be duplicates (derived state; see `seen.rs`).
+    seen: IdHighWater,
 }
 
 impl Shard {
@@ -429,6 +432,7 @@ impl Shard {
             next_order: 1,
             next_trade: 1,
             history: History::new(cfg.history_max),
+            seen: IdHighWater::new(),
         })
     }
 
@@ -632,6 +636,27 @@ impl Shard {
                     "({}, {}) is both live and in the history",
                     e.account, e.client_order_id
                 ));
+            }
+            if !self.seen.may_have_seen(e.account, e.client_order_id) {
+                return Err(format!(
+                    "({}, {}) is remembered but above its id high-water mark",
+                    e.account, e.client_order_id
+                ));
+            }
+        }
+        for (b, book) in self.books.iter().enumerate() {
+            for side in &book.sides {
+                for (_, level) in side.iter_best_first() {
+                    for slot in self.level_slots(level) {
+                        let o = &self.orders[slot as usize];
+                        if !self.seen.may_have_seen(o.account, o.client_order_id) {
+                            return Err(format!(
+                                "book {b}: live ({}, {}) is above its id high-water mark",
+                                o.account, o.client_order_id
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -1283,10 +1308,16 @@ impl Shard {
         if fields.post_only && tif != TimeInForce::Gtc {
             return reject(sink, RejectReason::InvalidTimeInForce);
         }
-        if let Some(status) = self.duplicate_status(cmd.account, client_order_id) {
+        // Most new ids are above everything the account used here: no
+        // lookup in the live index or the (large, cache-cold) history.
+        if self.seen.may_have_seen(cmd.account, client_order_id)
+            && let Some(status) = self.duplicate_status(cmd.account, client_order_id)
+        {
             reject(sink, RejectReason::DuplicateClientOrderId);
             return sink.emit(cmd.session, Report::Status(status));
         }
+        // From here the key may become live or remembered: note it.
+        self.seen.note(cmd.account, client_order_id);
         let side = fields.side;
         let own = side_index(side);
         let opposite = 1 - own;
@@ -1725,9 +1756,14 @@ impl Shard {
     #[inline]
     fn prefetch_bucket(&self, cmd: &Command) {
         if let Some((id, _)) = command_key(cmd) {
-            self.index.prefetch(cmd.account, id);
-            if let Op::New(_) | Op::Cancel(_) = cmd.op {
-                self.history.prefetch(cmd.account, id);
+            match cmd.op {
+                // A new id above its mark needs neither bucket (`seen.rs`).
+                Op::New(_) if !self.seen.may_have_seen(cmd.account, id) => {}
+                Op::New(_) | Op::Cancel(_) => {
+                    self.index.prefetch(cmd.account, id);
+                    self.history.prefetch(cmd.account, id);
+                }
+                _ => self.index.prefetch(cmd.account, id),
             }
         }
     }

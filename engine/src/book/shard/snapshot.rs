@@ -393,6 +393,19 @@ impl Shard {
         h.finish()
     }
 
+    /// Recomputes the id high-water marks from the order slots (live
+    /// ones and any freed ones: noting more only costs lookups) and the
+    /// history; they are derived state, not in the snapshot.
+    fn rebuild_seen(&mut self) {
+        self.seen.clear();
+        for o in &self.orders {
+            self.seen.note(o.account, o.client_order_id);
+        }
+        for e in self.history.iter_oldest_first() {
+            self.seen.note(e.account, e.client_order_id);
+        }
+    }
+
     /// Rebuilds a shard from [`Self::write_snapshot`]'s bytes, with the
     /// limits of `cfg` (which may differ from the original's as long as
     /// the state fits: orders within `orders_max` and `quantity_max`,
@@ -536,6 +549,7 @@ impl Shard {
             }
             shard.history.push(e);
         }
+        shard.rebuild_seen();
         if r.offset != bytes.len() {
             return Err(SnapshotError::TrailingBytes {
                 offset: r.offset,
