@@ -30,6 +30,7 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # promtool checks /metrics; a real prometheus scrapes the admin endpoint
 # (engine/tests/admin.rs, tuning/tests/admin.rs, loadgen/tests/turbo_dex.rs).
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind) # scripts/book-cachegrind.sh and its test
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"
