@@ -26,6 +26,7 @@ MIXES="heavy exchange-core exchange-core-64"
 BOOKS="real batched naive"
 BIN=""
 OUT=""
+LL_BYTES=""
 usage() {
     cat <<'USAGE'
 Usage: scripts/book-cachegrind.sh [--ops N] [--warm-up N] [--depth N]
@@ -42,6 +43,9 @@ per book operation, from valgrind --tool=cachegrind --cache-sim=yes.
                 the server's batch size), naive (reference book)
   --bin PATH    a prebuilt book-ops (default: build it, release profile)
   --out DIR     keep cachegrind's logs and the table there (default: temp)
+  --ll BYTES    simulate a last-level cache of BYTES (16-way, 64-byte lines)
+                instead of the host's L3: --ll 2097152 counts misses past a
+                2 MiB L2, which a large simulated L3 hides
   --tiny        2000 operations, 500 warm-up, depth 50: a quick check
 USAGE
 }
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --books) BOOKS=${2:?--books needs a list}; shift 2 ;;
         --bin) BIN=${2:?--bin needs a path}; shift 2 ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --ll) LL_BYTES=${2:?--ll needs a size in bytes}; shift 2 ;;
         --tiny) OPS=2000; WARM_UP=500; DEPTH=50; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
@@ -94,7 +99,7 @@ ARGS=(--ops "$OPS" --warm-up "$WARM_UP")
 measure() {
     local mix=$1 book=$2 replays=$3
     local log="$WORK/$mix.$book.$replays.log"
-    if ! "${NO_ASLR[@]}" valgrind --tool=cachegrind --cache-sim=yes \
+    if ! "${NO_ASLR[@]}" valgrind --tool=cachegrind --cache-sim=yes ${LL_BYTES:+"--LL=$LL_BYTES,16,64"} \
         --cachegrind-out-file=/dev/null "$BIN" "$mix" "$replays" "$book" "${ARGS[@]}" \
         >"$log" 2>&1; then
         cat "$log" >&2
@@ -151,7 +156,7 @@ for mix in $MIXES; do
 done
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
-command_line="scripts/book-cachegrind.sh --ops $OPS --warm-up $WARM_UP${DEPTH:+ --depth $DEPTH} --mixes \"$MIXES\" --books \"$BOOKS\""
+command_line="scripts/book-cachegrind.sh --ops $OPS --warm-up $WARM_UP${DEPTH:+ --depth $DEPTH} --mixes \"$MIXES\" --books \"$BOOKS\"${LL_BYTES:+ --ll $LL_BYTES}"
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l)
 TABLE="$WORK/table.md"
@@ -159,7 +164,7 @@ TABLE="$WORK/table.md"
     echo "## Book operations under cachegrind"
     echo
     echo "Command: \`$command_line\`"
-    echo "Machine: ${cpu:-unknown CPU}, $(nproc) CPUs; $(valgrind --version) --tool=cachegrind --cache-sim=yes (its default caches for this CPU); main at $rev$([ "$dirty" -gt 0 ] && echo " with $dirty changed files")."
+    echo "Machine: ${cpu:-unknown CPU}, $(nproc) CPUs; $(valgrind --version) --tool=cachegrind --cache-sim=yes ($([ -n "$LL_BYTES" ] && echo "last level simulated as $LL_BYTES bytes, 16-way" || echo "its default caches for this CPU")); main at $rev$([ "$dirty" -gt 0 ] && echo " with $dirty changed files")."
     echo "Per operation: (a run with 2 replays - a run with 1 replay) / $OPS operations; $WARM_UP warm-up operations on each book first."
     echo
     echo "| mix | book | instructions/op | D1 misses/op | last-level misses/op |"
