@@ -55,16 +55,22 @@ pub struct Args {
     pub no_pin: bool,
 
     /// Keep a worker spinning this long (500us, 1s) after its last work
-    /// before it parks. Parking means the next answer has to wake the
-    /// thread (a cross-CPU wake-up, tens of microseconds on some VMs), so
-    /// latency measurements should spin; it costs a whole core. Default 0:
-    /// park at once.
+    /// before it parks, and poll the sockets with non-blocking send and
+    /// recv meanwhile (one task per connection) instead of waiting for
+    /// io_uring readiness, whose completion interrupts the thread once per
+    /// answer. Parking means the next answer has to wake the thread (a
+    /// cross-CPU wake-up, tens of microseconds on some VMs), so latency
+    /// measurements should spin; it costs a whole core. Default 0: park at
+    /// once, io_uring readiness.
     #[arg(long, value_parser = parse_duration, value_name = "TIME")]
     pub spin: Option<Duration>,
 
     /// Connections per worker (each a session, with its own account unless
-    /// --accounts says otherwise).
-    #[arg(long, default_value_t = 1, value_name = "N",
+    /// --accounts says otherwise). Default 2, so that even one worker's
+    /// orders trade: orders of one account never trade with each other
+    /// (self-trade prevention cancels them), so a run under one account
+    /// (--connections 1 with one core, or --accounts 1) warns.
+    #[arg(long, default_value_t = 2, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=CONNECTIONS_PER_WORKER_MAX as i64))]
     pub connections: u32,
 
@@ -311,6 +317,27 @@ impl Plan {
         self.cores.len() * self.connections
     }
 
+    /// Different accounts the connections trade under.
+    pub fn distinct_accounts(&self) -> u64 {
+        (self.total_connections() as u64).min(self.accounts)
+    }
+
+    /// What to warn about before the run: one account for every
+    /// connection means self-trade prevention cancels whatever crosses.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.distinct_accounts() < 2 && self.mix != Mix::Insert {
+            out.push(format!(
+                "all {} connection(s) trade under one account: self-trade prevention cancels \
+                 every order that meets the run's own resting orders, so the match engine \
+                 reports few or no trades; use --connections 2 or more (one account each) or \
+                 --accounts 2 or more",
+                self.total_connections()
+            ));
+        }
+        out
+    }
+
     /// Most requests unanswered per connection.
     pub fn outstanding_max(&self) -> usize {
         if let Some(n) = self.inflight {
@@ -483,7 +510,7 @@ mod tests {
     fn flags_parse_with_defaults() {
         let a = parse(&["--server", "127.0.0.1:9000"]).unwrap();
         assert_eq!(a.batch, 1);
-        assert_eq!(a.connections, 1);
+        assert_eq!(a.connections, 2);
         assert_eq!(a.duration, Duration::from_secs(60));
         assert_eq!(a.warmup, Duration::from_secs(2));
         assert_eq!(a.mix, Mix::Realistic);
@@ -597,6 +624,20 @@ mod tests {
 
         let default_cores = plan(&parse(&["--server", "127.0.0.1:9000"]).unwrap()).unwrap();
         assert_eq!(default_cores.cores.len(), 1);
+        // The defaults trade: two sessions under two accounts, no warning.
+        assert_eq!(default_cores.distinct_accounts(), 2);
+        assert!(default_cores.warnings().is_empty());
+        for one_account in [
+            &["--connections", "1"][..],
+            &["--accounts", "1"][..],
+            &["--connections", "1", "--accounts", "5"][..],
+        ] {
+            let mut args = vec!["--server", "127.0.0.1:9000", "--cores", "0"];
+            args.extend_from_slice(one_account);
+            let p = plan(&parse(&args).unwrap()).unwrap();
+            assert_eq!(p.distinct_accounts(), 1, "{args:?}");
+            assert!(p.warnings()[0].contains("one account"), "{args:?}");
+        }
 
         let cases: [(&[&str], &str); 5] = [
             (&["--server", "no-port-here"], "cannot resolve"),
@@ -641,6 +682,8 @@ mod tests {
             "10000000",
             "--batch",
             "10",
+            "--connections",
+            "1",
         ])
         .unwrap();
         assert_eq!(plan(&a).unwrap().outstanding_max(), 100_000);

@@ -139,6 +139,15 @@ impl NewKind {
     pub const fn may_rest(self) -> bool {
         matches!(self, NewKind::Passive | NewKind::Near | NewKind::Aggressive)
     }
+
+    /// Whether the flow prices the order to take liquidity at once: every
+    /// IOC, FOK and market order, and the GTC limit priced through the whole
+    /// band. These are the "crossing orders" of the report; `Near` GTC
+    /// orders cross only sometimes and do not count.
+    #[inline]
+    pub const fn crosses(self) -> bool {
+        !matches!(self, NewKind::Passive | NewKind::Near)
+    }
 }
 
 /// One new order, before its id is assigned.

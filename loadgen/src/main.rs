@@ -53,6 +53,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    for w in plan.warnings() {
+        warn!("{w}");
+    }
     if let Err(e) = loadgen::run::install_interrupt_handler() {
         warn!("cannot catch Ctrl-C ({e}); it will end the run without a report");
     }
@@ -110,6 +113,9 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(report.summary().as_bytes());
     let _ = stdout.flush();
+    for w in report.warnings() {
+        warn!("{w}");
+    }
     let mut failed = false;
     if let Some(path) = &plan.json
         && let Err(e) = std::fs::write(path, report.to_json())

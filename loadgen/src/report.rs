@@ -27,6 +27,8 @@ pub struct RunReport {
     pub workers: usize,
     /// Connections in total.
     pub connections: usize,
+    /// Different accounts the connections trade under.
+    pub accounts: u64,
     /// Target rate (open loop) or `None` (closed loop).
     pub rate: Option<u64>,
     /// Most unanswered requests per connection.
@@ -61,6 +63,46 @@ impl RunReport {
     /// Requests sent per second in the window.
     pub fn orders_per_sec(&self) -> f64 {
         self.per_sec(self.counters.orders_sent)
+    }
+
+    /// What makes the run's figures suspect, one sentence each: a server
+    /// that matches (it cancels IOC remainders or self-trades) but saw no
+    /// trade, more than half of the crossing orders canceled by self-trade
+    /// prevention, or all the connections under one account. Empty when
+    /// none applies (always for the null engine, which never matches).
+    pub fn warnings(&self) -> Vec<String> {
+        let c = &self.counters;
+        let mut out = Vec::new();
+        if self.accounts < 2 && c.crossing_orders > 0 {
+            out.push(format!(
+                "all {} connection{} trade under one account: self-trade prevention cancels every \
+                 order that meets the run's own resting orders; use --connections 2 or more (one \
+                 account each) or --accounts 2 or more",
+                self.connections,
+                plural(self.connections)
+            ));
+        }
+        let matching = c.fills > 0 || c.matching_cancels > 0;
+        if matching && c.trades == 0 && c.crossing_orders > 0 {
+            out.push(format!(
+                "the server matches (it canceled {} orders as IOC remainders, unfilled FOKs, \
+                 self-trades or beyond the price band) but not one of the {} crossing orders \
+                 traded: the orders/s above are not a matching rate",
+                group(c.matching_cancels),
+                group(c.crossing_orders)
+            ));
+        }
+        if c.crossing_self_trade_cancels * 2 > c.crossing_orders && c.crossing_orders > 0 {
+            out.push(format!(
+                "{} of the {} crossing orders ({:.0}%) were canceled by self-trade prevention: \
+                 they met resting orders of their own account instead of trading; use more \
+                 connections or accounts",
+                group(c.crossing_self_trade_cancels),
+                group(c.crossing_orders),
+                100.0 * c.crossing_self_trade_cancels as f64 / c.crossing_orders as f64
+            ));
+        }
+        out
     }
 
     /// Whether verification passed (`None` when not verifying).
@@ -114,9 +156,13 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "  trades       {:>16}  {:>9}/s",
+            "  trades       {:>16}  {:>9}/s  (crossing orders {}, self-trade cancels {}, of \
+             crossing orders {})",
             group(c.trades),
-            si(self.per_sec(c.trades))
+            si(self.per_sec(c.trades)),
+            group(c.crossing_orders),
+            group(c.self_trade_cancels),
+            group(c.crossing_self_trade_cancels)
         );
         let _ = write!(s, "  rejects      {:>16}", group(c.rejects));
         let named = c.rejects_named();
@@ -160,6 +206,9 @@ impl RunReport {
             us(l.max),
             group(l.samples)
         );
+        for w in self.warnings() {
+            let _ = writeln!(s, "  WARNING      {w}");
+        }
         match &self.verify {
             None => {}
             Some(v) if v.is_empty() => {
@@ -219,6 +268,9 @@ impl RunReport {
             trades_per_sec: Num(self.per_sec(c.trades)),
             canceled: c.canceled,
             replaced: c.replaced,
+            crossing_orders: c.crossing_orders,
+            self_trade_cancels: c.self_trade_cancels,
+            crossing_self_trade_cancels: c.crossing_self_trade_cancels,
             rejects: c.rejects,
             rejects_by_reason: Named(c.rejects_named()),
             rejects_by_request: Named(c.rejects_by_request_named()),
@@ -245,6 +297,7 @@ impl RunReport {
             verify_ok: self.verify_ok(),
             violations: self.verify.as_ref().map_or(0, |v| v.total),
             failure: self.failure.as_deref(),
+            warnings: self.warnings(),
             trades_paired: self.trades_paired,
         }
     }
@@ -266,6 +319,13 @@ struct JsonReport<'a> {
     trades_per_sec: Num,
     canceled: u64,
     replaced: u64,
+    /// New orders priced to take liquidity at once (IOC, FOK, market, GTC
+    /// through the band).
+    crossing_orders: u64,
+    /// Canceled reports with reason self-trade prevention.
+    self_trade_cancels: u64,
+    /// Of those, the ones of crossing orders.
+    crossing_self_trade_cancels: u64,
     rejects: u64,
     /// Reason name to count, the non-zero ones only, in wire order.
     rejects_by_reason: Named<String>,
@@ -288,6 +348,8 @@ struct JsonReport<'a> {
     verify_ok: Option<bool>,
     violations: u64,
     failure: Option<&'a str>,
+    /// [`RunReport::warnings`], empty when none applies.
+    warnings: Vec<String>,
     trades_paired: u64,
 }
 
@@ -446,6 +508,7 @@ mod tests {
             batch: 2000,
             workers: 1,
             connections: 2,
+            accounts: 2,
             rate: None,
             inflight: 8000,
             mix: Mix::Match,
@@ -555,6 +618,9 @@ mod tests {
   "trades_per_sec": 1210000,
   "canceled": 0,
   "replaced": 0,
+  "crossing_orders": 0,
+  "self_trade_cancels": 0,
+  "crossing_self_trade_cancels": 0,
   "rejects": 1,
   "rejects_by_reason": {"no liquidity for market order": 1},
   "rejects_by_request": {"new_order": 1},
@@ -573,6 +639,7 @@ mod tests {
   "verify_ok": null,
   "violations": 0,
   "failure": "the server said \"no\"",
+  "warnings": [],
   "trades_paired": 0
 }
 "#;
@@ -622,6 +689,8 @@ mod tests {
             "canceled",
             "cancels",
             "connections",
+            "crossing_orders",
+            "crossing_self_trade_cancels",
             "duration_secs",
             "errors",
             "failure",
@@ -654,6 +723,7 @@ mod tests {
             "replaces",
             "reports_per_sec",
             "reports_received",
+            "self_trade_cancels",
             "stray_reports",
             "trades",
             "trades_paired",
@@ -662,6 +732,7 @@ mod tests {
             "verify_ok",
             "violations",
             "warmup_secs",
+            "warnings",
             "workers",
         ];
         want.sort_unstable();
@@ -677,6 +748,44 @@ mod tests {
         let text = full.to_json();
         assert!(text.starts_with("{\n  \"orders_sent\": "), "{text}");
         assert!(text.ends_with(",\n  \"trades_paired\": 0\n}\n"), "{text}");
+    }
+
+    #[test]
+    fn self_trades_and_tradeless_matching_warn() {
+        let mut r = report();
+        r.counters.crossing_orders = 1000;
+        assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+        // A matching server, one account, every crossing order self-traded.
+        r.accounts = 1;
+        r.counters.trades = 0;
+        r.counters.self_trade_cancels = 900;
+        r.counters.crossing_self_trade_cancels = 800;
+        r.counters.matching_cancels = 1000;
+        let w = r.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("one account"), "{w:?}");
+        assert!(
+            w[1].contains("not one of the 1,000 crossing orders traded"),
+            "{w:?}"
+        );
+        assert!(
+            w[2].contains("800 of the 1,000 crossing orders (80%)"),
+            "{w:?}"
+        );
+        assert!(r.summary().contains("WARNING      800 of the 1,000"));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["warnings"].as_array().unwrap().len(), 3);
+        assert_eq!(v["crossing_self_trade_cancels"], 800);
+        // Exactly half is not more than half; the null engine never matches.
+        r.accounts = 2;
+        r.counters.crossing_self_trade_cancels = 500;
+        r.counters.trades = 1;
+        assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+        r.counters = Counters {
+            crossing_orders: 1000,
+            ..Counters::default()
+        };
+        assert!(r.warnings().is_empty(), "{:?}", r.warnings());
     }
 
     #[test]

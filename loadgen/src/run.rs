@@ -399,6 +399,7 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
         batch: plan.batch,
         workers: plan.cores.len(),
         connections: plan.total_connections(),
+        accounts: plan.distinct_accounts(),
         rate: plan.rate,
         inflight: plan.outstanding_max(),
         mix: plan.mix,
@@ -487,10 +488,24 @@ async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutc
         );
         tasks.push(glommio::spawn_local(task));
     }
-    let mut connections = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        connections.push(t.await);
-    }
+    let joined = async {
+        let mut connections = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            connections.push(t.await);
+        }
+        connections
+    };
+    let connections = if plan.spin.is_some() {
+        // Ends with the join: no timer outlives the connections.
+        let watchdog = async {
+            loop {
+                glommio::timer::sleep(SPIN_WATCHDOG).await;
+            }
+        };
+        future::or(joined, watchdog).await
+    } else {
+        joined.await
+    };
     let ledger = Rc::try_unwrap(ledger)
         .map(RefCell::into_inner)
         .unwrap_or_default();
@@ -828,29 +843,46 @@ async fn connection(
         published,
     });
     let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
-    let receiver = glommio::spawn_local(receive(link.clone(), clock, conn.leftover, recv_bytes));
     let heartbeat_ns = u64::from(conn.ack.heartbeat_interval_ms.get()) * 500_000;
-
-    let sent = send(
-        &plan,
-        &link,
-        clock,
-        &shared,
-        end_ns,
-        conn.coalesce_bytes,
-        global,
-        heartbeat_ns,
-    )
-    .await;
-    if let Err(e) = sent {
-        link.failure.borrow_mut().get_or_insert(e);
+    if let Some(spin) = plan.spin {
+        let spinning = Spinning {
+            plan: &plan,
+            link: &link,
+            clock,
+            shared: &shared,
+            end_ns,
+            coalesce_bytes: conn.coalesce_bytes,
+            global,
+            heartbeat_ns,
+            spin_ns: spin.as_nanos().min(u128::from(u64::MAX)) as u64,
+        };
+        if let Err(e) = spinning.run(conn.leftover, recv_bytes).await {
+            link.failure.borrow_mut().get_or_insert(e);
+        }
+    } else {
+        let receiver =
+            glommio::spawn_local(receive(link.clone(), clock, conn.leftover, recv_bytes));
+        let sent = send(
+            &plan,
+            &link,
+            clock,
+            &shared,
+            end_ns,
+            conn.coalesce_bytes,
+            global,
+            heartbeat_ns,
+        )
+        .await;
+        if let Err(e) = sent {
+            link.failure.borrow_mut().get_or_insert(e);
+        }
+        let now = clock.now_ns();
+        link.session.borrow_mut().end_window(now);
+        if link.failure.borrow().is_none() && !shared.stopped() {
+            drain(&plan, &link, clock, &shared).await;
+        }
+        let _ = receiver.cancel().await;
     }
-    let now = clock.now_ns();
-    link.session.borrow_mut().end_window(now);
-    if link.failure.borrow().is_none() && !shared.stopped() {
-        drain(&plan, &link, clock, &shared).await;
-    }
-    let _ = receiver.cancel().await;
     let failure = link.failure.borrow_mut().take();
     let failed = failure.is_some();
     if let Some(f) = failure {
@@ -885,8 +917,7 @@ async fn send(
     let mut schedule = plan
         .rate
         .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
-    let frame_bytes = wire::HEADER_BYTES + batch * <wire::NewOrder as wire::Message>::BYTES;
-    let mut out: Vec<u8> = Vec::with_capacity(coalesce_bytes.max(frame_bytes) + 3 * frame_bytes);
+    let mut out: Vec<u8> = Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes));
     let mut last_send_ns = 0u64;
     let mut heartbeat_token = 0u64;
     loop {
@@ -898,39 +929,14 @@ async fn send(
             return Ok(());
         }
         out.clear();
-        let next_due = {
-            let mut session = link.session.borrow_mut();
-            let mut room_batches = session.room() / batch;
-            match schedule.as_mut() {
-                None => {
-                    // Closed loop: fill the room, coalescing up to a segment.
-                    while room_batches > 0
-                        && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
-                    {
-                        if session.write_batch(&mut out, batch, now, || now) < batch {
-                            break;
-                        }
-                        room_batches -= 1;
-                    }
-                    None
-                }
-                Some(s) => {
-                    let mut due = s.batches_due(now, batch as u64);
-                    while due > 0
-                        && room_batches > 0
-                        && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
-                    {
-                        if session.write_batch(&mut out, batch, now, || s.take()) < batch {
-                            break;
-                        }
-                        due -= 1;
-                        room_batches -= 1;
-                    }
-                    // Still due but no room: wait for answers; else sleep to the next batch.
-                    (due == 0).then(|| s.next_batch_due_ns(batch as u64))
-                }
-            }
-        };
+        let next_due = fill(
+            &mut link.session.borrow_mut(),
+            schedule.as_mut(),
+            &mut out,
+            now,
+            batch,
+            coalesce_bytes,
+        );
         if !out.is_empty() {
             write_all(&link.stream, &out)
                 .await
@@ -974,6 +980,56 @@ async fn send(
             glommio::timer::sleep(wait).await;
         } else {
             link.progress.wait_at_most(wait).await;
+        }
+    }
+}
+
+/// Bytes of the send buffer: a TCP segment's worth of coalesced frames plus
+/// room for three more, so that it never grows.
+fn send_buffer_bytes(batch: usize, coalesce_bytes: usize) -> usize {
+    let frame_bytes = wire::HEADER_BYTES + batch * <wire::NewOrder as wire::Message>::BYTES;
+    coalesce_bytes.max(frame_bytes) + 3 * frame_bytes
+}
+
+/// Writes into `out` the batches that are due (open loop: by `schedule`;
+/// closed loop: as many as there is room for), coalescing up to
+/// `coalesce_bytes`. Open loop with nothing more due: when the next batch is.
+fn fill(
+    session: &mut Session,
+    schedule: Option<&mut Schedule>,
+    out: &mut Vec<u8>,
+    now: u64,
+    batch: usize,
+    coalesce_bytes: usize,
+) -> Option<u64> {
+    let frame_bytes = wire::HEADER_BYTES + batch * <wire::NewOrder as wire::Message>::BYTES;
+    let mut room_batches = session.room() / batch;
+    match schedule {
+        None => {
+            // Closed loop: fill the room, coalescing up to a segment.
+            while room_batches > 0 && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
+            {
+                if session.write_batch(out, batch, now, || now) < batch {
+                    break;
+                }
+                room_batches -= 1;
+            }
+            None
+        }
+        Some(s) => {
+            let mut due = s.batches_due(now, batch as u64);
+            while due > 0
+                && room_batches > 0
+                && (out.is_empty() || out.len() + frame_bytes <= coalesce_bytes)
+            {
+                if session.write_batch(out, batch, now, || s.take()) < batch {
+                    break;
+                }
+                due -= 1;
+                room_batches -= 1;
+            }
+            // Still due but no room: wait for answers; else sleep to the next batch.
+            (due == 0).then(|| s.next_batch_due_ns(batch as u64))
         }
     }
 }
@@ -1043,33 +1099,301 @@ async fn receive(link: Rc<Link>, clock: Clock, leftover: Vec<u8>, recv_bytes: us
             }
         }
         first = false;
-        let now = clock.now_ns();
-        let result = {
-            let mut session = link.session.borrow_mut();
-            let mut ledger = link.ledger.borrow_mut();
-            let r = session.on_bytes(&buf[..len], now, &mut ledger);
-            link.published.store(session.counters());
-            if now >= last_publish_ns + PUBLISH_INTERVAL_NS {
-                last_publish_ns = now;
-                let interval = &mut session.latency_mut().interval;
-                if let Ok(mut h) = link.published.interval.lock() {
-                    let _ = h.add(&*interval);
-                }
-                interval.reset();
-            }
-            r
-        };
-        match result {
-            Ok(used) => {
-                buf.copy_within(used..len, 0);
-                len -= used;
-            }
+        match take_reports(&link, clock.now_ns(), &mut buf, len, &mut last_publish_ns) {
+            Ok(left) => len = left,
             Err(f) => {
-                link.failure.borrow_mut().get_or_insert(f.to_string());
+                link.failure.borrow_mut().get_or_insert(f);
                 link.progress.raise();
                 return;
             }
         }
         link.progress.raise();
     }
+}
+
+/// Hands the reports in `buf[..len]` to the session, publishes the
+/// counters (and every [`PUBLISH_INTERVAL_NS`] the interval histogram) and
+/// moves the partial frame left at the end to the front: its length.
+fn take_reports(
+    link: &Link,
+    now: u64,
+    buf: &mut [u8],
+    len: usize,
+    last_publish_ns: &mut u64,
+) -> Result<usize, String> {
+    let result = {
+        let mut session = link.session.borrow_mut();
+        let mut ledger = link.ledger.borrow_mut();
+        let r = session.on_bytes(&buf[..len], now, &mut ledger);
+        link.published.store(session.counters());
+        if now >= *last_publish_ns + PUBLISH_INTERVAL_NS {
+            *last_publish_ns = now;
+            let interval = &mut session.latency_mut().interval;
+            if let Ok(mut h) = link.published.interval.lock() {
+                let _ = h.add(&*interval);
+            }
+            interval.reset();
+        }
+        r
+    };
+    let used = result.map_err(|f| f.to_string())?;
+    buf.copy_within(used..len, 0);
+    Ok(len - used)
+}
+
+/// Period of the timer that a worker with spinning connections keeps
+/// pending (see [`Spinning`]): the longest a preemption can stall them.
+const SPIN_WATCHDOG: Duration = Duration::from_micros(20);
+
+/// With `--spin`: one task per connection both sends and receives, through
+/// non-blocking `send` and `recv` system calls that it polls.
+///
+/// Why: glommio learns that a socket is readable from an io_uring poll,
+/// which the kernel completes with task work, and task work interrupts the
+/// thread: one inter-processor interrupt per answer (tens of microseconds
+/// on a VM) added to what latency runs measure. A `recv` that finds the
+/// bytes already there costs none.
+///
+/// Why one task, not a polling receiver beside the sender: a task that
+/// keeps waking itself keeps glommio's task queue busy, and glommio 0.9
+/// polls its rings (timers, readiness) only when the queues run dry or the
+/// preempt timer fires (100 ms): the sender's timers fired late (the halved
+/// throughput of an earlier experiment). Here nothing waits on glommio
+/// while spinning: the clock says what is due, sends and receives are
+/// direct system calls. The task yields after every turn by waking itself
+/// (the worker's other connections run in between), spins at most `--spin`
+/// after its last progress, then awaits properly (readable, writable, or
+/// the next due time), and ends by returning.
+///
+/// Why the worker then keeps a [`SPIN_WATCHDOG`] timer pending: when the
+/// preempt timer has fired before any queue ran, glommio's
+/// `run_task_queues` reports that nothing ran, and the executor spins and
+/// parks as if idle, with the self-woken tasks still queued. With no timer
+/// or I/O pending that park never returns (seen here: the worker asleep in
+/// `io_cqring_wait` at 0% CPU, both connections polling; likely the hang
+/// of the earlier experiment). A pending timer ends glommio's spin, and
+/// any park, within its period.
+struct Spinning<'a> {
+    plan: &'a Plan,
+    link: &'a Link,
+    clock: Clock,
+    shared: &'a Shared,
+    end_ns: u64,
+    coalesce_bytes: usize,
+    global: usize,
+    heartbeat_ns: u64,
+    spin_ns: u64,
+}
+
+/// What ended a proper await of a spinning connection.
+enum Woken {
+    Read(usize),
+    Wrote(usize),
+    Timer,
+}
+
+impl Spinning<'_> {
+    /// Sends until the end of the window, then drains (with `--verify`
+    /// cancelling every open order), receiving all along.
+    async fn run(&self, leftover: Vec<u8>, recv_bytes: usize) -> Result<(), String> {
+        let (plan, link, clock) = (self.plan, self.link, self.clock);
+        let fd = link.stream.borrow().as_raw_fd();
+        let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
+        let mut len = leftover.len();
+        buf[..len].copy_from_slice(&leftover);
+        let mut last_publish_ns = 0u64;
+        if len > 0 {
+            len = take_reports(link, clock.now_ns(), &mut buf, len, &mut last_publish_ns)?;
+        }
+        let batch = plan.batch;
+        let mut schedule = plan.rate.map(|rate| {
+            Schedule::new(0, rate, plan.total_connections() as u64, self.global as u64)
+        });
+        let mut out: Vec<u8> = Vec::with_capacity(send_buffer_bytes(batch, self.coalesce_bytes));
+        // Bytes of `out` already sent.
+        let mut sent = 0usize;
+        let (mut last_send_ns, mut heartbeat_token) = (0u64, 0u64);
+        // Set when the window ends: the drain's deadline.
+        let mut drain_until: Option<u64> = None;
+        let mut last_progress_ns = clock.now_ns();
+        loop {
+            if self.shared.stopped() {
+                return Ok(());
+            }
+            let now = clock.now_ns();
+            let mut progress = false;
+            if len == buf.len() {
+                return Err(format!(
+                    "a report frame is larger than the {recv_bytes}-byte receive buffer"
+                ));
+            }
+            match recv_now(fd, &mut buf[len..]) {
+                Ok(None) => {}
+                Ok(Some(0)) => return Err("the server closed the connection mid-run".into()),
+                Ok(Some(n)) => {
+                    len = take_reports(link, now, &mut buf, len + n, &mut last_publish_ns)?;
+                    progress = true;
+                }
+                Err(e) => return Err(format!("reading from the server failed: {e}")),
+            }
+            let mut next_due = None;
+            if sent == out.len() {
+                out.clear();
+                sent = 0;
+                match drain_until {
+                    None if now >= self.end_ns || interrupted() => {
+                        link.session.borrow_mut().end_window(now);
+                        drain_until = Some(now + plan.drain.as_nanos() as u64);
+                        continue;
+                    }
+                    None => {
+                        next_due = fill(
+                            &mut link.session.borrow_mut(),
+                            schedule.as_mut(),
+                            &mut out,
+                            now,
+                            batch,
+                            self.coalesce_bytes,
+                        );
+                        if out.is_empty() && link.session.borrow().exhausted() {
+                            return Err("the connection used up its 2^40 client order ids".into());
+                        }
+                        if out.is_empty()
+                            && self.heartbeat_ns > 0
+                            && now >= last_send_ns + self.heartbeat_ns
+                        {
+                            heartbeat_token += 1;
+                            wire::append_frame(
+                                &[Heartbeat {
+                                    token: heartbeat_token.into(),
+                                }],
+                                &mut out,
+                            )
+                            .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
+                        }
+                    }
+                    Some(deadline) => {
+                        if plan.verify {
+                            link.session.borrow_mut().write_cancel_all(&mut out, now);
+                        }
+                        if out.is_empty() && (link.session.borrow().settled() || now >= deadline) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if sent < out.len() {
+                match send_now(fd, &out[sent..]) {
+                    Ok(None) => {}
+                    Ok(Some(n)) => {
+                        sent += n;
+                        progress = true;
+                    }
+                    Err(e) => return Err(format!("sending to the server failed: {e}")),
+                }
+                if sent == out.len() {
+                    last_send_ns = now;
+                    link.published.orders_sent.store(
+                        link.session.borrow().counters().orders_sent,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            if progress {
+                last_progress_ns = now;
+            }
+            if now < last_progress_ns.saturating_add(self.spin_ns) {
+                // Let the worker's other tasks run, then look again.
+                future::yield_now().await;
+                continue;
+            }
+            // Idle for --spin: await readable, writable or the next due time.
+            let mut wake_ns = now + STOP_POLL.as_nanos() as u64;
+            match drain_until {
+                None => {
+                    wake_ns = wake_ns.min(self.end_ns);
+                    if self.heartbeat_ns > 0 {
+                        wake_ns = wake_ns.min(last_send_ns + self.heartbeat_ns);
+                    }
+                    if let Some(due) = next_due {
+                        wake_ns = wake_ns.min(due);
+                    }
+                }
+                Some(deadline) => wake_ns = wake_ns.min(deadline),
+            }
+            let wait = Duration::from_nanos(wake_ns.saturating_sub(now));
+            let woken = {
+                let readable = async {
+                    read_some(&link.stream, &mut buf[len..])
+                        .await
+                        .map(Woken::Read)
+                };
+                let pending_out = &out[sent..];
+                let writable = async {
+                    if pending_out.is_empty() {
+                        future::pending::<()>().await;
+                    }
+                    write_some(&link.stream, pending_out)
+                        .await
+                        .map(Woken::Wrote)
+                };
+                let timer = async {
+                    glommio::timer::sleep(wait).await;
+                    Ok(Woken::Timer)
+                };
+                future::or(readable, future::or(writable, timer)).await
+            };
+            let now = clock.now_ns();
+            match woken {
+                Ok(Woken::Read(0)) => {
+                    return Err("the server closed the connection mid-run".into());
+                }
+                Ok(Woken::Read(n)) => {
+                    len = take_reports(link, now, &mut buf, len + n, &mut last_publish_ns)?;
+                }
+                Ok(Woken::Wrote(n)) => sent += n,
+                Ok(Woken::Timer) => {}
+                Err(e) => return Err(format!("the connection to the server failed: {e}")),
+            }
+            // Spin again: answers tend to come in runs.
+            last_progress_ns = now;
+        }
+    }
+}
+
+/// A non-blocking `recv`: `Ok(None)` when nothing is there yet.
+fn recv_now(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes during the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    would_block_is_none(n)
+}
+
+/// A non-blocking `send`: `Ok(None)` when the socket buffer is full.
+fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    would_block_is_none(n)
+}
+
+fn would_block_is_none(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
+}
+
+async fn write_some(stream: &RefCell<TcpStream>, buf: &[u8]) -> io::Result<usize> {
+    future::poll_fn(|cx: &mut Context<'_>| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf))
+        .await
 }

@@ -203,6 +203,8 @@ struct Slot {
     pending: u8,
     may_rest: bool,
     side: u8,
+    /// Sent as a crossing order ([`NewKind::crosses`]).
+    crossing: bool,
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 
@@ -712,12 +714,14 @@ impl Session {
                 pending: PENDING_NONE,
                 may_rest,
                 side: spec.side.to_wire(),
+                crossing: kind.crosses(),
             };
         }
         self.occupied += 1;
         self.may_rest_open += usize::from(may_rest);
         self.outstanding += 1;
         self.counters.new_orders += 1;
+        self.counters.crossing_orders += u64::from(kind.crosses());
         true
     }
 
@@ -1027,11 +1031,19 @@ impl Session {
     #[inline]
     fn on_canceled(&mut self, c: &Canceled, now_ns: u64) {
         self.counters.canceled += 1;
+        let self_trade = c.reason == CancelReason::SelfTrade.to_wire();
+        let matching = self_trade
+            || c.reason == CancelReason::IocRemainder.to_wire()
+            || c.reason == CancelReason::FokUnfilled.to_wire()
+            || c.reason == CancelReason::PriceBand.to_wire();
+        self.counters.self_trade_cancels += u64::from(self_trade);
+        self.counters.matching_cancels += u64::from(matching);
         let id = c.client_order_id.get();
         let Some(i) = self.lookup(id) else {
             return self.stray(id, "Canceled");
         };
         let s = self.slots[i];
+        self.counters.crossing_self_trade_cancels += u64::from(self_trade && s.crossing);
         match s.state {
             LIVE => {}
             SENT => {

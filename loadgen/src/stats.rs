@@ -43,6 +43,18 @@ pub struct Counters {
     pub canceled: u64,
     /// Replaced reports.
     pub replaced: u64,
+    /// New orders the flow prices to take liquidity at once: IOC, FOK and
+    /// market orders and GTC limits priced through the whole band (not the
+    /// GTC orders near the mid, which only sometimes cross).
+    pub crossing_orders: u64,
+    /// Canceled reports with reason self-trade prevention (any order).
+    pub self_trade_cancels: u64,
+    /// Of those, the ones that canceled a crossing order.
+    pub crossing_self_trade_cancels: u64,
+    /// Canceled reports only a matching engine sends: IOC remainder, FOK
+    /// unfilled, self-trade prevention, price band. The null engine never
+    /// sends them, so with fills they tell a matching server.
+    pub matching_cancels: u64,
     /// Rejected reports.
     pub rejects: u64,
     /// Rejected reports by reason wire value (slot 0: an unknown value).
@@ -70,6 +82,10 @@ impl Default for Counters {
             trades: 0,
             canceled: 0,
             replaced: 0,
+            crossing_orders: 0,
+            self_trade_cancels: 0,
+            crossing_self_trade_cancels: 0,
+            matching_cancels: 0,
             rejects: 0,
             rejects_by_reason: [0; REJECT_REASON_SLOTS],
             rejects_by_request: [0; 4],
@@ -120,6 +136,16 @@ impl Counters {
             trades: self.trades.saturating_sub(earlier.trades),
             canceled: self.canceled.saturating_sub(earlier.canceled),
             replaced: self.replaced.saturating_sub(earlier.replaced),
+            crossing_orders: self.crossing_orders.saturating_sub(earlier.crossing_orders),
+            self_trade_cancels: self
+                .self_trade_cancels
+                .saturating_sub(earlier.self_trade_cancels),
+            crossing_self_trade_cancels: self
+                .crossing_self_trade_cancels
+                .saturating_sub(earlier.crossing_self_trade_cancels),
+            matching_cancels: self
+                .matching_cancels
+                .saturating_sub(earlier.matching_cancels),
             rejects: self.rejects.saturating_sub(earlier.rejects),
             rejects_by_reason: by_reason,
             stray_reports: self.stray_reports.saturating_sub(earlier.stray_reports),
@@ -139,6 +165,10 @@ impl Counters {
         self.trades += other.trades;
         self.canceled += other.canceled;
         self.replaced += other.replaced;
+        self.crossing_orders += other.crossing_orders;
+        self.self_trade_cancels += other.self_trade_cancels;
+        self.crossing_self_trade_cancels += other.crossing_self_trade_cancels;
+        self.matching_cancels += other.matching_cancels;
         self.rejects += other.rejects;
         for (c, o) in self
             .rejects_by_reason

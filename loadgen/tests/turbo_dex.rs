@@ -450,3 +450,126 @@ fn admin_metrics_follow_a_run_against_the_turbo_dex_binary() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// A run with the default flags (realistic mix, two sessions under two
+/// accounts on one core) trades against the matching server, and warns
+/// about nothing.
+#[test]
+fn default_flags_trade_against_the_turbo_dex_binary() {
+    let server = TurboDex::start("match");
+    let path = json_path("td-default");
+    let out = dex_trader(
+        server.addr,
+        &[
+            "--cores",
+            "0",
+            "--duration",
+            "1s",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+    );
+    server.stop();
+    testkit::assert_success(&out);
+    let json = std::fs::read_to_string(&path).expect("json report");
+    assert_eq!(json_number(&path, "connections"), 2.0, "{json}");
+    assert!(json_number(&path, "trades") > 0.0, "{json}");
+    assert!(json_number(&path, "crossing_orders") > 0.0, "{json}");
+    assert!(json.contains("\"warnings\": []"), "{json}");
+    assert!(
+        !text(&out.stdout).contains("WARNING"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// `--connections 1` on one core is one account: self-trade prevention
+/// cancels what crosses, and the run says so before and after.
+#[test]
+fn a_single_session_run_warns() {
+    let server = TurboDex::start("match");
+    let path = json_path("td-single");
+    let out = dex_trader(
+        server.addr,
+        &[
+            "--cores",
+            "0",
+            "--connections",
+            "1",
+            "--mix",
+            "match",
+            "--batch",
+            "100",
+            "--duration",
+            "1s",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+    );
+    server.stop();
+    testkit::assert_success(&out);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let json = std::fs::read_to_string(&path).expect("json report");
+    assert!(json_number(&path, "self_trade_cancels") > 0.0, "{json}");
+    assert!(
+        2.0 * json_number(&path, "crossing_self_trade_cancels")
+            > json_number(&path, "crossing_orders"),
+        "{json}"
+    );
+    assert!(
+        stdout.contains("WARNING      all 1 connection trade under one account"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("were canceled by self-trade prevention"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("one account"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert!(
+        v["warnings"].as_array().is_some_and(|w| w.len() >= 2),
+        "{json}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// `--spin` sends and receives from one polling task per connection:
+/// closed and open loop trade, verify clean, and the run ends on time.
+#[test]
+fn spinning_connections_trade_and_verify() {
+    for extra in [
+        &["--batch", "100"][..],
+        &["--batch", "1", "--rate", "20000"][..],
+    ] {
+        let server = start_server(EngineKind::Match);
+        let path = json_path("td-spin");
+        let mut args = vec![
+            "--cores",
+            "0",
+            "--mix",
+            "match",
+            "--spin",
+            "50ms",
+            "--duration",
+            "1s",
+            "--verify",
+            "--json",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let out = dex_trader(server.local_addr(), &args);
+        server.stop();
+        testkit::assert_success(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{extra:?}: the run took {:?}",
+            started.elapsed()
+        );
+        assert!(text(&out.stdout).contains("verify       ok"), "{extra:?}");
+        assert!(json_number(&path, "trades") > 0.0, "{extra:?}");
+        assert_eq!(json_number(&path, "unanswered"), 0.0, "{extra:?}");
+        let _ = std::fs::remove_file(path);
+    }
+}
