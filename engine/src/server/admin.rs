@@ -531,6 +531,12 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
     );
     per_core(&mut e, a, before, now, secs);
     journal_metrics(&mut e, &t);
+    shard_metrics(&mut e, a);
+    e.finish()
+}
+
+/// Per shard: commands applied and trades.
+fn shard_metrics(e: &mut Encoder, a: &AdminState) {
     let shards = a.shard_stats();
     let names: Vec<String> = (0..shards.len()).map(|s| s.to_string()).collect();
     let commands: Vec<_> = shards
@@ -553,7 +559,6 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
         "Trades, by shard.",
         &as_samples_ref(&trades),
     );
-    e.finish()
 }
 
 fn per_core(e: &mut Encoder, a: &AdminState, before: &Sample, now: &Sample, secs: f64) {

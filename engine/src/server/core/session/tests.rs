@@ -1,0 +1,337 @@
+//! The session layer driven with bytes: frames in, effects out.
+use super::super::super::limits::{HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN};
+use super::*;
+use wire::{Cancel, Heartbeat, Hello, NewOrder, OrderQuery, Side, Subscribe};
+
+/// Records what the session layer asks for, in order.
+#[derive(Default)]
+struct Recorder {
+    /// Each effect in order: a routed command's client order id as
+    /// "route N", an answer as its kind and id.
+    log: Vec<String>,
+    routed: Vec<Command>,
+    answers: Vec<u8>,
+    /// Routed commands not yet processed; `settled` processes them all
+    /// when `settle_on_ask` (the core's local, unjournaled case).
+    unprocessed: usize,
+    settle_on_ask: bool,
+    /// Congested after this many routes.
+    congest_after: Option<usize>,
+    counters: Counters,
+}
+
+impl Effects for Recorder {
+    fn congested(&self) -> bool {
+        self.congest_after.is_some_and(|n| self.routed.len() >= n)
+    }
+    fn route(&mut self, _symbol: u32, cmd: Command) {
+        let id = match cmd.op {
+            Op::New(o) => o.client_order_id.get(),
+            Op::Cancel(c) => c.client_order_id.get(),
+            Op::Replace(r) => r.client_order_id.get(),
+            Op::Query(q) => q.client_order_id.get(),
+            Op::CancelSession => 0,
+        };
+        self.log.push(format!("route {id}"));
+        self.routed.push(cmd);
+        self.unprocessed += 1;
+    }
+    fn settled(&mut self) -> bool {
+        if self.settle_on_ask {
+            self.unprocessed = 0;
+        }
+        self.unprocessed == 0
+    }
+    fn answer<T: Message>(&mut self, msg: &T) {
+        let mut one = Vec::new();
+        wire::append_frame(std::slice::from_ref(msg), &mut one).unwrap();
+        self.answers.extend_from_slice(&one);
+        let id = match T::KIND {
+            Kind::Rejected => {
+                let (r, _) =
+                    <Rejected as zerocopy::FromBytes>::read_from_prefix(&one[8..]).unwrap();
+                format!(" {} {:?}", r.client_order_id.get(), r.reason())
+            }
+            _ => String::new(),
+        };
+        self.log.push(format!("{:?}{id}", T::KIND));
+    }
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+}
+
+fn layer() -> SessionLayer {
+    SessionLayer::new(SessionConfig {
+        symbol_count: 2,
+        directory: vec![SymbolEntry::new(0, "A"), SymbolEntry::new(1, "B")].into(),
+        auth_token: None,
+        heartbeat_ms: 1_000,
+        idle_timeout_factor: 3,
+        max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+        slow_consumer_ms: 10_000,
+    })
+}
+
+fn bytes<M: Message>(msgs: &[M]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::append_frame(msgs, &mut out).unwrap();
+    out
+}
+
+fn order(id: u64, symbol: u32) -> NewOrder {
+    NewOrder::limit(id, symbol, Side::Buy, 100, 1)
+}
+
+fn logged_on(l: &SessionLayer, fx: &mut Recorder) -> Session {
+    let mut s = Session::new(SessionId::new(1, 2, 3));
+    let (used, _, end) = l.handle_input(&mut s, &bytes(&[Hello::new(7, 0, 0, "")]), 0, fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, 8 + 48);
+    fx.log.clear();
+    s
+}
+
+#[test]
+fn a_hello_gets_its_ack_then_the_directory() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = Session::new(SessionId::new(1, 2, 3));
+    let hello = bytes(&[Hello::new(7, 0, 250, "")]);
+    let (used, _, end) = l.handle_input(&mut s, &hello, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, hello.len());
+    assert_eq!(fx.log, ["HelloAck", "SymbolEntry", "SymbolEntry"]);
+    assert_eq!(
+        (s.phase, s.account, s.heartbeat_ms),
+        (Phase::Active, 7, 250)
+    );
+}
+
+#[test]
+fn hello_rules() {
+    let l = layer();
+    // A heartbeat interval out of range is clamped; 0 takes the default.
+    for (asked, got) in [
+        (1, HEARTBEAT_MS_MIN),
+        (u32::MAX, HEARTBEAT_MS_MAX),
+        (0, 1_000),
+    ] {
+        let mut s = Session::new(SessionId::new(0, 1, 0));
+        l.handle_input(
+            &mut s,
+            &bytes(&[Hello::new(1, 0, asked, "")]),
+            0,
+            &mut Recorder::default(),
+        );
+        assert_eq!(s.heartbeat_ms, got, "asked {asked}");
+    }
+    // A second Hello closes the session.
+    let mut fx = Recorder::default();
+    let mut s = logged_on(&l, &mut fx);
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[Hello::new(7, 0, 0, "")]), 0, &mut fx);
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::DuplicateHello));
+    // A wrong version is refused, naming the version.
+    let mut s = Session::new(SessionId::new(0, 1, 0));
+    let mut hello = Hello::new(1, 0, 0, "");
+    hello.protocol_version = 9.into();
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[hello]), 0, &mut Recorder::default());
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::UnsupportedVersion));
+    assert_eq!(r.msg.detail.get(), 9);
+    // With a token, other credentials are refused.
+    let mut cfg = layer().cfg;
+    cfg.auth_token = Some(b"secret".to_vec());
+    let l = SessionLayer::new(cfg);
+    let mut s = Session::new(SessionId::new(0, 1, 0));
+    let (_, _, end) = l.handle_input(
+        &mut s,
+        &bytes(&[Hello::new(1, 0, 0, "guess")]),
+        0,
+        &mut Recorder::default(),
+    );
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::AuthenticationFailed));
+    let mut fx = Recorder::default();
+    l.handle_input(&mut s, &bytes(&[Hello::new(1, 0, 0, "secret")]), 0, &mut fx);
+    assert_eq!(s.phase, Phase::Active);
+}
+
+#[test]
+fn an_order_before_the_hello_closes_the_connection() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = Session::new(SessionId::new(0, 1, 0));
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[order(1, 0)]), 0, &mut fx);
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::NotLoggedIn));
+    assert!(fx.routed.is_empty());
+}
+
+#[test]
+fn frame_errors_close_after_the_frames_before_them() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = logged_on(&l, &mut fx);
+    let mut data = bytes(&[order(1, 0)]);
+    let good = data.len();
+    data.extend_from_slice(&[8, 0, 0, 0, 0x08, 1, 0, 0]); // a server-bound kind 0x08
+    let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::UnknownKind));
+    assert_eq!(used, good, "the bad frame is not consumed");
+    assert_eq!(fx.log, ["route 1"], "the good order was routed first");
+    // A truncated frame is not an error: it waits for more bytes.
+    let partial = &bytes(&[order(2, 0)])[..20];
+    let (used, _, end) = l.handle_input(&mut s, partial, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, 0);
+}
+
+#[test]
+fn duplicate_and_unknown_symbol_rejects_wait_for_earlier_requests() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = logged_on(&l, &mut fx);
+    // id 7 is routed and not yet processed; the duplicate 7 and the
+    // unknown symbol must not be answered before it.
+    let data = bytes(&[order(7, 0), order(7, 1), order(8, 5), order(8, 0)]);
+    let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Fenced), "{end:?}");
+    assert_eq!((used, cursor), (0, 1), "stopped before the second message");
+    assert_eq!(fx.log, ["route 7"]);
+    // Once the shard processed 7, the rest goes through, in order.
+    fx.unprocessed = 0;
+    let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "route 7",
+            "Rejected 7 Ok(DuplicateClientOrderId)",
+            "Rejected 8 Ok(UnknownSymbol)",
+            // Id 8 counts as used even though its symbol was unknown.
+            "Rejected 8 Ok(DuplicateClientOrderId)"
+        ]
+    );
+    assert_eq!(fx.counters.orders_in, 4, "each order counted once");
+    assert_eq!(fx.counters.rejects, 3);
+}
+
+#[test]
+fn answers_follow_local_commands_processed_on_the_spot() {
+    let l = layer();
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    let mut data = bytes(&[order(1, 0)]);
+    data.extend(bytes(&[Heartbeat { token: 5.into() }]));
+    data.extend(bytes(&[Subscribe {
+        symbol: 0.into(),
+        flags: 1.into(),
+    }]));
+    data.extend(bytes(&[Cancel::new(1, 9)]));
+    data.extend(bytes(&[OrderQuery::new(1, 1)]));
+    let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "route 1",
+            "ServerHeartbeat",
+            "Rejected 0 Ok(NotSupported)",
+            "Rejected 1 Ok(UnknownSymbol)",
+            "route 1"
+        ]
+    );
+}
+
+#[test]
+fn congestion_stops_before_a_message_and_resumes_there() {
+    let l = layer();
+    let mut fx = Recorder {
+        congest_after: Some(2),
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    let data = bytes(&[order(1, 0), order(2, 1), order(3, 0)]);
+    let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Blocked));
+    assert_eq!((used, cursor), (0, 2));
+    fx.congest_after = None;
+    let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, data.len());
+    assert_eq!(fx.log, ["route 1", "route 2", "route 3"]);
+}
+
+#[test]
+fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let s = logged_on(&l, &mut fx);
+    let ms = 1_000_000;
+    let clock = Clock {
+        now_ns: 10_000 * ms,
+        last_recv_ns: 9_500 * ms,
+        last_out_ns: 9_500 * ms,
+        send_started_ns: None,
+        out_bytes: 0,
+        held_back: false,
+    };
+    assert!(matches!(l.poll_timers(&s, &clock), Timer::Nothing));
+    let quiet = Clock {
+        last_out_ns: 8_900 * ms,
+        ..clock
+    };
+    assert!(matches!(l.poll_timers(&s, &quiet), Timer::Heartbeat));
+    let silent = Clock {
+        last_recv_ns: 6_900 * ms,
+        ..clock
+    };
+    let Timer::Close(r) = l.poll_timers(&s, &silent) else {
+        panic!()
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
+    assert_eq!(r.msg.detail.get(), 3_000, "3 heartbeat intervals");
+    // Silence while the server holds input back is not the client's fault.
+    let held = Clock {
+        held_back: true,
+        ..silent
+    };
+    assert!(!matches!(l.poll_timers(&s, &held), Timer::Close(_)));
+    let stuck = Clock {
+        now_ns: 20_000 * ms,
+        last_recv_ns: 19_900 * ms,
+        last_out_ns: 19_900 * ms,
+        send_started_ns: Some(9_000 * ms),
+        out_bytes: 99,
+        held_back: false,
+    };
+    let Timer::Close(r) = l.poll_timers(&s, &stuck) else {
+        panic!()
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::SlowConsumer));
+    // Before the Hello the server's default interval applies.
+    let fresh = Session::new(SessionId::new(0, 1, 1));
+    let Timer::Close(r) = l.poll_timers(&fresh, &silent) else {
+        panic!()
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
+}
