@@ -458,7 +458,13 @@ fn the_dashboard_and_the_scrape_config_name_real_metrics() {
         }
     }
     assert!(checked >= 10, "only {checked} metric names checked");
-    if testkit::have("promtool") {
+    if !testkit::have("promtool") {
+        testkit::skip!(
+            "promtool not installed: the dashboard was checked, the scrape configuration was not"
+        );
+        return;
+    }
+    {
         let out = Command::new("promtool")
             .args(["check", "config"])
             .arg(root.join("scripts/prometheus.yml"))

@@ -18,6 +18,7 @@ use tuning::admin::prom::Encoder;
 use tuning::admin::{AdminConfig, AdminServer, Handler, Response};
 use wire::{RejectReason, SessionErrorCode};
 
+use super::core::global_shard;
 use super::stats::{CoreStats, Counters, JOURNAL_WRITE_BUCKETS_S, Sample, ShardCounters};
 use super::{Server, ServerConfig, Shared, monotonic_ns, realtime_ns};
 
@@ -169,7 +170,7 @@ impl AdminState {
         let mut out = vec![ShardCounters::default(); self.shards as usize];
         for (core, s) in self.shared.stats.iter().enumerate() {
             for (local, c) in s.load_shards().into_iter().enumerate() {
-                if let Some(slot) = out.get_mut(local * cores + core) {
+                if let Some(slot) = out.get_mut(global_shard(local, cores, core) as usize) {
                     *slot = c;
                 }
             }
@@ -445,7 +446,6 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
     let t = now.total();
     let secs = now.at_ns.saturating_sub(before.at_ns) as f64 / 1e9;
     let mut e = Encoder::new();
-    let one = |v: u64| -> [(&[(&str, &str)], f64); 1] { [(&[], v as f64)] };
     e.gauge(
         "turbo_dex_build_info",
         "The running build; the value is always 1.",
@@ -470,64 +470,69 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
             a.shared.recovery_ns.load(Ordering::Relaxed) as f64 / 1e9,
         )],
     );
-    e.counter(
-        "turbo_dex_orders_total",
-        "Order messages (new, cancel, replace, query) received.",
-        &one(t.orders_in),
-    );
-    e.counter(
-        "turbo_dex_commands_total",
-        "Commands applied to the books.",
-        &one(t.commands),
-    );
-    e.counter(
-        "turbo_dex_trades_total",
-        "Trades (one per maker/taker pair).",
-        &one(t.trades),
-    );
-    e.counter(
-        "turbo_dex_reports_total",
-        "Reports sent to sessions.",
-        &one(t.reports_out),
-    );
-    e.counter(
-        "turbo_dex_reports_orphaned_total",
-        "Reports for sessions that had disconnected.",
-        &one(t.reports_orphaned),
-    );
-    let rejects = labelled(&t.rejects_by_reason, reject_reason_label);
-    let rejects = as_samples(&rejects);
-    e.counter(
+    let totals = [
+        (
+            "turbo_dex_orders_total",
+            "Order messages (new, cancel, replace, query) received.",
+            t.orders_in,
+        ),
+        (
+            "turbo_dex_commands_total",
+            "Commands applied to the books.",
+            t.commands,
+        ),
+        (
+            "turbo_dex_trades_total",
+            "Trades (one per maker/taker pair).",
+            t.trades,
+        ),
+        (
+            "turbo_dex_reports_total",
+            "Reports sent to sessions.",
+            t.reports_out,
+        ),
+        (
+            "turbo_dex_reports_orphaned_total",
+            "Reports for sessions that had disconnected.",
+            t.reports_orphaned,
+        ),
+        (
+            "turbo_dex_connections_accepted_total",
+            "Connections accepted.",
+            t.conns_accepted,
+        ),
+        (
+            "turbo_dex_received_bytes_total",
+            "Bytes received from clients.",
+            t.bytes_in,
+        ),
+        (
+            "turbo_dex_sent_bytes_total",
+            "Bytes sent to clients.",
+            t.bytes_out,
+        ),
+        (
+            "turbo_dex_internal_errors_total",
+            "States that should not happen (please report).",
+            t.internal_errors,
+        ),
+    ];
+    for (name, help, value) in totals {
+        e.counter(name, help, &[(&[], value as f64)]);
+    }
+    labelled_counter(
+        &mut e,
         "turbo_dex_rejects_total",
         "Rejected requests, by reason.",
-        &as_samples_ref(&rejects),
+        "reason",
+        labelled(&t.rejects_by_reason, reject_reason_label),
     );
-    e.counter(
-        "turbo_dex_connections_accepted_total",
-        "Connections accepted.",
-        &one(t.conns_accepted),
-    );
-    let closes = labelled(&t.closes_by_reason, close_reason_label);
-    let closes = as_samples(&closes);
-    e.counter(
+    labelled_counter(
+        &mut e,
         "turbo_dex_connections_closed_total",
         "Connections closed, by reason (peer_closed: without a SessionError).",
-        &as_samples_ref(&closes),
-    );
-    e.counter(
-        "turbo_dex_received_bytes_total",
-        "Bytes received from clients.",
-        &one(t.bytes_in),
-    );
-    e.counter(
-        "turbo_dex_sent_bytes_total",
-        "Bytes sent to clients.",
-        &one(t.bytes_out),
-    );
-    e.counter(
-        "turbo_dex_internal_errors_total",
-        "States that should not happen (please report).",
-        &one(t.internal_errors),
+        "reason",
+        labelled(&t.closes_by_reason, close_reason_label),
     );
     per_core(&mut e, a, before, now, secs);
     journal_metrics(&mut e, &t);
@@ -538,27 +543,37 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
 /// Per shard: commands applied and trades.
 fn shard_metrics(e: &mut Encoder, a: &AdminState) {
     let shards = a.shard_stats();
-    let names: Vec<String> = (0..shards.len()).map(|s| s.to_string()).collect();
-    let commands: Vec<_> = shards
-        .iter()
-        .zip(&names)
-        .map(|(s, n)| (vec![("shard", n.as_str())], s.commands as f64))
-        .collect();
-    let trades: Vec<_> = shards
-        .iter()
-        .zip(&names)
-        .map(|(s, n)| (vec![("shard", n.as_str())], s.trades as f64))
-        .collect();
-    e.counter(
+    let by_shard = |f: fn(&ShardCounters) -> u64| {
+        shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i.to_string(), f(s) as f64))
+            .collect()
+    };
+    labelled_counter(
+        e,
         "turbo_dex_shard_commands_total",
         "Commands applied, by shard.",
-        &as_samples_ref(&commands),
+        "shard",
+        by_shard(|s| s.commands),
     );
-    e.counter(
+    labelled_counter(
+        e,
         "turbo_dex_shard_trades_total",
         "Trades, by shard.",
-        &as_samples_ref(&trades),
+        "shard",
+        by_shard(|s| s.trades),
     );
+}
+
+/// A counter family with one label: (label value, value) pairs.
+fn labelled_counter(e: &mut Encoder, name: &str, help: &str, key: &str, pairs: Vec<(String, f64)>) {
+    let samples: Vec<([(&str, &str); 1], f64)> = pairs
+        .iter()
+        .map(|(l, v)| ([(key, l.as_str())], *v))
+        .collect();
+    let refs: Vec<(&[(&str, &str)], f64)> = samples.iter().map(|(l, v)| (&l[..], *v)).collect();
+    e.counter(name, help, &refs);
 }
 
 fn per_core(e: &mut Encoder, a: &AdminState, before: &Sample, now: &Sample, secs: f64) {
@@ -661,13 +676,6 @@ fn labelled(counts: &[u64], label: fn(usize) -> String) -> Vec<(String, f64)> {
                 .filter(|n| **n > 0)
                 .map(|n| (label(0), *n as f64)),
         )
-        .collect()
-}
-
-fn as_samples(pairs: &[(String, f64)]) -> Vec<(Vec<(&'static str, &str)>, f64)> {
-    pairs
-        .iter()
-        .map(|(l, v)| (vec![("reason", l.as_str())], *v))
         .collect()
 }
 

@@ -169,8 +169,6 @@ pub struct Inflight {
     pub last_seq: u64,
     /// Monotonic time the write was submitted.
     pub started_ns: u64,
-    /// The write completed (the sync may still be running).
-    pub written: bool,
     /// The write or sync failed: reject the batch.
     pub failed: Option<io::Error>,
 }

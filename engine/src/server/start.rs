@@ -12,8 +12,8 @@ use std::time::Instant;
 use wire::SymbolEntry;
 
 use super::core::{
-    Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionConfig, placement_table,
-    shards_on_core,
+    Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionConfig, global_shard,
+    placement_table, shards_on_core,
 };
 use super::durable::{Housekeeper, ShardLog, Snapshot, lock_journal};
 use super::limits::{LISTEN_BACKLOG, validate};
@@ -374,8 +374,8 @@ fn core_main(
     let shard_count = parts.cfg.shard_count;
     let symbol_count = parts.cfg.session.symbol_count;
     let (index, ncores) = (parts.cfg.index, parts.cfg.ncores);
-    let local: Vec<u32> = (0..shard_count)
-        .filter(|s| *s as usize % ncores == index)
+    let local: Vec<u32> = (0..shards_on_core(shard_count, ncores, index))
+        .map(|l| global_shard(l, ncores, index))
         .collect();
     match (engine, journal) {
         (EngineKind::Match, Some(j)) => {

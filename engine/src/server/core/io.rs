@@ -14,7 +14,7 @@ use super::Core;
 use super::conn::Conn;
 use super::ops::accepted_socket;
 use super::route::CoreEffects;
-use super::session::{Clock, CloseReason, InputEnd, Phase, Session, Timer};
+use super::session::{Clock, CloseReason, InputEnd, Phase, Session, SessionLayer, Timer};
 use crate::book::Matcher;
 use crate::server::durable::Snapshot;
 use crate::session_id::SessionId;
@@ -271,7 +271,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         } else if c.inbuf.is_empty() && !c.blocked {
             // Fast path: decode straight from the kernel's buffer.
             let data = self.bufring.data(bid, len);
-            let (consumed, cursor, end) = self.st.handle_input(slot, data, 0);
+            let (consumed, cursor, end) = handle_input(&self.session, &mut self.st, slot, data, 0);
             if let Some(c) = self.st.router.conns.get_mut(slot, generation) {
                 c.inbuf.extend_from_slice(&data[consumed..]);
                 c.cursor = cursor;
@@ -297,7 +297,8 @@ impl<M: Matcher + Snapshot> Core<M> {
         };
         let inbuf = std::mem::take(&mut c.inbuf);
         let cursor = c.cursor;
-        let (consumed, cursor, end) = self.st.handle_input(slot, &inbuf, cursor);
+        let (consumed, cursor, end) =
+            handle_input(&self.session, &mut self.st, slot, &inbuf, cursor);
         let mut inbuf = inbuf;
         inbuf.drain(..consumed);
         if let Some(c) = self.st.router.conns.slot_mut(slot) {
@@ -465,7 +466,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 out_bytes: c.out_bytes(),
                 held_back: c.blocked,
             };
-            match self.st.session.poll_timers(&c.session, &clock) {
+            match self.session.poll_timers(&c.session, &clock) {
                 Timer::Nothing => {}
                 Timer::Close(r) => self.begin_close(slot, Some(r)),
                 Timer::Heartbeat => {
@@ -532,23 +533,26 @@ impl<M: Matcher + Snapshot> Core<M> {
     }
 }
 
-impl<M: Matcher + Snapshot> super::State<M> {
-    /// Runs the session layer over a connection's input.
-    fn handle_input(&mut self, slot: u32, data: &[u8], cursor: usize) -> (usize, usize, InputEnd) {
-        let Some(c) = self.router.conns.slot_mut(slot) else {
-            return (data.len(), 0, InputEnd::Done);
-        };
-        // The session state is small and Copy: work on a copy so the
-        // effects may borrow the core (and this connection's output).
-        let mut session = c.session;
-        let layer = std::sync::Arc::clone(&self.session);
-        let mut fx = CoreEffects { st: self, slot };
-        let result = layer.handle_input(&mut session, data, cursor, &mut fx);
-        if let Some(c) = self.router.conns.slot_mut(slot) {
-            c.session = session;
-        }
-        result
+/// Runs the session layer over a connection's input.
+fn handle_input<M: Matcher + Snapshot>(
+    layer: &SessionLayer,
+    st: &mut super::State<M>,
+    slot: u32,
+    data: &[u8],
+    cursor: usize,
+) -> (usize, usize, InputEnd) {
+    let Some(c) = st.router.conns.slot_mut(slot) else {
+        return (data.len(), 0, InputEnd::Done);
+    };
+    // The session state is small and Copy: work on a copy so the effects
+    // may borrow the core (and this connection's output).
+    let mut session = c.session;
+    let mut fx = CoreEffects { st, slot };
+    let result = layer.handle_input(&mut session, data, cursor, &mut fx);
+    if let Some(c) = st.router.conns.slot_mut(slot) {
+        c.session = session;
     }
+    result
 }
 
 /// Tells a connection over the limit why, without giving it a slot.

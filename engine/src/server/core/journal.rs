@@ -7,6 +7,7 @@ use std::io;
 
 use super::super::durable::{Done, Inflight, Job, SEGMENT_RETRY_NS, reject_not_durable};
 use super::super::monotonic_ns;
+use super::route::apply_batch;
 use super::{Core, State};
 use crate::book::{Command, Matcher};
 use crate::journal;
@@ -152,7 +153,6 @@ impl<M: Matcher + Snapshot> Core<M> {
             write_len,
             last_seq: log.next_seq + n as u64 - 1,
             started_ns: now,
-            written: false,
             failed: None,
         });
         self.ops
@@ -198,7 +198,6 @@ impl<M: Matcher + Snapshot> Core<M> {
             return;
         };
         if !sync {
-            inflight.written = true;
             if res < 0 {
                 inflight.failed = Some(io::Error::from_raw_os_error(-res));
             } else if res as usize != inflight.write_len {
@@ -236,13 +235,14 @@ impl<M: Matcher + Snapshot> Core<M> {
             log.next_seq = batch.last_seq + 1;
             router.counters.journal_bytes += batch.len as u64;
             if let Some(shard) = self.st.shards.get_mut(local) {
-                let trades_before = self.st.router.counters.trades;
-                shard.process_batch(&batch.cmds, batch.engine_ns, &mut self.st.router);
-                self.st.router.counters.commands += batch.cmds.len() as u64;
                 let counted = &mut self.st.shard_counters[local];
-                counted.commands += batch.cmds.len() as u64;
-                counted.trades += self.st.router.counters.trades - trades_before;
-                self.st.router.batch_processed(&batch.cmds);
+                apply_batch(
+                    shard,
+                    &batch.cmds,
+                    batch.engine_ns,
+                    &mut self.st.router,
+                    counted,
+                );
             }
             self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
         }

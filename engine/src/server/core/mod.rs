@@ -28,7 +28,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use self::conn::Slab;
 use self::ops::{Op, Ops};
 use self::route::Router;
-pub use self::route::{Mesh, Msg, Placement, placement_table, shards_on_core};
+pub use self::route::{Mesh, Msg, Placement, global_shard, placement_table, shards_on_core};
 pub use self::session::SessionConfig;
 use self::session::SessionLayer;
 use super::durable::{Done, Job, ShardLog, Snapshot};
@@ -79,7 +79,6 @@ pub struct CoreJournal {
 struct State<M> {
     cfg: CoreConfig,
     shared: Arc<Shared>,
-    session: Arc<SessionLayer>,
     shards: Vec<M>,
     /// Commands for each local shard, applied in one `process_batch` per
     /// shard (the book prefetches a few commands ahead); in arrival order.
@@ -117,6 +116,8 @@ pub struct Core<M> {
     bufring: BufRing,
     listener: Option<OwnedFd>,
     mesh: Mesh,
+    /// The session layer (read-only: its config and decoder).
+    session: SessionLayer,
     st: State<M>,
     completions: Vec<(Op, i32, u32)>,
     accept_armed: bool,
@@ -155,12 +156,13 @@ impl<M: Matcher + Snapshot> Core<M> {
             Some(j) => (j.logs, Some(j.jobs), Some(j.done)),
             None => (Vec::new(), None, None),
         };
-        let session = Arc::new(SessionLayer::new(cfg.session.clone()));
+        let session = SessionLayer::new(cfg.session.clone());
         Ok(Core {
             ops: Ops::new(ring, cfg.index),
             bufring,
             listener: Some(listener),
             mesh,
+            session,
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
             accept_armed: false,
             wake_armed: false,
@@ -188,7 +190,6 @@ impl<M: Matcher + Snapshot> Core<M> {
                     .collect(),
                 logs,
                 shard_counters: vec![ShardCounters::default(); shards.len()],
-                session,
                 cfg,
                 shared,
                 shards,

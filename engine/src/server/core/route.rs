@@ -7,7 +7,7 @@ use rtrb::{Consumer, Producer};
 use wire::{FrameBuf, Message};
 
 use super::super::limits::PENDING_JOURNAL_MAX;
-use super::super::stats::Counters;
+use super::super::stats::{Counters, ShardCounters};
 use super::conn::Slab;
 use super::session::Effects;
 use super::{Core, State};
@@ -59,6 +59,12 @@ pub fn placement_table(symbols: usize, shards: u32, cores: usize) -> Vec<Placeme
 /// Shards that core `core` of `cores` holds when there are `shards`.
 pub fn shards_on_core(shards: u32, cores: usize, core: usize) -> usize {
     (shards as usize + cores - 1 - core) / cores
+}
+
+/// The shard index (of all shards) of core `core`'s `local`-th shard: the
+/// inverse of the placement above.
+pub fn global_shard(local: usize, cores: usize, core: usize) -> u32 {
+    (local * cores + core) as u32
 }
 
 /// Delivers reports: into local connections' output, or staged for the
@@ -183,20 +189,38 @@ impl Sink for Router {
     }
 }
 
+/// Applies a batch of commands to a local shard (its journal write, if
+/// any, is durable), counts it, and sends the sessions' processed notices.
+pub(super) fn apply_batch<M: Matcher>(
+    shard: &mut M,
+    cmds: &[Command],
+    engine_ns: u64,
+    router: &mut Router,
+    counted: &mut ShardCounters,
+) {
+    let trades_before = router.counters.trades;
+    shard.process_batch(cmds, engine_ns, router);
+    router.counters.commands += cmds.len() as u64;
+    counted.commands += cmds.len() as u64;
+    counted.trades += router.counters.trades - trades_before;
+    router.batch_processed(cmds);
+}
+
 impl<M: Matcher + Snapshot> State<M> {
     /// Sends a command to the shard that owns `symbol`: queued for a batch
-    /// when that shard is local, else staged for its core's ring.
+    /// when that shard is local, else staged for its core's ring. False
+    /// when it went nowhere (an internal error, counted).
     #[inline]
-    pub fn route(&mut self, symbol: u32, cmd: Command) {
+    pub fn route(&mut self, symbol: u32, cmd: Command) -> bool {
         let Some(&p) = self.cfg.placement.get(symbol as usize) else {
             // The session layer checked the symbol against the directory,
             // which the placement table covers: this cannot happen.
             debug_assert!(false, "symbol {symbol} has no placement");
             self.router.counters.internal_errors += 1;
-            return;
+            return false;
         };
         if p.core as usize == self.cfg.index {
-            self.queue_local(p.shard as usize, cmd);
+            self.queue_local(p.shard as usize, cmd)
         } else {
             self.router.stage(
                 p.core as usize,
@@ -205,16 +229,19 @@ impl<M: Matcher + Snapshot> State<M> {
                     cmd,
                 },
             );
+            true
         }
     }
 
+    /// Queues a command for local shard `shard`; false (counted) when no
+    /// such shard exists.
     #[inline]
-    pub fn queue_local(&mut self, shard: usize, cmd: Command) {
+    pub fn queue_local(&mut self, shard: usize, cmd: Command) -> bool {
         let journaled = !self.logs.is_empty();
         let Some(q) = self.pending.get_mut(shard) else {
             debug_assert!(false, "local shard {shard} of {}", self.pending.len());
             self.router.counters.internal_errors += 1;
-            return;
+            return false;
         };
         q.push(cmd);
         if journaled {
@@ -225,6 +252,7 @@ impl<M: Matcher + Snapshot> State<M> {
         } else if q.len() >= self.cfg.batch {
             self.apply_shard(shard);
         }
+        true
     }
 
     /// Applies a local shard's queue now (without a journal; with one,
@@ -239,13 +267,8 @@ impl<M: Matcher + Snapshot> State<M> {
         if q.is_empty() {
             return;
         }
-        let trades_before = self.router.counters.trades;
-        s.process_batch(q, self.engine_ns, &mut self.router);
-        self.router.counters.commands += q.len() as u64;
         let counted = &mut self.shard_counters[shard];
-        counted.commands += q.len() as u64;
-        counted.trades += self.router.counters.trades - trades_before;
-        self.router.batch_processed(q);
+        apply_batch(s, q, self.engine_ns, &mut self.router, counted);
         q.clear();
     }
 
@@ -266,7 +289,7 @@ impl<M: Matcher + Snapshot> State<M> {
         for core in 0..self.cfg.ncores {
             for shard in 0..shards_on_core(self.cfg.shard_count, self.cfg.ncores, core) {
                 if core == self.cfg.index {
-                    self.queue_local(shard, cmd);
+                    let _ = self.queue_local(shard, cmd);
                 } else {
                     self.router.stage(
                         core,
@@ -284,7 +307,9 @@ impl<M: Matcher + Snapshot> State<M> {
     #[inline]
     fn take(&mut self, msg: &Msg) {
         match msg {
-            Msg::Cmd { shard, cmd } => self.queue_local(*shard as usize, *cmd),
+            Msg::Cmd { shard, cmd } => {
+                let _ = self.queue_local(*shard as usize, *cmd);
+            }
             Msg::Report { session, report } => self.router.deliver_local(*session, report),
             Msg::Processed { session, count } => self.router.processed_local(*session, *count),
         }
@@ -297,6 +322,16 @@ pub struct CoreEffects<'a, M> {
     pub slot: u32,
 }
 
+impl<M> CoreEffects<'_, M> {
+    fn in_flight(&mut self) -> Option<&mut u32> {
+        self.st
+            .router
+            .conns
+            .slot_mut(self.slot)
+            .map(|c| &mut c.in_flight)
+    }
+}
+
 impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
     #[inline]
     fn congested(&self) -> bool {
@@ -305,20 +340,24 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
 
     #[inline]
     fn route(&mut self, symbol: u32, cmd: Command) {
-        if let Some(c) = self.st.router.conns.slot_mut(self.slot) {
-            c.in_flight += 1;
+        // Counted before it is routed: without a journal a full batch is
+        // processed at once, and its processed notice must find it counted.
+        if let Some(n) = self.in_flight() {
+            *n += 1;
         }
-        self.st.route(symbol, cmd);
+        if !self.st.route(symbol, cmd)
+            && let Some(n) = self.in_flight()
+        {
+            *n -= 1;
+        }
     }
 
     fn settled(&mut self) -> bool {
-        let waiting =
-            |st: &mut State<M>, slot| st.router.conns.slot_mut(slot).map_or(0, |c| c.in_flight);
-        if waiting(self.st, self.slot) > 0 {
+        if self.in_flight().is_some_and(|n| *n > 0) {
             // Without a journal, local commands are processed on the spot.
             self.st.apply_pending();
         }
-        waiting(self.st, self.slot) == 0
+        self.in_flight().is_none_or(|n| *n == 0)
     }
 
     fn answer<T: Message>(&mut self, msg: &T) {
@@ -419,5 +458,8 @@ mod tests {
         assert_eq!(got, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 0), (1, 0)]);
         assert_eq!(shards_on_core(5, 2, 0), 3);
         assert_eq!(shards_on_core(5, 2, 1), 2);
+        for (i, q) in placement_table(4, 4, 2).iter().enumerate() {
+            assert_eq!(global_shard(q.shard as usize, 2, q.core as usize), i as u32);
+        }
     }
 }

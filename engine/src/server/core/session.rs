@@ -379,12 +379,11 @@ impl SessionLayer {
             ));
         }
         if let Err(e) = h.validate() {
-            return Err(CloseReason::new(
-                SessionErrorCode::InvalidField,
-                Kind::Hello as u8,
-                e.detail(),
-                e.to_string(),
-            ));
+            return Err(CloseReason {
+                msg: SessionError::invalid_field(Kind::Hello, &e),
+                text: e.to_string(),
+                log: true,
+            });
         }
         if let Some(token) = &self.cfg.auth_token
             && h.credentials() != token.as_slice()
