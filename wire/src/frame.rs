@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  length    u32 LE, whole frame in bytes, header included
 //!      4     1  kind      message kind (see [`Kind`])
-//!      5     1  version   protocol version, currently 1
+//!      5     1  version   protocol version, 1 or 2
 //!      6     2  count     u16 LE, number of messages that follow
 //!      8     *  count * size_of(kind) bytes of messages
 //! ```
@@ -18,10 +18,13 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{DecodeError, EncodeError};
+use crate::md::*;
 use crate::msg::*;
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this crate speaks (2: market data).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest protocol version this crate still speaks (1: order entry only).
+pub const PROTOCOL_VERSION_MIN: u8 = 1;
 /// Size of the frame header.
 pub const HEADER_BYTES: usize = 8;
 /// Default maximum frame size (header included) a decoder accepts: 1 MiB,
@@ -141,7 +144,7 @@ kinds! {
     Replace = 0x04 => Replace, ToServer,
     /// Client heartbeats.
     Heartbeat = 0x05 => Heartbeat, ToServer,
-    /// Market-data subscription (placeholder).
+    /// Market-data subscription (version 2; refused by version 1 sessions).
     Subscribe = 0x06 => Subscribe, ToServer,
     /// Order status queries.
     OrderQuery = 0x07 => OrderQuery, ToServer,
@@ -161,12 +164,20 @@ kinds! {
     Replaced = 0x87 => Replaced, ToClient,
     /// Server heartbeats.
     ServerHeartbeat = 0x88 => ServerHeartbeat, ToClient,
-    /// Public trades (market data).
+    /// Public trades: a version 1 placeholder, never sent (see `MdTrade`).
     Trade = 0x89 => Trade, ToClient,
-    /// Best bid and offer (market data).
+    /// Best bid and offer: a version 1 placeholder, never sent (see `MdTopOfBook`).
     TopOfBook = 0x8a => TopOfBook, ToClient,
     /// Order status answers.
     OrderStatus = 0x8b => OrderStatus, ToClient,
+    /// Public trades with sequence numbers (market data, version 2).
+    MdTrade = 0x8c => MdTrade, ToClient,
+    /// Best bid and ask (market data, version 2).
+    MdTopOfBook = 0x8d => MdTopOfBook, ToClient,
+    /// Depth by price level: updates and snapshot rows (market data, version 2).
+    MdDepth = 0x8e => MdDepth, ToClient,
+    /// Market-data session events (market data, version 2).
+    MdStatus = 0x90 => MdStatus, ToClient,
     /// Session error; the server closes the connection after it.
     SessionError = 0x8f => SessionError, ToClient,
 }
@@ -259,7 +270,7 @@ impl Decoder {
                 max_frame_bytes: self.max_frame_bytes,
             });
         }
-        if header.version != PROTOCOL_VERSION {
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&header.version) {
             return Err(DecodeError::UnsupportedVersion {
                 version: header.version,
                 supported: PROTOCOL_VERSION,
@@ -371,6 +382,7 @@ fn push_message<M: Message>(
     open: &mut Option<OpenFrame>,
     max_frame_bytes: usize,
     max_count: u16,
+    version: u8,
     msg: &M,
 ) {
     let frame = match open {
@@ -393,7 +405,7 @@ fn push_message<M: Message>(
             let header = Header {
                 length: U32::new(HEADER_BYTES as u32),
                 kind: M::KIND as u8,
-                version: PROTOCOL_VERSION,
+                version,
                 count: U16::new(1),
             };
             out.extend_from_slice(header.as_bytes());
@@ -421,11 +433,12 @@ fn push_slice<M: Message>(
     open: &mut Option<OpenFrame>,
     max_frame_bytes: usize,
     max_count: u16,
+    version: u8,
     msgs: &[M],
 ) {
     let mut rest = msgs;
     while let Some((first, tail)) = rest.split_first() {
-        push_message(out, open, max_frame_bytes, max_count, first);
+        push_message(out, open, max_frame_bytes, max_count, version, first);
         rest = tail;
         let Some(f) = open else { continue };
         if M::KIND == Kind::Hello || f.kind != M::KIND {
@@ -469,6 +482,7 @@ pub struct FrameWriter<'b> {
     out: &'b mut Vec<u8>,
     open: Option<OpenFrame>,
     max_frame_bytes: usize,
+    version: u8,
 }
 
 impl<'b> FrameWriter<'b> {
@@ -483,7 +497,16 @@ impl<'b> FrameWriter<'b> {
             out,
             open: None,
             max_frame_bytes: clamp_max_frame(max_frame_bytes),
+            version: PROTOCOL_VERSION,
         }
+    }
+
+    /// Writes frame headers with `version` (the session's negotiated
+    /// version) instead of [`PROTOCOL_VERSION`].
+    pub fn with_version(mut self, version: u8) -> Self {
+        self.finish();
+        self.version = version;
+        self
     }
 
     /// Appends one message, continuing the open frame when it is of the
@@ -495,6 +518,7 @@ impl<'b> FrameWriter<'b> {
             &mut self.open,
             self.max_frame_bytes,
             u16::MAX,
+            self.version,
             msg,
         );
     }
@@ -508,6 +532,7 @@ impl<'b> FrameWriter<'b> {
             &mut self.open,
             self.max_frame_bytes,
             u16::MAX,
+            self.version,
             msgs,
         );
     }
@@ -538,6 +563,7 @@ pub struct FrameBuf {
     open: Option<OpenFrame>,
     max_frame_bytes: usize,
     max_count: u16,
+    version: u8,
 }
 
 impl Default for FrameBuf {
@@ -557,7 +583,20 @@ impl FrameBuf {
             open: None,
             max_frame_bytes: clamp_max_frame(max_frame_bytes),
             max_count: max_count.max(1),
+            version: PROTOCOL_VERSION,
         }
+    }
+
+    /// Writes the headers of frames opened from now on with `version` (the
+    /// session's negotiated version; [`PROTOCOL_VERSION`] by default).
+    pub fn set_version(&mut self, version: u8) {
+        self.open = None;
+        self.version = version;
+    }
+
+    /// The version frames are written with.
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// Appends one message.
@@ -568,6 +607,7 @@ impl FrameBuf {
             &mut self.open,
             self.max_frame_bytes,
             self.max_count,
+            self.version,
             msg,
         );
     }
@@ -579,6 +619,7 @@ impl FrameBuf {
             &mut self.open,
             self.max_frame_bytes,
             self.max_count,
+            self.version,
             msgs,
         );
     }

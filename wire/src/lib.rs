@@ -29,6 +29,7 @@
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod md;
 pub mod msg;
 pub mod types;
 
@@ -36,9 +37,10 @@ pub use error::{DecodeError, EncodeError};
 pub use frame::{
     DEFAULT_MAX_FRAME_BYTES, Decoded, Decoder, Direction, Frame, FrameBuf, FrameWriter, Frames,
     HEADER_BYTES, Header, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, PROTOCOL_VERSION,
-    append_frame, encode_frame,
+    PROTOCOL_VERSION_MIN, append_frame, encode_frame,
 };
 pub use limits::*;
+pub use md::*;
 pub use msg::*;
 pub use types::*;
 pub use zerocopy::little_endian::{I64, U16, U32, U64};

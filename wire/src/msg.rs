@@ -103,11 +103,13 @@ impl Hello {
         self.flags.get() & HELLO_CANCEL_ON_DISCONNECT != 0
     }
 
-    /// Checks the protocol version (it must be the one this crate speaks:
-    /// version 1 has no negotiation) and the reserved flag bits.
+    /// Checks the protocol version (one this crate speaks: 1 or 2; the
+    /// session then speaks the client's version) and the reserved flag bits.
     pub fn validate(&self) -> Result<(), DecodeError> {
         let version = self.protocol_version.get();
-        if version != u16::from(crate::frame::PROTOCOL_VERSION) {
+        let supported = u16::from(crate::frame::PROTOCOL_VERSION_MIN)
+            ..=u16::from(crate::frame::PROTOCOL_VERSION);
+        if !supported.contains(&version) {
             return Err(DecodeError::UnsupportedVersion {
                 // Versions are one byte in every frame header; a larger value
                 // is no version anyone speaks, reported as the largest byte.
@@ -333,8 +335,9 @@ pub struct ServerHeartbeat {
 }
 message!(ServerHeartbeat, ServerHeartbeat, 8);
 
-/// Market-data subscription (8 bytes). Placeholder: servers of protocol
-/// version 1 answer it with a `NotSupported` reject.
+/// Market-data subscription (8 bytes), protocol version 2: the flags
+/// (`SUBSCRIBE_*`) replace the session's channels for the symbol; 0
+/// unsubscribes. A version 1 session gets a `NotSupported` reject.
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
 )]
@@ -342,10 +345,20 @@ message!(ServerHeartbeat, ServerHeartbeat, 8);
 pub struct Subscribe {
     /// Symbol id, or `u32::MAX` for every symbol.
     pub symbol: U32,
-    /// Bit 0 trades, bit 1 top of book.
+    /// Bit 0 trades, bit 1 top of book, bit 2 depth, bit 3 conflate top of book.
     pub flags: U32,
 }
 message!(Subscribe, Subscribe, 8);
+
+impl Subscribe {
+    /// A subscription to `symbol` (or [`crate::ALL_SYMBOLS`]) with `flags`.
+    pub fn new(symbol: u32, flags: u32) -> Self {
+        Subscribe {
+            symbol: U32::new(symbol),
+            flags: U32::new(flags),
+        }
+    }
+}
 
 /// Ask for the state of an order by client order id (16 bytes).
 #[derive(

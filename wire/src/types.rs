@@ -235,6 +235,23 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What an [`MdStatus`](crate::MdStatus) message reports (protocol version 2).
+    MdStatusEvent: u8, field = "md_status_event" {
+        /// A subscription took effect: the symbol's stream continues from
+        /// `seq + 1`; with depth, `levels` snapshot rows follow.
+        Subscribed = 1 => "subscribed",
+        /// The depth snapshot announced by `Subscribed` is complete.
+        SnapshotEnd = 2 => "snapshot end",
+        /// The checksum of the book's top levels as of `seq`.
+        Checksum = 3 => "checksum",
+        /// The session fell behind: every subscription was dropped.
+        CutOff = 4 => "cut off",
+        /// A subscription ended at the client's request.
+        Unsubscribed = 5 => "unsubscribed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,10 @@ pub fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
         Frame::TopOfBook(m) => m.as_bytes(),
         Frame::OrderStatus(m) => m.as_bytes(),
         Frame::SessionError(m) => m.as_bytes(),
+        Frame::MdTrade(m) => m.as_bytes(),
+        Frame::MdTopOfBook(m) => m.as_bytes(),
+        Frame::MdDepth(m) => m.as_bytes(),
+        Frame::MdStatus(m) => m.as_bytes(),
     }
 }
 
@@ -73,6 +77,14 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
             let _ = r.priority_kept();
         }),
         Frame::OrderStatus(m) => m.iter().for_each(|s| count(s.state().map(drop))),
+        Frame::MdDepth(m) => m.iter().for_each(|d| {
+            count(d.side().map(drop));
+            let _ = d.is_snapshot();
+        }),
+        Frame::MdStatus(m) => m.iter().for_each(|s| count(s.event().map(drop))),
+        Frame::MdTopOfBook(m) => m.iter().for_each(|t| {
+            let _ = (t.bid(), t.ask());
+        }),
         Frame::SessionError(m) => m.iter().for_each(|e| {
             count(e.code().map(drop));
             assert!(e.text().len() <= 56);
@@ -83,7 +95,8 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
         | Frame::Accepted(_)
         | Frame::ServerHeartbeat(_)
         | Frame::Trade(_)
-        | Frame::TopOfBook(_) => {}
+        | Frame::TopOfBook(_)
+        | Frame::MdTrade(_) => {}
     }
     errors
 }

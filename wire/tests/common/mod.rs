@@ -133,6 +133,7 @@ batches! {
     Hello, NewOrder, Cancel, Replace, Heartbeat, Subscribe, OrderQuery,
     HelloAck, SymbolEntry, Accepted, Rejected, Fill, Canceled, Replaced,
     ServerHeartbeat, Trade, TopOfBook, OrderStatus, SessionError,
+    MdTrade, MdTopOfBook, MdDepth, MdStatus,
 }
 
 /// Any kind, any batch.
