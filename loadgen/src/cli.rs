@@ -9,6 +9,7 @@ use tuning::CpuList;
 
 use crate::flow::Mix;
 use crate::logging::LogFormat;
+use crate::md::{MdPlan, SUBSCRIBERS_MAX, SymbolSpec, subscribe_flags};
 use crate::session::CONNECTIONS_PER_WORKER_MAX;
 
 /// Longest `--duration`, `--warmup` or `--drain`: a week. Keeps the
@@ -22,6 +23,7 @@ Examples:
   dex-trader --server 10.0.0.2:9000 --rate 1000000 --mix match --json result.json
   dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
+  dex-trader --server 127.0.0.1:9000 --mix match --subscribe all --depth --top --verify --duration 2s
 
 Latency is measured from each request's send time (closed loop) or its
 scheduled time (open loop, --rate) to its first answer from the server.
@@ -185,6 +187,38 @@ pub struct Args {
     /// network. Default: off.
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
+
+    /// Also run market-data subscribers (protocol version 2) beside the
+    /// trading sessions (always beside them: dex-trader has no mode without
+    /// trading): `all` (one Subscribe for every symbol) or comma-separated
+    /// names or ids from the server's directory. Each keeps a local book
+    /// per symbol, checks every sequence number and checksum, resubscribes
+    /// on a gap or mismatch, and measures feed latency (engine time to
+    /// receipt, one host clock); the report gains `market_data`, and
+    /// --verify fails on any gap or mismatch. Trades are always subscribed.
+    #[arg(long, value_name = "SYMBOLS|all", value_parser = SymbolSpec::parse)]
+    pub subscribe: Option<SymbolSpec>,
+
+    /// With --subscribe: full depth by price level (snapshot, then every
+    /// update; checked against the checksums).
+    #[arg(long, requires = "subscribe")]
+    pub depth: bool,
+
+    /// With --subscribe: top of book (checked against the local book with --depth).
+    #[arg(long, requires = "subscribe")]
+    pub top: bool,
+
+    /// With --subscribe: ask for conflated top of book (at most one per
+    /// symbol per server loop iteration).
+    #[arg(long, requires = "subscribe")]
+    pub conflate: bool,
+
+    /// With --subscribe: subscriber connections (each its own session and
+    /// account, after the trading sessions' accounts), all on one unpinned
+    /// thread of their own.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "subscribe",
+          value_parser = clap::value_parser!(u32).range(1..=SUBSCRIBERS_MAX as i64))]
+    pub subscribers: u32,
 }
 
 /// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
@@ -309,6 +343,8 @@ pub struct Plan {
     pub quiet: bool,
     /// `--admin` if given.
     pub admin: Option<SocketAddr>,
+    /// `--subscribe` and its companions, if given.
+    pub market_data: Option<MdPlan>,
 }
 
 impl Plan {
@@ -431,6 +467,11 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         verify: args.verify,
         quiet: args.quiet,
         admin: args.admin,
+        market_data: args.subscribe.clone().map(|symbols| MdPlan {
+            symbols,
+            flags: subscribe_flags(args.depth, args.top, args.conflate),
+            subscribers: args.subscribers as usize,
+        }),
     };
     if args.duration.is_zero() {
         return Err(UsageError("--duration must be above zero".into()));

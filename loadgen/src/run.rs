@@ -41,6 +41,8 @@ use crate::session::{Session, SessionConfig, Window};
 use crate::stats::{Counters, Percentiles, new_histogram};
 use crate::verify::{TradeLedger, Violations};
 
+mod subscriber;
+
 /// Most symbols a directory may list; a server claiming more is refused
 /// (bounds the memory the handshake allocates).
 pub const DIRECTORY_SYMBOLS_MAX: u32 = 1 << 20;
@@ -253,16 +255,25 @@ pub fn run_with_metrics(
     }
     drop(done_tx);
     let spawned_all = handles.len() == workers;
-    shared.gate.wait_for(handles.len());
+    let md = subscriber::Subscribers::spawn(plan, &shared);
+    shared
+        .gate
+        .wait_for(handles.len() + usize::from(md.is_some()));
     let start = Instant::now();
     let _ = shared.epoch.set(start);
     shared.gate.open();
     if let Some(u) = shared.usage.lock().ok().and_then(|u| u.clone()) {
         join_all(handles);
+        if let Some(md) = md {
+            md.join();
+        }
         return Err(RunError::Usage(u));
     }
     if shared.stopped() || !spawned_all {
         join_all(handles);
+        if let Some(md) = md {
+            md.join();
+        }
         let f = shared.failure.lock().ok().and_then(|f| f.clone());
         return Err(RunError::Failed(
             f.unwrap_or_else(|| "the run stopped".into()),
@@ -315,7 +326,8 @@ pub fn run_with_metrics(
         }
     }
     let outcomes = join_all(handles);
-    Ok(merge(plan, &shared, outcomes))
+    let md = md.and_then(subscriber::Subscribers::join);
+    Ok(merge(plan, &shared, outcomes, md))
 }
 
 fn join_all(
@@ -327,7 +339,12 @@ fn join_all(
         .collect()
 }
 
-fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> RunReport {
+fn merge(
+    plan: &Plan,
+    shared: &Shared,
+    outcomes: Vec<Option<WorkerOutcome>>,
+    md: Option<subscriber::MdRun>,
+) -> RunReport {
     let mut counters = Counters::default();
     let mut latency = new_histogram();
     let mut violations = Violations::default();
@@ -353,9 +370,12 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
             "{lost_workers} worker thread(s) crashed; their figures are missing"
         ));
     }
+    if plan.market_data.is_some() && md.is_none() {
+        shared.fail("the market-data thread crashed; its figures are missing".into());
+    }
     let failure = shared.failure.lock().ok().and_then(|f| f.clone());
     let trades_paired = ledger.paired;
-    let verify = plan.verify.then(|| {
+    let mut verify = plan.verify.then(|| {
         if failure.is_none() {
             ledger.finish(&mut violations);
         }
@@ -392,6 +412,13 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
             )
         })
     });
+    let covers_traded = md.as_ref().is_some_and(|m| m.covers_traded);
+    let market_data = md.and_then(|m| m.report(plan, duration_secs));
+    if let (Some(v), Some(m)) = (verify.as_mut(), &market_data) {
+        for line in m.violations(counters.trades, covers_traded) {
+            v.push(|| line);
+        }
+    }
     RunReport {
         counters,
         duration_secs,
@@ -409,6 +436,7 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
         verify,
         trades_paired,
         failure,
+        market_data,
     }
 }
 
