@@ -456,6 +456,42 @@ impl SymbolFeed {
     }
 }
 
+/// Symbol id to feed: a table when the ids are small (a directory's ids
+/// are its positions), a hash map otherwise.
+enum SymbolIndex {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u32, usize>),
+}
+
+/// Largest id the dense table covers.
+const DENSE_IDS_MAX: u32 = 1 << 20;
+
+impl SymbolIndex {
+    fn new(feeds: &[SymbolFeed]) -> Self {
+        let max = feeds.iter().map(|f| f.id).max().unwrap_or(0);
+        if max < DENSE_IDS_MAX {
+            let mut table = vec![u32::MAX; max as usize + 1];
+            for (i, f) in feeds.iter().enumerate() {
+                table[f.id as usize] = i as u32;
+            }
+            SymbolIndex::Dense(table)
+        } else {
+            SymbolIndex::Sparse(feeds.iter().enumerate().map(|(i, f)| (f.id, i)).collect())
+        }
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> Option<usize> {
+        match self {
+            SymbolIndex::Dense(table) => table
+                .get(id as usize)
+                .filter(|&&i| i != u32::MAX)
+                .map(|&i| i as usize),
+            SymbolIndex::Sparse(map) => map.get(&id).copied(),
+        }
+    }
+}
+
 /// A problem found on a symbol: what to count and say.
 enum Problem {
     Gap,
@@ -472,7 +508,7 @@ pub struct FeedChecker {
     decoder: Decoder,
     window: Window,
     feeds: Vec<SymbolFeed>,
-    index: HashMap<u32, usize>,
+    index: SymbolIndex,
     /// Symbols whose Subscribe must be sent again (a resync).
     resubscribe: Vec<u32>,
     /// The whole subscription must be sent again (a cut-off).
@@ -499,13 +535,18 @@ impl FeedChecker {
             Target::Symbols(ids) => ids.clone(),
         };
         let mut feeds = Vec::with_capacity(ids.len());
-        let mut index = HashMap::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for id in ids {
-            if let std::collections::hash_map::Entry::Vacant(v) = index.entry(id) {
-                v.insert(feeds.len());
+            if seen.insert(id) {
                 feeds.push(SymbolFeed::new(id));
             }
         }
+        let index = SymbolIndex::new(&feeds);
+        // One Subscribe per symbol, even if one was named twice.
+        let target = match target {
+            Target::All => Target::All,
+            Target::Symbols(_) => Target::Symbols(feeds.iter().map(|f| f.id).collect()),
+        };
         FeedChecker {
             target,
             flags: flags | SUBSCRIBE_TRADES,
@@ -581,7 +622,7 @@ impl FeedChecker {
             .map(|&id| Subscribe::new(id, self.flags))
             .collect();
         for &id in &self.resubscribe {
-            if let Some(&i) = self.index.get(&id) {
+            if let Some(i) = self.index.get(id) {
                 self.feeds[i].unanswered += 1;
             }
         }
@@ -708,12 +749,12 @@ impl FeedChecker {
     /// The symbol's feed, or (counted) `None` when it is not subscribed
     /// or its Subscribe is unanswered.
     fn feed(&mut self, symbol: u32, what: &str) -> Option<usize> {
-        match self.index.get(&symbol) {
-            Some(&i) if self.feeds[i].state == FeedState::Awaiting => {
+        match self.index.get(symbol) {
+            Some(i) if self.feeds[i].state == FeedState::Awaiting => {
                 self.counters.discarded += 1;
                 None
             }
-            Some(&i) => Some(i),
+            Some(i) => Some(i),
             None => {
                 self.unexpected(None, || {
                     format!("{what} for symbol {symbol}, not subscribed")
@@ -947,7 +988,7 @@ impl FeedChecker {
 
     fn on_subscribed(&mut self, m: &MdStatus) {
         let symbol = m.symbol.get();
-        let Some(&i) = self.index.get(&symbol) else {
+        let Some(i) = self.index.get(symbol) else {
             return self.unexpected(None, || {
                 format!("an MdStatus(Subscribed) for symbol {symbol}, not subscribed")
             });
@@ -1127,12 +1168,12 @@ impl FeedChecker {
 
     /// A symbol's state (`None`: not subscribed).
     pub fn state(&self, symbol: u32) -> Option<FeedState> {
-        self.index.get(&symbol).map(|&i| self.feeds[i].state)
+        self.index.get(symbol).map(|i| self.feeds[i].state)
     }
 
     /// A symbol's local book (`None`: not subscribed).
     pub fn book(&self, symbol: u32) -> Option<&LocalBook> {
-        self.index.get(&symbol).map(|&i| &self.feeds[i].book)
+        self.index.get(symbol).map(|i| &self.feeds[i].book)
     }
 
     /// Symbols subscribed.
@@ -1820,6 +1861,26 @@ mod tests {
             (1, 1, 2, 1)
         );
         assert_eq!(c.latency().len(), 1);
+    }
+
+    #[test]
+    fn large_and_repeated_ids_are_indexed() {
+        let ids = vec![4_000_000_000, 5, 4_000_000_000];
+        let mut c = FeedChecker::new(Target::Symbols(ids), ALL, &[], 1 << 20, WINDOW);
+        let mut out = Vec::new();
+        c.write_subscribe(&mut out);
+        let Ok(wire::Decoded::Frame(Frame::Subscribe(s), _)) = Decoder::default().decode(&out)
+        else {
+            panic!("a Subscribe frame");
+        };
+        assert_eq!(s.len(), 2, "one Subscribe per symbol");
+        assert_eq!(c.symbols(), 2);
+        for sym in [4_000_000_000, 5] {
+            snapshot(&mut c, sym);
+            assert_eq!(c.state(sym), Some(FeedState::Live { last: 5 }));
+        }
+        assert_eq!(c.state(6), None);
+        assert_eq!(c.counters().unexpected, 0, "{:?}", c.problems());
     }
 
     #[test]
