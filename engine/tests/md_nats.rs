@@ -428,3 +428,66 @@ fn feeds_keep_counting_after_stop() {
     }
     assert_eq!(feeds[0].dropped(), 6);
 }
+
+mod common;
+
+/// The server end to end: `--md-nats` with JSON payloads; a trade on the
+/// order-entry port appears on NATS as a trade and a top of book.
+#[test]
+fn the_server_publishes_its_trades_and_tops_to_nats() {
+    let bin = need_nats_server!();
+    let port = free_port();
+    let _nats = NatsServer::start(&bin, port);
+    let rt = runtime();
+    let (_client, mut sub) = rt.block_on(subscriber(port));
+    let server = common::start_with(
+        &common::test_cpus(),
+        2,
+        2,
+        engine::server::EngineKind::Match,
+        |c| {
+            c.md_nats = Some(engine::server::MdNatsSettings {
+                url: url(port),
+                format: BridgeFormat::Json,
+            });
+        },
+    );
+    let addr = server.local_addr();
+    let mut maker = common::Client::login(addr, 1, 0);
+    let mut taker = common::Client::login(addr, 2, 0);
+    maker.send(&[common::sell(1, 1, 105, 4)]);
+    maker.wait_for(|m| matches!(m, common::Msg::Accepted(_)), "accept");
+    let first = rt.block_on(next_message(&mut sub));
+    assert_eq!(
+        first.subject.as_str(),
+        "turbo-dex.md.S1.bbo",
+        "the new ask is a new top"
+    );
+    taker.send(&[common::buy(1, 1, 105, 3)]);
+    taker.wait_for(|m| matches!(m, common::Msg::Fill(_)), "fill");
+    let mut got = BTreeMap::new();
+    while got.len() < 2 {
+        let m = rt.block_on(next_message(&mut sub));
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON payload");
+        got.insert(m.subject.to_string(), v);
+    }
+    let trade = &got["turbo-dex.md.S1.trade"];
+    assert_eq!(trade["symbol"], "S1");
+    assert_eq!(
+        (trade["price"].as_i64(), trade["quantity"].as_u64()),
+        (Some(105), Some(3))
+    );
+    assert_eq!(
+        trade["seq"].as_u64(),
+        Some(2),
+        "the rest was 1, the trade 2"
+    );
+    assert_eq!(trade["aggressor"], "buy");
+    let bbo = &got["turbo-dex.md.S1.bbo"];
+    assert_eq!(
+        (bbo["ask_price"].as_i64(), bbo["ask_quantity"].as_u64()),
+        (Some(105), Some(1))
+    );
+    let fin = server.stop();
+    assert_eq!(fin.total.md_nats_dropped, 0);
+}
