@@ -52,12 +52,13 @@ struct TurboDex {
 }
 
 impl TurboDex {
-    fn start() -> TurboDex {
+    fn start(extra: &[&str]) -> TurboDex {
         let allowed = tuning::allowed_cpus().expect("read the affinity mask");
         let cpu = allowed.last().expect("at least one CPU").to_string();
         let journal = testkit::TempDir::new("journal-md");
         let mut child = testkit::turbo_dex(turbo_dex_binary(), &cpu)
             .args(["--symbols", "16", "--engine", "match", "--quiet"])
+            .args(extra)
             .arg("--journal")
             .arg(journal.join("journal"))
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
@@ -108,9 +109,8 @@ fn number(v: &serde_json::Value, path: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "needs the server side of market data"]
 fn a_depth_subscriber_follows_two_trading_sessions_exactly() {
-    let server = TurboDex::start();
+    let server = TurboDex::start(&[]);
     let (out, r) = dex_trader(
         &server,
         "md-depth",
@@ -152,9 +152,8 @@ fn a_depth_subscriber_follows_two_trading_sessions_exactly() {
 /// Several subscribers, symbols by name and by id, trades and conflated
 /// tops only: each gets its own stream, sequence numbers only increase.
 #[test]
-#[ignore = "needs the server side of market data"]
 fn several_subscribers_by_name_and_id() {
-    let server = TurboDex::start();
+    let server = TurboDex::start(&[]);
     let (_, r) = dex_trader(
         &server,
         "md-names",
@@ -186,7 +185,7 @@ fn several_subscribers_by_name_and_id() {
 /// says what the server lists.
 #[test]
 fn an_unknown_symbol_is_a_usage_error() {
-    let server = TurboDex::start();
+    let server = TurboDex::start(&[]);
     let out = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
         .args(["--server", &server.addr.to_string(), "--quiet"])
         .args(["--cores", "0", "--duration", "1s", "--subscribe", "NOPE"])
@@ -372,4 +371,40 @@ fn verify_fails_on_a_gap_and_a_checksum_mismatch() {
     assert_eq!(number(md, "checksum_ok"), 4, "{md}");
     assert_eq!(number(md, "unexpected"), 0, "{md}");
     assert_eq!(r["verify_ok"], false, "{r}");
+}
+
+/// A market-data queue of 64 KiB (the server's smallest) under batches of
+/// 2,000 with eight depth subscribers on one thread: the server may cut
+/// them off (how often depends on the machine); each cut-off is answered by
+/// subscribing again, and the feed stays exact: no gap, no mismatch.
+#[test]
+fn cut_off_subscribers_resubscribe_and_stay_exact() {
+    let server = TurboDex::start(&["--md-max-queue", "65536"]);
+    let (_, r) = dex_trader(
+        &server,
+        "md-cut-off",
+        &[
+            "--mix",
+            "match",
+            "--batch",
+            "2000",
+            "--verify",
+            "--subscribe",
+            "all",
+            "--depth",
+            "--top",
+            "--subscribers",
+            "8",
+        ],
+    );
+    let md = &r["market_data"];
+    eprintln!("cut-offs: {}", md["cut_offs"]);
+    assert_eq!(number(md, "gaps"), 0, "{md}");
+    assert_eq!(number(md, "checksum_mismatches"), 0, "{md}");
+    assert_eq!(number(md, "top_mismatches"), 0, "{md}");
+    assert_eq!(number(md, "unexpected"), 0, "{md}");
+    assert_eq!(number(md, "errors"), 0, "{md}");
+    assert!(number(md, "snapshots") >= 8 * 16, "{md}");
+    assert!(number(md, "checksum_ok") > 0, "{md}");
+    assert_eq!(r["verify_ok"], true, "{r}");
 }
