@@ -9,7 +9,7 @@ use tuning::CpuList;
 
 use crate::flow::Mix;
 use crate::logging::LogFormat;
-use crate::md::{MdPlan, SUBSCRIBERS_MAX, SymbolSpec, subscribe_flags};
+use crate::md::{MdPlan, SUBSCRIBER_THREADS_MAX, SUBSCRIBERS_MAX, SymbolSpec, subscribe_flags};
 use crate::session::CONNECTIONS_PER_WORKER_MAX;
 
 /// Longest `--duration`, `--warmup` or `--drain`: a week. Keeps the
@@ -214,11 +214,17 @@ pub struct Args {
     pub conflate: bool,
 
     /// With --subscribe: subscriber connections (each its own session and
-    /// account, after the trading sessions' accounts), all on one unpinned
-    /// thread of their own.
+    /// account, after the trading sessions' accounts).
     #[arg(long, default_value_t = 1, value_name = "N", requires = "subscribe",
           value_parser = clap::value_parser!(u32).range(1..=SUBSCRIBERS_MAX as i64))]
     pub subscribers: u32,
+
+    /// With --subscribe: threads the subscribers run on (unpinned, beside
+    /// the trading workers; subscriber i on thread i mod N). One thread
+    /// that cannot keep up gets its subscribers cut off by the server.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "subscribe",
+          value_parser = clap::value_parser!(u32).range(1..=SUBSCRIBER_THREADS_MAX as i64))]
+    pub subscriber_threads: u32,
 }
 
 /// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
@@ -471,6 +477,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
             symbols,
             flags: subscribe_flags(args.depth, args.top, args.conflate),
             subscribers: args.subscribers as usize,
+            threads: args.subscriber_threads as usize,
         }),
     };
     if args.duration.is_zero() {

@@ -53,6 +53,8 @@ use crate::verify::Violations;
 /// Most `--subscribers` (each is a connection, a file descriptor and a
 /// receive buffer).
 pub const SUBSCRIBERS_MAX: usize = 10_000;
+/// Most `--subscriber-threads`.
+pub const SUBSCRIBER_THREADS_MAX: usize = 256;
 
 /// The market-data part of a run's plan (`--subscribe` and companions).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub struct MdPlan {
     pub flags: u32,
     /// Subscriber connections.
     pub subscribers: usize,
+    /// Threads they run on.
+    pub threads: usize,
 }
 
 /// The symbols of `--subscribe`, as written: `all`, or names and ids that
@@ -1966,6 +1970,7 @@ mod cli_tests {
                 symbols: SymbolSpec::All,
                 flags: SUBSCRIBE_TRADES | SUBSCRIBE_DEPTH | SUBSCRIBE_TOP_OF_BOOK,
                 subscribers: 1,
+                threads: 1,
             })
         );
         let a = parse(&[
@@ -1975,6 +1980,8 @@ mod cli_tests {
             "--top",
             "--subscribers",
             "100",
+            "--subscriber-threads",
+            "4",
         ])
         .unwrap();
         let md = plan(&a).unwrap().market_data.unwrap();
@@ -1986,7 +1993,7 @@ mod cli_tests {
             md.flags,
             SUBSCRIBE_TRADES | SUBSCRIBE_TOP_OF_BOOK | SUBSCRIBE_CONFLATE
         );
-        assert_eq!(md.subscribers, 100);
+        assert_eq!((md.subscribers, md.threads), (100, 4));
     }
 
     #[test]
@@ -1997,6 +2004,7 @@ mod cli_tests {
             &["--top"][..],
             &["--conflate"][..],
             &["--subscribers", "2"][..],
+            &["--subscriber-threads", "2"][..],
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(

@@ -258,7 +258,7 @@ pub fn run_with_metrics(
     let md = subscriber::Subscribers::spawn(plan, &shared);
     shared
         .gate
-        .wait_for(handles.len() + usize::from(md.is_some()));
+        .wait_for(handles.len() + md.as_ref().map_or(0, subscriber::Subscribers::threads));
     let start = Instant::now();
     let _ = shared.epoch.set(start);
     shared.gate.open();

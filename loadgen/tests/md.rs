@@ -149,8 +149,9 @@ fn a_depth_subscriber_follows_two_trading_sessions_exactly() {
     assert!(number(md, "latency_us.samples") > 0, "{md}");
 }
 
-/// Several subscribers, symbols by name and by id, trades and conflated
-/// tops only: each gets its own stream, sequence numbers only increase.
+/// Several subscribers on two threads, symbols by name and by id, trades
+/// and conflated tops only: each gets its own stream, sequence numbers
+/// only increase.
 #[test]
 fn several_subscribers_by_name_and_id() {
     let server = TurboDex::start(&[]);
@@ -169,6 +170,8 @@ fn several_subscribers_by_name_and_id() {
             "--conflate",
             "--subscribers",
             "3",
+            "--subscriber-threads",
+            "2",
         ],
     );
     let md = &r["market_data"];

@@ -1,6 +1,6 @@
-//! `--subscribe`: the market-data subscribers' I/O. All of them run on one
-//! thread of their own (an unpinned glommio executor, so they never take a
-//! trading worker's core), one connection each; the logic is
+//! `--subscribe`: the market-data subscribers' I/O. They run on threads of
+//! their own (`--subscriber-threads`, unpinned glommio executors, so they
+//! never take a trading worker's core), one connection each; the logic is
 //! [`crate::md::FeedChecker`].
 //!
 //! They connect, log in (protocol version 2, accounts after the trading
@@ -40,9 +40,9 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Subscribers that connect and log in at the same time.
 const CONNECT_AT_ONCE: usize = 64;
 
-/// The subscribers' thread, as the main thread holds it.
+/// The subscribers' threads, as the main thread holds them.
 pub(super) struct Subscribers {
-    handle: JoinHandle<Option<MdRun>>,
+    handles: Vec<JoinHandle<Option<MdRun>>>,
     /// Set by the main thread when every trading worker is done.
     trading_done: Arc<AtomicBool>,
 }
@@ -57,31 +57,59 @@ pub(super) struct MdRun {
 }
 
 impl Subscribers {
-    /// Starts the thread (when the plan subscribes). It arrives at the
-    /// gate like a worker, even when it fails.
+    /// Starts the threads (when the plan subscribes): thread t runs
+    /// subscribers t, t + threads, ... Each arrives at the gate like a
+    /// worker, even when it fails.
     pub(super) fn spawn(plan: &Plan, shared: &Arc<Shared>) -> Option<Subscribers> {
-        plan.market_data.as_ref()?;
+        let md = plan.market_data.as_ref()?;
+        let threads = md.threads.clamp(1, md.subscribers.max(1));
         let trading_done = Arc::new(AtomicBool::new(false));
-        let (plan, thread_shared, done) = (plan.clone(), shared.clone(), trading_done.clone());
-        let spawned = std::thread::Builder::new()
-            .name("dex-trader-md".into())
-            .spawn(move || subscriber_thread(&plan, &thread_shared, &done));
-        match spawned {
-            Ok(handle) => Some(Subscribers {
-                handle,
-                trading_done,
-            }),
-            Err(e) => {
-                shared.fail(format!("cannot start the market-data thread: {e}"));
-                None
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let ids: Vec<usize> = (t..md.subscribers).step_by(threads).collect();
+            let (plan, thread_shared, done) = (plan.clone(), shared.clone(), trading_done.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("dex-trader-md{t}"))
+                .spawn(move || subscriber_thread(&plan, ids, &thread_shared, &done));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    shared.fail(format!("cannot start market-data thread {t}: {e}"));
+                    break;
+                }
             }
         }
+        Some(Subscribers {
+            handles,
+            trading_done,
+        })
     }
 
-    /// Tells the subscribers that trading is over and waits for them.
+    /// Threads that will arrive at the gate.
+    pub(super) fn threads(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Tells the subscribers that trading is over and waits for them: what
+    /// they all brought home, or `None` if a thread was lost.
     pub(super) fn join(self) -> Option<MdRun> {
         self.trading_done.store(true, Ordering::Relaxed);
-        self.handle.join().ok().flatten()
+        let mut all: Option<MdRun> = None;
+        let mut lost = false;
+        for h in self.handles {
+            match h.join().ok().flatten() {
+                None => lost = true,
+                Some(run) => match &mut all {
+                    None => all = Some(run),
+                    Some(a) => {
+                        a.outcomes.extend(run.outcomes);
+                        a.symbols = a.symbols.max(run.symbols);
+                        a.covers_traded |= run.covers_traded;
+                    }
+                },
+            }
+        }
+        if lost { None } else { all }
     }
 }
 
@@ -99,7 +127,12 @@ impl MdRun {
     }
 }
 
-fn subscriber_thread(plan: &Plan, shared: &Arc<Shared>, done: &Arc<AtomicBool>) -> Option<MdRun> {
+fn subscriber_thread(
+    plan: &Plan,
+    ids: Vec<usize>,
+    shared: &Arc<Shared>,
+    done: &Arc<AtomicBool>,
+) -> Option<MdRun> {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .name("dex-trader-md")
         .io_memory(GLOMMIO_IO_MEMORY_BYTES)
@@ -114,7 +147,7 @@ fn subscriber_thread(plan: &Plan, shared: &Arc<Shared>, done: &Arc<AtomicBool>) 
             return None;
         }
     };
-    executor.run(subscribers(plan, shared.clone(), done.clone()))
+    executor.run(subscribers(plan, ids, shared.clone(), done.clone()))
 }
 
 /// A subscriber connected, logged in and subscribed, before the clock starts.
@@ -126,27 +159,31 @@ struct Connected {
     recv_bytes: usize,
 }
 
-async fn subscribers(plan: &Plan, shared: Arc<Shared>, done: Arc<AtomicBool>) -> Option<MdRun> {
-    let md = plan.market_data.as_ref()?;
-    let mut connected = Vec::with_capacity(md.subscribers);
+async fn subscribers(
+    plan: &Plan,
+    ids: Vec<usize>,
+    shared: Arc<Shared>,
+    done: Arc<AtomicBool>,
+) -> Option<MdRun> {
+    let mut connected = Vec::with_capacity(ids.len());
     let (mut symbols, mut covers_traded) = (0, false);
     // In rounds of CONNECT_AT_ONCE handshakes: thousands one after the
     // other would keep the trading sessions (already logged in, waiting at
     // the gate without heartbeats) idle for long.
-    'rounds: for first in (0..md.subscribers).step_by(CONNECT_AT_ONCE) {
-        let last = (first + CONNECT_AT_ONCE).min(md.subscribers);
-        let round: Vec<_> = (first..last)
-            .map(|i| {
+    'rounds: for round_ids in ids.chunks(CONNECT_AT_ONCE) {
+        let round: Vec<_> = round_ids
+            .iter()
+            .map(|&i| {
                 let plan = plan.clone();
                 glommio::spawn_local(async move { connect(&plan, i).await })
             })
             .collect();
-        for (i, task) in (first..last).zip(round) {
+        for (&i, task) in round_ids.iter().zip(round) {
             match task.await {
                 Ok((conn, covers)) => {
                     symbols = conn.checker.symbols();
                     covers_traded = covers;
-                    connected.push(conn);
+                    connected.push((i, conn));
                 }
                 Err(RunError::Usage(u)) => {
                     shared.usage(u);
@@ -166,7 +203,6 @@ async fn subscribers(plan: &Plan, shared: Arc<Shared>, done: Arc<AtomicBool>) ->
     let epoch = *shared.epoch.get()?;
     let tasks: Vec<_> = connected
         .into_iter()
-        .enumerate()
         .map(|(i, conn)| {
             let task = subscriber(plan.clone(), i, conn, epoch, shared.clone(), done.clone());
             glommio::spawn_local(task)
