@@ -154,7 +154,9 @@ pub struct Args {
     /// order's quantity, consistent leaves, reports only for our orders,
     /// trades paired. Cancels every open order at the end (see --drain) and
     /// exits 1 on any violation. Meant for --engine match: the null engine
-    /// keeps no orders. Assumes nobody else trades on the server.
+    /// keeps no orders. Assumes nobody else trades on the server. With
+    /// --subscribe also fails on a market-data gap, checksum or top-of-book
+    /// mismatch, or a feed silent while the run traded.
     #[arg(long)]
     pub verify: bool,
 
