@@ -1558,13 +1558,14 @@ impl Shard {
             Some(book) => self
                 .find(cmd.account, client_order_id)
                 .filter(|f| self.book_of_slot(f.slot) == book)
+                .map(|f| (book, f))
                 .ok_or(RejectReason::UnknownOrder),
         };
         let report = match found {
             Err(reason) => {
                 Report::Rejected(Rejected::new(client_order_id, symbol, reason, Kind::Cancel))
             }
-            Ok(found) => {
+            Ok((book, found)) => {
                 let Order {
                     open,
                     filled,
@@ -1573,9 +1574,7 @@ impl Shard {
                     ..
                 } = self.orders[found.slot as usize];
                 let state = self.unlink(found.slot);
-                if let Some(book) = self.book_of(symbol) {
-                    self.level_changed(book, side, state, sink);
-                }
+                self.level_changed(book, side, state, sink);
                 self.retire_order(found.slot, Some(found.position));
                 self.remember(
                     cmd.account,
@@ -1972,7 +1971,12 @@ impl Matcher for Shard {
             Op::Query(q) => return self.query(cmd, q, sink),
             Op::CancelSession => return self.cancel_session(cmd.session, sink),
         };
-        let mark = self.seq_mark(symbol);
+        // Only a sink that wants tops pays for finding the book twice.
+        let mark = if sink.wants_top(symbol) {
+            self.seq_mark(symbol)
+        } else {
+            None
+        };
         match &cmd.op {
             Op::New(o) => self.new_order(cmd, o, now_ns, sink),
             Op::Cancel(c) => self.cancel(cmd, c, sink),
