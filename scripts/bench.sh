@@ -290,7 +290,8 @@ for row in $MD_ROWS; do
     note "$name ($subs subscribers)"
     md_args=(--batch "$batch" --connections 2 --mix realistic)
     [ "$rate" -gt 0 ] && md_args+=(--rate "$rate")
-    [ "$subs" -gt 0 ] && md_args+=(--subscribe all --depth --subscribers "$subs")
+    # Subscribers read on their own (unpinned) threads, one per CPU at most.
+    [ "$subs" -gt 0 ] && md_args+=(--subscribe all --depth --subscribers "$subs" --subscriber-threads "$(( N < 4 ? N : 4 ))")
     if run_one "$name" --engine match --journal none -- "${md_args[@]}"; then
         j="$OUT/$name.json"
         dur=$(json_num "$j" duration_secs)
