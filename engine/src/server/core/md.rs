@@ -310,7 +310,8 @@ impl Router {
                     b.offer(BridgeRecord::Trade(t));
                 }
             }
-            Rec::Level(_) => {
+            // Checksums only for subscribers (not for the NATS bridge alone).
+            Rec::Level(_) if self.md.mask(symbol).iter().any(|&w| w != 0) => {
                 if let Some(flag) = self.md.touched_flag.get_mut(symbol as usize)
                     && !*flag
                 {
