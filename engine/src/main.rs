@@ -633,10 +633,13 @@ fn accounts_command(cmd: AccountsCommand) -> Result<(), String> {
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
                 .map_err(|e| format!("cannot read random bytes for the salt: {e}"))?;
+            let started = std::time::Instant::now();
+            let phc = accounts::hash_password(&password, &salt)?;
+            let took = started.elapsed();
             let account = accounts::Account {
                 id,
                 name,
-                phc: accounts::hash_password(&password, &salt)?,
+                phc,
                 max_sessions,
                 allow,
             };
@@ -646,6 +649,12 @@ fn accounts_command(cmd: AccountsCommand) -> Result<(), String> {
                 account.id,
                 account.name,
                 file.display()
+            );
+            // A logon's check costs what this hash did (same parameters).
+            println!(
+                "hashed with {} in {:.1} ms (each logon's password check costs about the same, on the auth thread)",
+                accounts::redacted(&account.phc).trim_end_matches("$..."),
+                took.as_secs_f64() * 1e3
             );
             Ok(())
         }
