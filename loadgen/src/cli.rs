@@ -140,6 +140,13 @@ pub struct Args {
     )]
     pub credentials: String,
 
+    /// Read the Hello's credentials from the first line of FILE instead of
+    /// --credentials (keeps a password off the command line): the password
+    /// of the --account a turbo-dex with --accounts checks. Every session
+    /// of the run sends it, so give --accounts 1, or accounts that share it.
+    #[arg(long, value_name = "FILE", conflicts_with = "credentials")]
+    pub password_file: Option<std::path::PathBuf>,
+
     /// Send coalescing: small frames are gathered up to one TCP segment of
     /// this MTU before a send. Default: the path MTU of each connection.
     #[arg(long, value_name = "BYTES",

@@ -224,10 +224,6 @@ impl<M: Matcher + Snapshot> Core<M> {
                 .acquire_address(p.ip(), per_address)
         {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
-            self.st
-                .router
-                .counters
-                .closed(SessionErrorCode::TooManyConnections.to_wire());
             let ip = p.ip().to_canonical();
             refuse(
                 stream,
