@@ -142,7 +142,8 @@ struct Args {
     order_history: u32,
 
     /// If set, a Hello's credentials must equal this token (one secret
-    /// for every account; --accounts gives each account its own password).
+    /// for every account; --accounts, which excludes it, gives each
+    /// account its own password).
     #[arg(long, value_name = "TOKEN", env = "TURBO_DEX_AUTH_TOKEN")]
     auth_token: Option<String>,
 

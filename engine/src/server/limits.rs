@@ -218,6 +218,12 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     if cfg.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    if cfg.accounts.is_some() && cfg.auth_token.is_some() {
+        return Err(
+            "--auth-token and --accounts exclude each other: with accounts the Hello's credentials carry each account's password"
+                .into(),
+        );
+    }
     if cfg.max_connections_per_address == 0 {
         return Err("--max-connections-per-address must be at least 1".into());
     }
@@ -252,8 +258,19 @@ mod tests {
     #[test]
     fn each_bad_value_is_named() {
         type Change = fn(&mut ServerConfig);
-        let cases: [(&str, Change); 7] = [
+        let cases: [(&str, Change); 11] = [
             ("--md-max-queue 1", |c| c.md_max_queue = 1),
+            ("--max-connections-per-address", |c| {
+                c.max_connections_per_address = 0
+            }),
+            ("--max-sessions-per-account", |c| {
+                c.max_sessions_per_account = 0
+            }),
+            ("--frame-timeout-ms", |c| c.frame_timeout_ms = 1),
+            ("exclude each other", |c| {
+                c.auth_token = Some(b"t".to_vec());
+                c.accounts = Some(Default::default());
+            }),
             ("--shards 1", |c| c.shards = 1),
             ("--heartbeat-ms 50", |c| c.heartbeat_ms = 50),
             ("--batch 0", |c| c.batch = 0),
