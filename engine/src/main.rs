@@ -293,8 +293,10 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AccountsCommand {
-    /// Add an account: hashes its password with argon2id and appends the
-    /// line to the file (created, mode 0600, if missing). The password is
+    /// Add an account (argon2id password hash) to the accounts file.
+    ///
+    /// Hashes its password with argon2id and appends the line to the file
+    /// (created, mode 0600, if missing). The password is
     /// read from stdin (its first line) when stdin is not a terminal, else
     /// prompted for twice without echo; 1 to 32 bytes, no NUL.
     Add {
@@ -313,8 +315,10 @@ enum AccountsCommand {
         #[arg(long, value_name = "CIDR,...")]
         allow: Option<String>,
     },
-    /// List the accounts of the file (ids, names, limits, the hash's
-    /// algorithm and parameters; never the hash itself).
+    /// List the accounts of the file, never their hashes.
+    ///
+    /// Shows ids, names, limits, networks and the hash's algorithm and
+    /// parameters; never the salt or the hash itself.
     List {
         /// The accounts file.
         #[arg(long, value_name = "FILE", default_value = ACCOUNTS_FILE)]
