@@ -318,14 +318,20 @@ impl Cidr {
     /// True when `ip` is in the network (an IPv4-mapped IPv6 address
     /// counts as its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr.to_canonical(), ip.to_canonical()) {
+        // Compared in the network's own family (its prefix counts its bits).
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 prefix_eq(&net.octets(), &ip.octets(), self.prefix)
             }
+            (IpAddr::V4(net), IpAddr::V6(ip)) => ip
+                .to_ipv4_mapped()
+                .is_some_and(|ip| prefix_eq(&net.octets(), &ip.octets(), self.prefix)),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 prefix_eq(&net.octets(), &ip.octets(), self.prefix)
             }
-            _ => false,
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix)
+            }
         }
     }
 }
@@ -485,6 +491,11 @@ mod tests {
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        // A mapped network keeps its 128-bit prefix.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("10.9.9.9".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         let a = Account {

@@ -314,7 +314,9 @@ fn run(
                 answer(core, v);
             }
         }
-        let wait_ns = due.front().map_or(1_000_000_000, |(at, _, _)| at - now);
+        let wait_ns = due
+            .front()
+            .map_or(1_000_000_000, |(at, _, _)| at.saturating_sub(now));
         let mut req = match requests.recv_timeout(Duration::from_nanos(wait_ns)) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => continue,

@@ -562,7 +562,7 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
             generation: c.generation,
             account,
             password: *credentials,
-            peer: c.peer.map(|p| p.ip()),
+            peer: c.peer.map(|p| p.ip().to_canonical()),
         };
         match link.submit(req) {
             Ok(()) => Logon::Pending,
