@@ -549,3 +549,70 @@ fn spinning_connections_trade_and_verify() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[test]
+fn a_password_file_logs_on_to_a_server_with_accounts() {
+    let password = "trader-pw";
+    let text_file = (1..=2)
+        .map(|id| {
+            let phc = engine::accounts::hash_password(password.as_bytes(), &[id as u8; 16])
+                .expect("hash");
+            format!("{id} trader{id} {phc}\n")
+        })
+        .collect::<String>();
+    let accounts = engine::accounts::Accounts::parse(&text_file).expect("accounts");
+    let names = (0..4).map(|i| format!("SYM{i}")).collect();
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![server_cpu()], names);
+    cfg.poll = PollMode::Block;
+    cfg.accounts = Some(std::sync::Arc::new(accounts));
+    let server = Server::start(cfg).expect("turbo-dex starts");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let good = dir.join(format!("password-{}", std::process::id()));
+    let bad = dir.join(format!("password-bad-{}", std::process::id()));
+    std::fs::write(&good, format!("{password}\n")).unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let run = |file: &PathBuf| {
+        dex_trader(
+            server.local_addr(),
+            &[
+                "--cores",
+                "0",
+                "--mix",
+                "match",
+                "--connections",
+                "2",
+                "--account",
+                "1",
+                "--accounts",
+                "2",
+                "--batch",
+                "50",
+                "--duration",
+                "500ms",
+                "--verify",
+                "--password-file",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = run(&good);
+    testkit::assert_success(&out);
+    assert!(
+        text(&out.stdout).contains("verify       ok"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("authentication failed")
+            || all.contains("AuthenticationFailed")
+            || all.contains("refused"),
+        "{all}"
+    );
+    let fin = server.stop();
+    assert!(fin.total.trades > 0);
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
