@@ -28,6 +28,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::durable::{Housekeeper, JournalSettings};
+pub use self::core::{
+    DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
+};
 pub use self::limits::ring_capacity_for;
 use self::limits::{DRAIN_TIMEOUT_MS, MD_MAX_QUEUE_BYTES, OUT_HIGH_WATER_BYTES, OUT_MAX_BYTES};
 use self::stats::{CoreStats, Counters, Sample};
@@ -99,6 +102,11 @@ pub struct ServerConfig {
     pub ring_capacity: usize,
     /// If set, the Hello credentials must equal this.
     pub auth_token: Option<Vec<u8>>,
+    /// Order entry limits of every session (`--max-order-rate`, `--order-burst`).
+    pub order_limits: OrderEntryLimits,
+    /// The admin token that the kill switch's POSTs must carry
+    /// (`--admin-token`); without one they are refused.
+    pub admin_token: Option<String>,
     /// Print the live stats line every second.
     pub live_stats: bool,
     /// The journal, or `None` for no durability (benchmarks).
@@ -139,6 +147,8 @@ impl ServerConfig {
             heartbeat_ms: wire::DEFAULT_HEARTBEAT_INTERVAL_MS,
             idle_timeout_factor: wire::IDLE_TIMEOUT_HEARTBEATS,
             slow_consumer_ms: 10_000,
+            order_limits: OrderEntryLimits::UNLIMITED,
+            admin_token: None,
             out_high_water_bytes: OUT_HIGH_WATER_BYTES,
             out_max_bytes: OUT_MAX_BYTES,
             send_chunk_bytes: 1 << 20,

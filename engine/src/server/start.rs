@@ -283,6 +283,7 @@ fn spawn_cores(
                 idle_timeout_factor: cfg.idle_timeout_factor,
                 max_frame_bytes: cfg.max_frame_bytes,
                 slow_consumer_ms: cfg.slow_consumer_ms,
+                order_limits: cfg.order_limits,
             },
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();

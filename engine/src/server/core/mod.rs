@@ -32,6 +32,9 @@ use self::ops::{Op, Ops};
 use self::route::Router;
 pub use self::route::{Mesh, Msg, Placement, global_shard, placement_table, shards_on_core};
 pub use self::session::SessionConfig;
+pub use self::session::rate::{
+    DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
+};
 use self::session::SessionLayer;
 use super::durable::{Done, Job, ShardLog, Snapshot};
 use super::limits::{
