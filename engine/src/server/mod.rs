@@ -16,6 +16,7 @@ mod admin;
 mod core;
 pub mod durable;
 pub mod limits;
+pub mod operator;
 mod start;
 pub mod stats;
 pub mod uring;
@@ -186,6 +187,8 @@ pub struct Shared {
     recovery_ns: AtomicU64,
     /// `monotonic_ns` when the server started.
     started_ns: u64,
+    /// Kill switch commands from the admin thread, for core 0.
+    operator: operator::OperatorQueue,
 }
 
 #[repr(align(128))]
@@ -213,6 +216,16 @@ impl Shared {
 
     fn kick(&self, core: usize) {
         self.wake_fds[core].kick();
+    }
+
+    /// Queues an operator's action for core 0 and wakes it; false when the
+    /// queue is full.
+    pub fn operator(&self, action: operator::OperatorAction, account: u64) -> bool {
+        if !self.operator.push(action, account) {
+            return false;
+        }
+        self.kick(0);
+        true
     }
 
     fn kick_all(&self) {

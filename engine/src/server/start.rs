@@ -149,6 +149,7 @@ fn share(cores: usize, shards: u32) -> Result<Arc<Shared>, StartError> {
         ready: AtomicBool::new(false),
         recovery_ns: AtomicU64::new(0),
         started_ns: monotonic_ns(),
+        operator: Default::default(),
     }))
 }
 

@@ -235,6 +235,9 @@ impl<M: Matcher + Snapshot> Core<M> {
             self.st.router.md.engine_ns = self.st.engine_ns;
             self.reap();
             let popped = self.drain_rings();
+            if self.st.cfg.index == 0 && self.st.shared.operator.pending() {
+                self.take_operator_commands();
+            }
             self.retry_blocked();
             // Cancel-on-disconnect commands queued by closes.
             self.st.apply_pending();
