@@ -174,7 +174,12 @@ struct Args {
     /// The token that the kill switch's admin requests (POST
     /// /accounts/ID/kill and /accounts/ID/unblock) must carry as
     /// `Authorization: Bearer TOKEN`. Without it those requests are refused.
-    #[arg(long, value_name = "TOKEN", env = "TURBO_DEX_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TURBO_DEX_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
 
     /// Do not pin core threads to their CPUs (for machines where pinning is not allowed).
@@ -274,10 +279,23 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
         /// The server's admin endpoint.
-        #[arg(long = "admin", id = "admin_endpoint", value_name = "ADDR:PORT", default_value = "127.0.0.1:9100", global = true)]
+        #[arg(
+            long = "admin",
+            id = "admin_endpoint",
+            value_name = "ADDR:PORT",
+            default_value = "127.0.0.1:9100",
+            global = true
+        )]
         admin: SocketAddr,
         /// The server's --admin-token.
-        #[arg(long = "admin-token", id = "admin_client_token", value_name = "TOKEN", env = "TURBO_DEX_ADMIN_TOKEN", hide_env_values = true, global = true)]
+        #[arg(
+            long = "admin-token",
+            id = "admin_client_token",
+            value_name = "TOKEN",
+            env = "TURBO_DEX_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
         admin_token: Option<String>,
     },
     /// Print the host tuning report for the given engine cores and exit
@@ -361,7 +379,9 @@ fn admin_action(
         println!("{verb} account {account}: {body}");
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(format!("{verb} account {account}: the server answered {status}: {body}"))
+        Err(format!(
+            "{verb} account {account}: the server answered {status}: {body}"
+        ))
     }
 }
 

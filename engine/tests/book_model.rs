@@ -324,9 +324,17 @@ impl Model {
             }
             Op::MassCancel { symbol } => {
                 let symbols: Vec<u32> = (0..self.symbol_count)
-                    .filter(|&s| self.owns(s) && (*symbol == MASS_CANCEL_ALL_SYMBOLS || s == *symbol))
+                    .filter(|&s| {
+                        self.owns(s) && (*symbol == MASS_CANCEL_ALL_SYMBOLS || s == *symbol)
+                    })
                     .collect();
-                self.sweep(&symbols, cmd.account, Some(cmd.session), CancelReason::Requested, &mut out);
+                self.sweep(
+                    &symbols,
+                    cmd.account,
+                    Some(cmd.session),
+                    CancelReason::Requested,
+                    &mut out,
+                );
             }
             Op::KillAccount => {
                 let symbols: Vec<u32> = (0..self.symbol_count).filter(|&s| self.owns(s)).collect();
@@ -1040,7 +1048,10 @@ fn check_with_coverage(
             if let Some(n) = shard.account_open_orders(account)
                 && n as usize != held
             {
-                return Err(format!("{}: account {account} holds {held}, counted {n}", context()));
+                return Err(format!(
+                    "{}: account {account} holds {held}, counted {n}",
+                    context()
+                ));
             }
         }
         let blocked: BTreeSet<u64> = shard.blocked_accounts().collect();

@@ -1516,7 +1516,12 @@ fn the_kill_switch_cancels_every_order_of_the_account_to_its_owners_and_blocks_i
     // New orders of the account are refused, from any of its sessions...
     assert_eq!(
         h.submit(S3, NewOrder::limit(5, 0, Side::Buy, 10, 1)),
-        [rejected(S3, 5, RejectReason::AccountBlocked, Kind::NewOrder)]
+        [rejected(
+            S3,
+            5,
+            RejectReason::AccountBlocked,
+            Kind::NewOrder
+        )]
     );
     // ...even invalid ones (the block is checked right after the symbol)...
     assert_eq!(
@@ -1606,6 +1611,11 @@ fn snapshots_keep_the_blocked_accounts_and_count_the_open_orders_again() {
     );
     assert_eq!(
         h.submit(S2, NewOrder::limit(5, 0, Side::Buy, 8, 1)),
-        [rejected(S2, 5, RejectReason::AccountBlocked, Kind::NewOrder)]
+        [rejected(
+            S2,
+            5,
+            RejectReason::AccountBlocked,
+            Kind::NewOrder
+        )]
     );
 }

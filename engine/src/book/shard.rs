@@ -1589,21 +1589,22 @@ impl Shard {
             return finished(self, OrderState::Canceled, taker.filled);
         }
         if rests {
-            let slot = self.alloc_order(Order {
-                account: cmd.account,
-                client_order_id,
-                owner: cmd.session,
-                order_id,
-                open: taker.remaining,
-                filled: taker.filled,
-                next: NIL,
-                prev: NIL,
-                level: NIL,
-                side,
-                stp: fields.stp,
-                post_only: fields.post_only,
-            },
-            book,
+            let slot = self.alloc_order(
+                Order {
+                    account: cmd.account,
+                    client_order_id,
+                    owner: cmd.session,
+                    order_id,
+                    open: taker.remaining,
+                    filled: taker.filled,
+                    next: NIL,
+                    prev: NIL,
+                    level: NIL,
+                    side,
+                    stp: fields.stp,
+                    post_only: fields.post_only,
+                },
+                book,
             );
             if self.index.needs_growth() {
                 self.grow_index();
@@ -2023,10 +2024,7 @@ enum Sweep {
     /// Orders owned by the session; reports to it.
     Session(SessionId),
     /// Orders of the account; reports to `to`, or to each order's owner.
-    Account {
-        account: u64,
-        to: Option<SessionId>,
-    },
+    Account { account: u64, to: Option<SessionId> },
 }
 
 /// The order key a command names, if any.

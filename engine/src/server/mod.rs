@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::durable::{Housekeeper, JournalSettings};
 pub use self::core::{
     DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
 };
+use self::durable::{Housekeeper, JournalSettings};
 pub use self::limits::ring_capacity_for;
 use self::limits::{DRAIN_TIMEOUT_MS, MD_MAX_QUEUE_BYTES, OUT_HIGH_WATER_BYTES, OUT_MAX_BYTES};
 use self::stats::{CoreStats, Counters, Sample};

@@ -101,7 +101,10 @@ mod tests {
         assert!(q.pending());
         let mut out = Vec::new();
         q.take(&mut out);
-        assert_eq!(out, [(OperatorAction::Kill, 7), (OperatorAction::Unblock, 7)]);
+        assert_eq!(
+            out,
+            [(OperatorAction::Kill, 7), (OperatorAction::Unblock, 7)]
+        );
         assert!(!q.pending());
         for i in 0..OPERATOR_QUEUE_MAX as u64 {
             assert!(q.push(OperatorAction::Kill, i));

@@ -625,19 +625,20 @@ impl Shard {
                     format!("order ({}, {}) appears twice", o.account, o.client_order_id),
                 ));
             }
-            let slot = self.alloc_order(Order {
-                account: o.account,
-                client_order_id: o.client_order_id,
-                owner: SessionId::from_raw(o.owner),
-                order_id: o.order_id,
-                open: o.open,
-                filled: o.filled,
-                next: NIL,
-                prev: NIL,
-                level: NIL,
-                side,
-                stp: o.stp,
-                post_only: o.post_only,
+            let slot = self.alloc_order(
+                Order {
+                    account: o.account,
+                    client_order_id: o.client_order_id,
+                    owner: SessionId::from_raw(o.owner),
+                    order_id: o.order_id,
+                    open: o.open,
+                    filled: o.filled,
+                    next: NIL,
+                    prev: NIL,
+                    level: NIL,
+                    side,
+                    stp: o.stp,
+                    post_only: o.post_only,
                 },
                 book,
             );

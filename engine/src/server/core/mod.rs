@@ -32,10 +32,10 @@ use self::ops::{Op, Ops};
 use self::route::Router;
 pub use self::route::{Mesh, Msg, Placement, global_shard, placement_table, shards_on_core};
 pub use self::session::SessionConfig;
+use self::session::SessionLayer;
 pub use self::session::rate::{
     DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
 };
-use self::session::SessionLayer;
 use super::durable::{Done, Job, ShardLog, Snapshot};
 use super::limits::{
     ADAPTIVE_SPINS, ARRAYS_PUBLISH_NS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS,
