@@ -904,8 +904,8 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
         63..=92 => Op::Replace(Replace::new(id, symbol, price, qty)),
         93..=96 => Op::Query(OrderQuery::new(id, symbol)),
         // Mass cancels empty books: rarely, or BookFull is never reached.
-        97 if r[4] % 2 == 0 => Op::MassCancel {
-            symbol: if r[4] % 3 == 0 {
+        97 if r[4].is_multiple_of(2) => Op::MassCancel {
+            symbol: if r[4].is_multiple_of(3) {
                 MASS_CANCEL_ALL_SYMBOLS
             } else {
                 symbol
@@ -916,7 +916,7 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
         // The kill switch, rarely; unblocks are more frequent so that a
         // blocked account does not stay blocked for most of a run.
         _ => {
-            if r[4] % 4 == 0 {
+            if r[4].is_multiple_of(4) {
                 Op::KillAccount
             } else {
                 Op::UnblockAccount
