@@ -348,3 +348,42 @@ fn a_flooding_session_is_limited_then_closed_while_a_well_behaved_one_goes_on() 
     );
     server.stop();
 }
+
+#[test]
+fn turbo_dex_admin_kill_and_unblock_call_the_endpoint_with_the_token() {
+    let (server, admin) = start_admin(Some(TOKEN));
+    let addr = server.local_addr();
+    let mut a = Client::login(addr, 7, 0);
+    a.send(&[buy(1, 0, 100, 1)]);
+    accepted(&mut a, 1);
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_turbo-dex"));
+        cmd.arg("admin")
+            .args(args)
+            .args(["--admin", &admin.to_string()]);
+        cmd.env_remove("TURBO_DEX_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("TURBO_DEX_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().expect("turbo-dex runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No token, or a wrong one: refused, and it says so.
+    let (ok, _, err) = run(&["kill", "7"], None);
+    assert!(!ok && err.contains("TURBO_DEX_ADMIN_TOKEN"), "{err}");
+    let (ok, _, err) = run(&["kill", "7"], Some("nope"));
+    assert!(!ok && err.contains("401"), "{err}");
+    // With it: the account's order is canceled by the kill switch.
+    let (ok, out, err) = run(&["kill", "7"], Some(TOKEN));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("kill account 7"), "{out}");
+    let got = a.collect_until(|m| matches!(m, Msg::Canceled(_)), 1, "the kill");
+    assert_eq!(cancels(&got), [(1, 0, CancelReason::Killed)]);
+    let (ok, out, err) = run(&["unblock", "7"], Some(TOKEN));
+    assert!(ok && out.contains("unblock account 7"), "{out}{err}");
+    server.stop();
+}
