@@ -387,3 +387,73 @@ fn turbo_dex_admin_kill_and_unblock_call_the_endpoint_with_the_token() {
     assert!(ok && out.contains("unblock account 7"), "{out}{err}");
     server.stop();
 }
+
+#[test]
+fn the_kill_switch_is_journaled_and_a_restart_keeps_the_account_blocked() {
+    use engine::journal::JournalConfig;
+    use engine::server::durable::JournalSettings;
+    let dir = TempDir::new("kill-journal");
+    let start = || {
+        let dir = dir.path().to_path_buf();
+        start_with(&test_cpus(), 2, 4, EngineKind::Match, move |cfg| {
+            cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+            cfg.admin_token = Some(TOKEN.to_string());
+            cfg.journal = Some(JournalSettings {
+                config: JournalConfig {
+                    dir,
+                    segment_bytes: 8 << 20,
+                    snapshot_every_records: 1 << 30,
+                },
+                fsync: true,
+            });
+        })
+    };
+    let server = start();
+    let admin = server.admin_addr().unwrap();
+    let mut a = Client::login(server.local_addr(), 7, 0);
+    a.send(&[buy(1, 0, 100, 1), buy(2, 1, 100, 1)]);
+    accepted(&mut a, 1);
+    accepted(&mut a, 2);
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(post(admin, "/accounts/7/kill", Some(&bearer)).0, 202);
+    let got = a.collect_until(|m| matches!(m, Msg::Canceled(_)), 2, "the kill");
+    assert_eq!(
+        cancels(&got),
+        [(1, 0, CancelReason::Killed), (2, 1, CancelReason::Killed)]
+    );
+    a.send(&[buy(3, 0, 100, 1)]);
+    assert_eq!(rejected(&mut a, 3), RejectReason::AccountBlocked);
+    drop(a);
+    server.stop();
+
+    // The journal replays the kill: the account is still blocked on every
+    // shard, its orders still gone, until an unblock.
+    let server = start();
+    let admin = server.admin_addr().unwrap();
+    let mut a = Client::login(server.local_addr(), 7, 0);
+    a.send(&[buy(4, 0, 100, 1), buy(5, 1, 100, 1)]);
+    assert_eq!(rejected(&mut a, 4), RejectReason::AccountBlocked);
+    assert_eq!(rejected(&mut a, 5), RejectReason::AccountBlocked);
+    a.send(&[wire::OrderQuery::new(1, 0)]);
+    match a.wait_for(|m| matches!(m, Msg::Status(_)), "the status") {
+        Msg::Status(s) => assert_eq!(s.state, wire::OrderState::Canceled.to_wire()),
+        _ => unreachable!(),
+    }
+    assert_eq!(post(admin, "/accounts/7/unblock", Some(&bearer)).0, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 10;
+    loop {
+        a.send(&[buy(id, 1, 100, 1)]);
+        let m = a.wait_for(
+            |m| m.coid() == Some(id) && matches!(m, Msg::Accepted(_) | Msg::Rejected(_)),
+            "an answer",
+        );
+        if matches!(m, Msg::Accepted(_)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unblocked: {m:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        id += 1;
+    }
+    server.stop();
+}
