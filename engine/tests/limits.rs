@@ -97,6 +97,10 @@ fn the_kill_switch_needs_the_token_cancels_the_accounts_orders_and_blocks_until_
     server.stop();
 
     let (server, admin) = start_admin(Some(TOKEN));
+    let (_, stats) = get(admin, "/stats");
+    let json: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(json["config"]["kill_switch"], true, "{stats}");
+    assert!(!stats.contains(TOKEN), "the token is never shown");
     let addr = server.local_addr();
     // Version 1 sessions: the kill switch is the operator's, not the protocol's.
     let mut a1 = Client::login_version(addr, 7, 0, 1);

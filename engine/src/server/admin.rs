@@ -547,6 +547,12 @@ fn effective_config(cfg: &ServerConfig) -> serde_json::Value {
         "order_history": cfg.shard.history_max,
         "market_band_ticks": cfg.shard.market_band_ticks,
         "auth": cfg.auth_token.is_some(),
+        "max_order_rate": cfg.order_limits.orders_per_second,
+        "order_burst": cfg.order_limits.burst,
+        "order_flood_rejects": cfg.order_limits.flood_rejects,
+        "max_open_orders_per_account": cfg.shard.account_orders_max,
+        "max_open_orders_per_account_symbol": cfg.shard.account_symbol_orders_max,
+        "kill_switch": cfg.admin_token.is_some(),
         "journal": cfg.journal.as_ref().map(|j| serde_json::json!({
             "dir": j.config.dir.display().to_string(),
             "fsync": j.fsync,
