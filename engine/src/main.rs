@@ -181,6 +181,46 @@ struct Args {
     /// (SessionError FrameTimeout), so dripping bytes does not hold a connection.
     #[arg(long, value_name = "MS", default_value_t = engine::server::limits::FRAME_TIMEOUT_MS)]
     frame_timeout_ms: u64,
+    /// Order entry rate of each session: NewOrders and Replaces per
+    /// second (`N` or `N/s`; `off` for no limit, the default, so that
+    /// benchmarks measure the engine). Past it, requests get
+    /// Rejected(RateLimited); Cancels, queries and mass cancels are free.
+    #[arg(long, value_name = "N/s|off", default_value = "off", value_parser = parse_rate)]
+    max_order_rate: u64,
+
+    /// How many NewOrders and Replaces a session may send at once, after
+    /// a quiet period (the token bucket's size; at least 1).
+    #[arg(long, value_name = "N", default_value_t = engine::server::DEFAULT_ORDER_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    order_burst: u32,
+
+    /// A session with more than this many rate-limited requests within one
+    /// second is closed (SessionError OrderFlood); 0 never closes.
+    #[arg(long, value_name = "N", default_value_t = engine::server::DEFAULT_FLOOD_REJECTS)]
+    order_flood_rejects: u32,
+
+    /// Most live orders one account may hold in one shard; more get
+    /// Rejected(TooManyOpenOrders), so one account can never fill a shard
+    /// for the others. Default: a quarter of --orders-per-shard. A journal
+    /// must be replayed with the caps it was written with.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_open_orders_per_account: Option<u32>,
+
+    /// Most live orders one account may hold in one symbol (default: no
+    /// limit beyond --max-open-orders-per-account).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_open_orders_per_account_symbol: Option<u32>,
+
+    /// The token that the kill switch's admin requests (POST
+    /// /accounts/ID/kill and /accounts/ID/unblock) must carry as
+    /// `Authorization: Bearer TOKEN`. Without it those requests are refused.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TURBO_DEX_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
 
     /// Do not pin core threads to their CPUs (for machines where pinning is not allowed).
     #[arg(long)]
@@ -272,6 +312,32 @@ enum FsyncMode {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Operator actions on a running server, through its admin endpoint
+    /// (plain HTTP; the token comes from --admin-token or
+    /// TURBO_DEX_ADMIN_TOKEN).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+        /// The server's admin endpoint.
+        #[arg(
+            long = "admin",
+            id = "admin_endpoint",
+            value_name = "ADDR:PORT",
+            default_value = "127.0.0.1:9100",
+            global = true
+        )]
+        admin: SocketAddr,
+        /// The server's --admin-token.
+        #[arg(
+            long = "admin-token",
+            id = "admin_client_token",
+            value_name = "TOKEN",
+            env = "TURBO_DEX_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        admin_token: Option<String>,
+    },
     /// Print the host tuning report for the given engine cores and exit
     /// non-zero when something is off (governor, irqbalance, THP, NIC
     /// interrupts on engine cores, memlock, MTU).
@@ -328,6 +394,76 @@ enum AccountsCommand {
 
 /// The default accounts file of the `accounts` subcommands.
 const ACCOUNTS_FILE: &str = "turbo-dex-accounts.txt";
+/// What `turbo-dex admin` asks the server.
+#[derive(Subcommand, Debug)]
+enum AdminAction {
+    /// Kill switch: cancel every live order of account ID and refuse its
+    /// new orders until `unblock`.
+    Kill {
+        /// The account id.
+        account: u64,
+    },
+    /// Lift the kill switch's block of account ID.
+    Unblock {
+        /// The account id.
+        account: u64,
+    },
+}
+
+/// `--max-order-rate`: `off`, `N` or `N/s` (0 is off).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    if s == "off" {
+        return Ok(0);
+    }
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.replace('_', "")
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: {e}; give orders per second (100000 or 100000/s) or off"))
+}
+
+/// Sends an admin action to a running server and prints its answer.
+fn admin_action(
+    addr: SocketAddr,
+    token: Option<String>,
+    action: AdminAction,
+) -> Result<ExitCode, String> {
+    use std::io::{Read, Write};
+    let (verb, account) = match action {
+        AdminAction::Kill { account } => ("kill", account),
+        AdminAction::Unblock { account } => ("unblock", account),
+    };
+    let token = token.ok_or(
+        "no admin token: give --admin-token TOKEN or set TURBO_DEX_ADMIN_TOKEN \
+         (the server's --admin-token)",
+    )?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach the admin endpoint {addr}: {e} (is turbo-dex running with --admin {addr}?)"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "POST /accounts/{account}/{verb} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let status: u16 = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{addr} did not answer HTTP: {answer:?}"))?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    if status == 202 {
+        println!("{verb} account {account}: {body}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!(
+            "{verb} account {account}: the server answered {status}: {body}"
+        ))
+    }
+}
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("turbo-dex: error: {msg}");
@@ -356,6 +492,14 @@ fn main() -> ExitCode {
     // every thread inherits the mask.
     let signals = block_signals();
     let _log = init_logging(args.log_format);
+    if let Some(Command::Admin {
+        action,
+        admin,
+        admin_token,
+    }) = args.command
+    {
+        return admin_action(admin, admin_token, action).unwrap_or_else(fail);
+    }
     if let Some(Command::CheckHost { cores, iface, mtu }) = args.command {
         let cores = match resolve_cores(cores) {
             Ok(c) => c,
@@ -419,8 +563,19 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
         levels_per_side_max: args.levels_per_side,
         market_band_ticks: args.market_band_ticks,
         history_max: args.order_history,
+        account_orders_max: args
+            .max_open_orders_per_account
+            .unwrap_or((args.orders_per_shard / 4).max(1)),
+        account_symbol_orders_max: args.max_open_orders_per_account_symbol.unwrap_or(u32::MAX),
         ..ShardConfig::default()
     };
+    cfg.order_limits = engine::server::OrderEntryLimits {
+        orders_per_second: args.max_order_rate,
+        burst: args.order_burst,
+        flood_rejects: args.order_flood_rejects,
+        flood_window_ms: engine::server::FLOOD_WINDOW_MS,
+    };
+    cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
     cfg.journal = match args.journal.as_str() {
         "none" => None,
         dir => Some(JournalSettings {

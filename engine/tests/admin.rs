@@ -289,6 +289,8 @@ fn ready_is_503_while_the_journal_replays_then_200() {
         .args(["--symbols", "4", "--shards", "1", "--quiet"])
         // The limits the journal was written with (common::start_with).
         .args(["--orders-per-shard", "16384", "--levels-per-side", "1024"])
+        // ...without open-order caps per account (ServerConfig's default).
+        .args(["--max-open-orders-per-account", "4294967295"])
         .args([
             "--journal",
             dir.path().to_str().unwrap(),

@@ -25,12 +25,23 @@ fn steady_state_matching_allocates_nothing() {
         1
     );
 
-    let shard_config = ShardConfig {
+    let uncapped = ShardConfig {
         orders_max: 1 << 14,
         levels_per_side_max: 4_096,
         ..ShardConfig::default()
     };
-    for (mix, symbols) in [(Mix::EXCHANGE_CORE, 4), (Mix::HEAVY_MATCHING, 2)] {
+    // With the per-account open-order caps on, the shard counts every
+    // resting and leaving order per account: that must not allocate either.
+    let capped = ShardConfig {
+        account_orders_max: 1 << 13,
+        account_symbol_orders_max: 1 << 12,
+        ..uncapped
+    };
+    for (mix, symbols, shard_config) in [
+        (Mix::EXCHANGE_CORE, 4, uncapped),
+        (Mix::HEAVY_MATCHING, 2, uncapped),
+        (Mix::EXCHANGE_CORE, 4, capped),
+    ] {
         let cfg = WorkloadConfig {
             mix,
             symbols,

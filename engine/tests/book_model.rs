@@ -16,7 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use engine::book::{Command, FinishedOrder, Matcher, Op, Report, SessionId, Shard, ShardConfig};
+use engine::book::{
+    Command, FinishedOrder, MASS_CANCEL_ALL_SYMBOLS, Matcher, Op, Report, SessionId, Shard,
+    ShardConfig,
+};
 use proptest::prelude::*;
 use wire::{
     Accepted, Cancel, CancelReason, Canceled, Fill, Kind, Liquidity, NewOrder, OrderQuery,
@@ -58,6 +61,8 @@ struct Model {
     next_order: u64,
     next_trade: u64,
     clock: u64,
+    /// Accounts the kill switch blocked.
+    blocked: BTreeSet<u64>,
 }
 
 type Out = Vec<(SessionId, Report)>;
@@ -74,6 +79,7 @@ impl Model {
             next_order: 1,
             next_trade: 1,
             clock: 0,
+            blocked: BTreeSet::new(),
         }
     }
 
@@ -316,6 +322,28 @@ impl Model {
                 };
                 out.push((cmd.session, report));
             }
+            Op::MassCancel { symbol } => {
+                let symbols: Vec<u32> = (0..self.symbol_count)
+                    .filter(|&s| {
+                        self.owns(s) && (*symbol == MASS_CANCEL_ALL_SYMBOLS || s == *symbol)
+                    })
+                    .collect();
+                self.sweep(
+                    &symbols,
+                    cmd.account,
+                    Some(cmd.session),
+                    CancelReason::Requested,
+                    &mut out,
+                );
+            }
+            Op::KillAccount => {
+                let symbols: Vec<u32> = (0..self.symbol_count).filter(|&s| self.owns(s)).collect();
+                self.sweep(&symbols, cmd.account, None, CancelReason::Killed, &mut out);
+                self.blocked.insert(cmd.account);
+            }
+            Op::UnblockAccount => {
+                self.blocked.remove(&cmd.account);
+            }
             Op::CancelSession => {
                 for symbol in 0..self.symbol_count {
                     if !self.owns(symbol) {
@@ -361,6 +389,9 @@ impl Model {
         if !self.owns(symbol) {
             return reject(out, RejectReason::UnknownSymbol);
         }
+        if self.blocked.contains(&cmd.account) {
+            return reject(out, RejectReason::AccountBlocked);
+        }
         let f = match o.fields() {
             Ok(f) => f,
             Err(e) => return reject(out, engine::book::reject_reason_for(&e)),
@@ -395,6 +426,18 @@ impl Model {
         let rests = !market && tif == TimeInForce::Gtc;
         if rests && self.orders.len() >= self.cfg.orders_max as usize {
             return reject(out, RejectReason::BookFull);
+        }
+        let held = |symbol: Option<u32>| {
+            self.orders
+                .iter()
+                .filter(|o| o.account == cmd.account && symbol.is_none_or(|s| s == o.symbol))
+                .count()
+        };
+        if rests
+            && (held(None) >= self.cfg.account_orders_max as usize
+                || held(Some(symbol)) >= self.cfg.account_symbol_orders_max as usize)
+        {
+            return reject(out, RejectReason::TooManyOpenOrders);
         }
         let own_prices = self.prices(symbol, f.side, None);
         if rests
@@ -602,6 +645,40 @@ impl Entry {
     }
 }
 
+impl Model {
+    /// Cancels every order of `account` on `symbols` (in order; bids then
+    /// asks, priority order), reporting to `to` or to each order's owner.
+    fn sweep(
+        &mut self,
+        symbols: &[u32],
+        account: u64,
+        to: Option<SessionId>,
+        reason: CancelReason,
+        out: &mut Out,
+    ) {
+        for &symbol in symbols {
+            for side in [Side::Buy, Side::Sell] {
+                let victims: Vec<u64> = self
+                    .priority(symbol, side)
+                    .into_iter()
+                    .map(|i| &self.orders[i])
+                    .filter(|o| o.account == account)
+                    .map(|o| o.client_order_id)
+                    .collect();
+                for id in victims {
+                    let i = self.find(account, id).unwrap();
+                    let o = self.orders.remove(i);
+                    self.finish(&o, OrderState::Canceled, o.filled);
+                    out.push((
+                        to.unwrap_or(o.owner),
+                        Report::Canceled(Canceled::new(id, symbol, reason, o.open)),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Ledger {
     /// Orders that were accepted and have not had a terminal report.
@@ -731,6 +808,18 @@ fn tight() -> ShardConfig {
         price_max: 120,
         market_band_ticks: 3,
         history_max: 5,
+        account_orders_max: u32::MAX,
+        account_symbol_orders_max: u32::MAX,
+    }
+}
+
+/// Tight limits with open-order caps per account (5 in the shard, 3 per
+/// symbol), so that TooManyOpenOrders happens for both.
+fn capped() -> ShardConfig {
+    ShardConfig {
+        account_orders_max: 5,
+        account_symbol_orders_max: 3,
+        ..tight()
     }
 }
 
@@ -743,6 +832,8 @@ fn roomy() -> ShardConfig {
         price_max: 120,
         market_band_ticks: 3,
         history_max: 24,
+        account_orders_max: 40,
+        account_symbol_orders_max: u32::MAX,
     }
 }
 
@@ -811,8 +902,26 @@ fn command_from(r: [u32; 8], cfg: &ShardConfig) -> Command {
         }
         50..=62 => Op::Cancel(Cancel::new(id, symbol)),
         63..=92 => Op::Replace(Replace::new(id, symbol, price, qty)),
-        93..=97 => Op::Query(OrderQuery::new(id, symbol)),
-        _ => Op::CancelSession,
+        93..=96 => Op::Query(OrderQuery::new(id, symbol)),
+        // Mass cancels empty books: rarely, or BookFull is never reached.
+        97 if r[4].is_multiple_of(2) => Op::MassCancel {
+            symbol: if r[4].is_multiple_of(3) {
+                MASS_CANCEL_ALL_SYMBOLS
+            } else {
+                symbol
+            },
+        },
+        97 => Op::Query(OrderQuery::new(id, symbol)),
+        98 => Op::CancelSession,
+        // The kill switch, rarely; unblocks are more frequent so that a
+        // blocked account does not stay blocked for most of a run.
+        _ => {
+            if r[4].is_multiple_of(4) {
+                Op::KillAccount
+            } else {
+                Op::UnblockAccount
+            }
+        }
     };
     let session = SessionId::from_raw(session);
     Command {
@@ -934,6 +1043,21 @@ fn check_with_coverage(
         if shard.live_orders() != model.orders.len() {
             return Err(format!("{}: live count differs", context()));
         }
+        for account in [10, 20, 30] {
+            let held = model.orders.iter().filter(|o| o.account == account).count();
+            if let Some(n) = shard.account_open_orders(account)
+                && n as usize != held
+            {
+                return Err(format!(
+                    "{}: account {account} holds {held}, counted {n}",
+                    context()
+                ));
+            }
+        }
+        let blocked: BTreeSet<u64> = shard.blocked_accounts().collect();
+        if blocked != model.blocked {
+            return Err(format!("{}: blocked accounts differ", context()));
+        }
         let history: Vec<FinishedOrder> = shard.history().collect();
         if history != model.history {
             return Err(format!(
@@ -960,6 +1084,21 @@ proptest! {
     #[test]
     fn shard_matches_the_model_with_tight_limits(cmds in commands(tight())) {
         let result = check_against_model(&cmds, tight());
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+
+    #[test]
+    fn shard_matches_the_model_with_open_order_caps(cmds in commands(capped())) {
+        let result = check_against_model(&cmds, capped());
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+
+    #[test]
+    fn a_capped_shard_restored_from_a_snapshot_goes_on_like_the_original(
+        cmds in commands(capped()),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), capped(), None);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1100,9 +1239,13 @@ fn long_random_runs_match_the_model() {
     // Longer sequences than proptest's reach deeper books and rarer
     // interleavings (ids reused many times, sessions disconnecting mid-book).
     let mut coverage = BTreeSet::new();
-    for seed in 1..=6u64 {
+    for seed in 1..=8u64 {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ seed);
-        let cfg = if seed % 2 == 0 { tight() } else { roomy() };
+        let cfg = match seed {
+            7 | 8 => capped(),
+            _ if seed % 2 == 0 => tight(),
+            _ => roomy(),
+        };
         let cmds: Vec<Command> = (0..4_000)
             .map(|_| command_from(rng.words(), &cfg))
             .collect();
@@ -1135,6 +1278,7 @@ fn long_random_runs_match_the_model() {
         CancelReason::SelfTrade,
         CancelReason::Disconnect,
         CancelReason::PriceBand,
+        CancelReason::Killed,
     ] {
         expected.insert(format!("canceled {reason}"));
     }
@@ -1148,6 +1292,8 @@ fn long_random_runs_match_the_model() {
         RejectReason::InvalidFlags,
         RejectReason::DuplicateClientOrderId,
         RejectReason::BookFull,
+        RejectReason::TooManyOpenOrders,
+        RejectReason::AccountBlocked,
         RejectReason::PriceLevelsFull,
         RejectReason::PostOnlyWouldTake,
         RejectReason::NoLiquidity,

@@ -32,6 +32,8 @@ fn small_config() -> ShardConfig {
         price_max: 10_000,
         market_band_ticks: 5,
         history_max: 8,
+        account_orders_max: u32::MAX,
+        account_symbol_orders_max: u32::MAX,
     }
 }
 
@@ -1378,6 +1380,14 @@ fn invalid_configurations_say_what_is_wrong() {
             history_max: u32::MAX,
             ..cfg
         },
+        ShardConfig {
+            account_orders_max: 0,
+            ..cfg
+        },
+        ShardConfig {
+            account_symbol_orders_max: 0,
+            ..cfg
+        },
     ];
     for c in bad {
         let e = Shard::try_new(0, 1, 1, c).unwrap_err();
@@ -1388,5 +1398,224 @@ fn invalid_configurations_say_what_is_wrong() {
     assert_eq!(
         h.submit(S1, NewOrder::limit(1, 0, Side::Buy, 1, 1)),
         [new_reject(1, RejectReason::UnknownSymbol)]
+    );
+}
+
+// -------------------------------------------------------------------------
+// Per-account limits, the kill switch and mass cancel
+// -------------------------------------------------------------------------
+
+/// A session of account A that no test uses for orders: the operator's
+/// kill switch (its reports go to the orders' owners, never here).
+const OPERATOR: SessionId = SessionId::from_raw(99);
+
+fn canceled_on(
+    session: SessionId,
+    id: u64,
+    symbol: u32,
+    reason: CancelReason,
+    qty: u64,
+) -> (SessionId, Report) {
+    (
+        session,
+        Report::Canceled(Canceled::new(id, symbol, reason, qty)),
+    )
+}
+
+#[test]
+fn an_account_at_its_open_order_cap_is_refused_before_anything_happens_and_others_are_not() {
+    let cfg = ShardConfig {
+        account_orders_max: 3,
+        account_symbol_orders_max: 2,
+        ..small_config()
+    };
+    let mut h = Harness::with(Shard::new(0, 1, 4, cfg));
+    let too_many = |id| rejected(S1, id, RejectReason::TooManyOpenOrders, Kind::NewOrder);
+    // Per symbol: two on symbol 0, the third is refused.
+    h.rest(S1, 1, Side::Sell, 20, 5);
+    h.rest(S1, 2, Side::Buy, 10, 5);
+    assert_eq!(
+        h.submit(S1, NewOrder::limit(3, 0, Side::Buy, 9, 1)),
+        [too_many(3)]
+    );
+    // Per shard: a third on symbol 1 rests, a fourth anywhere is refused.
+    let out = h.submit(S1, NewOrder::limit(4, 1, Side::Buy, 9, 1));
+    assert!(matches!(out[..], [(_, Report::Accepted(_))]), "{out:?}");
+    assert_eq!(
+        h.submit(S1, NewOrder::limit(5, 2, Side::Buy, 9, 1)),
+        [(
+            S1,
+            Report::Rejected(Rejected::new(
+                5,
+                2,
+                RejectReason::TooManyOpenOrders,
+                Kind::NewOrder
+            ))
+        )]
+    );
+    assert_eq!(h.shard.account_open_orders(A), Some(3));
+    assert_eq!(h.shard.account_symbol_open_orders(A, 0), Some(2));
+    // The cap is checked as if the order would rest, before it trades:
+    // a GTC buy that would fill against B's ask completely is refused too.
+    h.rest(S2, 6, Side::Sell, 15, 1);
+    assert_eq!(
+        h.submit(S1, NewOrder::limit(7, 0, Side::Buy, 15, 1)),
+        [too_many(7)]
+    );
+    // IOC orders never rest and are never refused for the cap.
+    let ioc = order(8, Side::Buy, OrderType::Limit, Tif::Ioc, 15, 1);
+    assert_eq!(h.submit(S1, ioc).len(), 3);
+    // Replaces do not change how many orders an account holds.
+    assert_eq!(h.replace(S1, 2, 11, 6), [replaced(S1, 2, false, 11, 6)]);
+    // Other accounts are not affected.
+    h.rest(S2, 9, Side::Buy, 8, 1);
+    h.rest(S2, 10, Side::Buy, 7, 1);
+    // A fill that ends an order frees its place (counts follow fills).
+    let out = h.submit(S2, order(11, Side::Buy, OrderType::Limit, Tif::Ioc, 20, 5));
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(h.shard.account_open_orders(A), Some(2));
+    h.rest(S1, 12, Side::Buy, 9, 1);
+    // And so does a cancel.
+    h.cancel(S1, 12);
+    h.rest(S3, 13, Side::Buy, 9, 1);
+    assert_eq!(h.shard.account_open_orders(A), Some(3));
+    assert_eq!(h.shard.account_open_orders(B), Some(2));
+}
+
+#[test]
+fn the_caps_are_off_by_default_and_cost_no_counting() {
+    let mut h = Harness::new();
+    h.rest(S1, 1, Side::Buy, 10, 1);
+    assert_eq!(h.shard.account_open_orders(A), None);
+    assert_eq!(h.shard.account_symbol_open_orders(A, 0), None);
+}
+
+#[test]
+fn the_kill_switch_cancels_every_order_of_the_account_to_its_owners_and_blocks_it() {
+    let mut h = Harness::with(Shard::new(0, 1, 2, small_config()));
+    h.rest(S1, 1, Side::Buy, 10, 1);
+    h.rest(S3, 2, Side::Sell, 30, 2);
+    h.rest(S2, 3, Side::Buy, 9, 3);
+    let out = h.submit(S1, NewOrder::limit(4, 1, Side::Buy, 10, 4));
+    assert_eq!(out.len(), 1);
+    let before = h.shard.state_digest();
+    let out = h.run(OPERATOR, Op::KillAccount);
+    let k = CancelReason::Killed;
+    // Book order (symbol, bids then asks), each to its owner session; none
+    // to the operator's.
+    assert_eq!(
+        out,
+        [
+            canceled_on(S1, 1, 0, k, 1),
+            canceled_on(S3, 2, 0, k, 2),
+            canceled_on(S1, 4, 1, k, 4)
+        ]
+    );
+    assert_eq!(h.shard.blocked_accounts().collect::<Vec<_>>(), [A]);
+    assert_ne!(h.shard.state_digest(), before);
+    // New orders of the account are refused, from any of its sessions...
+    assert_eq!(
+        h.submit(S3, NewOrder::limit(5, 0, Side::Buy, 10, 1)),
+        [rejected(
+            S3,
+            5,
+            RejectReason::AccountBlocked,
+            Kind::NewOrder
+        )]
+    );
+    // ...even invalid ones (the block is checked right after the symbol)...
+    assert_eq!(
+        h.submit(S1, NewOrder::limit(6, 0, Side::Buy, 10, 0)),
+        [new_reject(6, RejectReason::AccountBlocked)]
+    );
+    // ...while other accounts trade on, and the account's queries work.
+    h.rest(S2, 7, Side::Buy, 11, 1);
+    assert_eq!(
+        h.run(S1, Op::Query(OrderQuery::new(1, 0))),
+        [status(S1, 1, 1, OrderState::Canceled, 0, 0)]
+    );
+    // A second kill changes nothing; an unblock restores the account.
+    assert_eq!(h.run(OPERATOR, Op::KillAccount), []);
+    assert_eq!(h.run(OPERATOR, Op::UnblockAccount), []);
+    assert_eq!(h.shard.blocked_accounts().count(), 0);
+    h.rest(S1, 8, Side::Buy, 10, 1);
+}
+
+#[test]
+fn mass_cancel_cancels_the_accounts_orders_on_a_symbol_or_all_to_the_requester() {
+    let mut h = Harness::with(Shard::new(0, 1, 3, small_config()));
+    h.rest(S1, 1, Side::Buy, 10, 1);
+    h.rest(S3, 2, Side::Sell, 30, 2);
+    h.rest(S2, 3, Side::Buy, 9, 3);
+    for (id, symbol) in [(4, 1), (5, 2)] {
+        let out = h.submit(S1, NewOrder::limit(id, symbol, Side::Buy, 10, id));
+        assert_eq!(out.len(), 1);
+    }
+    let r = CancelReason::Requested;
+    // One symbol: only the account's orders there, all reported to the
+    // requesting session (like a Cancel), whoever owned them.
+    assert_eq!(
+        h.run(S3, Op::MassCancel { symbol: 0 }),
+        [canceled_on(S3, 1, 0, r, 1), canceled_on(S3, 2, 0, r, 2)]
+    );
+    assert_eq!(h.level(Side::Buy), [(9, 3, 1)], "B's order stays");
+    // A symbol of another shard (or none) gives nothing.
+    assert_eq!(h.run(S1, Op::MassCancel { symbol: 7 }), []);
+    // All symbols.
+    assert_eq!(
+        h.run(
+            S1,
+            Op::MassCancel {
+                symbol: engine::book::MASS_CANCEL_ALL_SYMBOLS
+            }
+        ),
+        [canceled_on(S1, 4, 1, r, 4), canceled_on(S1, 5, 2, r, 5)]
+    );
+    assert_eq!(h.shard.live_orders(), 1);
+    // Nothing left: nothing to report.
+    assert_eq!(
+        h.run(
+            S1,
+            Op::MassCancel {
+                symbol: engine::book::MASS_CANCEL_ALL_SYMBOLS
+            }
+        ),
+        []
+    );
+}
+
+#[test]
+fn snapshots_keep_the_blocked_accounts_and_count_the_open_orders_again() {
+    let cfg = ShardConfig {
+        account_orders_max: 2,
+        account_symbol_orders_max: 1,
+        ..small_config()
+    };
+    let mut h = Harness::with(Shard::new(0, 1, 2, cfg));
+    h.rest(S1, 1, Side::Buy, 10, 1);
+    h.rest(S2, 2, Side::Buy, 9, 1);
+    h.run(SessionId::from_raw(2), Op::KillAccount);
+    h.run(S1, Op::New(NewOrder::limit(3, 1, Side::Buy, 10, 1)));
+    let mut bytes = Vec::new();
+    let digest = h.shard.write_snapshot(&mut bytes);
+    let restored = Shard::from_snapshot(&bytes, cfg).unwrap();
+    assert_eq!(restored.state_digest(), digest);
+    assert_eq!(restored.blocked_accounts().collect::<Vec<_>>(), [B]);
+    assert_eq!(restored.account_open_orders(A), Some(2));
+    assert_eq!(restored.account_symbol_open_orders(A, 0), Some(1));
+    assert_eq!(restored.account_open_orders(B), Some(0));
+    let mut h = Harness::with(restored);
+    assert_eq!(
+        h.submit(S1, NewOrder::limit(4, 0, Side::Buy, 8, 1)),
+        [new_reject(4, RejectReason::TooManyOpenOrders)]
+    );
+    assert_eq!(
+        h.submit(S2, NewOrder::limit(5, 0, Side::Buy, 8, 1)),
+        [rejected(
+            S2,
+            5,
+            RejectReason::AccountBlocked,
+            Kind::NewOrder
+        )]
     );
 }

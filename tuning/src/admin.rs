@@ -37,8 +37,11 @@
 //!   or the connection is closed.
 //! - **Answers.** `GET` and `HEAD` go to [`Handler::get`] with the path
 //!   (no query string); `None` gives `404` with body `not found`. `HEAD`
-//!   gets the same status and headers with no body. Any other method gets
-//!   `405` with `Allow: GET, HEAD`. A malformed request gets `400` from
+//!   gets the same status and headers with no body. `POST` goes to
+//!   [`Handler::post`] with the path and the `Authorization` header (its
+//!   body is never read); a handler without POST routes (the default), or
+//!   `None` for that path, gives `405`. Any other method gets `405` with
+//!   `Allow: GET, HEAD`. A malformed request gets `400` from
 //!   hyper itself, and the connection is closed.
 //! - **Stopping.** [`AdminServer::stop`] (or dropping the server) stops
 //!   accepting, closes every open connection without waiting for clients,
@@ -203,20 +206,39 @@ pub trait Handler: Send + Sync + 'static {
     /// `404`. It blocks the admin thread (and only it) while it runs, so it
     /// should read published counters, not wait for other threads.
     fn get(&self, path: &str) -> Option<Response>;
+
+    /// Called on the admin thread for every `POST` request, with the path
+    /// and the value of its `Authorization` header, if any (the handler
+    /// checks it: the endpoint itself authenticates nothing). `None`
+    /// answers `405`; the default has no POST routes. Like [`Self::get`],
+    /// it must not wait for other threads.
+    fn post(&self, _path: &str, _authorization: Option<&str>) -> Option<Response> {
+        None
+    }
 }
 
 /// The answer to one request: what [`Handler::get`] says for `GET`/`HEAD`,
 /// `404` or `405` otherwise. Free of I/O, so routing is unit-tested without
 /// a socket.
-fn route(handler: &dyn Handler, method: &Method, path: &str) -> hyper::Response<Full<Bytes>> {
-    if method != Method::GET && method != Method::HEAD {
+fn route(
+    handler: &dyn Handler,
+    method: &Method,
+    path: &str,
+    authorization: Option<&str>,
+) -> hyper::Response<Full<Bytes>> {
+    let answer = if method == Method::POST {
+        handler.post(path, authorization)
+    } else {
+        None
+    };
+    if method != Method::GET && method != Method::HEAD && answer.is_none() {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let Some(answer) = handler.get(path) else {
+    let Some(answer) = answer.or_else(|| handler.get(path)) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -426,7 +448,16 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let handler = Arc::clone(&handler);
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-            let response = route(&*handler, request.method(), request.uri().path());
+            let authorization = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let response = route(
+                &*handler,
+                request.method(),
+                request.uri().path(),
+                authorization,
+            );
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -454,6 +485,10 @@ mod tests {
                 _ => None,
             }
         }
+
+        fn post(&self, path: &str, authorization: Option<&str>) -> Option<Response> {
+            (path == "/act").then(|| Response::text(202, format!("{authorization:?}")))
+        }
     }
 
     fn body(response: hyper::Response<Full<Bytes>>) -> String {
@@ -468,7 +503,7 @@ mod tests {
     #[test]
     fn get_and_head_go_to_the_handler() {
         for method in [Method::GET, Method::HEAD] {
-            let response = route(&Routes, &method, "/stats");
+            let response = route(&Routes, &method, "/stats", None);
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.headers()[CONTENT_TYPE], JSON_CONTENT_TYPE);
             assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
@@ -478,7 +513,7 @@ mod tests {
 
     #[test]
     fn unknown_path_is_404() {
-        let response = route(&Routes, &Method::GET, "/nope");
+        let response = route(&Routes, &Method::GET, "/nope", None);
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(body(response), "not found\n");
     }
@@ -486,15 +521,25 @@ mod tests {
     #[test]
     fn other_methods_are_405_with_allow() {
         for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
-            let response = route(&Routes, &method, "/health");
+            let response = route(&Routes, &method, "/health", None);
             assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
             assert_eq!(response.headers()[ALLOW], "GET, HEAD");
         }
     }
 
     #[test]
+    fn post_goes_to_the_handler_with_the_authorization_header() {
+        let response = route(&Routes, &Method::POST, "/act", Some("Bearer x"));
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(body(response), "Some(\"Bearer x\")");
+        // A path without a POST route is 405, as before.
+        let response = route(&Routes, &Method::POST, "/stats", None);
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
     fn invalid_status_from_the_handler_is_500() {
-        let response = route(&Routes, &Method::GET, "/bad");
+        let response = route(&Routes, &Method::GET, "/bad", None);
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 

@@ -148,6 +148,9 @@ kinds! {
     Subscribe = 0x06 => Subscribe, ToServer,
     /// Order status queries.
     OrderQuery = 0x07 => OrderQuery, ToServer,
+    /// Cancel all of the account's orders on a symbol or all (version 2;
+    /// refused by version 1 sessions).
+    MassCancel = 0x08 => MassCancel, ToServer,
     /// Logon answer.
     HelloAck = 0x81 => HelloAck, ToClient,
     /// Symbol directory rows.

@@ -391,6 +391,42 @@ impl OrderQuery {
     }
 }
 
+/// [`MassCancel::symbol`] for every symbol.
+pub const MASS_CANCEL_ALL_SYMBOLS: u32 = u32::MAX;
+
+/// Cancel every live order of the session's account on one symbol, or on
+/// all (16 bytes; protocol version 2).
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct MassCancel {
+    /// The client's id for this request: a `Rejected` about it carries it
+    /// as its `client_order_id`.
+    pub request_id: U64,
+    /// The symbol, or [`MASS_CANCEL_ALL_SYMBOLS`].
+    pub symbol: U32,
+    /// Reserved, zero.
+    pub flags: U32,
+}
+message!(MassCancel, MassCancel, 16);
+
+impl MassCancel {
+    /// Builds a mass cancel.
+    pub fn new(request_id: u64, symbol: u32) -> Self {
+        MassCancel {
+            request_id: U64::new(request_id),
+            symbol: U32::new(symbol),
+            flags: U32::new(0),
+        }
+    }
+
+    /// Checks that the reserved flags are zero.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_reserved("mass_cancel.flags", u64::from(self.flags.get()))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Server to client
 // ---------------------------------------------------------------------------

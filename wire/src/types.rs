@@ -143,6 +143,8 @@ wire_enum! {
         Disconnect = 5 => "cancel on disconnect",
         /// A market order's remainder beyond its protective price band.
         PriceBand = 6 => "beyond the market order price band",
+        /// An operator's kill switch canceled every open order of the account.
+        Killed = 7 => "canceled by the operator's kill switch",
     }
 }
 
@@ -185,6 +187,14 @@ wire_enum! {
         NotDurable = 15 => "journal unavailable",
         /// The server is shutting down and takes no new orders.
         ShuttingDown = 16 => "server shutting down",
+        /// The session sent new orders and replaces faster than its order
+        /// entry rate allows (`--max-order-rate`, `--order-burst`).
+        RateLimited = 17 => "order entry rate limit exceeded",
+        /// The order would rest beyond the account's cap on open orders in
+        /// the shard or in the symbol.
+        TooManyOpenOrders = 18 => "too many open orders for the account",
+        /// An operator's kill switch blocks the account's new orders.
+        AccountBlocked = 19 => "account blocked by the operator",
     }
 }
 
@@ -224,6 +234,10 @@ wire_enum! {
         FrameTimeout = 15 => "frame timeout",
         /// The account has as many sessions as it may have at once.
         TooManySessions = 16 => "too many sessions",
+        /// The session kept sending NewOrders and Replaces far past its
+        /// order entry rate (more rate-limited requests within a window
+        /// than the server allows).
+        OrderFlood = 17 => "order flood",
     }
 }
 

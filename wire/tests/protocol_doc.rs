@@ -114,6 +114,11 @@ fn layouts() -> BTreeMap<&'static str, (usize, Vec<Field>)> {
             symbol,
             reserved
         }),
+        layout!(MassCancel {
+            request_id,
+            symbol,
+            flags
+        }),
         layout!(HelloAck {
             session_id,
             protocol_version,
@@ -789,12 +794,18 @@ fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
                                 value,
                             },
                         ),
+                        "MassCancel" => {
+                            let mut m = MassCancel::new(1, 0);
+                            m.flags = (value as u32).into();
+                            m.validate().err()
+                        }
                         other => panic!("{row:?}: no check in the wire crate for {other}"),
                     };
                     let want = reserved.then_some(DecodeError::ReservedBits {
                         field: match message {
                             "Hello" => "hello.flags",
                             "Subscribe" => "subscribe.flags",
+                            "MassCancel" => "mass_cancel.flags",
                             _ => "new_order.flags",
                         },
                         value,

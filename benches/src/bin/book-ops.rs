@@ -7,8 +7,11 @@
 //! - MIX: `heavy`, `exchange-core` or `exchange-core-64` (benches::flows);
 //! - REPLAYS: 0, 1 or 2 replays of the measured stream;
 //! - BOOK: `real` (`Shard::process`, one command at a time), `batched`
-//!   (`Shard::process_batch` in slices of the server's batch size) or
-//!   `naive` (the reference book, one command at a time);
+//!   (`Shard::process_batch` in slices of the server's batch size),
+//!   `capped` (like `real`, with the server's default open-order cap per
+//!   account, a quarter of the shard's orders: the cost of counting live
+//!   orders per account) or `naive` (the reference book, one command at a
+//!   time);
 //! - `--ops`: measured commands (default 300,000); `--warm-up`: commands
 //!   run before them on every book (default 100,000); `--depth`: resting
 //!   orders per symbol the flow keeps (default the workload's 1,000).
@@ -34,12 +37,13 @@ const BOOKS: usize = 2;
 const USAGE: &str = "usage: book-ops MIX REPLAYS BOOK [--ops N] [--warm-up N] [--depth N]
   MIX: heavy | exchange-core | exchange-core-64
   REPLAYS: 0..=2
-  BOOK: real | batched | naive";
+  BOOK: real | batched | capped | naive";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Real,
     Batched,
+    Capped,
     Naive,
 }
 
@@ -53,7 +57,7 @@ impl Book {
     fn new(kind: Kind, symbols: u32, cfg: ShardConfig) -> Result<Book, String> {
         Ok(match kind {
             Kind::Naive => Book::Naive(Box::new(NaiveBook::new(symbols, cfg))),
-            Kind::Real | Kind::Batched => Book::Real(Box::new(
+            Kind::Real | Kind::Batched | Kind::Capped => Book::Real(Box::new(
                 Shard::try_new(0, 1, symbols, cfg).map_err(|e| e.to_string())?,
             )),
         })
@@ -111,6 +115,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let kind = match kind.as_str() {
         "real" => Kind::Real,
         "batched" => Kind::Batched,
+        "capped" => Kind::Capped,
         "naive" => Kind::Naive,
         other => return Err(format!("unknown BOOK {other:?}")),
     };
@@ -126,7 +131,13 @@ fn run(args: &[String]) -> Result<(), String> {
         (config.spread_ticks * depth as i64 / i64::from(config.target_orders_per_symbol)).max(4);
     config.target_orders_per_symbol = depth as u32;
 
-    let shard_config = flows::shard_config();
+    let shard_config = match kind {
+        Kind::Capped => ShardConfig {
+            account_orders_max: (flows::shard_config().orders_max / 4).max(1),
+            ..flows::shard_config()
+        },
+        _ => flows::shard_config(),
+    };
     let batch = flows::server_batch_commands();
     let flow_cmds = workload::generate(shard_config, config, warm_up + ops);
     let (warm, measured) = flow_cmds.commands.split_at(warm_up);

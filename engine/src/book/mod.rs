@@ -27,34 +27,47 @@
 //!
 //! **New order validation**, in this order; the first failure is a
 //! `Rejected(reason, request_kind = NewOrder)` and the only report (except
-//! for rule 8, where the existing order's status follows it):
+//! for rule 9, where the existing order's status follows it):
 //!
 //! 1. symbol not in this shard (or `>= symbol_count`): `UnknownSymbol`;
-//! 2. enum fields or flags that do not decode ([`NewOrder::fields`]):
+//! 2. the account is blocked by an operator's kill switch (see **Kill
+//!    switch**): `AccountBlocked`;
+//! 3. enum fields or flags that do not decode ([`NewOrder::fields`]):
 //!    mapped by [`reject_reason_for`];
-//! 3. quantity 0 or above `quantity_max`: `InvalidQuantity`;
-//! 4. limit order with price below 1 or above `price_max`: `InvalidPrice`
+//! 4. quantity 0 or above `quantity_max`: `InvalidQuantity`;
+//! 5. limit order with price below 1 or above `price_max`: `InvalidPrice`
 //!    (a market order's price field is ignored);
-//! 5. market order with GTC: `InvalidTimeInForce`;
-//! 6. post-only market order: `InvalidFlags`;
-//! 7. post-only with IOC or FOK: `InvalidTimeInForce`;
-//! 8. (account, client order id) live in this shard, or remembered in its
+//! 6. market order with GTC: `InvalidTimeInForce`;
+//! 7. post-only market order: `InvalidFlags`;
+//! 8. post-only with IOC or FOK: `InvalidTimeInForce`;
+//! 9. (account, client order id) live in this shard, or remembered in its
 //!    history of terminated orders (see **History**):
 //!    `DuplicateClientOrderId`, then an `OrderStatus` of the existing order
 //!    to the same session, as a Query on that order's symbol would answer
 //!    (so the status may name another symbol than the reject);
-//! 9. an order that can rest (limit GTC, post-only included) when the shard
-//!    already holds `orders_max` live orders: `BookFull`;
-//! 10. such an order whose price has no level on its side while that side
+//! 10. an order that can rest (limit GTC, post-only included) when the shard
+//!     already holds `orders_max` live orders: `BookFull`;
+//! 11. such an order when its account already holds
+//!     [`ShardConfig::account_orders_max`] live orders in the shard, or
+//!     [`ShardConfig::account_symbol_orders_max`] in this symbol's book:
+//!     `TooManyOpenOrders`;
+//! 12. such an order whose price has no level on its side while that side
 //!     has `levels_per_side_max` levels: `PriceLevelsFull`;
-//! 11. post-only whose price reaches the best opposite price (it would
+//! 13. post-only whose price reaches the best opposite price (it would
 //!     trade, whoever's order rests there): `PostOnlyWouldTake`;
-//! 12. market order while the opposite side is empty: `NoLiquidity`.
+//! 14. market order while the opposite side is empty: `NoLiquidity`.
 //!
-//! Checks 9 and 10 are made before anything happens, as if the whole order
+//! Checks 10 to 12 are made before anything happens, as if the whole order
 //! would rest, so a reject never follows fills: a GTC order on a full shard
-//! (or a full side) is refused even if it would have filled completely.
-//! IOC, FOK and market orders never rest and are never refused for capacity.
+//! (or a full side, or an account at its cap) is refused even if it would
+//! have filled completely. IOC, FOK and market orders never rest and are
+//! never refused for capacity.
+//!
+//! Rule 11 is what keeps one account from filling a shard for the others:
+//! with `account_orders_max` below `orders_max` (the server's default is a
+//! quarter of it, see `--max-open-orders-per-account`), the shard always
+//! has room left for other accounts' orders. A replace never changes how
+//! many orders an account holds, so it is never refused for the caps.
 //!
 //! **Accepted orders.** An accepted order gets `Accepted` (with
 //! `timestamp_ns = now_ns`) first, then matches against the opposite side,
@@ -135,6 +148,22 @@
 //! order: books by symbol, bids then asks, best price first, front of the
 //! level first.
 //!
+//! **Mass cancel** ([`Op::MassCancel`]): every live order of the command's
+//! account on `symbol` (on every symbol of the shard for
+//! [`MASS_CANCEL_ALL_SYMBOLS`]) gets `Canceled(Requested)`, to the
+//! requesting session as a Cancel's would, in the order of cancel session.
+//! A symbol this shard does not own gives no report (the server checks the
+//! symbol against its directory before routing).
+//!
+//! **Kill switch** ([`Op::KillAccount`], [`Op::UnblockAccount`]): a kill
+//! cancels every live order of the command's account, `Canceled(Killed)`
+//! to each order's owner session, in the order of cancel session, and
+//! blocks the account: its NewOrders get `AccountBlocked` (rule 2) until an
+//! unblock. Cancel, Replace and Query of a blocked account work as usual
+//! (it has no live orders to replace). Kill and unblock send nothing to
+//! the command's session. The blocked accounts are part of the shard's
+//! state (digest, snapshots, replay).
+//!
 //! Every order ends in exactly one terminal report: a NewOrder's Rejected, a
 //! Fill with `leaves_quantity` 0, or a Canceled. Every change of an order's
 //! state produces a report.
@@ -156,6 +185,7 @@ use wire::{
     Replaced,
 };
 
+mod accounts;
 mod history;
 mod ids;
 mod index;
@@ -208,7 +238,23 @@ pub enum Op {
     /// order it owns in this shard (reason `Disconnect`). Produces no report
     /// for the closed session other than these cancels.
     CancelSession,
+    /// Cancel every live order of the account on `symbol`, or on every
+    /// symbol of the shard for [`MASS_CANCEL_ALL_SYMBOLS`] (reason
+    /// `Requested`, reports to the command's session).
+    MassCancel {
+        /// The symbol, or [`MASS_CANCEL_ALL_SYMBOLS`].
+        symbol: u32,
+    },
+    /// An operator's kill switch: cancel every live order of the account
+    /// (reason `Killed`, reports to each order's owner session) and refuse
+    /// its new orders (`AccountBlocked`) until [`Op::UnblockAccount`].
+    KillAccount,
+    /// Lift the block of [`Op::KillAccount`]. No report.
+    UnblockAccount,
 }
+
+/// [`Op::MassCancel`]'s symbol for "every symbol".
+pub const MASS_CANCEL_ALL_SYMBOLS: u32 = u32::MAX;
 
 /// One report for one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +398,14 @@ pub struct ShardConfig {
     /// bytes per entry once the ring has filled (56 MiB for 2^20), mapped
     /// lazily; at most [`HISTORY_MAX_LIMIT`].
     pub history_max: u32,
+    /// Most live orders one account may hold in the shard (rule 11); at
+    /// least 1. A value at or above `orders_max` (the default, `u32::MAX`)
+    /// caps nothing beyond the shard's own capacity and costs nothing.
+    pub account_orders_max: u32,
+    /// Most live orders one account may hold in one symbol's book (rule
+    /// 11); at least 1. At or above `account_orders_max` (the default,
+    /// `u32::MAX`) it caps nothing and costs nothing.
+    pub account_symbol_orders_max: u32,
 }
 
 impl Default for ShardConfig {
@@ -363,6 +417,8 @@ impl Default for ShardConfig {
             price_max: wire::PRICE_MAX_TICKS,
             market_band_ticks: 1_000,
             history_max: 1 << 20,
+            account_orders_max: u32::MAX,
+            account_symbol_orders_max: u32::MAX,
         }
     }
 }

@@ -69,7 +69,9 @@ impl Matcher for NullShard {
                 0,
                 0,
             )),
-            Op::CancelSession => return,
+            Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {
+                return;
+            }
         };
         sink.emit(cmd.session, report);
     }

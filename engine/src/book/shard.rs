@@ -47,12 +47,14 @@ use wire::{
     RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce, TopLevel,
 };
 
+use super::accounts::Accounts;
 use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
 use super::seen::IdHighWater;
 use super::side::BookSide;
 use super::{
-    Command, Matcher, MdEvent, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for,
+    Command, MASS_CANCEL_ALL_SYMBOLS, Matcher, MdEvent, Op, Report, SessionId, ShardConfig, Sink,
+    reject_reason_for,
 };
 
 mod snapshot;
@@ -214,6 +216,8 @@ pub enum ConfigError {
     MarketBand(i64),
     /// `history_max` is above [`HISTORY_MAX_LIMIT`].
     HistoryMax(u32),
+    /// `account_orders_max` or `account_symbol_orders_max` is zero.
+    AccountOrdersMax,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -252,6 +256,10 @@ impl core::fmt::Display for ConfigError {
                 f,
                 "history_max {n} is above {HISTORY_MAX_LIMIT}; use 0..={HISTORY_MAX_LIMIT}"
             ),
+            ConfigError::AccountOrdersMax => write!(
+                f,
+                "the open-order cap per account (or per account and symbol) is 0; use at least 1"
+            ),
         }
     }
 }
@@ -283,6 +291,9 @@ impl ShardConfig {
         }
         if self.history_max > HISTORY_MAX_LIMIT {
             return Err(ConfigError::HistoryMax(self.history_max));
+        }
+        if self.account_orders_max == 0 || self.account_symbol_orders_max == 0 {
+            return Err(ConfigError::AccountOrdersMax);
         }
         Ok(())
     }
@@ -369,6 +380,8 @@ pub struct Shard {
     history: History,
     /// Which new ids cannot be duplicates (derived state; see `seen.rs`).
     seen: IdHighWater,
+    /// Live orders per account (derived state) and the blocked accounts.
+    accounts: Accounts,
 }
 
 impl Shard {
@@ -443,6 +456,11 @@ impl Shard {
             next_trade: 1,
             history: History::new(cfg.history_max),
             seen: IdHighWater::new(),
+            accounts: Accounts::new(
+                cfg.orders_max,
+                cfg.account_orders_max,
+                cfg.account_symbol_orders_max,
+            ),
         })
     }
 
@@ -639,6 +657,7 @@ impl Shard {
                 self.level_index.len()
             ));
         }
+        self.check_account_counts()?;
         self.history.check()?;
         for e in self.history.iter_oldest_first() {
             if self.find(e.account, e.client_order_id).is_some() {
@@ -666,6 +685,58 @@ impl Shard {
                             ));
                         }
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-account counts equal the live orders, for the caps that
+    /// count (part of [`Self::check_invariants`]).
+    fn check_account_counts(&self) -> Result<(), String> {
+        let mut per_shard = std::collections::BTreeMap::<u64, u32>::new();
+        let mut per_book = std::collections::BTreeMap::<(u64, u32), u32>::new();
+        for (b, book) in self.books.iter().enumerate() {
+            for side in &book.sides {
+                for (_, level) in side.iter_best_first() {
+                    for slot in self.level_slots(level) {
+                        let account = self.orders[slot as usize].account;
+                        *per_shard.entry(account).or_default() += 1;
+                        *per_book.entry((account, b as u32)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let (shard_entries, book_entries) = self.accounts.entries();
+        if self.accounts.shard_count(0).is_some() {
+            if shard_entries != per_shard.len() {
+                return Err(format!(
+                    "{shard_entries} accounts counted, {} hold orders",
+                    per_shard.len()
+                ));
+            }
+            for (&account, &n) in &per_shard {
+                if self.accounts.shard_count(account) != Some(n) {
+                    return Err(format!(
+                        "account {account} holds {n} orders, counted {:?}",
+                        self.accounts.shard_count(account)
+                    ));
+                }
+            }
+        }
+        if self.accounts.book_count(0, 0).is_some() {
+            if book_entries != per_book.len() {
+                return Err(format!(
+                    "{book_entries} (account, book) counted, {} hold orders",
+                    per_book.len()
+                ));
+            }
+            for (&(account, book), &n) in &per_book {
+                if self.accounts.book_count(account, book) != Some(n) {
+                    return Err(format!(
+                        "account {account} holds {n} orders in book {book}, counted {:?}",
+                        self.accounts.book_count(account, book)
+                    ));
                 }
             }
         }
@@ -796,8 +867,9 @@ impl Shard {
     /// Takes a free order slot. The caller has checked `live < orders_max`,
     /// so the slab never grows past its reserved capacity.
     #[inline]
-    fn alloc_order(&mut self, order: Order) -> u32 {
+    fn alloc_order(&mut self, order: Order, book: u32) -> u32 {
         self.live += 1;
+        self.accounts.rested(order.account, book);
         if self.free_order != NIL {
             let slot = self.free_order;
             self.free_order = self.orders[slot as usize].next;
@@ -815,6 +887,9 @@ impl Shard {
     #[inline]
     fn retire_order(&mut self, slot: u32, position: Option<usize>) {
         let o = &self.orders[slot as usize];
+        // The order still names its (last) level, so its book is known.
+        let book = self.levels[o.level as usize].book_side >> 1;
+        self.accounts.left(o.account, book);
         let position =
             position.unwrap_or_else(|| self.index.position_of(o.account, o.client_order_id, slot));
         self.index.remove_at(position);
@@ -1382,6 +1457,9 @@ impl Shard {
         let Some(book) = self.book_of(symbol) else {
             return reject(sink, RejectReason::UnknownSymbol);
         };
+        if !self.accounts.blocked.is_empty() && self.accounts.blocked.contains(&cmd.account) {
+            return reject(sink, RejectReason::AccountBlocked);
+        }
         let fields = match o.fields() {
             Ok(f) => f,
             Err(e) => return reject(sink, reject_reason_for(&e)),
@@ -1424,6 +1502,14 @@ impl Shard {
             // happens, so that a reject is always the only report.
             if self.live >= self.cfg.orders_max {
                 return reject(sink, RejectReason::BookFull);
+            }
+            if self.accounts.at_cap(
+                cmd.account,
+                book,
+                self.cfg.account_orders_max,
+                self.cfg.account_symbol_orders_max,
+            ) {
+                return reject(sink, RejectReason::TooManyOpenOrders);
             }
             if self.books[book as usize].sides[own].active >= self.cfg.levels_per_side_max
                 && !self.has_level(book, side, price)
@@ -1503,20 +1589,23 @@ impl Shard {
             return finished(self, OrderState::Canceled, taker.filled);
         }
         if rests {
-            let slot = self.alloc_order(Order {
-                account: cmd.account,
-                client_order_id,
-                owner: cmd.session,
-                order_id,
-                open: taker.remaining,
-                filled: taker.filled,
-                next: NIL,
-                prev: NIL,
-                level: NIL,
-                side,
-                stp: fields.stp,
-                post_only: fields.post_only,
-            });
+            let slot = self.alloc_order(
+                Order {
+                    account: cmd.account,
+                    client_order_id,
+                    owner: cmd.session,
+                    order_id,
+                    open: taker.remaining,
+                    filled: taker.filled,
+                    next: NIL,
+                    prev: NIL,
+                    level: NIL,
+                    side,
+                    stp: fields.stp,
+                    post_only: fields.post_only,
+                },
+                book,
+            );
             if self.index.needs_growth() {
                 self.grow_index();
             }
@@ -1770,18 +1859,69 @@ impl Shard {
     /// then asks, best price first, front of the level first. O(live orders
     /// in the shard), which a disconnect can afford.
     fn cancel_session<S: Sink>(&mut self, session: SessionId, sink: &mut S) {
-        for book in 0..self.books.len() as u32 {
+        self.cancel_where(
+            0..self.books.len() as u32,
+            Sweep::Session(session),
+            CancelReason::Disconnect,
+            sink,
+        );
+    }
+
+    /// [`Op::MassCancel`]: the account's orders on `symbol` (or on every
+    /// symbol), `Canceled(Requested)` to the requesting session.
+    fn mass_cancel<S: Sink>(&mut self, cmd: &Command, symbol: u32, sink: &mut S) {
+        let books = if symbol == MASS_CANCEL_ALL_SYMBOLS {
+            0..self.books.len() as u32
+        } else {
+            match self.book_of(symbol) {
+                Some(book) => book..book + 1,
+                None => return,
+            }
+        };
+        self.cancel_where(
+            books,
+            Sweep::Account {
+                account: cmd.account,
+                to: Some(cmd.session),
+            },
+            CancelReason::Requested,
+            sink,
+        );
+    }
+
+    /// [`Op::KillAccount`]: cancels the account's orders (`Killed`, to
+    /// their owners) and blocks it.
+    fn kill_account<S: Sink>(&mut self, account: u64, sink: &mut S) {
+        self.cancel_where(
+            0..self.books.len() as u32,
+            Sweep::Account { account, to: None },
+            CancelReason::Killed,
+            sink,
+        );
+        self.accounts.blocked.insert(account);
+    }
+
+    /// Cancels the orders `sweep` selects in `books`, in cancel session's
+    /// order, with their tops after each book.
+    fn cancel_where<S: Sink>(
+        &mut self,
+        books: core::ops::Range<u32>,
+        sweep: Sweep,
+        reason: CancelReason,
+        sink: &mut S,
+    ) {
+        for book in books {
             if self.live == 0 {
                 return;
             }
             let seq_before = self.books[book as usize].seq;
-            self.cancel_session_in(book, session, sink);
+            self.cancel_in(book, sweep, reason, sink);
             self.after_command(book, seq_before, sink);
         }
     }
 
-    /// [`Self::cancel_session`] in one book.
-    fn cancel_session_in<S: Sink>(&mut self, book: u32, session: SessionId, sink: &mut S) {
+    /// [`Self::cancel_where`] in one book.
+    fn cancel_in<S: Sink>(&mut self, book: u32, sweep: Sweep, reason: CancelReason, sink: &mut S) {
         let symbol = self.symbol_of(book);
         for side in 0..2 {
             let mut position = self.books[book as usize].sides[side].len();
@@ -1799,13 +1939,19 @@ impl Shard {
                 let mut slot = self.levels[level as usize].head;
                 while slot != NIL {
                     let o = self.orders[slot as usize];
-                    if o.owner == session {
+                    let to = match sweep {
+                        Sweep::Session(session) => (o.owner == session).then_some(session),
+                        Sweep::Account { account, to } => {
+                            (o.account == account).then_some(to.unwrap_or(o.owner))
+                        }
+                    };
+                    if let Some(to) = to {
                         sink.emit(
-                            session,
+                            to,
                             Report::Canceled(Canceled::new(
                                 o.client_order_id,
                                 symbol,
-                                CancelReason::Disconnect,
+                                reason,
                                 o.open,
                             )),
                         );
@@ -1825,6 +1971,24 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The accounts an operator's kill switch has blocked, ascending.
+    pub fn blocked_accounts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.accounts.blocked.iter().copied()
+    }
+
+    /// The live orders `account` holds in the shard as the open-order cap
+    /// counts them (None when the cap is off and nothing is counted).
+    pub fn account_open_orders(&self, account: u64) -> Option<u32> {
+        self.accounts.shard_count(account)
+    }
+
+    /// The live orders `account` holds on `symbol` as the per-symbol cap
+    /// counts them (None when that cap is off or the symbol is not here).
+    pub fn account_symbol_open_orders(&self, account: u64, symbol: u32) -> Option<u32> {
+        self.book_of(symbol)
+            .and_then(|book| self.accounts.book_count(account, book))
     }
 
     /// Debug check: a level's total and count equal its orders'. O(orders
@@ -1853,6 +2017,16 @@ impl Shard {
     }
 }
 
+/// Which orders a sweep of [`Shard::cancel_where`] cancels, and where
+/// their reports go.
+#[derive(Clone, Copy)]
+enum Sweep {
+    /// Orders owned by the session; reports to it.
+    Session(SessionId),
+    /// Orders of the account; reports to `to`, or to each order's owner.
+    Account { account: u64, to: Option<SessionId> },
+}
+
 /// The order key a command names, if any.
 #[inline]
 fn command_key(cmd: &Command) -> Option<(u64, u32)> {
@@ -1861,7 +2035,7 @@ fn command_key(cmd: &Command) -> Option<(u64, u32)> {
         Op::Cancel(c) => Some((c.client_order_id.get(), c.symbol.get())),
         Op::Replace(r) => Some((r.client_order_id.get(), r.symbol.get())),
         Op::Query(q) => Some((q.client_order_id.get(), q.symbol.get())),
-        Op::CancelSession => None,
+        Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => None,
     }
 }
 
@@ -1908,7 +2082,7 @@ impl Shard {
                     );
                 }
             }
-            Op::CancelSession => {}
+            Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {}
         }
     }
 
@@ -1970,6 +2144,12 @@ impl Matcher for Shard {
             Op::Replace(r) => r.symbol.get(),
             Op::Query(q) => return self.query(cmd, q, sink),
             Op::CancelSession => return self.cancel_session(cmd.session, sink),
+            Op::MassCancel { symbol } => return self.mass_cancel(cmd, *symbol, sink),
+            Op::KillAccount => return self.kill_account(cmd.account, sink),
+            Op::UnblockAccount => {
+                self.accounts.blocked.remove(&cmd.account);
+                return;
+            }
         };
         // Only a sink that wants tops pays for finding the book twice.
         let mark = if sink.wants_top(symbol) {
@@ -1981,7 +2161,7 @@ impl Matcher for Shard {
             Op::New(o) => self.new_order(cmd, o, now_ns, sink),
             Op::Cancel(c) => self.cancel(cmd, c, sink),
             Op::Replace(r) => self.replace(cmd, r, sink),
-            Op::Query(_) | Op::CancelSession => {}
+            _ => {}
         }
         self.debug_check_book(symbol);
         if let Some((book, seq_before)) = mark {

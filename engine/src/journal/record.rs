@@ -11,8 +11,8 @@
 //! | 16 | 8 | `engine_ns`: the time given to `process_batch` |
 //! | 24 | 8 | `session` |
 //! | 32 | 8 | `account` |
-//! | 40 | 1 | `op`: 1 NewOrder, 2 Cancel, 3 Replace, 4 OrderQuery, 5 CancelSession |
-//! | 41 | 32, 16, 32, 16 or 0 | the wire message of the op, as the client sent it (none for CancelSession) |
+//! | 40 | 1 | `op`: 1 NewOrder, 2 Cancel, 3 Replace, 4 OrderQuery, 5 CancelSession, 6 MassCancel, 7 KillAccount, 8 UnblockAccount |
+//! | 41 | 32, 16, 32, 16, 0, 16, 0 or 0 | the wire message of the op, as the client sent it (none for CancelSession, KillAccount and UnblockAccount; for MassCancel the symbol as a `u32` and 12 zero bytes) |
 //!
 //! So a NewOrder or Replace record is 73 bytes and a Cancel or Query 57.
 //! The checksum does not cover `length`, but a damaged length is caught
@@ -46,6 +46,17 @@ const OP_CANCEL: u8 = 2;
 const OP_REPLACE: u8 = 3;
 const OP_QUERY: u8 = 4;
 const OP_CANCEL_SESSION: u8 = 5;
+const OP_MASS_CANCEL: u8 = 6;
+const OP_KILL_ACCOUNT: u8 = 7;
+const OP_UNBLOCK_ACCOUNT: u8 = 8;
+
+/// A MassCancel's payload: its symbol, then zeros.
+#[inline]
+fn mass_cancel_payload(symbol: u32) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[..4].copy_from_slice(&symbol.to_le_bytes());
+    p
+}
 
 /// One decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,22 +128,15 @@ impl core::fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
-/// The op code and message bytes of a command.
-#[inline]
-fn op_and_message(cmd: &Command) -> (u8, &[u8]) {
-    match &cmd.op {
-        Op::New(o) => (OP_NEW, o.as_bytes()),
-        Op::Cancel(c) => (OP_CANCEL, c.as_bytes()),
-        Op::Replace(r) => (OP_REPLACE, r.as_bytes()),
-        Op::Query(q) => (OP_QUERY, q.as_bytes()),
-        Op::CancelSession => (OP_CANCEL_SESSION, &[]),
-    }
-}
-
 /// The size of `cmd`'s record.
 #[inline]
 pub fn record_bytes(cmd: &Command) -> usize {
-    RECORD_BYTES_MIN + op_and_message(cmd).1.len()
+    RECORD_BYTES_MIN
+        + match &cmd.op {
+            Op::New(_) | Op::Replace(_) => 32,
+            Op::Cancel(_) | Op::Query(_) | Op::MassCancel { .. } => 16,
+            Op::CancelSession | Op::KillAccount | Op::UnblockAccount => 0,
+        }
 }
 
 /// Appends one record ([`record_bytes`] long) to `out`. Allocates only if
@@ -160,7 +164,14 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, engine_ns: u64, cmd: &Command)
             record[RECORD_BYTES_MIN..RECORD_BYTES_MIN + 16].copy_from_slice(q.as_bytes());
             (OP_QUERY, RECORD_BYTES_MIN + 16)
         }
+        Op::MassCancel { symbol } => {
+            record[RECORD_BYTES_MIN..RECORD_BYTES_MIN + 16]
+                .copy_from_slice(&mass_cancel_payload(*symbol));
+            (OP_MASS_CANCEL, RECORD_BYTES_MIN + 16)
+        }
         Op::CancelSession => (OP_CANCEL_SESSION, RECORD_BYTES_MIN),
+        Op::KillAccount => (OP_KILL_ACCOUNT, RECORD_BYTES_MIN),
+        Op::UnblockAccount => (OP_UNBLOCK_ACCOUNT, RECORD_BYTES_MIN),
     };
     record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
     record[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -236,6 +247,13 @@ pub fn decode_record(bytes: &[u8]) -> Result<Option<(Record, usize)>, RecordErro
         OP_REPLACE => Op::Replace(Replace::read_from_bytes(message).map_err(|_| bad_op)?),
         OP_QUERY => Op::Query(OrderQuery::read_from_bytes(message).map_err(|_| bad_op)?),
         OP_CANCEL_SESSION if message.is_empty() => Op::CancelSession,
+        OP_KILL_ACCOUNT if message.is_empty() => Op::KillAccount,
+        OP_UNBLOCK_ACCOUNT if message.is_empty() => Op::UnblockAccount,
+        OP_MASS_CANCEL if message.len() == 16 && message[4..].iter().all(|&b| b == 0) => {
+            Op::MassCancel {
+                symbol: u32_at(message, 0),
+            }
+        }
         _ => return Err(bad_op),
     };
     Ok(Some((
@@ -257,7 +275,7 @@ mod tests {
     use super::*;
     use wire::Side;
 
-    fn commands() -> [Command; 5] {
+    fn commands() -> [Command; 8] {
         let c = |op| Command {
             session: SessionId::from_raw(0x0102_0304_0506_0708),
             account: 42,
@@ -269,6 +287,9 @@ mod tests {
             c(Op::Replace(Replace::new(7, 3, 10_040, 50))),
             c(Op::Query(OrderQuery::new(7, 3))),
             c(Op::CancelSession),
+            c(Op::MassCancel { symbol: 3 }),
+            c(Op::KillAccount),
+            c(Op::UnblockAccount),
         ]
     }
 
@@ -279,7 +300,7 @@ mod tests {
             encode_record(&mut buf, 100 + i as u64, 5_000 + i as u64, cmd);
         }
         let sizes: Vec<usize> = commands().iter().map(record_bytes).collect();
-        assert_eq!(sizes, [73, 57, 73, 57, 41]);
+        assert_eq!(sizes, [73, 57, 73, 57, 41, 57, 41, 41]);
         assert_eq!(buf.len(), sizes.iter().sum::<usize>());
         let mut at = 0;
         for (i, cmd) in commands().iter().enumerate() {

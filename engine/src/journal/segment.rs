@@ -45,6 +45,11 @@
 //! | 40 | 32 | the shard configuration its records were applied with: `orders_max` u32, `levels_per_side_max` u32, `quantity_max` u64, `price_max` i64, `market_band_ticks` i64 |
 //! | 72 | 4 | `history_max` u32 |
 //! | 76 | 4 | crc32c of bytes 0..76 |
+//! | 80 | 8 | `account_orders_max` u32, `account_symbol_orders_max` u32 |
+//! | 88 | 4 | crc32c of bytes 0..88 |
+//!
+//! Bytes 80..92 came with the per-account caps; a segment written before
+//! them has zeros there and is read as "no caps" (`u32::MAX`).
 //!
 //! The configuration is there because replay must apply records with the
 //! limits they were first applied with, or it would not reproduce the
@@ -78,7 +83,7 @@ pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX as u6
 const MAGIC: [u8; 8] = *b"TDXJRNL\0";
 
 /// Bytes of the header that are not zero padding.
-const HEADER_USED_BYTES: usize = 80;
+const HEADER_USED_BYTES: usize = 92;
 
 /// Zeros written per call while pre-allocating.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -113,6 +118,10 @@ impl SegmentHeader {
         h[72..76].copy_from_slice(&c.history_max.to_le_bytes());
         let crc = crc32c::crc32c(&h[..76]);
         h[76..80].copy_from_slice(&crc.to_le_bytes());
+        h[80..84].copy_from_slice(&c.account_orders_max.to_le_bytes());
+        h[84..88].copy_from_slice(&c.account_symbol_orders_max.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..88]);
+        h[88..92].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
@@ -141,6 +150,18 @@ impl SegmentHeader {
                 "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
             ));
         }
+        let caps = if h[80..92].iter().all(|&b| b == 0) {
+            (u32::MAX, u32::MAX)
+        } else {
+            let (stored, computed) = (u32_at(88), crc32c::crc32c(&h[..88]));
+            if stored != computed {
+                return Err(format!(
+                    "header checksum of the account caps mismatch (stored {stored:#010x}, \
+                     computed {computed:#010x})"
+                ));
+            }
+            (u32_at(80), u32_at(84))
+        };
         let version = u32_at(8);
         if version != SEGMENT_FORMAT_VERSION {
             return Err(format!(
@@ -168,6 +189,8 @@ impl SegmentHeader {
                 price_max: u64_at(56) as i64,
                 market_band_ticks: u64_at(64) as i64,
                 history_max: u32_at(72),
+                account_orders_max: caps.0,
+                account_symbol_orders_max: caps.1,
             },
         })
     }

@@ -7,6 +7,13 @@
 //! cache-line-padded slots ([`CoreStats`]) with relaxed stores, and this
 //! thread reads and sums those slots when it is asked. Rates and loads are
 //! computed over the time since the previous `/stats` or `/metrics` request.
+//!
+//! The kill switch: `POST /accounts/ID/kill` cancels every live order of
+//! account ID and blocks its new orders, `POST /accounts/ID/unblock` lifts
+//! the block. Both need `Authorization: Bearer TOKEN` with the server's
+//! `--admin-token`; without a configured token they are refused (403). The
+//! action is queued for core 0 ([`super::operator`]) and answered `202`
+//! at once: the cancels follow within a loop iteration of core 0.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,6 +26,7 @@ use tuning::admin::{AdminConfig, AdminServer, Handler, Response};
 use wire::{RejectReason, SessionErrorCode};
 
 use super::core::global_shard;
+use super::operator::{OPERATOR_QUEUE_MAX, OperatorAction};
 use super::stats::{CoreStats, Counters, JOURNAL_WRITE_BUCKETS_S, Sample, ShardCounters};
 use super::{Server, ServerConfig, Shared, monotonic_ns, realtime_ns};
 
@@ -35,6 +43,8 @@ pub struct AdminState {
     config: serde_json::Value,
     /// The sample of the previous request: rates are over the time since.
     previous: Mutex<Option<Sample>>,
+    /// The token the kill switch's POSTs must carry; `None` refuses them.
+    admin_token: Option<String>,
 }
 
 /// Starts the admin endpoint for a server being started.
@@ -56,6 +66,7 @@ pub(super) fn start(
         started: Instant::now(),
         config: effective_config(cfg),
         previous: Mutex::new(None),
+        admin_token: cfg.admin_token.clone().filter(|t| !t.is_empty()),
     };
     let server = AdminServer::start(AdminConfig::new(addr, "turbo-dex-admin"), Arc::new(state))?;
     // On stdout like the order-entry address, and before recovery, so that
@@ -75,6 +86,83 @@ impl Handler for AdminState {
             "/metrics" => Response::prometheus(self.metrics()),
             _ => return None,
         })
+    }
+
+    fn post(&self, path: &str, authorization: Option<&str>) -> Option<Response> {
+        let (id, action) = parse_account_action(path)?;
+        Some(self.account_action(id, action, authorization))
+    }
+}
+
+/// `/accounts/ID/kill` or `/accounts/ID/unblock`: the id as written (it
+/// may not parse) and the action; `None` for any other path.
+fn parse_account_action(path: &str) -> Option<(&str, OperatorAction)> {
+    let rest = path.strip_prefix("/accounts/")?;
+    let (id, verb) = rest.split_once('/')?;
+    let action = match verb {
+        "kill" => OperatorAction::Kill,
+        "unblock" => OperatorAction::Unblock,
+        _ => return None,
+    };
+    Some((id, action))
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminState {
+    /// The kill switch: checks the token and the id, then queues it.
+    fn account_action(
+        &self,
+        id: &str,
+        action: OperatorAction,
+        authorization: Option<&str>,
+    ) -> Response {
+        let Some(token) = &self.admin_token else {
+            return Response::text(
+                403,
+                "the kill switch is off: start turbo-dex with --admin-token TOKEN (or \
+                 TURBO_DEX_ADMIN_TOKEN) to allow POST /accounts/ID/kill and /accounts/ID/unblock\n"
+                    .to_string(),
+            );
+        };
+        let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            return Response::text(
+                401,
+                "this needs the header `Authorization: Bearer TOKEN` with the server's \
+                 --admin-token\n"
+                    .to_string(),
+            );
+        }
+        let Ok(account) = id.parse::<u64>() else {
+            return Response::text(
+                400,
+                format!("account id {id:?} is not a number (0 to {})\n", u64::MAX),
+            );
+        };
+        if !self.shared.operator(action, account) {
+            return Response::text(
+                503,
+                format!(
+                    "{OPERATOR_QUEUE_MAX} operator actions are already waiting for the engine; \
+                     try again\n"
+                ),
+            );
+        }
+        tracing::warn!("operator: {} account {account}", action.as_str());
+        Response::json(
+            202,
+            serde_json::json!({
+                "account": account,
+                "action": action.as_str(),
+                "status": "queued",
+            })
+            .to_string(),
+        )
     }
 }
 
@@ -466,6 +554,12 @@ fn effective_config(cfg: &ServerConfig) -> serde_json::Value {
         "logon_failures_per_minute": cfg.logon_failures_per_minute,
         "logon_timeout_ms": cfg.logon_timeout_ms,
         "frame_timeout_ms": cfg.frame_timeout_ms,
+        "max_order_rate": cfg.order_limits.orders_per_second,
+        "order_burst": cfg.order_limits.burst,
+        "order_flood_rejects": cfg.order_limits.flood_rejects,
+        "max_open_orders_per_account": cfg.shard.account_orders_max,
+        "max_open_orders_per_account_symbol": cfg.shard.account_symbol_orders_max,
+        "kill_switch": cfg.admin_token.is_some(),
         "journal": cfg.journal.as_ref().map(|j| serde_json::json!({
             "dir": j.config.dir.display().to_string(),
             "fsync": j.fsync,

@@ -18,6 +18,7 @@ pub mod auth;
 mod core;
 pub mod durable;
 pub mod limits;
+pub mod operator;
 mod start;
 pub mod stats;
 pub mod uring;
@@ -29,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use self::core::{
+    DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
+};
 use self::durable::{Housekeeper, JournalSettings};
 pub use self::limits::ring_capacity_for;
 use self::limits::{DRAIN_TIMEOUT_MS, MD_MAX_QUEUE_BYTES, OUT_HIGH_WATER_BYTES, OUT_MAX_BYTES};
@@ -116,6 +120,11 @@ pub struct ServerConfig {
     pub logon_timeout_ms: u64,
     /// A frame whose first byte arrived must be complete within this long.
     pub frame_timeout_ms: u64,
+    /// Order entry limits of every session (`--max-order-rate`, `--order-burst`).
+    pub order_limits: OrderEntryLimits,
+    /// The admin token that the kill switch's POSTs must carry
+    /// (`--admin-token`); without one they are refused.
+    pub admin_token: Option<String>,
     /// Print the live stats line every second.
     pub live_stats: bool,
     /// The journal, or `None` for no durability (benchmarks).
@@ -156,6 +165,8 @@ impl ServerConfig {
             heartbeat_ms: wire::DEFAULT_HEARTBEAT_INTERVAL_MS,
             idle_timeout_factor: wire::IDLE_TIMEOUT_HEARTBEATS,
             slow_consumer_ms: 10_000,
+            order_limits: OrderEntryLimits::UNLIMITED,
+            admin_token: None,
             out_high_water_bytes: OUT_HIGH_WATER_BYTES,
             out_max_bytes: OUT_MAX_BYTES,
             send_chunk_bytes: 1 << 20,
@@ -201,6 +212,8 @@ pub struct Shared {
     started_ns: u64,
     /// Sessions per account, connections per address, logons in flight.
     pub admission: Arc<auth::Admission>,
+    /// Kill switch commands from the admin thread, for core 0.
+    operator: operator::OperatorQueue,
 }
 
 #[repr(align(128))]
@@ -228,6 +241,16 @@ impl Shared {
 
     pub(crate) fn kick(&self, core: usize) {
         self.wake_fds[core].kick();
+    }
+
+    /// Queues an operator's action for core 0 and wakes it; false when the
+    /// queue is full.
+    pub fn operator(&self, action: operator::OperatorAction, account: u64) -> bool {
+        if !self.operator.push(action, account) {
+            return false;
+        }
+        self.kick(0);
+        true
     }
 
     fn kick_all(&self) {

@@ -154,6 +154,7 @@ fn share(cores: usize, shards: u32) -> Result<Arc<Shared>, StartError> {
         recovery_ns: AtomicU64::new(0),
         started_ns: monotonic_ns(),
         admission: Arc::default(),
+        operator: Default::default(),
     }))
 }
 
@@ -333,6 +334,7 @@ fn spawn_cores(
                 accounts: cfg.accounts.is_some(),
                 logon_timeout_ms: cfg.logon_timeout_ms,
                 frame_timeout_ms: cfg.frame_timeout_ms,
+                order_limits: cfg.order_limits,
             },
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();

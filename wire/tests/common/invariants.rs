@@ -22,6 +22,7 @@ pub fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
         Frame::Heartbeat(m) => m.as_bytes(),
         Frame::Subscribe(m) => m.as_bytes(),
         Frame::OrderQuery(m) => m.as_bytes(),
+        Frame::MassCancel(m) => m.as_bytes(),
         Frame::HelloAck(m) => m.as_bytes(),
         Frame::SymbolEntry(m) => m.as_bytes(),
         Frame::Accepted(m) => m.as_bytes(),
@@ -66,6 +67,7 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
         Frame::Cancel(m) => m.iter().for_each(|c| count(c.validate())),
         Frame::Replace(m) => m.iter().for_each(|r| count(r.validate())),
         Frame::OrderQuery(m) => m.iter().for_each(|q| count(q.validate())),
+        Frame::MassCancel(m) => m.iter().for_each(|q| count(q.validate())),
         Frame::SymbolEntry(m) => m.iter().for_each(|s| assert!(s.name().len() <= 20)),
         Frame::Rejected(m) => m.iter().for_each(|r| {
             count(r.reason().map(drop));

@@ -15,7 +15,11 @@
 //! that carries these bytes (with its own header and checksum) is the
 //! journal's business (`crate::journal`).
 //!
-//! # Format, version 2 (little-endian, no padding)
+//! Blocked accounts (the kill switch) are in it from version 3; the
+//! per-account open-order counts are derived from the orders and counted
+//! again on load.
+//!
+//! # Format, version 3 (little-endian, no padding)
 //!
 //! | Field | Type |
 //! |---|---|
@@ -32,6 +36,8 @@
 //! | per order: flags (bit 0 post-only, bits 4-5 self-trade prevention, as in a NewOrder) | `u8` |
 //! | per history entry, oldest first: account, client order id, order id, filled | `u64` × 4 |
 //! | per history entry: symbol, state ([`OrderState`]) | `u32`, `u8` |
+//! | blocked accounts (version 3; versions 1 and 2 have none) | `u64` |
+//! | per blocked account, ascending: account | `u64` |
 
 use crate::session_id::SessionId;
 use wire::{OrderState, SelfTradePrevention, Side};
@@ -42,8 +48,9 @@ use super::{
 };
 
 /// The snapshot format this build writes (it also reads version 1, which
-/// has no market-data sequence numbers: they restart from 0).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// has no market-data sequence numbers: they restart from 0, and version
+/// 2, which has no blocked accounts).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 const MAGIC: [u8; 8] = *b"TDXSHARD";
 
@@ -251,6 +258,8 @@ impl Shard {
             + self.books.len() * (2 * 4 + 8)
             + self.live as usize * (ORDER_BYTES + LEVEL_BYTES)
             + self.history.len() * FINISHED_BYTES
+            + 8
+            + self.accounts.blocked.len() * 8
     }
 
     /// The walk behind both
@@ -394,6 +403,17 @@ impl Shard {
                 record[32..36].copy_from_slice(&e.symbol.to_le_bytes());
                 record[36] = e.state.to_wire();
                 out.extend_from_slice(&record);
+            }
+        }
+        let blocked = &self.accounts.blocked;
+        h.add(blocked.len() as u64);
+        if let Some(out) = out.as_deref_mut() {
+            Writer(out).u64(blocked.len() as u64);
+        }
+        for &account in blocked {
+            h.add(account);
+            if let Some(out) = out.as_deref_mut() {
+                Writer(out).u64(account);
             }
         }
         h.finish()
@@ -558,6 +578,23 @@ impl Shard {
             }
             shard.history.push(e);
         }
+        if version >= 3 {
+            let blocked = r.u64()?;
+            // Each entry takes 8 bytes: a count beyond the bytes left is
+            // refused before anything is read for it.
+            if blocked > ((bytes.len() - r.offset) / 8) as u64 {
+                return Err(r.invalid(8, format!("{blocked} blocked accounts announced")));
+            }
+            let mut previous = None;
+            for _ in 0..blocked {
+                let account = r.u64()?;
+                if previous.is_some_and(|p| p >= account) {
+                    return Err(r.invalid(8, format!("blocked account {account} out of order")));
+                }
+                previous = Some(account);
+                shard.accounts.blocked.insert(account);
+            }
+        }
         shard.rebuild_seen();
         if r.offset != bytes.len() {
             return Err(SnapshotError::TrailingBytes {
@@ -588,20 +625,23 @@ impl Shard {
                     format!("order ({}, {}) appears twice", o.account, o.client_order_id),
                 ));
             }
-            let slot = self.alloc_order(Order {
-                account: o.account,
-                client_order_id: o.client_order_id,
-                owner: SessionId::from_raw(o.owner),
-                order_id: o.order_id,
-                open: o.open,
-                filled: o.filled,
-                next: NIL,
-                prev: NIL,
-                level: NIL,
-                side,
-                stp: o.stp,
-                post_only: o.post_only,
-            });
+            let slot = self.alloc_order(
+                Order {
+                    account: o.account,
+                    client_order_id: o.client_order_id,
+                    owner: SessionId::from_raw(o.owner),
+                    order_id: o.order_id,
+                    open: o.open,
+                    filled: o.filled,
+                    next: NIL,
+                    prev: NIL,
+                    level: NIL,
+                    side,
+                    stp: o.stp,
+                    post_only: o.post_only,
+                },
+                book,
+            );
             if self.index.needs_growth() {
                 self.grow_index();
             }

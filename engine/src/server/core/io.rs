@@ -501,6 +501,16 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
+    /// Sends the operator's kill switch commands (core 0 only) to every
+    /// shard, where they are journaled and applied like client commands.
+    pub(super) fn take_operator_commands(&mut self) {
+        let mut actions = Vec::new();
+        self.st.shared.operator.take(&mut actions);
+        for (action, account) in actions {
+            self.st.route_everywhere(action.command(account));
+        }
+    }
+
     /// Idle timeouts, server heartbeats, slow consumers.
     pub(super) fn housekeeping(&mut self) {
         let now = self.st.now_ns;

@@ -33,6 +33,9 @@ use self::route::Router;
 pub use self::route::{Mesh, Msg, Placement, global_shard, placement_table, shards_on_core};
 pub use self::session::SessionConfig;
 use self::session::SessionLayer;
+pub use self::session::rate::{
+    DEFAULT_FLOOD_REJECTS, DEFAULT_ORDER_BURST, FLOOD_WINDOW_MS, OrderEntryLimits,
+};
 use super::durable::{Done, Job, ShardLog, Snapshot};
 use super::limits::{
     ADAPTIVE_SPINS, ARRAYS_PUBLISH_NS, CQ_ENTRIES, EXIT_FLUSH_NS, SQ_ENTRIES, TICK_NS, WAIT_MIN_NS,
@@ -239,6 +242,9 @@ impl<M: Matcher + Snapshot> Core<M> {
             self.reap();
             let popped = self.drain_rings();
             self.poll_auth();
+            if self.st.cfg.index == 0 && self.st.shared.operator.pending() {
+                self.take_operator_commands();
+            }
             self.retry_blocked();
             // Cancel-on-disconnect commands queued by closes.
             self.st.apply_pending();

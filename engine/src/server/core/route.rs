@@ -196,11 +196,15 @@ impl Router {
     }
 
     /// Accounts a processed batch: one notice per run of one session's
-    /// commands. A CancelSession is not counted (no session waits on it).
+    /// commands. A CancelSession or an operator's kill or unblock is not
+    /// counted (no session waits on it).
     pub fn batch_processed(&mut self, cmds: &[Command]) {
         let mut run: Option<(SessionId, u32)> = None;
         for cmd in cmds {
-            if matches!(cmd.op, Op::CancelSession) {
+            if matches!(
+                cmd.op,
+                Op::CancelSession | Op::KillAccount | Op::UnblockAccount
+            ) {
                 continue;
             }
             match &mut run {
@@ -361,11 +365,16 @@ impl<M: Matcher + Snapshot> State<M> {
 
     /// Cancel-on-disconnect: a CancelSession to every shard of every core.
     pub fn cancel_session_everywhere(&mut self, session: SessionId, account: u64) {
-        let cmd = Command {
+        self.route_everywhere(Command {
             session,
             account,
             op: Op::CancelSession,
-        };
+        });
+    }
+
+    /// Sends `cmd` to every shard of every core (cancel-on-disconnect, a
+    /// MassCancel of all symbols, the kill switch).
+    pub fn route_everywhere(&mut self, cmd: Command) {
         for core in 0..self.cfg.ncores {
             for shard in 0..shards_on_core(self.cfg.shard_count, self.cfg.ncores, core) {
                 if core == self.cfg.index {
@@ -487,6 +496,20 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
     #[inline]
     fn congested(&self) -> bool {
         self.st.router.congested
+    }
+
+    fn route_everywhere(&mut self, cmd: Command) {
+        // One processed notice comes back per shard.
+        let shards = self.st.cfg.shard_count;
+        if let Some(n) = self.in_flight() {
+            *n += shards;
+        }
+        self.st.route_everywhere(cmd);
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.st.now_ns
     }
 
     #[inline]

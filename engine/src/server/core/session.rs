@@ -13,7 +13,12 @@
 //!   until then input stops at that message ([`InputEnd::Fenced`]) and
 //!   resumes later from it;
 //! - a stream it cannot trust ends the session: [`InputEnd::Close`], after
-//!   the requests already taken.
+//!   the requests already taken;
+//! - NewOrders and Replaces take a token of the session's order entry
+//!   rate ([`rate`]); without one they are answered `RateLimited` here, and
+//!   a sustained flood closes the session (`SessionError(OrderFlood)`);
+//! - a MassCancel (version 2) goes to the symbol's shard, or to every
+//!   shard for all symbols; version 1 sessions get `NotSupported`.
 
 use std::sync::Arc;
 
@@ -26,6 +31,10 @@ use wire::{
 use super::super::stats::Counters;
 use crate::book::{ClientOrderIds, Command, Op};
 use crate::session_id::SessionId;
+
+pub mod rate;
+
+use rate::{Admit, OrderEntryLimits, TokenBucket};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +67,10 @@ pub struct Session {
     /// HelloAck while its password is checked.
     pub hello_flags: u16,
     pub hello_heartbeat_ms: u32,
+    /// Its order entry limits (set at the Hello).
+    pub limits: OrderEntryLimits,
+    /// Its order entry tokens.
+    pub bucket: TokenBucket,
 }
 
 impl Session {
@@ -73,6 +86,8 @@ impl Session {
             version: PROTOCOL_VERSION_MIN,
             hello_flags: 0,
             hello_heartbeat_ms: 0,
+            limits: OrderEntryLimits::UNLIMITED,
+            bucket: TokenBucket::full(&OrderEntryLimits::UNLIMITED, 0),
         }
     }
 }
@@ -97,6 +112,8 @@ pub struct SessionConfig {
     pub logon_timeout_ms: u64,
     /// A frame begun must be complete within this long.
     pub frame_timeout_ms: u64,
+    /// The order entry limits every session gets at its Hello.
+    pub order_limits: OrderEntryLimits,
 }
 
 /// What [`Effects::logon`] decided.
@@ -117,6 +134,10 @@ pub trait Effects {
     fn congested(&self) -> bool;
     /// Hands a command to the shard that owns `symbol` (checked to exist).
     fn route(&mut self, symbol: u32, cmd: Command);
+    /// Hands a command to every shard (a MassCancel of all symbols).
+    fn route_everywhere(&mut self, cmd: Command);
+    /// The time now, for the order entry rate.
+    fn now_ns(&self) -> u64;
     /// True when an answer made here may be sent now: every command the
     /// session routed before has been processed. The core may process its
     /// queued local commands first to make this so.
@@ -304,20 +325,27 @@ impl SessionLayer {
             ));
         }
         Ok(match frame {
-            Frame::NewOrder(orders) => self.new_orders(s, orders, from, fx),
-            Frame::Cancel(cancels) => self.routed(s, cancels, from, fx, Kind::Cancel, true, |c| {
-                (c.client_order_id.get(), c.symbol.get(), Op::Cancel(*c))
-            }),
+            Frame::NewOrder(orders) => self.new_orders(s, orders, from, fx)?,
+            Frame::Cancel(cancels) => {
+                self.routed(s, cancels, from, fx, Kind::Cancel, Entry::Counted, |c| {
+                    (c.client_order_id.get(), c.symbol.get(), Op::Cancel(*c))
+                })?
+            }
             Frame::Replace(replaces) => {
-                self.routed(s, replaces, from, fx, Kind::Replace, true, |r| {
+                self.routed(s, replaces, from, fx, Kind::Replace, Entry::Rated, |r| {
                     (r.client_order_id.get(), r.symbol.get(), Op::Replace(*r))
-                })
+                })?
             }
             Frame::OrderQuery(queries) => {
-                self.routed(s, queries, from, fx, Kind::OrderQuery, false, |q| {
+                self.routed(s, queries, from, fx, Kind::OrderQuery, Entry::Free, |q| {
                     (q.client_order_id.get(), q.symbol.get(), Op::Query(*q))
-                })
+                })?
             }
+            Frame::MassCancel(cancels) if s.version < 2 => answered(cancels, from, fx, |fx, m| {
+                let (id, symbol) = (m.request_id.get(), m.symbol.get());
+                reject(fx, id, symbol, RejectReason::NotSupported, Kind::MassCancel);
+            }),
+            Frame::MassCancel(cancels) => self.mass_cancels(s, cancels, from, fx),
             Frame::Heartbeat(beats) => answered(beats, from, fx, |fx, b| {
                 fx.answer(&ServerHeartbeat { token: b.token });
             }),
@@ -346,17 +374,17 @@ impl SessionLayer {
         orders: &[wire::NewOrder],
         from: usize,
         fx: &mut impl Effects,
-    ) -> Option<Stop> {
+    ) -> Result<Option<Stop>, CloseReason> {
         for (i, o) in orders.iter().enumerate().skip(from) {
             if fx.congested() {
-                return Some(Stop::Blocked(i));
+                return Ok(Some(Stop::Blocked(i)));
             }
             let (id, symbol) = (o.client_order_id.get(), o.symbol.get());
             let duplicate = s.client_order_ids.last().is_some_and(|last| id <= last);
             if duplicate || symbol >= self.cfg.symbol_count {
                 // Answered here: nothing may change before the fence.
                 if !fx.settled() {
-                    return Some(Stop::Fenced(i));
+                    return Ok(Some(Stop::Fenced(i)));
                 }
                 fx.counters().orders_in += 1;
                 // The id is used even when the symbol is unknown.
@@ -369,44 +397,99 @@ impl SessionLayer {
                     Ok(()) => reject(fx, id, symbol, RejectReason::UnknownSymbol, Kind::NewOrder),
                 }
             } else {
+                match rate_check(s, i, fx, id, symbol, Kind::NewOrder)? {
+                    Rated::Go => {}
+                    Rated::Refused => {
+                        // Not acted on: the id stays free for a retry.
+                        fx.counters().orders_in += 1;
+                        continue;
+                    }
+                    Rated::Stop(stop) => return Ok(Some(stop)),
+                }
                 fx.counters().orders_in += 1;
                 let admitted = s.client_order_ids.admit(id);
                 debug_assert!(admitted);
                 fx.route(symbol, command(s, Op::New(*o)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// Requests a shard answers (Cancel, Replace, OrderQuery) from message
-    /// `from` on; an unknown symbol is answered here. `counted`: the
-    /// request counts in `orders_in`.
+    /// `from` on; an unknown symbol is answered here. `entry`: whether the
+    /// request counts in `orders_in` and takes a rate token.
     #[allow(clippy::too_many_arguments)]
     fn routed<T>(
         &self,
-        s: &Session,
+        s: &mut Session,
         msgs: &[T],
         from: usize,
         fx: &mut impl Effects,
         kind: Kind,
-        counted: bool,
+        entry: Entry,
         parts: impl Fn(&T) -> (u64, u32, Op),
+    ) -> Result<Option<Stop>, CloseReason> {
+        for (i, m) in msgs.iter().enumerate().skip(from) {
+            if fx.congested() {
+                return Ok(Some(Stop::Blocked(i)));
+            }
+            let (id, symbol, op) = parts(m);
+            if symbol >= self.cfg.symbol_count {
+                if !fx.settled() {
+                    return Ok(Some(Stop::Fenced(i)));
+                }
+                reject(fx, id, symbol, RejectReason::UnknownSymbol, kind);
+            } else if entry == Entry::Rated {
+                match rate_check(s, i, fx, id, symbol, kind)? {
+                    Rated::Go => fx.route(symbol, command(s, op)),
+                    Rated::Refused => {}
+                    Rated::Stop(stop) => return Ok(Some(stop)),
+                }
+            } else {
+                fx.route(symbol, command(s, op));
+            }
+            if entry != Entry::Free {
+                fx.counters().orders_in += 1;
+            }
+        }
+        Ok(None)
+    }
+
+    /// MassCancels (protocol version 2) from message `from` on: one symbol
+    /// goes to its shard, all symbols to every shard; an unknown symbol or
+    /// reserved flags are answered here.
+    fn mass_cancels(
+        &self,
+        s: &Session,
+        msgs: &[wire::MassCancel],
+        from: usize,
+        fx: &mut impl Effects,
     ) -> Option<Stop> {
         for (i, m) in msgs.iter().enumerate().skip(from) {
             if fx.congested() {
                 return Some(Stop::Blocked(i));
             }
-            let (id, symbol, op) = parts(m);
-            if symbol >= self.cfg.symbol_count {
+            let (id, symbol) = (m.request_id.get(), m.symbol.get());
+            let all = symbol == wire::MASS_CANCEL_ALL_SYMBOLS;
+            let reason = if m.validate().is_err() {
+                Some(RejectReason::InvalidFlags)
+            } else if symbol >= self.cfg.symbol_count && !all {
+                Some(RejectReason::UnknownSymbol)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
                 if !fx.settled() {
                     return Some(Stop::Fenced(i));
                 }
-                reject(fx, id, symbol, RejectReason::UnknownSymbol, kind);
-            } else {
-                fx.route(symbol, command(s, op));
+                reject(fx, id, symbol, reason, Kind::MassCancel);
+                continue;
             }
-            if counted {
-                fx.counters().orders_in += 1;
+            let cmd = command(s, Op::MassCancel { symbol });
+            if all {
+                fx.route_everywhere(cmd);
+            } else {
+                fx.route(symbol, cmd);
             }
         }
         None
@@ -495,6 +578,8 @@ impl SessionLayer {
         s.version = version as u8;
         s.hello_flags = h.flags.get();
         s.hello_heartbeat_ms = h.heartbeat_interval_ms.get();
+        s.limits = self.cfg.order_limits;
+        s.bucket = TokenBucket::full(&s.limits, fx.now_ns());
         // A refusal after the check goes out in the client's version too.
         fx.set_version(s.version);
         match fx.logon(s.account, &h.credentials) {
@@ -604,6 +689,67 @@ impl SessionLayer {
         }
         Timer::Nothing
     }
+}
+
+/// How a routed request counts against the session's order entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Neither counted in `orders_in` nor rate limited (a query).
+    Free,
+    /// Counted, not rate limited (a cancel).
+    Counted,
+    /// Counted and rate limited (a replace).
+    Rated,
+}
+
+/// What the order entry rate says about a NewOrder or Replace.
+enum Rated {
+    /// A token was taken: route it.
+    Go,
+    /// Answered `RateLimited` here: drop it.
+    Refused,
+    /// The refusal must wait for earlier answers.
+    Stop(Stop),
+}
+
+/// Takes a rate token for message `i` (a NewOrder or Replace), or refuses
+/// it with `Rejected(RateLimited)` once the session is settled, or closes
+/// a flooding session.
+fn rate_check(
+    s: &mut Session,
+    i: usize,
+    fx: &mut impl Effects,
+    id: u64,
+    symbol: u32,
+    kind: Kind,
+) -> Result<Rated, CloseReason> {
+    if !s.limits.limited() {
+        return Ok(Rated::Go);
+    }
+    let now = fx.now_ns();
+    if s.bucket.ready(&s.limits, now) {
+        let taken = s.bucket.take(&s.limits, now);
+        debug_assert_eq!(taken, Admit::Yes);
+        return Ok(Rated::Go);
+    }
+    if !fx.settled() {
+        return Ok(Rated::Stop(Stop::Fenced(i)));
+    }
+    let admit = s.bucket.take(&s.limits, now);
+    reject(fx, id, symbol, RejectReason::RateLimited, kind);
+    if admit == Admit::Flood {
+        let l = &s.limits;
+        return Err(CloseReason::new(
+            SessionErrorCode::OrderFlood,
+            kind as u8,
+            l.flood_rejects,
+            format!(
+                "order flood: more than {} requests over the rate of {}/s (burst {}) within {} ms",
+                l.flood_rejects, l.orders_per_second, l.burst, l.flood_window_ms
+            ),
+        ));
+    }
+    Ok(Rated::Refused)
 }
 
 /// A command of the session.

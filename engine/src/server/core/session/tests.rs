@@ -1,7 +1,10 @@
 //! The session layer driven with bytes: frames in, effects out.
 use super::super::super::limits::{HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN};
 use super::*;
-use wire::{Cancel, Heartbeat, Hello, NewOrder, OrderQuery, Side, Subscribe};
+use wire::{
+    Cancel, Heartbeat, Hello, MASS_CANCEL_ALL_SYMBOLS, MassCancel, NewOrder, OrderQuery, Replace,
+    Side, Subscribe,
+};
 
 /// Records what the session layer asks for, in order.
 #[derive(Default)]
@@ -20,6 +23,8 @@ struct Recorder {
     counters: Counters,
     /// The version frames are written with (set at the Hello).
     version: Option<u8>,
+    /// The time the session layer sees.
+    now_ns: u64,
     /// What `logon` answers (`None`: granted), and the logons asked for.
     logon_pending: bool,
     logons: Vec<(u64, Vec<u8>)>,
@@ -35,11 +40,23 @@ impl Effects for Recorder {
             Op::Cancel(c) => c.client_order_id.get(),
             Op::Replace(r) => r.client_order_id.get(),
             Op::Query(q) => q.client_order_id.get(),
-            Op::CancelSession => 0,
+            Op::MassCancel { symbol } => {
+                self.log.push(format!("mass cancel {symbol:#x}"));
+                self.routed.push(cmd);
+                self.unprocessed += 1;
+                return;
+            }
+            Op::CancelSession | Op::KillAccount | Op::UnblockAccount => 0,
         };
         self.log.push(format!("route {id}"));
         self.routed.push(cmd);
         self.unprocessed += 1;
+    }
+    fn route_everywhere(&mut self, cmd: Command) {
+        self.route(u32::MAX, cmd);
+    }
+    fn now_ns(&self) -> u64 {
+        self.now_ns
     }
     fn settled(&mut self) -> bool {
         if self.settle_on_ask {
@@ -93,7 +110,21 @@ fn layer() -> SessionLayer {
         accounts: false,
         logon_timeout_ms: 5_000,
         frame_timeout_ms: 5_000,
+        order_limits: OrderEntryLimits::UNLIMITED,
     })
+}
+
+/// A layer whose sessions may enter `rate` orders a second, `burst` at
+/// once, and are closed after `flood` rate-limited requests in a second.
+fn rated_layer(rate: u64, burst: u32, flood: u32) -> SessionLayer {
+    let mut l = layer();
+    l.cfg.order_limits = OrderEntryLimits {
+        orders_per_second: rate,
+        burst,
+        flood_rejects: flood,
+        flood_window_ms: 1_000,
+    };
+    l
 }
 
 fn layer_with_accounts() -> SessionLayer {
@@ -220,7 +251,7 @@ fn frame_errors_close_after_the_frames_before_them() {
     let mut s = logged_on(&l, &mut fx);
     let mut data = bytes(&[order(1, 0)]);
     let good = data.len();
-    data.extend_from_slice(&[8, 0, 0, 0, 0x08, 1, 0, 0]); // a server-bound kind 0x08
+    data.extend_from_slice(&[8, 0, 0, 0, 0x09, 1, 0, 0]); // no kind 0x09
     let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
     let InputEnd::Close(r) = end else {
         panic!("{end:?}")
@@ -542,4 +573,125 @@ fn the_logon_and_frame_deadlines_close_slow_starters_and_drippers() {
         ..dripped
     };
     assert!(matches!(l.poll_timers(&active, &held), Timer::Nothing));
+}
+
+#[test]
+fn orders_and_replaces_past_the_rate_are_refused_and_cancels_are_free() {
+    let l = rated_layer(1_000, 3, 0);
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    // Burst 3: two orders and a replace pass, the fourth request is refused;
+    // cancels and queries never take a token.
+    let mut data = bytes(&[order(1, 0), order(2, 0)]);
+    data.extend(bytes(&[Replace::new(1, 0, 101, 1)]));
+    data.extend(bytes(&[order(3, 0)]));
+    data.extend(bytes(&[Replace::new(2, 0, 101, 1)]));
+    data.extend(bytes(&[Cancel::new(1, 0)]));
+    data.extend(bytes(&[OrderQuery::new(2, 0)]));
+    let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "route 1",
+            "route 2",
+            "route 1",
+            "Rejected 3 Ok(RateLimited)",
+            "Rejected 2 Ok(RateLimited)",
+            "route 1",
+            "route 2"
+        ]
+    );
+    assert_eq!(fx.counters.rejects_by_reason[17], 2);
+    // A refused order's id was not used: it may be sent again once the
+    // bucket has refilled (one token per millisecond).
+    fx.log.clear();
+    fx.now_ns = 1_000_000;
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[order(3, 0)]), 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(fx.log, ["route 3"]);
+}
+
+#[test]
+fn a_rate_limit_refusal_waits_for_earlier_requests() {
+    let l = rated_layer(1_000, 1, 0);
+    let mut fx = Recorder::default();
+    let mut s = logged_on(&l, &mut fx);
+    let data = bytes(&[order(1, 0), order(2, 0)]);
+    let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Fenced), "{end:?}");
+    assert_eq!((used, cursor), (0, 1));
+    fx.unprocessed = 0;
+    let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, data.len());
+    assert_eq!(fx.log, ["route 1", "Rejected 2 Ok(RateLimited)"]);
+}
+
+#[test]
+fn a_sustained_flood_closes_the_session_with_the_reason_but_a_burst_does_not() {
+    let l = rated_layer(1_000, 2, 5);
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    // 2 pass, 5 are refused: a burst, tolerated.
+    let orders: Vec<NewOrder> = (1..=7).map(|id| order(id, 0)).collect();
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&orders), 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    // One more refusal within the second is a flood.
+    let (used, _, end) = l.handle_input(&mut s, &bytes(&[order(8, 0)]), 0, &mut fx);
+    assert_eq!(used, 8 + 32);
+    let InputEnd::Close(reason) = end else {
+        panic!("expected a close, got {end:?}");
+    };
+    assert_eq!(reason.code(), Some(SessionErrorCode::OrderFlood));
+    assert!(reason.text.contains("order flood"), "{}", reason.text);
+    assert_eq!(
+        fx.log.iter().filter(|l| l.contains("RateLimited")).count(),
+        6,
+        "the request that flooded is refused too"
+    );
+}
+
+#[test]
+fn mass_cancels_route_to_one_shard_or_all_and_version_1_is_refused() {
+    let l = layer();
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    let mut bad_flags = MassCancel::new(4, 0);
+    bad_flags.flags = 1.into();
+    let data = bytes(&[
+        MassCancel::new(1, 1),
+        MassCancel::new(2, MASS_CANCEL_ALL_SYMBOLS),
+        MassCancel::new(3, 9),
+        bad_flags,
+    ]);
+    let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "mass cancel 0x1",
+            "mass cancel 0xffffffff",
+            "Rejected 3 Ok(UnknownSymbol)",
+            "Rejected 4 Ok(InvalidFlags)"
+        ]
+    );
+    assert_eq!(fx.routed[0].account, 7);
+
+    let mut fx = Recorder::default();
+    let mut s = logged_on_with(&l, &mut fx, 1);
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[MassCancel::new(5, 0)]), 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(fx.log, ["Rejected 5 Ok(NotSupported)"]);
 }
