@@ -39,6 +39,7 @@ use crate::rng::stream_seed;
 use crate::schedule::Schedule;
 use crate::session::{Session, SessionConfig, Window};
 use crate::stats::{Counters, Percentiles, new_histogram};
+use crate::timeline::Timeline;
 use crate::verify::{TradeLedger, Violations};
 
 /// Most symbols a directory may list; a server claiming more is refused
@@ -275,6 +276,7 @@ pub fn run_with_metrics(
     let mut next_tick = start + Duration::from_secs(1);
     let mut last = (start, 0u64);
     let mut scratch = new_histogram();
+    let mut timeline = Timeline::new(plan.warmup, plan.duration, plan.interval_log.is_some());
     while finished < workers {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match done_rx.recv_timeout(wait) {
@@ -303,6 +305,7 @@ pub fn run_with_metrics(
                 };
                 last = (now, orders);
                 shared.metrics.add_latency(&scratch);
+                timeline.tick(now.duration_since(start), orders, trades, &scratch);
                 if !plan.quiet {
                     let p99 = (!scratch.is_empty())
                         .then(|| scratch.value_at_quantile(0.99) as f64 / 1000.0);
@@ -315,7 +318,7 @@ pub fn run_with_metrics(
         }
     }
     let outcomes = join_all(handles);
-    Ok(merge(plan, &shared, outcomes))
+    Ok(merge(plan, &shared, outcomes, timeline))
 }
 
 fn join_all(
@@ -327,7 +330,12 @@ fn join_all(
         .collect()
 }
 
-fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> RunReport {
+fn merge(
+    plan: &Plan,
+    shared: &Shared,
+    outcomes: Vec<Option<WorkerOutcome>>,
+    timeline: Timeline,
+) -> RunReport {
     let mut counters = Counters::default();
     let mut latency = new_histogram();
     let mut violations = Violations::default();
@@ -404,6 +412,7 @@ fn merge(plan: &Plan, shared: &Shared, outcomes: Vec<Option<WorkerOutcome>>) -> 
         inflight: plan.outstanding_max(),
         mix: plan.mix,
         latency: Percentiles::of(&latency),
+        recorded: timeline.finish(latency),
         errors,
         unanswered,
         verify,
