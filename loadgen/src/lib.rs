@@ -24,6 +24,7 @@ pub mod hgrm;
 pub mod logging;
 pub mod metrics;
 pub mod outputs;
+pub mod page;
 pub mod plot;
 pub mod report;
 pub mod rng;
