@@ -62,10 +62,35 @@ pub fn run_label(stem: &str) -> String {
     }
 }
 
-/// The value of `"key": number` in a flat JSON file, if there.
+/// The first number named `key` in a JSON document, at any depth
+/// (`tcp-rtt.json` keeps its percentiles under `rtt_us`).
 fn json_number(text: &str, key: &str) -> Option<f64> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v.get(key)?.as_f64()
+    fn find(v: &serde_json::Value, key: &str) -> Option<f64> {
+        let map = v.as_object()?;
+        map.get(key)
+            .and_then(serde_json::Value::as_f64)
+            .or_else(|| map.values().find_map(|inner| find(inner, key)))
+    }
+    find(&serde_json::from_str(text).ok()?, key)
+}
+
+/// Where a bench run goes in the chart's legend: the table's order
+/// (closed loop, then open loop; match, then null; no journal first;
+/// batch or rate ascending).
+fn run_order(stem: &str) -> (u8, u8, u8, u64, String) {
+    let parts: Vec<&str> = stem.split('-').collect();
+    match parts.as_slice() {
+        [kind, engine, journal, last] => (
+            u8::from(*kind != "tput"),
+            u8::from(*engine != "match"),
+            u8::from(*journal != "none"),
+            last.trim_start_matches(['b', 'r'])
+                .parse()
+                .unwrap_or(u64::MAX),
+            stem.to_string(),
+        ),
+        _ => (2, 0, 0, 0, stem.to_string()),
+    }
 }
 
 /// The latency series of every `.hgrm` file in `dir`: closed-loop runs
@@ -77,7 +102,7 @@ fn latency_series_of(dir: &Path) -> Result<Vec<Series>, String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.ends_with(".hgrm"))
         .collect();
-    names.sort_by_key(|n| (!n.starts_with("tput-"), n.clone()));
+    names.sort_by_key(|n| run_order(n.trim_end_matches(".hgrm")));
     names.truncate(LATENCY_SERIES_MAX);
     let mut out = Vec::new();
     for name in names {
@@ -488,6 +513,33 @@ mod tests {
             "match, open loop 20.0k/s"
         );
         assert_eq!(run_label("other"), "other");
+    }
+
+    #[test]
+    fn runs_sort_in_table_order_and_nested_numbers_are_found() {
+        let mut names = vec![
+            "lat-match-none-r100000",
+            "tput-match-fsync-b100",
+            "tput-null-none-b1",
+            "lat-match-none-r20000",
+            "tput-match-none-b100",
+            "tput-match-none-b1",
+        ];
+        names.sort_by_key(|n| run_order(n));
+        assert_eq!(
+            names,
+            vec![
+                "tput-match-none-b1",
+                "tput-match-none-b100",
+                "tput-match-fsync-b100",
+                "tput-null-none-b1",
+                "lat-match-none-r20000",
+                "lat-match-none-r100000",
+            ]
+        );
+        let rtt = r#"{"count": 2000, "rtt_us": {"p50": 52.38, "p99": 4034.76}}"#;
+        assert_eq!(json_number(rtt, "p50"), Some(52.38));
+        assert_eq!(json_number(rtt, "p90"), None);
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn draw_percentiles<DB: DrawingBackend>(
     if !series.is_empty() || !references.is_empty() {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
@@ -367,7 +367,8 @@ fn draw_bars<DB: DrawingBackend>(
         .flat_map(|b| b.values.iter().flatten())
         .map(|b| b.high.max(b.value))
         .fold(0.0f64, f64::max);
-    let y_max = if y_max > 0.0 { y_max * 1.2 } else { 1.0 };
+    // Headroom above the tallest whisker for the legend (upper right).
+    let y_max = if y_max > 0.0 { y_max * 1.45 } else { 1.0 };
     let n = groups.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
