@@ -14,11 +14,14 @@
 //! `hgrm_matches_java` compares it with the Java library's own output.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 
 /// Percentile ticks per half distance to 100%: Java's default (and wrk2's).
 pub const TICKS_PER_HALF_DISTANCE: u32 = 5;
@@ -272,29 +275,60 @@ pub fn parse_percentile_distribution(text: &str) -> Result<Vec<Point>, String> {
     Ok(points)
 }
 
-/// One interval of the run: its histogram (compressed at once: a whole
-/// histogram is some 270 KB, its V2 deflate encoding a few hundred bytes).
-#[derive(Clone, Debug)]
-struct Interval {
-    start: Duration,
-    length: Duration,
-    tag: Option<&'static str>,
-    encoded: Vec<u8>,
+/// The run's latency histograms interval by interval, written as they
+/// come (a line of a few hundred bytes a second, so a long run holds
+/// nothing in memory) as an HdrHistogram interval log: Java's
+/// `HistogramLogWriter` format, through the crate's `interval_log` writer,
+/// which `HistogramLogProcessor` and the crate's `IntervalLogIterator`
+/// read. Values and `Interval_Max` are nanoseconds, as recorded.
+pub struct IntervalLogFile {
+    out: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+    error: Option<String>,
 }
 
-/// The run's latency histograms interval by interval, written as an
-/// HdrHistogram interval log (Java's `HistogramLogWriter` format, which
-/// `HistogramLogProcessor` and the crate's `IntervalLogIterator` read).
-/// Values are nanoseconds, as recorded; `Interval_Max` is in microseconds
-/// (`MaxValueDivisor` 1000).
-#[derive(Clone, Debug, Default)]
-pub struct IntervalLog {
-    intervals: Vec<Interval>,
+impl std::fmt::Debug for IntervalLogFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalLogFile")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
-impl IntervalLog {
-    /// Adds the interval `[start, start + length)` since the run's start;
-    /// `tag` marks unmeasured intervals (`warmup`, `drain`).
+impl IntervalLogFile {
+    /// Creates the file and writes the header: `comment`, `StartTime` and
+    /// `BaseTime` (both `started`: interval timestamps count from the
+    /// run's start) and the legend.
+    pub fn create(path: &Path, started: SystemTime, comment: &str) -> Result<Self, String> {
+        let file = File::create(path).map_err(|e| e.to_string())?;
+        let mut log = IntervalLogFile {
+            out: BufWriter::new(file),
+            serializer: V2DeflateSerializer::new(),
+            error: None,
+        };
+        let mut builder = IntervalLogWriterBuilder::new();
+        builder
+            .add_comment(comment)
+            .add_comment("Values and Interval_Max are nanoseconds.")
+            .with_start_time(started)
+            .with_base_time(started);
+        builder
+            .begin_log_with(&mut log.out, &mut log.serializer)
+            .map_err(|e| e.to_string())?;
+        // Java's HistogramLogWriter writes this legend before the first
+        // interval (the crate's writer does not); both readers skip it.
+        log.out
+            .write_all(
+                b"\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(log)
+    }
+
+    /// Appends the interval `[start, start + length)` since the run's
+    /// start; `tag` marks unmeasured intervals (`warmup`, `drain`). The
+    /// first error is kept for [`IntervalLogFile::finish`] and ends the
+    /// writing.
     pub fn push(
         &mut self,
         h: &Histogram<u64>,
@@ -302,72 +336,28 @@ impl IntervalLog {
         length: Duration,
         tag: Option<&'static str>,
     ) {
-        let mut encoded = Vec::new();
-        // Serializing into a Vec fails only for a histogram the V2 format
-        // cannot hold (none of ours); such an interval is left out.
-        if V2DeflateSerializer::new()
-            .serialize(h, &mut encoded)
-            .is_ok()
-        {
-            self.intervals.push(Interval {
-                start,
-                length,
-                tag,
-                encoded,
+        if self.error.is_some() {
+            return;
+        }
+        // A builder without comments, times or divisor writes no header.
+        let result = IntervalLogWriterBuilder::new()
+            .begin_log_with(&mut self.out, &mut self.serializer)
+            .map_err(|e| e.to_string())
+            .and_then(|mut w| {
+                w.write_histogram(h, start, length, tag.and_then(Tag::new))
+                    .map_err(|e| e.to_string())
             });
+        if let Err(e) = result {
+            self.error = Some(e);
         }
     }
 
-    /// Intervals held.
-    pub fn len(&self) -> usize {
-        self.intervals.len()
-    }
-
-    /// Whether no interval was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.intervals.is_empty()
-    }
-
-    /// The log's text: comments, `StartTime` and `BaseTime` (the run's
-    /// start), the legend, one line per interval (timestamps relative to
-    /// `BaseTime`).
-    pub fn to_text(&self, started: SystemTime, comment: &str) -> Result<String, String> {
-        let mut out: Vec<u8> = Vec::with_capacity(256 + 600 * self.intervals.len());
-        let mut serializer = V2DeflateSerializer::new();
-        let mut builder = IntervalLogWriterBuilder::new();
-        builder
-            .add_comment(comment)
-            .add_comment("Values are nanoseconds; Interval_Max is in microseconds.")
-            .with_start_time(started)
-            .with_base_time(started)
-            .with_max_value_divisor(NS_PER_US);
-        let mut writer = builder
-            .begin_log_with(&mut out, &mut serializer)
-            .map_err(|e| e.to_string())?;
-        for interval in &self.intervals {
-            let h: Histogram<u64> = Deserializer::new()
-                .deserialize(&mut interval.encoded.as_slice())
-                .map_err(|e| format!("re-reading an interval histogram: {e:?}"))?;
-            writer
-                .write_histogram(
-                    &h,
-                    interval.start,
-                    interval.length,
-                    interval.tag.and_then(Tag::new),
-                )
-                .map_err(|e| e.to_string())?;
+    /// Flushes the file: the first error met, if any.
+    pub fn finish(mut self) -> Result<(), String> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
         }
-        drop(writer);
-        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
-        // Java's HistogramLogWriter writes this legend before the first
-        // interval; its reader (and the crate's) skips it.
-        let legend = "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n";
-        let split: usize = text
-            .split_inclusive('\n')
-            .take_while(|line| line.starts_with('#'))
-            .map(str::len)
-            .sum();
-        Ok(format!("{}{legend}{}", &text[..split], &text[split..]))
+        self.out.flush().map_err(|e| e.to_string())
     }
 }
 

@@ -19,27 +19,11 @@ pub fn write_all(plan: &Plan, report: &RunReport) -> Vec<String> {
     {
         errors.push(format!("cannot write --hgrm {}: {e}", path.display()));
     }
-    if let Some(path) = &plan.interval_log {
-        let comment = format!(
-            "dex-trader interval log: one histogram per second of {} ({})",
-            plan.server_name,
-            describe(report)
-        );
-        let text = recorded.interval_log.as_ref().map_or_else(
-            || Ok(String::new()),
-            |log| log.to_text(recorded.started, &comment),
-        );
-        match text {
-            Ok(text) => {
-                if let Err(e) = std::fs::write(path, text) {
-                    errors.push(format!(
-                        "cannot write --interval-log {}: {e}",
-                        path.display()
-                    ));
-                }
-            }
-            Err(e) => errors.push(format!("--interval-log {}: {e}", path.display())),
-        }
+    if let (Some(path), Some(e)) = (&plan.interval_log, &recorded.interval_log_error) {
+        errors.push(format!(
+            "cannot write --interval-log {}: {e}",
+            path.display()
+        ));
     }
     if let Some(path) = &plan.plot {
         let latency = match parse_percentile_distribution(&hgrm) {
@@ -73,6 +57,23 @@ pub fn write_all(plan: &Plan, report: &RunReport) -> Vec<String> {
         }
     }
     errors
+}
+
+/// The first line of the `--interval-log` file.
+pub fn interval_log_comment(plan: &Plan) -> String {
+    let load = match plan.rate {
+        Some(r) => format!("open loop {}/s", crate::report::si(r as f64)),
+        None => "closed loop".into(),
+    };
+    format!(
+        "dex-trader interval log: one latency histogram per second, {} ({} workers x {} \
+         connections, batch {}, {load}, mix {})",
+        plan.server_name,
+        plan.cores.len(),
+        plan.connections,
+        plan.batch,
+        plan.mix.as_str()
+    )
 }
 
 /// `batch 100, closed loop, mix realistic`.

@@ -276,7 +276,12 @@ pub fn run_with_metrics(
     let mut next_tick = start + Duration::from_secs(1);
     let mut last = (start, 0u64);
     let mut scratch = new_histogram();
-    let mut timeline = Timeline::new(plan.warmup, plan.duration, plan.interval_log.is_some());
+    let mut timeline = Timeline::new(
+        plan.warmup,
+        plan.duration,
+        plan.interval_log.as_deref(),
+        &crate::outputs::interval_log_comment(plan),
+    );
     while finished < workers {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match done_rx.recv_timeout(wait) {

@@ -5,15 +5,16 @@
 //! interval histograms the connections already publish: nothing here runs
 //! on a worker.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 
-use crate::hgrm::IntervalLog;
+use crate::hgrm::IntervalLogFile;
 use crate::stats::new_histogram;
 
-/// Most seconds kept for `--plot` (a week of samples is 10 MB); later
-/// seconds are counted but not kept.
+/// Most seconds kept for `--plot`: a week (as long as `--duration` may
+/// be), some 24 MB; later seconds are not kept.
 pub const SECONDS_KEPT_MAX: usize = 7 * 24 * 3600;
 
 /// One second of the run, as the live line saw it.
@@ -42,8 +43,8 @@ pub struct Recorded {
     pub latency: Histogram<u64>,
     /// One entry per second, warmup and drain included.
     pub seconds: Vec<Second>,
-    /// The interval histograms, when `--interval-log` asked for them.
-    pub interval_log: Option<IntervalLog>,
+    /// Why `--interval-log` could not be written, if it could not.
+    pub interval_log_error: Option<String>,
 }
 
 impl Default for Recorded {
@@ -52,7 +53,7 @@ impl Default for Recorded {
             started: SystemTime::UNIX_EPOCH,
             latency: new_histogram(),
             seconds: Vec::new(),
-            interval_log: None,
+            interval_log_error: None,
         }
     }
 }
@@ -61,21 +62,36 @@ impl Default for Recorded {
 #[derive(Debug)]
 pub struct Timeline {
     recorded: Recorded,
+    interval_log: Option<IntervalLogFile>,
     warmup: Duration,
     measured_end: Duration,
     last: (Duration, u64, u64),
 }
 
 impl Timeline {
-    /// A timeline for a run with this warmup and duration, keeping the
-    /// interval histograms when `interval_log`.
-    pub fn new(warmup: Duration, duration: Duration, interval_log: bool) -> Self {
+    /// A timeline for a run with this warmup and duration, writing the
+    /// interval histograms to `interval_log` (headed by `comment`) when
+    /// given.
+    pub fn new(
+        warmup: Duration,
+        duration: Duration,
+        interval_log: Option<&Path>,
+        comment: &str,
+    ) -> Self {
+        let started = SystemTime::now();
+        let mut interval_log_error = None;
+        let interval_log = interval_log.and_then(|path| {
+            IntervalLogFile::create(path, started, comment)
+                .map_err(|e| interval_log_error = Some(e))
+                .ok()
+        });
         Timeline {
             recorded: Recorded {
-                started: SystemTime::now(),
-                interval_log: interval_log.then(IntervalLog::default),
+                started,
+                interval_log_error,
                 ..Recorded::default()
             },
+            interval_log,
             warmup,
             measured_end: warmup + duration,
             last: (Duration::ZERO, 0, 0),
@@ -93,7 +109,7 @@ impl Timeline {
         if secs <= 0.0 {
             return;
         }
-        if let Some(log) = &mut self.recorded.interval_log {
+        if let Some(log) = &mut self.interval_log {
             let tag = if last_elapsed < self.warmup {
                 Some("warmup")
             } else if last_elapsed >= self.measured_end {
@@ -117,8 +133,13 @@ impl Timeline {
 
     /// The recordings, with the measured latency histogram.
     pub fn finish(self, latency: Histogram<u64>) -> Recorded {
+        let interval_log_error = match self.interval_log.map(IntervalLogFile::finish) {
+            Some(Err(e)) => Some(e),
+            _ => self.recorded.interval_log_error,
+        };
         Recorded {
             latency,
+            interval_log_error,
             ..self.recorded
         }
     }
@@ -130,7 +151,13 @@ mod tests {
 
     #[test]
     fn seconds_are_rates_and_warmup_is_marked() {
-        let mut t = Timeline::new(Duration::from_secs(1), Duration::from_secs(2), true);
+        let path = std::env::temp_dir().join(format!("timeline-{}.hlog", std::process::id()));
+        let mut t = Timeline::new(
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Some(&path),
+            "test",
+        );
         let mut h = new_histogram();
         h.record(20_000).unwrap();
         t.tick(Duration::from_secs(1), 1000, 10, &h);
@@ -143,8 +170,19 @@ mod tests {
         assert_eq!(r.seconds[2].trades_per_sec, 20.0);
         assert_eq!(r.seconds[2].p99_us, None);
         assert!((r.seconds[1].p99_us.unwrap() - 20.0).abs() < 0.1);
-        let log = r.interval_log.unwrap().to_text(r.started, "test").unwrap();
-        assert!(log.contains("Tag=warmup,0.000,1.000,20.015,"), "{log}");
-        assert!(log.contains("\n1.000,1.000,20.015,"), "{log}");
+        assert_eq!(r.interval_log_error, None);
+        let log = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(log.starts_with("#test\n"), "{log}");
+        assert!(log.contains("Tag=warmup,0.000,1.000,20015.000,"), "{log}");
+        assert!(log.contains("\n1.000,1.000,20015.000,"), "{log}");
+        assert!(log.contains("\n2.000,0.500,0.000,"), "{log}");
+        let bad = Timeline::new(
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Some(Path::new("/no/such/folder/x.hlog")),
+            "test",
+        );
+        assert!(bad.finish(new_histogram()).interval_log_error.is_some());
     }
 }
