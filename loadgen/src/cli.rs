@@ -22,6 +22,7 @@ Examples:
   dex-trader --server 10.0.0.2:9000 --rate 1000000 --mix match --json result.json
   dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
+  dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
 
 Latency is measured from each request's send time (closed loop) or its
 scheduled time (open loop, --rate) to its first answer from the server.

@@ -186,6 +186,7 @@ fn rss_over_time(text: &str) -> Vec<(f64, f64)> {
             let kib = f.next()?.parse::<f64>().ok()?;
             Some((t, kib / 1024.0))
         })
+        .filter(|(t, mib)| t.is_finite() && mib.is_finite())
         .collect()
 }
 

@@ -119,6 +119,27 @@ fn bad_output_paths_are_usage_errors_before_the_run() {
     }
 }
 
+#[test]
+fn dex_report_says_what_is_wrong_with_a_folder() {
+    let empty = tmp("empty-results");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (args, code, want) in [
+        (vec!["bench", "/no/such/folder"], 2, "is not a folder"),
+        (vec!["bench", empty.to_str().unwrap()], 1, "table.md"),
+        (vec!["netns", empty.to_str().unwrap()], 1, "table.md"),
+        (vec!["other", "."], 2, "invalid value"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dex-report"))
+            .args(&args)
+            .output()
+            .expect("run dex-report");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 fn distribution(scale: f64) -> Vec<Point> {
     [0.0, 0.5, 0.9, 0.99, 0.999, 1.0]
         .iter()
