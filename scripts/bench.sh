@@ -184,6 +184,7 @@ TABLE="$OUT/table.md"
     echo "Machine: $MACHINE. $PLACEMENT. Loopback."
     echo "Command: \`scripts/bench.sh --$MODE\`. Runs of $DURATION after $WARMUP warmup; realistic mix (9% GTC, 3% IOC, 6% cancel, 82% replace), 2 connections."
     echo "Waiting: turbo-dex ${SERVER_WAIT[*]:-with its default --poll adaptive}; dex-trader ${TRADER_WAIT[*]:-parking when idle}."
+    echo "Load average (1, 5, 15 min) before the runs: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown): other work on the machine skews every figure."
     echo
 } >"$TABLE"
 

@@ -10,9 +10,10 @@ use plotters::prelude::*;
 
 use crate::hgrm::Point;
 
-/// Colours of the series, in order (Tableau 10 and two more); the 13th
-/// series takes the first colour again.
-pub const PALETTE: [RGBColor; 12] = [
+/// Colours of the series, in order (Tableau 10 and six more: a `--full`
+/// bench has 15 configurations); the 17th series takes the first colour
+/// again.
+pub const PALETTE: [RGBColor; 16] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -25,6 +26,10 @@ pub const PALETTE: [RGBColor; 12] = [
     RGBColor(23, 190, 207),
     RGBColor(0, 0, 128),
     RGBColor(128, 64, 0),
+    RGBColor(0, 128, 128),
+    RGBColor(199, 21, 133),
+    RGBColor(255, 187, 120),
+    RGBColor(100, 100, 0),
 ];
 
 /// A labelled line: `(x, y)` points.
