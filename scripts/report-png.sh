@@ -35,7 +35,7 @@ PAGE=$(cd "$(dirname "$PAGE")" && pwd)/$(basename "$PAGE")
 mkdir -p "$(dirname "$PNG")"
 PNG=$(cd "$(dirname "$PNG")" && pwd)/$(basename "$PNG")
 # The whole page: tall enough for every chart and table of a --full run.
-HEIGHT=$(awk '/<svg/ { n++ } /<tr>/ { r++ } END { printf "%d\n", 1000 + n * 520 + r * 24 }' "$PAGE")
+HEIGHT=$(awk '/<svg/ { n++ } /<tr>/ { r++ } END { printf "%d\n", 700 + n * 500 + r * 24 }' "$PAGE")
 PROFILE=$(mktemp -d)
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() { rm -rf "$PROFILE"; }

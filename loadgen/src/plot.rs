@@ -7,6 +7,8 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::element::DashedPathElement;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::hgrm::Point;
 
@@ -200,6 +202,11 @@ pub fn run_chart(
     })
 }
 
+/// Most legend rows drawn inside a chart; more go beside it.
+const LEGEND_INSIDE_MAX: usize = 4;
+/// Width of a legend beside a chart, pixels (about 45 characters).
+const LEGEND_WIDTH: u32 = 330;
+
 fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
@@ -243,8 +250,17 @@ fn draw_percentiles<DB: DrawingBackend>(
     } else {
         (1.0, 1000.0)
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
+    // Many lines: the legend goes beside the chart, where it covers none.
+    let beside = series.len() + references.len() > LEGEND_INSIDE_MAX;
+    let titled = area.titled(title, ("sans-serif", 20)).map_err(err)?;
+    let (plot_area, legend_area) = if beside {
+        let (w, _) = titled.dim_in_pixel();
+        let (left, right) = titled.split_horizontally(w.saturating_sub(LEGEND_WIDTH));
+        (left, Some(right))
+    } else {
+        (titled.clone(), None)
+    };
+    let mut chart = ChartBuilder::on(&plot_area)
         .margin(12)
         .margin_right(40)
         .x_label_area_size(45)
@@ -285,7 +301,39 @@ fn draw_percentiles<DB: DrawingBackend>(
             .label(r.label.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(1)));
     }
-    if !series.is_empty() || !references.is_empty() {
+    if let Some(legend) = legend_area {
+        let font = TextStyle::from(("sans-serif", 13)).pos(Pos::new(HPos::Left, VPos::Center));
+        let mut y = 24;
+        for (i, s) in series.iter().enumerate() {
+            let style = color(i).stroke_width(2);
+            legend
+                .draw(&PathElement::new([(4, y), (30, y)], style))
+                .map_err(err)?;
+            legend
+                .draw(&Text::new(s.label.as_str(), (36, y), font.clone()))
+                .map_err(err)?;
+            y += 20;
+        }
+        for (i, r) in references.iter().enumerate() {
+            let c = if i % 2 == 0 {
+                BLACK
+            } else {
+                RGBColor(120, 120, 120)
+            };
+            legend
+                .draw(&DashedPathElement::new(
+                    [(4, y), (30, y)],
+                    6,
+                    4,
+                    c.stroke_width(1),
+                ))
+                .map_err(err)?;
+            legend
+                .draw(&Text::new(r.label.as_str(), (36, y), font.clone()))
+                .map_err(err)?;
+            y += 20;
+        }
+    } else if !series.is_empty() || !references.is_empty() {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
