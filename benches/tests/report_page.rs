@@ -250,3 +250,21 @@ fn netns_tiny_report_draws_grouped_bars_with_ranges() {
         }
     }
 }
+
+/// The page the README shows (benches/report/index.html, a `--short`
+/// run's) stays self-contained and well-formed when it is regenerated.
+#[test]
+fn the_committed_report_page_is_self_contained() {
+    let page = root().join("benches/report/index.html");
+    let html = std::fs::read_to_string(&page).expect("benches/report/index.html is committed");
+    assert_self_contained(&html);
+    let charts = svg_texts(&html);
+    assert_eq!(
+        charts.len(),
+        3,
+        "latency, throughput over time, RSS over time"
+    );
+    assert_has(&charts[0], "bare loopback TCP round trip p50 (");
+    assert_has(&charts[0], "longest hiccup of a spinning thread (");
+    assert!(root().join("benches/report/bench-report.png").is_file());
+}
