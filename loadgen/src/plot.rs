@@ -6,8 +6,8 @@
 //! --report` and `scripts/netns-bench.sh --report`).
 
 use plotters::coord::Shift;
-use plotters::prelude::*;
 use plotters::element::DashedPathElement;
+use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::hgrm::Point;
