@@ -74,13 +74,16 @@ done
 case "$MODE" in
     tiny)
         DURATION=1s WARMUP=500ms BATCHES="1 100" RATES="20000:1" MEMORY_SECS=0 RTT_COUNT=2000
+        MD_SUBSCRIBERS=10 MD_FANOUT=20 MD_RATE=20000
         # The test suite shares two CPUs with other tests: nobody spins.
         SERVER_WAIT=() TRADER_WAIT=() ;;
     short)
         DURATION=3s WARMUP=1s BATCHES="1 10 100 2000" RATES="100000:1 1000000:10" MEMORY_SECS=0 RTT_COUNT=50000
+        MD_SUBSCRIBERS=100 MD_FANOUT=1000 MD_RATE=100000
         SERVER_WAIT=(--poll spin) TRADER_WAIT=(--spin 1s) ;;
     full)
         DURATION=10s WARMUP=2s BATCHES="1 10 100 2000" RATES="100000:1 1000000:10 5000000:50" MEMORY_SECS=60 RTT_COUNT=200000
+        MD_SUBSCRIBERS=100 MD_FANOUT=1000 MD_RATE=100000
         SERVER_WAIT=(--poll spin) TRADER_WAIT=(--spin 1s) ;;
 esac
 
@@ -176,6 +179,8 @@ set_journal_args() {
 fmt_rate() { awk -v x="${1:-0}" 'BEGIN { if (x >= 1e6) printf "%.2fM", x / 1e6; else if (x >= 1e3) printf "%.0fK", x / 1e3; else printf "%.0f", x }'; }
 fmt_us() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x }'; }
 fmt_mib() { awk -v x="${1:-0}" 'BEGIN { printf "%.0f", x / 1024 }'; }
+# The first number named KEY after the first "ANCHOR" in a JSON file.
+json_num_in() { tr -d '\n' <"$1" | sed "s/^.*\"$2\"//" | grep -o "\"$3\"[[:space:]]*:[[:space:]]*[-0-9.eE+]*" | head -n 1 | sed 's/.*:[[:space:]]*//'; }
 
 TABLE="$OUT/table.md"
 {
@@ -300,6 +305,58 @@ for spec in $RATES; do
     rm -rf "$OUT/journal-$name"
   done
 done
+
+step "market data (depth subscribers on every symbol)"
+{
+    echo
+    echo "## Market data: depth subscribers to every symbol beside two trading sessions"
+    echo
+    echo "| run | subscribers | offered/s | batch | orders/s | trades/s | md messages/s | gaps | checksum mismatches | cut-offs | ack p50 us | feed p50 us | feed p99 us |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >>"$TABLE"
+# name:subscribers:rate (0 = closed loop):batch. The first two are the
+# matching cost of depth subscribers at full load; the third the feed
+# latency next to the acknowledgement latency; the last the fan-out.
+MD_ROWS="md-none:0:0:2000 md-depth:$MD_SUBSCRIBERS:0:2000 md-latency:1:$MD_RATE:1 md-fanout:$MD_FANOUT:$MD_RATE:100"
+md_tput_none="" md_tput_subs=""
+for row in $MD_ROWS; do
+    IFS=: read -r name subs rate batch <<<"$row"
+    note "$name ($subs subscribers)"
+    md_args=(--batch "$batch" --connections 2 --mix realistic)
+    [ "$rate" -gt 0 ] && md_args+=(--rate "$rate")
+    # Subscribers read on their own (unpinned) threads, one per CPU at most.
+    [ "$subs" -gt 0 ] && md_args+=(--subscribe all --depth --subscribers "$subs" --subscriber-threads "$(( N < 4 ? N : 4 ))")
+    if run_one "$name" --engine match --journal none -- "${md_args[@]}"; then
+        j="$OUT/$name.json"
+        dur=$(json_num "$j" duration_secs)
+        tput=$(json_num "$j" orders_per_sec)
+        [ "$name" = md-none ] && md_tput_none=$tput
+        [ "$name" = md-depth ] && md_tput_subs=$tput
+        if [ "$subs" -gt 0 ]; then
+            md_rate=$(json_num_in "$j" market_data messages_per_sec)
+            gaps=$(json_num_in "$j" market_data gaps)
+            bad=$(json_num_in "$j" market_data checksum_mismatches)
+            cuts=$(json_num_in "$j" market_data cut_offs)
+            feed50=$(fmt_us "$(json_num_in "$j" latency_us p50)")
+            feed99=$(fmt_us "$(json_num_in "$j" latency_us p99)")
+        else
+            md_rate=0 gaps="" bad="" cuts="" feed50="" feed99=""
+        fi
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$subs" \
+            "$([ "$rate" -gt 0 ] && fmt_rate "$rate" || echo "closed loop")" "$batch" "$(fmt_rate "$tput")" \
+            "$(fmt_rate "$(awk -v r="$(json_num "$j" trades)" -v d="$dur" 'BEGIN { print (d > 0 ? r / d : 0) }')")" \
+            "$(fmt_rate "$md_rate")" "$gaps" "$bad" "$cuts" "$(fmt_us "$(json_num "$j" p50)")" "$feed50" "$feed99" >>"$TABLE"
+    else
+        failures=$((failures + 1))
+        printf '| %s | %s | | %s | failed | | | | | | | | |\n' "$name" "$subs" "$batch" >>"$TABLE"
+    fi
+done
+if [ -n "$md_tput_none" ] && [ -n "$md_tput_subs" ]; then
+    {
+        echo
+        awk -v a="$md_tput_subs" -v b="$md_tput_none" -v n="$MD_SUBSCRIBERS" 'BEGIN { if (b > 0) printf "Matching with %d depth subscribers: %.0f%% of the throughput with none (target: at least 80%%).\n", n, 100 * a / b }'
+    } >>"$TABLE"
+fi
 
 if [ "$MEMORY_SECS" -gt 0 ]; then
     step "memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match)"

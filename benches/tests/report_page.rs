@@ -184,6 +184,8 @@ fn bench_tiny_report_is_one_self_contained_page() {
         "match, batch 100, closed loop, fsync journal",
         "match, open loop 20.0k/s",
         "match, open loop 20.0k/s, fsync journal",
+        "market data: none",
+        "market data: depth",
         // The reference line.
         "bare loopback TCP round trip p50 (",
     ] {

@@ -4,5 +4,6 @@
 pub mod book;
 pub mod config;
 pub mod journal;
+pub mod mdbridge;
 pub mod server;
 pub mod session_id;

@@ -9,7 +9,9 @@ use engine::book::ShardConfig;
 use engine::config::parse_symbols;
 use engine::journal::JournalConfig;
 use engine::server::durable::JournalSettings;
-use engine::server::{EngineKind, PollMode, Server, ServerConfig, ring_capacity_for, stats};
+use engine::server::{
+    EngineKind, MdNatsSettings, PollMode, Server, ServerConfig, ring_capacity_for, stats,
+};
 use tuning::{CpuList, HostCheckConfig};
 
 #[global_allocator]
@@ -154,6 +156,25 @@ struct Args {
     /// loopback or behind a firewall.
     #[arg(long, value_name = "ADDR:PORT|none", default_value = "127.0.0.1:9100")]
     admin: String,
+
+    /// Market data: a subscriber whose unsent output passes this many bytes
+    /// when an update is to be added loses its subscriptions (MdStatus
+    /// CutOff; it may subscribe again). At or above --out-max-bytes it never
+    /// acts: the slow-consumer disconnect comes first.
+    #[arg(long, value_name = "BYTES", default_value_t = engine::server::limits::MD_MAX_QUEUE_BYTES)]
+    md_max_queue: usize,
+
+    /// Republish every trade and top of book to NATS, on subjects
+    /// turbo-dex.md.<SYMBOL>.trade and turbo-dex.md.<SYMBOL>.bbo, from a
+    /// thread that is not an engine core (when NATS is slow or down,
+    /// records are dropped and counted; matching never waits). Off by default.
+    #[arg(long, value_name = "nats://HOST:PORT")]
+    md_nats: Option<String>,
+
+    /// Payload of the NATS market data: the binary records of PROTOCOL.md
+    /// (MdTrade, MdTopOfBook) or one JSON object per message.
+    #[arg(long, value_name = "binary|json", default_value = "binary")]
+    md_nats_format: engine::mdbridge::BridgeFormat,
 
     /// Log lines on stderr as text (for people) or JSON (one object per
     /// line, for log collectors). RUST_LOG filters them (default: info).
@@ -332,6 +353,11 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
         .unwrap_or_else(|| ring_capacity_for(cpus.len()));
     cfg.auth_token = args.auth_token.map(String::into_bytes);
     cfg.live_stats = !args.quiet;
+    cfg.md_max_queue = args.md_max_queue;
+    cfg.md_nats = args.md_nats.map(|url| MdNatsSettings {
+        url,
+        format: args.md_nats_format,
+    });
     cfg.admin = match args.admin.as_str() {
         "none" => None,
         addr => Some(addr.parse().map_err(|e| {

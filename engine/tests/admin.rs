@@ -151,6 +151,7 @@ fn the_stats_schema_keeps_its_field_names() {
             "cores",
             "internal_errors",
             "journal",
+            "market_data",
             "orders",
             "rates",
             "ready",
@@ -186,6 +187,10 @@ fn the_stats_schema_keeps_its_field_names() {
         "bytes,not_durable_rejects,write_seconds_mean,writes"
     );
     assert_eq!(fields(&v["snapshots"]), "seconds,taken");
+    assert_eq!(
+        fields(&v["market_data"]),
+        "cut_offs,messages,messages_per_second,nats_dropped,snapshot_rows,snapshot_seconds,snapshots,subscribes"
+    );
     assert_eq!(
         fields(&v["cores"][0]),
         "connections,core,cpu,iterations,load,orders,ring_high_water_messages"

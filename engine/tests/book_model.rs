@@ -1208,3 +1208,181 @@ fn different_histories_give_different_digests() {
         digests.len()
     );
 }
+
+// -------------------------------------------------------------------------
+// Market data: the depth stream rebuilds the book
+// -------------------------------------------------------------------------
+
+/// A subscriber's copy of one symbol's depth, built only from the events.
+#[derive(Default)]
+struct DepthCopy {
+    /// (price -> (quantity, orders)) per side.
+    sides: [BTreeMap<i64, (u64, u32)>; 2],
+    seq: u64,
+}
+
+impl DepthCopy {
+    fn side(&self, side: Side) -> Vec<(i64, u64, u32)> {
+        let s = &self.sides[usize::from(side == Side::Sell)];
+        let rows = s.iter().map(|(&p, &(q, n))| (p, q, n));
+        if side == Side::Buy {
+            rows.rev().collect()
+        } else {
+            rows.collect()
+        }
+    }
+
+    fn checksum(&self) -> u32 {
+        let pq = |rows: Vec<(i64, u64, u32)>| {
+            rows.into_iter().map(|(p, q, _)| (p, q)).collect::<Vec<_>>()
+        };
+        wire::book_checksum(pq(self.side(Side::Buy)), pq(self.side(Side::Sell)))
+    }
+}
+
+/// Runs `cmds` with a recording sink and checks, after every command:
+/// each symbol's sequence is gap-free from 1; applying the level events to
+/// an empty copy reproduces the shard's depth exactly (and its checksum);
+/// every trade event matches a pair of Fills; every top equals the best
+/// levels; and a shard restored from a snapshot continues the sequence.
+fn check_depth_stream(cmds: &[Command], cfg: ShardConfig, split: usize) -> Result<(), String> {
+    use engine::book::{MdEvent, Recorder};
+    let (index, count, symbols) = SHARD;
+    let mut shard = Shard::new(index, count, symbols, cfg);
+    let mut copies: BTreeMap<u32, DepthCopy> =
+        OWNED.iter().map(|&s| (s, DepthCopy::default())).collect();
+    for (step, cmd) in cmds.iter().enumerate() {
+        if step == split {
+            let mut bytes = Vec::new();
+            shard.write_snapshot(&mut bytes);
+            shard = Shard::from_snapshot(&bytes, cfg).map_err(|e| e.to_string())?;
+        }
+        let mut rec = Recorder::default();
+        shard.process(cmd, 1_000 + step as u64, &mut rec);
+        let mut fills = rec.reports.iter().filter_map(|(_, r)| match r {
+            Report::Fill(f) if f.liquidity == Liquidity::Taker.to_wire() => Some(*f),
+            _ => None,
+        });
+        for e in &rec.events {
+            let copy = copies.get_mut(&e.symbol()).ok_or_else(|| {
+                format!("step {step}: an event for symbol {} not here", e.symbol())
+            })?;
+            if e.seq() != copy.seq + 1 {
+                return Err(format!("step {step}: {e:?} after seq {}", copy.seq));
+            }
+            copy.seq = e.seq();
+            match *e {
+                MdEvent::Level {
+                    side,
+                    price,
+                    quantity,
+                    orders,
+                    ..
+                } => {
+                    let s = &mut copy.sides[usize::from(side == Side::Sell)];
+                    if (quantity == 0) != (orders == 0) {
+                        return Err(format!("step {step}: {e:?} half empty"));
+                    }
+                    if quantity == 0 {
+                        if s.remove(&price).is_none() {
+                            return Err(format!("step {step}: {e:?} removes a level not there"));
+                        }
+                    } else {
+                        s.insert(price, (quantity, orders));
+                    }
+                }
+                MdEvent::Trade {
+                    trade_id,
+                    price,
+                    quantity,
+                    aggressor,
+                    ..
+                } => {
+                    let f = fills
+                        .next()
+                        .ok_or_else(|| format!("step {step}: {e:?} without a taker Fill"))?;
+                    let same = (f.trade_id.get(), f.price.get(), f.quantity.get(), f.side);
+                    if same != (trade_id, price, quantity, aggressor.to_wire()) {
+                        return Err(format!("step {step}: {e:?} but the taker's Fill is {f:?}"));
+                    }
+                }
+            }
+        }
+        if fills.next().is_some() {
+            return Err(format!("step {step}: a Fill without a trade event"));
+        }
+        for (&symbol, copy) in &copies {
+            if copy.seq != shard.md_seq(symbol) {
+                return Err(format!(
+                    "step {step}: symbol {symbol} at seq {} but md_seq {}",
+                    copy.seq,
+                    shard.md_seq(symbol)
+                ));
+            }
+            for side in [Side::Buy, Side::Sell] {
+                let real: Vec<(i64, u64, u32)> = shard
+                    .md_levels(symbol, side)
+                    .map(|l| (l.price, l.quantity, l.orders))
+                    .collect();
+                if real != copy.side(side) {
+                    return Err(format!(
+                        "step {step} ({cmd:?}): symbol {symbol} {side}: copy {:?}, book {real:?}",
+                        copy.side(side)
+                    ));
+                }
+            }
+            let pq = |side| {
+                shard
+                    .md_levels(symbol, side)
+                    .map(|l| (l.price, l.quantity))
+                    .collect::<Vec<_>>()
+            };
+            if copy.checksum() != wire::book_checksum(pq(Side::Buy), pq(Side::Sell)) {
+                return Err(format!("step {step}: checksums differ"));
+            }
+        }
+        for &(symbol, seq, bid, ask) in &rec.tops {
+            let best = |side| {
+                shard
+                    .md_levels(symbol, side)
+                    .next()
+                    .map_or(wire::TopLevel::default(), |l| wire::TopLevel {
+                        price: l.price,
+                        quantity: l.quantity,
+                        orders: l.orders,
+                    })
+            };
+            if (seq, bid, ask) != (shard.md_seq(symbol), best(Side::Buy), best(Side::Sell)) {
+                return Err(format!(
+                    "step {step}: top {bid:?} {ask:?} at {seq} is not the book's"
+                ));
+            }
+        }
+        let touched: BTreeSet<u32> = rec.events.iter().map(|e| e.symbol()).collect();
+        let topped: BTreeSet<u32> = rec.tops.iter().map(|t| t.0).collect();
+        if touched != topped {
+            return Err(format!(
+                "step {step}: events for {touched:?} but tops for {topped:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_depth_stream_rebuilds_the_book(cmds in commands(roomy()), split in 0usize..200) {
+        if let Err(e) = check_depth_stream(&cmds, roomy(), split) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+
+    #[test]
+    fn the_depth_stream_rebuilds_tight_books(cmds in commands(tight()), split in 0usize..200) {
+        if let Err(e) = check_depth_stream(&cmds, tight(), split) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}

@@ -320,8 +320,9 @@ fn session_rules() {
     assert!(msgs.iter().any(
         |m| matches!(m, Msg::Error(e) if e.code.get() == SessionErrorCode::DuplicateHello.to_wire())
     ));
-    // Unknown symbol, non-increasing ids, heartbeat echo, subscribe placeholder.
-    let mut c = Client::login(addr, 1, 0);
+    // Unknown symbol, non-increasing ids, heartbeat echo, and a version 1
+    // session's Subscribe (version 2 market data: tests/md.rs).
+    let mut c = Client::login_version(addr, 1, 0, 1);
     c.send(&[buy(5, 2, 10, 1), buy(5, 0, 10, 1), buy(4, 0, 10, 1)]);
     c.send(&[Heartbeat { token: 77.into() }]);
     c.send(&[Subscribe {

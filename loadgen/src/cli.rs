@@ -9,6 +9,7 @@ use tuning::CpuList;
 
 use crate::flow::Mix;
 use crate::logging::LogFormat;
+use crate::md::{MdPlan, SUBSCRIBER_THREADS_MAX, SUBSCRIBERS_MAX, SymbolSpec, subscribe_flags};
 use crate::session::CONNECTIONS_PER_WORKER_MAX;
 
 /// Longest `--duration`, `--warmup` or `--drain`: a week. Keeps the
@@ -22,6 +23,7 @@ Examples:
   dex-trader --server 10.0.0.2:9000 --rate 1000000 --mix match --json result.json
   dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
+  dex-trader --server 127.0.0.1:9000 --mix match --subscribe all --depth --top --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
 
 Latency is measured from each request's send time (closed loop) or its
@@ -173,7 +175,9 @@ pub struct Args {
     /// order's quantity, consistent leaves, reports only for our orders,
     /// trades paired. Cancels every open order at the end (see --drain) and
     /// exits 1 on any violation. Meant for --engine match: the null engine
-    /// keeps no orders. Assumes nobody else trades on the server.
+    /// keeps no orders. Assumes nobody else trades on the server. With
+    /// --subscribe also fails on a market-data gap, checksum or top-of-book
+    /// mismatch, or a feed silent while the run traded.
     #[arg(long)]
     pub verify: bool,
 
@@ -206,6 +210,44 @@ pub struct Args {
     /// network. Default: off.
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
+
+    /// Also run market-data subscribers (protocol version 2) beside the
+    /// trading sessions (always beside them: dex-trader has no mode without
+    /// trading): `all` (one Subscribe for every symbol) or comma-separated
+    /// names or ids from the server's directory. Each keeps a local book
+    /// per symbol, checks every sequence number and checksum, resubscribes
+    /// on a gap or mismatch, and measures feed latency (engine time to
+    /// receipt, one host clock); the report gains `market_data`, and
+    /// --verify fails on any gap or mismatch. Trades are always subscribed.
+    #[arg(long, value_name = "SYMBOLS|all", value_parser = SymbolSpec::parse)]
+    pub subscribe: Option<SymbolSpec>,
+
+    /// With --subscribe: full depth by price level (snapshot, then every
+    /// update; checked against the checksums).
+    #[arg(long, requires = "subscribe")]
+    pub depth: bool,
+
+    /// With --subscribe: top of book (checked against the local book with --depth).
+    #[arg(long, requires = "subscribe")]
+    pub top: bool,
+
+    /// With --subscribe: ask for conflated top of book (at most one per
+    /// symbol per server loop iteration).
+    #[arg(long, requires = "subscribe")]
+    pub conflate: bool,
+
+    /// With --subscribe: subscriber connections (each its own session and
+    /// account, after the trading sessions' accounts).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "subscribe",
+          value_parser = clap::value_parser!(u32).range(1..=SUBSCRIBERS_MAX as i64))]
+    pub subscribers: u32,
+
+    /// With --subscribe: threads the subscribers run on (unpinned, beside
+    /// the trading workers; subscriber i on thread i mod N). One thread
+    /// that cannot keep up gets its subscribers cut off by the server.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "subscribe",
+          value_parser = clap::value_parser!(u32).range(1..=SUBSCRIBER_THREADS_MAX as i64))]
+    pub subscriber_threads: u32,
 }
 
 /// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
@@ -336,6 +378,8 @@ pub struct Plan {
     pub quiet: bool,
     /// `--admin` if given.
     pub admin: Option<SocketAddr>,
+    /// `--subscribe` and its companions, if given.
+    pub market_data: Option<MdPlan>,
 }
 
 impl Plan {
@@ -461,6 +505,12 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         verify: args.verify,
         quiet: args.quiet,
         admin: args.admin,
+        market_data: args.subscribe.clone().map(|symbols| MdPlan {
+            symbols,
+            flags: subscribe_flags(args.depth, args.top, args.conflate),
+            subscribers: args.subscribers as usize,
+            threads: args.subscriber_threads as usize,
+        }),
     };
     check_output_files(&plan)?;
     if args.duration.is_zero() {

@@ -6,7 +6,9 @@
 //! them (tracking every order, and checking every answer under `--verify`),
 //! [`schedule`] says when open-loop orders are due. [`run`] is the only
 //! part with sockets, threads and time: glommio executors pinned to the
-//! `--cores`, moving bytes between the sessions and the server. [`metrics`]
+//! `--cores`, moving bytes between the sessions and the server. [`md`] is
+//! the `--subscribe` market-data subscriber's logic (local books, sequence
+//! and checksum checks), also free of I/O. [`metrics`]
 //! is what the connections publish while they run (the live line,
 //! `--admin`'s `/metrics`); [`logging`] sets up `tracing` for the binary.
 //!
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod flow;
 pub mod hgrm;
 pub mod logging;
+pub mod md;
 pub mod metrics;
 pub mod outputs;
 pub mod page;

@@ -37,9 +37,13 @@ fn read_optional(dir: &Path, name: &str) -> Option<String> {
 }
 
 /// A human name for a bench run: `tput-match-none-b100` is "match, batch
-/// 100, closed loop"; `lat-match-fsync-r100000` is "match, fsync journal,
-/// open loop 100K/s".
+/// 100, closed loop"; `lat-match-fsync-r100000` is "match, open loop
+/// 100k/s, fsync journal"; the market-data rows `md-depth` are "market
+/// data: depth".
 pub fn run_label(stem: &str) -> String {
+    if let Some(row) = stem.strip_prefix("md-") {
+        return format!("market data: {row}");
+    }
     let parts: Vec<&str> = stem.split('-').collect();
     match parts.as_slice() {
         [kind @ ("tput" | "lat"), engine, journal, last] => {
@@ -513,6 +517,7 @@ mod tests {
             run_label("lat-match-none-r20000"),
             "match, open loop 20.0k/s"
         );
+        assert_eq!(run_label("md-depth"), "market data: depth");
         assert_eq!(run_label("other"), "other");
     }
 

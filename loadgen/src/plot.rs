@@ -12,10 +12,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::hgrm::Point;
 
-/// Colours of the series, in order (Tableau 10 and six more: a `--full`
-/// bench has 15 configurations); the 17th series takes the first colour
+/// Colours of the series, in order (Tableau 10 and ten more: a `--full`
+/// bench has 19 configurations); the 21st series takes the first colour
 /// again.
-pub const PALETTE: [RGBColor; 16] = [
+pub const PALETTE: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -32,6 +32,10 @@ pub const PALETTE: [RGBColor; 16] = [
     RGBColor(199, 21, 133),
     RGBColor(255, 187, 120),
     RGBColor(100, 100, 0),
+    RGBColor(255, 0, 255),
+    RGBColor(0, 200, 100),
+    RGBColor(170, 110, 40),
+    RGBColor(70, 70, 70),
 ];
 
 /// A labelled line: `(x, y)` points.

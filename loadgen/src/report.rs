@@ -6,6 +6,7 @@ use std::io;
 use serde::{Serialize, Serializer};
 
 use crate::flow::Mix;
+use crate::md::{JsonMarketData, MarketDataReport};
 use crate::stats::{Counters, Percentiles};
 use crate::timeline::Recorded;
 use crate::verify::Violations;
@@ -53,6 +54,8 @@ pub struct RunReport {
     pub trades_paired: u64,
     /// Why the run stopped early, if it did.
     pub failure: Option<String>,
+    /// What the `--subscribe` subscribers measured (`None` without it).
+    pub market_data: Option<MarketDataReport>,
 }
 
 impl RunReport {
@@ -210,6 +213,9 @@ impl RunReport {
             us(l.max),
             group(l.samples)
         );
+        if let Some(md) = &self.market_data {
+            md.write_summary(&mut s);
+        }
         for w in self.warnings() {
             let _ = writeln!(s, "  WARNING      {w}");
         }
@@ -303,6 +309,7 @@ impl RunReport {
             failure: self.failure.as_deref(),
             warnings: self.warnings(),
             trades_paired: self.trades_paired,
+            market_data: self.market_data.as_ref().map(MarketDataReport::json_view),
         }
     }
 }
@@ -355,6 +362,9 @@ struct JsonReport<'a> {
     /// [`RunReport::warnings`], empty when none applies.
     warnings: Vec<String>,
     trades_paired: u64,
+    /// Only with `--subscribe` (absent otherwise, so the layout above is unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    market_data: Option<JsonMarketData>,
 }
 
 /// `latency_us` of the JSON report.
@@ -425,7 +435,7 @@ impl<K: AsRef<str>> Serialize for Named<K> {
 /// `4567800.0`, as the report always wrote them); non-finite values
 /// become 0.
 #[derive(Clone, Copy, Debug)]
-struct Num(f64);
+pub(crate) struct Num(pub(crate) f64);
 
 impl Serialize for Num {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -531,6 +541,7 @@ mod tests {
             verify: None,
             trades_paired: 0,
             failure: Some("the server said \"no\"".into()),
+            market_data: None,
         }
     }
 

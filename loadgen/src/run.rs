@@ -42,6 +42,8 @@ use crate::stats::{Counters, Percentiles, new_histogram};
 use crate::timeline::Timeline;
 use crate::verify::{TradeLedger, Violations};
 
+mod subscriber;
+
 /// Most symbols a directory may list; a server claiming more is refused
 /// (bounds the memory the handshake allocates).
 pub const DIRECTORY_SYMBOLS_MAX: u32 = 1 << 20;
@@ -254,16 +256,25 @@ pub fn run_with_metrics(
     }
     drop(done_tx);
     let spawned_all = handles.len() == workers;
-    shared.gate.wait_for(handles.len());
+    let md = subscriber::Subscribers::spawn(plan, &shared);
+    shared
+        .gate
+        .wait_for(handles.len() + md.as_ref().map_or(0, subscriber::Subscribers::threads));
     let start = Instant::now();
     let _ = shared.epoch.set(start);
     shared.gate.open();
     if let Some(u) = shared.usage.lock().ok().and_then(|u| u.clone()) {
         join_all(handles);
+        if let Some(md) = md {
+            md.join();
+        }
         return Err(RunError::Usage(u));
     }
     if shared.stopped() || !spawned_all {
         join_all(handles);
+        if let Some(md) = md {
+            md.join();
+        }
         let f = shared.failure.lock().ok().and_then(|f| f.clone());
         return Err(RunError::Failed(
             f.unwrap_or_else(|| "the run stopped".into()),
@@ -323,7 +334,8 @@ pub fn run_with_metrics(
         }
     }
     let outcomes = join_all(handles);
-    Ok(merge(plan, &shared, outcomes, timeline))
+    let md = md.and_then(subscriber::Subscribers::join);
+    Ok(merge(plan, &shared, outcomes, md, timeline))
 }
 
 fn join_all(
@@ -339,6 +351,7 @@ fn merge(
     plan: &Plan,
     shared: &Shared,
     outcomes: Vec<Option<WorkerOutcome>>,
+    md: Option<subscriber::MdRun>,
     timeline: Timeline,
 ) -> RunReport {
     let mut counters = Counters::default();
@@ -366,9 +379,12 @@ fn merge(
             "{lost_workers} worker thread(s) crashed; their figures are missing"
         ));
     }
+    if plan.market_data.is_some() && md.is_none() {
+        shared.fail("the market-data thread crashed; its figures are missing".into());
+    }
     let failure = shared.failure.lock().ok().and_then(|f| f.clone());
     let trades_paired = ledger.paired;
-    let verify = plan.verify.then(|| {
+    let mut verify = plan.verify.then(|| {
         if failure.is_none() {
             ledger.finish(&mut violations);
         }
@@ -405,6 +421,13 @@ fn merge(
             )
         })
     });
+    let covers_traded = md.as_ref().is_some_and(|m| m.covers_traded);
+    let market_data = md.and_then(|m| m.report(plan, duration_secs));
+    if let (Some(v), Some(m)) = (verify.as_mut(), &market_data) {
+        for line in m.violations(counters.trades, covers_traded) {
+            v.push(|| line);
+        }
+    }
     RunReport {
         counters,
         duration_secs,
@@ -423,6 +446,7 @@ fn merge(
         verify,
         trades_paired,
         failure,
+        market_data,
     }
 }
 

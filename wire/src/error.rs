@@ -31,7 +31,8 @@ pub enum DecodeError {
     UnsupportedVersion {
         /// The version byte as received.
         version: u8,
-        /// The version this decoder speaks.
+        /// The newest version this decoder speaks (it speaks
+        /// [`crate::PROTOCOL_VERSION_MIN`] up to this).
         supported: u8,
     },
     /// The length does not equal header + count * message size.
@@ -143,7 +144,8 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::UnsupportedVersion { version, supported } => write!(
                 f,
-                "protocol version {version} is not supported; this side speaks version {supported}"
+                "protocol version {version} is not supported; this side speaks versions {} to {supported}",
+                crate::PROTOCOL_VERSION_MIN
             ),
             DecodeError::BadCount {
                 kind,

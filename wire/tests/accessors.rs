@@ -4,10 +4,11 @@
 use proptest::prelude::*;
 use wire::{
     Accepted, Cancel, CancelReason, Canceled, DecodeError, Direction, Fill,
-    HELLO_CANCEL_ON_DISCONNECT, Hello, Kind, Liquidity, NewOrder, ORDER_POST_ONLY, ORDER_STP_SHIFT,
-    OrderQuery, OrderState, OrderStatus, OrderType, PROTOCOL_VERSION, REPLACED_PRIORITY_KEPT,
-    RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, SessionError, SessionErrorCode,
-    Side, TimeInForce, U16, U32,
+    HELLO_CANCEL_ON_DISCONNECT, Hello, Kind, Liquidity, MD_DEPTH_SNAPSHOT, MdDepth, MdStatus,
+    MdStatusEvent, MdTopOfBook, MdTrade, NewOrder, ORDER_POST_ONLY, ORDER_STP_SHIFT, OrderQuery,
+    OrderState, OrderStatus, OrderType, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    REPLACED_PRIORITY_KEPT, RejectReason, Rejected, Replace, Replaced, SelfTradePrevention,
+    SessionError, SessionErrorCode, Side, Subscribe, TimeInForce, TopLevel, U16, U32,
 };
 
 /// Checks `from_wire` over every value of the representation: the listed
@@ -55,6 +56,7 @@ fn every_enum_accepts_exactly_its_values() {
     check_enum!(OrderState, u8, "order_state");
     check_enum!(RejectReason, u16, "reject_reason");
     check_enum!(SessionErrorCode, u16, "session_error_code");
+    check_enum!(MdStatusEvent, u8, "md_status_event");
 }
 
 #[test]
@@ -175,11 +177,15 @@ proptest! {
     }
 
     #[test]
-    fn hello_validate_checks_version_then_flags(version in any::<u16>(), flags in any::<u16>()) {
+    fn hello_validate_checks_version_then_flags(
+        version in prop_oneof![0u16..4, Just(255), Just(256), any::<u16>()],
+        flags in prop_oneof![0u16..4, any::<u16>()],
+    ) {
         let mut h = Hello::new(1, 0, 0, "token");
         h.protocol_version = U16::new(version);
         h.flags = U16::new(flags);
-        let want = if version != u16::from(PROTOCOL_VERSION) {
+        let spoken = u16::from(PROTOCOL_VERSION_MIN)..=u16::from(PROTOCOL_VERSION);
+        let want = if !spoken.contains(&version) {
             Err(DecodeError::UnsupportedVersion {
                 version: u8::try_from(version).unwrap_or(u8::MAX),
                 supported: PROTOCOL_VERSION,
@@ -251,6 +257,78 @@ proptest! {
         let mut replaced = Replaced::new(1, 2, false, 3, 4);
         replaced.flags = raw8;
         prop_assert_eq!(replaced.priority_kept(), raw8 & REPLACED_PRIORITY_KEPT != 0);
+    }
+
+    #[test]
+    fn market_data_accessors_parse_or_name_the_field(raw8 in any::<u8>()) {
+        let mut depth = MdDepth::new(1, Side::Buy, false, 2, 3, 4, 5, 6);
+        depth.side = raw8;
+        depth.flags = raw8;
+        prop_assert_eq!(depth.side(), Side::from_wire(raw8));
+        prop_assert_eq!(depth.is_snapshot(), raw8 & MD_DEPTH_SNAPSHOT != 0);
+        let mut status = MdStatus::new(1, MdStatusEvent::Checksum, 2, 3, 4, 5);
+        status.event = raw8;
+        prop_assert_eq!(status.event(), MdStatusEvent::from_wire(raw8));
+    }
+
+    #[test]
+    fn market_data_constructors_write_what_accessors_read(
+        side in proptest::sample::select(Side::ALL),
+        event in proptest::sample::select(MdStatusEvent::ALL),
+        snapshot in any::<bool>(),
+        (symbol, seq, engine_ns, trade_id) in any::<(u32, u64, u64, u64)>(),
+        (price, quantity, orders, checksum) in any::<(i64, u64, u32, u32)>(),
+        bid in any::<(i64, u64, u32)>(),
+        ask in any::<(i64, u64, u32)>(),
+    ) {
+        let t = MdTrade::new(symbol, side, seq, engine_ns, trade_id, price, quantity);
+        prop_assert_eq!(
+            (t.symbol.get(), Side::from_wire(t.aggressor_side), t.reserved, t.seq.get()),
+            (symbol, Ok(side), [0; 3], seq)
+        );
+        prop_assert_eq!(
+            (t.engine_ns.get(), t.trade_id.get(), t.price.get(), t.quantity.get()),
+            (engine_ns, trade_id, price, quantity)
+        );
+
+        let level = |(price, quantity, orders): (i64, u64, u32)| TopLevel { price, quantity, orders };
+        let b = MdTopOfBook::new(symbol, seq, engine_ns, level(bid), level(ask));
+        prop_assert_eq!((b.bid(), b.ask()), (level(bid), level(ask)));
+        prop_assert_eq!(
+            (b.symbol.get(), b.reserved.get(), b.seq.get(), b.engine_ns.get()),
+            (symbol, 0, seq, engine_ns)
+        );
+        prop_assert_eq!(
+            (b.bid_price.get(), b.bid_quantity.get(), b.bid_orders.get()),
+            bid
+        );
+        prop_assert_eq!(
+            (b.ask_price.get(), b.ask_quantity.get(), b.ask_orders.get()),
+            ask
+        );
+
+        let d = MdDepth::new(symbol, side, snapshot, seq, engine_ns, price, quantity, orders);
+        prop_assert_eq!((d.side(), d.is_snapshot()), (Ok(side), snapshot));
+        prop_assert_eq!(d.flags, if snapshot { MD_DEPTH_SNAPSHOT } else { 0 });
+        prop_assert_eq!((d.reserved, d.reserved2.get()), ([0; 2], 0));
+        prop_assert_eq!(
+            (d.symbol.get(), d.seq.get(), d.engine_ns.get()),
+            (symbol, seq, engine_ns)
+        );
+        prop_assert_eq!(
+            (d.price.get(), d.quantity.get(), d.orders.get()),
+            (price, quantity, orders)
+        );
+
+        let s = MdStatus::new(symbol, event, seq, engine_ns, checksum, orders);
+        prop_assert_eq!((s.event(), s.reserved), (Ok(event), [0; 3]));
+        prop_assert_eq!(
+            (s.symbol.get(), s.seq.get(), s.engine_ns.get(), s.checksum.get(), s.levels.get()),
+            (symbol, seq, engine_ns, checksum, orders)
+        );
+
+        let sub = Subscribe::new(symbol, checksum);
+        prop_assert_eq!((sub.symbol.get(), sub.flags.get()), (symbol, checksum));
     }
 }
 

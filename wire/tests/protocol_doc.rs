@@ -199,6 +199,49 @@ fn layouts() -> BTreeMap<&'static str, (usize, Vec<Field>)> {
             detail,
             text
         }),
+        layout!(MdTrade {
+            symbol,
+            aggressor_side,
+            reserved,
+            seq,
+            engine_ns,
+            trade_id,
+            price,
+            quantity
+        }),
+        layout!(MdTopOfBook {
+            symbol,
+            reserved,
+            seq,
+            engine_ns,
+            bid_price,
+            bid_quantity,
+            ask_price,
+            ask_quantity,
+            bid_orders,
+            ask_orders
+        }),
+        layout!(MdDepth {
+            symbol,
+            side,
+            flags,
+            reserved,
+            seq,
+            engine_ns,
+            price,
+            quantity,
+            orders,
+            reserved2
+        }),
+        layout!(MdStatus {
+            symbol,
+            event,
+            reserved,
+            seq,
+            engine_ns,
+            checksum,
+            levels
+        }),
     ];
     all.into_iter().map(|(n, s, f)| (n, (s, f))).collect()
 }
@@ -292,7 +335,9 @@ fn the_kinds_table_lists_every_kind_with_its_size() {
         assert_eq!(parse_u64(&row[4]) as usize, per_frame, "{row:?}");
         seen.push(kind);
     }
-    assert_eq!(seen, Kind::ALL, "one row per kind, in code order");
+    let mut by_code = Kind::ALL.to_vec();
+    by_code.sort_by_key(|&k| k as u8);
+    assert_eq!(seen, by_code, "one row per kind, in code order");
 }
 
 #[test]
@@ -377,6 +422,7 @@ fn every_enum_table_matches_the_type() {
         enum_values!(RejectReason),
         enum_values!(SessionErrorCode),
         enum_values!(OrderState),
+        enum_values!(MdStatusEvent),
     ]
     .into_iter()
     .collect();
@@ -410,14 +456,20 @@ fn the_document_states_the_limits_the_code_has() {
     assert_eq!(DEFAULT_MAX_FRAME_BYTES, 1_048_576);
     assert_eq!(MAX_FRAME_BYTES_LIMIT, 16_777_216);
     assert_eq!(HEADER_BYTES, 8);
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION), (1, 2));
+    assert_eq!(ALL_SYMBOLS, 0xffff_ffff);
     let power = |n: u64| format!("2^{} = {}", n.trailing_zeros(), thousands(n));
     for needle in [
         "1,048,576".to_string(),
         "16,777,216".to_string(),
         "65,535".to_string(),
         "a NewOrder is 32 bytes".to_string(),
-        "protocol version 1".to_string(),
+        format!("protocol versions {PROTOCOL_VERSION_MIN} and {PROTOCOL_VERSION}"),
+        format!("`protocol_version` {PROTOCOL_VERSION_MIN} or {PROTOCOL_VERSION}"),
+        format!("best {CHECKSUM_LEVELS} asks"),
+        "0xffffffff".to_string(),
+        "`--md-max-queue`".to_string(),
+        "4 MiB (4,194,304 bytes)".to_string(),
         // §2 and §8.5 give the quantity and price limits as powers of two.
         power(QUANTITY_MAX_LOTS),
         power(PRICE_MAX_TICKS as u64),
@@ -484,6 +536,7 @@ fn the_limits_table_gives_the_wire_constants() {
             u64::from(DEFAULT_MAX_FRAME_BYTES),
         ),
         ("MAX_FRAME_BYTES_LIMIT", u64::from(MAX_FRAME_BYTES_LIMIT)),
+        ("CHECKSUM_LEVELS", CHECKSUM_LEVELS as u64),
     ]
     .into_iter()
     .collect();
@@ -728,13 +781,21 @@ fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
                             o.flags = value as u8;
                             o.fields().err()
                         }
+                        // No check in the crate: a version 2 server refuses
+                        // the bits outside `SUBSCRIBE_FLAGS_KNOWN`.
+                        "Subscribe" => (value as u32 & !SUBSCRIBE_FLAGS_KNOWN != 0).then_some(
+                            DecodeError::ReservedBits {
+                                field: "subscribe.flags",
+                                value,
+                            },
+                        ),
                         other => panic!("{row:?}: no check in the wire crate for {other}"),
                     };
-                    let want = reserved.then(|| DecodeError::ReservedBits {
-                        field: if message == "Hello" {
-                            "hello.flags"
-                        } else {
-                            "new_order.flags"
+                    let want = reserved.then_some(DecodeError::ReservedBits {
+                        field: match message {
+                            "Hello" => "hello.flags",
+                            "Subscribe" => "subscribe.flags",
+                            _ => "new_order.flags",
                         },
                         value,
                     });
@@ -752,25 +813,117 @@ fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
     assert!(invalid_field[4].contains("SessionError(InvalidField)"));
     let invalid_flags = rows.iter().find(|r| r[0] == "NewOrder").unwrap();
     assert!(invalid_flags[4].starts_with(&format!("Rejected({:?})", RejectReason::InvalidFlags)));
+    let subscribe = rows.iter().find(|r| r[0] == "Subscribe").unwrap();
+    assert!(subscribe[4].starts_with(&format!(
+        "Version 2: Rejected({:?})",
+        RejectReason::InvalidFlags
+    )));
+}
+
+/// The bit tables of §7 (`### `X.flags` (uN bits)`): every bit of the field
+/// is in exactly one row, the `Bit` column names the bits of the `Mask`
+/// column, and the rows that are not reserved are the crate's constants.
+#[test]
+fn the_bit_tables_match_the_constants() {
+    let doc = protocol_md();
+    let lines: Vec<&str> = doc.lines().collect();
+    let known: BTreeMap<&str, (u32, Vec<u64>)> = [
+        (
+            "Hello.flags",
+            (16, vec![u64::from(HELLO_CANCEL_ON_DISCONNECT)]),
+        ),
+        (
+            "NewOrder.flags",
+            (8, vec![u64::from(ORDER_POST_ONLY), 0b11 << ORDER_STP_SHIFT]),
+        ),
+        (
+            "Replaced.flags",
+            (8, vec![u64::from(REPLACED_PRIORITY_KEPT)]),
+        ),
+        (
+            "Subscribe.flags",
+            (
+                32,
+                [
+                    SUBSCRIBE_TRADES,
+                    SUBSCRIBE_TOP_OF_BOOK,
+                    SUBSCRIBE_DEPTH,
+                    SUBSCRIBE_CONFLATE,
+                ]
+                .map(u64::from)
+                .to_vec(),
+            ),
+        ),
+        ("MdDepth.flags", (8, vec![u64::from(MD_DEPTH_SNAPSHOT)])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        u64::from(SUBSCRIBE_FLAGS_KNOWN),
+        known["Subscribe.flags"].1.iter().sum::<u64>()
+    );
+    let mut documented = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !(line.starts_with("### `") && line.ends_with(" bits)")) {
+            continue;
+        }
+        let name = backticked(line).unwrap();
+        let (width, masks) = known
+            .get(name)
+            .unwrap_or_else(|| panic!("PROTOCOL.md documents unknown bits {name}"));
+        assert!(line.ends_with(&format!("(u{width} bits)")), "{line}");
+        let (header, rows) = table_after(&lines, i);
+        assert_eq!(header[1], "Mask", "{line}");
+        let mut covered = 0u64;
+        let mut defined = Vec::new();
+        for row in &rows {
+            let mask = parse_u64(&row[1]);
+            assert_eq!(covered & mask, 0, "{name}: {row:?} overlaps");
+            covered |= mask;
+            let (low, high) = match row[0].split_once('–') {
+                Some((a, b)) => (parse_u64(a), parse_u64(b)),
+                None => (parse_u64(&row[0]), parse_u64(&row[0])),
+            };
+            let bits = (u64::MAX >> (63 - high)) & !((1u64 << low) - 1);
+            assert_eq!(bits, mask, "{name}: {row:?}: the bits are not the mask");
+            if !row[2].starts_with("Reserved") {
+                defined.push(mask);
+            }
+        }
+        assert_eq!(
+            covered,
+            u64::MAX >> (64 - width),
+            "{name}: every bit has a row"
+        );
+        assert_eq!(&defined, masks, "{name}");
+        documented.push(name);
+    }
+    let expected: Vec<&str> = known.keys().copied().collect();
+    documented.sort_unstable();
+    assert_eq!(documented, expected, "one table per bit field");
 }
 
 // ---------------------------------------------------------------------------
 // Worked examples
 // ---------------------------------------------------------------------------
 
-/// The example Hello: account 42, cancel-on-disconnect, 1 s heartbeats.
-fn example_hello() -> Vec<u8> {
+/// The example Hello: account 42, cancel-on-disconnect, 1 s heartbeats,
+/// speaking `version` (1 or 2) in the Hello and in the frame header.
+fn example_hello(version: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    let hello = Hello::new(42, HELLO_CANCEL_ON_DISCONNECT, 1_000, "secret");
-    append_frame(&[hello], &mut out).unwrap();
+    let mut hello = Hello::new(42, HELLO_CANCEL_ON_DISCONNECT, 1_000, "secret");
+    hello.protocol_version = u16::from(version).into();
+    let mut w = FrameWriter::new(&mut out).with_version(version);
+    w.push(&hello);
+    w.finish();
     out
 }
 
-/// The example batch: a GTC limit buy and an IOC limit sell with
-/// cancel-resting self-trade prevention, on symbol 7.
+/// The example batch, in a version 1 session: a GTC limit buy and an IOC
+/// limit sell with cancel-resting self-trade prevention, on symbol 7.
 fn example_orders() -> Vec<u8> {
     let mut out = Vec::new();
-    let mut w = FrameWriter::new(&mut out);
+    let mut w = FrameWriter::new(&mut out).with_version(1);
     w.push(&NewOrder::limit(1, 7, Side::Buy, 10_050, 100));
     w.push(&NewOrder::new(
         2,
@@ -785,6 +938,88 @@ fn example_orders() -> Vec<u8> {
     ));
     w.finish();
     out
+}
+
+/// The market-data examples, all of symbol 7 in a version 2 session: the
+/// book holds one bid order of 5 lots at 100 and two ask orders of 7 lots
+/// in all at 101, and the symbol's sequence number is 41.
+const MD_SYMBOL: u32 = 7;
+/// The engine time of the snapshot (2025-12-02 00:00:00 UTC).
+const MD_NS: u64 = 1_764_633_600_000_000_000;
+/// The engine time of the trade, 1.5 ms later.
+const MD_TRADE_NS: u64 = MD_NS + 1_500_000;
+
+/// One frame of `msgs` as a version 2 server writes it.
+fn v2_frame<M: Message>(msgs: &[M]) -> Vec<u8> {
+    let mut b = FrameBuf::default();
+    b.set_version(2);
+    b.push_all(msgs);
+    b.as_bytes().to_vec()
+}
+
+fn example_subscribe() -> Vec<u8> {
+    v2_frame(&[Subscribe::new(
+        MD_SYMBOL,
+        SUBSCRIBE_TRADES | SUBSCRIBE_TOP_OF_BOOK | SUBSCRIBE_DEPTH,
+    )])
+}
+
+fn example_snapshot_rows() -> Vec<u8> {
+    v2_frame(&[
+        MdDepth::new(MD_SYMBOL, Side::Buy, true, 41, MD_NS, 100, 5, 1),
+        MdDepth::new(MD_SYMBOL, Side::Sell, true, 41, MD_NS, 101, 7, 2),
+    ])
+}
+
+fn example_snapshot_end() -> Vec<u8> {
+    let checksum = book_checksum([(100, 5)], [(101, 7)]);
+    v2_frame(&[MdStatus::new(
+        MD_SYMBOL,
+        MdStatusEvent::SnapshotEnd,
+        41,
+        MD_NS,
+        checksum,
+        2,
+    )])
+}
+
+fn example_trade() -> Vec<u8> {
+    v2_frame(&[MdTrade::new(
+        MD_SYMBOL,
+        Side::Sell,
+        42,
+        MD_TRADE_NS,
+        9_001,
+        100,
+        2,
+    )])
+}
+
+fn example_update() -> Vec<u8> {
+    v2_frame(&[MdDepth::new(
+        MD_SYMBOL,
+        Side::Buy,
+        false,
+        43,
+        MD_TRADE_NS,
+        100,
+        3,
+        1,
+    )])
+}
+
+fn example_top_of_book() -> Vec<u8> {
+    let bid = TopLevel {
+        price: 100,
+        quantity: 3,
+        orders: 1,
+    };
+    let ask = TopLevel {
+        price: 101,
+        quantity: 7,
+        orders: 2,
+    };
+    v2_frame(&[MdTopOfBook::new(MD_SYMBOL, 43, MD_TRADE_NS, bid, ask)])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -818,6 +1053,32 @@ fn note(message: &str, field: &str, value: u64) -> String {
             "{value} = {}",
             name(TimeInForce::from_wire(value as u8).map(TimeInForce::as_str))
         ),
+        ("Subscribe", "flags") => {
+            let names: Vec<&str> = [
+                (SUBSCRIBE_TRADES, "trades"),
+                (SUBSCRIBE_TOP_OF_BOOK, "top of book"),
+                (SUBSCRIBE_DEPTH, "depth"),
+                (SUBSCRIBE_CONFLATE, "conflate"),
+            ]
+            .into_iter()
+            .filter(|&(bit, _)| value as u32 & bit != 0)
+            .map(|(_, name)| name)
+            .collect();
+            format!("0x{value:08x} = {}", names.join(", "))
+        }
+        ("MdTrade", "aggressor_side") | ("MdDepth", "side") => format!(
+            "{value} = {}",
+            name(Side::from_wire(value as u8).map(Side::as_str))
+        ),
+        ("MdDepth", "flags") if value as u8 == MD_DEPTH_SNAPSHOT => {
+            format!("0x{value:02x} = snapshot row")
+        }
+        ("MdDepth", "flags") => format!("0x{value:02x} = update"),
+        ("MdStatus", "event") => format!(
+            "{value} = {}",
+            name(MdStatusEvent::from_wire(value as u8).map(MdStatusEvent::as_str))
+        ),
+        ("MdStatus", "checksum") => format!("0x{value:08x}"),
         ("NewOrder", "flags") => format!(
             "0x{value:02x} = self-trade prevention {}",
             name(
@@ -847,7 +1108,9 @@ fn render(title: &str, frame: &[u8]) -> String {
         } else {
             hex(bytes)
         };
-        let value = if f.ty.starts_with("u8[") {
+        let value = if f.name.starts_with("reserved") && bytes.iter().all(|&b| b == 0) {
+            "0".to_string()
+        } else if f.ty.starts_with("u8[") {
             let text = bytes.split(|&b| b == 0).next().unwrap_or_default();
             format!("\"{}\", NUL-padded", String::from_utf8_lossy(text))
         } else {
@@ -884,17 +1147,25 @@ fn render(title: &str, frame: &[u8]) -> String {
 #[test]
 fn hex_examples_are_the_bytes_the_encoder_writes() {
     let doc = protocol_md();
-    let hello = example_hello();
+    let hello_v1 = example_hello(1);
+    let hello_v2 = example_hello(2);
     let orders = example_orders();
     // The examples decode to what they say.
-    let Ok(Decoded::Frame(Frame::Hello(h), 56)) = Decoder::for_server(1 << 20).decode(&hello)
-    else {
-        panic!("the Hello example is one 56-byte frame");
-    };
-    assert_eq!(
-        (h[0].account.get(), h[0].credentials()),
-        (42, &b"secret"[..])
-    );
+    for (bytes, version) in [(&hello_v1, 1), (&hello_v2, 2)] {
+        let Ok(Decoded::Frame(Frame::Hello(h), 56)) = Decoder::for_server(1 << 20).decode(bytes)
+        else {
+            panic!("the Hello example is one 56-byte frame");
+        };
+        assert_eq!(
+            (h[0].account.get(), h[0].credentials()),
+            (42, &b"secret"[..])
+        );
+        assert_eq!(h[0].validate(), Ok(()));
+        assert_eq!(
+            (bytes[5], h[0].protocol_version.get()),
+            (version, u16::from(version))
+        );
+    }
     let Ok(Decoded::Frame(Frame::NewOrder(o), 72)) = Decoder::for_server(1 << 20).decode(&orders)
     else {
         panic!("the NewOrder example is one 72-byte frame");
@@ -902,14 +1173,103 @@ fn hex_examples_are_the_bytes_the_encoder_writes() {
     assert_eq!(o.len(), 2);
     assert!(o.iter().all(|o| o.fields().is_ok()));
     assert_eq!(&orders[HEADER_BYTES..], o.as_bytes());
+    let market_data = [
+        example_snapshot_rows(),
+        example_snapshot_end(),
+        example_trade(),
+        example_update(),
+        example_top_of_book(),
+    ];
+    for bytes in &market_data {
+        assert!(matches!(
+            Decoder::for_client(1 << 20).decode(bytes),
+            Ok(Decoded::Frame(_, n)) if n == bytes.len()
+        ));
+        assert_eq!(bytes[5], 2);
+    }
 
     for block in [
-        render("A Hello frame", &hello),
+        render("A version 1 Hello frame", &hello_v1),
+        render("A version 2 Hello frame", &hello_v2),
         render("A NewOrder frame with two orders", &orders),
+        render("A Subscribe frame", &example_subscribe()),
+        render("An MdDepth frame with two snapshot rows", &market_data[0]),
+        render("An MdStatus frame (SnapshotEnd)", &market_data[1]),
+        render("An MdTrade frame", &market_data[2]),
+        render("An MdDepth frame with one update", &market_data[3]),
+        render("An MdTopOfBook frame", &market_data[4]),
     ] {
         assert!(
             doc.contains(&block),
             "PROTOCOL.md should contain this block exactly:\n\n{block}"
         );
     }
+}
+
+/// CRC-32 as §8.9 defines it, bit by bit: polynomial 0xEDB88320
+/// (reflected), initial value 0xFFFFFFFF, final xor 0xFFFFFFFF.
+fn crc32_reference(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc ^ 0xFFFF_FFFF
+}
+
+/// The checksum's worked example in §8.9 is what `book_checksum` gives, and
+/// the definition the document gives is the one the crate computes.
+#[test]
+fn the_checksum_example_is_what_book_checksum_gives() {
+    let doc = protocol_md();
+    // The definition: the standard check value, and the empty book.
+    assert_eq!(crc32_reference(b"123456789"), 0xCBF4_3926);
+    assert_eq!(book_checksum([], []), 0);
+    assert_eq!(crc32_reference(&[]), 0);
+    // Asks best first, then bids best first, 16 bytes a level, 10 a side.
+    let bids: Vec<(i64, u64)> = (0..12).map(|i| (100 - i, 5 + i as u64)).collect();
+    let asks: Vec<(i64, u64)> = (0..12).map(|i| (101 + i, 7 + 2 * i as u64)).collect();
+    let mut bytes = Vec::new();
+    for (price, quantity) in asks.iter().take(10).chain(bids.iter().take(10)) {
+        bytes.extend_from_slice(&price.to_le_bytes());
+        bytes.extend_from_slice(&quantity.to_le_bytes());
+    }
+    assert_eq!(book_checksum(bids, asks), crc32_reference(&bytes));
+    assert_eq!(
+        book_checksum([], [(101, 7)]),
+        crc32_reference(&bytes[..16]),
+        "one side empty"
+    );
+
+    let mut bytes = Vec::new();
+    for (price, quantity) in [(101i64, 7u64), (100, 5)] {
+        bytes.extend_from_slice(&price.to_le_bytes());
+        bytes.extend_from_slice(&quantity.to_le_bytes());
+    }
+    let checksum = book_checksum([(100, 5)], [(101, 7)]);
+    assert_eq!(checksum, crc32_reference(&bytes));
+    let mut block = String::from("```text\n");
+    for line in bytes.chunks(16) {
+        block += &format!("{}\n", hex(line));
+    }
+    block += &format!(
+        "```\n\nCRC-32 of these 32 bytes: **0x{checksum:08x}** ({checksum}), sent as `{}`.",
+        hex(&checksum.to_le_bytes())
+    );
+    assert!(
+        doc.contains(&block),
+        "PROTOCOL.md should contain this block exactly:\n\n{block}"
+    );
+    // §11's book after the example trade: 7 at 101, 3 at 100.
+    let after_trade = format!("0x{:08x}.", book_checksum([(100, 3)], [(101, 7)]));
+    assert!(
+        doc.contains(&format!("3 lots at 100: {after_trade}")),
+        "§11 should give the checksum {after_trade}"
+    );
 }

@@ -8,9 +8,9 @@ use common::invariants::{check_decode, check_split_reads, check_stream, decoders
 use common::{any_batch, any_encoder};
 use proptest::prelude::*;
 use wire::{
-    DEFAULT_MAX_FRAME_BYTES, DecodeError, Decoded, Decoder, EncodeError, HEADER_BYTES, Kind,
-    MAX_FRAME_BYTES_LIMIT, NewOrder, PROTOCOL_VERSION, SessionError, SessionErrorCode, Side,
-    append_frame,
+    DEFAULT_MAX_FRAME_BYTES, DecodeError, Decoded, Decoder, EncodeError, FrameBuf, FrameWriter,
+    HEADER_BYTES, Kind, MAX_FRAME_BYTES_LIMIT, NewOrder, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    SessionError, SessionErrorCode, Side, append_frame,
 };
 
 /// A header with each field drawn from values that matter: the edges,
@@ -20,7 +20,11 @@ fn header_and_body() -> impl Strategy<Value = Vec<u8>> {
         proptest::sample::select(Kind::ALL).prop_map(|k| k as u8),
         any::<u8>(),
     ];
-    let version = prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u8>()];
+    let version = prop_oneof![
+        2 => Just(PROTOCOL_VERSION),
+        1 => Just(PROTOCOL_VERSION_MIN),
+        1 => any::<u8>(),
+    ];
     let count = prop_oneof![
         Just(0u16),
         Just(1),
@@ -195,12 +199,12 @@ fn every_decode_error_is_typed_and_says_what_is_wrong() {
             SessionErrorCode::FrameTooLarge,
         ),
         (
-            header(8, new_order, 2, 0).to_vec(),
+            header(8, new_order, 3, 0).to_vec(),
             DecodeError::UnsupportedVersion {
-                version: 2,
-                supported: 1,
+                version: 3,
+                supported: PROTOCOL_VERSION,
             },
-            &["protocol version 2", "not supported", "version 1"],
+            &["protocol version 3", "not supported"],
             SessionErrorCode::UnsupportedVersion,
         ),
         (
@@ -290,7 +294,7 @@ fn session_errors_for_decode_errors_carry_kind_and_detail() {
         (
             DecodeError::UnsupportedVersion {
                 version: 7,
-                supported: 1,
+                supported: PROTOCOL_VERSION,
             },
             0,
             7,
@@ -362,6 +366,98 @@ fn header_checks_run_in_the_documented_order() {
         d.decode(&hello_count),
         Err(DecodeError::CountMustBeOne { .. })
     ));
+}
+
+/// Versions 1 and 2 are spoken; any other version byte in a header is
+/// `UnsupportedVersion`, whatever the kind, and found from the header alone.
+#[test]
+fn only_versions_1_and_2_decode() {
+    assert_eq!((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION), (1, 2));
+    let mut frame = Vec::new();
+    append_frame(&[NewOrder::limit(1, 2, Side::Buy, 3, 4)], &mut frame).unwrap();
+    for decoder in [
+        Decoder::default(),
+        Decoder::for_server(DEFAULT_MAX_FRAME_BYTES),
+        Decoder::new(40),
+    ] {
+        for version in 0..=u8::MAX {
+            frame[5] = version;
+            let got = decoder.decode(&frame);
+            if version == 1 || version == 2 {
+                let Ok(Decoded::Frame(f, 40)) = got else {
+                    panic!("version {version}: {got:?}");
+                };
+                assert_eq!((f.kind(), f.len()), (Kind::NewOrder, 1));
+            } else {
+                assert_eq!(
+                    got,
+                    Err(DecodeError::UnsupportedVersion {
+                        version,
+                        supported: PROTOCOL_VERSION
+                    }),
+                    "version {version}"
+                );
+            }
+        }
+    }
+    for version in [0u8, 3, 255] {
+        frame[5] = version;
+        let e = Decoder::default().decode(&frame).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::UnsupportedVersion {
+                version,
+                supported: PROTOCOL_VERSION
+            }
+        );
+        assert_eq!(e.session_error_code(), SessionErrorCode::UnsupportedVersion);
+        assert_eq!(e.detail(), u32::from(version));
+    }
+}
+
+proptest! {
+    /// Whatever the kind and count, a header whose version is not 1 or 2
+    /// is `UnsupportedVersion` (the checks before it, length and size,
+    /// passing), and the same frame with version 1 or 2 decodes the same.
+    #[test]
+    fn a_frame_of_another_version_is_unsupported(
+        batch in any_batch(8),
+        version in prop_oneof![Just(0u8), Just(3), Just(255), 3u8..],
+        session_version in PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION,
+    ) {
+        let mut bytes = Vec::new();
+        let mut w = FrameWriter::new(&mut bytes).with_version(session_version);
+        batch.push_all(&mut w);
+        w.finish();
+        let mut b = FrameBuf::default();
+        b.set_version(session_version);
+        batch.buf_push_all(&mut b);
+        prop_assert_eq!(b.version(), session_version);
+        prop_assert_eq!(b.as_bytes(), &bytes[..], "FrameWriter and FrameBuf write the same bytes");
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        prop_assert_eq!(bytes[5], session_version);
+        let d = Decoder::default();
+        let Ok(Decoded::Frame(frame, used)) = d.decode(&bytes) else {
+            panic!("version {session_version} decodes");
+        };
+        let (kind, len) = (frame.kind(), frame.len());
+        for other in PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION {
+            let mut copy = bytes.clone();
+            copy[5] = other;
+            let Ok(Decoded::Frame(f, u)) = d.decode(&copy) else {
+                panic!("version {other} decodes");
+            };
+            prop_assert_eq!((f.kind(), f.len(), u), (kind, len, used));
+        }
+        bytes[5] = version;
+        prop_assert_eq!(
+            d.decode(&bytes),
+            Err(DecodeError::UnsupportedVersion { version, supported: PROTOCOL_VERSION })
+        );
+        check_stream(&d, None, &bytes);
+    }
 }
 
 #[test]

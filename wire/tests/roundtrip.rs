@@ -10,8 +10,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use wire::{
     Decoded, Decoder, Direction, EncodeError, Frame, FrameBuf, FrameWriter, HEADER_BYTES,
-    Heartbeat, Hello, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, NewOrder, Side,
-    append_frame, encode_frame,
+    Heartbeat, Hello, Kind, MAX_FRAME_BYTES_LIMIT, MAX_MESSAGES_PER_FRAME, MdDepth, MdStatus,
+    MdStatusEvent, MdTopOfBook, MdTrade, NewOrder, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, Side,
+    TopLevel, append_frame, encode_frame,
 };
 
 /// The decoders a batch of `kind` must decode with: the two-way one and the
@@ -67,7 +68,7 @@ fn check_round_trip(batch: &Batch, encoder: Encoder) {
 /// left to chance.
 #[test]
 fn every_kind_round_trips_through_every_encoder() {
-    assert_eq!(Kind::ALL.len(), 19);
+    assert_eq!(Kind::ALL.len(), 23);
     for &kind in Kind::ALL {
         let mut runner = TestRunner::new(Config {
             cases: 48,
@@ -218,6 +219,130 @@ proptest! {
         let parts = decoder.frames(b.as_bytes()).map(|f| Batch::from_frame(&f)).collect::<Vec<_>>();
         prop_assert_eq!(parts, batch.split(&sizes));
     }
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 128, ..Config::default() })]
+
+    /// A session's version is byte 5 of its frame headers and nothing
+    /// else: `FrameWriter::with_version` and `FrameBuf::set_version` write
+    /// the same frames as the default writers (which write
+    /// `PROTOCOL_VERSION`) but for that byte, and they decode to the same
+    /// messages.
+    #[test]
+    fn frames_of_either_version_carry_the_same_messages(
+        batches in prop::collection::vec(any_batch(12), 1..6),
+        version in PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION,
+    ) {
+        let mut default = Vec::new();
+        let mut w = FrameWriter::new(&mut default);
+        let mut versioned = Vec::new();
+        let mut v = FrameWriter::new(&mut versioned).with_version(version);
+        let mut b = FrameBuf::default();
+        prop_assert_eq!(b.version(), PROTOCOL_VERSION);
+        b.set_version(version);
+        for batch in &batches {
+            batch.push_all(&mut w);
+            w.finish();
+            batch.push_all(&mut v);
+            v.finish();
+            batch.buf_push_all(&mut b);
+            b.finish();
+        }
+        prop_assert_eq!(b.as_bytes(), &versioned[..]);
+        prop_assert_eq!(default.len(), versioned.len());
+        let decoder = Decoder::default();
+        let mut at = 0;
+        for frame in decoder.frames(&versioned) {
+            prop_assert_eq!(default[at + 5], PROTOCOL_VERSION);
+            prop_assert_eq!(versioned[at + 5], version);
+            let next = at + HEADER_BYTES + frame.len() * frame.kind().message_bytes();
+            prop_assert_eq!(&default[at..at + 5], &versioned[at..at + 5]);
+            prop_assert_eq!(&default[at + 6..next], &versioned[at + 6..next]);
+            at = next;
+        }
+        prop_assert_eq!(at, versioned.len());
+        let a: Vec<Batch> = decoder.frames(&default).map(|f| Batch::from_frame(&f)).collect();
+        let c: Vec<Batch> = decoder.frames(&versioned).map(|f| Batch::from_frame(&f)).collect();
+        prop_assert_eq!(a, c);
+    }
+}
+
+/// The answer to a depth Subscribe as a server writes it (PROTOCOL.md
+/// §8.9): one frame per run of one kind, many symbols in one frame, and a
+/// client reads back what was written.
+#[test]
+fn market_data_runs_coalesce_and_read_back() {
+    let ns = 1_764_633_600_000_000_000;
+    let subscribed = [
+        MdStatus::new(7, MdStatusEvent::Subscribed, 41, ns, 0, 2),
+        MdStatus::new(8, MdStatusEvent::Subscribed, 0, ns, 0, 0),
+    ];
+    let rows = [
+        MdDepth::new(7, Side::Buy, true, 41, ns, 100, 5, 1),
+        MdDepth::new(7, Side::Sell, true, 41, ns, 101, 7, 2),
+    ];
+    let end = MdStatus::new(
+        7,
+        MdStatusEvent::SnapshotEnd,
+        41,
+        ns,
+        wire::book_checksum([(100, 5)], [(101, 7)]),
+        2,
+    );
+    let top = MdTopOfBook::new(
+        7,
+        41,
+        ns,
+        TopLevel {
+            price: 100,
+            quantity: 5,
+            orders: 1,
+        },
+        TopLevel {
+            price: 101,
+            quantity: 7,
+            orders: 2,
+        },
+    );
+    let trade = MdTrade::new(7, Side::Sell, 42, ns + 1, 9001, 100, 2);
+    let update = MdDepth::new(7, Side::Buy, false, 43, ns + 1, 100, 3, 1);
+
+    let mut b = FrameBuf::default();
+    b.push_all(&subscribed);
+    b.push_all(&rows);
+    b.push(&end);
+    b.push(&top);
+    b.push(&trade);
+    b.push(&update);
+    let mut frames = Decoder::for_client(wire::DEFAULT_MAX_FRAME_BYTES).frames(b.as_bytes());
+    let got: Vec<Frame<'_>> = frames.by_ref().collect();
+    assert_eq!(frames.error(), None);
+    assert_eq!(frames.consumed(), b.len());
+    assert_eq!(
+        got,
+        [
+            Frame::MdStatus(&subscribed),
+            Frame::MdDepth(&rows),
+            Frame::MdStatus(&[end]),
+            Frame::MdTopOfBook(&[top]),
+            Frame::MdTrade(&[trade]),
+            Frame::MdDepth(&[update]),
+        ]
+    );
+    assert_eq!(
+        b.len(),
+        6 * HEADER_BYTES + 2 * 32 + 2 * 48 + 32 + 64 + 48 + 48
+    );
+    // A version 1 server never sends these kinds, but the bytes are the
+    // bytes: the decoder does not tie kinds to versions.
+    let mut v1 = FrameBuf::default();
+    v1.set_version(1);
+    v1.push(&trade);
+    assert!(matches!(
+        Decoder::default().decode(v1.as_bytes()),
+        Ok(Decoded::Frame(Frame::MdTrade(_), 56))
+    ));
 }
 
 /// Feeds `stream` to a reader in reads of `sizes` bytes, keeping the

@@ -141,6 +141,15 @@
 //!
 //! The session layer adds one rule before routing ([`ClientOrderIds`]):
 //! within a session, NewOrder client order ids strictly increase.
+//!
+//! **Market data** (a by-product, through [`Sink::market`] and
+//! [`Sink::top`]): every change of a price level's total quantity or order
+//! count is a [`MdEvent::Level`] with the level's new state, and every trade
+//! a [`MdEvent::Trade`], each stamped with the next number of its symbol's
+//! sequence (from 1; part of the state: digest, snapshots, replay). A trade
+//! is followed by the update of the maker's level. After a command that
+//! produced events for a symbol, a sink that [`Sink::wants_top`] for it gets
+//! the symbol's best levels.
 
 use wire::{
     Accepted, Cancel, Canceled, Fill, NewOrder, OrderQuery, OrderStatus, Rejected, Replace,
@@ -218,18 +227,104 @@ pub enum Report {
     Status(OrderStatus),
 }
 
+/// A market-data event of one book, in sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MdEvent {
+    /// A price level's new state (`quantity` 0 and `orders` 0: gone).
+    Level {
+        symbol: u32,
+        seq: u64,
+        side: wire::Side,
+        price: i64,
+        quantity: u64,
+        orders: u32,
+    },
+    /// A trade at the maker's price.
+    Trade {
+        symbol: u32,
+        seq: u64,
+        aggressor: wire::Side,
+        trade_id: u64,
+        price: i64,
+        quantity: u64,
+    },
+}
+
+impl MdEvent {
+    /// The event's symbol.
+    #[inline]
+    pub fn symbol(&self) -> u32 {
+        match *self {
+            MdEvent::Level { symbol, .. } | MdEvent::Trade { symbol, .. } => symbol,
+        }
+    }
+
+    /// The event's sequence number.
+    #[inline]
+    pub fn seq(&self) -> u64 {
+        match *self {
+            MdEvent::Level { seq, .. } | MdEvent::Trade { seq, .. } => seq,
+        }
+    }
+}
+
 /// Where a shard writes its reports. Implemented by the server's router
 /// (which encodes local sessions' reports straight into their send buffers
 /// and pushes the rest onto the ring to their core) and by `Vec` for tests.
 pub trait Sink {
     /// Delivers one report to `session`.
     fn emit(&mut self, session: SessionId, report: Report);
+
+    /// A market-data event (ignored unless the sink wants market data).
+    #[inline]
+    fn market(&mut self, _event: MdEvent) {}
+
+    /// True when the sink wants [`Sink::top`] after commands that change
+    /// `symbol`'s book.
+    #[inline]
+    fn wants_top(&self, _symbol: u32) -> bool {
+        false
+    }
+
+    /// The best levels of `symbol` after a command that changed its book,
+    /// as of sequence number `seq`.
+    #[inline]
+    fn top(&mut self, _symbol: u32, _seq: u64, _bid: wire::TopLevel, _ask: wire::TopLevel) {}
 }
 
 impl Sink for Vec<(SessionId, Report)> {
     #[inline]
     fn emit(&mut self, session: SessionId, report: Report) {
         self.push((session, report));
+    }
+}
+
+/// A sink that records everything, market data included (tests, tools).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Reports in order.
+    pub reports: Vec<(SessionId, Report)>,
+    /// Market-data events in order.
+    pub events: Vec<MdEvent>,
+    /// Tops in order: (symbol, seq, bid, ask).
+    pub tops: Vec<(u32, u64, wire::TopLevel, wire::TopLevel)>,
+}
+
+impl Sink for Recorder {
+    fn emit(&mut self, session: SessionId, report: Report) {
+        self.reports.push((session, report));
+    }
+
+    fn market(&mut self, event: MdEvent) {
+        self.events.push(event);
+    }
+
+    fn wants_top(&self, _symbol: u32) -> bool {
+        true
+    }
+
+    fn top(&mut self, symbol: u32, seq: u64, bid: wire::TopLevel, ask: wire::TopLevel) {
+        self.tops.push((symbol, seq, bid, ask));
     }
 }
 
@@ -294,6 +389,17 @@ pub trait Matcher {
 
     /// Number of live (resting) orders.
     fn live_orders(&self) -> usize;
+
+    /// The market-data sequence number of `symbol`: how many events its
+    /// book has produced (0 for a symbol not here, or an engine without books).
+    fn md_seq(&self, _symbol: u32) -> u64 {
+        0
+    }
+
+    /// The price levels of one side of `symbol`, best first.
+    fn md_levels(&self, _symbol: u32, _side: wire::Side) -> impl Iterator<Item = LevelView> + '_ {
+        core::iter::empty()
+    }
 }
 
 /// The reject reason for a new order whose enum fields do not decode.

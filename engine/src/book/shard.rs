@@ -44,14 +44,16 @@
 
 use wire::{
     Accepted, CancelReason, Canceled, Fill, Kind, Liquidity, NewOrder, OrderState, OrderStatus,
-    RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce,
+    RejectReason, Rejected, Replace, Replaced, SelfTradePrevention, Side, TimeInForce, TopLevel,
 };
 
 use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
 use super::seen::IdHighWater;
 use super::side::BookSide;
-use super::{Command, Matcher, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for};
+use super::{
+    Command, Matcher, MdEvent, Op, Report, SessionId, ShardConfig, Sink, reject_reason_for,
+};
 
 mod snapshot;
 
@@ -151,12 +153,19 @@ const _: () = assert!(core::mem::size_of::<Level>() == 32);
 #[derive(Debug)]
 struct Book {
     sides: [BookSide; 2],
+    /// Market-data events the book has produced: the last sequence number.
+    seq: u64,
 }
 
 /// The level index's first key word for a side of a book.
 #[inline]
 const fn level_key(book: u32, side: usize) -> u32 {
     (book << 1) | side as u32
+}
+
+#[inline]
+const fn side_of_index(s: usize) -> Side {
+    if s == 0 { Side::Buy } else { Side::Sell }
 }
 
 #[inline]
@@ -407,6 +416,7 @@ impl Shard {
         let side_capacity = SIDE_CAPACITY_INITIAL.min(cfg.levels_per_side_max as usize);
         let books = (0..book_count)
             .map(|_| Book {
+                seq: 0,
                 sides: [
                     BookSide::with_capacity(side_capacity),
                     BookSide::with_capacity(side_capacity),
@@ -943,13 +953,14 @@ impl Shard {
     /// `price`, creating the level if needed. The caller has checked the
     /// side's level limit.
     #[inline]
-    fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) {
+    fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) -> u32 {
         let s = side_index(side);
         let level = match self.find_level(book, s, price) {
             Some(found) => found.slot,
             None => self.add_level(book, s, price),
         };
         self.link_at_level(book, s, level, slot);
+        level
     }
 
     /// Appends an order at the back of a level of side `s` of `book`.
@@ -1022,8 +1033,9 @@ impl Shard {
     /// Takes an order out of its level (subtracting its open quantity from
     /// the level total). A level it empties stays as a tombstone, unless it
     /// was the best level, which is removed (with any tombstones behind it).
+    /// Returns the level's price, total and count after it.
     #[inline]
-    fn unlink(&mut self, slot: u32) {
+    fn unlink(&mut self, slot: u32) -> (i64, u64, u32) {
         let Order {
             prev,
             next,
@@ -1049,6 +1061,7 @@ impl Shard {
         l.count -= 1;
         debug_assert!(self.level_consistent(level));
         let l = &self.levels[level as usize];
+        let after = (l.price, l.total, l.count);
         if l.count == 0 {
             let book = l.book_side >> 1;
             let s = side_index(side);
@@ -1058,6 +1071,76 @@ impl Shard {
                 self.trim_best(book, s);
             }
         }
+        after
+    }
+
+    // ---------------------------------------------------------------------
+    // Market data
+    // ---------------------------------------------------------------------
+
+    /// A level of `book` changed: takes the book's next sequence number
+    /// and reports the level's new state.
+    #[inline]
+    fn level_changed<S: Sink>(
+        &mut self,
+        book: u32,
+        side: Side,
+        (price, quantity, orders): (i64, u64, u32),
+        sink: &mut S,
+    ) {
+        let symbol = self.symbol_of(book);
+        let b = &mut self.books[book as usize];
+        b.seq += 1;
+        sink.market(MdEvent::Level {
+            symbol,
+            seq: b.seq,
+            side,
+            price,
+            quantity,
+            orders,
+        });
+    }
+
+    /// The state of a level, for [`Self::level_changed`].
+    #[inline]
+    fn level_state(&self, level: u32) -> (i64, u64, u32) {
+        let l = &self.levels[level as usize];
+        (l.price, l.total, l.count)
+    }
+
+    /// After a command that may have changed `book`: its best levels to a
+    /// sink that wants them, if its sequence moved past `seq_before`.
+    #[inline]
+    fn after_command<S: Sink>(&self, book: u32, seq_before: u64, sink: &mut S) {
+        let b = &self.books[book as usize];
+        if b.seq == seq_before {
+            return;
+        }
+        let symbol = self.symbol_of(book);
+        if !sink.wants_top(symbol) {
+            return;
+        }
+        let top = |s: usize| {
+            b.sides[s]
+                .best()
+                .map(|(_, level)| {
+                    let l = &self.levels[level as usize];
+                    TopLevel {
+                        price: l.price,
+                        quantity: l.total,
+                        orders: l.count,
+                    }
+                })
+                .unwrap_or_default()
+        };
+        sink.top(symbol, b.seq, top(0), top(1));
+    }
+
+    /// The book of a command's symbol and its sequence number now.
+    #[inline]
+    fn seq_mark(&self, symbol: u32) -> Option<(u32, u64)> {
+        self.book_of(symbol)
+            .map(|book| (book, self.books[book as usize].seq))
     }
 
     // ---------------------------------------------------------------------
@@ -1163,6 +1246,8 @@ impl Shard {
                         maker.filled,
                     );
                     self.remove_front(level, slot);
+                    let state = self.level_state(level);
+                    self.level_changed(book, side_of_index(opposite), state, sink);
                     self.remember(account, id, order_id, symbol, OrderState::Canceled, filled);
                     slot = next;
                     if stop {
@@ -1189,6 +1274,16 @@ impl Shard {
                 taker.filled = taker.filled.saturating_add(quantity);
                 self.levels[level as usize].total -= quantity;
                 let trade_id = self.next_trade_id();
+                let b = &mut self.books[book as usize];
+                b.seq += 1;
+                sink.market(MdEvent::Trade {
+                    symbol,
+                    seq: b.seq,
+                    aggressor: taker.side,
+                    trade_id,
+                    price,
+                    quantity,
+                });
                 sink.emit(
                     maker_owner,
                     Report::Fill(Fill::new(
@@ -1226,6 +1321,8 @@ impl Shard {
                         maker_filled,
                     );
                 }
+                let state = self.level_state(level);
+                self.level_changed(book, maker_side, state, sink);
                 slot = next;
             }
             debug_assert!(self.level_consistent(level));
@@ -1424,7 +1521,9 @@ impl Shard {
                 self.grow_index();
             }
             self.index.insert(cmd.account, client_order_id, slot);
-            self.link_at_price(book, side, price, slot);
+            let level = self.link_at_price(book, side, price, slot);
+            let state = self.level_state(level);
+            self.level_changed(book, side, state, sink);
             return;
         }
         debug_assert!(tif != TimeInForce::Fok, "a FOK that passed can_fill filled");
@@ -1459,20 +1558,23 @@ impl Shard {
             Some(book) => self
                 .find(cmd.account, client_order_id)
                 .filter(|f| self.book_of_slot(f.slot) == book)
+                .map(|f| (book, f))
                 .ok_or(RejectReason::UnknownOrder),
         };
         let report = match found {
             Err(reason) => {
                 Report::Rejected(Rejected::new(client_order_id, symbol, reason, Kind::Cancel))
             }
-            Ok(found) => {
+            Ok((book, found)) => {
                 let Order {
                     open,
                     filled,
                     order_id,
+                    side,
                     ..
                 } = self.orders[found.slot as usize];
-                self.unlink(found.slot);
+                let state = self.unlink(found.slot);
+                self.level_changed(book, side, state, sink);
                 self.retire_order(found.slot, Some(found.position));
                 self.remember(
                     cmd.account,
@@ -1539,6 +1641,10 @@ impl Shard {
             order.open = quantity;
             order.owner = cmd.session;
             debug_assert!(self.level_consistent(o.level));
+            if quantity != o.open {
+                let state = self.level_state(o.level);
+                self.level_changed(book, o.side, state, sink);
+            }
             sink.emit(
                 cmd.session,
                 Report::Replaced(Replaced::new(
@@ -1567,7 +1673,8 @@ impl Shard {
         if o.post_only && self.crosses(book, opposite, threshold) {
             return reject(sink, RejectReason::PostOnlyWouldTake);
         }
-        self.unlink(slot);
+        let state = self.unlink(slot);
+        self.level_changed(book, o.side, state, sink);
         sink.emit(
             cmd.session,
             Report::Replaced(Replaced::new(
@@ -1625,7 +1732,9 @@ impl Shard {
         order.open = taker.remaining;
         order.filled = taker.filled;
         order.owner = cmd.session;
-        self.link_at_price(book, o.side, price, slot);
+        let level = self.link_at_price(book, o.side, price, slot);
+        let state = self.level_state(level);
+        self.level_changed(book, o.side, state, sink);
     }
 
     fn query<S: Sink>(&mut self, cmd: &Command, q: &wire::OrderQuery, sink: &mut S) {
@@ -1665,46 +1774,54 @@ impl Shard {
             if self.live == 0 {
                 return;
             }
-            let symbol = self.symbol_of(book);
-            for side in 0..2 {
-                let mut position = self.books[book as usize].sides[side].len();
-                loop {
-                    // Unlinking may trim emptied levels off the best end:
-                    // those were walked already, but if everything from
-                    // here to the end emptied, the side may now end below
-                    // `position`.
-                    position = position.min(self.books[book as usize].sides[side].len());
-                    if position == 0 {
-                        break;
-                    }
-                    position -= 1;
-                    let (_, level) = self.books[book as usize].sides[side].at(position);
-                    let mut slot = self.levels[level as usize].head;
-                    while slot != NIL {
-                        let o = self.orders[slot as usize];
-                        if o.owner == session {
-                            sink.emit(
-                                session,
-                                Report::Canceled(Canceled::new(
-                                    o.client_order_id,
-                                    symbol,
-                                    CancelReason::Disconnect,
-                                    o.open,
-                                )),
-                            );
-                            self.unlink(slot);
-                            self.retire_order(slot, None);
-                            self.remember(
-                                o.account,
+            let seq_before = self.books[book as usize].seq;
+            self.cancel_session_in(book, session, sink);
+            self.after_command(book, seq_before, sink);
+        }
+    }
+
+    /// [`Self::cancel_session`] in one book.
+    fn cancel_session_in<S: Sink>(&mut self, book: u32, session: SessionId, sink: &mut S) {
+        let symbol = self.symbol_of(book);
+        for side in 0..2 {
+            let mut position = self.books[book as usize].sides[side].len();
+            loop {
+                // Unlinking may trim emptied levels off the best end:
+                // those were walked already, but if everything from
+                // here to the end emptied, the side may now end below
+                // `position`.
+                position = position.min(self.books[book as usize].sides[side].len());
+                if position == 0 {
+                    break;
+                }
+                position -= 1;
+                let (_, level) = self.books[book as usize].sides[side].at(position);
+                let mut slot = self.levels[level as usize].head;
+                while slot != NIL {
+                    let o = self.orders[slot as usize];
+                    if o.owner == session {
+                        sink.emit(
+                            session,
+                            Report::Canceled(Canceled::new(
                                 o.client_order_id,
-                                o.order_id,
                                 symbol,
-                                OrderState::Canceled,
-                                o.filled,
-                            );
-                        }
-                        slot = o.next;
+                                CancelReason::Disconnect,
+                                o.open,
+                            )),
+                        );
+                        let state = self.unlink(slot);
+                        self.level_changed(book, side_of_index(side), state, sink);
+                        self.retire_order(slot, None);
+                        self.remember(
+                            o.account,
+                            o.client_order_id,
+                            o.order_id,
+                            symbol,
+                            OrderState::Canceled,
+                            o.filled,
+                        );
                     }
+                    slot = o.next;
                 }
             }
         }
@@ -1847,19 +1964,37 @@ impl Matcher for Shard {
 
     #[inline]
     fn process<S: Sink>(&mut self, cmd: &Command, now_ns: u64, sink: &mut S) {
+        let symbol = match &cmd.op {
+            Op::New(o) => o.symbol.get(),
+            Op::Cancel(c) => c.symbol.get(),
+            Op::Replace(r) => r.symbol.get(),
+            Op::Query(q) => return self.query(cmd, q, sink),
+            Op::CancelSession => return self.cancel_session(cmd.session, sink),
+        };
+        // Only a sink that wants tops pays for finding the book twice.
+        let mark = if sink.wants_top(symbol) {
+            self.seq_mark(symbol)
+        } else {
+            None
+        };
         match &cmd.op {
-            Op::New(o) => {
-                self.new_order(cmd, o, now_ns, sink);
-                self.debug_check_book(o.symbol.get());
-            }
+            Op::New(o) => self.new_order(cmd, o, now_ns, sink),
             Op::Cancel(c) => self.cancel(cmd, c, sink),
-            Op::Replace(r) => {
-                self.replace(cmd, r, sink);
-                self.debug_check_book(r.symbol.get());
-            }
-            Op::Query(q) => self.query(cmd, q, sink),
-            Op::CancelSession => self.cancel_session(cmd.session, sink),
+            Op::Replace(r) => self.replace(cmd, r, sink),
+            Op::Query(_) | Op::CancelSession => {}
         }
+        self.debug_check_book(symbol);
+        if let Some((book, seq_before)) = mark {
+            self.after_command(book, seq_before, sink);
+        }
+    }
+
+    fn md_seq(&self, symbol: u32) -> u64 {
+        self.seq_mark(symbol).map_or(0, |(_, seq)| seq)
+    }
+
+    fn md_levels(&self, symbol: u32, side: Side) -> impl Iterator<Item = LevelView> + '_ {
+        self.depth(symbol, side)
     }
 
     fn state_digest(&self) -> u64 {

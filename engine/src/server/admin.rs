@@ -214,6 +214,7 @@ struct StatsBody {
     rates: RatesBody,
     journal: JournalBody,
     snapshots: SnapshotsBody,
+    market_data: MarketDataBody,
     cores: Vec<CoreBody>,
     shard_stats: Vec<ShardCounters>,
     internal_errors: u64,
@@ -252,6 +253,22 @@ struct SnapshotsBody {
     taken: u64,
     /// Time matching stood still serializing them, in total.
     seconds: f64,
+}
+
+#[derive(Serialize)]
+struct MarketDataBody {
+    /// Market-data messages written to subscribers.
+    messages: u64,
+    messages_per_second: f64,
+    subscribes: u64,
+    /// Subscribers cut off for falling behind (--md-max-queue).
+    cut_offs: u64,
+    snapshots: u64,
+    snapshot_rows: u64,
+    /// Time matching stood still building snapshots, in total.
+    snapshot_seconds: f64,
+    /// Trades and tops the NATS bridge had no room for (--md-nats).
+    nats_dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -328,6 +345,16 @@ impl StatsBody {
             snapshots: SnapshotsBody {
                 taken: t.snapshots,
                 seconds: t.snapshot_ns as f64 / 1e9,
+            },
+            market_data: MarketDataBody {
+                messages: t.md_messages,
+                messages_per_second: rate(b.md_messages, t.md_messages),
+                subscribes: t.md_subscribes,
+                cut_offs: t.md_cut_offs,
+                snapshots: t.md_snapshots,
+                snapshot_rows: t.md_snapshot_rows,
+                snapshot_seconds: t.md_snapshot_ns as f64 / 1e9,
+                nats_dropped: t.md_nats_dropped,
             },
             cores: core_bodies(a, before, now, secs),
             shard_stats: a.shard_stats(),
@@ -659,6 +686,45 @@ fn journal_metrics(e: &mut Encoder, t: &Counters) {
         "turbo_dex_snapshot_seconds_total",
         "Time matching stood still serializing snapshots.",
         &[(&[], t.snapshot_ns as f64 / 1e9)],
+    );
+    for (name, help, v) in [
+        (
+            "turbo_dex_md_messages_total",
+            "Market-data messages written to subscribers.",
+            t.md_messages,
+        ),
+        (
+            "turbo_dex_md_subscribes_total",
+            "Market-data Subscribe requests.",
+            t.md_subscribes,
+        ),
+        (
+            "turbo_dex_md_cut_offs_total",
+            "Market-data subscribers cut off for falling behind.",
+            t.md_cut_offs,
+        ),
+        (
+            "turbo_dex_md_snapshots_total",
+            "Depth snapshots served to subscribers.",
+            t.md_snapshots,
+        ),
+        (
+            "turbo_dex_md_snapshot_rows_total",
+            "Price levels sent in depth snapshots.",
+            t.md_snapshot_rows,
+        ),
+        (
+            "turbo_dex_md_nats_dropped_total",
+            "Trades and tops the NATS bridge had no room for.",
+            t.md_nats_dropped,
+        ),
+    ] {
+        e.counter(name, help, &one(v));
+    }
+    e.counter(
+        "turbo_dex_md_snapshot_seconds_total",
+        "Time matching stood still building depth snapshots.",
+        &[(&[], t.md_snapshot_ns as f64 / 1e9)],
     );
 }
 

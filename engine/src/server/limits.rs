@@ -73,6 +73,13 @@ const MESH_MESSAGES: usize = 1 << 20;
 /// water mark, cut it off at the maximum.
 pub const OUT_HIGH_WATER_BYTES: usize = 4 << 20;
 pub const OUT_MAX_BYTES: usize = 64 << 20;
+/// Default market-data limit: a subscriber whose unsent output passes it
+/// when a record is to be added is cut off from market data (PROTOCOL.md §8.9).
+pub const MD_MAX_QUEUE_BYTES: usize = 4 << 20;
+/// The smallest market-data limit: room for a few frames.
+pub const MD_MAX_QUEUE_MIN: usize = 64 << 10;
+/// Records each core's ring to the NATS bridge holds.
+pub const MD_NATS_RING: usize = 1 << 16;
 
 const _: () = assert!(CQ_ENTRIES >= SQ_ENTRIES);
 const _: () = assert!(WAIT_MIN_NS < TICK_NS);
@@ -84,6 +91,8 @@ const _: () = assert!(DRAIN_TIMEOUT_MS * 1_000_000 > EXIT_FLUSH_NS);
 const _: () = assert!(HEARTBEAT_MS_MIN as u64 * 1_000_000 >= 2 * TICK_NS);
 const _: () = assert!(HEARTBEAT_MS_MIN < HEARTBEAT_MS_MAX);
 const _: () = assert!(OUT_HIGH_WATER_BYTES <= OUT_MAX_BYTES);
+const _: () = assert!(MD_MAX_QUEUE_MIN <= MD_MAX_QUEUE_BYTES && MD_MAX_QUEUE_BYTES < OUT_MAX_BYTES);
+
 const _: () = assert!(RING_CAPACITY_MIN.is_power_of_two() && RING_CAPACITY_MAX.is_power_of_two());
 const _: () = assert!(RING_CAPACITY_MIN <= RING_CAPACITY_MAX);
 // A journal queue must hold at least one full batch (`--batch` is a u16 range).
@@ -148,6 +157,14 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
             cfg.out_high_water_bytes, cfg.out_max_bytes
         ));
     }
+    // At or above the output cut-off it never acts (the slow-consumer
+    // disconnect comes first): allowed, as a way to turn it off.
+    if cfg.md_max_queue < MD_MAX_QUEUE_MIN {
+        return Err(format!(
+            "--md-max-queue {} is below {MD_MAX_QUEUE_MIN} bytes",
+            cfg.md_max_queue
+        ));
+    }
     if cfg.send_chunk_bytes == 0 {
         return Err("the send chunk must be at least one byte".into());
     }
@@ -186,7 +203,8 @@ mod tests {
     #[test]
     fn each_bad_value_is_named() {
         type Change = fn(&mut ServerConfig);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 7] = [
+            ("--md-max-queue 1", |c| c.md_max_queue = 1),
             ("--shards 1", |c| c.shards = 1),
             ("--heartbeat-ms 50", |c| c.heartbeat_ms = 50),
             ("--batch 0", |c| c.batch = 0),

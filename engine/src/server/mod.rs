@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use self::durable::{Housekeeper, JournalSettings};
 pub use self::limits::ring_capacity_for;
-use self::limits::{DRAIN_TIMEOUT_MS, OUT_HIGH_WATER_BYTES, OUT_MAX_BYTES};
+use self::limits::{DRAIN_TIMEOUT_MS, MD_MAX_QUEUE_BYTES, OUT_HIGH_WATER_BYTES, OUT_MAX_BYTES};
 use self::stats::{CoreStats, Counters, Sample};
 use self::uring::WakeFd;
 use crate::book::ShardConfig;
@@ -106,6 +106,19 @@ pub struct ServerConfig {
     /// Where the admin endpoint listens (`/health`, `/ready`, `/stats`,
     /// `/metrics`), or `None` for no endpoint.
     pub admin: Option<SocketAddr>,
+    /// Unsent output past which a market-data subscriber is cut off.
+    pub md_max_queue: usize,
+    /// Republish trades and tops to NATS, or `None`.
+    pub md_nats: Option<MdNatsSettings>,
+}
+
+/// The NATS market-data bridge's settings (`--md-nats`).
+#[derive(Clone, Debug)]
+pub struct MdNatsSettings {
+    /// `nats://HOST:PORT[,...]`.
+    pub url: String,
+    /// Payload encoding.
+    pub format: crate::mdbridge::BridgeFormat,
 }
 
 impl ServerConfig {
@@ -136,6 +149,8 @@ impl ServerConfig {
             live_stats: false,
             journal: None,
             admin: None,
+            md_max_queue: MD_MAX_QUEUE_BYTES,
+            md_nats: None,
             cpus,
         }
     }
@@ -282,6 +297,8 @@ pub struct Server {
     _journal_lock: Option<std::fs::File>,
     /// The admin endpoint, when it runs.
     admin: Option<tuning::admin::AdminServer>,
+    /// The NATS market-data bridge, when it runs.
+    md_bridge: Option<crate::mdbridge::Bridge>,
 }
 
 impl Server {
@@ -367,6 +384,20 @@ impl Server {
             let _ = t.join();
         }
         self.stop_housekeeper();
+        if let Some(bridge) = self.md_bridge.take() {
+            let s = bridge.stats();
+            tracing::info!(
+                "NATS market data: {} published, {} dropped (disconnected {}, full rings {}, slow {}), {} publish errors, {} reconnects",
+                s.published,
+                s.dropped_disconnected + s.dropped_full + s.dropped_slow,
+                s.dropped_disconnected,
+                s.dropped_full,
+                s.dropped_slow,
+                s.publish_errors,
+                s.reconnects
+            );
+            bridge.stop();
+        }
         let mut total = Counters::default();
         for c in &cores {
             total.add(c);

@@ -51,7 +51,16 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         placement_table(cfg.symbols.len(), cfg.shards, cfg.cpus.len()).into();
     let journal = open_journal(&cfg, &shared)?;
     let mut journal = journal;
-    let mut spawned = spawn_cores(&cfg, &shared, meshes, listeners, &placement, &mut journal)?;
+    let (md_bridge, feeds) = start_md_bridge(&cfg)?;
+    let mut spawned = spawn_cores(
+        &cfg,
+        &shared,
+        meshes,
+        listeners,
+        &placement,
+        &mut journal,
+        feeds,
+    )?;
     let failure = wait_ready(&mut spawned);
     let Spawned { threads, go, .. } = spawned;
     let mut server = Server {
@@ -65,6 +74,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         housekeeper: journal.housekeeper,
         _journal_lock: journal.lock,
         admin,
+        md_bridge,
     };
     if let Err(e) = failure {
         drop(go);
@@ -223,7 +233,9 @@ fn spawn_cores(
     listeners: Vec<TcpListener>,
     placement: &Arc<[Placement]>,
     journal: &mut OpenJournal,
+    feeds: Vec<crate::mdbridge::BridgeFeed>,
 ) -> Result<Spawned, StartError> {
+    let mut feeds = feeds.into_iter();
     let OpenJournal {
         settings,
         housekeeper,
@@ -262,6 +274,7 @@ fn spawn_cores(
             placement: Arc::clone(placement),
             journal_fsync: settings.is_some_and(|j| j.fsync),
             snapshot_every_records: settings.map_or(u64::MAX, |j| j.config.snapshot_every_records),
+            md_max_queue: cfg.md_max_queue,
             session: SessionConfig {
                 symbol_count: cfg.symbols.len() as u32,
                 directory: Arc::clone(&directory),
@@ -291,6 +304,7 @@ fn spawn_cores(
             ready: ready_tx.clone(),
             go: go_rx,
             cpu,
+            bridge: feeds.next(),
         };
         let engine = cfg.engine;
         let shard_cfg = cfg.shard;
@@ -347,6 +361,7 @@ struct CoreParts {
     ready: mpsc::Sender<Ready>,
     go: mpsc::Receiver<u32>,
     cpu: usize,
+    bridge: Option<crate::mdbridge::BridgeFeed>,
 }
 
 impl CoreParts {
@@ -441,8 +456,9 @@ fn run_core<M: Matcher + Snapshot>(
         ready,
         go,
         cpu,
+        bridge,
     } = parts;
-    match Core::new(cfg, shared, listener, mesh, shards, journal) {
+    match Core::new(cfg, shared, listener, mesh, shards, journal, bridge) {
         Ok(mut core) => {
             let _ = ready.send(Ok(session_seq_max));
             drop(ready);
@@ -464,4 +480,34 @@ fn run_core<M: Matcher + Snapshot>(
             }
         }
     }
+}
+
+/// Starts the NATS market-data bridge when `--md-nats` asks for it: one
+/// feed per core (a bounded ring; the bridge thread publishes).
+fn start_md_bridge(
+    cfg: &ServerConfig,
+) -> Result<
+    (
+        Option<crate::mdbridge::Bridge>,
+        Vec<crate::mdbridge::BridgeFeed>,
+    ),
+    StartError,
+> {
+    let Some(nats) = &cfg.md_nats else {
+        return Ok((None, Vec::new()));
+    };
+    let bridge_cfg = crate::mdbridge::BridgeConfig {
+        url: nats.url.clone(),
+        format: nats.format,
+        symbols: cfg.symbols.iter().cloned().collect(),
+        ring_capacity: super::limits::MD_NATS_RING,
+    };
+    let (bridge, feeds) = crate::mdbridge::Bridge::start(bridge_cfg, cfg.cpus.len())
+        .map_err(|e| StartError::Config(format!("--md-nats {}: {e}", nats.url)))?;
+    tracing::info!(
+        "market data to NATS at {} ({} payloads) on turbo-dex.md.<SYMBOL>.trade and .bbo",
+        nats.url,
+        nats.format
+    );
+    Ok((Some(bridge), feeds))
 }

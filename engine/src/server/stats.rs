@@ -50,6 +50,18 @@ pub struct Counters {
     pub snapshots: u64,
     /// Time matching stood still serializing them.
     pub snapshot_ns: u64,
+    /// Market-data messages written to subscribers.
+    pub md_messages: u64,
+    /// Subscribe requests (an all-symbols one counts once).
+    pub md_subscribes: u64,
+    /// Subscribers cut off for falling behind.
+    pub md_cut_offs: u64,
+    /// Snapshots served, their rows, and the time matching stood still for them.
+    pub md_snapshots: u64,
+    pub md_snapshot_rows: u64,
+    pub md_snapshot_ns: u64,
+    /// Trades and tops the NATS bridge's ring had no room for.
+    pub md_nats_dropped: u64,
     /// States that cannot happen (an unknown completion, a placement miss):
     /// counted and logged at exit instead of crashing a release build.
     pub internal_errors: u64,
@@ -238,6 +250,13 @@ published!(
     journal_rejects,
     snapshots,
     snapshot_ns,
+    md_messages,
+    md_subscribes,
+    md_cut_offs,
+    md_snapshots,
+    md_snapshot_rows,
+    md_snapshot_ns,
+    md_nats_dropped,
     internal_errors;
     arrays: rejects_by_reason,
     closes_by_reason,

@@ -54,6 +54,10 @@ pub enum Msg {
     Heartbeat(ServerHeartbeat),
     Status(OrderStatus),
     Error(SessionError),
+    MdTrade(MdTrade),
+    MdTop(MdTopOfBook),
+    MdDepth(MdDepth),
+    MdStatus(MdStatus),
     Other(Kind),
 }
 
@@ -78,11 +82,17 @@ pub struct Client {
     pub session: u64,
     pub symbols: Vec<SymbolEntry>,
     pub closed: bool,
+    /// The header versions of the frames received.
+    pub versions: std::collections::BTreeSet<u8>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a connected stream.
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -94,13 +104,25 @@ impl Client {
             session: 0,
             symbols: Vec::new(),
             closed: false,
+            versions: Default::default(),
         }
     }
 
     /// Connects and logs in; waits for the ack and the whole directory.
     pub fn login(addr: SocketAddr, account: u64, flags: u16) -> Client {
+        Client::login_version(addr, account, flags, PROTOCOL_VERSION)
+    }
+
+    /// Logs in speaking protocol `version` (its frames carry it too).
+    pub fn login_version(addr: SocketAddr, account: u64, flags: u16, version: u8) -> Client {
         let mut c = Client::connect(addr);
-        c.send(&[Hello::new(account, flags, 0, "")]);
+        let mut hello = Hello::new(account, flags, 0, "");
+        hello.protocol_version = u16::from(version).into();
+        let mut out = Vec::new();
+        FrameWriter::new(&mut out)
+            .with_version(version)
+            .push(&hello);
+        c.send_raw(&out);
         let ack = c.wait_for(|m| matches!(m, Msg::Ack(_)), "hello ack");
         let Msg::Ack(ack) = ack else { unreachable!() };
         c.session = ack.session_id.get();
@@ -155,7 +177,12 @@ impl Client {
         let decoder = Decoder::for_client(MAX_FRAME_BYTES_LIMIT);
         let mut frames = decoder.frames(&self.buf);
         let mut got = Vec::new();
-        for f in frames.by_ref() {
+        let mut at = 0;
+        while let Some(f) = frames.next() {
+            if let Some(&v) = self.buf.get(at + 5) {
+                self.versions.insert(v);
+            }
+            at = frames.consumed();
             match f {
                 Frame::HelloAck(m) => got.extend(m.iter().map(|x| Msg::Ack(*x))),
                 Frame::SymbolEntry(m) => got.extend(m.iter().map(|x| Msg::Symbol(*x))),
@@ -167,6 +194,10 @@ impl Client {
                 Frame::ServerHeartbeat(m) => got.extend(m.iter().map(|x| Msg::Heartbeat(*x))),
                 Frame::OrderStatus(m) => got.extend(m.iter().map(|x| Msg::Status(*x))),
                 Frame::SessionError(m) => got.extend(m.iter().map(|x| Msg::Error(*x))),
+                Frame::MdTrade(m) => got.extend(m.iter().map(|x| Msg::MdTrade(*x))),
+                Frame::MdTopOfBook(m) => got.extend(m.iter().map(|x| Msg::MdTop(*x))),
+                Frame::MdDepth(m) => got.extend(m.iter().map(|x| Msg::MdDepth(*x))),
+                Frame::MdStatus(m) => got.extend(m.iter().map(|x| Msg::MdStatus(*x))),
                 other => got.push(Msg::Other(other.kind())),
             }
         }

@@ -5,7 +5,10 @@
 //! Written without test-only dependencies: the fuzz crate includes this
 //! file with `#[path]`.
 
-use wire::{DecodeError, Decoded, Decoder, Direction, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION};
+use wire::{
+    DecodeError, Decoded, Decoder, Direction, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
+};
 use zerocopy::IntoBytes;
 
 /// The bytes a decoded frame's messages occupy. The match is exhaustive, so
@@ -174,7 +177,11 @@ fn check_frame(
     assert_eq!(used, HEADER_BYTES + frame.len() * kind.message_bytes());
     assert_eq!(header_length(input), Some(used as u32));
     assert_eq!(input[4], kind as u8);
-    assert_eq!(input[5], PROTOCOL_VERSION);
+    assert!(
+        (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&input[5]),
+        "the decoder let version {} through",
+        input[5]
+    );
     assert_eq!(
         usize::from(u16::from_le_bytes([input[6], input[7]])),
         frame.len()

@@ -15,7 +15,7 @@
 //! that carries these bytes (with its own header and checksum) is the
 //! journal's business (`crate::journal`).
 //!
-//! # Format, version 1 (little-endian, no padding)
+//! # Format, version 2 (little-endian, no padding)
 //!
 //! | Field | Type |
 //! |---|---|
@@ -25,6 +25,7 @@
 //! | live orders | `u32` |
 //! | next order sequence, next trade sequence | `u64` × 2 |
 //! | history entries | `u64` |
+//! | per book: market-data sequence number (version 2; version 1 has none: read as 0) | `u64` |
 //! | per book, bids then asks: non-empty levels | `u32` |
 //! | per level, best first: price, orders | `i64`, `u32` |
 //! | per order, front first: account, client order id, owner session, order id, open, filled | `u64` × 6 |
@@ -40,8 +41,9 @@ use super::{
     prefetch_read, side_index,
 };
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The snapshot format this build writes (it also reads version 1, which
+/// has no market-data sequence numbers: they restart from 0).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 const MAGIC: [u8; 8] = *b"TDXSHARD";
 
@@ -246,7 +248,7 @@ impl Shard {
     /// An upper bound on the size of [`Self::write_snapshot`]'s output.
     pub fn snapshot_bytes_max(&self) -> usize {
         HEADER_BYTES
-            + self.books.len() * 2 * 4
+            + self.books.len() * (2 * 4 + 8)
             + self.live as usize * (ORDER_BYTES + LEVEL_BYTES)
             + self.history.len() * FINISHED_BYTES
     }
@@ -292,6 +294,10 @@ impl Shard {
         let mut rows: Vec<(i64, u64, u32)> = Vec::new();
         let mut heads: Vec<u32> = Vec::new();
         for book in &self.books {
+            h.add(book.seq);
+            if let Some(out) = out.as_deref_mut() {
+                Writer(out).u64(book.seq);
+            }
             for side in &book.sides {
                 // Tombstones are an internal cache: not part of the state.
                 h.add(u64::from(side.active));
@@ -418,7 +424,7 @@ impl Shard {
             return Err(SnapshotError::BadMagic);
         }
         let version = r.u32()?;
-        if version != SNAPSHOT_FORMAT_VERSION {
+        if !(1..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::Version {
                 found: version,
                 supported: SNAPSHOT_FORMAT_VERSION,
@@ -460,6 +466,9 @@ impl Shard {
         let mut levels: Vec<(i64, usize, usize)> = Vec::new();
         let mut orders: Vec<RestingOrder> = Vec::new();
         for book in 0..book_count {
+            if version >= 2 {
+                shard.books[book as usize].seq = r.u64()?;
+            }
             for s in 0..2 {
                 let side = if s == 0 { Side::Buy } else { Side::Sell };
                 levels.clear();

@@ -58,6 +58,8 @@ pub struct Conn {
     /// When the connection entered `Closing`.
     pub closing_since_ns: u64,
     pub peer: Option<std::net::SocketAddr>,
+    /// Market-data subscriptions (None until the first Subscribe).
+    pub md: Option<super::md::ConnMd>,
 }
 
 impl Conn {
@@ -94,6 +96,7 @@ impl Conn {
             last_out_ns: now_ns,
             closing_since_ns: 0,
             peer,
+            md: None,
         }
     }
 

@@ -141,6 +141,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             }
         }
         self.cancel_recv(slot);
+        self.st.router.md_drop_all(slot);
         if was_active && cancel_on_disconnect {
             self.st.cancel_session_everywhere(id, account);
         }
@@ -208,11 +209,14 @@ impl<M: Matcher + Snapshot> Core<M> {
             refuse(stream, max);
             return;
         };
-        let out = FrameBuf::new(
+        let mut out = FrameBuf::new(
             CONN_BUFFER_BYTES,
             self.st.cfg.max_frame_bytes,
             self.st.cfg.batch.min(usize::from(u16::MAX)) as u16,
         );
+        // Until a Hello says otherwise (a session error before the logon
+        // goes to a client of unknown version): the oldest version.
+        out.set_version(wire::PROTOCOL_VERSION_MIN);
         let id = SessionId::new(self.st.cfg.index as u16, generation, slot);
         let conn = Conn::new(stream, id, self.st.now_ns, out, CONN_BUFFER_BYTES);
         self.st.router.conns.insert(slot, conn);
@@ -560,15 +564,14 @@ fn refuse(stream: std::net::TcpStream, max: usize) {
     use std::io::Write as _;
     let mut buf = Vec::with_capacity(80);
     let text = format!("the server is at its limit of {max} connections");
-    let _ = wire::append_frame(
-        &[SessionError::new(
-            SessionErrorCode::TooManyConnections,
-            0,
-            max as u32,
-            &text,
-        )],
-        &mut buf,
-    );
+    // The client's version is unknown: the oldest one.
+    let mut w = wire::FrameWriter::new(&mut buf).with_version(wire::PROTOCOL_VERSION_MIN);
+    w.push(&SessionError::new(
+        SessionErrorCode::TooManyConnections,
+        0,
+        max as u32,
+        &text,
+    ));
     // Best effort, never blocking the core: a full socket buffer loses it.
     if stream.set_nonblocking(true).is_ok() {
         let _ = (&stream).write(&buf);

@@ -11,11 +11,13 @@
 //! | `io.rs` | connection I/O: accept, receive, send, backpressure, close, timers |
 //! | `route.rs` | symbols to shards, the ring mesh, reports home, processed notices |
 //! | `journal.rs` | journal writes through io_uring, applying durable batches |
+//! | `md.rs` | market data: events to subscribing cores, fan-out, snapshots, cut-off |
 //! | `ops.rs` | io_uring operations: the typed `user_data`, every submission and why its memory outlives it |
 
 mod conn;
 mod io;
 mod journal;
+mod md;
 mod ops;
 mod route;
 mod session;
@@ -61,6 +63,8 @@ pub struct CoreConfig {
     pub journal_fsync: bool,
     /// Records between snapshots of a shard.
     pub snapshot_every_records: u64,
+    /// Unsent output past which a market-data subscriber is cut off.
+    pub md_max_queue: usize,
     /// What the session layer needs.
     pub session: SessionConfig,
 }
@@ -148,6 +152,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         mesh: Mesh,
         shards: Vec<M>,
         journal: Option<CoreJournal>,
+        bridge: Option<crate::mdbridge::BridgeFeed>,
     ) -> std::io::Result<Core<M>> {
         let (ring, _mode) = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let bufring = BufRing::new(&ring, cfg.recv_buffers, cfg.recv_buffer_bytes, 0)?;
@@ -183,6 +188,13 @@ impl<M: Matcher + Snapshot> Core<M> {
                     congested: false,
                     newly_dirty: Vec::with_capacity(1024),
                     counters: Counters::default(),
+                    md: md::MarketData::new(
+                        cfg.index,
+                        cfg.ncores,
+                        cfg.placement.clone(),
+                        cfg.md_max_queue,
+                        bridge,
+                    ),
                 },
                 pending: shards
                     .iter()
@@ -217,13 +229,17 @@ impl<M: Matcher + Snapshot> Core<M> {
             let start = monotonic_ns();
             self.st.now_ns = start;
             self.st.engine_ns = realtime_ns();
+            self.st.router.md.engine_ns = self.st.engine_ns;
             self.reap();
             let popped = self.drain_rings();
             self.retry_blocked();
             // Cancel-on-disconnect commands queued by closes.
             self.st.apply_pending();
+            // Market-data subscriptions, between batches.
+            self.st.md_serve();
             self.poll_journal_done();
             self.journal_submit();
+            self.st.router.md_flush_conflated();
             self.st.collect_dirty();
             let left = self.flush_staging();
             self.send_dirty();
@@ -305,7 +321,11 @@ impl<M: Matcher + Snapshot> Core<M> {
             self.arrays_published_ns = start_ns;
             self.publish_arrays();
         }
+        let dropped = self.st.router.md.bridge.as_ref().map(|b| b.dropped());
         let c = &mut self.st.router.counters;
+        if let Some(dropped) = dropped {
+            c.md_nats_dropped = dropped;
+        }
         c.iterations += 1;
         c.busy_ns += busy_ns;
         let stats = &self.st.shared.stats[self.st.cfg.index];

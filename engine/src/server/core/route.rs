@@ -9,9 +9,10 @@ use wire::{FrameBuf, Message};
 use super::super::limits::PENDING_JOURNAL_MAX;
 use super::super::stats::{Counters, ShardCounters};
 use super::conn::Slab;
+use super::md::{MarketData, Part, Rec, Request};
 use super::session::Effects;
 use super::{Core, State};
-use crate::book::{Command, Matcher, Op, Report, Sink};
+use crate::book::{Command, Matcher, MdEvent, Op, Report, Sink};
 use crate::server::durable::Snapshot;
 use crate::session_id::SessionId;
 
@@ -19,13 +20,72 @@ use crate::session_id::SessionId;
 #[derive(Clone, Copy, Debug)]
 pub enum Msg {
     /// A command for the target core's local shard `shard`.
-    Cmd { shard: u32, cmd: Command },
+    Cmd {
+        shard: u32,
+        cmd: Command,
+    },
     /// A report for a session the target core owns.
-    Report { session: SessionId, report: Report },
+    Report {
+        session: SessionId,
+        report: Report,
+    },
     /// `count` commands of a session the target core owns were processed
     /// (after their reports, on the same ring).
-    Processed { session: SessionId, count: u32 },
+    Processed {
+        session: SessionId,
+        count: u32,
+    },
+    /// Market data for the target core's subscribers of the symbol.
+    MdTrade(wire::MdTrade),
+    MdLevel(wire::MdDepth),
+    MdChecksum(wire::MdStatus),
+    MdTop {
+        symbol: u32,
+        bid_orders: u32,
+        ask_orders: u32,
+        seq: u64,
+        engine_ns: u64,
+        bid_price: i64,
+        bid_quantity: u64,
+        ask_price: i64,
+        ask_quantity: u64,
+    },
+    /// Parts of the answer to a subscription of a session the target core owns.
+    MdStatusTo {
+        session: SessionId,
+        ticket: u32,
+        msg: wire::MdStatus,
+    },
+    MdRowTo {
+        session: SessionId,
+        ticket: u32,
+        msg: wire::MdDepth,
+    },
+    MdTopHalfTo {
+        session: SessionId,
+        ticket: u32,
+        symbol: u32,
+        ask: bool,
+        price: i64,
+        quantity: u64,
+        orders: u32,
+    },
+    /// A session of the sending core subscribes to a symbol the target owns.
+    MdSub {
+        session: SessionId,
+        symbol: u32,
+        flags: u8,
+        ticket: u32,
+    },
+    /// A subscription of core `core` to a symbol the target owns ended.
+    MdUnsub {
+        symbol: u32,
+        core: u32,
+    },
 }
+
+// Every message is one 64-byte slot of a ring.
+const _: () = assert!(core::mem::size_of::<Msg>() <= 64);
 
 /// The rings of one core: to and from every other core (`None` for itself).
 pub struct Mesh {
@@ -78,6 +138,9 @@ pub struct Router {
     /// Connections that got output since the core last collected them.
     pub newly_dirty: Vec<u32>,
     pub counters: Counters,
+    /// Market data: this core's symbols' subscribers and its sessions'
+    /// subscriptions.
+    pub md: MarketData,
 }
 
 impl Router {
@@ -187,6 +250,21 @@ impl Sink for Router {
             self.counters.internal_errors += 1;
         }
     }
+
+    #[inline]
+    fn market(&mut self, event: MdEvent) {
+        self.md_event(event);
+    }
+
+    #[inline]
+    fn wants_top(&self, symbol: u32) -> bool {
+        self.md.interested(symbol)
+    }
+
+    #[inline]
+    fn top(&mut self, symbol: u32, seq: u64, bid: wire::TopLevel, ask: wire::TopLevel) {
+        self.md_top(symbol, seq, bid, ask);
+    }
 }
 
 /// Applies a batch of commands to a local shard (its journal write, if
@@ -200,6 +278,7 @@ pub(super) fn apply_batch<M: Matcher>(
 ) {
     let trades_before = router.counters.trades;
     shard.process_batch(cmds, engine_ns, router);
+    router.md_checksums(shard);
     router.counters.commands += cmds.len() as u64;
     counted.commands += cmds.len() as u64;
     counted.trades += router.counters.trades - trades_before;
@@ -312,6 +391,77 @@ impl<M: Matcher + Snapshot> State<M> {
             }
             Msg::Report { session, report } => self.router.deliver_local(*session, report),
             Msg::Processed { session, count } => self.router.processed_local(*session, *count),
+            Msg::MdTrade(m) => self.router.md_fanout(&Rec::Trade(*m)),
+            Msg::MdLevel(m) => self.router.md_fanout(&Rec::Level(*m)),
+            Msg::MdChecksum(m) => self.router.md_fanout(&Rec::Checksum(*m)),
+            &Msg::MdTop {
+                symbol,
+                bid_orders,
+                ask_orders,
+                seq,
+                engine_ns,
+                bid_price,
+                bid_quantity,
+                ask_price,
+                ask_quantity,
+            } => {
+                let bid = wire::TopLevel {
+                    price: bid_price,
+                    quantity: bid_quantity,
+                    orders: bid_orders,
+                };
+                let ask = wire::TopLevel {
+                    price: ask_price,
+                    quantity: ask_quantity,
+                    orders: ask_orders,
+                };
+                let top = wire::MdTopOfBook::new(symbol, seq, engine_ns, bid, ask);
+                self.router.md_fanout(&Rec::Top(top));
+            }
+            &Msg::MdStatusTo {
+                session,
+                ticket,
+                msg,
+            } => self.router.md_part(session, ticket, Part::Status(msg)),
+            &Msg::MdRowTo {
+                session,
+                ticket,
+                msg,
+            } => self.router.md_part(session, ticket, Part::Row(msg)),
+            &Msg::MdTopHalfTo {
+                session,
+                ticket,
+                symbol,
+                ask,
+                price,
+                quantity,
+                orders,
+            } => {
+                let level = wire::TopLevel {
+                    price,
+                    quantity,
+                    orders,
+                };
+                self.router
+                    .md_part(session, ticket, Part::TopHalf { symbol, ask, level });
+            }
+            &Msg::MdSub {
+                session,
+                symbol,
+                flags,
+                ticket,
+            } => self.router.md.requests.push_back(Request {
+                session,
+                symbol,
+                flags,
+                ticket,
+            }),
+            &Msg::MdUnsub { symbol, core } => {
+                if !self.router.md.count_unsub(symbol, core as usize) {
+                    debug_assert!(false, "an unsubscribe without a subscription");
+                    self.router.counters.internal_errors += 1;
+                }
+            }
         }
     }
 }
@@ -373,6 +523,16 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
 
     fn counters(&mut self) -> &mut Counters {
         &mut self.st.router.counters
+    }
+
+    fn set_version(&mut self, version: u8) {
+        if let Some(c) = self.st.router.conns.slot_mut(self.slot) {
+            c.out.set_version(version);
+        }
+    }
+
+    fn subscribe(&mut self, symbol: u32, flags: u32) {
+        self.st.md_subscribe(self.slot, symbol, flags);
     }
 }
 

@@ -18,8 +18,9 @@
 use std::sync::Arc;
 
 use wire::{
-    Decoded, Decoder, Frame, HelloAck, Kind, Message, PROTOCOL_VERSION, RejectReason, Rejected,
-    ServerHeartbeat, SessionError, SessionErrorCode, SymbolEntry,
+    ALL_SYMBOLS, Decoded, Decoder, Frame, HelloAck, Kind, Message, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN, RejectReason, Rejected, SUBSCRIBE_FLAGS_KNOWN, ServerHeartbeat,
+    SessionError, SessionErrorCode, SymbolEntry,
 };
 
 use super::super::stats::Counters;
@@ -49,6 +50,8 @@ pub struct Session {
     pub client_order_ids: ClientOrderIds,
     /// The negotiated heartbeat interval (0 before the Hello).
     pub heartbeat_ms: u32,
+    /// The protocol version the session speaks (the Hello's; 1 before it).
+    pub version: u8,
 }
 
 impl Session {
@@ -61,6 +64,7 @@ impl Session {
             cancel_on_disconnect: false,
             client_order_ids: ClientOrderIds::new(),
             heartbeat_ms: 0,
+            version: PROTOCOL_VERSION_MIN,
         }
     }
 }
@@ -92,6 +96,11 @@ pub trait Effects {
     fn settled(&mut self) -> bool;
     /// Queues an answer for the client.
     fn answer<T: Message>(&mut self, msg: &T);
+    /// Writes the session's frames with protocol `version` from now on.
+    fn set_version(&mut self, version: u8);
+    /// A market-data subscription (checked: a known symbol or
+    /// [`ALL_SYMBOLS`], known flags; 0 unsubscribes).
+    fn subscribe(&mut self, symbol: u32, flags: u32);
     /// The core's counters.
     fn counters(&mut self) -> &mut Counters;
 }
@@ -271,10 +280,11 @@ impl SessionLayer {
             Frame::Heartbeat(beats) => answered(beats, from, fx, |fx, b| {
                 fx.answer(&ServerHeartbeat { token: b.token });
             }),
-            Frame::Subscribe(subs) => answered(subs, from, fx, |fx, sub| {
+            Frame::Subscribe(subs) if s.version < 2 => answered(subs, from, fx, |fx, sub| {
                 let symbol = sub.symbol.get();
                 reject(fx, 0, symbol, RejectReason::NotSupported, Kind::Subscribe);
             }),
+            Frame::Subscribe(subs) => self.subscribes(subs, from, fx),
             // The server decoder refuses client-bound kinds before this.
             other => {
                 return Err(CloseReason::new(
@@ -361,6 +371,40 @@ impl SessionLayer {
         None
     }
 
+    /// Subscribes (protocol version 2) from message `from` on: a bad one
+    /// is answered here (after the session's earlier requests), a good one
+    /// goes to the market-data side, which answers it.
+    fn subscribes(
+        &self,
+        subs: &[wire::Subscribe],
+        from: usize,
+        fx: &mut impl Effects,
+    ) -> Option<Stop> {
+        for (i, sub) in subs.iter().enumerate().skip(from) {
+            if fx.congested() {
+                return Some(Stop::Blocked(i));
+            }
+            let (symbol, flags) = (sub.symbol.get(), sub.flags.get());
+            let reason = if flags & !SUBSCRIBE_FLAGS_KNOWN != 0 {
+                Some(RejectReason::InvalidFlags)
+            } else if symbol >= self.cfg.symbol_count && symbol != ALL_SYMBOLS {
+                Some(RejectReason::UnknownSymbol)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => {
+                    if !fx.settled() {
+                        return Some(Stop::Fenced(i));
+                    }
+                    reject(fx, 0, symbol, reason, Kind::Subscribe);
+                }
+                None => fx.subscribe(symbol, flags),
+            }
+        }
+        None
+    }
+
     fn handle_hello(
         &self,
         s: &mut Session,
@@ -368,13 +412,14 @@ impl SessionLayer {
         fx: &mut impl Effects,
     ) -> Result<(), CloseReason> {
         let version = h.protocol_version.get();
-        if version != u16::from(PROTOCOL_VERSION) {
+        let supported = u16::from(PROTOCOL_VERSION_MIN)..=u16::from(PROTOCOL_VERSION);
+        if !supported.contains(&version) {
             return Err(CloseReason::new(
                 SessionErrorCode::UnsupportedVersion,
                 Kind::Hello as u8,
                 u32::from(version),
                 format!(
-                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}"
                 ),
             ));
         }
@@ -401,9 +446,12 @@ impl SessionLayer {
         s.cancel_on_disconnect = h.cancel_on_disconnect();
         s.heartbeat_ms = heartbeat_ms;
         s.phase = Phase::Active;
+        // In range: checked above.
+        s.version = version as u8;
+        fx.set_version(s.version);
         fx.answer(&HelloAck {
             session_id: s.id.get().into(),
-            protocol_version: u16::from(PROTOCOL_VERSION).into(),
+            protocol_version: version.into(),
             flags: h.flags,
             heartbeat_interval_ms: heartbeat_ms.into(),
             symbol_count: (self.cfg.directory.len() as u32).into(),

@@ -18,6 +18,8 @@ struct Recorder {
     /// Congested after this many routes.
     congest_after: Option<usize>,
     counters: Counters,
+    /// The version frames are written with (set at the Hello).
+    version: Option<u8>,
 }
 
 impl Effects for Recorder {
@@ -59,6 +61,12 @@ impl Effects for Recorder {
     fn counters(&mut self) -> &mut Counters {
         &mut self.counters
     }
+    fn set_version(&mut self, version: u8) {
+        self.version = Some(version);
+    }
+    fn subscribe(&mut self, symbol: u32, flags: u32) {
+        self.log.push(format!("subscribe {symbol:#x} {flags}"));
+    }
 }
 
 fn layer() -> SessionLayer {
@@ -84,8 +92,15 @@ fn order(id: u64, symbol: u32) -> NewOrder {
 }
 
 fn logged_on(l: &SessionLayer, fx: &mut Recorder) -> Session {
+    logged_on_with(l, fx, wire::PROTOCOL_VERSION)
+}
+
+fn logged_on_with(l: &SessionLayer, fx: &mut Recorder, version: u8) -> Session {
     let mut s = Session::new(SessionId::new(1, 2, 3));
-    let (used, _, end) = l.handle_input(&mut s, &bytes(&[Hello::new(7, 0, 0, "")]), 0, fx);
+    let mut hello = Hello::new(7, 0, 0, "");
+    hello.protocol_version = u16::from(version).into();
+    let (used, _, end) = l.handle_input(&mut s, &bytes(&[hello]), 0, fx);
+    assert_eq!((s.version, fx.version), (version, Some(version)));
     assert!(matches!(end, InputEnd::Done), "{end:?}");
     assert_eq!(used, 8 + 48);
     fx.log.clear();
@@ -237,7 +252,8 @@ fn answers_follow_local_commands_processed_on_the_spot() {
         settle_on_ask: true,
         ..Recorder::default()
     };
-    let mut s = logged_on(&l, &mut fx);
+    // Version 1: a Subscribe is refused as it always was.
+    let mut s = logged_on_with(&l, &mut fx, 1);
     let mut data = bytes(&[order(1, 0)]);
     data.extend(bytes(&[Heartbeat { token: 5.into() }]));
     data.extend(bytes(&[Subscribe {
@@ -334,4 +350,68 @@ fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
         panic!()
     };
     assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
+}
+
+#[test]
+fn version_2_subscribes_go_to_market_data_and_bad_ones_are_refused_in_order() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = logged_on(&l, &mut fx);
+    let data = bytes(&[
+        Subscribe::new(1, wire::SUBSCRIBE_DEPTH | wire::SUBSCRIBE_TRADES),
+        Subscribe::new(wire::ALL_SYMBOLS, wire::SUBSCRIBE_TOP_OF_BOOK),
+        Subscribe::new(2, wire::SUBSCRIBE_TRADES),
+        Subscribe::new(0, 1 << 4),
+        Subscribe::new(0, 0),
+    ]);
+    let mut all = bytes(&[order(1, 0)]);
+    all.extend(data);
+    // The order is not yet processed: the first bad Subscribe must wait.
+    let (used, cursor, end) = l.handle_input(&mut s, &all, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Fenced), "{end:?}");
+    assert_eq!((used, cursor), (8 + 32, 2));
+    assert_eq!(
+        fx.log,
+        ["route 1", "subscribe 0x1 5", "subscribe 0xffffffff 2"]
+    );
+    fx.unprocessed = 0;
+    let (_, _, end) = l.handle_input(&mut s, &all[used..], cursor, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(
+        fx.log[3..],
+        [
+            "Rejected 0 Ok(UnknownSymbol)",
+            "Rejected 0 Ok(InvalidFlags)",
+            "subscribe 0x0 0"
+        ]
+    );
+}
+
+#[test]
+fn the_hello_sets_the_version_and_out_of_range_versions_are_refused() {
+    let l = layer();
+    for version in [1u8, 2] {
+        let mut fx = Recorder::default();
+        let s = logged_on_with(&l, &mut fx, version);
+        assert_eq!(s.version, version);
+        let ack = &fx.answers[..8 + 24];
+        assert_eq!(
+            u16::from_le_bytes([ack[16], ack[17]]),
+            u16::from(version),
+            "HelloAck echoes it"
+        );
+    }
+    for version in [0u16, 3] {
+        let mut fx = Recorder::default();
+        let mut s = Session::new(SessionId::new(0, 1, 0));
+        let mut hello = Hello::new(7, 0, 0, "");
+        hello.protocol_version = version.into();
+        let (_, _, end) = l.handle_input(&mut s, &bytes(&[hello]), 0, &mut fx);
+        let InputEnd::Close(reason) = end else {
+            panic!("version {version}: {end:?}");
+        };
+        assert_eq!(reason.code(), Some(SessionErrorCode::UnsupportedVersion));
+        assert_eq!(reason.msg.detail.get(), u32::from(version));
+        assert_eq!(fx.version, None);
+    }
 }
