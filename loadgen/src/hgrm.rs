@@ -10,8 +10,8 @@
 //! follows Java's `AbstractHistogram.outputPercentileDistribution`
 //! step for step, and [`java_fixed`] rounds as Java's `%.Nf` does (half up,
 //! on the shortest decimal form of the double), so the file is the one the
-//! Java library would write for the same histogram; the test
-//! `hgrm_matches_java` compares it with the Java library's own output.
+//! Java library would write for the same histogram; `tests/hgrm_java.rs`
+//! compares it with files the Java library wrote.
 
 use std::fmt::Write as _;
 use std::fs::File;
