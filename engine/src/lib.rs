@@ -1,6 +1,7 @@
 //! turbo-dex: the matching core ([`book`], no I/O), the symbol directory
 //! option ([`config`]) and the server runtime ([`server`]).
 
+pub mod accounts;
 pub mod book;
 pub mod config;
 pub mod journal;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use engine::accounts::{self, Accounts};
 use engine::book::ShardConfig;
 use engine::config::parse_symbols;
 use engine::journal::JournalConfig;
@@ -90,8 +91,11 @@ struct Args {
     #[arg(long, value_name = "TICKS", default_value_t = 1_000)]
     market_band_ticks: i64,
 
-    /// Largest frame accepted from a client, in bytes (at most 16 MiB).
-    #[arg(long, value_name = "BYTES", default_value_t = wire::DEFAULT_MAX_FRAME_BYTES,
+    /// Largest frame accepted from a client, in bytes (at most 16 MiB), and
+    /// so the most partial-frame memory one connection holds. The default,
+    /// 64 KiB, fits a batch of 2,000 NewOrders (64,008 bytes); raise it for
+    /// larger batches.
+    #[arg(long, value_name = "BYTES", default_value_t = engine::server::limits::MAX_FRAME_BYTES_DEFAULT,
           value_parser = clap::value_parser!(u32).range(4096..=i64::from(wire::MAX_FRAME_BYTES_LIMIT)))]
     max_frame_bytes: u32,
 
@@ -137,9 +141,46 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = ShardConfig::default().history_max)]
     order_history: u32,
 
-    /// If set, a Hello's credentials must equal this token.
+    /// If set, a Hello's credentials must equal this token (one secret
+    /// for every account; --accounts, which excludes it, gives each
+    /// account its own password).
     #[arg(long, value_name = "TOKEN", env = "TURBO_DEX_AUTH_TOKEN")]
     auth_token: Option<String>,
+
+    /// Accounts with passwords, one per line: `ID NAME ARGON2-PHC
+    /// [max_sessions=N] [allow=CIDR,...]` (`turbo-dex accounts add` writes
+    /// them). With it a Hello must be protocol version 2 with the account's
+    /// password in `credentials`; passwords are checked on a thread that is
+    /// not an engine core, and a wrong one is answered after 1 s. Without
+    /// it any client may log on as any account.
+    #[arg(long, value_name = "FILE")]
+    accounts: Option<std::path::PathBuf>,
+
+    /// Sessions one account may have at once (an account's max_sessions=
+    /// overrides it); more are refused with SessionError TooManySessions.
+    #[arg(long, value_name = "N", default_value_t = engine::server::limits::MAX_SESSIONS_PER_ACCOUNT)]
+    max_sessions_per_account: u32,
+
+    /// Connections one source address may have open at once; more are
+    /// refused with SessionError TooManyConnections.
+    #[arg(long, value_name = "N", default_value_t = engine::server::limits::MAX_CONNECTIONS_PER_ADDRESS)]
+    max_connections_per_address: u32,
+
+    /// Failed logons one source address may make per minute; after them
+    /// its logons are refused at once, without a password check, until the
+    /// minute is over (logged once per address and minute).
+    #[arg(long, value_name = "N", default_value_t = engine::server::limits::AUTH_FAILURES_PER_WINDOW)]
+    logon_failures_per_minute: u32,
+
+    /// A connection must send its Hello within this long of connecting
+    /// (SessionError LogonTimeout).
+    #[arg(long, value_name = "MS", default_value_t = engine::server::limits::LOGON_TIMEOUT_MS)]
+    logon_timeout_ms: u64,
+
+    /// A frame whose first byte arrived must be complete within this long
+    /// (SessionError FrameTimeout), so dripping bytes does not hold a connection.
+    #[arg(long, value_name = "MS", default_value_t = engine::server::limits::FRAME_TIMEOUT_MS)]
+    frame_timeout_ms: u64,
 
     /// Do not pin core threads to their CPUs (for machines where pinning is not allowed).
     #[arg(long)]
@@ -245,7 +286,48 @@ enum Command {
         #[arg(long, value_name = "BYTES")]
         mtu: Option<usize>,
     },
+    /// Manage the accounts file of --accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
 }
+
+#[derive(Subcommand, Debug)]
+enum AccountsCommand {
+    /// Add an account (argon2id password hash) to the accounts file.
+    ///
+    /// Hashes its password with argon2id and appends the line to the file
+    /// (created, mode 0600, if missing). The password is
+    /// read from stdin (its first line) when stdin is not a terminal, else
+    /// prompted for twice without echo; 1 to 32 bytes, no NUL.
+    Add {
+        /// The account's name (letters, digits, '_', '.', '-').
+        name: String,
+        /// The account id (default: one above the highest in the file).
+        #[arg(long, value_name = "N")]
+        id: Option<u64>,
+        /// The accounts file.
+        #[arg(long, value_name = "FILE", default_value = ACCOUNTS_FILE)]
+        file: std::path::PathBuf,
+        /// This account's most sessions at once (default: --max-sessions-per-account).
+        #[arg(long, value_name = "N")]
+        max_sessions: Option<u32>,
+        /// Source networks it may log on from, comma-separated CIDRs (default: any).
+        #[arg(long, value_name = "CIDR,...")]
+        allow: Option<String>,
+    },
+    /// List the accounts of the file, never their hashes.
+    ///
+    /// Shows ids, names, limits, networks and the hash's algorithm and
+    /// parameters; never the salt or the hash itself.
+    List {
+        /// The accounts file.
+        #[arg(long, value_name = "FILE", default_value = ACCOUNTS_FILE)]
+        file: std::path::PathBuf,
+    },
+}
+
+/// The default accounts file of the `accounts` subcommands.
+const ACCOUNTS_FILE: &str = "turbo-dex-accounts.txt";
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("turbo-dex: error: {msg}");
@@ -289,6 +371,12 @@ fn main() -> ExitCode {
         let report = tuning::check_host(&cfg);
         println!("{report}");
         return ExitCode::from(report.exit_code());
+    }
+    if let Some(Command::Accounts(cmd)) = args.command {
+        return match accounts_command(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
     }
     match run(args, signals) {
         Ok(code) => code,
@@ -352,6 +440,15 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
         .ring_capacity
         .unwrap_or_else(|| ring_capacity_for(cpus.len()));
     cfg.auth_token = args.auth_token.map(String::into_bytes);
+    cfg.accounts = match &args.accounts {
+        Some(path) => Some(std::sync::Arc::new(read_accounts(path)?)),
+        None => None,
+    };
+    cfg.max_sessions_per_account = args.max_sessions_per_account;
+    cfg.max_connections_per_address = args.max_connections_per_address;
+    cfg.logon_failures_per_minute = args.logon_failures_per_minute;
+    cfg.logon_timeout_ms = args.logon_timeout_ms;
+    cfg.frame_timeout_ms = args.frame_timeout_ms;
     cfg.live_stats = !args.quiet;
     cfg.md_max_queue = args.md_max_queue;
     cfg.md_nats = args.md_nats.map(|url| MdNatsSettings {
@@ -457,5 +554,197 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> 
         libc::SIGINT => Some("SIGINT"),
         libc::SIGTERM => Some("SIGTERM"),
         _ => None,
+    }
+}
+
+/// Reads and parses an accounts file; the error names the file and line.
+fn read_accounts(path: &std::path::Path) -> Result<Accounts, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the accounts file {}: {e}", path.display()))?;
+    Accounts::parse(&text).map_err(|e| format!("accounts file {}: {e}", path.display()))
+}
+
+fn accounts_command(cmd: AccountsCommand) -> Result<(), String> {
+    match cmd {
+        AccountsCommand::List { file } => {
+            let accounts = read_accounts(&file)?;
+            println!(
+                "{:<20} {:<24} {:<12} {:<24} hash",
+                "id", "name", "max_sessions", "allow"
+            );
+            for a in accounts.iter() {
+                let max = a
+                    .max_sessions
+                    .map_or("default".to_string(), |n| n.to_string());
+                let allow = if a.allow.is_empty() {
+                    "any".to_string()
+                } else {
+                    a.allow
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{:<20} {:<24} {:<12} {:<24} {}",
+                    a.id,
+                    a.name,
+                    max,
+                    allow,
+                    accounts::redacted(&a.phc)
+                );
+            }
+            Ok(())
+        }
+        AccountsCommand::Add {
+            name,
+            id,
+            file,
+            max_sessions,
+            allow,
+        } => {
+            accounts::check_name(&name)?;
+            let existing = if file.exists() {
+                read_accounts(&file)?
+            } else {
+                Accounts::default()
+            };
+            if existing.by_name(&name).is_some() {
+                return Err(format!(
+                    "{}: an account named {name:?} exists already",
+                    file.display()
+                ));
+            }
+            let id = id.unwrap_or_else(|| existing.next_id());
+            if id == 0 || existing.get(id).is_some() {
+                return Err(format!(
+                    "{}: account id {id} is taken or invalid; pick another --id",
+                    file.display()
+                ));
+            }
+            if max_sessions == Some(0) {
+                return Err("--max-sessions must be at least 1".into());
+            }
+            let allow = match allow {
+                Some(list) => list
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<accounts::Cidr>, String>>()?,
+                None => Vec::new(),
+            };
+            let password = read_password()?;
+            accounts::check_password(&password)?;
+            let mut salt = [0u8; accounts::SALT_BYTES];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
+                .map_err(|e| format!("cannot read random bytes for the salt: {e}"))?;
+            let started = std::time::Instant::now();
+            let phc = accounts::hash_password(&password, &salt)?;
+            let took = started.elapsed();
+            let account = accounts::Account {
+                id,
+                name,
+                phc,
+                max_sessions,
+                allow,
+            };
+            append_line(&file, &accounts::format_line(&account))?;
+            println!(
+                "added account {} ({}) to {}",
+                account.id,
+                account.name,
+                file.display()
+            );
+            // A logon's check costs what this hash did (same parameters).
+            println!(
+                "hashed with {} in {:.1} ms (each logon's password check costs about the same, on the auth thread)",
+                accounts::redacted(&account.phc).trim_end_matches("$..."),
+                took.as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Appends a line to the accounts file, creating it readable by its owner only.
+fn append_line(path: &std::path::Path, line: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let needs_newline = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot open {} to add the account: {e}", path.display()))?;
+    let text = format!("{}{line}\n", if needs_newline { "\n" } else { "" });
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The new password: stdin's first line when stdin is not a terminal,
+/// else asked for twice without echo.
+fn read_password() -> Result<Vec<u8>, String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<Vec<u8>, String> {
+        let mut line = Vec::new();
+        stdin
+            .lock()
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        while line.last().is_some_and(|&c| c == b'\n' || c == b'\r') {
+            line.pop();
+        }
+        Ok(line)
+    };
+    if !stdin.is_terminal() {
+        return read_line();
+    }
+    let ask = |prompt: &str| -> Result<Vec<u8>, String> {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        let echo = EchoOff::new();
+        let line = read_line();
+        drop(echo);
+        eprintln!();
+        line
+    };
+    let first = ask("password (1 to 32 bytes): ")?;
+    let again = ask("again: ")?;
+    if first != again {
+        return Err("the passwords differ".into());
+    }
+    Ok(first)
+}
+
+/// Turns the terminal's echo off on stdin until dropped.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: termios is plain data; tcgetattr fills the one we own.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 and a valid pointer to our termios.
+        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+            return EchoOff(None);
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        // SAFETY: fd 0 and a valid termios read by the call.
+        if unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) } != 0 {
+            return EchoOff(None);
+        }
+        EchoOff(Some(saved))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: fd 0 and the termios saved before; restores the echo.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+        }
     }
 }

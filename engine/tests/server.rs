@@ -223,7 +223,10 @@ fn cancel_on_disconnect_cancels_the_sessions_orders() {
 #[test]
 fn hundreds_of_concurrent_connections() {
     let cpus = test_cpus();
-    let server = start(&cpus, cpus.len() as u32 * 2, 16, EngineKind::Match);
+    // All from 127.0.0.1: above the default per-address limit.
+    let server = start_with(&cpus, cpus.len() as u32 * 2, 16, EngineKind::Match, |cfg| {
+        cfg.max_connections_per_address = 400
+    });
     let addr = server.local_addr();
     let mut clients: Vec<Client> = (0..300).map(|i| Client::login(addr, 1000 + i, 0)).collect();
     for (i, c) in clients.iter_mut().enumerate() {

@@ -40,8 +40,9 @@ pub struct Args {
     pub server: String,
 
     /// Orders per frame. At most what one NewOrder frame can carry under the
-    /// server's max_frame_bytes (32,767 with the default 1 MiB frames); checked
-    /// after the handshake.
+    /// server's max_frame_bytes (2,047 with turbo-dex's default 64 KiB
+    /// frames, 32,767 with --max-frame-bytes 1048576); checked after the
+    /// handshake.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=65_535))]
     pub batch: u32,
@@ -140,6 +141,13 @@ pub struct Args {
         hide_env_values = true
     )]
     pub credentials: String,
+
+    /// Read the Hello's credentials from the first line of FILE instead of
+    /// --credentials (keeps a password off the command line): the password
+    /// of the --account a turbo-dex with --accounts checks. Every session
+    /// of the run sends it, so give --accounts 1, or accounts that share it.
+    #[arg(long, value_name = "FILE", conflicts_with = "credentials")]
+    pub password_file: Option<std::path::PathBuf>,
 
     /// Send coalescing: small frames are gathered up to one TCP segment of
     /// this MTU before a send. Default: the path MTU of each connection.

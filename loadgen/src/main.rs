@@ -21,10 +21,20 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Err(e) = logging::init(args.log_format) {
         eprintln!("dex-trader: {e}");
         return ExitCode::from(EXIT_FAILED);
+    }
+    if let Some(path) = &args.password_file {
+        match std::fs::read_to_string(path) {
+            // The first line, without its line end: the password.
+            Ok(text) => args.credentials = text.lines().next().unwrap_or("").to_string(),
+            Err(e) => {
+                error!("cannot read --password-file {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
     }
     let plan = match loadgen::plan(&args) {
         Ok(p) => p,

@@ -792,6 +792,36 @@ impl Signal {
     }
 }
 
+/// Reads more of the server's bytes into `buf[*len..]`. False when the
+/// connection is done for: a `what` larger than the receive buffer of
+/// `recv_bytes`, the server closing it, or a failed read; the reason is
+/// then in `failure` and `progress` is raised.
+async fn read_more(
+    stream: &RefCell<TcpStream>,
+    buf: &mut [u8],
+    len: &mut usize,
+    recv_bytes: usize,
+    what: &str,
+    failure: &RefCell<Option<String>>,
+    progress: &Signal,
+) -> bool {
+    let why = if *len == buf.len() {
+        format!("{what} is larger than the {recv_bytes}-byte receive buffer")
+    } else {
+        match read_some(stream, &mut buf[*len..]).await {
+            Ok(0) => "the server closed the connection mid-run".to_string(),
+            Ok(n) => {
+                *len += n;
+                return true;
+            }
+            Err(e) => format!("reading from the server failed: {e}"),
+        }
+    };
+    failure.borrow_mut().get_or_insert(why);
+    progress.raise();
+    false
+}
+
 async fn read_some(stream: &RefCell<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
     future::poll_fn(|cx: &mut Context<'_>| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf))
         .await
@@ -1111,29 +1141,20 @@ async fn receive(link: Rc<Link>, clock: Clock, leftover: Vec<u8>, recv_bytes: us
     let mut last_publish_ns = 0u64;
     loop {
         if !first {
-            if len == buf.len() {
-                let e =
-                    format!("a report frame is larger than the {recv_bytes}-byte receive buffer");
-                link.failure.borrow_mut().get_or_insert(e);
-                link.progress.raise();
+            let what = "a report frame";
+            let (failure, progress) = (&link.failure, &link.progress);
+            if !read_more(
+                &link.stream,
+                &mut buf,
+                &mut len,
+                recv_bytes,
+                what,
+                failure,
+                progress,
+            )
+            .await
+            {
                 return;
-            }
-            match read_some(&link.stream, &mut buf[len..]).await {
-                Ok(0) => {
-                    link.failure
-                        .borrow_mut()
-                        .get_or_insert("the server closed the connection mid-run".into());
-                    link.progress.raise();
-                    return;
-                }
-                Ok(n) => len += n,
-                Err(e) => {
-                    link.failure
-                        .borrow_mut()
-                        .get_or_insert(format!("reading from the server failed: {e}"));
-                    link.progress.raise();
-                    return;
-                }
             }
         }
         first = false;

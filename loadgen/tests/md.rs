@@ -17,30 +17,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// `<target>/<profile>/turbo-dex`, built (or found up to date) by cargo.
 fn turbo_dex_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable under <target>/<profile>/deps");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "-p", "engine", "--bin", "turbo-dex"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        build.env("CARGO_TARGET_DIR", target);
-    }
-    let out = build.output().expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "building turbo-dex:\n{}",
-        text(&out.stderr)
-    );
-    let binary = profile_dir.join("turbo-dex");
-    assert!(binary.exists(), "no turbo-dex at {}", binary.display());
-    binary
+    testkit::cargo_built("engine", "turbo-dex")
 }
 
 /// The binary on the last CPU this process may use, 16 symbols, a fresh

@@ -167,31 +167,7 @@ fn report_against_the_null_server() {
 
 /// `<target>/<profile>/turbo-dex`, built (or found up to date) by cargo.
 fn turbo_dex_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // <target>/<profile>/deps/turbo_dex-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable under <target>/<profile>/deps");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "-p", "engine", "--bin", "turbo-dex"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        build.env("CARGO_TARGET_DIR", target);
-    }
-    let out = build.output().expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "building turbo-dex:\n{}",
-        text(&out.stderr)
-    );
-    let binary = profile_dir.join("turbo-dex");
-    assert!(binary.exists(), "no turbo-dex at {}", binary.display());
-    binary
+    testkit::cargo_built("engine", "turbo-dex")
 }
 
 /// The binary, started as documented; stopped (SIGTERM) on drop.
@@ -572,4 +548,71 @@ fn spinning_connections_trade_and_verify() {
         assert_eq!(json_number(&path, "unanswered"), 0.0, "{extra:?}");
         let _ = std::fs::remove_file(path);
     }
+}
+
+#[test]
+fn a_password_file_logs_on_to_a_server_with_accounts() {
+    let password = "trader-pw";
+    let text_file = (1..=2)
+        .map(|id| {
+            let phc = engine::accounts::hash_password(password.as_bytes(), &[id as u8; 16])
+                .expect("hash");
+            format!("{id} trader{id} {phc}\n")
+        })
+        .collect::<String>();
+    let accounts = engine::accounts::Accounts::parse(&text_file).expect("accounts");
+    let names = (0..4).map(|i| format!("SYM{i}")).collect();
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![server_cpu()], names);
+    cfg.poll = PollMode::Block;
+    cfg.accounts = Some(std::sync::Arc::new(accounts));
+    let server = Server::start(cfg).expect("turbo-dex starts");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let good = dir.join(format!("password-{}", std::process::id()));
+    let bad = dir.join(format!("password-bad-{}", std::process::id()));
+    std::fs::write(&good, format!("{password}\n")).unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let run = |file: &PathBuf| {
+        dex_trader(
+            server.local_addr(),
+            &[
+                "--cores",
+                "0",
+                "--mix",
+                "match",
+                "--connections",
+                "2",
+                "--account",
+                "1",
+                "--accounts",
+                "2",
+                "--batch",
+                "50",
+                "--duration",
+                "500ms",
+                "--verify",
+                "--password-file",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = run(&good);
+    testkit::assert_success(&out);
+    assert!(
+        text(&out.stdout).contains("verify       ok"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("authentication failed")
+            || all.contains("AuthenticationFailed")
+            || all.contains("refused"),
+        "{all}"
+    );
+    let fin = server.stop();
+    assert!(fin.total.trades > 0);
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
 }

@@ -218,6 +218,12 @@ wire_enum! {
         TooManyConnections = 12 => "too many connections",
         /// A field of a session message had a value outside its enum.
         InvalidField = 13 => "invalid field value",
+        /// No Hello arrived within the logon deadline after the connection opened.
+        LogonTimeout = 14 => "logon timeout",
+        /// A frame that had begun was not completed within the frame deadline.
+        FrameTimeout = 15 => "frame timeout",
+        /// The account has as many sessions as it may have at once.
+        TooManySessions = 16 => "too many sessions",
     }
 }
 

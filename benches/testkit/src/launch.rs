@@ -36,6 +36,36 @@ pub fn bin_dir(bins: &[&str]) -> PathBuf {
     dir
 }
 
+/// `<target>/<profile>/<bin>` of `package`, built (or found up to date) by
+/// cargo for the profile and target folder the calling test runs from, so
+/// a test of another package can start it without a prior build step.
+pub fn cargo_built(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", package, "--bin", bin]);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target);
+    }
+    let out = build.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building {bin}:\n{}",
+        output_text(&out)
+    );
+    let binary = profile_dir.join(bin);
+    assert!(binary.exists(), "no {bin} at {}", binary.display());
+    binary
+}
+
 /// The turbo-dex `binary` as the tests start it: on an ephemeral port of
 /// 127.0.0.1, on `cores` (a CPU list), with blocking polls (tests never
 /// spin), stdin closed and stdout piped for [`ready_addr`]. Add the

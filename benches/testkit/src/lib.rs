@@ -19,5 +19,5 @@ mod temp;
 
 pub use alloc::{CountingAllocator, count_allocations};
 pub use host::{RealHostLock, SKIP_LOG_ENV, have, is_root, missing, real_host_lock, skipped};
-pub use launch::{assert_success, bin_dir, output_text, ready_addr, turbo_dex};
+pub use launch::{assert_success, bin_dir, cargo_built, output_text, ready_addr, turbo_dex};
 pub use temp::TempDir;

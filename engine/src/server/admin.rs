@@ -435,7 +435,7 @@ fn close_reason_label(wire: usize) -> String {
         .map_or_else(|| "other".into(), |c| snake(&format!("{c:?}")))
 }
 
-/// The configuration `/stats` shows (never the auth token).
+/// The configuration `/stats` shows (never the auth token or an account's hash).
 fn effective_config(cfg: &ServerConfig) -> serde_json::Value {
     serde_json::json!({
         "listen": cfg.listen.to_string(),
@@ -459,6 +459,13 @@ fn effective_config(cfg: &ServerConfig) -> serde_json::Value {
         "order_history": cfg.shard.history_max,
         "market_band_ticks": cfg.shard.market_band_ticks,
         "auth": cfg.auth_token.is_some(),
+        // How many accounts, never their names or hashes.
+        "accounts": cfg.accounts.as_ref().map(|a| a.len()),
+        "max_sessions_per_account": cfg.max_sessions_per_account,
+        "max_connections_per_address": cfg.max_connections_per_address,
+        "logon_failures_per_minute": cfg.logon_failures_per_minute,
+        "logon_timeout_ms": cfg.logon_timeout_ms,
+        "frame_timeout_ms": cfg.frame_timeout_ms,
         "journal": cfg.journal.as_ref().map(|j| serde_json::json!({
             "dir": j.config.dir.display().to_string(),
             "fsync": j.fsync,

@@ -81,6 +81,35 @@ pub const MD_MAX_QUEUE_MIN: usize = 64 << 10;
 /// Records each core's ring to the NATS bridge holds.
 pub const MD_NATS_RING: usize = 1 << 16;
 
+/// Who may connect and log on (README "Accounts, limits and security").
+/// A wrong password is answered this long after the Hello (no fast
+/// guessing); the auth thread schedules the answer, it does not sleep.
+pub const AUTH_FAILURE_DELAY_NS: u64 = 1_000_000_000;
+/// The window failed logons per source address are counted in.
+pub const AUTH_FAILURE_WINDOW_NS: u64 = 60_000_000_000;
+/// Default of `--logon-failures-per-minute`: failed logons from one
+/// address per window; more are refused at once, without a password check.
+pub const AUTH_FAILURES_PER_WINDOW: u32 = 10;
+/// Logons waiting for the auth thread over all cores; past it a logon is
+/// refused at once ("busy"), so a flood cannot queue without bound.
+pub const AUTH_PENDING_MAX: usize = 4096;
+/// Source addresses the failure limiter tracks at once (bounded memory).
+pub const AUTH_ADDRESSES_MAX: usize = 65_536;
+/// Default of `--logon-timeout-ms`: the Hello must arrive this soon after the accept.
+pub const LOGON_TIMEOUT_MS: u64 = 5_000;
+/// Default of `--frame-timeout-ms`: a frame whose first byte arrived must
+/// be complete this soon (dripping bytes does not hold a connection).
+pub const FRAME_TIMEOUT_MS: u64 = 5_000;
+/// Default of `--max-frame-bytes`: the largest client frame, and so the
+/// most partial-frame bytes a connection holds (a batch of 2,000
+/// NewOrders is 64,008 bytes).
+pub const MAX_FRAME_BYTES_DEFAULT: u32 = 64 << 10;
+/// Default of `--max-sessions-per-account` (an account's `max_sessions=`
+/// overrides it).
+pub const MAX_SESSIONS_PER_ACCOUNT: u32 = 64;
+/// Default of `--max-connections-per-address`.
+pub const MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
+
 const _: () = assert!(CQ_ENTRIES >= SQ_ENTRIES);
 const _: () = assert!(WAIT_MIN_NS < TICK_NS);
 // Housekeeping must run several times within a close's flush window.
@@ -91,6 +120,12 @@ const _: () = assert!(DRAIN_TIMEOUT_MS * 1_000_000 > EXIT_FLUSH_NS);
 const _: () = assert!(HEARTBEAT_MS_MIN as u64 * 1_000_000 >= 2 * TICK_NS);
 const _: () = assert!(HEARTBEAT_MS_MIN < HEARTBEAT_MS_MAX);
 const _: () = assert!(OUT_HIGH_WATER_BYTES <= OUT_MAX_BYTES);
+// A batch of 2,000 NewOrders (header + 2,000 * 32 bytes) fits the default frame.
+const _: () = assert!(8 + 2_000 * 32 <= MAX_FRAME_BYTES_DEFAULT as usize);
+// Housekeeping notices a missed deadline within a tick or two.
+const _: () = assert!(LOGON_TIMEOUT_MS * 1_000_000 >= 10 * TICK_NS);
+const _: () = assert!(FRAME_TIMEOUT_MS * 1_000_000 >= 10 * TICK_NS);
+const _: () = assert!(AUTH_FAILURE_DELAY_NS < AUTH_FAILURE_WINDOW_NS);
 const _: () = assert!(MD_MAX_QUEUE_MIN <= MD_MAX_QUEUE_BYTES && MD_MAX_QUEUE_BYTES < OUT_MAX_BYTES);
 
 const _: () = assert!(RING_CAPACITY_MIN.is_power_of_two() && RING_CAPACITY_MAX.is_power_of_two());
@@ -183,6 +218,26 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     if cfg.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    if cfg.accounts.is_some() && cfg.auth_token.is_some() {
+        return Err(
+            "--auth-token and --accounts exclude each other: with accounts the Hello's credentials carry each account's password"
+                .into(),
+        );
+    }
+    if cfg.max_connections_per_address == 0 {
+        return Err("--max-connections-per-address must be at least 1".into());
+    }
+    if cfg.max_sessions_per_account == 0 {
+        return Err("--max-sessions-per-account must be at least 1".into());
+    }
+    if cfg.logon_timeout_ms * 1_000_000 < 2 * TICK_NS
+        || cfg.frame_timeout_ms * 1_000_000 < 2 * TICK_NS
+    {
+        return Err(format!(
+            "--logon-timeout-ms and --frame-timeout-ms must be at least {} ms",
+            2 * TICK_NS / 1_000_000
+        ));
+    }
     cfg.shard.validate().map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -203,8 +258,19 @@ mod tests {
     #[test]
     fn each_bad_value_is_named() {
         type Change = fn(&mut ServerConfig);
-        let cases: [(&str, Change); 7] = [
+        let cases: [(&str, Change); 11] = [
             ("--md-max-queue 1", |c| c.md_max_queue = 1),
+            ("--max-connections-per-address", |c| {
+                c.max_connections_per_address = 0
+            }),
+            ("--max-sessions-per-account", |c| {
+                c.max_sessions_per_account = 0
+            }),
+            ("--frame-timeout-ms", |c| c.frame_timeout_ms = 1),
+            ("exclude each other", |c| {
+                c.auth_token = Some(b"t".to_vec());
+                c.accounts = Some(Default::default());
+            }),
             ("--shards 1", |c| c.shards = 1),
             ("--heartbeat-ms 50", |c| c.heartbeat_ms = 50),
             ("--batch 0", |c| c.batch = 0),

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `mod.rs` | the API: [`ServerConfig`], [`Server`] (start, sample, stop), shared state, clocks |
 //! | `start.rs` | start-up, one named step at a time |
+//! | `auth.rs` | who may log on: the auth thread (argon2 off the cores), failed-logon limits, sessions per account and connections per address |
 //! | `limits.rs` | every limit and timeout, their compile-time relations, the one validation |
 //! | `core/` | one engine core: the loop and its concerns, one per file (see `core/mod.rs`) |
 //! | `durable.rs` | each shard's journal state, and the journal's background thread |
@@ -13,6 +14,7 @@
 //! | `stats.rs` | per-core counters, the live line and the final report |
 
 mod admin;
+pub mod auth;
 mod core;
 pub mod durable;
 pub mod limits;
@@ -99,6 +101,21 @@ pub struct ServerConfig {
     pub ring_capacity: usize,
     /// If set, the Hello credentials must equal this.
     pub auth_token: Option<Vec<u8>>,
+    /// Accounts with passwords (`--accounts`): a Hello must be protocol
+    /// version 2 and carry the account's password. `None`: any client may
+    /// log on as any account.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
+    /// Sessions at once per account (an account's `max_sessions=` overrides it).
+    pub max_sessions_per_account: u32,
+    /// Connections at once per source address.
+    pub max_connections_per_address: u32,
+    /// Failed logons per source address per minute before its logons are
+    /// refused without a password check.
+    pub logon_failures_per_minute: u32,
+    /// The Hello must arrive within this long of the accept.
+    pub logon_timeout_ms: u64,
+    /// A frame whose first byte arrived must be complete within this long.
+    pub frame_timeout_ms: u64,
     /// Print the live stats line every second.
     pub live_stats: bool,
     /// The journal, or `None` for no durability (benchmarks).
@@ -135,7 +152,7 @@ impl ServerConfig {
             max_connections: 10_000,
             engine: EngineKind::Match,
             shard: ShardConfig::default(),
-            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: limits::MAX_FRAME_BYTES_DEFAULT,
             heartbeat_ms: wire::DEFAULT_HEARTBEAT_INTERVAL_MS,
             idle_timeout_factor: wire::IDLE_TIMEOUT_HEARTBEATS,
             slow_consumer_ms: 10_000,
@@ -146,6 +163,12 @@ impl ServerConfig {
             recv_buffer_bytes: 64 << 10,
             ring_capacity: ring_capacity_for(cpus.len()),
             auth_token: None,
+            accounts: None,
+            max_sessions_per_account: limits::MAX_SESSIONS_PER_ACCOUNT,
+            max_connections_per_address: limits::MAX_CONNECTIONS_PER_ADDRESS,
+            logon_failures_per_minute: limits::AUTH_FAILURES_PER_WINDOW,
+            logon_timeout_ms: limits::LOGON_TIMEOUT_MS,
+            frame_timeout_ms: limits::FRAME_TIMEOUT_MS,
             live_stats: false,
             journal: None,
             admin: None,
@@ -176,6 +199,8 @@ pub struct Shared {
     recovery_ns: AtomicU64,
     /// `monotonic_ns` when the server started.
     started_ns: u64,
+    /// Sessions per account, connections per address, logons in flight.
+    pub admission: Arc<auth::Admission>,
 }
 
 #[repr(align(128))]
@@ -201,7 +226,7 @@ impl Shared {
         }
     }
 
-    fn kick(&self, core: usize) {
+    pub(crate) fn kick(&self, core: usize) {
         self.wake_fds[core].kick();
     }
 
@@ -299,6 +324,8 @@ pub struct Server {
     admin: Option<tuning::admin::AdminServer>,
     /// The NATS market-data bridge, when it runs.
     md_bridge: Option<crate::mdbridge::Bridge>,
+    /// The auth thread (with `--accounts`); it ends when the cores do.
+    auth_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -384,6 +411,9 @@ impl Server {
             let _ = t.join();
         }
         self.stop_housekeeper();
+        if let Some(t) = self.auth_thread.take() {
+            let _ = t.join();
+        }
         if let Some(bridge) = self.md_bridge.take() {
             let s = bridge.stats();
             tracing::info!(

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use wire::SymbolEntry;
 
+use super::auth::{self, AuthLink, Verdict};
 use super::core::{
     Core, CoreConfig, CoreExit, CoreJournal, Mesh, Msg, Placement, SessionConfig, global_shard,
     placement_table, shards_on_core,
@@ -52,6 +53,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
     let journal = open_journal(&cfg, &shared)?;
     let mut journal = journal;
     let (md_bridge, feeds) = start_md_bridge(&cfg)?;
+    let (auth_thread, auth) = start_auth(&cfg, &shared)?;
     let mut spawned = spawn_cores(
         &cfg,
         &shared,
@@ -60,6 +62,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         &placement,
         &mut journal,
         feeds,
+        auth,
     )?;
     let failure = wait_ready(&mut spawned);
     let Spawned { threads, go, .. } = spawned;
@@ -75,6 +78,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         _journal_lock: journal.lock,
         admin,
         md_bridge,
+        auth_thread,
     };
     if let Err(e) = failure {
         drop(go);
@@ -149,7 +153,44 @@ fn share(cores: usize, shards: u32) -> Result<Arc<Shared>, StartError> {
         ready: AtomicBool::new(false),
         recovery_ns: AtomicU64::new(0),
         started_ns: monotonic_ns(),
+        admission: Arc::default(),
     }))
+}
+
+/// Each core's link to the auth thread and its verdict queue.
+type AuthParts = Vec<(AuthLink, mpsc::Receiver<Verdict>)>;
+
+/// Starts the auth thread when there are accounts; says at start when
+/// there are none (any client may log on as any account).
+fn start_auth(
+    cfg: &ServerConfig,
+    shared: &Arc<Shared>,
+) -> Result<(Option<JoinHandle<()>>, Option<AuthParts>), StartError> {
+    let Some(accounts) = &cfg.accounts else {
+        let token = if cfg.auth_token.is_some() {
+            " (one shared --auth-token for all of them)"
+        } else {
+            ""
+        };
+        tracing::warn!(
+            "no --accounts: accounts are not authenticated; a client may log on as any account{token}"
+        );
+        return Ok((None, None));
+    };
+    tracing::info!(
+        "{} account(s); logons need protocol version 2 and the account's password",
+        accounts.len()
+    );
+    let service = auth::spawn(
+        Arc::clone(accounts),
+        Arc::clone(shared),
+        Arc::clone(&shared.admission),
+        cfg.cpus.len(),
+        cfg.logon_failures_per_minute,
+    )
+    .map_err(|e| StartError::Config(format!("cannot start the auth thread: {e}")))?;
+    let parts = service.links.into_iter().zip(service.verdicts).collect();
+    Ok((Some(service.thread), Some(parts)))
 }
 
 /// The full mesh: ring i->j feeds core j from core i.
@@ -226,6 +267,7 @@ struct Spawned {
     go: Vec<mpsc::Sender<u32>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_cores(
     cfg: &ServerConfig,
     shared: &Arc<Shared>,
@@ -234,8 +276,10 @@ fn spawn_cores(
     placement: &Arc<[Placement]>,
     journal: &mut OpenJournal,
     feeds: Vec<crate::mdbridge::BridgeFeed>,
+    auth: Option<AuthParts>,
 ) -> Result<Spawned, StartError> {
     let mut feeds = feeds.into_iter();
+    let mut auth = auth.map(Vec::into_iter);
     let OpenJournal {
         settings,
         housekeeper,
@@ -275,6 +319,9 @@ fn spawn_cores(
             journal_fsync: settings.is_some_and(|j| j.fsync),
             snapshot_every_records: settings.map_or(u64::MAX, |j| j.config.snapshot_every_records),
             md_max_queue: cfg.md_max_queue,
+            max_sessions_per_account: cfg.max_sessions_per_account,
+            max_connections_per_address: cfg.max_connections_per_address,
+            auth: auth.as_mut().and_then(Iterator::next),
             session: SessionConfig {
                 symbol_count: cfg.symbols.len() as u32,
                 directory: Arc::clone(&directory),
@@ -283,6 +330,9 @@ fn spawn_cores(
                 idle_timeout_factor: cfg.idle_timeout_factor,
                 max_frame_bytes: cfg.max_frame_bytes,
                 slow_consumer_ms: cfg.slow_consumer_ms,
+                accounts: cfg.accounts.is_some(),
+                logon_timeout_ms: cfg.logon_timeout_ms,
+                frame_timeout_ms: cfg.frame_timeout_ms,
             },
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();

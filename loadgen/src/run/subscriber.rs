@@ -25,7 +25,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use wire::{Heartbeat, Hello};
 
 use super::{
-    Clock, GLOMMIO_IO_MEMORY_BYTES, RunError, STOP_POLL, Shared, Signal, read_directory, read_some,
+    Clock, GLOMMIO_IO_MEMORY_BYTES, RunError, STOP_POLL, Shared, Signal, read_directory, read_more,
     write_all,
 };
 use crate::cli::Plan;
@@ -427,28 +427,19 @@ async fn receive(link: Rc<Link>, clock: Clock, leftover: Vec<u8>, recv_bytes: us
     let mut first = len > 0;
     loop {
         if !first {
-            if len == buf.len() {
-                let e = format!("a frame is larger than the {recv_bytes}-byte receive buffer");
-                link.failure.borrow_mut().get_or_insert(e);
-                link.progress.raise();
+            let (failure, progress) = (&link.failure, &link.progress);
+            if !read_more(
+                &link.stream,
+                &mut buf,
+                &mut len,
+                recv_bytes,
+                "a frame",
+                failure,
+                progress,
+            )
+            .await
+            {
                 return;
-            }
-            match read_some(&link.stream, &mut buf[len..]).await {
-                Ok(0) => {
-                    link.failure
-                        .borrow_mut()
-                        .get_or_insert("the server closed the connection mid-run".into());
-                    link.progress.raise();
-                    return;
-                }
-                Ok(n) => len += n,
-                Err(e) => {
-                    link.failure
-                        .borrow_mut()
-                        .get_or_insert(format!("reading from the server failed: {e}"));
-                    link.progress.raise();
-                    return;
-                }
             }
         }
         first = false;

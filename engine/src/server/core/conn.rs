@@ -60,6 +60,12 @@ pub struct Conn {
     pub peer: Option<std::net::SocketAddr>,
     /// Market-data subscriptions (None until the first Subscribe).
     pub md: Option<super::md::ConnMd>,
+    /// When it was accepted (the logon deadline).
+    pub accepted_ns: u64,
+    /// When the first byte of the incomplete frame in `inbuf` arrived.
+    pub frame_started_ns: Option<u64>,
+    /// The session counts against its account's limit (release at close).
+    pub session_counted: bool,
 }
 
 impl Conn {
@@ -68,9 +74,8 @@ impl Conn {
         id: SessionId,
         now_ns: u64,
         out: FrameBuf,
-        inbuf_capacity: usize,
+        peer: Option<std::net::SocketAddr>,
     ) -> Conn {
-        let peer = stream.peer_addr().ok();
         Conn {
             stream,
             generation: id.generation(),
@@ -79,7 +84,9 @@ impl Conn {
             fenced: false,
             close_msg: None,
             final_sent: false,
-            inbuf: Vec::with_capacity(inbuf_capacity),
+            // Allocated on the first partial frame: an idle connection
+            // (or one whose frames arrive whole) holds no input memory.
+            inbuf: Vec::new(),
             cursor: 0,
             out,
             sending: Vec::new(),
@@ -97,6 +104,9 @@ impl Conn {
             closing_since_ns: 0,
             peer,
             md: None,
+            accepted_ns: now_ns,
+            frame_started_ns: None,
+            session_counted: false,
         }
     }
 
@@ -212,7 +222,10 @@ impl Slab {
     #[inline]
     pub fn by_session(&mut self, session: SessionId) -> Option<&mut Conn> {
         match self.slots.get_mut(session.slot() as usize) {
-            Some(Some(c)) if c.session.id == session && c.session.phase != Phase::AwaitHello => {
+            Some(Some(c))
+                if c.session.id == session
+                    && !matches!(c.session.phase, Phase::AwaitHello | Phase::Authenticating) =>
+            {
                 Some(c)
             }
             _ => None,

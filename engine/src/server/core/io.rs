@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 use io_uring::cqueue;
 use wire::{FrameBuf, ServerHeartbeat, SessionError, SessionErrorCode};
 
+use super::super::auth::Outcome;
 use super::super::limits::{CLOSE_FLUSH_NS, CONN_BUFFER_BYTES};
 use super::super::realtime_ns;
 use super::Core;
 use super::conn::Conn;
 use super::ops::accepted_socket;
-use super::route::CoreEffects;
+use super::route::{CoreEffects, too_many_sessions};
 use super::session::{Clock, CloseReason, InputEnd, Phase, Session, SessionLayer, Timer};
 use crate::book::Matcher;
 use crate::server::durable::Snapshot;
@@ -113,6 +114,11 @@ impl<M: Matcher + Snapshot> Core<M> {
         c.session.phase = Phase::Closing;
         c.closing_since_ns = now;
         c.inbuf.clear();
+        c.frame_started_ns = None;
+        if c.session_counted {
+            c.session_counted = false;
+            self.st.shared.admission.release_session(account);
+        }
         self.st
             .router
             .counters
@@ -169,7 +175,9 @@ impl<M: Matcher + Snapshot> Core<M> {
                 c.shut_down = true;
             }
             if c.shut_down && !c.ops_in_flight() {
-                self.st.router.conns.remove(slot);
+                if let Some(p) = self.st.router.conns.remove(slot).and_then(|c| c.peer) {
+                    self.st.shared.admission.release_address(p.ip());
+                }
                 self.st.to_close.swap_remove(i);
                 self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
                 continue;
@@ -199,14 +207,43 @@ impl<M: Matcher + Snapshot> Core<M> {
         let live = self.st.shared.conns_live.fetch_add(1, Ordering::Relaxed);
         if live >= max {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
-            refuse(stream, max);
+            refuse(
+                stream,
+                max,
+                format!("the server is at its limit of {max} connections"),
+            );
+            return;
+        }
+        let peer = stream.peer_addr().ok();
+        let per_address = self.st.cfg.max_connections_per_address;
+        if let Some(p) = peer
+            && !self
+                .st
+                .shared
+                .admission
+                .acquire_address(p.ip(), per_address)
+        {
+            self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
+            let ip = p.ip().to_canonical();
+            refuse(
+                stream,
+                per_address as usize,
+                format!("{ip} has its limit of {per_address} connections"),
+            );
             return;
         }
         // Reports must not wait for Nagle; a failure here only costs latency.
         let _ = stream.set_nodelay(true);
         let Some((slot, generation)) = self.st.router.conns.reserve() else {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
-            refuse(stream, max);
+            if let Some(p) = peer {
+                self.st.shared.admission.release_address(p.ip());
+            }
+            refuse(
+                stream,
+                max,
+                format!("the server is at its limit of {max} connections"),
+            );
             return;
         };
         let mut out = FrameBuf::new(
@@ -218,7 +255,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         // goes to a client of unknown version): the oldest version.
         out.set_version(wire::PROTOCOL_VERSION_MIN);
         let id = SessionId::new(self.st.cfg.index as u16, generation, slot);
-        let conn = Conn::new(stream, id, self.st.now_ns, out, CONN_BUFFER_BYTES);
+        let conn = Conn::new(stream, id, self.st.now_ns, out, peer);
         self.st.router.conns.insert(slot, conn);
         self.st.router.counters.conns_accepted += 1;
         self.arm_recv(slot);
@@ -276,9 +313,11 @@ impl<M: Matcher + Snapshot> Core<M> {
             // Fast path: decode straight from the kernel's buffer.
             let data = self.bufring.data(bid, len);
             let (consumed, cursor, end) = handle_input(&self.session, &mut self.st, slot, data, 0);
+            let now = self.st.now_ns;
             if let Some(c) = self.st.router.conns.get_mut(slot, generation) {
                 c.inbuf.extend_from_slice(&data[consumed..]);
                 c.cursor = cursor;
+                note_partial_frame(c, consumed, now);
             }
             self.bufring.recycle(bid);
             self.after_input(slot, end);
@@ -305,9 +344,11 @@ impl<M: Matcher + Snapshot> Core<M> {
             handle_input(&self.session, &mut self.st, slot, &inbuf, cursor);
         let mut inbuf = inbuf;
         inbuf.drain(..consumed);
+        let now = self.st.now_ns;
         if let Some(c) = self.st.router.conns.slot_mut(slot) {
             c.inbuf = inbuf;
             c.cursor = cursor;
+            note_partial_frame(c, consumed, now);
         }
         self.after_input(slot, end);
     }
@@ -330,6 +371,9 @@ impl<M: Matcher + Snapshot> Core<M> {
                 self.block(slot);
             }
             InputEnd::Close(reason) => self.begin_close(slot, Some(reason)),
+            // The password is checked off the core: hold the input until
+            // `poll_auth` has the verdict.
+            InputEnd::Pending => self.block(slot),
         }
     }
 
@@ -364,7 +408,10 @@ impl<M: Matcher + Snapshot> Core<M> {
                 self.st.blocked.swap_remove(i);
                 continue;
             }
-            if c.out.len() >= high_water || (c.fenced && c.in_flight > 0) {
+            if c.out.len() >= high_water
+                || (c.fenced && c.in_flight > 0)
+                || c.phase() == Phase::Authenticating
+            {
                 i += 1;
                 continue;
             }
@@ -469,6 +516,8 @@ impl<M: Matcher + Snapshot> Core<M> {
                 send_started_ns: c.send_inflight.then_some(c.send_started_ns),
                 out_bytes: c.out_bytes(),
                 held_back: c.blocked,
+                accepted_ns: c.accepted_ns,
+                frame_started_ns: c.frame_started_ns,
             };
             match self.session.poll_timers(&c.session, &clock) {
                 Timer::Nothing => {}
@@ -484,6 +533,56 @@ impl<M: Matcher + Snapshot> Core<M> {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes the auth thread's verdicts: a logon granted (and within its
+    /// account's session limit) gets its HelloAck and its input back; a
+    /// refused one is closed with the reason.
+    pub(super) fn poll_auth(&mut self) {
+        loop {
+            let Some((link, verdicts)) = &self.st.cfg.auth else {
+                return;
+            };
+            let Ok(v) = verdicts.try_recv() else {
+                return;
+            };
+            link.answered();
+            let Some(c) = self.st.router.conns.get_mut(v.slot, v.generation) else {
+                continue;
+            };
+            if c.phase() != Phase::Authenticating {
+                continue;
+            }
+            let account = c.session.account;
+            let reason = match v.outcome {
+                Outcome::Granted { max_sessions } => {
+                    let max = max_sessions.unwrap_or(self.st.cfg.max_sessions_per_account);
+                    if self.st.shared.admission.acquire_session(account, max) {
+                        c.session_counted = true;
+                        let mut session = c.session;
+                        let mut fx = CoreEffects {
+                            st: &mut self.st,
+                            slot: v.slot,
+                        };
+                        self.session.complete_logon(&mut session, &mut fx);
+                        if let Some(c) = self.st.router.conns.slot_mut(v.slot) {
+                            c.session = session;
+                        }
+                        self.st.collect_dirty();
+                        // `retry_blocked` gives the input back.
+                        continue;
+                    }
+                    too_many_sessions(account, max)
+                }
+                Outcome::Refused(text) => CloseReason::new(
+                    SessionErrorCode::AuthenticationFailed,
+                    wire::Kind::Hello as u8,
+                    0,
+                    text,
+                ),
+            };
+            self.begin_close(v.slot, Some(reason));
         }
     }
 
@@ -559,11 +658,21 @@ fn handle_input<M: Matcher + Snapshot>(
     result
 }
 
-/// Tells a connection over the limit why, without giving it a slot.
-fn refuse(stream: std::net::TcpStream, max: usize) {
+/// Keeps `frame_started_ns` on the first byte of the incomplete frame
+/// that `inbuf` holds after `consumed` bytes were processed: whole frames
+/// were taken, so what is left began in this receive.
+fn note_partial_frame(c: &mut Conn, consumed: usize, now_ns: u64) {
+    if c.inbuf.is_empty() {
+        c.frame_started_ns = None;
+    } else if consumed > 0 || c.frame_started_ns.is_none() {
+        c.frame_started_ns = Some(now_ns);
+    }
+}
+
+/// Tells a connection over a limit why, without giving it a slot.
+fn refuse(stream: std::net::TcpStream, max: usize, text: String) {
     use std::io::Write as _;
     let mut buf = Vec::with_capacity(80);
-    let text = format!("the server is at its limit of {max} connections");
     // The client's version is unknown: the oldest one.
     let mut w = wire::FrameWriter::new(&mut buf).with_version(wire::PROTOCOL_VERSION_MIN);
     w.push(&SessionError::new(

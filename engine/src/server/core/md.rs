@@ -31,7 +31,7 @@ use wire::{
     SUBSCRIBE_DEPTH, SUBSCRIBE_TOP_OF_BOOK, SUBSCRIBE_TRADES, Side, TopLevel,
 };
 
-use super::conn::Conn;
+use super::conn::{Conn, Slab};
 use super::route::{Msg, Placement, Router};
 use super::session::Phase;
 use super::{Matcher, State};
@@ -310,7 +310,8 @@ impl Router {
                     b.offer(BridgeRecord::Trade(t));
                 }
             }
-            Rec::Level(_) => {
+            // Checksums only for subscribers (not for the NATS bridge alone).
+            Rec::Level(_) if self.md.mask(symbol).iter().any(|&w| w != 0) => {
                 if let Some(flag) = self.md.touched_flag.get_mut(symbol as usize)
                     && !*flag
                 {
@@ -402,21 +403,10 @@ impl Router {
                 conflate = true;
                 continue;
             }
-            let Some(c) = self.conns.slot_mut(sub.slot) else {
-                continue;
-            };
-            if c.session.id != sub.session || c.final_sent {
-                continue;
-            }
-            if c.out_bytes() > max_queue {
-                self.md.cut.push(sub.slot);
-                continue;
-            }
-            rec.push(c);
-            self.counters.md_messages += 1;
-            if !c.dirty {
-                c.dirty = true;
-                self.newly_dirty.push(sub.slot);
+            match deliver(&mut self.conns, &mut self.newly_dirty, sub, max_queue, rec) {
+                Delivery::Done => self.counters.md_messages += 1,
+                Delivery::OverLimit => self.md.cut.push(sub.slot),
+                Delivery::Gone => {}
             }
         }
         if conflate && let Rec::Top(top) = rec {
@@ -440,26 +430,16 @@ impl Router {
             let Some(top) = self.md.conflated[symbol as usize].take() else {
                 continue;
             };
+            let rec = Rec::Top(top);
             for sub in &self.md.subs[symbol as usize] {
                 let wants = (SUBSCRIBE_TOP_OF_BOOK | SUBSCRIBE_CONFLATE) as u8;
                 if sub.flags & wants != wants {
                     continue;
                 }
-                let Some(c) = self.conns.slot_mut(sub.slot) else {
-                    continue;
-                };
-                if c.session.id != sub.session || c.final_sent {
-                    continue;
-                }
-                if c.out_bytes() > max_queue {
-                    self.md.cut.push(sub.slot);
-                    continue;
-                }
-                c.out.push(&top);
-                self.counters.md_messages += 1;
-                if !c.dirty {
-                    c.dirty = true;
-                    self.newly_dirty.push(sub.slot);
+                match deliver(&mut self.conns, &mut self.newly_dirty, sub, max_queue, &rec) {
+                    Delivery::Done => self.counters.md_messages += 1,
+                    Delivery::OverLimit => self.md.cut.push(sub.slot),
+                    Delivery::Gone => {}
                 }
             }
         }
@@ -636,6 +616,41 @@ impl Router {
             self.counters.internal_errors += 1;
         }
     }
+}
+
+/// What became of one record for one subscriber.
+enum Delivery {
+    Done,
+    /// Its unsent output is past the limit: to be cut off.
+    OverLimit,
+    /// The connection is gone or closing.
+    Gone,
+}
+
+/// Adds `rec` to a subscriber's output unless it is gone or over `max_queue`.
+#[inline]
+fn deliver(
+    conns: &mut Slab,
+    newly_dirty: &mut Vec<u32>,
+    sub: &Sub,
+    max_queue: usize,
+    rec: &Rec,
+) -> Delivery {
+    let Some(c) = conns.slot_mut(sub.slot) else {
+        return Delivery::Gone;
+    };
+    if c.session.id != sub.session || c.final_sent {
+        return Delivery::Gone;
+    }
+    if c.out_bytes() > max_queue {
+        return Delivery::OverLimit;
+    }
+    rec.push(c);
+    if !c.dirty {
+        c.dirty = true;
+        newly_dirty.push(sub.slot);
+    }
+    Delivery::Done
 }
 
 /// A part as a ring message.

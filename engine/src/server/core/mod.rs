@@ -65,6 +65,12 @@ pub struct CoreConfig {
     pub snapshot_every_records: u64,
     /// Unsent output past which a market-data subscriber is cut off.
     pub md_max_queue: usize,
+    /// Sessions at once per account (without an account's own limit).
+    pub max_sessions_per_account: u32,
+    /// Connections at once per source address.
+    pub max_connections_per_address: u32,
+    /// The auth thread and this core's verdict queue (with `--accounts`).
+    pub auth: Option<(super::auth::AuthLink, Receiver<super::auth::Verdict>)>,
     /// What the session layer needs.
     pub session: SessionConfig,
 }
@@ -232,6 +238,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             self.st.router.md.engine_ns = self.st.engine_ns;
             self.reap();
             let popped = self.drain_rings();
+            self.poll_auth();
             self.retry_blocked();
             // Cancel-on-disconnect commands queued by closes.
             self.st.apply_pending();

@@ -4,13 +4,14 @@
 //! keeps a session's answers in request order.
 
 use rtrb::{Consumer, Producer};
-use wire::{FrameBuf, Message};
+use wire::{FrameBuf, Kind, Message, SessionErrorCode};
 
+use super::super::auth::AuthRequest;
 use super::super::limits::PENDING_JOURNAL_MAX;
 use super::super::stats::{Counters, ShardCounters};
 use super::conn::Slab;
 use super::md::{MarketData, Part, Rec, Request};
-use super::session::Effects;
+use super::session::{CloseReason, Effects, Logon};
 use super::{Core, State};
 use crate::book::{Command, Matcher, MdEvent, Op, Report, Sink};
 use crate::server::durable::Snapshot;
@@ -534,6 +535,55 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
     fn subscribe(&mut self, symbol: u32, flags: u32) {
         self.st.md_subscribe(self.slot, symbol, flags);
     }
+
+    fn logon(&mut self, account: u64, credentials: &[u8; 32]) -> Logon {
+        let (core, slot) = (self.st.cfg.index, self.slot);
+        let Some(c) = self.st.router.conns.slot_mut(slot) else {
+            return Logon::Refused(CloseReason::new(
+                SessionErrorCode::AuthenticationFailed,
+                Kind::Hello as u8,
+                0,
+                "the connection is gone",
+            ));
+        };
+        let Some((link, _)) = &self.st.cfg.auth else {
+            // No accounts: only the session count per account.
+            let max = self.st.cfg.max_sessions_per_account;
+            return if self.st.shared.admission.acquire_session(account, max) {
+                c.session_counted = true;
+                Logon::Granted
+            } else {
+                Logon::Refused(too_many_sessions(account, max))
+            };
+        };
+        let req = AuthRequest {
+            core,
+            slot,
+            generation: c.generation,
+            account,
+            password: *credentials,
+            peer: c.peer.map(|p| p.ip().to_canonical()),
+        };
+        match link.submit(req) {
+            Ok(()) => Logon::Pending,
+            Err(text) => Logon::Refused(CloseReason::new(
+                SessionErrorCode::AuthenticationFailed,
+                Kind::Hello as u8,
+                0,
+                text,
+            )),
+        }
+    }
+}
+
+/// The refusal of a session over its account's limit.
+pub fn too_many_sessions(account: u64, max: u32) -> CloseReason {
+    CloseReason::new(
+        SessionErrorCode::TooManySessions,
+        Kind::Hello as u8,
+        max,
+        format!("account {account} has its limit of {max} sessions"),
+    )
 }
 
 impl<M: Matcher + Snapshot> Core<M> {

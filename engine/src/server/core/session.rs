@@ -32,6 +32,8 @@ use crate::session_id::SessionId;
 pub enum Phase {
     /// Connected; the first frame must be a Hello.
     AwaitHello,
+    /// The Hello's password is being checked (off the core); input is held.
+    Authenticating,
     /// Logged in.
     Active,
     /// Closing: no more input is read; pending output is flushed, then the
@@ -52,6 +54,10 @@ pub struct Session {
     pub heartbeat_ms: u32,
     /// The protocol version the session speaks (the Hello's; 1 before it).
     pub version: u8,
+    /// The Hello's flags and asked-for heartbeat interval, kept for the
+    /// HelloAck while its password is checked.
+    pub hello_flags: u16,
+    pub hello_heartbeat_ms: u32,
 }
 
 impl Session {
@@ -65,6 +71,8 @@ impl Session {
             client_order_ids: ClientOrderIds::new(),
             heartbeat_ms: 0,
             version: PROTOCOL_VERSION_MIN,
+            hello_flags: 0,
+            hello_heartbeat_ms: 0,
         }
     }
 }
@@ -82,6 +90,25 @@ pub struct SessionConfig {
     pub max_frame_bytes: u32,
     /// A send stuck for this long closes the session.
     pub slow_consumer_ms: u64,
+    /// Accounts are authenticated (`--accounts`): a Hello must be version
+    /// 2, and its password is checked through [`Effects::logon`].
+    pub accounts: bool,
+    /// The Hello must arrive within this long of the accept.
+    pub logon_timeout_ms: u64,
+    /// A frame begun must be complete within this long.
+    pub frame_timeout_ms: u64,
+}
+
+/// What [`Effects::logon`] decided.
+#[derive(Debug)]
+pub enum Logon {
+    /// Logged on: send the HelloAck now.
+    Granted,
+    /// The password is being checked: hold the input; the core calls
+    /// [`SessionLayer::complete_logon`] or closes when the verdict comes.
+    Pending,
+    /// Refused now.
+    Refused(CloseReason),
 }
 
 /// How the core carries out what the session layer decides.
@@ -103,6 +130,10 @@ pub trait Effects {
     fn subscribe(&mut self, symbol: u32, flags: u32);
     /// The core's counters.
     fn counters(&mut self) -> &mut Counters;
+    /// Logs `account` on with the Hello's `credentials`: counts the session
+    /// against the account's limit and, with accounts, hands the password
+    /// to the auth thread.
+    fn logon(&mut self, account: u64, credentials: &[u8; 32]) -> Logon;
 }
 
 /// Why a connection is being closed: the SessionError it is sent, and the
@@ -155,6 +186,9 @@ pub enum InputEnd {
     Fenced,
     /// The stream cannot be trusted: close with this reason.
     Close(CloseReason),
+    /// The Hello's password is being checked: hold the input until the
+    /// verdict (after the Hello, which is consumed).
+    Pending,
 }
 
 /// What a connection's timers call for now.
@@ -179,12 +213,18 @@ pub struct Clock {
     pub out_bytes: usize,
     /// Input is held back by the server (the client is not to blame for silence).
     pub held_back: bool,
+    /// When the connection was accepted (the logon deadline).
+    pub accepted_ns: u64,
+    /// When the first byte of the frame still incomplete arrived, if one is.
+    pub frame_started_ns: Option<u64>,
 }
 
 /// Where processing stopped inside a frame.
 enum Stop {
     Blocked(usize),
     Fenced(usize),
+    /// The Hello is waiting for its password check.
+    Pending,
 }
 
 /// The session layer of one core (stateless between calls but for its config).
@@ -226,6 +266,7 @@ impl SessionLayer {
                 }
                 Ok(Some(Stop::Blocked(at))) => return (consumed, at, InputEnd::Blocked),
                 Ok(Some(Stop::Fenced(at))) => return (consumed, at, InputEnd::Fenced),
+                Ok(Some(Stop::Pending)) => return (consumed + used, 0, InputEnd::Pending),
                 Err(reason) => return (consumed + used, 0, InputEnd::Close(reason)),
             }
         }
@@ -252,7 +293,7 @@ impl SessionLayer {
                     "a session sends exactly one Hello",
                 ));
             }
-            return self.handle_hello(s, &h[0], fx).map(|()| None);
+            return self.handle_hello(s, &h[0], fx);
         }
         if s.phase != Phase::Active {
             return Err(CloseReason::new(
@@ -410,7 +451,7 @@ impl SessionLayer {
         s: &mut Session,
         h: &wire::Hello,
         fx: &mut impl Effects,
-    ) -> Result<(), CloseReason> {
+    ) -> Result<Option<Stop>, CloseReason> {
         let version = h.protocol_version.get();
         let supported = u16::from(PROTOCOL_VERSION_MIN)..=u16::from(PROTOCOL_VERSION);
         if !supported.contains(&version) {
@@ -430,6 +471,14 @@ impl SessionLayer {
                 log: true,
             });
         }
+        if self.cfg.accounts && version < 2 {
+            return Err(CloseReason::new(
+                SessionErrorCode::AuthenticationFailed,
+                Kind::Hello as u8,
+                0,
+                "accounts need protocol version 2 with a password",
+            ));
+        }
         if let Some(token) = &self.cfg.auth_token
             && h.credentials() != token.as_slice()
         {
@@ -440,19 +489,39 @@ impl SessionLayer {
                 "the credentials were refused",
             ));
         }
-        let heartbeat_ms =
-            wire::granted_heartbeat_ms(h.heartbeat_interval_ms.get(), self.cfg.heartbeat_ms);
         s.account = h.account.get();
         s.cancel_on_disconnect = h.cancel_on_disconnect();
-        s.heartbeat_ms = heartbeat_ms;
-        s.phase = Phase::Active;
         // In range: checked above.
         s.version = version as u8;
+        s.hello_flags = h.flags.get();
+        s.hello_heartbeat_ms = h.heartbeat_interval_ms.get();
+        // A refusal after the check goes out in the client's version too.
         fx.set_version(s.version);
+        match fx.logon(s.account, &h.credentials) {
+            Logon::Granted => {
+                self.complete_logon(s, fx);
+                Ok(None)
+            }
+            Logon::Pending => {
+                s.phase = Phase::Authenticating;
+                Ok(Some(Stop::Pending))
+            }
+            Logon::Refused(reason) => Err(reason),
+        }
+    }
+
+    /// Completes a logon whose Hello was accepted (at once, or after its
+    /// password check): the session is active, and the HelloAck and the
+    /// symbol directory go out.
+    pub fn complete_logon(&self, s: &mut Session, fx: &mut impl Effects) {
+        debug_assert!(matches!(s.phase, Phase::AwaitHello | Phase::Authenticating));
+        let heartbeat_ms = wire::granted_heartbeat_ms(s.hello_heartbeat_ms, self.cfg.heartbeat_ms);
+        s.heartbeat_ms = heartbeat_ms;
+        s.phase = Phase::Active;
         fx.answer(&HelloAck {
             session_id: s.id.get().into(),
-            protocol_version: version.into(),
-            flags: h.flags,
+            protocol_version: u16::from(s.version).into(),
+            flags: s.hello_flags.into(),
             heartbeat_interval_ms: heartbeat_ms.into(),
             symbol_count: (self.cfg.directory.len() as u32).into(),
             max_frame_bytes: self.cfg.max_frame_bytes.into(),
@@ -460,7 +529,6 @@ impl SessionLayer {
         for entry in self.cfg.directory.iter() {
             fx.answer(entry);
         }
-        Ok(())
     }
 
     /// The interval a connection's timers run on: the session's, or the
@@ -493,6 +561,29 @@ impl SessionLayer {
                     c.now_ns.saturating_sub(started) / 1_000_000,
                     c.out_bytes
                 ),
+            ));
+        }
+        if s.phase == Phase::AwaitHello
+            && c.now_ns.saturating_sub(c.accepted_ns) > self.cfg.logon_timeout_ms * 1_000_000
+        {
+            let ms = self.cfg.logon_timeout_ms;
+            return Timer::Close(CloseReason::new(
+                SessionErrorCode::LogonTimeout,
+                0,
+                ms as u32,
+                format!("no Hello within {ms} ms of connecting"),
+            ));
+        }
+        if let Some(started) = c.frame_started_ns
+            && !c.held_back
+            && c.now_ns.saturating_sub(started) > self.cfg.frame_timeout_ms * 1_000_000
+        {
+            let ms = self.cfg.frame_timeout_ms;
+            return Timer::Close(CloseReason::new(
+                SessionErrorCode::FrameTimeout,
+                0,
+                ms as u32,
+                format!("a frame was begun and not completed within {ms} ms"),
             ));
         }
         let idle_ns = self.heartbeat_ns(s) * u64::from(self.cfg.idle_timeout_factor);

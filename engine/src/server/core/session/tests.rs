@@ -20,6 +20,9 @@ struct Recorder {
     counters: Counters,
     /// The version frames are written with (set at the Hello).
     version: Option<u8>,
+    /// What `logon` answers (`None`: granted), and the logons asked for.
+    logon_pending: bool,
+    logons: Vec<(u64, Vec<u8>)>,
 }
 
 impl Effects for Recorder {
@@ -64,6 +67,15 @@ impl Effects for Recorder {
     fn set_version(&mut self, version: u8) {
         self.version = Some(version);
     }
+    fn logon(&mut self, account: u64, credentials: &[u8; 32]) -> Logon {
+        self.logons
+            .push((account, crate::accounts::password_of(credentials).to_vec()));
+        if self.logon_pending {
+            Logon::Pending
+        } else {
+            Logon::Granted
+        }
+    }
     fn subscribe(&mut self, symbol: u32, flags: u32) {
         self.log.push(format!("subscribe {symbol:#x} {flags}"));
     }
@@ -78,7 +90,16 @@ fn layer() -> SessionLayer {
         idle_timeout_factor: 3,
         max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
         slow_consumer_ms: 10_000,
+        accounts: false,
+        logon_timeout_ms: 5_000,
+        frame_timeout_ms: 5_000,
     })
+}
+
+fn layer_with_accounts() -> SessionLayer {
+    let mut cfg = layer().cfg;
+    cfg.accounts = true;
+    SessionLayer::new(cfg)
 }
 
 fn bytes<M: Message>(msgs: &[M]) -> Vec<u8> {
@@ -310,6 +331,8 @@ fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
         send_started_ns: None,
         out_bytes: 0,
         held_back: false,
+        accepted_ns: 0,
+        frame_started_ns: None,
     };
     assert!(matches!(l.poll_timers(&s, &clock), Timer::Nothing));
     let quiet = Clock {
@@ -339,6 +362,8 @@ fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
         send_started_ns: Some(9_000 * ms),
         out_bytes: 99,
         held_back: false,
+        accepted_ns: 0,
+        frame_started_ns: None,
     };
     let Timer::Close(r) = l.poll_timers(&s, &stuck) else {
         panic!()
@@ -346,7 +371,11 @@ fn timers_close_idle_and_slow_sessions_and_beat_when_quiet() {
     assert_eq!(r.code(), Some(SessionErrorCode::SlowConsumer));
     // Before the Hello the server's default interval applies.
     let fresh = Session::new(SessionId::new(0, 1, 1));
-    let Timer::Close(r) = l.poll_timers(&fresh, &silent) else {
+    let within_logon_deadline = Clock {
+        accepted_ns: 9_000 * ms,
+        ..silent
+    };
+    let Timer::Close(r) = l.poll_timers(&fresh, &within_logon_deadline) else {
         panic!()
     };
     assert_eq!(r.code(), Some(SessionErrorCode::IdleTimeout));
@@ -414,4 +443,103 @@ fn the_hello_sets_the_version_and_out_of_range_versions_are_refused() {
         assert_eq!(reason.msg.detail.get(), u32::from(version));
         assert_eq!(fx.version, None);
     }
+}
+
+#[test]
+fn with_accounts_a_hello_waits_for_its_password_check_and_holds_the_input() {
+    let l = layer_with_accounts();
+    let mut fx = Recorder {
+        logon_pending: true,
+        ..Recorder::default()
+    };
+    let mut s = Session::new(SessionId::new(1, 2, 3));
+    let mut data = bytes(&[Hello::new(7, 0, 250, "s3cret")]);
+    let hello_len = data.len();
+    data.extend(bytes(&[order(1, 0)]));
+    let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    // The Hello is consumed, the order behind it is not processed.
+    assert!(matches!(end, InputEnd::Pending), "{end:?}");
+    assert_eq!((used, cursor), (hello_len, 0));
+    assert_eq!(s.phase, Phase::Authenticating);
+    assert_eq!(fx.logons, [(7, b"s3cret".to_vec())]);
+    assert!(fx.log.is_empty(), "nothing is answered before the verdict");
+    assert_eq!(fx.version, Some(wire::PROTOCOL_VERSION));
+    // The verdict: the ack goes out with what the Hello asked for.
+    l.complete_logon(&mut s, &mut fx);
+    assert_eq!(fx.log, ["HelloAck", "SymbolEntry", "SymbolEntry"]);
+    assert_eq!((s.phase, s.heartbeat_ms), (Phase::Active, 250));
+    let (used, _, end) = l.handle_input(&mut s, &data[hello_len..], 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done));
+    assert_eq!(used, data.len() - hello_len);
+}
+
+#[test]
+fn with_accounts_a_version_1_hello_is_refused() {
+    let l = layer_with_accounts();
+    let mut fx = Recorder::default();
+    let mut s = Session::new(SessionId::new(1, 2, 3));
+    let mut hello = Hello::new(7, 0, 0, "pw");
+    hello.protocol_version = 1.into();
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[hello]), 0, &mut fx);
+    let InputEnd::Close(r) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::AuthenticationFailed));
+    assert!(r.text.contains("version 2"), "{}", r.text);
+    assert!(
+        fx.logons.is_empty(),
+        "no password check for a refused version"
+    );
+}
+
+#[test]
+fn the_logon_and_frame_deadlines_close_slow_starters_and_drippers() {
+    let l = layer();
+    let ms = 1_000_000;
+    let s = Session::new(SessionId::new(1, 2, 3));
+    let clock = Clock {
+        now_ns: 5_000 * ms,
+        last_recv_ns: 4_900 * ms,
+        last_out_ns: 0,
+        send_started_ns: None,
+        out_bytes: 0,
+        held_back: false,
+        accepted_ns: 0,
+        frame_started_ns: None,
+    };
+    assert!(matches!(l.poll_timers(&s, &clock), Timer::Nothing));
+    let late = Clock {
+        now_ns: 5_001 * ms,
+        ..clock
+    };
+    let Timer::Close(r) = l.poll_timers(&s, &late) else {
+        panic!()
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::LogonTimeout));
+    assert_eq!(r.msg.detail.get(), 5_000);
+    // Logged on, bytes arriving, but a frame begun 5 s ago is not complete.
+    let mut fx = Recorder::default();
+    let active = logged_on(&l, &mut fx);
+    let dripping = Clock {
+        now_ns: 20_000 * ms,
+        last_recv_ns: 19_999 * ms,
+        last_out_ns: 19_999 * ms,
+        frame_started_ns: Some(15_000 * ms),
+        ..clock
+    };
+    assert!(matches!(l.poll_timers(&active, &dripping), Timer::Nothing));
+    let dripped = Clock {
+        frame_started_ns: Some(14_999 * ms),
+        ..dripping
+    };
+    let Timer::Close(r) = l.poll_timers(&active, &dripped) else {
+        panic!()
+    };
+    assert_eq!(r.code(), Some(SessionErrorCode::FrameTimeout));
+    // Input the server holds back is not the client's fault.
+    let held = Clock {
+        held_back: true,
+        ..dripped
+    };
+    assert!(matches!(l.poll_timers(&active, &held), Timer::Nothing));
 }

@@ -1,0 +1,433 @@
+//! Who may connect and log on: the auth thread that checks passwords
+//! (argon2id takes tens of milliseconds, far too long for an engine core),
+//! the failed-logon limit per source address, and the shared counters of
+//! sessions per account and connections per address.
+//!
+//! The path of a logon with `--accounts` (README "Accounts, limits and
+//! security"):
+//!
+//! 1. the core's session layer takes the Hello, holds the connection's
+//!    input and hands `(core, slot, generation, account, password, peer)`
+//!    to this thread over a bounded channel ([`AUTH_PENDING_MAX`] logons
+//!    in flight over all cores; past it a logon is refused at once);
+//! 2. this thread refuses an address over its failure limit at once, else
+//!    verifies the password (an unknown account is verified against a
+//!    dummy hash, so that it costs the same);
+//! 3. a success goes back at once, a failure after [`AUTH_FAILURE_DELAY_NS`]
+//!    (a queue of due answers, so one delayed answer never holds up other
+//!    logons), each into the core's verdict channel, and the core is woken
+//!    (its eventfd);
+//! 4. the core counts the session against its account's limit and sends
+//!    the HelloAck, or the SessionError, and lets the input go on.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::limits::{
+    AUTH_ADDRESSES_MAX, AUTH_FAILURE_DELAY_NS, AUTH_FAILURE_WINDOW_NS, AUTH_PENDING_MAX,
+};
+use super::{Shared, monotonic_ns};
+use crate::accounts::{Accounts, PASSWORD_BYTES_MAX, password_of, verify_password};
+
+/// A logon for the auth thread.
+pub struct AuthRequest {
+    pub core: usize,
+    pub slot: u32,
+    pub generation: u32,
+    pub account: u64,
+    /// The Hello's credentials field (the password, NUL-padded).
+    pub password: [u8; PASSWORD_BYTES_MAX],
+    pub peer: Option<IpAddr>,
+}
+
+/// The auth thread's answer to one logon.
+#[derive(Debug)]
+pub struct Verdict {
+    pub slot: u32,
+    pub generation: u32,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The password is right: the account's own session limit, if it has one.
+    Granted { max_sessions: Option<u32> },
+    /// Refused (AuthenticationFailed), with the text for the client.
+    Refused(String),
+}
+
+/// The text of a refusal for wrong credentials (the same for an unknown
+/// account, a wrong password and a source address the account may not use).
+pub const REFUSED_TEXT: &str = "the account id or password was refused";
+
+/// Counters shared by the cores, touched at accept, logon and close only
+/// (never per order).
+#[derive(Default)]
+pub struct Admission {
+    sessions: Mutex<HashMap<u64, u32>>,
+    addresses: Mutex<HashMap<IpAddr, u32>>,
+    /// Logons handed to the auth thread and not yet answered.
+    pending: AtomicUsize,
+}
+
+impl Admission {
+    /// Counts a session of `account` unless it has `max` already.
+    pub fn acquire_session(&self, account: u64, max: u32) -> bool {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(account).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release_session(&self, account: u64) {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&account);
+            }
+        }
+    }
+
+    /// Counts a connection from `ip` unless it has `max` already.
+    pub fn acquire_address(&self, ip: IpAddr, max: u32) -> bool {
+        let mut map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip.to_canonical()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release_address(&self, ip: IpAddr) {
+        let mut map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let ip = ip.to_canonical();
+        if let Some(n) = map.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+
+    /// Sessions of `account` now (for tests and stats).
+    pub fn sessions_of(&self, account: u64) -> u32 {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&account).copied().unwrap_or(0)
+    }
+}
+
+/// A core's side of the auth thread.
+pub struct AuthLink {
+    requests: SyncSender<AuthRequest>,
+    admission: Arc<Admission>,
+}
+
+impl Clone for AuthLink {
+    fn clone(&self) -> Self {
+        AuthLink {
+            requests: self.requests.clone(),
+            admission: Arc::clone(&self.admission),
+        }
+    }
+}
+
+impl AuthLink {
+    /// Hands a logon to the auth thread; `Err` with the refusal text when
+    /// too many logons are in flight already.
+    pub fn submit(&self, req: AuthRequest) -> Result<(), &'static str> {
+        const BUSY: &str = "busy with other logons; try again in a second";
+        if self.admission.pending.fetch_add(1, Ordering::Relaxed) >= AUTH_PENDING_MAX {
+            self.admission.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(BUSY);
+        }
+        match self.requests.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.admission.pending.fetch_sub(1, Ordering::Relaxed);
+                Err(BUSY)
+            }
+        }
+    }
+
+    /// A verdict arrived: one logon fewer in flight.
+    pub fn answered(&self) {
+        self.admission.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Failed logons per source address in fixed windows (pure: time comes in).
+pub struct FailureLimiter {
+    max_failures: u32,
+    windows: HashMap<IpAddr, Window>,
+}
+
+struct Window {
+    start_ns: u64,
+    failures: u32,
+    /// The limit was logged in this window.
+    logged: bool,
+}
+
+/// What the limiter says about a logon from an address.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    Allowed,
+    /// Over the limit: refuse now. `log`: the first refusal of this window
+    /// (log it once); `retry_s`: when the window ends.
+    Limited {
+        log: bool,
+        failures: u32,
+        retry_s: u64,
+    },
+}
+
+impl FailureLimiter {
+    pub fn new(max_failures: u32) -> FailureLimiter {
+        FailureLimiter {
+            max_failures,
+            windows: HashMap::new(),
+        }
+    }
+
+    pub fn check(&mut self, ip: IpAddr, now_ns: u64) -> Check {
+        let Some(w) = self.windows.get_mut(&ip) else {
+            return Check::Allowed;
+        };
+        if now_ns.saturating_sub(w.start_ns) >= AUTH_FAILURE_WINDOW_NS {
+            self.windows.remove(&ip);
+            return Check::Allowed;
+        }
+        if w.failures < self.max_failures {
+            return Check::Allowed;
+        }
+        let log = !w.logged;
+        w.logged = true;
+        let left_ns = (w.start_ns + AUTH_FAILURE_WINDOW_NS).saturating_sub(now_ns);
+        Check::Limited {
+            log,
+            failures: w.failures,
+            retry_s: left_ns.div_ceil(1_000_000_000),
+        }
+    }
+
+    pub fn failed(&mut self, ip: IpAddr, now_ns: u64) {
+        if self.windows.len() >= AUTH_ADDRESSES_MAX && !self.windows.contains_key(&ip) {
+            self.windows
+                .retain(|_, w| now_ns.saturating_sub(w.start_ns) < AUTH_FAILURE_WINDOW_NS);
+            if self.windows.len() >= AUTH_ADDRESSES_MAX {
+                // Bounded memory first: an address beyond the table is not tracked.
+                return;
+            }
+        }
+        let w = self.windows.entry(ip).or_insert(Window {
+            start_ns: now_ns,
+            failures: 0,
+            logged: false,
+        });
+        if now_ns.saturating_sub(w.start_ns) >= AUTH_FAILURE_WINDOW_NS {
+            *w = Window {
+                start_ns: now_ns,
+                failures: 0,
+                logged: false,
+            };
+        }
+        w.failures += 1;
+    }
+}
+
+/// The auth thread and the cores' links to it.
+pub struct AuthService {
+    pub links: Vec<AuthLink>,
+    pub verdicts: Vec<Receiver<Verdict>>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the auth thread for `cores` cores.
+pub fn spawn(
+    accounts: Arc<Accounts>,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    cores: usize,
+    max_failures: u32,
+) -> std::io::Result<AuthService> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(AUTH_PENDING_MAX);
+    let mut senders = Vec::with_capacity(cores);
+    let mut verdicts = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (s, r) = std::sync::mpsc::channel();
+        senders.push(s);
+        verdicts.push(r);
+    }
+    let thread = std::thread::Builder::new()
+        .name("turbo-dex-auth".into())
+        .spawn(move || run(&accounts, &shared, &rx, &senders, max_failures))?;
+    let links = (0..cores)
+        .map(|_| AuthLink {
+            requests: tx.clone(),
+            admission: Arc::clone(&admission),
+        })
+        .collect();
+    Ok(AuthService {
+        links,
+        verdicts,
+        thread,
+    })
+}
+
+/// The thread: verify, answer successes now and failures when due; ends
+/// when every core has dropped its link.
+fn run(
+    accounts: &Accounts,
+    shared: &Shared,
+    requests: &Receiver<AuthRequest>,
+    cores: &[Sender<Verdict>],
+    max_failures: u32,
+) {
+    // Unknown accounts are checked against this, so they cost what a real
+    // check costs (no telling which ids exist by timing).
+    let dummy = crate::accounts::hash_password(b"no such account", &[0x5a; 16]).ok();
+    let mut limiter = FailureLimiter::new(max_failures);
+    let mut due: VecDeque<(u64, usize, Verdict)> = VecDeque::new();
+    let answer = |core: usize, v: Verdict| {
+        if let Some(tx) = cores.get(core)
+            && tx.send(v).is_ok()
+        {
+            // Always kick (not only when asleep): a verdict is rare, and
+            // the core then needs no extra check before it sleeps.
+            shared.kick(core);
+        }
+    };
+    loop {
+        let now = monotonic_ns();
+        while due.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, core, v)) = due.pop_front() {
+                answer(core, v);
+            }
+        }
+        let wait_ns = due
+            .front()
+            .map_or(1_000_000_000, |(at, _, _)| at.saturating_sub(now));
+        let mut req = match requests.recv_timeout(Duration::from_nanos(wait_ns)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let now = monotonic_ns();
+        let verdict = |outcome| Verdict {
+            slot: req.slot,
+            generation: req.generation,
+            outcome,
+        };
+        if let Some(ip) = req.peer
+            && let Check::Limited {
+                log,
+                failures,
+                retry_s,
+            } = limiter.check(ip, now)
+        {
+            if log {
+                tracing::warn!(
+                    "{failures} failed logons from {ip} within {} s; refusing its logons for {retry_s} s",
+                    AUTH_FAILURE_WINDOW_NS / 1_000_000_000
+                );
+            }
+            let text = format!("too many failed logons from {ip}; retry in {retry_s} s");
+            answer(req.core, verdict(Outcome::Refused(text)));
+            continue;
+        }
+        let password = password_of(&req.password);
+        let (ok, max_sessions) = match accounts.get(req.account) {
+            Some(a) => (
+                verify_password(&a.phc, password) && a.allows(req.peer),
+                a.max_sessions,
+            ),
+            None => {
+                if let Some(d) = &dummy {
+                    let _ = verify_password(d, password);
+                }
+                (false, None)
+            }
+        };
+        // The password is not kept past its check (black_box: the store
+        // is not optimized away as dead).
+        req.password.fill(0);
+        std::hint::black_box(&req.password);
+        if ok {
+            answer(req.core, verdict(Outcome::Granted { max_sessions }));
+        } else {
+            if let Some(ip) = req.peer {
+                limiter.failed(ip, now);
+            }
+            tracing::debug!(
+                "failed logon for account {} from {:?}",
+                req.account,
+                req.peer
+            );
+            let v = verdict(Outcome::Refused(REFUSED_TEXT.into()));
+            due.push_back((monotonic_ns() + AUTH_FAILURE_DELAY_NS, req.core, v));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn failures_past_the_limit_are_refused_until_the_window_ends_and_logged_once() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut l = FailureLimiter::new(3);
+        for _ in 0..3 {
+            assert_eq!(l.check(ip, S), Check::Allowed);
+            l.failed(ip, S);
+        }
+        assert_eq!(
+            l.check(ip, 2 * S),
+            Check::Limited {
+                log: true,
+                failures: 3,
+                retry_s: 59
+            }
+        );
+        assert!(matches!(
+            l.check(ip, 3 * S),
+            Check::Limited { log: false, .. }
+        ));
+        assert_eq!(l.check(other, 3 * S), Check::Allowed);
+        // The window ends a minute after its first failure.
+        assert_eq!(l.check(ip, S + AUTH_FAILURE_WINDOW_NS), Check::Allowed);
+        l.failed(ip, S + AUTH_FAILURE_WINDOW_NS);
+        assert_eq!(l.check(ip, S + AUTH_FAILURE_WINDOW_NS), Check::Allowed);
+    }
+
+    #[test]
+    fn counters_refuse_past_their_maximum_and_release() {
+        let a = Admission::default();
+        assert!(a.acquire_session(7, 2));
+        assert!(a.acquire_session(7, 2));
+        assert!(!a.acquire_session(7, 2));
+        assert!(a.acquire_session(8, 2));
+        a.release_session(7);
+        assert_eq!(a.sessions_of(7), 1);
+        assert!(a.acquire_session(7, 2));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(a.acquire_address(ip, 1));
+        assert!(!a.acquire_address(mapped, 1));
+        a.release_address(mapped);
+        assert!(a.acquire_address(ip, 1));
+    }
+}
