@@ -15,6 +15,7 @@
 #   scripts/bench.sh --short      # a quick look (3 s runs)
 #   scripts/bench.sh --full       # for the record (10 s runs + 60 s memory run)
 #   scripts/bench.sh --tiny       # seconds; what the test suite runs
+#   scripts/bench.sh --short --report DIR   # and DIR/index.html, charts inline
 set -euo pipefail
 PROG=bench
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,12 +25,13 @@ cd "$ROOT"
 
 MODE=short
 OUT=""
+REPORT=""
 BIN_DIR=${BIN_DIR:-}
 SERVER_EXTRA=()
 
 usage() {
     cat <<EOF
-Usage: scripts/bench.sh [--tiny|--short|--full] [--out DIR] [--bin-dir DIR] [-- TURBO-DEX ARGS...]
+Usage: scripts/bench.sh [--tiny|--short|--full] [--out DIR] [--report DIR] [--bin-dir DIR] [-- TURBO-DEX ARGS...]
 
   --tiny        1-second runs, batches 1 and 100, one latency rate (the test suite's mode)
   --short       3-second runs, every batch size, latency at 100K and 1M orders/s (default)
@@ -37,6 +39,13 @@ Usage: scripts/bench.sh [--tiny|--short|--full] [--out DIR] [--bin-dir DIR] [-- 
                 memory run
   --out DIR     where to write the JSON reports and table.md
                 (default results/bench-<mode>-<time>)
+  --report DIR  also write DIR/index.html: one self-contained page (inline SVG,
+                no scripts, no external files) with the machine, the command, the
+                tables, every run's latency percentile distribution in one chart
+                (the TCP round trip and the longest hiccup as reference lines),
+                and throughput and server RSS over a long run (--full: the
+                60-second run; --tiny and --short add a 3 or 10-second one).
+                The results go to DIR too unless --out says otherwise.
   --bin-dir DIR use prebuilt turbo-dex and dex-trader from DIR instead of building
   -- ARGS       extra arguments for every turbo-dex run (e.g. -- --batch 4096)
 
@@ -54,6 +63,7 @@ while [ $# -gt 0 ]; do
         --short) MODE=short; shift ;;
         --full) MODE=full; shift ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --report) REPORT=${2:?--report needs a directory}; shift 2 ;;
         --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; SERVER_EXTRA=("$@"); break ;;
@@ -77,6 +87,22 @@ case "$MODE" in
         SERVER_WAIT=(--poll spin) TRADER_WAIT=(--spin 1s) ;;
 esac
 
+# With --report: every run keeps its latency histogram (.hgrm) and a long
+# run (at least a short one) records throughput and RSS over time.
+RSS_EVERY=5
+TRADER_REPORT=()
+if [ -n "$REPORT" ]; then
+    [ -n "$OUT" ] || OUT=$REPORT
+    mkdir -p "$REPORT" || die "cannot create the report directory $REPORT"
+    REPORT=$(cd "$REPORT" && pwd)
+    if [ "$MEMORY_SECS" -eq 0 ]; then
+        RSS_EVERY=1
+        case "$MODE" in
+            tiny) MEMORY_SECS=3 ;;
+            *) MEMORY_SECS=10 ;;
+        esac
+    fi
+fi
 [ -n "$OUT" ] || OUT="results/bench-$MODE-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -87,6 +113,10 @@ trap cleanup EXIT
 trap 'note "interrupted"; exit 130' INT TERM
 
 build_binaries
+if [ -n "$REPORT" ]; then
+    DEX_REPORT="$(dirname "$DEX_TRADER")/dex-report"
+    [ -x "$DEX_REPORT" ] || die "--report needs $DEX_REPORT (built with dex-trader: cargo build -p loadgen)"
+fi
 RTT_BIN="$(dirname "$TURBO_DEX")/tcp-rtt"
 HICCUP_BIN="$(dirname "$TURBO_DEX")/hiccup"
 if [ -z "${BIN_DIR:-}" ]; then
@@ -118,6 +148,9 @@ run_one() {
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do server_args+=("$1"); shift; done
     [ $# -gt 0 ] && shift
     trader_args=("$@")
+    if [ -n "$REPORT" ]; then
+        trader_args+=(--hgrm "$OUT/$name.hgrm")
+    fi
     start_server "$OUT/$name.server.out" "$OUT/$name.server.err" "${SERVER_PIN[@]}" --quiet \
         "${SERVER_WAIT[@]}" "${server_args[@]}" "${SERVER_EXTRA[@]}"
     local status=0
@@ -156,6 +189,7 @@ TABLE="$OUT/table.md"
     echo "Machine: $MACHINE. $PLACEMENT. Loopback."
     echo "Command: \`scripts/bench.sh --$MODE\`. Runs of $DURATION after $WARMUP warmup; realistic mix (9% GTC, 3% IOC, 6% cancel, 82% replace), 2 connections."
     echo "Waiting: turbo-dex ${SERVER_WAIT[*]:-with its default --poll adaptive}; dex-trader ${TRADER_WAIT[*]:-parking when idle}."
+    echo "Load average (1, 5, 15 min) before the runs: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown): other work on the machine skews every figure."
     echo
 } >"$TABLE"
 
@@ -189,7 +223,7 @@ fi
 
 if [ "$MODE" != tiny ] && [ -x "$HICCUP_BIN" ]; then
     step "hiccups: how often the machine stops a spinning thread (hiccup, 10 s)"
-    if "$HICCUP_BIN" --cpus "$(join_cpus "${CPUS[@]}")" --seconds 10 >"$OUT/hiccup.out" 2>&1; then
+    if "$HICCUP_BIN" --cpus "$(join_cpus "${CPUS[@]}")" --seconds 10 --json "$OUT/hiccup.json" >"$OUT/hiccup.out" 2>&1; then
         {
             echo "Hiccups: a thread spinning on each CPU, nothing else running, did not run for these gaps in 10 s (\`hiccup\`; no latency below can beat them):"
             echo
@@ -328,19 +362,24 @@ if [ "$MEMORY_SECS" -gt 0 ]; then
     step "memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match)"
     start_server "$OUT/memory.server.out" "$OUT/memory.server.err" "${SERVER_PIN[@]}" --quiet --engine match \
         --journal none "${SERVER_WAIT[@]}" "${SERVER_EXTRA[@]}"
+    [ -z "$REPORT" ] || TRADER_REPORT=(--interval-log "$OUT/memory.hlog")
     "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" "${TRADER_WAIT[@]}" --duration "${MEMORY_SECS}s" --warmup 2s --quiet \
-        --batch 2000 --connections 2 --json "$OUT/memory.json" >"$OUT/memory.trader.out" 2>&1 &
+        --batch 2000 --connections 2 --json "$OUT/memory.json" "${TRADER_REPORT[@]}" >"$OUT/memory.trader.out" 2>&1 &
     trader=$!
     : >"$OUT/memory.rss"
+    : >"$OUT/memory.rss-time"
+    started=$(date +%s.%N)
     while kill -0 "$trader" 2>/dev/null; do
-        server_rss_kib >>"$OUT/memory.rss"
-        sleep 5
+        rss=$(server_rss_kib)
+        echo "$rss" >>"$OUT/memory.rss"
+        echo "$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') $rss" >>"$OUT/memory.rss-time"
+        sleep "$RSS_EVERY"
     done
     wait "$trader" || failures=$((failures + 1))
     stop_server
     {
         echo
-        echo "## Server resident memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match), every 5 s"
+        echo "## Server resident memory over a ${MEMORY_SECS}-second run at full load (batch 2000, match), every $RSS_EVERY s"
         echo
         echo "RSS MiB: $(awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 / 1024 }' "$OUT/memory.rss")"
         echo
@@ -350,6 +389,10 @@ fi
 
 echo
 cat "$TABLE"
+if [ -n "$REPORT" ]; then
+    step "report page"
+    "$DEX_REPORT" bench "$OUT" --out "$REPORT/index.html" >&2 || failures=$((failures + 1))
+fi
 if [ "$failures" -gt 0 ]; then
     printf '%s: %s run(s) failed; see %s\n' "$PROG" "$failures" "$OUT" >&2
     exit 1

@@ -14,6 +14,7 @@
 #   sudo scripts/netns-bench.sh                # --full: 3 x 10 s per row, about 13 minutes
 #   sudo scripts/netns-bench.sh --short        # 1 x 3 s per row, about 2 minutes
 #   sudo scripts/netns-bench.sh --tiny --bin-dir target/debug   # the test suite's run
+#   sudo scripts/netns-bench.sh --short --report DIR   # and DIR/index.html, bar charts inline
 #
 # Needs root and ip (iproute2). The namespaces are deleted on exit, also
 # when interrupted, and leftovers of a crashed earlier run are deleted at
@@ -26,6 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 MODE=full
 OUT=""
+REPORT=""
 RATE=""
 REPEAT=""
 BIN_DIR=${BIN_DIR:-}
@@ -33,7 +35,7 @@ ARGS_SEEN="$*"
 
 usage() {
     cat <<EOF
-Usage: sudo scripts/netns-bench.sh [--tiny | --short | --full] [--rate N] [--repeat N] [--out DIR] [--bin-dir DIR]
+Usage: sudo scripts/netns-bench.sh [--tiny | --short | --full] [--rate N] [--repeat N] [--out DIR] [--report DIR] [--bin-dir DIR]
 
 Runs turbo-dex and dex-trader in two network namespaces joined by a veth
 pair and reports orders/s and latency for MTU 1500 against 9000, batches
@@ -50,6 +52,12 @@ of 1, 10, 100 and 2000, and pinned against unpinned, as a markdown table.
                    5000 with --tiny)
   --out DIR        where table.md and the raw JSON of each run go
                    (default results/netns-<timestamp>)
+  --report DIR     also write DIR/index.html: one self-contained page (inline
+                   SVG, no scripts, no external files) with orders/s and p99
+                   as grouped bars (pinning and MTU side by side for each
+                   batch), the run-to-run range as error bars, and the
+                   tables; the results go to DIR too unless --out says
+                   otherwise
   --bin-dir DIR    use prebuilt turbo-dex and dex-trader from DIR instead of
                    building them in release mode
   -h, --help       this text
@@ -67,6 +75,7 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT=${2:?--repeat needs a count}; shift 2 ;;
         --rate) RATE=${2:?--rate needs orders per second}; shift 2 ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --report) REPORT=${2:?--report needs a directory}; shift 2 ;;
         --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
@@ -102,6 +111,11 @@ MTUS=(1500 9000)
 # (self-trade prevention stops one account trading with itself).
 CONNECTIONS=2
 
+if [ -n "$REPORT" ]; then
+    mkdir -p "$REPORT" || die "cannot create the report directory $REPORT"
+    REPORT=$(cd "$REPORT" && pwd)
+    [ -n "$OUT" ] || OUT=$REPORT
+fi
 [ -n "$OUT" ] || OUT="$ROOT/results/netns-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" || die "cannot create the output directory $OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -335,6 +349,10 @@ median_of() {
 }
 
 build_binaries
+if [ -n "$REPORT" ]; then
+    DEX_REPORT="$(dirname "$DEX_TRADER")/dex-report"
+    [ -x "$DEX_REPORT" ] || die "--report needs $DEX_REPORT (built with dex-trader: cargo build -p loadgen)"
+fi
 # This compares transports, not durability: no journal, so that no fdatasync
 # sits in the latency and no run recovers the books (and the client order
 # ids) of the one before. Binaries from before the journal have no flag.
@@ -462,6 +480,10 @@ CPU_MODEL=$(awk -F ': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev
 
 step "results (also in $OUT/table.md; every run's raw JSON and logs, and runs.tsv, beside it)"
 cat "$OUT/table.md"
+if [ -n "$REPORT" ]; then
+    step "report page"
+    "$DEX_REPORT" netns "$OUT" --out "$REPORT/index.html" >&2 || FAILED=1
+fi
 if [ "$FAILED" -ne 0 ]; then
     printf '%s: some runs failed; their rows say so and their logs are in %s\n' "$PROG" "$OUT" >&2
     exit 1

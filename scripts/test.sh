@@ -33,6 +33,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind) # scripts/book-cachegrind.sh and its test
 # nats-server: the market-data NATS bridge against a real server (engine/tests/md_nats.rs).
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+# chromium renders the bench report page to a PNG (benches/tests/report_page.rs).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"

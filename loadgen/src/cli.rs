@@ -24,6 +24,7 @@ Examples:
   dex-trader --server 127.0.0.1:9000 --mix match --connections 2 --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
   dex-trader --server 127.0.0.1:9000 --mix match --subscribe all --depth --top --verify --duration 2s
+  dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
 
 Latency is measured from each request's send time (closed loop) or its
 scheduled time (open loop, --rate) to its first answer from the server.
@@ -157,6 +158,26 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// Also write the measured latency histogram to this file as an
+    /// HdrHistogram percentile distribution (`.hgrm`, microseconds, the
+    /// text Java's outputPercentileDistribution prints), for HdrHistogram's
+    /// plotter and the tools wrk2 users have.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+
+    /// Also write the latency histogram of every second to this file as an
+    /// HdrHistogram interval log (values in nanoseconds; warmup and drain
+    /// seconds tagged `warmup` and `drain`), for HistogramLogProcessor and
+    /// other interval-log readers.
+    #[arg(long, value_name = "FILE")]
+    pub interval_log: Option<PathBuf>,
+
+    /// Also draw the run as an SVG chart: the latency percentile
+    /// distribution (log axis of nines: 90%, 99%, 99.9%, ...) above the
+    /// orders and trades per second of every second.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 
     /// Check every answer: one terminal report per order, fills within the
     /// order's quantity, consistent leaves, reports only for our orders,
@@ -353,6 +374,12 @@ pub struct Plan {
     pub mtu: Option<usize>,
     /// `--json` if given.
     pub json: Option<PathBuf>,
+    /// `--hgrm` if given.
+    pub hgrm: Option<PathBuf>,
+    /// `--interval-log` if given.
+    pub interval_log: Option<PathBuf>,
+    /// `--plot` if given.
+    pub plot: Option<PathBuf>,
     /// `--verify`.
     pub verify: bool,
     /// `--quiet`.
@@ -480,6 +507,9 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         credentials: args.credentials.clone(),
         mtu: args.mtu.map(|m| m as usize),
         json: args.json.clone(),
+        hgrm: args.hgrm.clone(),
+        interval_log: args.interval_log.clone(),
+        plot: args.plot.clone(),
         verify: args.verify,
         quiet: args.quiet,
         admin: args.admin,
@@ -490,6 +520,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
             threads: args.subscriber_threads as usize,
         }),
     };
+    check_output_files(&plan)?;
     if args.duration.is_zero() {
         return Err(UsageError("--duration must be above zero".into()));
     }
@@ -517,6 +548,48 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         )));
     }
     Ok(plan)
+}
+
+/// The files the run writes at the end must be writable places: a missing
+/// folder is found now, not after a long run. `--plot` draws SVG only.
+fn check_output_files(plan: &Plan) -> Result<(), UsageError> {
+    let files = [
+        ("--json", &plan.json),
+        ("--hgrm", &plan.hgrm),
+        ("--interval-log", &plan.interval_log),
+        ("--plot", &plan.plot),
+    ];
+    for (flag, path) in files {
+        let Some(path) = path else { continue };
+        if path.as_os_str().is_empty() || path.is_dir() {
+            return Err(UsageError(format!(
+                "{flag} {}: give a file name, not a folder",
+                path.display()
+            )));
+        }
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !folder.is_dir() {
+            return Err(UsageError(format!(
+                "{flag} {}: the folder {} does not exist; create it first",
+                path.display(),
+                folder.display()
+            )));
+        }
+    }
+    if let Some(plot) = &plan.plot
+        && !plot
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        return Err(UsageError(format!(
+            "--plot {}: the chart is SVG; name the file with .svg",
+            plot.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -697,7 +770,24 @@ mod tests {
             assert!(p.warnings()[0].contains("one account"), "{args:?}");
         }
 
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 8] = [
+            (
+                &[
+                    "--server",
+                    "127.0.0.1:1",
+                    "--hgrm",
+                    "/no/such/folder/x.hgrm",
+                ],
+                "the folder /no/such/folder does not exist",
+            ),
+            (
+                &["--server", "127.0.0.1:1", "--interval-log", "/"],
+                "not a folder",
+            ),
+            (
+                &["--server", "127.0.0.1:1", "--plot", "chart.png"],
+                "name the file with .svg",
+            ),
             (&["--server", "no-port-here"], "cannot resolve"),
             (
                 &["--server", "127.0.0.1:1", "--cores", "4000"],

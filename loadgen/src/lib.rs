@@ -22,15 +22,20 @@
 
 pub mod cli;
 pub mod flow;
+pub mod hgrm;
 pub mod logging;
 pub mod md;
 pub mod metrics;
+pub mod outputs;
+pub mod page;
+pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod session;
 pub mod stats;
+pub mod timeline;
 pub mod verify;
 
 pub use cli::{Args, Plan, UsageError, parse_duration, plan};

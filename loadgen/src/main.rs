@@ -133,6 +133,10 @@ fn main() -> ExitCode {
         error!("cannot write the JSON report to {}: {e}", path.display());
         failed = true;
     }
+    for e in loadgen::outputs::write_all(&plan, &report) {
+        error!("{e}");
+        failed = true;
+    }
     if let Some(f) = &report.failure {
         error!("{f}");
         failed = true;

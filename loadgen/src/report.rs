@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 use crate::flow::Mix;
 use crate::md::{JsonMarketData, MarketDataReport};
 use crate::stats::{Counters, Percentiles};
+use crate::timeline::Recorded;
 use crate::verify::Violations;
 
 pub use tuning::units::{group, si};
@@ -39,6 +40,9 @@ pub struct RunReport {
     /// Latency of requests sent in the window, from send (or scheduled)
     /// time to first answer.
     pub latency: Percentiles,
+    /// The latency histogram and the run second by second (`--hgrm`,
+    /// `--interval-log`, `--plot`).
+    pub recorded: Recorded,
     /// Connections that failed (I/O error, session error, bad bytes, the
     /// server closing mid-run).
     pub errors: u64,
@@ -531,6 +535,7 @@ mod tests {
                 p9999: 60.0,
                 max: 70.0,
             },
+            recorded: Recorded::default(),
             errors: 0,
             unanswered: 0,
             verify: None,

@@ -39,6 +39,7 @@ use crate::rng::stream_seed;
 use crate::schedule::Schedule;
 use crate::session::{Session, SessionConfig, Window};
 use crate::stats::{Counters, Percentiles, new_histogram};
+use crate::timeline::Timeline;
 use crate::verify::{TradeLedger, Violations};
 
 mod subscriber;
@@ -286,6 +287,12 @@ pub fn run_with_metrics(
     let mut next_tick = start + Duration::from_secs(1);
     let mut last = (start, 0u64);
     let mut scratch = new_histogram();
+    let mut timeline = Timeline::new(
+        plan.warmup,
+        plan.duration,
+        plan.interval_log.as_deref(),
+        &crate::outputs::interval_log_comment(plan),
+    );
     while finished < workers {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match done_rx.recv_timeout(wait) {
@@ -314,6 +321,7 @@ pub fn run_with_metrics(
                 };
                 last = (now, orders);
                 shared.metrics.add_latency(&scratch);
+                timeline.tick(now.duration_since(start), orders, trades, &scratch);
                 if !plan.quiet {
                     let p99 = (!scratch.is_empty())
                         .then(|| scratch.value_at_quantile(0.99) as f64 / 1000.0);
@@ -327,7 +335,7 @@ pub fn run_with_metrics(
     }
     let outcomes = join_all(handles);
     let md = md.and_then(subscriber::Subscribers::join);
-    Ok(merge(plan, &shared, outcomes, md))
+    Ok(merge(plan, &shared, outcomes, md, timeline))
 }
 
 fn join_all(
@@ -344,6 +352,7 @@ fn merge(
     shared: &Shared,
     outcomes: Vec<Option<WorkerOutcome>>,
     md: Option<subscriber::MdRun>,
+    timeline: Timeline,
 ) -> RunReport {
     let mut counters = Counters::default();
     let mut latency = new_histogram();
@@ -431,6 +440,7 @@ fn merge(
         inflight: plan.outstanding_max(),
         mix: plan.mix,
         latency: Percentiles::of(&latency),
+        recorded: timeline.finish(latency),
         errors,
         unanswered,
         verify,
