@@ -52,6 +52,17 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
     let journal = open_journal(&cfg, &shared)?;
     let mut journal = journal;
     let (md_bridge, feeds) = start_md_bridge(&cfg)?;
+    let tls = match &cfg.tls {
+        Some(config) => {
+            tracing::info!("{}", super::tls::ktls_status_line());
+            let ends = super::tls::start_pool(Arc::clone(config), &shared, cfg.cpus.len())
+                .map_err(|e| {
+                    StartError::Config(format!("cannot start the TLS handshake threads: {e}"))
+                })?;
+            ends.into_iter().map(Some).collect()
+        }
+        None => Vec::new(),
+    };
     let mut spawned = spawn_cores(
         &cfg,
         &shared,
@@ -60,6 +71,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         &placement,
         &mut journal,
         feeds,
+        tls,
     )?;
     let failure = wait_ready(&mut spawned);
     let Spawned { threads, go, .. } = spawned;
@@ -234,8 +246,10 @@ fn spawn_cores(
     placement: &Arc<[Placement]>,
     journal: &mut OpenJournal,
     feeds: Vec<crate::mdbridge::BridgeFeed>,
+    tls: Vec<Option<super::tls::CoreTls>>,
 ) -> Result<Spawned, StartError> {
     let mut feeds = feeds.into_iter();
+    let mut tls = tls.into_iter();
     let OpenJournal {
         settings,
         housekeeper,
@@ -284,6 +298,7 @@ fn spawn_cores(
                 max_frame_bytes: cfg.max_frame_bytes,
                 slow_consumer_ms: cfg.slow_consumer_ms,
             },
+            tls: tls.next().flatten(),
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();
         go.push(go_tx);

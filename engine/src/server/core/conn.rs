@@ -60,6 +60,8 @@ pub struct Conn {
     pub peer: Option<std::net::SocketAddr>,
     /// Market-data subscriptions (None until the first Subscribe).
     pub md: Option<super::md::ConnMd>,
+    /// The TLS session on a TLS listener (see `tls.rs`).
+    pub tls: Option<Box<super::tls::ConnTls>>,
 }
 
 impl Conn {
@@ -97,6 +99,7 @@ impl Conn {
             closing_since_ns: 0,
             peer,
             md: None,
+            tls: None,
         }
     }
 

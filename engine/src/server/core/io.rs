@@ -37,7 +37,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    fn arm_recv(&mut self, slot: u32) {
+    pub(super) fn arm_recv(&mut self, slot: u32) {
         let Some(c) = self.st.router.conns.slot_mut(slot) else {
             return;
         };
@@ -74,6 +74,14 @@ impl<M: Matcher + Snapshot> Core<M> {
             }
             c.out.swap_out(&mut c.sending);
             c.send_pos = 0;
+            // TLS (core/tls.rs): the plaintext becomes records in place.
+            if let Some(tls) = &mut c.tls
+                && let Err(e) = tls.seal(&mut c.sending)
+            {
+                c.sending.clear();
+                tracing::warn!("core {}: TLS: cannot encrypt: {e}", self.st.cfg.index);
+                return;
+            }
         }
         c.send_started_ns = now;
         c.last_out_ns = now;
@@ -204,10 +212,34 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
         // Reports must not wait for Nagle; a failure here only costs latency.
         let _ = stream.set_nodelay(true);
+        // TLS (core/tls.rs): the handshake runs off the core; `adopt_handshaken` admits it.
+        if let Some(tls) = &self.tls {
+            if let Err(stream) = tls.start_handshake(stream) {
+                self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "core {}: {} TLS handshakes are waiting; closing a new connection",
+                    self.st.cfg.index,
+                    crate::server::tls::HANDSHAKE_QUEUE_MAX
+                );
+                drop(stream);
+            }
+            return;
+        }
+        self.admit(stream, None);
+    }
+
+    /// Gives an accepted (and, with TLS, handshaken) connection a slot and
+    /// starts receiving; its slot, or `None` when it was refused.
+    pub(super) fn admit(
+        &mut self,
+        stream: std::net::TcpStream,
+        tls: Option<Box<super::tls::ConnTls>>,
+    ) -> Option<u32> {
+        let max = self.st.cfg.max_connections;
         let Some((slot, generation)) = self.st.router.conns.reserve() else {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
             refuse(stream, max);
-            return;
+            return None;
         };
         let mut out = FrameBuf::new(
             CONN_BUFFER_BYTES,
@@ -218,10 +250,12 @@ impl<M: Matcher + Snapshot> Core<M> {
         // goes to a client of unknown version): the oldest version.
         out.set_version(wire::PROTOCOL_VERSION_MIN);
         let id = SessionId::new(self.st.cfg.index as u16, generation, slot);
-        let conn = Conn::new(stream, id, self.st.now_ns, out, CONN_BUFFER_BYTES);
+        let mut conn = Conn::new(stream, id, self.st.now_ns, out, CONN_BUFFER_BYTES);
+        conn.tls = tls;
         self.st.router.conns.insert(slot, conn);
         self.st.router.counters.conns_accepted += 1;
         self.arm_recv(slot);
+        Some(slot)
     }
 
     pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
@@ -270,7 +304,10 @@ impl<M: Matcher + Snapshot> Core<M> {
         let len = res as usize;
         c.last_recv_ns = self.st.now_ns;
         self.st.router.counters.bytes_in += len as u64;
-        if c.phase() == Phase::Closing {
+        if c.tls.is_some() {
+            // TLS (core/tls.rs): decrypt into `inbuf`, then as below.
+            self.recv_tls(slot, Some((bid, len)));
+        } else if c.phase() == Phase::Closing {
             self.bufring.recycle(bid);
         } else if c.inbuf.is_empty() && !c.blocked {
             // Fast path: decode straight from the kernel's buffer.
@@ -295,7 +332,7 @@ impl<M: Matcher + Snapshot> Core<M> {
     }
 
     /// Processes what a connection holds in `inbuf`.
-    fn process_inbuf(&mut self, slot: u32) {
+    pub(super) fn process_inbuf(&mut self, slot: u32) {
         let Some(c) = self.st.router.conns.slot_mut(slot) else {
             return;
         };
