@@ -194,16 +194,21 @@ fn a_client_without_tls_is_closed_and_nobody_else_is_affected() {
     let addr = server.local_addr();
     let mut trader = TlsClient::login(addr, &certs.ca, 1);
 
-    // A plain client sends its Hello in clear: no HelloAck, a close.
+    // A plain client sends its Hello in clear: a SessionError in clear
+    // that says to use TLS, and a close.
     let mut plain = TcpStream::connect(addr).expect("connect");
     let mut hello = Vec::new();
     FrameWriter::new(&mut hello).push(&Hello::new(7, 0, 0, ""));
     plain.write_all(&hello).expect("send");
     let got = read_until_closed(plain);
-    assert!(
-        got.is_empty() || got.starts_with(&[21, 3]),
-        "only a TLS alert (or nothing) comes back, got {got:?}"
-    );
+    let decoder = Decoder::for_client(MAX_FRAME_BYTES_LIMIT);
+    match decoder.decode(&got) {
+        Ok(Decoded::Frame(Frame::SessionError(e), _)) => {
+            let text = String::from_utf8_lossy(e[0].text()).into_owned();
+            assert!(text.contains("TLS"), "{text}");
+        }
+        other => panic!("expected a SessionError, got {other:?} from {got:?}"),
+    }
 
     // Garbage that looks like the start of a handshake record.
     let mut garbage = TcpStream::connect(addr).expect("connect");

@@ -31,6 +31,7 @@ pub mod run;
 pub mod schedule;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod verify;
 
 pub use cli::{Args, Plan, UsageError, parse_duration, plan};

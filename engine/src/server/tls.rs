@@ -236,6 +236,49 @@ impl Worker {
     }
 }
 
+/// TLS records start with content type 22 (handshake) for a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 22;
+
+/// A client that speaks the protocol in clear on a TLS listener gets a
+/// SessionError in clear that says so (rustls would close without a word
+/// it understands), then the close.
+fn refuse_if_not_tls(stream: &mut TcpStream, deadline: Instant) -> Result<(), String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(|e| format!("cannot set the socket's timeouts: {e}"))?;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first) {
+        Ok(0) => Err("the client closed the connection".into()),
+        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => Ok(()),
+        Ok(_) => {
+            // The text field holds 56 bytes.
+            let text = "TLS listener: connect with TLS (dex-trader --tls)";
+            let mut buf = Vec::with_capacity(160);
+            wire::FrameWriter::new(&mut buf)
+                .with_version(wire::PROTOCOL_VERSION_MIN)
+                .push(&wire::SessionError::new(
+                    wire::SessionErrorCode::MalformedFrame,
+                    0,
+                    0,
+                    text,
+                ));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.write_all(&buf);
+            Err("the client does not speak TLS (its first bytes are not a TLS handshake)".into())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Runs a blocking handshake on `stream` until `deadline`, then restores
 /// the socket's defaults (no timeouts) for the core's io_uring.
 fn handshake(
@@ -243,6 +286,7 @@ fn handshake(
     session: &mut ServerConnection,
     deadline: Instant,
 ) -> Result<(), String> {
+    refuse_if_not_tls(stream, deadline)?;
     while session.is_handshaking() {
         let left = deadline
             .checked_duration_since(Instant::now())
