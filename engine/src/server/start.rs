@@ -52,17 +52,6 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
     let journal = open_journal(&cfg, &shared)?;
     let mut journal = journal;
     let (md_bridge, feeds) = start_md_bridge(&cfg)?;
-    let tls = match &cfg.tls {
-        Some(config) => {
-            tracing::info!("{}", super::tls::ktls_status_line());
-            let ends = super::tls::start_pool(Arc::clone(config), &shared, cfg.cpus.len())
-                .map_err(|e| {
-                    StartError::Config(format!("cannot start the TLS handshake threads: {e}"))
-                })?;
-            ends.into_iter().map(Some).collect()
-        }
-        None => Vec::new(),
-    };
     let mut spawned = spawn_cores(
         &cfg,
         &shared,
@@ -71,7 +60,6 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         &placement,
         &mut journal,
         feeds,
-        tls,
     )?;
     let failure = wait_ready(&mut spawned);
     let Spawned { threads, go, .. } = spawned;
@@ -246,9 +234,18 @@ fn spawn_cores(
     placement: &Arc<[Placement]>,
     journal: &mut OpenJournal,
     feeds: Vec<crate::mdbridge::BridgeFeed>,
-    tls: Vec<Option<super::tls::CoreTls>>,
 ) -> Result<Spawned, StartError> {
     let mut feeds = feeds.into_iter();
+    let tls: Vec<Option<super::tls::CoreTls>> = match &cfg.tls {
+        Some(config) => {
+            tracing::info!("{}", super::tls::ktls_status_line());
+            let ends = super::tls::start_pool(Arc::clone(config), shared, cfg.cpus.len()).map_err(
+                |e| StartError::Config(format!("cannot start the TLS handshake threads: {e}")),
+            )?;
+            ends.into_iter().map(Some).collect()
+        }
+        None => Vec::new(),
+    };
     let mut tls = tls.into_iter();
     let OpenJournal {
         settings,
