@@ -2,7 +2,11 @@
 # The cost of TLS on order entry: closed-loop runs at batch 2000 and batch 1,
 # each without and with TLS (turbo-dex --tls-cert, dex-trader --tls), on
 # loopback, as scripts/bench.sh runs them (turbo-dex --poll spin,
-# dex-trader --spin 1s, --connections 2).
+# dex-trader --spin 1s, --connections 2, --mix realistic), with the null
+# engine (the transport alone: every order accepted, so every run does the
+# same work) and the matching engine (whose realistic mix shifts between
+# new orders and cheap replaces with the book's state, so its orders/s
+# varies from run to run with or without TLS).
 #
 #   scripts/bench-tls.sh [--duration 5s] [--server-cpu 0] [--trader-cpu 1] [--bin-dir DIR]
 #
@@ -48,13 +52,13 @@ openssl x509 -req -in "$OUT/server.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca-key.pe
 json_num() { tr -d '\n' <"$1" | grep -o "\"$2\"[[:space:]]*:[[:space:]]*[-0-9.eE+]*" | head -n 1 | sed 's/.*:[[:space:]]*//'; }
 
 run() {
-    local name=$1 batch=$2 tls=$3
+    local name=$1 engine=$2 batch=$3 tls=$4
     local server_tls=() trader_tls=()
     if [ "$tls" = tls ]; then
         server_tls=(--tls-cert "$OUT/server.pem" --tls-key "$OUT/server-key.pem")
         trader_tls=(--tls --tls-ca "$OUT/ca.pem")
     fi
-    "$TURBO_DEX" --listen 127.0.0.1:0 --cores "$SERVER_CPU" --journal none --poll spin --admin none \
+    "$TURBO_DEX" --listen 127.0.0.1:0 --cores "$SERVER_CPU" --journal none --poll spin --admin none --engine "$engine" \
         --quiet "${server_tls[@]}" >"$OUT/$name.server.out" 2>"$OUT/$name.server.err" &
     local pid=$! addr=
     for _ in $(seq 100); do
@@ -64,19 +68,21 @@ run() {
     done
     [ -n "$addr" ] || { echo "turbo-dex did not start:" >&2; cat "$OUT/$name.server.err" >&2; kill "$pid"; exit 1; }
     "$DEX_TRADER" --server "$addr" --cores "$TRADER_CPU" --spin 1s --connections 2 --duration "$DURATION" \
-        --batch "$batch" --quiet --json "$OUT/$name.json" "${trader_tls[@]}" \
+        --batch "$batch" --mix realistic --quiet --json "$OUT/$name.json" "${trader_tls[@]}" \
         >"$OUT/$name.trader.out" 2>"$OUT/$name.trader.err" || {
         echo "run $name failed:" >&2; cat "$OUT/$name.trader.err" >&2; kill "$pid"; exit 1; }
     kill -INT "$pid"; wait "$pid" || true
-    printf '%-16s %12.0f %10s %10s\n' "$name" "$(json_num "$OUT/$name.json" orders_per_sec)" \
+    printf '%-22s %12.0f %10s %10s\n' "$name" "$(json_num "$OUT/$name.json" orders_per_sec)" \
         "$(json_num "$OUT/$name.json" p50)" "$(json_num "$OUT/$name.json" p99)"
 }
 
 echo "# $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr)"
 echo "# turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU, closed loop, $DURATION per run"
-printf '%-16s %12s %10s %10s\n' run orders/s p50_us p99_us
-run batch2000-plain 2000 plain
-run batch2000-tls 2000 tls
-run batch1-plain 1 plain
-run batch1-tls 1 tls
+printf '%-22s %12s %10s %10s\n' run orders/s p50_us p99_us
+for engine in null match; do
+    for batch in 2000 1; do
+        run "$engine-batch$batch-plain" "$engine" "$batch" plain
+        run "$engine-batch$batch-tls" "$engine" "$batch" tls
+    done
+done
 echo "# results in $OUT"

@@ -80,6 +80,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             {
                 c.sending.clear();
                 tracing::warn!("core {}: TLS: cannot encrypt: {e}", self.st.cfg.index);
+                self.begin_close(slot, None);
                 return;
             }
         }

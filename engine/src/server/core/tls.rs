@@ -156,3 +156,116 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+    use super::*;
+
+    /// A client and a server session after an in-memory handshake.
+    fn pair() -> (ClientConnection, ConnTls) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client = ClientConnection::new(
+            Arc::new(client_config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        while client.is_handshaking() || server.is_handshaking() || client.wants_write() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            server.read_tls(&mut &wire[..]).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            client.read_tls(&mut &wire[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        (client, ConnTls::new(server, 1024))
+    }
+
+    #[test]
+    fn ciphertext_split_anywhere_opens_to_the_same_bytes() {
+        let (mut client, mut server) = pair();
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        client.writer().write_all(&sent).unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut input = Vec::new();
+        // Odd-sized pieces: records split across receive buffers.
+        for piece in wire.chunks(997) {
+            assert!(matches!(server.open(piece, &mut input), Ok(Opened::Data)));
+        }
+        assert!(input == sent, "the opened bytes are the sent bytes");
+    }
+
+    #[test]
+    fn a_sealed_batch_reads_back_and_garbage_is_an_error() {
+        let (mut client, mut server) = pair();
+        let mut sending = b"reports".repeat(5_000);
+        server.seal(&mut sending).unwrap();
+        let mut got = Vec::new();
+        let mut wire = &sending[..];
+        while !wire.is_empty() {
+            client.read_tls(&mut wire).unwrap();
+            let state = client.process_new_packets().unwrap();
+            let at = got.len();
+            got.resize(at + state.plaintext_bytes_to_read(), 0);
+            client.reader().read_exact(&mut got[at..]).unwrap();
+        }
+        assert!(
+            got == b"reports".repeat(5_000),
+            "the sealed bytes read back"
+        );
+
+        let mut input = Vec::new();
+        let garbage = [23u8, 3, 3, 0, 40].iter().copied().chain([0xAB; 40]);
+        let garbage: Vec<u8> = garbage.collect();
+        assert!(server.open(&garbage, &mut input).is_err());
+        assert!(input.is_empty());
+    }
+
+    #[test]
+    fn close_notify_is_seen() {
+        let (mut client, mut server) = pair();
+        client.send_close_notify();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut input = Vec::new();
+        assert!(matches!(server.open(&wire, &mut input), Ok(Opened::Closed)));
+    }
+}
