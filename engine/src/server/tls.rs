@@ -7,7 +7,7 @@
 //! 1. A core accepts a connection as always, then hands the socket to the
 //!    handshake threads (a bounded queue; when it is full the connection
 //!    is closed). The cores never run a handshake: its public-key
-//!    operations cost a millisecond or more, which would stall matching.
+//!    operations would stall matching.
 //! 2. A handshake thread runs rustls's blocking handshake with a deadline
 //!    ([`HANDSHAKE_TIMEOUT`]), then passes the socket and its rustls
 //!    session to the core that accepted it (a channel, then a wake). A
@@ -39,9 +39,9 @@ use super::Shared;
 /// A TLS handshake must complete within this (a client that stalls its
 /// handshake holds a handshake thread this long at most).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Threads that run handshakes. Each handshake is about a millisecond of
-/// CPU (one ECDHE and one signature); a stalled one holds its thread up
-/// to [`HANDSHAKE_TIMEOUT`].
+/// Threads that run handshakes. Each handshake costs one key exchange and
+/// one signature of CPU; a stalled one holds its thread up to
+/// [`HANDSHAKE_TIMEOUT`].
 pub const HANDSHAKE_THREADS: usize = 2;
 /// Accepted connections waiting for a handshake thread, over all cores;
 /// past this a new connection is closed at once.
