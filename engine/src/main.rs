@@ -145,8 +145,11 @@ struct Args {
     /// (PEM, the server's certificate first). Needs --tls-key. Handshakes run
     /// on their own threads, never on an engine core; after the handshake
     /// the cores encrypt and decrypt in user space (rustls), and io_uring
-    /// batching is unchanged. Clients without TLS are refused (logged once,
-    /// closed). The protocol bytes inside TLS are the same.
+    /// batching is unchanged. A client without TLS gets a SessionError in
+    /// clear that says so, one log line, and the close. At start the log
+    /// says whether this kernel has kTLS (keys are not installed into kTLS
+    /// yet: the user-space path is used either way). The protocol bytes
+    /// inside TLS are the same.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
 
