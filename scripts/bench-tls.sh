@@ -8,7 +8,7 @@
 # new orders and cheap replaces with the book's state, so its orders/s
 # varies from run to run with or without TLS).
 #
-#   scripts/bench-tls.sh [--duration 5s] [--server-cpu 0] [--trader-cpu 1] [--bin-dir DIR]
+#   scripts/bench-tls.sh [--duration 5s] [--warmup 2s] [--server-cpu 0] [--trader-cpu 1] [--bin-dir DIR]
 #
 # Builds the release binaries (unless --bin-dir), makes a throwaway CA and
 # a server certificate for 127.0.0.1 with openssl, and prints one row per
@@ -16,12 +16,14 @@
 set -euo pipefail
 
 DURATION=5s
+WARMUP=2s
 SERVER_CPU=0
 TRADER_CPU=1
 BIN_DIR=
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
         --server-cpu) SERVER_CPU=$2; shift 2 ;;
         --trader-cpu) TRADER_CPU=$2; shift 2 ;;
         --bin-dir) BIN_DIR=$2; shift 2 ;;
@@ -67,7 +69,7 @@ run() {
         sleep 0.1
     done
     [ -n "$addr" ] || { echo "turbo-dex did not start:" >&2; cat "$OUT/$name.server.err" >&2; kill "$pid"; exit 1; }
-    "$DEX_TRADER" --server "$addr" --cores "$TRADER_CPU" --spin 1s --connections 2 --duration "$DURATION" \
+    "$DEX_TRADER" --server "$addr" --cores "$TRADER_CPU" --spin 1s --connections 2 --duration "$DURATION" --warmup "$WARMUP" \
         --batch "$batch" --mix realistic --quiet --json "$OUT/$name.json" "${trader_tls[@]}" \
         >"$OUT/$name.trader.out" 2>"$OUT/$name.trader.err" || {
         echo "run $name failed:" >&2; cat "$OUT/$name.trader.err" >&2; kill "$pid"; exit 1; }
@@ -77,7 +79,7 @@ run() {
 }
 
 echo "# $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr)"
-echo "# turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU, closed loop, $DURATION per run"
+echo "# turbo-dex on CPU $SERVER_CPU, dex-trader on CPU $TRADER_CPU, closed loop, $DURATION per run after $WARMUP of warmup"
 printf '%-22s %12s %10s %10s\n' run orders/s p50_us p99_us
 for engine in null match; do
     for batch in 2000 1; do
