@@ -232,6 +232,34 @@ fn a_client_without_tls_is_closed_and_nobody_else_is_affected() {
     server.stop();
 }
 
+#[test]
+fn stalled_handshakes_do_not_hold_up_others() {
+    let certs = certs::make(base(), "tls-stalled");
+    let server = tls_server(&certs);
+    let addr = server.local_addr();
+    // Connections that start a handshake record and then say nothing, or
+    // say nothing at all: far more than there are handshake threads. Had
+    // each held a thread until its 5 s deadline, the logon below would
+    // wait for 16 x 5 s / 2 threads, past its 20 s limit.
+    let stalled: Vec<TcpStream> = (0..16)
+        .map(|i| {
+            let s = TcpStream::connect(addr).expect("connect");
+            if i % 2 == 0 {
+                (&s).write_all(&[22, 3, 1, 0, 200]).expect("send");
+            }
+            s
+        })
+        .collect();
+    let mut trader = TlsClient::login(addr, &certs.ca, 1);
+    trader.send(&[common::buy(1, 0, 100, 10)]);
+    trader.wait(|c| c.count(Kind::Accepted) >= 1, "the acceptance");
+    // The stalled ones are closed at their deadline.
+    for s in stalled {
+        read_until_closed(s);
+    }
+    server.stop();
+}
+
 fn turbo_dex(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_turbo-dex"))
         .args([

@@ -8,11 +8,13 @@
 //!    handshake threads (a bounded queue; when it is full the connection
 //!    is closed). The cores never run a handshake: its public-key
 //!    operations would stall matching.
-//! 2. A handshake thread runs rustls's blocking handshake with a deadline
-//!    ([`HANDSHAKE_TIMEOUT`]), then passes the socket and its rustls
-//!    session to the core that accepted it (a channel, then a wake). A
-//!    failed handshake (a client without TLS, a garbage or a stalled
-//!    handshake) is logged once and the socket closed; no core sees it.
+//! 2. A handshake thread runs many rustls handshakes at once on
+//!    non-blocking sockets (poll(2)), each with a deadline
+//!    ([`HANDSHAKE_TIMEOUT`]), so a client that stalls holds no thread.
+//!    A completed one goes with its rustls session to the core that
+//!    accepted it (a channel, then a wake). A failed handshake (a client
+//!    without TLS, a garbage or a stalled handshake) is logged once and
+//!    the socket closed; no core sees it.
 //! 3. The core admits the connection and from then on encrypts and
 //!    decrypts in user space with rustls (`core/tls.rs`): io_uring still
 //!    receives and sends plain byte buffers, and batching is unchanged.
@@ -36,12 +38,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Shared;
 
-/// A TLS handshake must complete within this (a client that stalls its
-/// handshake holds a handshake thread this long at most).
+/// A TLS handshake must complete within this after the accept.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Threads that run handshakes. Each handshake costs one key exchange and
-/// one signature of CPU; a stalled one holds its thread up to
-/// [`HANDSHAKE_TIMEOUT`].
+/// Threads that run handshakes, each up to [`HANDSHAKES_PER_THREAD_MAX`]
+/// at once. Each handshake costs one key exchange and one signature of CPU.
 pub const HANDSHAKE_THREADS: usize = 2;
 /// Accepted connections waiting for a handshake thread, over all cores;
 /// past this a new connection is closed at once.
@@ -184,54 +184,215 @@ struct Worker {
     to_cores: Vec<Sender<Handshaken>>,
 }
 
+/// A handshake in progress on a non-blocking socket.
+struct Active {
+    stream: TcpStream,
+    /// `None` until the first byte showed a TLS handshake record.
+    session: Option<ServerConnection>,
+    core: usize,
+    deadline: Instant,
+}
+
+/// Handshakes one thread runs at once; more wait in the queue.
+pub const HANDSHAKES_PER_THREAD_MAX: usize = 512;
+/// How long a handshake thread waits in poll(2) before it looks for new
+/// connections in the queue (the most a new handshake waits to start).
+const POLL_MS: i32 = 2;
+
 impl Worker {
+    /// Runs many handshakes at once on non-blocking sockets, so that a
+    /// client that stalls its handshake holds no thread, only its entry
+    /// until the deadline.
     fn run(self) {
+        let mut active: Vec<Active> = Vec::with_capacity(HANDSHAKES_PER_THREAD_MAX);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(HANDSHAKES_PER_THREAD_MAX);
         loop {
-            let next = match self.from_cores.lock() {
-                Ok(rx) => rx.recv(),
-                Err(_) => return,
-            };
-            let Ok(mut p) = next else {
-                return; // every core is gone
-            };
-            let peer = p
-                .stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
-            let result = ServerConnection::new(Arc::clone(&self.config))
-                .map_err(|e| format!("cannot start a TLS session: {e}"))
-                .and_then(|mut session| {
-                    handshake(&mut p.stream, &mut session, p.accepted + HANDSHAKE_TIMEOUT)
-                        .map(|()| session)
-                });
-            match result {
-                Ok(session) => {
-                    let back = Handshaken {
-                        stream: p.stream,
-                        session,
-                    };
-                    if let Some(tx) = self.to_cores.get(p.core)
-                        && tx.send(back).is_ok()
-                    {
-                        // Always kick: the core may be about to sleep, and a
-                        // handshake is rare next to the work a wake costs.
-                        self.shared.kick(p.core);
-                        continue;
-                    }
-                    self.shared
-                        .conns_live
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "TLS handshake with {peer} failed: {e}; closing the connection (a client \
-                         without TLS, or one that does not trust this server's certificate?)"
-                    );
-                    self.shared
-                        .conns_live
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if active.is_empty() {
+                let next = match self.from_cores.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok(p) = next else {
+                    return; // every core is gone
+                };
+                self.start(p, &mut active);
+            }
+            // The other thread may hold the queue while it waits: then
+            // this one goes on with what it has.
+            if let Ok(rx) = self.from_cores.try_lock() {
+                while active.len() < HANDSHAKES_PER_THREAD_MAX {
+                    let Ok(p) = rx.try_recv() else { break };
+                    self.start(p, &mut active);
                 }
             }
+            let now = Instant::now();
+            for i in (0..active.len()).rev() {
+                if now >= active[i].deadline {
+                    let a = active.swap_remove(i);
+                    self.fail(&a, format!("not complete within {HANDSHAKE_TIMEOUT:?}"));
+                }
+            }
+            if active.is_empty() {
+                continue;
+            }
+            fds.clear();
+            fds.extend(active.iter().map(|a| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&a.stream),
+                events: libc::POLLIN
+                    | if a.session.as_ref().is_some_and(|s| s.wants_write()) {
+                        libc::POLLOUT
+                    } else {
+                        0
+                    },
+                revents: 0,
+            }));
+            // SAFETY: `fds` is a valid, initialized array of `fds.len()`
+            // pollfd entries that lives across the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
+            if n <= 0 {
+                continue;
+            }
+            // Backwards: `swap_remove` moves an entry already looked at.
+            for i in (0..active.len()).rev() {
+                if fds[i].revents != 0 {
+                    let step = step(&mut active[i], &self.config);
+                    self.settle(&mut active, i, step);
+                }
+            }
+        }
+    }
+
+    /// Takes a new connection: non-blocking, a first step at once.
+    fn start(&self, p: Pending, active: &mut Vec<Active>) {
+        if let Err(e) = p.stream.set_nonblocking(true) {
+            let a = Active {
+                stream: p.stream,
+                session: None,
+                core: p.core,
+                deadline: p.accepted,
+            };
+            self.fail(&a, format!("cannot make the socket non-blocking: {e}"));
+            return;
+        }
+        active.push(Active {
+            stream: p.stream,
+            session: None,
+            core: p.core,
+            deadline: p.accepted + HANDSHAKE_TIMEOUT,
+        });
+        let i = active.len() - 1;
+        let step = step(&mut active[i], &self.config);
+        self.settle(active, i, step);
+    }
+
+    fn settle(&self, active: &mut Vec<Active>, i: usize, step: Step) {
+        match step {
+            Step::Pending => {}
+            Step::Done => {
+                let a = active.swap_remove(i);
+                self.finish(a);
+            }
+            Step::Failed(e) => {
+                let a = active.swap_remove(i);
+                self.fail(&a, e);
+            }
+        }
+    }
+
+    /// Hands a completed handshake to its core.
+    fn finish(&self, a: Active) {
+        let Some(session) = a.session else {
+            self.fail(&a, "internal: no TLS session".into());
+            return;
+        };
+        if let Err(e) = a.stream.set_nonblocking(false) {
+            let a = Active { session: None, ..a };
+            self.fail(&a, format!("cannot make the socket blocking again: {e}"));
+            return;
+        }
+        let mut session = session;
+        // Plaintext is written with no limit: the core's own output limits
+        // (`--out-max`) bound it, and records are drained after each write.
+        session.set_buffer_limit(None);
+        let back = Handshaken {
+            stream: a.stream,
+            session,
+        };
+        if let Some(tx) = self.to_cores.get(a.core)
+            && tx.send(back).is_ok()
+        {
+            // Always kick: the core may be about to sleep, and a
+            // handshake is rare next to the work a wake costs.
+            self.shared.kick(a.core);
+            return;
+        }
+        self.shared
+            .conns_live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Logs a failed handshake once and closes its connection.
+    fn fail(&self, a: &Active, e: String) {
+        let peer = a
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |p| p.to_string());
+        tracing::warn!(
+            "TLS handshake with {peer} failed: {e}; closing the connection (a client without \
+             TLS, or one that does not trust this server's certificate?)"
+        );
+        self.shared
+            .conns_live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Where a handshake step left it.
+enum Step {
+    /// Waiting for the client (or for room in the socket buffer).
+    Pending,
+    Done,
+    Failed(String),
+}
+
+/// Moves a handshake on as far as the socket allows without blocking.
+fn step(a: &mut Active, config: &Arc<rustls::ServerConfig>) -> Step {
+    if a.session.is_none() {
+        match first_byte_is_tls(&mut a.stream) {
+            Ok(None) => return Step::Pending,
+            Ok(Some(())) => match ServerConnection::new(Arc::clone(config)) {
+                Ok(s) => a.session = Some(s),
+                Err(e) => return Step::Failed(format!("cannot start a TLS session: {e}")),
+            },
+            Err(e) => return Step::Failed(e),
+        }
+    }
+    let Some(session) = a.session.as_mut() else {
+        return Step::Failed("internal: no TLS session".into());
+    };
+    loop {
+        while session.wants_write() {
+            match session.write_tls(&mut a.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
+                Err(e) => return Step::Failed(format!("sending the handshake: {e}")),
+            }
+        }
+        if !session.is_handshaking() {
+            return Step::Done;
+        }
+        match session.read_tls(&mut a.stream) {
+            Ok(0) => return Step::Failed("the client closed the connection".into()),
+            Ok(_) => {
+                if let Err(e) = session.process_new_packets() {
+                    // The alert that says why, if the socket takes it.
+                    let _ = session.write_tls(&mut a.stream);
+                    return Step::Failed(e.to_string());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Step::Failed(e.to_string()),
         }
     }
 }
@@ -239,18 +400,15 @@ impl Worker {
 /// TLS records start with content type 22 (handshake) for a ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 22;
 
-/// A client that speaks the protocol in clear on a TLS listener gets a
-/// SessionError in clear that says so (rustls would close without a word
-/// it understands), then the close.
-fn refuse_if_not_tls(stream: &mut TcpStream, deadline: Instant) -> Result<(), String> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    stream
-        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(|e| format!("cannot set the socket's timeouts: {e}"))?;
+/// Whether the client's first byte starts a TLS handshake record:
+/// `Ok(None)` when nothing came yet. A client that speaks the protocol in
+/// clear on a TLS listener gets a SessionError in clear that says so
+/// (rustls would close without a word it understands), then the close.
+fn first_byte_is_tls(stream: &mut TcpStream) -> Result<Option<()>, String> {
     let mut first = [0u8; 1];
     match stream.peek(&mut first) {
         Ok(0) => Err("the client closed the connection".into()),
-        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => Ok(()),
+        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => Ok(Some(())),
         Ok(_) => {
             // The text field holds 56 bytes.
             let text = "TLS listener: connect with TLS (dex-trader --tls)";
@@ -263,70 +421,13 @@ fn refuse_if_not_tls(stream: &mut TcpStream, deadline: Instant) -> Result<(), St
                     0,
                     text,
                 ));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            // Best effort on the non-blocking socket: it is empty, so the
+            // few bytes fit.
             let _ = stream.write_all(&buf);
             Err("the client does not speak TLS (its first bytes are not a TLS handshake)".into())
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))
-        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Runs a blocking handshake on `stream` until `deadline`, then restores
-/// the socket's defaults (no timeouts) for the core's io_uring.
-fn handshake(
-    stream: &mut TcpStream,
-    session: &mut ServerConnection,
-    deadline: Instant,
-) -> Result<(), String> {
-    refuse_if_not_tls(stream, deadline)?;
-    while session.is_handshaking() {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("not complete within {HANDSHAKE_TIMEOUT:?}"))?;
-        stream
-            .set_read_timeout(Some(left))
-            .and_then(|()| stream.set_write_timeout(Some(left)))
-            .map_err(|e| format!("cannot set the socket's timeouts: {e}"))?;
-        match session.complete_io(stream) {
-            Ok((0, 0)) if session.is_handshaking() => {
-                return Err("the client closed the connection".into());
-            }
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!("not complete within {HANDSHAKE_TIMEOUT:?}"));
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err("the client closed the connection".into());
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    while session.wants_write() {
-        session
-            .write_tls(stream)
-            .map_err(|e| format!("sending the end of the handshake: {e}"))?;
-    }
-    stream.flush().map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(None)
-        .and_then(|()| stream.set_write_timeout(None))
-        .map_err(|e| format!("cannot clear the socket's timeouts: {e}"))?;
-    // Plaintext is written with no limit: the core's own output limits
-    // (`--out-max`) bound it, and records are drained after each write.
-    session.set_buffer_limit(None);
-    Ok(())
 }
