@@ -183,6 +183,40 @@ fn every_script_is_shellcheck_clean() {
 }
 
 #[test]
+fn bench_tls_gives_every_row() {
+    let allowed = tuning::allowed_cpus().expect("affinity");
+    let server = allowed.first().expect("a CPU").to_string();
+    let trader = allowed.last().expect("a CPU").to_string();
+    let out = Command::new(root().join("scripts/bench-tls.sh"))
+        .args(["--duration", "200ms", "--warmup", "100ms"])
+        .args([
+            "--server-cpu",
+            &server,
+            "--trader-cpu",
+            &trader,
+            "--bin-dir",
+        ])
+        .arg(bin_dir())
+        .output()
+        .expect("bench-tls.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "bench-tls.sh failed:\n{log}");
+    for engine in ["null", "match"] {
+        for batch in ["2000", "1"] {
+            for tls in ["plain", "tls"] {
+                let name = format!("{engine}-batch{batch}-{tls} ");
+                let row = log.lines().find(|l| l.starts_with(&name));
+                let cells: Vec<&str> = row.map_or(vec![], |r| r.split_whitespace().collect());
+                assert!(
+                    cells.len() == 4 && cells[1..].iter().all(|c| is_number(c)),
+                    "row {name}: {row:?} in\n{log}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn admin_bench_runs_with_and_without_a_scraper() {
     let out = Command::new(root().join("scripts/admin-bench.sh"))
         .args(["--pairs", "1", "--duration", "1s", "--bin-dir"])

@@ -219,6 +219,23 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
 
+    /// Order entry (and --subscribe) over TLS 1.3, for a server started with
+    /// turbo-dex --tls-cert. Needs --tls-ca. The server's certificate must be
+    /// signed by that CA, be current, and name --tls-server-name; otherwise
+    /// the run fails at connect, saying which. The protocol inside is the same.
+    #[arg(long, requires = "tls_ca")]
+    pub tls: bool,
+
+    /// With --tls: the CA certificate(s) (PEM) that the server's
+    /// certificate must be signed by; only these are trusted.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// With --tls: the name the server's certificate must carry (a DNS name
+    /// or an IP address). Default: the host part of --server.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
+
     /// Also run market-data subscribers (protocol version 2) beside the
     /// trading sessions (always beside them: dex-trader has no mode without
     /// trading): `all` (one Subscribe for every symbol) or comma-separated
@@ -388,6 +405,8 @@ pub struct Plan {
     pub admin: Option<SocketAddr>,
     /// `--subscribe` and its companions, if given.
     pub market_data: Option<MdPlan>,
+    /// `--tls` and its CA and name, if given.
+    pub tls: Option<crate::tls::TlsPlan>,
 }
 
 impl Plan {
@@ -442,6 +461,14 @@ impl Plan {
     }
 }
 
+/// The host of `HOST:PORT` (without the brackets of `[IPv6]:PORT`).
+fn host_part(server: &str) -> String {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
 /// Checks `args` and resolves the server: the [`Plan`] of the run.
 pub fn plan(args: &Args) -> Result<Plan, UsageError> {
     let server = args
@@ -481,6 +508,16 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
     }
     let rate = args.rate.filter(|&r| r > 0);
     let batch = args.batch as usize;
+    let tls = match (&args.tls_ca, args.tls) {
+        (Some(ca), true) => {
+            let name = args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| host_part(&args.server));
+            Some(crate::tls::load_client_config(ca, &name).map_err(UsageError)?)
+        }
+        _ => None,
+    };
     let plan = Plan {
         server,
         server_name: args.server.clone(),
@@ -519,6 +556,7 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
             subscribers: args.subscribers as usize,
             threads: args.subscriber_threads as usize,
         }),
+        tls,
     };
     check_output_files(&plan)?;
     if args.duration.is_zero() {

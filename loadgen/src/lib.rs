@@ -36,6 +36,7 @@ pub mod schedule;
 pub mod session;
 pub mod stats;
 pub mod timeline;
+pub mod tls;
 pub mod verify;
 
 pub use cli::{Args, Plan, UsageError, parse_duration, plan};

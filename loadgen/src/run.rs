@@ -15,7 +15,6 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
@@ -23,7 +22,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
@@ -40,6 +38,7 @@ use crate::schedule::Schedule;
 use crate::session::{Session, SessionConfig, Window};
 use crate::stats::{Counters, Percentiles, new_histogram};
 use crate::timeline::Timeline;
+use crate::tls::Stream;
 use crate::verify::{TradeLedger, Violations};
 
 mod subscriber;
@@ -481,7 +480,7 @@ fn worker_thread(w: usize, cpu: usize, plan: &Plan, shared: &Arc<Shared>) -> Opt
 
 /// A connected, logged-in connection before the clock starts.
 struct Connected {
-    stream: TcpStream,
+    stream: Stream,
     ack: HelloAck,
     symbols: Vec<u32>,
     leftover: Vec<u8>,
@@ -579,6 +578,7 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
         None => tuning::sock::ip_mtu(fd).unwrap_or(tuning::mtu::ETHERNET_MTU_BYTES),
     };
     let coalesce_bytes = tuning::send_coalesce_bytes(mtu, addr.is_ipv6()).max(512);
+    let stream = secure(plan, stream).await?;
 
     let account = plan
         .account
@@ -641,6 +641,26 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
     })
 }
 
+/// With `--tls`, runs the TLS handshake (within `--connect-timeout`).
+async fn secure(plan: &Plan, tcp: TcpStream) -> Result<Stream, RunError> {
+    let Some(tls) = &plan.tls else {
+        return Ok(Stream::plain(tcp));
+    };
+    let handshake = async {
+        Stream::handshake(tcp, tls)
+            .await
+            .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))
+    };
+    let timeout = async {
+        glommio::timer::sleep(plan.connect_timeout).await;
+        Err(RunError::Failed(format!(
+            "{} accepted the connection but did not complete the TLS handshake within {:?}",
+            plan.server_name, plan.connect_timeout
+        )))
+    };
+    future::or(handshake, timeout).await
+}
+
 /// Warns (once) when `--mtu` is larger than what the interface
 /// the connection leaves from carries: sends sized for it would be split.
 fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
@@ -661,7 +681,7 @@ fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
 /// Reads HelloAck and the symbol directory; returns them and any bytes
 /// that came after.
 async fn read_directory(
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Stream>,
     plan: &Plan,
 ) -> Result<(HelloAck, Vec<SymbolEntry>, Vec<u8>), RunError> {
     let server = &plan.server_name;
@@ -728,6 +748,14 @@ async fn read_directory(
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(e) => {
+                    // A TLS record: content type 21 (alert) or 22
+                    // (handshake), then version 3.x.
+                    if plan.tls.is_none() && matches!(buf.get(used..used + 2), Some([21 | 22, 3])) {
+                        return Err(RunError::Failed(format!(
+                            "{server} answered with TLS: it listens with --tls-cert; run with \
+                             --tls --tls-ca FILE"
+                        )));
+                    }
                     return Err(RunError::Failed(format!(
                         "{server} answered the Hello with bytes that do not decode ({e}); is it a \
                          turbo-dex server speaking protocol version {}?",
@@ -797,7 +825,7 @@ impl Signal {
 /// `recv_bytes`, the server closing it, or a failed read; the reason is
 /// then in `failure` and `progress` is raised.
 async fn read_more(
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Stream>,
     buf: &mut [u8],
     len: &mut usize,
     recv_bytes: usize,
@@ -822,17 +850,14 @@ async fn read_more(
     false
 }
 
-async fn read_some(stream: &RefCell<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
-    future::poll_fn(|cx: &mut Context<'_>| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf))
-        .await
+async fn read_some(stream: &RefCell<Stream>, buf: &mut [u8]) -> io::Result<usize> {
+    future::poll_fn(|cx: &mut Context<'_>| stream.borrow_mut().poll_read(cx, buf)).await
 }
 
-async fn write_all(stream: &RefCell<TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &RefCell<Stream>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let n = future::poll_fn(|cx: &mut Context<'_>| {
-            Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)
-        })
-        .await?;
+        let n =
+            future::poll_fn(|cx: &mut Context<'_>| stream.borrow_mut().poll_write(cx, buf)).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -857,7 +882,7 @@ impl Clock {
 
 /// State shared by a connection's sender and receiver.
 struct Link {
-    stream: RefCell<TcpStream>,
+    stream: RefCell<Stream>,
     session: RefCell<Session>,
     ledger: Rc<RefCell<TradeLedger>>,
     /// Raised by the receiver after each read (answers free room) and on failure.
@@ -1256,7 +1281,6 @@ impl Spinning<'_> {
     /// cancelling every open order), receiving all along.
     async fn run(&self, leftover: Vec<u8>, recv_bytes: usize) -> Result<(), String> {
         let (plan, link, clock) = (self.plan, self.link, self.clock);
-        let fd = link.stream.borrow().as_raw_fd();
         let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
         let mut len = leftover.len();
         buf[..len].copy_from_slice(&leftover);
@@ -1286,7 +1310,8 @@ impl Spinning<'_> {
                     "a report frame is larger than the {recv_bytes}-byte receive buffer"
                 ));
             }
-            match recv_now(fd, &mut buf[len..]) {
+            let received = link.stream.borrow_mut().recv_now(&mut buf[len..]);
+            match received {
                 Ok(None) => {}
                 Ok(Some(0)) => return Err("the server closed the connection mid-run".into()),
                 Ok(Some(n)) => {
@@ -1342,7 +1367,8 @@ impl Spinning<'_> {
                 }
             }
             if sent < out.len() {
-                match send_now(fd, &out[sent..]) {
+                let written = link.stream.borrow_mut().send_now(&out[sent..]);
+                match written {
                     Ok(None) => {}
                     Ok(Some(n)) => {
                         sent += n;
@@ -1420,39 +1446,6 @@ impl Spinning<'_> {
     }
 }
 
-/// A non-blocking `recv`: `Ok(None)` when nothing is there yet.
-fn recv_now(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes during the call.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    would_block_is_none(n)
-}
-
-/// A non-blocking `send`: `Ok(None)` when the socket buffer is full.
-fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    would_block_is_none(n)
-}
-
-fn would_block_is_none(n: isize) -> io::Result<Option<usize>> {
-    if n >= 0 {
-        return Ok(Some(n as usize));
-    }
-    let e = io::Error::last_os_error();
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-        _ => Err(e),
-    }
-}
-
-async fn write_some(stream: &RefCell<TcpStream>, buf: &[u8]) -> io::Result<usize> {
-    future::poll_fn(|cx: &mut Context<'_>| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf))
-        .await
+async fn write_some(stream: &RefCell<Stream>, buf: &[u8]) -> io::Result<usize> {
+    future::poll_fn(|cx: &mut Context<'_>| stream.borrow_mut().poll_write(cx, buf)).await
 }

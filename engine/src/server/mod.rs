@@ -12,6 +12,7 @@
 //! | `durable.rs` | each shard's journal state, and the journal's background thread |
 //! | `uring.rs` | io_uring setup and diagnostics, the provided-buffer ring, the wake eventfd |
 //! | `stats.rs` | per-core counters, the live line and the final report |
+//! | `tls.rs` | TLS on order entry: certificate and key, the kTLS check, the handshake threads |
 
 mod admin;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod operator;
 mod start;
 pub mod stats;
+pub mod tls;
 pub mod uring;
 
 use std::io;
@@ -136,6 +138,9 @@ pub struct ServerConfig {
     pub md_max_queue: usize,
     /// Republish trades and tops to NATS, or `None`.
     pub md_nats: Option<MdNatsSettings>,
+    /// TLS 1.3 on the order-entry listener (see [`tls`]), or `None` for
+    /// plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The NATS market-data bridge's settings (`--md-nats`).
@@ -185,6 +190,7 @@ impl ServerConfig {
             admin: None,
             md_max_queue: MD_MAX_QUEUE_BYTES,
             md_nats: None,
+            tls: None,
             cpus,
         }
     }

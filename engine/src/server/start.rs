@@ -281,6 +281,17 @@ fn spawn_cores(
 ) -> Result<Spawned, StartError> {
     let mut feeds = feeds.into_iter();
     let mut auth = auth.map(Vec::into_iter);
+    let tls: Vec<Option<super::tls::CoreTls>> = match &cfg.tls {
+        Some(config) => {
+            tracing::info!("{}", super::tls::ktls_status_line());
+            let ends = super::tls::start_pool(Arc::clone(config), shared, cfg.cpus.len()).map_err(
+                |e| StartError::Config(format!("cannot start the TLS handshake threads: {e}")),
+            )?;
+            ends.into_iter().map(Some).collect()
+        }
+        None => Vec::new(),
+    };
+    let mut tls = tls.into_iter();
     let OpenJournal {
         settings,
         housekeeper,
@@ -336,6 +347,7 @@ fn spawn_cores(
                 frame_timeout_ms: cfg.frame_timeout_ms,
                 order_limits: cfg.order_limits,
             },
+            tls: tls.next().flatten(),
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();
         go.push(go_tx);

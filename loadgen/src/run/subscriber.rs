@@ -152,7 +152,7 @@ fn subscriber_thread(
 
 /// A subscriber connected, logged in and subscribed, before the clock starts.
 struct Connected {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     checker: FeedChecker,
     leftover: Vec<u8>,
     heartbeat_ns: u64,
@@ -240,6 +240,7 @@ async fn connect(plan: &Plan, i: usize) -> Result<(Connected, bool), RunError> {
     tuning::StreamOptions::default()
         .apply(stream.as_raw_fd())
         .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))?;
+    let stream = super::secure(plan, stream).await?;
     // After every trading session's account.
     let account = plan
         .account
@@ -313,7 +314,7 @@ async fn connect(plan: &Plan, i: usize) -> Result<(Connected, bool), RunError> {
 
 /// State shared by a subscriber's receiver and control task.
 struct Link {
-    stream: RefCell<TcpStream>,
+    stream: RefCell<crate::tls::Stream>,
     checker: RefCell<FeedChecker>,
     /// Raised after each read (the checker may want to send) and on failure.
     progress: Signal,

@@ -66,6 +66,8 @@ pub struct Conn {
     pub frame_started_ns: Option<u64>,
     /// The session counts against its account's limit (release at close).
     pub session_counted: bool,
+    /// The TLS session on a TLS listener (see `tls.rs`).
+    pub tls: Option<Box<super::tls::ConnTls>>,
 }
 
 impl Conn {
@@ -107,6 +109,7 @@ impl Conn {
             accepted_ns: now_ns,
             frame_started_ns: None,
             session_counted: false,
+            tls: None,
         }
     }
 

@@ -38,7 +38,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    fn arm_recv(&mut self, slot: u32) {
+    pub(super) fn arm_recv(&mut self, slot: u32) {
         let Some(c) = self.st.router.conns.slot_mut(slot) else {
             return;
         };
@@ -75,6 +75,15 @@ impl<M: Matcher + Snapshot> Core<M> {
             }
             c.out.swap_out(&mut c.sending);
             c.send_pos = 0;
+            // TLS (core/tls.rs): the plaintext becomes records in place.
+            if let Some(tls) = &mut c.tls
+                && let Err(e) = tls.seal(&mut c.sending)
+            {
+                c.sending.clear();
+                tracing::warn!("core {}: TLS: cannot encrypt: {e}", self.st.cfg.index);
+                self.begin_close(slot, None);
+                return;
+            }
         }
         c.send_started_ns = now;
         c.last_out_ns = now;
@@ -214,6 +223,35 @@ impl<M: Matcher + Snapshot> Core<M> {
             );
             return;
         }
+        // Reports must not wait for Nagle; a failure here only costs latency.
+        let _ = stream.set_nodelay(true);
+        // TLS (core/tls.rs): the handshake runs off the core; `adopt_handshaken` admits it.
+        if let Some(tls) = &self.tls {
+            if let Err(stream) = tls.start_handshake(stream) {
+                self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "core {}: {} TLS handshakes are waiting; closing a new connection",
+                    self.st.cfg.index,
+                    crate::server::tls::HANDSHAKE_QUEUE_MAX
+                );
+                drop(stream);
+            }
+            return;
+        }
+        self.admit(stream, None);
+    }
+
+    /// Gives an accepted (and, with TLS, handshaken) connection a slot and
+    /// starts receiving; its slot, or `None` when it was refused.
+    pub(super) fn admit(
+        &mut self,
+        stream: std::net::TcpStream,
+        tls: Option<Box<super::tls::ConnTls>>,
+    ) -> Option<u32> {
+        let max = self.st.cfg.max_connections;
+        // Counted here, once the connection is about to get a slot (after
+        // its TLS handshake, if any), so that every path that drops it
+        // before has nothing to give back.
         let peer = stream.peer_addr().ok();
         let per_address = self.st.cfg.max_connections_per_address;
         if let Some(p) = peer
@@ -230,10 +268,8 @@ impl<M: Matcher + Snapshot> Core<M> {
                 per_address as usize,
                 format!("{ip} has its limit of {per_address} connections"),
             );
-            return;
+            return None;
         }
-        // Reports must not wait for Nagle; a failure here only costs latency.
-        let _ = stream.set_nodelay(true);
         let Some((slot, generation)) = self.st.router.conns.reserve() else {
             self.st.shared.conns_live.fetch_sub(1, Ordering::Relaxed);
             if let Some(p) = peer {
@@ -244,7 +280,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 max,
                 format!("the server is at its limit of {max} connections"),
             );
-            return;
+            return None;
         };
         let mut out = FrameBuf::new(
             CONN_BUFFER_BYTES,
@@ -255,10 +291,12 @@ impl<M: Matcher + Snapshot> Core<M> {
         // goes to a client of unknown version): the oldest version.
         out.set_version(wire::PROTOCOL_VERSION_MIN);
         let id = SessionId::new(self.st.cfg.index as u16, generation, slot);
-        let conn = Conn::new(stream, id, self.st.now_ns, out, peer);
+        let mut conn = Conn::new(stream, id, self.st.now_ns, out, peer);
+        conn.tls = tls;
         self.st.router.conns.insert(slot, conn);
         self.st.router.counters.conns_accepted += 1;
         self.arm_recv(slot);
+        Some(slot)
     }
 
     pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32) {
@@ -307,7 +345,10 @@ impl<M: Matcher + Snapshot> Core<M> {
         let len = res as usize;
         c.last_recv_ns = self.st.now_ns;
         self.st.router.counters.bytes_in += len as u64;
-        if c.phase() == Phase::Closing {
+        if c.tls.is_some() {
+            // TLS (core/tls.rs): decrypt into `inbuf`, then as below.
+            self.recv_tls(slot, Some((bid, len)));
+        } else if c.phase() == Phase::Closing {
             self.bufring.recycle(bid);
         } else if c.inbuf.is_empty() && !c.blocked {
             // Fast path: decode straight from the kernel's buffer.
@@ -334,7 +375,7 @@ impl<M: Matcher + Snapshot> Core<M> {
     }
 
     /// Processes what a connection holds in `inbuf`.
-    fn process_inbuf(&mut self, slot: u32) {
+    pub(super) fn process_inbuf(&mut self, slot: u32) {
         let Some(c) = self.st.router.conns.slot_mut(slot) else {
             return;
         };

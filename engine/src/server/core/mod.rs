@@ -13,6 +13,7 @@
 //! | `journal.rs` | journal writes through io_uring, applying durable batches |
 //! | `md.rs` | market data: events to subscribing cores, fan-out, snapshots, cut-off |
 //! | `ops.rs` | io_uring operations: the typed `user_data`, every submission and why its memory outlives it |
+//! | `tls.rs` | TLS connections: admitting them after the off-core handshake, decrypting and encrypting in user space |
 
 mod conn;
 mod io;
@@ -21,6 +22,7 @@ mod md;
 mod ops;
 mod route;
 mod session;
+mod tls;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub struct CoreConfig {
     pub auth: Option<(super::auth::AuthLink, Receiver<super::auth::Verdict>)>,
     /// What the session layer needs.
     pub session: SessionConfig,
+    /// The handshake threads' queues, on a TLS listener.
+    pub tls: Option<crate::server::tls::CoreTls>,
 }
 
 /// Durability of a core's shards: their journals and the channels to the
@@ -144,6 +148,8 @@ pub struct Core<M> {
     /// To the journal's background thread, and its answers.
     jobs: Option<Sender<Job>>,
     done: Option<Receiver<Done>>,
+    /// The handshake threads' queues, on a TLS listener.
+    tls: Option<crate::server::tls::CoreTls>,
 }
 
 /// The result of a core's run.
@@ -155,7 +161,7 @@ impl<M: Matcher + Snapshot> Core<M> {
     /// Builds the core on its own thread (io_uring SINGLE_ISSUER wants the
     /// creating thread to be the submitting one).
     pub fn new(
-        cfg: CoreConfig,
+        mut cfg: CoreConfig,
         shared: Arc<Shared>,
         listener: OwnedFd,
         mesh: Mesh,
@@ -171,6 +177,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             None => (Vec::new(), None, None),
         };
         let session = SessionLayer::new(cfg.session.clone());
+        let tls = cfg.tls.take();
         Ok(Core {
             ops: Ops::new(ring, cfg.index),
             bufring,
@@ -186,6 +193,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             arrays_published_ns: 0,
             jobs,
             done,
+            tls,
             st: State {
                 router: Router {
                     core: cfg.index,
@@ -240,6 +248,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             self.st.engine_ns = realtime_ns();
             self.st.router.md.engine_ns = self.st.engine_ns;
             self.reap();
+            self.adopt_handshaken();
             let popped = self.drain_rings();
             self.poll_auth();
             if self.st.cfg.index == 0 && self.st.shared.operator.pending() {
