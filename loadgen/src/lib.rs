@@ -11,6 +11,7 @@
 //! and checksum checks), also free of I/O. [`metrics`]
 //! is what the connections publish while they run (the live line,
 //! `--admin`'s `/metrics`); [`logging`] sets up `tracing` for the binary.
+//! [`flood`] is `dex-trader flood`, which probes the server's limits.
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod cli;
+pub mod flood;
 pub mod flow;
 pub mod hgrm;
 pub mod logging;

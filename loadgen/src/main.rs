@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use loadgen::logging::{self, LIVE_TARGET};
+use loadgen::logging::{self, LIVE_TARGET, LogFormat};
 use loadgen::metrics::{AdminRoutes, Metrics};
 use loadgen::{Args, RunError};
 use tracing::{error, info, warn};
@@ -21,6 +21,10 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // `dex-trader flood ...`: its own command line and report.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "flood") {
+        return flood_main();
+    }
     let mut args = Args::parse();
     if let Err(e) = logging::init(args.log_format) {
         eprintln!("dex-trader: {e}");
@@ -144,6 +148,49 @@ fn main() -> ExitCode {
     if report.verify_ok() == Some(false) {
         let total = report.verify.as_ref().map_or(0, |v| v.total);
         error!("--verify found {total} violation(s); see the summary above");
+        failed = true;
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `dex-trader flood`: probes the server's limits (see `loadgen::flood`).
+fn flood_main() -> ExitCode {
+    use loadgen::flood::{FloodArgs, FloodError};
+    let args = FloodArgs::parse_from(std::env::args_os().skip(1));
+    if let Err(e) = logging::init(LogFormat::Text) {
+        eprintln!("dex-trader: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let report = match loadgen::flood::run(&args) {
+        Ok(r) => r,
+        Err(FloodError::Usage(e)) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(FloodError::Failed(e)) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(report.summary().as_bytes());
+    let _ = stdout.flush();
+    let mut failed = false;
+    if let Some(path) = &args.json
+        && let Err(e) = std::fs::write(path, report.to_json())
+    {
+        error!("cannot write the JSON report to {}: {e}", path.display());
+        failed = true;
+    }
+    if !report.unenforced.is_empty() {
+        error!(
+            "the server did not enforce {} limit(s) it was expected to have",
+            report.unenforced.len()
+        );
         failed = true;
     }
     if failed {
