@@ -964,7 +964,12 @@ pub fn run(args: &FloodArgs) -> Result<FloodReport, FloodError> {
                         .map_err(|e| FloodError::Failed(format!("open-orders: {e}")))?,
                 )
             }
-            Part::Connections => report.connections = Some(run_connections(&ctx, args.connections)),
+            Part::Connections => {
+                report.connections = Some(run_connections(&ctx, args.connections));
+                // Give the server a moment to count the closed connections
+                // out before the bad logons connect again.
+                std::thread::sleep(Duration::from_millis(300));
+            }
             Part::BadLogons => report.bad_logons = Some(run_bad_logons(&ctx, args.bad_logons)),
         }
     }
