@@ -368,6 +368,15 @@ pub fn classify_logon(answer: Option<&Answer>) -> LogonOutcome {
     }
 }
 
+/// A password that is not `password`.
+pub fn wrong_password(password: &str) -> &'static str {
+    if password == "not-the-password" {
+        "not-the-password-either"
+    } else {
+        "not-the-password"
+    }
+}
+
 /// The bad-logons part's counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogonTally {
@@ -875,8 +884,7 @@ fn run_connections(ctx: &Ctx, n: u32) -> ConnTally {
 }
 
 fn run_bad_logons(ctx: &Ctx, n: u32) -> LogonTally {
-    let wrong = format!("{}-wrong", ctx.password);
-    let wrong: String = wrong.chars().rev().take(32).collect();
+    let wrong = wrong_password(&ctx.password).to_string();
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let (addr, account, timeout, wrong) =
@@ -1064,6 +1072,8 @@ mod tests {
             LogonOutcome::Accepted
         );
         assert!(matches!(classify_logon(None), LogonOutcome::NoAnswer(_)));
+        assert_ne!(wrong_password("x"), "x");
+        assert_ne!(wrong_password("not-the-password"), "not-the-password");
         let mut t = LogonTally::default();
         t.record(&LogonOutcome::Refused, 1.0);
         t.record(&LogonOutcome::RefusedAtOnce, 0.01);
