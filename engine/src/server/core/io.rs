@@ -552,7 +552,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    /// Idle timeouts, server heartbeats, slow consumers.
+    /// Idle timeouts, server heartbeats, slow consumers, dead-man's timers.
     pub(super) fn housekeeping(&mut self) {
         let now = self.st.now_ns;
         let slots: Vec<u32> = self.st.router.conns.live_slots().collect();
@@ -573,6 +573,19 @@ impl<M: Matcher + Snapshot> Core<M> {
             match self.session.poll_timers(&c.session, &clock) {
                 Timer::Nothing => {}
                 Timer::Close(r) => self.begin_close(slot, Some(r)),
+                Timer::CancelAll => {
+                    // The dead-man's timer ran out: a MassCancel of all
+                    // symbols, counted in flight like the client's own.
+                    let mut session = c.session;
+                    let mut fx = CoreEffects {
+                        st: &mut self.st,
+                        slot,
+                    };
+                    self.session.cancel_all(&mut session, &mut fx);
+                    if let Some(c) = self.st.router.conns.slot_mut(slot) {
+                        c.session = session;
+                    }
+                }
                 Timer::Heartbeat => {
                     c.out.push(&ServerHeartbeat {
                         token: realtime_ns().into(),
