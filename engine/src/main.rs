@@ -181,6 +181,14 @@ struct Args {
     /// (SessionError FrameTimeout), so dripping bytes does not hold a connection.
     #[arg(long, value_name = "MS", default_value_t = engine::server::limits::FRAME_TIMEOUT_MS)]
     frame_timeout_ms: u64,
+
+    /// The input memory of one core: the capacity of the buffers that hold
+    /// its connections' partial frames, together. A connection whose buffer
+    /// grows past it is closed (SessionError TooManyConnections, the reason
+    /// in its text); a connection that sends whole frames holds none. At
+    /// least --max-frame-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = engine::server::limits::INPUT_MEMORY_PER_CORE)]
+    input_memory_per_core: usize,
     /// Order entry rate of each session: NewOrders and Replaces per
     /// second (`N` or `N/s`; `off` for no limit, the default, so that
     /// benchmarks measure the engine). Past it, requests get
@@ -619,6 +627,7 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
     cfg.logon_failures_per_minute = args.logon_failures_per_minute;
     cfg.logon_timeout_ms = args.logon_timeout_ms;
     cfg.frame_timeout_ms = args.frame_timeout_ms;
+    cfg.input_memory_per_core = args.input_memory_per_core;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         cfg.tls = Some(engine::server::tls::load_server_config(cert, key)?);
     }

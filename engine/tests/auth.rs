@@ -309,6 +309,49 @@ fn a_connection_without_a_hello_is_closed_at_the_logon_deadline() {
 }
 
 #[test]
+fn partial_frames_past_the_input_memory_of_a_core_close_the_connection_that_grew() {
+    // One core; room for one partial frame of 60,000 bytes, not two.
+    let server = start_with(&test_cpus()[..1], 1, 1, EngineKind::Match, |cfg| {
+        cfg.input_memory_per_core = 100_000
+    });
+    let addr = server.local_addr();
+    let orders: Vec<NewOrder> = (1..=2_000).map(|i| buy(i, 0, 100, 1)).collect();
+    let mut frame = Vec::new();
+    FrameWriter::new(&mut frame).push_all(&orders);
+    assert_eq!(frame.len(), 64_008);
+    let part = 60_000;
+    let mut first = Client::login(addr, 1, 0);
+    let mut second = Client::login(addr, 2, 0);
+    first.send_raw(&frame[..part]);
+    // The first partial frame is held before the second arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    second.send_raw(&frame[..part]);
+    let msgs = second.wait_closed();
+    let e = msgs
+        .iter()
+        .find_map(|m| match m {
+            Msg::Error(e) => Some(*e),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a SessionError before the close: {msgs:?}"));
+    assert_eq!(code(&e), SessionErrorCode::TooManyConnections);
+    assert!(text(&e).contains("input memory"), "{}", text(&e));
+    assert_eq!(e.detail.get(), 0);
+    // The first completes its frame: every order is accepted.
+    first.send_raw(&frame[part..]);
+    let got = first.collect_until(|m| matches!(m, Msg::Accepted(_)), 2_000, "the accepts");
+    assert!(!got.iter().any(|m| matches!(m, Msg::Error(_))), "{got:?}");
+    // The closed connection's memory went back: a new one may hold a
+    // partial frame again, and complete it.
+    let mut third = Client::login(addr, 3, 0);
+    third.send_raw(&frame[..part]);
+    std::thread::sleep(Duration::from_millis(100));
+    third.send_raw(&frame[part..]);
+    third.collect_until(|m| matches!(m, Msg::Accepted(_)), 2_000, "the accepts");
+    server.stop();
+}
+
+#[test]
 fn dripping_bytes_into_a_frame_is_closed_at_the_frame_deadline() {
     let server = start_with(&test_cpus()[..1], 1, 1, EngineKind::Match, |cfg| {
         cfg.frame_timeout_ms = 400

@@ -155,6 +155,7 @@ fn help_explains_every_option() {
         "--batch",
         "--poll",
         "--max-connections",
+        "--input-memory-per-core",
         "--engine",
         "--mtu",
         "--quiet",

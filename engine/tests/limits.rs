@@ -1,6 +1,6 @@
 //! How much a client may trade, end to end against an in-process server:
 //! the kill switch over the admin endpoint (with and without its token),
-//! mass cancel, the open-order caps, and the order entry rate with a
+//! mass cancel, the dead-man's timer, the open-order caps, and the order entry rate with a
 //! flooding session beside a well-behaved one.
 
 mod common;
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use engine::server::{EngineKind, OrderEntryLimits, Server};
 use wire::{
-    CancelReason, Heartbeat, MASS_CANCEL_ALL_SYMBOLS, MassCancel, NewOrder, RejectReason,
-    SessionErrorCode,
+    CancelAfter, CancelReason, Heartbeat, MASS_CANCEL_ALL_SYMBOLS, MassCancel, NewOrder,
+    RejectReason, SessionErrorCode,
 };
 
 const TOKEN: &str = "let-me-in";
@@ -222,6 +222,91 @@ fn mass_cancel_cancels_the_accounts_orders_on_a_symbol_or_all_and_version_1_is_r
     let mut old = Client::login_version(addr, 7, 0, 1);
     old.send(&[MassCancel::new(55, MASS_CANCEL_ALL_SYMBOLS)]);
     assert_eq!(rejected(&mut old, 55), RejectReason::NotSupported);
+    server.stop();
+}
+
+#[test]
+fn a_cancel_after_not_refreshed_cancels_the_accounts_orders_and_a_refreshed_one_does_not() {
+    let server = start(&test_cpus(), 2, 4, EngineKind::Match);
+    let addr = server.local_addr();
+    // Account 7: the silent session and another of its sessions; account
+    // 8 refreshes its timer; account 9 arms none.
+    let mut dead = Client::login_version(addr, 7, 0, 2);
+    let mut other = Client::login_version(addr, 7, 0, 2);
+    let mut live = Client::login_version(addr, 8, 0, 2);
+    let mut bystander = Client::login_version(addr, 9, 0, 2);
+    dead.send(&[buy(1, 0, 100, 1), buy(2, 1, 100, 2), buy(3, 2, 100, 3)]);
+    other.send(&[sell(4, 3, 200, 4)]);
+    live.send(&[buy(5, 1, 100, 5)]);
+    bystander.send(&[buy(6, 2, 100, 6)]);
+    for id in 1..=3 {
+        accepted(&mut dead, id);
+    }
+    accepted(&mut other, 4);
+    accepted(&mut live, 5);
+    accepted(&mut bystander, 6);
+
+    let timeout_ms = 1_000;
+    let armed = Instant::now();
+    dead.send(&[CancelAfter::new(timeout_ms)]);
+    live.send(&[CancelAfter::new(timeout_ms)]);
+    // The silent session sends Heartbeats (they do not refresh the timer);
+    // the live one sends a CancelAfter every 200 ms.
+    let mut got = Vec::new();
+    let fired = loop {
+        got.extend(dead.drain_for(200));
+        if cancels(&got).len() == 4 {
+            break armed.elapsed();
+        }
+        assert!(
+            armed.elapsed() < Duration::from_millis(3 * u64::from(timeout_ms)),
+            "the timer did not fire: {got:?}"
+        );
+        dead.send(&[Heartbeat { token: 1.into() }]);
+        live.send(&[CancelAfter::new(timeout_ms)]);
+    };
+    // Within the bound: not before the timeout, and within it plus the
+    // housekeeping tick and slack for a loaded test machine.
+    assert!(
+        fired >= Duration::from_millis(u64::from(timeout_ms)) - Duration::from_millis(50),
+        "fired early: {fired:?}"
+    );
+    assert!(
+        fired <= Duration::from_millis(u64::from(timeout_ms) + 1_000),
+        "fired late: {fired:?}"
+    );
+    // Every live order of account 7, whichever session owns it, reported
+    // to the session whose timer ran out, as a MassCancel of all symbols.
+    assert_eq!(
+        cancels(&got),
+        [
+            (1, 0, CancelReason::Requested),
+            (2, 1, CancelReason::Requested),
+            (3, 2, CancelReason::Requested),
+            (4, 3, CancelReason::Requested)
+        ]
+    );
+    // The refreshed timer and the unarmed account kept their orders.
+    for (c, id, symbol, qty) in [(&mut live, 5, 1, 5), (&mut bystander, 6, 2, 6)] {
+        c.send(&[wire::OrderQuery::new(id, symbol)]);
+        match c.wait_for(|m| matches!(m, Msg::Status(_)), "the status") {
+            Msg::Status(s) => assert_eq!(s.leaves_quantity.get(), qty, "order {id}"),
+            _ => unreachable!(),
+        }
+    }
+    // The session stays connected and its timer is disarmed: a new order
+    // rests past the old timeout.
+    dead.send(&[buy(7, 0, 100, 7)]);
+    accepted(&mut dead, 7);
+    let after = dead.drain_for(u64::from(timeout_ms) + 300);
+    assert!(cancels(&after).is_empty(), "{after:?}");
+    live.send(&[CancelAfter::new(0)]);
+    // Out of range, and version 1 sessions, are refused.
+    dead.send(&[CancelAfter::new(999)]);
+    assert_eq!(rejected(&mut dead, 999), RejectReason::NotSupported);
+    let mut old = Client::login_version(addr, 7, 0, 1);
+    old.send(&[CancelAfter::new(timeout_ms)]);
+    assert_eq!(rejected(&mut old, 1_000), RejectReason::NotSupported);
     server.stop();
 }
 

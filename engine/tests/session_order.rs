@@ -124,7 +124,7 @@ fn a_bad_frame_after_a_good_request_gets_the_answer_first() {
         let mut bytes = Vec::new();
         FrameWriter::new(&mut bytes).push(&buy(1, 0, 100, 1));
         // A header of a kind no client may send.
-        bytes.extend_from_slice(&[0x08, 0, 0, 0, 0x09, 1, 0, 0]);
+        bytes.extend_from_slice(&[0x08, 0, 0, 0, 0x0f, 1, 0, 0]);
         c.send_raw(&bytes);
         let got = names(&c.wait_closed());
         assert_eq!(

@@ -151,6 +151,9 @@ kinds! {
     /// Cancel all of the account's orders on a symbol or all (version 2;
     /// refused by version 1 sessions).
     MassCancel = 0x08 => MassCancel, ToServer,
+    /// Dead-man's timer: arm, re-arm or disarm (version 2; refused by
+    /// version 1 sessions).
+    CancelAfter = 0x09 => CancelAfter, ToServer,
     /// Logon answer.
     HelloAck = 0x81 => HelloAck, ToClient,
     /// Symbol directory rows.

@@ -427,6 +427,45 @@ impl MassCancel {
     }
 }
 
+/// [`CancelAfter::timeout_ms`] that disarms the dead-man's timer.
+pub const CANCEL_AFTER_DISARM: u32 = 0;
+/// The shortest dead-man's timer a server accepts, in milliseconds.
+pub const CANCEL_AFTER_MIN_MS: u32 = 1_000;
+/// The longest dead-man's timer a server accepts, in milliseconds (one hour).
+pub const CANCEL_AFTER_MAX_MS: u32 = 3_600_000;
+
+/// Dead-man's timer (8 bytes; protocol version 2): arms, or re-arms with a
+/// fresh countdown, a timer of `timeout_ms` for the session; when it runs
+/// out, the server cancels every live order of the session's account on
+/// every symbol, as a [`MassCancel`] of all symbols does. Zero disarms it.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct CancelAfter {
+    /// The countdown in milliseconds: [`CANCEL_AFTER_DISARM`], or
+    /// [`CANCEL_AFTER_MIN_MS`]..=[`CANCEL_AFTER_MAX_MS`].
+    pub timeout_ms: U32,
+    /// Reserved, zero.
+    pub reserved: U32,
+}
+message!(CancelAfter, CancelAfter, 8);
+
+impl CancelAfter {
+    /// Builds a dead-man's timer request.
+    pub fn new(timeout_ms: u32) -> Self {
+        CancelAfter {
+            timeout_ms: U32::new(timeout_ms),
+            reserved: U32::new(0),
+        }
+    }
+
+    /// Checks that the reserved field is zero.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_reserved("cancel_after.reserved", u64::from(self.reserved.get()))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Server to client
 // ---------------------------------------------------------------------------

@@ -119,6 +119,10 @@ fn layouts() -> BTreeMap<&'static str, (usize, Vec<Field>)> {
             symbol,
             flags
         }),
+        layout!(CancelAfter {
+            timeout_ms,
+            reserved
+        }),
         layout!(HelloAck {
             session_id,
             protocol_version,
@@ -542,6 +546,8 @@ fn the_limits_table_gives_the_wire_constants() {
         ),
         ("MAX_FRAME_BYTES_LIMIT", u64::from(MAX_FRAME_BYTES_LIMIT)),
         ("CHECKSUM_LEVELS", CHECKSUM_LEVELS as u64),
+        ("CANCEL_AFTER_MIN_MS", u64::from(CANCEL_AFTER_MIN_MS)),
+        ("CANCEL_AFTER_MAX_MS", u64::from(CANCEL_AFTER_MAX_MS)),
     ]
     .into_iter()
     .collect();
@@ -799,6 +805,11 @@ fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
                             m.flags = (value as u32).into();
                             m.validate().err()
                         }
+                        "CancelAfter" => {
+                            let mut m = CancelAfter::new(1_000);
+                            m.reserved = (value as u32).into();
+                            m.validate().err()
+                        }
                         other => panic!("{row:?}: no check in the wire crate for {other}"),
                     };
                     let want = reserved.then_some(DecodeError::ReservedBits {
@@ -806,6 +817,7 @@ fn the_reserved_fields_table_is_complete_and_matches_the_checks() {
                             "Hello" => "hello.flags",
                             "Subscribe" => "subscribe.flags",
                             "MassCancel" => "mass_cancel.flags",
+                            "CancelAfter" => "cancel_after.reserved",
                             _ => "new_order.flags",
                         },
                         value,

@@ -554,6 +554,7 @@ fn effective_config(cfg: &ServerConfig) -> serde_json::Value {
         "logon_failures_per_minute": cfg.logon_failures_per_minute,
         "logon_timeout_ms": cfg.logon_timeout_ms,
         "frame_timeout_ms": cfg.frame_timeout_ms,
+        "input_memory_per_core": cfg.input_memory_per_core,
         "max_order_rate": cfg.order_limits.orders_per_second,
         "order_burst": cfg.order_limits.burst,
         "order_flood_rejects": cfg.order_limits.flood_rejects,

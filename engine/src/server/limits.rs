@@ -100,6 +100,10 @@ pub const LOGON_TIMEOUT_MS: u64 = 5_000;
 /// Default of `--frame-timeout-ms`: a frame whose first byte arrived must
 /// be complete this soon (dripping bytes does not hold a connection).
 pub const FRAME_TIMEOUT_MS: u64 = 5_000;
+/// Default of `--input-memory-per-core`: the input buffers (partial
+/// frames) of all connections of one core, in bytes of capacity. A
+/// connection whose buffer grows past it is closed.
+pub const INPUT_MEMORY_PER_CORE: usize = 256 << 20;
 /// Default of `--max-frame-bytes`: the largest client frame, and so the
 /// most partial-frame bytes a connection holds (a batch of 2,000
 /// NewOrders is 64,008 bytes).
@@ -238,6 +242,12 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
             2 * TICK_NS / 1_000_000
         ));
     }
+    if cfg.input_memory_per_core < cfg.max_frame_bytes as usize {
+        return Err(format!(
+            "--input-memory-per-core must be at least --max-frame-bytes ({} bytes): a frame split across receives must fit",
+            cfg.max_frame_bytes
+        ));
+    }
     cfg.shard.validate().map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -258,7 +268,7 @@ mod tests {
     #[test]
     fn each_bad_value_is_named() {
         type Change = fn(&mut ServerConfig);
-        let cases: [(&str, Change); 11] = [
+        let cases: [(&str, Change); 12] = [
             ("--md-max-queue 1", |c| c.md_max_queue = 1),
             ("--max-connections-per-address", |c| {
                 c.max_connections_per_address = 0
@@ -267,6 +277,7 @@ mod tests {
                 c.max_sessions_per_account = 0
             }),
             ("--frame-timeout-ms", |c| c.frame_timeout_ms = 1),
+            ("--input-memory-per-core", |c| c.input_memory_per_core = 1),
             ("exclude each other", |c| {
                 c.auth_token = Some(b"t".to_vec());
                 c.accounts = Some(Default::default());

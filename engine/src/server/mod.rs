@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub logon_timeout_ms: u64,
     /// A frame whose first byte arrived must be complete within this long.
     pub frame_timeout_ms: u64,
+    /// The input buffers of all connections of one core, in bytes
+    /// (`--input-memory-per-core`).
+    pub input_memory_per_core: usize,
     /// Order entry limits of every session (`--max-order-rate`, `--order-burst`).
     pub order_limits: OrderEntryLimits,
     /// The admin token that the kill switch's POSTs must carry
@@ -185,6 +188,7 @@ impl ServerConfig {
             logon_failures_per_minute: limits::AUTH_FAILURES_PER_WINDOW,
             logon_timeout_ms: limits::LOGON_TIMEOUT_MS,
             frame_timeout_ms: limits::FRAME_TIMEOUT_MS,
+            input_memory_per_core: limits::INPUT_MEMORY_PER_CORE,
             live_stats: false,
             journal: None,
             admin: None,

@@ -333,6 +333,7 @@ fn spawn_cores(
             md_max_queue: cfg.md_max_queue,
             max_sessions_per_account: cfg.max_sessions_per_account,
             max_connections_per_address: cfg.max_connections_per_address,
+            input_memory: cfg.input_memory_per_core,
             auth: auth.as_mut().and_then(Iterator::next),
             session: SessionConfig {
                 symbol_count: cfg.symbols.len() as u32,

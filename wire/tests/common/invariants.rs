@@ -23,6 +23,7 @@ pub fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
         Frame::Subscribe(m) => m.as_bytes(),
         Frame::OrderQuery(m) => m.as_bytes(),
         Frame::MassCancel(m) => m.as_bytes(),
+        Frame::CancelAfter(m) => m.as_bytes(),
         Frame::HelloAck(m) => m.as_bytes(),
         Frame::SymbolEntry(m) => m.as_bytes(),
         Frame::Accepted(m) => m.as_bytes(),
@@ -68,6 +69,7 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
         Frame::Replace(m) => m.iter().for_each(|r| count(r.validate())),
         Frame::OrderQuery(m) => m.iter().for_each(|q| count(q.validate())),
         Frame::MassCancel(m) => m.iter().for_each(|q| count(q.validate())),
+        Frame::CancelAfter(m) => m.iter().for_each(|c| count(c.validate())),
         Frame::SymbolEntry(m) => m.iter().for_each(|s| assert!(s.name().len() <= 20)),
         Frame::Rejected(m) => m.iter().for_each(|r| {
             count(r.reason().map(drop));

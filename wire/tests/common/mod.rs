@@ -130,7 +130,7 @@ macro_rules! batches {
 }
 
 batches! {
-    Hello, NewOrder, Cancel, Replace, Heartbeat, Subscribe, OrderQuery, MassCancel,
+    Hello, NewOrder, Cancel, Replace, Heartbeat, Subscribe, OrderQuery, MassCancel, CancelAfter,
     HelloAck, SymbolEntry, Accepted, Rejected, Fill, Canceled, Replaced,
     ServerHeartbeat, Trade, TopOfBook, OrderStatus, SessionError,
     MdTrade, MdTopOfBook, MdDepth, MdStatus,

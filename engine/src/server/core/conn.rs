@@ -31,6 +31,8 @@ pub struct Conn {
     /// Bytes received but not yet processed (a partial frame, or input held
     /// back by backpressure).
     pub inbuf: Vec<u8>,
+    /// The capacity of `inbuf` counted in the core's input memory.
+    pub inbuf_charged: usize,
     /// Messages of the first frame in `inbuf` already processed (when
     /// backpressure stopped processing in the middle of a frame).
     pub cursor: usize,
@@ -89,6 +91,7 @@ impl Conn {
             // Allocated on the first partial frame: an idle connection
             // (or one whose frames arrive whole) holds no input memory.
             inbuf: Vec::new(),
+            inbuf_charged: 0,
             cursor: 0,
             out,
             sending: Vec::new(),

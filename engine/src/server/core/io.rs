@@ -122,7 +122,10 @@ impl<M: Matcher + Snapshot> Core<M> {
         } = c.session;
         c.session.phase = Phase::Closing;
         c.closing_since_ns = now;
-        c.inbuf.clear();
+        // Its input memory goes back to the core's budget now.
+        c.inbuf = Vec::new();
+        self.st.input_bytes = self.st.input_bytes.saturating_sub(c.inbuf_charged);
+        c.inbuf_charged = 0;
         c.frame_started_ns = None;
         if c.session_counted {
             c.session_counted = false;
@@ -355,22 +358,56 @@ impl<M: Matcher + Snapshot> Core<M> {
             let data = self.bufring.data(bid, len);
             let (consumed, cursor, end) = handle_input(&self.session, &mut self.st, slot, data, 0);
             let now = self.st.now_ns;
+            let max_frame = self.st.cfg.max_frame_bytes as usize;
             if let Some(c) = self.st.router.conns.get_mut(slot, generation) {
-                c.inbuf.extend_from_slice(&data[consumed..]);
+                append_input(&mut c.inbuf, &data[consumed..], max_frame);
                 c.cursor = cursor;
                 note_partial_frame(c, consumed, now);
             }
             self.bufring.recycle(bid);
             self.after_input(slot, end);
         } else {
-            c.inbuf.extend_from_slice(self.bufring.data(bid, len));
+            let max_frame = self.st.cfg.max_frame_bytes as usize;
+            append_input(&mut c.inbuf, self.bufring.data(bid, len), max_frame);
             self.bufring.recycle(bid);
             if !c.blocked {
                 self.process_inbuf(slot);
             }
         }
+        self.charge_input(slot);
         if !more {
             self.arm_recv(slot);
+        }
+    }
+
+    /// Counts a connection's input buffer in its core's input memory
+    /// (`--input-memory-per-core`); a connection whose buffer grew and
+    /// took the core past it is closed, which frees its buffer.
+    pub(super) fn charge_input(&mut self, slot: u32) {
+        let Some(c) = self.st.router.conns.slot_mut(slot) else {
+            return;
+        };
+        let capacity = c.inbuf.capacity();
+        if c.phase() == Phase::Closing || capacity == c.inbuf_charged {
+            return;
+        }
+        let grew = capacity > c.inbuf_charged;
+        self.st.input_bytes = self.st.input_bytes.saturating_sub(c.inbuf_charged) + capacity;
+        c.inbuf_charged = capacity;
+        let budget = self.st.cfg.input_memory;
+        if grew && self.st.input_bytes > budget {
+            let text = format!(
+                "the server's input memory is full ({budget} bytes per core for partial frames); a partial frame needed {capacity} bytes"
+            );
+            self.begin_close(
+                slot,
+                Some(CloseReason::new(
+                    SessionErrorCode::TooManyConnections,
+                    0,
+                    0,
+                    text,
+                )),
+            );
         }
     }
 
@@ -385,6 +422,10 @@ impl<M: Matcher + Snapshot> Core<M> {
             handle_input(&self.session, &mut self.st, slot, &inbuf, cursor);
         let mut inbuf = inbuf;
         inbuf.drain(..consumed);
+        if inbuf.is_empty() {
+            // No partial frame: the memory goes back to the core's budget.
+            inbuf = Vec::new();
+        }
         let now = self.st.now_ns;
         if let Some(c) = self.st.router.conns.slot_mut(slot) {
             c.inbuf = inbuf;
@@ -392,6 +433,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             note_partial_frame(c, consumed, now);
         }
         self.after_input(slot, end);
+        self.charge_input(slot);
     }
 
     fn after_input(&mut self, slot: u32, end: InputEnd) {
@@ -552,7 +594,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    /// Idle timeouts, server heartbeats, slow consumers.
+    /// Idle timeouts, server heartbeats, slow consumers, dead-man's timers.
     pub(super) fn housekeeping(&mut self) {
         let now = self.st.now_ns;
         let slots: Vec<u32> = self.st.router.conns.live_slots().collect();
@@ -573,6 +615,19 @@ impl<M: Matcher + Snapshot> Core<M> {
             match self.session.poll_timers(&c.session, &clock) {
                 Timer::Nothing => {}
                 Timer::Close(r) => self.begin_close(slot, Some(r)),
+                Timer::CancelAll => {
+                    // The dead-man's timer ran out: a MassCancel of all
+                    // symbols, counted in flight like the client's own.
+                    let mut session = c.session;
+                    let mut fx = CoreEffects {
+                        st: &mut self.st,
+                        slot,
+                    };
+                    self.session.cancel_all(&mut session, &mut fx);
+                    if let Some(c) = self.st.router.conns.slot_mut(slot) {
+                        c.session = session;
+                    }
+                }
                 Timer::Heartbeat => {
                     c.out.push(&ServerHeartbeat {
                         token: realtime_ns().into(),
@@ -707,6 +762,23 @@ fn handle_input<M: Matcher + Snapshot>(
         c.session = session;
     }
     result
+}
+
+/// Appends received bytes to a connection's input. A buffer that must
+/// grow is sized for the frame it holds (from its header's length, at most
+/// `max_frame`) rather than doubled, so the input memory charged to the
+/// core is what the frame needs, and dripped bytes do not reallocate.
+fn append_input(inbuf: &mut Vec<u8>, data: &[u8], max_frame: usize) {
+    let need = inbuf.len() + data.len();
+    if need > inbuf.capacity() {
+        let mut header = [0u8; 4];
+        for (i, b) in inbuf.iter().chain(data).take(4).enumerate() {
+            header[i] = *b;
+        }
+        let frame = (u32::from_le_bytes(header) as usize).min(max_frame);
+        inbuf.reserve_exact(need.max(frame) - inbuf.len());
+    }
+    inbuf.extend_from_slice(data);
 }
 
 /// Keeps `frame_started_ns` on the first byte of the incomplete frame

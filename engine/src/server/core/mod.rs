@@ -74,6 +74,8 @@ pub struct CoreConfig {
     pub max_sessions_per_account: u32,
     /// Connections at once per source address.
     pub max_connections_per_address: u32,
+    /// The input buffers of this core's connections, in bytes of capacity.
+    pub input_memory: usize,
     /// The auth thread and this core's verdict queue (with `--accounts`).
     pub auth: Option<(super::auth::AuthLink, Receiver<super::auth::Verdict>)>,
     /// What the session layer needs.
@@ -114,6 +116,9 @@ struct State<M> {
     to_close: Vec<u32>,
     /// Monotonic time of this iteration (intervals, timeouts).
     now_ns: u64,
+    /// Bytes of capacity of the connections' input buffers (each one's
+    /// `Conn::inbuf_charged`), held under `cfg.input_memory`.
+    input_bytes: usize,
     /// Wall-clock time of this iteration: the engine time given to shards.
     engine_ns: u64,
     draining: bool,
@@ -226,6 +231,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 blocked: Vec::with_capacity(64),
                 to_close: Vec::with_capacity(64),
                 now_ns: 0,
+                input_bytes: 0,
                 engine_ns: 0,
                 draining: false,
             },

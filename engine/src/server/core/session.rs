@@ -18,7 +18,11 @@
 //!   rate ([`rate`]); without one they are answered `RateLimited` here, and
 //!   a sustained flood closes the session (`SessionError(OrderFlood)`);
 //! - a MassCancel (version 2) goes to the symbol's shard, or to every
-//!   shard for all symbols; version 1 sessions get `NotSupported`.
+//!   shard for all symbols; version 1 sessions get `NotSupported`;
+//! - a CancelAfter (version 2) arms, re-arms or disarms the session's
+//!   dead-man's timer; when it runs out, [`SessionLayer::poll_timers`] says
+//!   so ([`Timer::CancelAll`]) and [`SessionLayer::cancel_all`] routes a
+//!   MassCancel of all symbols everywhere and disarms it.
 
 use std::sync::Arc;
 
@@ -71,6 +75,8 @@ pub struct Session {
     pub limits: OrderEntryLimits,
     /// Its order entry tokens.
     pub bucket: TokenBucket,
+    /// The dead-man's timer (CancelAfter): when it runs out, if armed.
+    pub cancel_after_deadline_ns: Option<u64>,
 }
 
 impl Session {
@@ -88,6 +94,7 @@ impl Session {
             hello_heartbeat_ms: 0,
             limits: OrderEntryLimits::UNLIMITED,
             bucket: TokenBucket::full(&OrderEntryLimits::UNLIMITED, 0),
+            cancel_after_deadline_ns: None,
         }
     }
 }
@@ -220,6 +227,9 @@ pub enum Timer {
     Heartbeat,
     /// Close: idle or a slow consumer.
     Close(CloseReason),
+    /// The dead-man's timer ran out: carry it out with
+    /// [`SessionLayer::cancel_all`].
+    CancelAll,
 }
 
 /// A connection's times and output state, for [`SessionLayer::poll_timers`].
@@ -346,6 +356,17 @@ impl SessionLayer {
                 reject(fx, id, symbol, RejectReason::NotSupported, Kind::MassCancel);
             }),
             Frame::MassCancel(cancels) => self.mass_cancels(s, cancels, from, fx),
+            Frame::CancelAfter(timers) if s.version < 2 => answered(timers, from, fx, |fx, t| {
+                let timeout = u64::from(t.timeout_ms.get());
+                reject(
+                    fx,
+                    timeout,
+                    0,
+                    RejectReason::NotSupported,
+                    Kind::CancelAfter,
+                );
+            }),
+            Frame::CancelAfter(timers) => cancel_afters(s, timers, from, fx),
             Frame::Heartbeat(beats) => answered(beats, from, fx, |fx, b| {
                 fx.answer(&ServerHeartbeat { token: b.token });
             }),
@@ -616,6 +637,19 @@ impl SessionLayer {
         }
     }
 
+    /// Carries out a dead-man's timer that ran out ([`Timer::CancelAll`]):
+    /// disarms it and cancels every live order of the session's account
+    /// on every symbol, as a MassCancel of all symbols does.
+    pub fn cancel_all(&self, s: &mut Session, fx: &mut impl Effects) {
+        s.cancel_after_deadline_ns = None;
+        fx.route_everywhere(command(
+            s,
+            Op::MassCancel {
+                symbol: wire::MASS_CANCEL_ALL_SYMBOLS,
+            },
+        ));
+    }
+
     /// The interval a connection's timers run on: the session's, or the
     /// server default before the Hello.
     fn heartbeat_ns(&self, s: &Session) -> u64 {
@@ -632,6 +666,12 @@ impl SessionLayer {
     pub fn poll_timers(&self, s: &Session, c: &Clock) -> Timer {
         if s.phase == Phase::Closing {
             return Timer::Nothing;
+        }
+        if s.phase == Phase::Active
+            && s.cancel_after_deadline_ns
+                .is_some_and(|deadline| c.now_ns >= deadline)
+        {
+            return Timer::CancelAll;
         }
         let slow_ns = self.cfg.slow_consumer_ms * 1_000_000;
         if let Some(started) = c.send_started_ns
@@ -750,6 +790,46 @@ fn rate_check(
         ));
     }
     Ok(Rated::Refused)
+}
+
+/// CancelAfters (protocol version 2) from message `from` on: each arms
+/// the dead-man's timer afresh (`timeout_ms` from now), 0 disarms it; a
+/// timeout out of range is refused with `NotSupported`, reserved bits with
+/// `InvalidFlags` (`client_order_id` = the timeout asked for), and leaves
+/// the timer as it was.
+fn cancel_afters(
+    s: &mut Session,
+    msgs: &[wire::CancelAfter],
+    from: usize,
+    fx: &mut impl Effects,
+) -> Option<Stop> {
+    for (i, m) in msgs.iter().enumerate().skip(from) {
+        let timeout_ms = m.timeout_ms.get();
+        let reason = if m.validate().is_err() {
+            Some(RejectReason::InvalidFlags)
+        } else if timeout_ms != wire::CANCEL_AFTER_DISARM
+            && !(wire::CANCEL_AFTER_MIN_MS..=wire::CANCEL_AFTER_MAX_MS).contains(&timeout_ms)
+        {
+            Some(RejectReason::NotSupported)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            if fx.congested() {
+                return Some(Stop::Blocked(i));
+            }
+            if !fx.settled() {
+                return Some(Stop::Fenced(i));
+            }
+            reject(fx, u64::from(timeout_ms), 0, reason, Kind::CancelAfter);
+            continue;
+        }
+        s.cancel_after_deadline_ns = (timeout_ms != wire::CANCEL_AFTER_DISARM).then(|| {
+            fx.now_ns()
+                .saturating_add(u64::from(timeout_ms) * 1_000_000)
+        });
+    }
+    None
 }
 
 /// A command of the session.

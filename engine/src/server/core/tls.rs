@@ -154,6 +154,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 self.begin_close(slot, None);
             }
         }
+        self.charge_input(slot);
     }
 }
 

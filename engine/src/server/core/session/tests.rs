@@ -2,8 +2,8 @@
 use super::super::super::limits::{HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN};
 use super::*;
 use wire::{
-    Cancel, Heartbeat, Hello, MASS_CANCEL_ALL_SYMBOLS, MassCancel, NewOrder, OrderQuery, Replace,
-    Side, Subscribe,
+    Cancel, CancelAfter, Heartbeat, Hello, MASS_CANCEL_ALL_SYMBOLS, MassCancel, NewOrder,
+    OrderQuery, Replace, Side, Subscribe,
 };
 
 /// Records what the session layer asks for, in order.
@@ -251,7 +251,7 @@ fn frame_errors_close_after_the_frames_before_them() {
     let mut s = logged_on(&l, &mut fx);
     let mut data = bytes(&[order(1, 0)]);
     let good = data.len();
-    data.extend_from_slice(&[8, 0, 0, 0, 0x09, 1, 0, 0]); // no kind 0x09
+    data.extend_from_slice(&[8, 0, 0, 0, 0x0f, 1, 0, 0]); // no kind 0x0f
     let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
     let InputEnd::Close(r) = end else {
         panic!("{end:?}")
@@ -694,4 +694,131 @@ fn mass_cancels_route_to_one_shard_or_all_and_version_1_is_refused() {
     let (_, _, end) = l.handle_input(&mut s, &bytes(&[MassCancel::new(5, 0)]), 0, &mut fx);
     assert!(matches!(end, InputEnd::Done), "{end:?}");
     assert_eq!(fx.log, ["Rejected 5 Ok(NotSupported)"]);
+}
+
+/// A Clock at `now_ms` for a session that is neither idle nor slow.
+fn busy_clock(now_ms: u64) -> Clock {
+    let ns = now_ms * 1_000_000;
+    Clock {
+        now_ns: ns,
+        last_recv_ns: ns,
+        last_out_ns: ns,
+        send_started_ns: None,
+        out_bytes: 0,
+        held_back: false,
+        accepted_ns: 0,
+        frame_started_ns: None,
+    }
+}
+
+#[test]
+fn cancel_after_arms_rearms_disarms_and_expires_into_one_mass_cancel_of_all() {
+    let l = layer();
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    let ms = 1_000_000;
+    // Not armed: nothing, however long.
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(1_000_000)),
+        Timer::Nothing
+    ));
+
+    // Armed at t = 1 s for 1 s.
+    fx.now_ns = 1_000 * ms;
+    let (used, _, end) = l.handle_input(&mut s, &bytes(&[CancelAfter::new(1_000)]), 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, 8 + 8);
+    assert!(fx.log.is_empty(), "arming has no answer: {:?}", fx.log);
+    assert_eq!(s.cancel_after_deadline_ns, Some(2_000 * ms));
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(1_999)),
+        Timer::Nothing
+    ));
+
+    // Re-armed at t = 1.5 s: the countdown starts afresh.
+    fx.now_ns = 1_500 * ms;
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(1_000)]), 0, &mut fx);
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(2_400)),
+        Timer::Nothing
+    ));
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(2_500)),
+        Timer::CancelAll
+    ));
+
+    // Carried out: one mass cancel of all symbols, routed everywhere, and
+    // the timer is disarmed (the session stays active).
+    l.cancel_all(&mut s, &mut fx);
+    assert_eq!(fx.log, ["mass cancel 0xffffffff"]);
+    assert_eq!(fx.routed.len(), 1);
+    assert_eq!(fx.routed[0].account, 7);
+    assert_eq!(fx.routed[0].session, s.id);
+    assert_eq!(s.phase, Phase::Active);
+    assert_eq!(s.cancel_after_deadline_ns, None);
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(10_000)),
+        Timer::Nothing
+    ));
+
+    // Zero disarms.
+    fx.log.clear();
+    fx.now_ns = 3_000 * ms;
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(5_000)]), 0, &mut fx);
+    assert_eq!(s.cancel_after_deadline_ns, Some(8_000 * ms));
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(0)]), 0, &mut fx);
+    assert_eq!(s.cancel_after_deadline_ns, None);
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(100_000)),
+        Timer::Nothing
+    ));
+
+    // Out of range and reserved bits are refused and leave the timer alone.
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(2_000)]), 0, &mut fx);
+    let mut reserved = CancelAfter::new(1_000);
+    reserved.reserved = 1.into();
+    let data = bytes(&[CancelAfter::new(999), CancelAfter::new(3_600_001), reserved]);
+    let (used, _, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "Rejected 999 Ok(NotSupported)",
+            "Rejected 3600001 Ok(NotSupported)",
+            "Rejected 1000 Ok(InvalidFlags)"
+        ]
+    );
+    assert_eq!(s.cancel_after_deadline_ns, Some(5_000 * ms));
+    // The bounds themselves are accepted.
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(3_600_000)]), 0, &mut fx);
+    assert_eq!(s.cancel_after_deadline_ns, Some(3_603_000 * ms));
+    l.handle_input(&mut s, &bytes(&[CancelAfter::new(1_000)]), 0, &mut fx);
+    assert_eq!(s.cancel_after_deadline_ns, Some(4_000 * ms));
+    assert_eq!(fx.log.len(), 3, "{:?}", fx.log);
+
+    // A closing session's timer does nothing.
+    s.phase = Phase::Closing;
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(100_000)),
+        Timer::Nothing
+    ));
+}
+
+#[test]
+fn version_1_sessions_cannot_arm_a_cancel_after() {
+    let l = layer();
+    let mut fx = Recorder::default();
+    let mut s = logged_on_with(&l, &mut fx, 1);
+    let (_, _, end) = l.handle_input(&mut s, &bytes(&[CancelAfter::new(1_000)]), 0, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(fx.log, ["Rejected 1000 Ok(NotSupported)"]);
+    assert_eq!(s.cancel_after_deadline_ns, None);
+    assert!(matches!(
+        l.poll_timers(&s, &busy_clock(100_000)),
+        Timer::Nothing
+    ));
 }
