@@ -584,24 +584,8 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
         .account
         .wrapping_add(global as u64 % plan.accounts.max(1));
     let hello = Hello::new(account, HELLO_CANCEL_ON_DISCONNECT, 0, &plan.credentials);
-    let mut out = Vec::with_capacity(64);
-    wire::append_frame(&[hello], &mut out)
-        .map_err(|e| RunError::Failed(format!("cannot encode the Hello: {e}")))?;
     let stream = Rc::new(RefCell::new(stream));
-    let handshake = async {
-        write_all(&stream, &out).await.map_err(|e| {
-            RunError::Failed(format!("sending the Hello to {}: {e}", plan.server_name))
-        })?;
-        read_directory(&stream, plan).await
-    };
-    let timeout = async {
-        glommio::timer::sleep(plan.connect_timeout).await;
-        Err(RunError::Failed(format!(
-            "{} accepted the connection but did not answer the Hello within {:?}",
-            plan.server_name, plan.connect_timeout
-        )))
-    };
-    let (ack, entries, leftover) = future::or(handshake, timeout).await?;
+    let (ack, entries, leftover) = log_on(&stream, &hello, plan).await?;
     let listed = entries.len();
     let wanted = plan.symbols.unwrap_or(listed);
     if listed == 0 {
@@ -676,6 +660,32 @@ fn warn_if_mtu_too_big(stream: &TcpStream, mtu: usize) {
     {
         tracing::warn!("{warning}");
     }
+}
+
+/// Sends the Hello and reads the HelloAck and the symbol directory, within
+/// `--connect-timeout`: the ack, the directory, and what followed it.
+pub(super) async fn log_on(
+    stream: &RefCell<Stream>,
+    hello: &Hello,
+    plan: &Plan,
+) -> Result<(HelloAck, Vec<SymbolEntry>, Vec<u8>), RunError> {
+    let mut out = Vec::with_capacity(64);
+    wire::append_frame(std::slice::from_ref(hello), &mut out)
+        .map_err(|e| RunError::Failed(format!("cannot encode the Hello: {e}")))?;
+    let handshake = async {
+        write_all(stream, &out).await.map_err(|e| {
+            RunError::Failed(format!("sending the Hello to {}: {e}", plan.server_name))
+        })?;
+        read_directory(stream, plan).await
+    };
+    let timeout = async {
+        glommio::timer::sleep(plan.connect_timeout).await;
+        Err(RunError::Failed(format!(
+            "{} accepted the connection but did not answer the Hello within {:?}",
+            plan.server_name, plan.connect_timeout
+        )))
+    };
+    future::or(handshake, timeout).await
 }
 
 /// Reads HelloAck and the symbol directory; returns them and any bytes

@@ -19,14 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use wire::{Heartbeat, Hello};
 
 use super::{
-    Clock, GLOMMIO_IO_MEMORY_BYTES, RunError, STOP_POLL, Shared, Signal, read_directory, read_more,
-    write_all,
+    Clock, GLOMMIO_IO_MEMORY_BYTES, RunError, STOP_POLL, Shared, Signal, read_more, write_all,
 };
 use crate::cli::Plan;
 use crate::md::{
@@ -246,26 +244,10 @@ async fn connect(plan: &Plan, i: usize) -> Result<(Connected, bool), RunError> {
         .account
         .wrapping_add(plan.distinct_accounts())
         .wrapping_add(i as u64);
-    let mut hello = Hello::new(account, 0, 0, &plan.credentials);
-    hello.protocol_version = wire::U16::new(2);
-    let mut out = Vec::with_capacity(256);
-    wire::append_frame(&[hello], &mut out)
-        .map_err(|e| RunError::Failed(format!("cannot encode the Hello: {e}")))?;
+    // Market data needs protocol version 2, what Hello::new speaks.
+    let hello = Hello::new(account, 0, 0, &plan.credentials);
     let stream = Rc::new(RefCell::new(stream));
-    let handshake = async {
-        write_all(&stream, &out).await.map_err(|e| {
-            RunError::Failed(format!("sending the Hello to {}: {e}", plan.server_name))
-        })?;
-        read_directory(&stream, plan).await
-    };
-    let timeout = async {
-        glommio::timer::sleep(plan.connect_timeout).await;
-        Err(RunError::Failed(format!(
-            "{} accepted the connection but did not answer the Hello within {:?}",
-            plan.server_name, plan.connect_timeout
-        )))
-    };
-    let (ack, entries, leftover) = future::or(handshake, timeout).await?;
+    let (ack, entries, leftover) = super::log_on(&stream, &hello, plan).await?;
     if ack.protocol_version.get() < 2 {
         return Err(RunError::Failed(format!(
             "{} answered the version 2 Hello with version {}: it serves no market data",
@@ -289,7 +271,7 @@ async fn connect(plan: &Plan, i: usize) -> Result<(Connected, bool), RunError> {
     };
     let max_frame = ack.max_frame_bytes.get();
     let mut checker = FeedChecker::new(target, md.flags, &directory, max_frame, window);
-    out.clear();
+    let mut out = Vec::with_capacity(256);
     checker.write_subscribe(&mut out);
     write_all(&stream, &out).await.map_err(|e| {
         RunError::Failed(format!(
