@@ -18,7 +18,9 @@
 //!   (`AuthenticationFailed` one second later, or at once with "too many
 //!   failed logons" past the server's per-address failure limit). It runs
 //!   last: the failures it causes refuse every logon from this address for
-//!   a minute.
+//!   a minute. With `--bad-logon-rate R` it is a sustained flood instead:
+//!   R bad logons a second for `--duration`, optionally from every address
+//!   of `--sources` in turn ([`sustained`]), to run beside a trading run.
 //!
 //! The counting and classifying ([`BurstTally`], [`OpenOrdersTally`],
 //! [`classify_logon`], [`FloodReport`]) is free of I/O; the probes use
@@ -37,6 +39,8 @@ use wire::{
 };
 
 use crate::cli::parse_duration;
+
+pub mod sustained;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -106,6 +110,26 @@ pub struct FloodArgs {
     #[arg(long, default_value_t = 12, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub bad_logons: u32,
+
+    /// Bad logons a second: run the bad-logons part as a sustained flood at
+    /// this rate for --flood-duration (instead of --bad-logons at once),
+    /// each connection closed at its answer.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub bad_logon_rate: Option<u32>,
+
+    /// How long the sustained flood of --bad-logon-rate lasts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "TIME")]
+    pub flood_duration: Duration,
+
+    /// Source addresses of the sustained flood's connections, one after
+    /// the other, as ADDR/PREFIX (for example 127.0.0.0/24 on loopback,
+    /// where every address is local): each address has its own failed
+    /// logon limit on the server, so more of the logons get a password
+    /// check. Default: the system's choice (one address).
+    #[arg(long, value_name = "CIDR", value_parser = sustained::parse_sources,
+          requires = "bad_logon_rate")]
+    pub sources: Option<sustained::Sources>,
 
     /// The server's --order-burst: exit 1 if a burst larger than this got
     /// no RateLimited at all.
@@ -343,6 +367,9 @@ pub enum LogonOutcome {
     Refused,
     /// AuthenticationFailed at once: the address is over its failure limit.
     RefusedAtOnce,
+    /// AuthenticationFailed at once: too many logons wait for a password
+    /// check ("busy with other logons").
+    Busy,
     /// Another SessionError (code name).
     OtherError(String),
     /// The server accepted the wrong password (a server without --accounts).
@@ -357,6 +384,8 @@ pub fn classify_logon(answer: Option<&Answer>) -> LogonOutcome {
         Some(Answer::SessionError(Some(SessionErrorCode::AuthenticationFailed), text)) => {
             if text.contains("too many failed logons") {
                 LogonOutcome::RefusedAtOnce
+            } else if text.contains("busy with other logons") {
+                LogonOutcome::Busy
             } else {
                 LogonOutcome::Refused
             }
@@ -386,6 +415,8 @@ pub struct LogonTally {
     pub refused: u64,
     /// AuthenticationFailed at once (over the per-address failure limit).
     pub refused_at_once: u64,
+    /// AuthenticationFailed at once (too many logons waiting for a check).
+    pub busy: u64,
     /// Accepted despite the wrong password.
     pub accepted: u64,
     /// Other errors and missing answers.
@@ -394,6 +425,11 @@ pub struct LogonTally {
     pub other_kinds: Vec<(String, u64)>,
     /// Seconds from the Hello to each answer, in the order sent.
     pub seconds: Vec<f64>,
+    /// A sustained flood: how long it sent for, in seconds (0 when the
+    /// logons went at once).
+    pub sending_seconds: f64,
+    /// A sustained flood: distinct source addresses it sent from.
+    pub sources: u64,
 }
 
 impl LogonTally {
@@ -404,6 +440,7 @@ impl LogonTally {
         match outcome {
             LogonOutcome::Refused => self.refused += 1,
             LogonOutcome::RefusedAtOnce => self.refused_at_once += 1,
+            LogonOutcome::Busy => self.busy += 1,
             LogonOutcome::Accepted => self.accepted += 1,
             LogonOutcome::OtherError(what) | LogonOutcome::NoAnswer(what) => {
                 self.other += 1;
@@ -543,13 +580,25 @@ impl FloodReport {
             );
         }
         if let Some(l) = &self.bad_logons {
+            if l.sending_seconds > 0.0 {
+                let _ = writeln!(
+                    s,
+                    "bad logons   sustained: {} in {:.1} s ({:.0}/s) from {} source address(es)",
+                    l.sent,
+                    l.sending_seconds,
+                    l.sent as f64 / l.sending_seconds,
+                    l.sources.max(1)
+                );
+            }
             let _ = writeln!(
                 s,
                 "bad logons   {} sent: {} AuthenticationFailed, {} refused at once (failure \
-                 limit), {} accepted, {} other; answers in {}",
+                 limit), {} refused at once (auth thread busy), {} accepted, {} other; \
+                 answers in {}",
                 l.sent,
                 l.refused,
                 l.refused_at_once,
+                l.busy,
                 l.accepted,
                 l.other,
                 seconds_range(&l.seconds)
@@ -619,6 +668,9 @@ impl FloodReport {
                     "sent": l.sent,
                     "authentication_failed": l.refused,
                     "refused_at_once": l.refused_at_once,
+                    "busy": l.busy,
+                    "sending_seconds": l.sending_seconds,
+                    "sources": l.sources,
                     "accepted": l.accepted,
                     "other": l.other,
                     "other_kinds": l.other_kinds.iter()
@@ -978,7 +1030,21 @@ pub fn run(args: &FloodArgs) -> Result<FloodReport, FloodError> {
                 // out before the bad logons connect again.
                 std::thread::sleep(Duration::from_millis(300));
             }
-            Part::BadLogons => report.bad_logons = Some(run_bad_logons(&ctx, args.bad_logons)),
+            Part::BadLogons => {
+                report.bad_logons = Some(match args.bad_logon_rate {
+                    Some(rate) => sustained::run(&sustained::Plan {
+                        addr: ctx.addr,
+                        account: ctx.account,
+                        password: wrong_password(&ctx.password).to_string(),
+                        rate,
+                        duration: args.flood_duration,
+                        timeout: ctx.timeout,
+                        sources: args.sources.clone(),
+                    })
+                    .map_err(|e| FloodError::Failed(format!("bad-logons: {e}")))?,
+                    None => run_bad_logons(&ctx, args.bad_logons),
+                })
+            }
         }
     }
     report.check(
