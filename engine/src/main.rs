@@ -551,6 +551,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Moves this thread, and so every thread it starts from now on (the
+/// auth thread's password checks, journal housekeeping, TLS handshakes,
+/// the admin endpoint, the stats line, the market-data bridge), to the
+/// CPUs this process may use that are not engine cores. The engine cores
+/// pin themselves to their own CPU, so they are not affected. Without a
+/// spare CPU (or with --no-pin) the helpers share the engine cores, as
+/// the log says.
+fn keep_helpers_off_the_engine_cores(cores: &CpuList, pin: bool) {
+    if !pin {
+        return;
+    }
+    let spare = match tuning::allowed_cpus() {
+        Ok(allowed) => allowed.difference(cores),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read this process's CPU affinity ({e}): helper threads are not moved off the engine cores"
+            );
+            return;
+        }
+    };
+    if spare.is_empty() {
+        tracing::info!(
+            "no CPU besides the engine cores {cores}: helper threads (password checks, journal files, TLS handshakes, admin) share them"
+        );
+        return;
+    }
+    match tuning::set_current_thread_affinity(&spare) {
+        Ok(()) => tracing::info!(
+            "helper threads (password checks, journal files, TLS handshakes, admin) on CPUs {spare}, off the engine cores"
+        ),
+        Err(e) => tracing::warn!("helper threads stay where they are: {e}"),
+    }
+}
+
 fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
     let cores = resolve_cores(args.cores)?;
     let cpus = cores.to_vec();
@@ -652,6 +686,7 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
         tuning::print_startup_warnings("turbo-dex", &host);
     }
 
+    keep_helpers_off_the_engine_cores(&cores, cfg.pin);
     let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
     tracing::info!(
         "{} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",

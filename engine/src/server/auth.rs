@@ -10,9 +10,13 @@
 //!    input and hands `(core, slot, generation, account, password, peer)`
 //!    to this thread over a bounded channel ([`AUTH_PENDING_MAX`] logons
 //!    in flight over all cores; past it a logon is refused at once);
-//! 2. this thread refuses an address over its failure limit at once, else
-//!    verifies the password (an unknown account is verified against a
-//!    dummy hash, so that it costs the same);
+//! 2. this thread takes the logons in two lanes ([`LogonQueue`]): first
+//!    those from addresses with no failed logon in the current window and
+//!    no other logon waiting, then the rest, each lane in arrival order; a
+//!    logon that waited [`AUTH_WAIT_MAX_NS`] is refused at once ("busy"),
+//!    unchecked; an address over its failure limit is refused at once;
+//!    every other logon has its password verified (an unknown account
+//!    against a dummy hash, so that it costs the same);
 //! 3. a success goes back at once, a failure after [`AUTH_FAILURE_DELAY_NS`]
 //!    (a queue of due answers, so one delayed answer never holds up other
 //!    logons), each into the core's verdict channel, and the core is woken
@@ -23,13 +27,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::limits::{
     AUTH_ADDRESSES_MAX, AUTH_FAILURE_DELAY_NS, AUTH_FAILURE_WINDOW_NS, AUTH_PENDING_MAX,
+    AUTH_WAIT_MAX_NS,
 };
 use super::{Shared, monotonic_ns};
 use crate::accounts::{Accounts, PASSWORD_BYTES_MAX, password_of, verify_password};
@@ -141,11 +146,15 @@ impl Clone for AuthLink {
     }
 }
 
+/// The text of a logon refused unchecked because too many wait for the
+/// auth thread, or because it waited too long.
+pub const BUSY_TEXT: &str = "busy with other logons; try again in a second";
+
 impl AuthLink {
     /// Hands a logon to the auth thread; `Err` with the refusal text when
     /// too many logons are in flight already.
     pub fn submit(&self, req: AuthRequest) -> Result<(), &'static str> {
-        const BUSY: &str = "busy with other logons; try again in a second";
+        const BUSY: &str = BUSY_TEXT;
         if self.admission.pending.fetch_add(1, Ordering::Relaxed) >= AUTH_PENDING_MAX {
             self.admission.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(BUSY);
@@ -220,6 +229,13 @@ impl FailureLimiter {
         }
     }
 
+    /// Whether `ip` has a failed logon in its current window.
+    pub fn has_failed(&self, ip: IpAddr, now_ns: u64) -> bool {
+        self.windows.get(&ip).is_some_and(|w| {
+            w.failures > 0 && now_ns.saturating_sub(w.start_ns) < AUTH_FAILURE_WINDOW_NS
+        })
+    }
+
     pub fn failed(&mut self, ip: IpAddr, now_ns: u64) {
         if self.windows.len() >= AUTH_ADDRESSES_MAX && !self.windows.contains_key(&ip) {
             self.windows
@@ -242,6 +258,82 @@ impl FailureLimiter {
             };
         }
         w.failures += 1;
+    }
+}
+
+/// Logons waiting for a password check, in two lanes, so that a flood of
+/// bad logons does not hold up a good one for long (pure: time and the
+/// limiter's view come in). The clean lane takes a logon from an address
+/// with no failed logon in its window and no other logon waiting: at most
+/// one per address, so a flood from one address (or a few) never fills
+/// it. Everything else goes to the suspect lane. The clean lane is served
+/// first; each lane in arrival order.
+pub struct LogonQueue<T> {
+    clean: VecDeque<Waiting<T>>,
+    suspect: VecDeque<Waiting<T>>,
+    /// Logons waiting per address, both lanes.
+    waiting: HashMap<IpAddr, u32>,
+}
+
+struct Waiting<T> {
+    since_ns: u64,
+    peer: Option<IpAddr>,
+    item: T,
+}
+
+impl<T> Default for LogonQueue<T> {
+    fn default() -> Self {
+        LogonQueue {
+            clean: VecDeque::new(),
+            suspect: VecDeque::new(),
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+impl<T> LogonQueue<T> {
+    /// Queues a logon from `peer` that arrived at `now_ns`; `failed`: the
+    /// address has a failed logon in its current window.
+    pub fn push(&mut self, peer: Option<IpAddr>, failed: bool, now_ns: u64, item: T) {
+        let others = peer.map_or(0, |ip| self.waiting.get(&ip).copied().unwrap_or(0));
+        if let Some(ip) = peer {
+            *self.waiting.entry(ip).or_insert(0) += 1;
+        }
+        let w = Waiting {
+            since_ns: now_ns,
+            peer,
+            item,
+        };
+        if failed || others > 0 {
+            self.suspect.push_back(w);
+        } else {
+            self.clean.push_back(w);
+        }
+    }
+
+    /// The next logon (clean lane first) and how long it waited.
+    pub fn pop(&mut self, now_ns: u64) -> Option<(T, u64)> {
+        let w = self
+            .clean
+            .pop_front()
+            .or_else(|| self.suspect.pop_front())?;
+        if let Some(ip) = w.peer
+            && let Some(n) = self.waiting.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&ip);
+            }
+        }
+        Some((w.item, now_ns.saturating_sub(w.since_ns)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.clean.len() + self.suspect.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -298,6 +390,7 @@ fn run(
     let dummy = crate::accounts::hash_password(b"no such account", &[0x5a; 16]).ok();
     let mut limiter = FailureLimiter::new(max_failures);
     let mut due: VecDeque<(u64, usize, Verdict)> = VecDeque::new();
+    let mut queue: LogonQueue<AuthRequest> = LogonQueue::default();
     let answer = |core: usize, v: Verdict| {
         if let Some(tx) = cores.get(core)
             && tx.send(v).is_ok()
@@ -314,20 +407,49 @@ fn run(
                 answer(core, v);
             }
         }
-        let wait_ns = due
-            .front()
-            .map_or(1_000_000_000, |(at, _, _)| at.saturating_sub(now));
-        let mut req = match requests.recv_timeout(Duration::from_nanos(wait_ns)) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+        // Everything that arrived goes into the lanes before one is taken.
+        loop {
+            match requests.try_recv() {
+                Ok(r) => {
+                    let failed = r.peer.is_some_and(|ip| limiter.has_failed(ip, now));
+                    queue.push(r.peer, failed, now, r);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if queue.is_empty() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        if queue.is_empty() {
+            let wait_ns = due
+                .front()
+                .map_or(1_000_000_000, |(at, _, _)| at.saturating_sub(now));
+            match requests.recv_timeout(Duration::from_nanos(wait_ns)) {
+                Ok(r) => {
+                    let now = monotonic_ns();
+                    let failed = r.peer.is_some_and(|ip| limiter.has_failed(ip, now));
+                    queue.push(r.peer, failed, now, r);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
         let now = monotonic_ns();
+        let Some((mut req, waited_ns)) = queue.pop(now) else {
+            continue;
+        };
         let verdict = |outcome| Verdict {
             slot: req.slot,
             generation: req.generation,
             outcome,
         };
+        if waited_ns >= AUTH_WAIT_MAX_NS {
+            answer(req.core, verdict(Outcome::Refused(BUSY_TEXT.into())));
+            continue;
+        }
         if let Some(ip) = req.peer
             && let Check::Limited {
                 log,
@@ -411,6 +533,51 @@ mod tests {
         assert_eq!(l.check(ip, S + AUTH_FAILURE_WINDOW_NS), Check::Allowed);
         l.failed(ip, S + AUTH_FAILURE_WINDOW_NS);
         assert_eq!(l.check(ip, S + AUTH_FAILURE_WINDOW_NS), Check::Allowed);
+    }
+
+    #[test]
+    fn a_clean_address_goes_before_a_flood_from_others() {
+        let flood: IpAddr = "10.0.0.1".parse().unwrap();
+        let failed: IpAddr = "10.0.0.2".parse().unwrap();
+        let good: IpAddr = "10.0.0.3".parse().unwrap();
+        let mut q = LogonQueue::default();
+        // The flood's first logon is clean (no failure yet), the others
+        // wait behind it in the suspect lane, as does an address that has
+        // failed before.
+        for i in 0..100 {
+            q.push(Some(flood), false, i, ("flood", i));
+        }
+        q.push(Some(failed), true, 100, ("failed", 0));
+        q.push(Some(good), false, 101, ("good", 0));
+        q.push(None, false, 102, ("unix", 0));
+        assert_eq!(q.len(), 103);
+        assert_eq!(q.pop(1_000), Some((("flood", 0), 1_000)));
+        assert_eq!(q.pop(1_000), Some((("good", 0), 899)));
+        assert_eq!(q.pop(1_000), Some((("unix", 0), 898)));
+        // Then the suspect lane, in arrival order.
+        assert_eq!(q.pop(1_000).unwrap().0, ("flood", 1));
+        let rest: Vec<_> = std::iter::from_fn(|| q.pop(2_000))
+            .map(|(x, _)| x)
+            .collect();
+        assert_eq!(rest.len(), 99);
+        assert_eq!(rest[98], ("failed", 0));
+        assert!(q.is_empty());
+        // Nothing waits from the flood now: its next logon is clean again
+        // unless the limiter has seen it fail.
+        q.push(Some(flood), false, 3_000, ("flood", 200));
+        q.push(Some(good), false, 3_001, ("good", 1));
+        assert_eq!(q.pop(3_002).unwrap().0, ("flood", 200));
+        assert_eq!(q.pop(3_002).unwrap().0, ("good", 1));
+    }
+
+    #[test]
+    fn the_limiter_knows_which_addresses_failed_in_their_window() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut l = FailureLimiter::new(3);
+        assert!(!l.has_failed(ip, S));
+        l.failed(ip, S);
+        assert!(l.has_failed(ip, 2 * S));
+        assert!(!l.has_failed(ip, S + AUTH_FAILURE_WINDOW_NS));
     }
 
     #[test]

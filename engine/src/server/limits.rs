@@ -93,6 +93,10 @@ pub const AUTH_FAILURES_PER_WINDOW: u32 = 10;
 /// Logons waiting for the auth thread over all cores; past it a logon is
 /// refused at once ("busy"), so a flood cannot queue without bound.
 pub const AUTH_PENDING_MAX: usize = 4096;
+/// A logon that waited this long for its password check is refused at
+/// once ("busy"), unchecked: under a flood the auth thread spends its time
+/// on logons whose clients still wait, not on a backlog of minutes.
+pub const AUTH_WAIT_MAX_NS: u64 = 2_000_000_000;
 /// Source addresses the failure limiter tracks at once (bounded memory).
 pub const AUTH_ADDRESSES_MAX: usize = 65_536;
 /// Default of `--logon-timeout-ms`: the Hello must arrive this soon after the accept.
@@ -130,6 +134,9 @@ const _: () = assert!(8 + 2_000 * 32 <= MAX_FRAME_BYTES_DEFAULT as usize);
 const _: () = assert!(LOGON_TIMEOUT_MS * 1_000_000 >= 10 * TICK_NS);
 const _: () = assert!(FRAME_TIMEOUT_MS * 1_000_000 >= 10 * TICK_NS);
 const _: () = assert!(AUTH_FAILURE_DELAY_NS < AUTH_FAILURE_WINDOW_NS);
+// A logon refused as stale still gets its answer before the client's logon
+// deadline would have passed.
+const _: () = assert!(AUTH_WAIT_MAX_NS < LOGON_TIMEOUT_MS * 1_000_000);
 const _: () = assert!(MD_MAX_QUEUE_MIN <= MD_MAX_QUEUE_BYTES && MD_MAX_QUEUE_BYTES < OUT_MAX_BYTES);
 
 const _: () = assert!(RING_CAPACITY_MIN.is_power_of_two() && RING_CAPACITY_MAX.is_power_of_two());
