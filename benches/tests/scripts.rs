@@ -217,6 +217,52 @@ fn bench_tls_gives_every_row() {
 }
 
 #[test]
+fn bench_logon_flood_gives_every_row() {
+    let allowed = tuning::allowed_cpus().expect("affinity");
+    let server = allowed.first().expect("a CPU").to_string();
+    let trader = allowed.last().expect("a CPU").to_string();
+    let out = Command::new(root().join("scripts/bench-logon-flood.sh"))
+        .args([
+            "--pairs",
+            "1",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+        ])
+        .args([
+            "--batch",
+            "100",
+            "--server-cpu",
+            &server,
+            "--trader-cpu",
+            &trader,
+        ])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .output()
+        .expect("bench-logon-flood.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "bench-logon-flood.sh failed:\n{log}");
+    for (name, flood) in [("quiet-1", false), ("one-addr-1", true), ("range-1", true)] {
+        let row = log.lines().find(|l| l.starts_with(&format!("{name} ")));
+        let cells: Vec<&str> = row.map_or(vec![], |r| r.split_whitespace().collect());
+        assert!(
+            cells.len() >= 4 && cells[1..3].iter().all(|c| is_number(c)),
+            "row {name}: {row:?} in\n{log}"
+        );
+        if flood {
+            // 2 s at 50/s: 100 bad logons, none accepted.
+            let counts = cells[3..].join(" ");
+            assert!(counts.starts_with("100 sent"), "{name}: {counts}");
+            assert!(counts.ends_with(" 0 accepted"), "{name}: {counts}");
+        }
+    }
+}
+
+#[test]
 fn admin_bench_runs_with_and_without_a_scraper() {
     let out = Command::new(root().join("scripts/admin-bench.sh"))
         .args(["--pairs", "1", "--duration", "1s", "--bin-dir"])
