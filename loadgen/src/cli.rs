@@ -150,6 +150,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE", conflicts_with = "credentials")]
     pub password_file: Option<std::path::PathBuf>,
 
+    /// Per-connection accounts for a multi-account run against a turbo-dex
+    /// with --accounts: one `ACCOUNT_ID PASSWORD` per line (blank lines and
+    /// lines starting with # skipped; the password is the rest of the
+    /// line, at most 32 bytes). Connection i (counted over all workers)
+    /// logs on with line i mod the number of lines. Replaces --account,
+    /// --accounts, --credentials and --password-file.
+    #[arg(long, value_name = "FILE",
+          conflicts_with_all = ["account", "accounts", "credentials", "password_file"])]
+    pub logins: Option<std::path::PathBuf>,
+
+    /// Parsed from --logins by the caller (not a flag).
+    #[arg(skip)]
+    pub login_list: Vec<(u64, String)>,
+
     /// Send coalescing: small frames are gathered up to one TCP segment of
     /// this MTU before a send. Default: the path MTU of each connection.
     #[arg(long, value_name = "BYTES",
@@ -276,6 +290,36 @@ pub struct Args {
     pub subscriber_threads: u32,
 }
 
+/// Parses the text of a --logins file: `ACCOUNT_ID PASSWORD` per line.
+pub fn parse_logins(text: &str) -> Result<Vec<(u64, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (id, password) = line
+            .trim_start()
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("line {}: expected ACCOUNT_ID PASSWORD", n + 1))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("line {}: {id:?} is not an account id", n + 1))?;
+        let password = password.trim();
+        if password.is_empty() || password.len() > 32 || password.contains('\0') {
+            return Err(format!(
+                "line {}: the password must be 1 to 32 bytes without NUL",
+                n + 1
+            ));
+        }
+        out.push((id, password.to_string()));
+    }
+    if out.is_empty() {
+        return Err("no ACCOUNT_ID PASSWORD line".into());
+    }
+    Ok(out)
+}
+
 /// Parses a humane duration: a number with a unit (ns, us, ms, s, m, h),
 /// possibly several (`1m30s`), or a bare number of seconds; decimals allowed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -388,6 +432,9 @@ pub struct Plan {
     pub accounts: u64,
     /// Hello credentials.
     pub credentials: String,
+    /// `--logins`: (account, password) per connection, round robin; empty
+    /// without it (then account/accounts/credentials apply).
+    pub logins: Vec<(u64, String)>,
     /// `--mtu` if given.
     pub mtu: Option<usize>,
     /// `--json` if given.
@@ -414,6 +461,20 @@ impl Plan {
     /// Total connections over all workers.
     pub fn total_connections(&self) -> usize {
         self.cores.len() * self.connections
+    }
+
+    /// The account and password connection `i` (over all workers) logs
+    /// on with.
+    pub fn login(&self, i: usize) -> (u64, &str) {
+        if self.logins.is_empty() {
+            (
+                self.account.wrapping_add(i as u64 % self.accounts.max(1)),
+                &self.credentials,
+            )
+        } else {
+            let (account, password) = &self.logins[i % self.logins.len()];
+            (*account, password)
+        }
     }
 
     /// Different accounts the connections trade under.
@@ -541,8 +602,13 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64)
         }),
-        accounts: args.accounts.unwrap_or(u64::MAX),
+        accounts: if args.login_list.is_empty() {
+            args.accounts.unwrap_or(u64::MAX)
+        } else {
+            args.login_list.len() as u64
+        },
         credentials: args.credentials.clone(),
+        logins: args.login_list.clone(),
         mtu: args.mtu.map(|m| m as usize),
         json: args.json.clone(),
         hgrm: args.hgrm.clone(),
@@ -634,6 +700,51 @@ fn check_output_files(plan: &Plan) -> Result<(), UsageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_are_id_and_password_per_line_and_go_round_robin() {
+        let list = parse_logins("# traders\n1001 alpha\n\n1002   pass with spaces \r\n").unwrap();
+        assert_eq!(
+            list,
+            vec![
+                (1001, "alpha".to_string()),
+                (1002, "pass with spaces".to_string())
+            ]
+        );
+        for bad in [
+            "",
+            "# only a comment\n",
+            "1001\n",
+            "x pw\n",
+            &format!("1 {}\n", "p".repeat(33)),
+        ] {
+            assert!(parse_logins(bad).is_err(), "{bad:?}");
+        }
+        let mut args = parse(&["--server", "127.0.0.1:1", "--connections", "3"]).unwrap();
+        args.login_list = list;
+        let p = plan(&args).unwrap();
+        assert_eq!(p.distinct_accounts(), 2);
+        assert_eq!(p.login(0), (1001, "alpha"));
+        assert_eq!(p.login(1), (1002, "pass with spaces"));
+        assert_eq!(p.login(2), (1001, "alpha"));
+        let p = plan(
+            &parse(&[
+                "--server",
+                "127.0.0.1:1",
+                "--account",
+                "7",
+                "--accounts",
+                "2",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.login(0), p.login(1), p.login(2)),
+            ((7, ""), (8, ""), (7, ""))
+        );
+        assert!(parse(&["--server", "127.0.0.1:1", "--logins", "f", "--account", "1"]).is_err());
+    }
 
     #[test]
     fn durations_parse_humanely() {

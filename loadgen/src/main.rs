@@ -40,6 +40,21 @@ fn main() -> ExitCode {
             }
         }
     }
+    if let Some(path) = &args.logins {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match loadgen::cli::parse_logins(&text) {
+                Ok(list) => args.login_list = list,
+                Err(e) => {
+                    error!("--logins {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            },
+            Err(e) => {
+                error!("cannot read --logins {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let plan = match loadgen::plan(&args) {
         Ok(p) => p,
         Err(e) => {

@@ -580,10 +580,8 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
     let coalesce_bytes = tuning::send_coalesce_bytes(mtu, addr.is_ipv6()).max(512);
     let stream = secure(plan, stream).await?;
 
-    let account = plan
-        .account
-        .wrapping_add(global as u64 % plan.accounts.max(1));
-    let hello = Hello::new(account, HELLO_CANCEL_ON_DISCONNECT, 0, &plan.credentials);
+    let (account, password) = plan.login(global);
+    let hello = Hello::new(account, HELLO_CANCEL_ON_DISCONNECT, 0, password);
     let stream = Rc::new(RefCell::new(stream));
     let (ack, entries, leftover) = log_on(&stream, &hello, plan).await?;
     let listed = entries.len();

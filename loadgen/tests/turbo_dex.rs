@@ -551,6 +551,67 @@ fn spinning_connections_trade_and_verify() {
     }
 }
 
+/// `--logins FILE`: each connection logs on with its own account and
+/// password; a wrong password in the file refuses the run.
+#[test]
+fn a_logins_file_gives_each_connection_its_own_account_and_password() {
+    let text_file = [(1u64, "first-pw"), (2, "second-pw")]
+        .iter()
+        .map(|(id, pw)| {
+            let phc =
+                engine::accounts::hash_password(pw.as_bytes(), &[*id as u8; 16]).expect("hash");
+            format!("{id} trader{id} {phc}\n")
+        })
+        .collect::<String>();
+    let accounts = engine::accounts::Accounts::parse(&text_file).expect("accounts");
+    let names = (0..4).map(|i| format!("SYM{i}")).collect();
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![server_cpu()], names);
+    cfg.poll = PollMode::Block;
+    cfg.accounts = Some(std::sync::Arc::new(accounts));
+    let server = Server::start(cfg).expect("turbo-dex starts");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let good = dir.join(format!("logins-{}", std::process::id()));
+    let bad = dir.join(format!("logins-bad-{}", std::process::id()));
+    std::fs::write(&good, "# two traders\n1 first-pw\n2 second-pw\n").unwrap();
+    std::fs::write(&bad, "1 first-pw\n2 first-pw\n").unwrap();
+    let run = |file: &PathBuf| {
+        dex_trader(
+            server.local_addr(),
+            &[
+                "--cores",
+                "0",
+                "--mix",
+                "match",
+                "--connections",
+                "2",
+                "--batch",
+                "50",
+                "--duration",
+                "500ms",
+                "--verify",
+                "--logins",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = run(&good);
+    testkit::assert_success(&out);
+    assert!(
+        text(&out.stdout).contains("verify       ok"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&bad);
+    assert!(
+        !out.status.success(),
+        "the second connection's password is wrong"
+    );
+    let fin = server.stop();
+    assert!(fin.total.trades > 0, "two accounts trade with each other");
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
+
 #[test]
 fn a_password_file_logs_on_to_a_server_with_accounts() {
     let password = "trader-pw";

@@ -239,13 +239,19 @@ async fn connect(plan: &Plan, i: usize) -> Result<(Connected, bool), RunError> {
         .apply(stream.as_raw_fd())
         .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))?;
     let stream = super::secure(plan, stream).await?;
-    // After every trading session's account.
-    let account = plan
-        .account
-        .wrapping_add(plan.distinct_accounts())
-        .wrapping_add(i as u64);
+    // After every trading session's account; with --logins, the file's
+    // accounts in turn after the trading connections'.
+    let (account, password) = if plan.logins.is_empty() {
+        let account = plan
+            .account
+            .wrapping_add(plan.distinct_accounts())
+            .wrapping_add(i as u64);
+        (account, plan.credentials.as_str())
+    } else {
+        plan.login(plan.total_connections() + i)
+    };
     // Market data needs protocol version 2, what Hello::new speaks.
-    let hello = Hello::new(account, 0, 0, &plan.credentials);
+    let hello = Hello::new(account, 0, 0, password);
     let stream = Rc::new(RefCell::new(stream));
     let (ack, entries, leftover) = super::log_on(&stream, &hello, plan).await?;
     if ack.protocol_version.get() < 2 {
