@@ -8,6 +8,8 @@
 //!
 //! 1. **`NATS_URL`** ([`DiscoveryConfig::nats_url`], read from the
 //!    environment by [`DiscoveryConfig::new`]): used as given, not probed.
+//!    Should mDNS fail to start, the node is then only not announced (a
+//!    warning); without `NATS_URL` that is an error.
 //! 2. **A NATS server announced by multicast DNS** on the local network:
 //!    service type [`SERVICE_TYPE`], browsed for [`DiscoveryConfig::wait`]
 //!    plus a random part of [`DiscoveryConfig::jitter`]. The first
@@ -78,6 +80,12 @@
 //! - mDNS reaches one link (a LAN or a bridge), not across routers.
 //! - Node ids must be unique: they are the nats-server names and the mDNS
 //!   instance names.
+//! - A node that uses another node's server does not look again when that
+//!   server goes: its NATS client reconnects to the other servers of the
+//!   cluster that the server told it about (`connect_urls`, from each
+//!   server's `client_advertise`), and to none when that server was alone.
+//! - The decision is made once, at start; a started server that crashes is
+//!   not restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -511,6 +519,19 @@ impl Seen {
     }
 }
 
+/// An mDNS daemon on the IPv4 interfaces, browsing for [`SERVICE_TYPE`].
+fn start_browsing() -> Result<(ServiceDaemon, mdns_sd::Receiver<ServiceEvent>), DiscoveryError> {
+    let daemon = ServiceDaemon::new().map_err(mdns_error("cannot start the mDNS daemon"))?;
+    // IPv4 only (module docs): fewer sockets, one address family to announce.
+    daemon
+        .disable_interface(IfKind::IPv6)
+        .map_err(mdns_error("cannot configure the mDNS daemon"))?;
+    let events = daemon
+        .browse(SERVICE_TYPE)
+        .map_err(mdns_error("cannot browse"))?;
+    Ok((daemon, events))
+}
+
 fn mdns_error(what: &str) -> impl FnOnce(mdns_sd::Error) -> DiscoveryError + '_ {
     move |e| DiscoveryError::Mdns(format!("{what}: {e}"))
 }
@@ -534,15 +555,20 @@ pub fn discover(cfg: &DiscoveryConfig) -> Result<Discovered, DiscoveryError> {
     if let Some(url) = &cfg.nats_url {
         found = Some((vec![url.clone()], Source::Env, None));
     }
-    if cfg.mdns {
-        let daemon = ServiceDaemon::new().map_err(mdns_error("cannot start the mDNS daemon"))?;
-        // IPv4 only (module docs): fewer sockets, one address family to announce.
-        daemon
-            .disable_interface(IfKind::IPv6)
-            .map_err(mdns_error("cannot configure the mDNS daemon"))?;
-        let events = daemon
-            .browse(SERVICE_TYPE)
-            .map_err(mdns_error("cannot browse"))?;
+    let browsing = if cfg.mdns {
+        match start_browsing() {
+            Ok(browsing) => Some(browsing),
+            // NATS_URL does not need mDNS: the node is just not announced.
+            Err(e) if found.is_some() => {
+                tracing::warn!("NATS_URL is set; this node is not announced: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    if let Some((daemon, events)) = browsing {
         let mut seen = Seen::default();
         if found.is_none() {
             let until = Instant::now() + browse_time(cfg);
@@ -941,6 +967,13 @@ mod tests {
         let fixed: SocketAddr = "192.0.2.7:9000".parse().unwrap();
         assert_eq!(urls_for("", fixed, &adv), ["192.0.2.7:9000"]);
         assert_eq!(urls_for("nats", any, &[]), ["nats://0.0.0.0:4222"]);
+    }
+
+    #[test]
+    fn what_discover_returns_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Discovered>();
+        send::<DiscoveryError>();
     }
 
     #[test]

