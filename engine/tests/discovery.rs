@@ -415,7 +415,8 @@ fn check_cluster(lab_ns: &str, urls: &[String]) {
 
 fn run_check() {
     let urls: Vec<String> = env(CHECK_URLS).split(',').map(String::from).collect();
-    let until = Instant::now() + DEADLINE;
+    let started = Instant::now();
+    let until = started + DEADLINE;
     // The servers may still be restarting into the cluster (a connection
     // breaks, or the message does not cross yet): start over until the
     // deadline.
@@ -424,7 +425,7 @@ fn run_check() {
             Ok(()) => break,
             Err(e) => {
                 assert!(Instant::now() < until, "cluster check: {e}");
-                eprintln!("not yet: {e}");
+                eprintln!("not yet: {e} (after {:?})", started.elapsed());
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -500,6 +501,8 @@ struct RawNats {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     line: String,
+    /// Payloads of messages that arrived while waiting for a PONG.
+    held: std::collections::VecDeque<String>,
 }
 
 fn protocol_error(what: String) -> std::io::Error {
@@ -519,6 +522,7 @@ impl RawNats {
             reader: BufReader::new(stream),
             writer,
             line: String::new(),
+            held: Default::default(),
         };
         let info = c
             .next_line(Duration::from_secs(5))?
@@ -547,6 +551,13 @@ impl RawNats {
             }
             if line.starts_with("-ERR") {
                 return Err(protocol_error(line));
+            }
+            if line.starts_with("MSG ") {
+                // A reply can beat the PONG (JetStream's, from this server).
+                let payload = self
+                    .next_line(Duration::from_secs(5))?
+                    .ok_or_else(|| protocol_error("a MSG without its payload".into()))?;
+                self.held.push_back(payload);
             }
         }
     }
@@ -585,9 +596,11 @@ impl RawNats {
         }
     }
 
-    /// The next message's payload, within `within` (a message that
-    /// arrived during a [`RawNats::flush_ping`] was skipped there).
+    /// The next message's payload (held ones first), within `within`.
     fn next_msg(&mut self, within: Duration) -> std::io::Result<Option<String>> {
+        if let Some(payload) = self.held.pop_front() {
+            return Ok(Some(payload));
+        }
         let until = Instant::now() + within;
         loop {
             let left = until.saturating_duration_since(Instant::now());
