@@ -40,6 +40,8 @@ const RESULT: &str = "TD_DISC_RESULT";
 const WAIT_MS: &str = "TD_DISC_WAIT_MS";
 const JITTER_MS: &str = "TD_DISC_JITTER_MS";
 const CHECK_URLS: &str = "TD_DISC_CHECK_URLS";
+/// Set: the node drops the server before the announcer (its watcher).
+const SERVER_FIRST: &str = "TD_DISC_SERVER_FIRST";
 
 /// The subject the cluster check publishes on.
 const CHECK_SUBJECT: &str = "turbo-dex.test.discovery";
@@ -220,10 +222,12 @@ struct Node {
     _dir: TempDir,
 }
 
+#[derive(Default)]
 struct NodeOptions<'a> {
     wait_ms: u64,
     jitter_ms: u64,
     nats_url: Option<&'a str>,
+    server_first: bool,
 }
 
 fn child_command(ns: &str, log: &Path) -> Command {
@@ -264,6 +268,9 @@ impl Node {
             .stdin(Stdio::piped());
         if let Some(url) = options.nats_url {
             command.env("NATS_URL", url);
+        }
+        if options.server_first {
+            command.env(SERVER_FIRST, "1");
         }
         let child = command.spawn().expect("ip netns exec runs");
         Node {
@@ -386,7 +393,16 @@ fn run_node() {
     std::fs::rename(&tmp, &path).unwrap();
     // Keep what was found (server, announcement) until the test says stop.
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    drop(found);
+    match found {
+        Ok(found) if std::env::var_os(SERVER_FIRST).is_some() => {
+            let discovery::Discovered {
+                server, announcer, ..
+            } = found;
+            drop(server);
+            drop(announcer);
+        }
+        found => drop(found),
+    }
 }
 
 fn discover(cfg: &DiscoveryConfig) -> Result<discovery::Discovered, DiscoveryError> {
@@ -810,8 +826,7 @@ fn nats_url_wins() {
         0,
         &NodeOptions {
             wait_ms: 300,
-            jitter_ms: 0,
-            nats_url: None,
+            ..Default::default()
         },
     );
     assert_eq!(first.result().source.as_deref(), Some("Started"));
@@ -821,8 +836,8 @@ fn nats_url_wins() {
         1,
         &NodeOptions {
             wait_ms: 3000,
-            jitter_ms: 0,
             nats_url: Some(given),
+            ..Default::default()
         },
     );
     let found = second.result();
@@ -835,7 +850,8 @@ fn nats_url_wins() {
 
 /// (b) A node with nothing around starts nats-server and announces it; a
 /// node started later finds it by mDNS and uses it instead of starting its
-/// own. Stopping the first node stops its server.
+/// own. Stopping the first node stops its server, even when the server's
+/// handle is dropped before the announcer.
 #[test]
 fn a_later_node_finds_the_first_by_mdns() {
     if let Some(why) = lab_missing() {
@@ -844,13 +860,15 @@ fn a_later_node_finds_the_first_by_mdns() {
     }
     let _serial = LAB_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let lab = Lab::new("later", 2);
+    // Its server goes before its watcher thread when it stops: that must
+    // not hang either.
     let mut first = Node::start(
         &lab,
         0,
         &NodeOptions {
             wait_ms: 300,
-            jitter_ms: 0,
-            nats_url: None,
+            server_first: true,
+            ..Default::default()
         },
     );
     let started = first.result();
@@ -863,8 +881,7 @@ fn a_later_node_finds_the_first_by_mdns() {
         1,
         &NodeOptions {
             wait_ms: 20_000,
-            jitter_ms: 0,
-            nats_url: None,
+            ..Default::default()
         },
     );
     let found = second.result();
@@ -893,8 +910,7 @@ fn nodes_started_together_form_one_cluster() {
     let lab = Lab::new("together", 3);
     let options = NodeOptions {
         wait_ms: 1000,
-        jitter_ms: 0,
-        nats_url: None,
+        ..Default::default()
     };
     let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(&lab, i, &options)).collect();
     let results: Vec<NodeResult> = nodes.iter_mut().map(Node::result).collect();

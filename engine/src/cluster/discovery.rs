@@ -786,7 +786,9 @@ fn watch(
     stop: &AtomicBool,
 ) {
     let mut next_check = Instant::now();
-    while !stop.load(Ordering::Acquire) {
+    // Also ends when the server's handle is dropped first (it waits for
+    // this thread's clone of its spawner channel to go).
+    while !stop.load(Ordering::Acquire) && server.is_alive() {
         match events.recv_timeout(STOP_POLL) {
             Ok(event) => {
                 if seen.take(event) {
@@ -821,7 +823,7 @@ fn watch(
         match server.add_routes(&add) {
             Ok(_) => tracing::info!(routes = ?add, "nats-server: routes added"),
             Err(NatsdError::Stopped) => return,
-            Err(e) => tracing::warn!(routes = ?add, "nats-server: cannot add routes: {e}"),
+            Err(e) => tracing::error!(routes = ?add, "nats-server: cannot add routes: {e}"),
         }
     }
 }

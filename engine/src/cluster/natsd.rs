@@ -402,6 +402,11 @@ impl RouteHandle {
         add_routes(&mut running, &self.spawner, routes)
     }
 
+    /// Whether the server's handle still exists.
+    pub fn is_alive(&self) -> bool {
+        self.running.strong_count() > 0
+    }
+
     /// The routes configured now (empty once stopped).
     pub fn routes(&self) -> BTreeSet<String> {
         self.running
