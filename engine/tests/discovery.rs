@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use engine::cluster::discovery::{self, DiscoveryConfig, DiscoveryError, Source};
+use engine::cluster::discovery::{self, Announcement, DiscoveryConfig, DiscoveryError, Source};
 use engine::cluster::natsd::{self, NatsServer, NatsdConfig, NatsdError};
 use testkit::TempDir;
 
@@ -40,6 +40,8 @@ const RESULT: &str = "TD_DISC_RESULT";
 const WAIT_MS: &str = "TD_DISC_WAIT_MS";
 const JITTER_MS: &str = "TD_DISC_JITTER_MS";
 const CHECK_URLS: &str = "TD_DISC_CHECK_URLS";
+/// The node ids a browsing child waits for.
+const EXPECT: &str = "TD_DISC_EXPECT";
 /// Set: the node drops the server before the announcer (its watcher).
 const SERVER_FIRST: &str = "TD_DISC_SERVER_FIRST";
 
@@ -348,6 +350,7 @@ fn child_process_entry() {
     match std::env::var(ROLE).as_deref() {
         Ok("node") => run_node(),
         Ok("check") => run_check(),
+        Ok("browse") => run_browse(),
         _ => {}
     }
 }
@@ -407,6 +410,45 @@ fn run_node() {
 
 fn discover(cfg: &DiscoveryConfig) -> Result<discovery::Discovered, DiscoveryError> {
     discovery::discover(cfg)
+}
+
+/// What the nodes in `expect` announce, as a browser in namespace
+/// `lab_ns` sees it.
+fn browse_in(lab_ns: &str, expect: &[&str]) -> Vec<Announcement> {
+    let dir = TempDir::new("disc-browse");
+    let log = dir.join("browse.log");
+    let result = dir.join("seen.json");
+    let status = child_command(lab_ns, &log)
+        .env(ROLE, "browse")
+        .env(EXPECT, expect.join(","))
+        .env(RESULT, &result)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ip netns exec runs");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "browse failed ({status}):\n{text}");
+    let seen: Vec<Announcement> =
+        serde_json::from_str(&std::fs::read_to_string(&result).expect("seen.json")).unwrap();
+    for id in expect {
+        assert!(
+            seen.iter().any(|a| a.node_id == *id),
+            "{id} is not announced: {seen:?}"
+        );
+    }
+    seen
+}
+
+fn run_browse() {
+    let expect: Vec<String> = env(EXPECT).split(',').map(String::from).collect();
+    let seen = discovery::browse(DEADLINE, |all| {
+        expect.iter().all(|id| all.iter().any(|a| &a.node_id == id))
+    })
+    .expect("browse");
+    std::fs::write(env(RESULT), serde_json::to_string(&seen).unwrap()).unwrap();
+}
+
+fn announced<'a>(seen: &'a [Announcement], id: &str) -> &'a Announcement {
+    seen.iter().find(|a| a.node_id == id).expect("announced")
 }
 
 /// Runs the cluster check in namespace `ns` against `urls`: every URL's
@@ -844,6 +886,11 @@ fn nats_url_wins() {
     assert_eq!(found.source.as_deref(), Some("Env"), "{found:?}");
     assert_eq!(found.urls, [given]);
     assert_eq!(found.server_pid, None);
+    // It announces what it uses.
+    let seen = browse_in(&lab.nodes[0], &["node-1", "node-2"]);
+    let env_node = announced(&seen, "node-2");
+    assert_eq!(env_node.nats, [given]);
+    assert!(env_node.route.is_empty(), "{env_node:?}");
     second.stop();
     first.stop();
 }
@@ -889,6 +936,16 @@ fn a_later_node_finds_the_first_by_mdns() {
     assert_eq!(found.found_node.as_deref(), Some("node-1"));
     assert_eq!(found.urls, [format!("nats://{}:4222", lab.ip(0))]);
     assert_eq!(found.server_pid, None, "the second starts no server");
+    // Both announce themselves: the first its own server with its route,
+    // the second the first's server and no route.
+    let seen = browse_in(&lab.nodes[1], &["node-1", "node-2"]);
+    let (one, two) = (announced(&seen, "node-1"), announced(&seen, "node-2"));
+    assert_eq!(one.order_entry, [format!("{}:9000", lab.ip(0))]);
+    assert_eq!(one.nats, [format!("nats://{}:4222", lab.ip(0))]);
+    assert_eq!(one.route, [format!("nats-route://{}:6222", lab.ip(0))]);
+    assert_eq!(two.order_entry, [format!("{}:9000", lab.ip(1))]);
+    assert_eq!(two.nats, [format!("nats://{}:4222", lab.ip(0))]);
+    assert!(two.route.is_empty(), "{two:?}");
     // One server, JetStream working on it alone (standalone).
     check_cluster(&lab.nodes[1], &found.urls);
     second.stop();

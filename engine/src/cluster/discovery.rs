@@ -26,7 +26,7 @@
 //! Whatever the source, the node then announces itself ([`Announcer`]):
 //! its node id, order-entry address, the NATS URLs it uses and, when it
 //! runs the server, that server's route URL. Traders and other nodes find
-//! it there.
+//! it there ([`browse`] lists what is announced).
 //!
 //! # The announcement (TXT record)
 //!
@@ -270,7 +270,7 @@ impl From<NatsdError> for DiscoveryError {
 }
 
 /// What a node announces (the TXT properties; module docs).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Announcement {
     pub node_id: String,
     pub order_entry: Vec<String>,
@@ -530,6 +530,28 @@ fn start_browsing() -> Result<(ServiceDaemon, mdns_sd::Receiver<ServiceEvent>), 
         .browse(SERVICE_TYPE)
         .map_err(mdns_error("cannot browse"))?;
     Ok((daemon, events))
+}
+
+/// The turbo-dex nodes announced on the local network: browses for at
+/// most `wait`, or until `enough` says so (it sees every announcement so
+/// far, after each change). For traders and tools that look for nodes;
+/// [`discover`] browses on its own.
+pub fn browse(
+    wait: Duration,
+    mut enough: impl FnMut(&[Announcement]) -> bool,
+) -> Result<Vec<Announcement>, DiscoveryError> {
+    let (daemon, events) = start_browsing()?;
+    let mut seen = Seen::default();
+    let until = Instant::now() + wait;
+    while let Ok(event) = events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        if seen.take(event) && enough(&seen.all()) {
+            break;
+        }
+    }
+    if let Ok(done) = daemon.shutdown() {
+        let _ = done.recv_timeout(MDNS_CLOSE_TIMEOUT);
+    }
+    Ok(seen.all())
 }
 
 fn mdns_error(what: &str) -> impl FnOnce(mdns_sd::Error) -> DiscoveryError + '_ {
