@@ -17,7 +17,9 @@
 //!    nodes that run a server before nodes that only use one, then by node
 //!    id ([`candidates`]), so that nodes choose alike. The browse ends
 //!    early as soon as one answers.
-//! 3. **`nats://127.0.0.1:<nats_port>`** (4222) if a NATS server greets there.
+//! 3. **`nats://127.0.0.1:<nats_port>`** (4222) if a NATS server greets
+//!    there. It is announced under this host's addresses; other nodes use
+//!    it only if it answers there (it may listen on loopback only).
 //! 4. **A nats-server it starts** ([`super::natsd`]): JetStream on, its
 //!    store under `<data_dir>/nats/jetstream`, server name = node id,
 //!    client port [`DiscoveryConfig::nats_port`], route port
@@ -558,6 +560,31 @@ fn mdns_error(what: &str) -> impl FnOnce(mdns_sd::Error) -> DiscoveryError + '_ 
     move |e| DiscoveryError::Mdns(format!("{what}: {e}"))
 }
 
+/// Step 2: browses for `wait` plus jitter, or until an announced server
+/// answers; then takes the best answering candidate of all it saw.
+fn browse_for_server(
+    cfg: &DiscoveryConfig,
+    events: &mdns_sd::Receiver<ServiceEvent>,
+    seen: &mut Seen,
+) -> Option<(String, Vec<String>)> {
+    let until = Instant::now() + browse_time(cfg);
+    while let Ok(event) = events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        if !seen.take(event) {
+            continue;
+        }
+        // A node that runs a server and answers ends the wait early.
+        let serving: Vec<Announcement> = seen
+            .all()
+            .into_iter()
+            .filter(|a| !a.route.is_empty())
+            .collect();
+        if let Some(found) = first_answering(&candidates(&cfg.node_id, &serving)) {
+            return Some(found);
+        }
+    }
+    first_answering(&candidates(&cfg.node_id, &seen.all()))
+}
+
 /// Finds NATS or starts it, then announces this node (module docs).
 /// Blocks for up to `wait + jitter` (less when mDNS finds a server), plus
 /// a started server's start-up.
@@ -592,33 +619,10 @@ pub fn discover(cfg: &DiscoveryConfig) -> Result<Discovered, DiscoveryError> {
     };
     if let Some((daemon, events)) = browsing {
         let mut seen = Seen::default();
-        if found.is_none() {
-            let until = Instant::now() + browse_time(cfg);
-            loop {
-                let left = until.saturating_duration_since(Instant::now());
-                let changed = match events.recv_timeout(left) {
-                    Ok(event) => seen.take(event),
-                    Err(_) => break,
-                };
-                // Early exit: a server announced and answering ends the wait.
-                if changed {
-                    let serving: Vec<Announcement> = seen
-                        .all()
-                        .into_iter()
-                        .filter(|a| !a.route.is_empty())
-                        .collect();
-                    if let Some((node, urls)) = first_answering(&candidates(&cfg.node_id, &serving))
-                    {
-                        found = Some((urls, Source::Mdns, Some(node)));
-                        break;
-                    }
-                }
-            }
-            if found.is_none()
-                && let Some((node, urls)) = first_answering(&candidates(&cfg.node_id, &seen.all()))
-            {
-                found = Some((urls, Source::Mdns, Some(node)));
-            }
+        if found.is_none()
+            && let Some((node, urls)) = browse_for_server(cfg, &events, &mut seen)
+        {
+            found = Some((urls, Source::Mdns, Some(node)));
         }
         mdns = Some((daemon, events, seen));
     }
