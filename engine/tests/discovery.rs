@@ -717,8 +717,15 @@ fn started_server_dies_with_its_handle() {
         dir.join("lone/nats/nats-server.conf").is_file(),
         "the config lives under data_dir/nats"
     );
+    // A route handle kept elsewhere neither keeps it alive nor holds up the drop.
+    let routes = found.server.as_ref().unwrap().route_handle();
     drop(found);
     assert!(!process_alive(pid), "nats-server {pid} outlived its handle");
+    assert!(!routes.is_alive());
+    assert!(matches!(
+        routes.add_routes(&["nats-route://127.0.0.1:1".into()]),
+        Err(NatsdError::Stopped)
+    ));
 }
 
 /// A NATS server already on 127.0.0.1 is used, not a second one started.

@@ -812,8 +812,7 @@ fn watch(
     stop: &AtomicBool,
 ) {
     let mut next_check = Instant::now();
-    // Also ends when the server's handle is dropped first (it waits for
-    // this thread's clone of its spawner channel to go).
+    // Also ends when the server's handle is dropped first.
     while !stop.load(Ordering::Acquire) && server.is_alive() {
         match events.recv_timeout(STOP_POLL) {
             Ok(event) => {

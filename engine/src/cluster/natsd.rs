@@ -58,7 +58,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -314,10 +314,13 @@ pub fn probe_url(url: &str, timeout: Duration) -> Option<ServerInfo> {
         .find_map(|addr| probe_info(addr, timeout).ok())
 }
 
-/// The running child and the config it runs from.
+/// The running child, the config it runs from, and the channel to the
+/// thread that forks it.
 struct Running {
     cfg: NatsdConfig,
     child: Option<Child>,
+    /// `None` once the handle is dropped: then the spawner thread ends.
+    spawner: Option<mpsc::Sender<SpawnRequest>>,
 }
 
 /// A spawn request to the handle's spawner thread.
@@ -326,63 +329,24 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// A nats-server child process; stopped and reaped on drop.
 pub struct NatsServer {
     running: Arc<Mutex<Running>>,
-    spawner: Spawner,
+    /// Forks every nats-server of this handle, so that the PDEATHSIG (which
+    /// follows the forking thread) lasts as long as the handle, not as long
+    /// as whichever thread started or restarted the server.
+    spawner_thread: Option<JoinHandle<()>>,
 }
 
-/// The thread that forks every nats-server of one handle, so that the
-/// PDEATHSIG (which follows the forking thread) lasts as long as the handle.
-struct Spawner {
-    requests: Option<mpsc::Sender<SpawnRequest>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Spawner {
-    fn new(name: &str) -> Result<Spawner, NatsdError> {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let thread = std::thread::Builder::new()
-            .name(format!("natsd-{name}"))
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let _ = reply.send(command.spawn());
-                }
-            })
-            .map_err(io_error("cannot start the nats-server spawner thread"))?;
-        Ok(Spawner {
-            requests: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    fn handle(&self) -> SpawnHandle {
-        SpawnHandle(self.requests.clone())
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        self.requests = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A clone of a spawner's request channel (the watcher's restarts go
-/// through the handle's own thread too).
-#[derive(Clone)]
-struct SpawnHandle(Option<mpsc::Sender<SpawnRequest>>);
-
-impl SpawnHandle {
-    fn spawn(&self, command: Command) -> std::io::Result<Child> {
-        let gone = || std::io::Error::other("the nats-server handle is gone");
-        let (tx, rx) = mpsc::channel();
-        self.0
-            .as_ref()
-            .ok_or_else(gone)?
-            .send((command, tx))
-            .map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())?
-    }
+/// Forks `command` on the spawner thread behind `spawner`.
+fn spawn_on(
+    spawner: Option<&mpsc::Sender<SpawnRequest>>,
+    command: Command,
+) -> std::io::Result<Child> {
+    let gone = || std::io::Error::other("the nats-server handle is gone");
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .ok_or_else(gone)?
+        .send((command, tx))
+        .map_err(|_| gone())?;
+    rx.recv().map_err(|_| gone())?
 }
 
 /// A weak handle on a [`NatsServer`] for another thread (the discovery
@@ -390,7 +354,6 @@ impl SpawnHandle {
 #[derive(Clone)]
 pub struct RouteHandle {
     running: Weak<Mutex<Running>>,
-    spawner: SpawnHandle,
 }
 
 impl RouteHandle {
@@ -398,8 +361,7 @@ impl RouteHandle {
     /// server's handle is dropped.
     pub fn add_routes(&self, routes: &[String]) -> Result<bool, NatsdError> {
         let running = self.running.upgrade().ok_or(NatsdError::Stopped)?;
-        let mut running = lock(&running);
-        add_routes(&mut running, &self.spawner, routes)
+        add_routes(&mut lock(&running), routes)
     }
 
     /// Whether the server's handle still exists.
@@ -505,7 +467,10 @@ fn write_config(cfg: &NatsdConfig) -> Result<(), NatsdError> {
 
 /// Writes the config, spawns, and waits until the server greets with its
 /// own name on the client port.
-fn spawn_ready(cfg: &NatsdConfig, spawner: &SpawnHandle) -> Result<Child, NatsdError> {
+fn spawn_ready(
+    cfg: &NatsdConfig,
+    spawner: Option<&mpsc::Sender<SpawnRequest>>,
+) -> Result<Child, NatsdError> {
     check_port(cfg.client_listen, "client")?;
     if !cfg.routes.is_empty() {
         check_port(cfg.route_listen, "cluster (route)")?;
@@ -520,7 +485,7 @@ fn spawn_ready(cfg: &NatsdConfig, spawner: &SpawnHandle) -> Result<Child, NatsdE
     }
     write_config(cfg)?;
     let start = Instant::now();
-    let mut child = spawner.spawn(command(cfg)?).map_err(|e| {
+    let mut child = spawn_on(spawner, command(cfg)?).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             NatsdError::NotFound {
                 bin: cfg.bin.clone(),
@@ -587,11 +552,7 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn add_routes(
-    running: &mut Running,
-    spawner: &SpawnHandle,
-    routes: &[String],
-) -> Result<bool, NatsdError> {
+fn add_routes(running: &mut Running, routes: &[String]) -> Result<bool, NatsdError> {
     let Some(child) = running.child.as_mut() else {
         return Err(NatsdError::Stopped);
     };
@@ -606,7 +567,7 @@ fn add_routes(
         // Standalone -> clustered cannot be reloaded: restart (module docs).
         stop_child(child);
         running.child = None;
-        let child = spawn_ready(&cfg, spawner)?;
+        let child = spawn_ready(&cfg, running.spawner.as_ref())?;
         running.child = Some(child);
     } else {
         write_config(&cfg)?;
@@ -629,15 +590,29 @@ impl NatsServer {
     /// its client port with its own server name (another server on the
     /// port is not taken for it), at most `cfg.ready_timeout`.
     pub fn start(cfg: NatsdConfig) -> Result<NatsServer, NatsdError> {
-        let spawner = Spawner::new(&cfg.server_name)?;
-        let child = spawn_ready(&cfg, &spawner.handle())?;
-        Ok(NatsServer {
+        let (spawner, requests) = mpsc::channel::<SpawnRequest>();
+        let spawner_thread = std::thread::Builder::new()
+            .name(format!("natsd-{}", cfg.server_name))
+            .spawn(move || {
+                for (mut command, reply) in requests {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map_err(io_error("cannot start the nats-server spawner thread"))?;
+        let server = NatsServer {
             running: Arc::new(Mutex::new(Running {
                 cfg,
-                child: Some(child),
+                child: None,
+                spawner: Some(spawner),
             })),
-            spawner,
-        })
+            spawner_thread: Some(spawner_thread),
+        };
+        {
+            let mut running = lock(&server.running);
+            let child = spawn_ready(&running.cfg, running.spawner.as_ref())?;
+            running.child = Some(child);
+        }
+        Ok(server)
     }
 
     /// The child's process id (changes when a restart joins a cluster).
@@ -662,25 +637,30 @@ impl NatsServer {
     /// there already. Standalone: restarts the server clustered; clustered:
     /// rewrites the config and reloads it (SIGHUP). See the module docs.
     pub fn add_routes(&self, routes: &[String]) -> Result<bool, NatsdError> {
-        add_routes(&mut lock(&self.running), &self.spawner.handle(), routes)
+        add_routes(&mut lock(&self.running), routes)
     }
 
     /// A handle for another thread to add routes with.
     pub fn route_handle(&self) -> RouteHandle {
         RouteHandle {
             running: Arc::downgrade(&self.running),
-            spawner: self.spawner.handle(),
         }
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let mut running = lock(&self.running);
-        if let Some(mut child) = running.child.take() {
-            stop_child(&mut child);
+        {
+            let mut running = lock(&self.running);
+            if let Some(mut child) = running.child.take() {
+                stop_child(&mut child);
+            }
+            // The only sender: the spawner thread's loop ends.
+            running.spawner = None;
         }
-        let _ = std::io::stderr().flush();
+        if let Some(thread) = self.spawner_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
