@@ -1047,3 +1047,40 @@ fn nats_server_running_from(dir: &Path) -> bool {
             cmdline.contains("nats-server") && cmdline.contains(&needle)
         })
 }
+
+/// Not run by default (about a minute): how many nodes of three started at
+/// the same moment with the default wait and jitter start a nats-server,
+/// over ten rounds. The README quotes its output.
+#[test]
+#[ignore = "a measurement: cargo test -p engine --test discovery -- --ignored --nocapture"]
+fn defaults_usually_start_one_server() {
+    if let Some(why) = lab_missing() {
+        testkit::skip!("{why}");
+        return;
+    }
+    let _serial = LAB_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let rounds = 10;
+    let mut servers_per_round = Vec::new();
+    for round in 0..rounds {
+        let lab = Lab::new(&format!("defaults{round}"), 3);
+        let options = NodeOptions {
+            wait_ms: discovery::WAIT_DEFAULT.as_millis() as u64,
+            jitter_ms: discovery::JITTER_DEFAULT.as_millis() as u64,
+            ..Default::default()
+        };
+        let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(&lab, i, &options)).collect();
+        let results: Vec<NodeResult> = nodes.iter_mut().map(Node::result).collect();
+        servers_per_round.push(results.iter().filter(|r| r.server_pid.is_some()).count());
+        for node in &mut nodes {
+            node.stop();
+        }
+    }
+    let ones = servers_per_round.iter().filter(|&&n| n == 1).count();
+    eprintln!(
+        "defaults (wait {:?} + jitter up to {:?}), 3 nodes started together, {rounds} rounds: \
+         servers started per round {servers_per_round:?}; one server in {ones} of {rounds}",
+        discovery::WAIT_DEFAULT,
+        discovery::JITTER_DEFAULT
+    );
+    assert!(servers_per_round.iter().all(|&n| n >= 1));
+}
