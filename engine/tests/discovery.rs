@@ -221,7 +221,7 @@ struct Node {
     child: Child,
     result: PathBuf,
     log: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 #[derive(Default)]
@@ -280,7 +280,7 @@ impl Node {
             child,
             result,
             log,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -1009,7 +1009,7 @@ fn nodes_started_together_form_one_cluster() {
     // Its nats-server was restarted by the watcher thread to join the
     // cluster: the pid reported at start may be gone already; any
     // nats-server whose config is in its data dir must go.
-    let data_dir = nodes[i]._dir.join("data");
+    let data_dir = nodes[i].dir.join("data");
     wait_until("the killed node's nats-server exits", || {
         !nats_server_running_from(&data_dir)
     });
