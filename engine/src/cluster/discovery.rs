@@ -78,6 +78,9 @@
 //!
 //! # Limits
 //!
+//! - No security: announcements are not authenticated, and a started
+//!   nats-server has no authentication and no TLS. A trusted network
+//!   only; elsewhere, NATS with auth and TLS of one's own, and `NATS_URL`.
 //! - IPv4 only (mDNS on IPv4 interfaces, IPv4 addresses announced).
 //! - mDNS reaches one link (a LAN or a bridge), not across routers.
 //! - Node ids must be unique: they are the nats-server names and the mDNS
