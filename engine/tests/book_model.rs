@@ -958,18 +958,19 @@ fn outcome(report: &Report) -> String {
 }
 
 /// [`check_against_model`], also recording the outcomes seen.
-/// `tombstone_slack`: run the shard with less slack than it normally keeps
-/// for emptied price levels, so that its compaction paths run often.
+/// `window_ticks`: give the shard's book sides a price window of that many
+/// ticks instead of the product's, so that prices often fall outside it
+/// and its re-basing and far levels run often.
 fn check_with_coverage(
     cmds: &[Command],
     cfg: ShardConfig,
-    tombstone_slack: Option<usize>,
+    window_ticks: Option<usize>,
     coverage: &mut BTreeSet<String>,
 ) -> Result<u64, String> {
     let (index, count, symbols) = SHARD;
     let mut shard = Shard::new(index, count, symbols, cfg);
-    if let Some(slack) = tombstone_slack {
-        shard = shard.with_tombstone_slack(slack);
+    if let Some(ticks) = window_ticks {
+        shard = shard.with_window_ticks(ticks);
     }
     let mut model = Model::new(index, count, symbols, cfg);
     let mut ledger = Ledger::default();
@@ -1109,8 +1110,11 @@ proptest! {
     }
 
     #[test]
-    fn shard_matches_the_model_when_it_compacts_price_levels_often(cmds in commands(tight())) {
-        let result = check_with_coverage(&cmds, tight(), Some(0), &mut BTreeSet::new());
+    fn shard_matches_the_model_when_prices_leave_a_small_window_often(
+        cmds in commands(tight()),
+        ticks in prop::sample::select(vec![1usize, 2, 4, 8]),
+    ) {
+        let result = check_with_coverage(&cmds, tight(), Some(ticks), &mut BTreeSet::new());
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1147,9 +1151,9 @@ proptest! {
     fn a_shard_restored_from_a_snapshot_goes_on_like_the_original(
         cmds in commands(tight()),
         split in any::<prop::sample::Index>(),
-        slack in prop::option::of(0usize..2),
+        ticks in prop::option::of(prop::sample::select(vec![1usize, 4, 8])),
     ) {
-        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), slack);
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), ticks);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1170,12 +1174,12 @@ fn check_snapshot_continuation(
     cmds: &[Command],
     split: usize,
     cfg: ShardConfig,
-    tombstone_slack: Option<usize>,
+    window_ticks: Option<usize>,
 ) -> Result<(), String> {
     let (index, count, symbols) = SHARD;
     let mut original = Shard::new(index, count, symbols, cfg);
-    if let Some(slack) = tombstone_slack {
-        original = original.with_tombstone_slack(slack);
+    if let Some(ticks) = window_ticks {
+        original = original.with_window_ticks(ticks);
     }
     let (before, after) = cmds.split_at(split);
     let mut out = Vec::new();
@@ -1249,8 +1253,9 @@ fn long_random_runs_match_the_model() {
         let cmds: Vec<Command> = (0..4_000)
             .map(|_| command_from(rng.words(), &cfg))
             .collect();
-        let slack = (seed % 3 == 0).then_some(1);
-        if let Err(e) = check_with_coverage(&cmds, cfg, slack, &mut coverage) {
+        // Some runs with a 4-tick window: re-basing and far levels.
+        let window = (seed % 3 == 0).then_some(4);
+        if let Err(e) = check_with_coverage(&cmds, cfg, window, &mut coverage) {
             panic!("seed {seed}: {e}");
         }
     }
