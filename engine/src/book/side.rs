@@ -46,12 +46,19 @@ use super::index::prefetch_read;
 /// "No level" in the window's slots.
 const NIL: u32 = u32::MAX;
 
+/// [`BookSide::best`] of an empty side (keys are within ±2^53).
+const NO_KEY: i64 = i64::MIN;
+
 /// Most keys a window may cover: 64 words of 64 bits under one summary word.
 pub(crate) const SPAN_MAX: usize = 64 * 64;
 
 /// Price levels of one side. See the module docs.
 #[derive(Debug)]
 pub(crate) struct BookSide {
+    /// The best key, or [`NO_KEY`] when the side is empty: kept up to date
+    /// on every insert and removal because the shard asks for it (does an
+    /// order cross?) more often than levels change.
+    best: i64,
     /// The key of window position 0.
     base: i64,
     /// Bit `w`: `bits[w] != 0`.
@@ -80,6 +87,7 @@ impl BookSide {
             "window span {span}"
         );
         BookSide {
+            best: NO_KEY,
             base: 0,
             summary: 0,
             slots: Vec::new(),
@@ -157,8 +165,11 @@ impl BookSide {
     /// The best level's key and level slot.
     #[inline]
     pub(crate) fn best(&self) -> Option<(i64, u32)> {
-        match self.window_top() {
-            Some(p) => Some((self.base + p as i64, self.slots[p])),
+        if self.best == NO_KEY {
+            return None;
+        }
+        match self.position(self.best) {
+            Some(p) => Some((self.best, self.slots[p])),
             None => self.far_best(),
         }
     }
@@ -174,9 +185,15 @@ impl BookSide {
     /// The best key.
     #[inline]
     pub(crate) fn best_key(&self) -> Option<i64> {
+        (self.best != NO_KEY).then_some(self.best)
+    }
+
+    /// The best key as computed from the window and the far levels.
+    #[inline]
+    fn compute_best_key(&self) -> i64 {
         match self.window_top() {
-            Some(p) => Some(self.base + p as i64),
-            None => self.far_keys.last().copied(),
+            Some(p) => self.base + p as i64,
+            None => self.far_keys.last().copied().unwrap_or(NO_KEY),
         }
     }
 
@@ -236,6 +253,7 @@ impl BookSide {
     pub(crate) fn insert(&mut self, key: i64, level: u32) {
         debug_assert!(self.find(key).is_none(), "key {key} is already in the side");
         self.active += 1;
+        self.best = self.best.max(key);
         match self.position(key) {
             Some(p) => self.set(p, level),
             None => self.insert_outside(key, level),
@@ -365,6 +383,9 @@ impl BookSide {
             }
             None => self.remove_far(key),
         }
+        if key == self.best {
+            self.best = self.compute_best_key();
+        }
     }
 
     #[cold]
@@ -424,6 +445,9 @@ impl BookSide {
             return Err("a far key is inside or above the window".into());
         }
         levels += self.far_keys.len();
+        if self.best != self.compute_best_key() {
+            return Err(format!("best key {} is not the best level's", self.best));
+        }
         if levels != self.active as usize {
             return Err(format!("{levels} levels, counted {}", self.active));
         }
