@@ -958,19 +958,20 @@ fn outcome(report: &Report) -> String {
 }
 
 /// [`check_against_model`], also recording the outcomes seen.
-/// `window_ticks`: give the shard's book sides a price window of that many
-/// ticks instead of the product's, so that prices often fall outside it
-/// and its re-basing and far levels run often.
+/// `windows`: give the shard's book sides price windows of that many ticks
+/// instead of the product's, and at most that many windows, so that prices
+/// often fall outside them (re-basing, far levels) and some sides go
+/// without one.
 fn check_with_coverage(
     cmds: &[Command],
     cfg: ShardConfig,
-    window_ticks: Option<usize>,
+    windows: Option<(usize, usize)>,
     coverage: &mut BTreeSet<String>,
 ) -> Result<u64, String> {
     let (index, count, symbols) = SHARD;
     let mut shard = Shard::new(index, count, symbols, cfg);
-    if let Some(ticks) = window_ticks {
-        shard = shard.with_window_ticks(ticks);
+    if let Some((ticks, windows_max)) = windows {
+        shard = shard.with_windows(ticks, windows_max);
     }
     let mut model = Model::new(index, count, symbols, cfg);
     let mut ledger = Ledger::default();
@@ -1113,8 +1114,10 @@ proptest! {
     fn shard_matches_the_model_when_prices_leave_a_small_window_often(
         cmds in commands(tight()),
         ticks in prop::sample::select(vec![1usize, 2, 4, 8]),
+        windows_max in 0usize..=4,
     ) {
-        let result = check_with_coverage(&cmds, tight(), Some(ticks), &mut BTreeSet::new());
+        let windows = Some((ticks, windows_max));
+        let result = check_with_coverage(&cmds, tight(), windows, &mut BTreeSet::new());
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1151,9 +1154,9 @@ proptest! {
     fn a_shard_restored_from_a_snapshot_goes_on_like_the_original(
         cmds in commands(tight()),
         split in any::<prop::sample::Index>(),
-        ticks in prop::option::of(prop::sample::select(vec![1usize, 4, 8])),
+        windows in prop::option::of((prop::sample::select(vec![1usize, 4, 8]), 0usize..=4)),
     ) {
-        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), ticks);
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), windows);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1174,12 +1177,12 @@ fn check_snapshot_continuation(
     cmds: &[Command],
     split: usize,
     cfg: ShardConfig,
-    window_ticks: Option<usize>,
+    windows: Option<(usize, usize)>,
 ) -> Result<(), String> {
     let (index, count, symbols) = SHARD;
     let mut original = Shard::new(index, count, symbols, cfg);
-    if let Some(ticks) = window_ticks {
-        original = original.with_window_ticks(ticks);
+    if let Some((ticks, windows_max)) = windows {
+        original = original.with_windows(ticks, windows_max);
     }
     let (before, after) = cmds.split_at(split);
     let mut out = Vec::new();
@@ -1253,8 +1256,9 @@ fn long_random_runs_match_the_model() {
         let cmds: Vec<Command> = (0..4_000)
             .map(|_| command_from(rng.words(), &cfg))
             .collect();
-        // Some runs with a 4-tick window: re-basing and far levels.
-        let window = (seed % 3 == 0).then_some(4);
+        // Some runs with 4-tick windows, at most 2: re-basing, far levels
+        // and sides without a window.
+        let window = (seed % 3 == 0).then_some((4, 2));
         if let Err(e) = check_with_coverage(&cmds, cfg, window, &mut coverage) {
             panic!("seed {seed}: {e}");
         }

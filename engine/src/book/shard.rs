@@ -48,7 +48,7 @@ use super::accounts::Accounts;
 use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
 use super::seen::IdHighWater;
-use super::side::BookSide;
+use super::side::{BookSide, Windows};
 use super::{
     Command, MASS_CANCEL_ALL_SYMBOLS, Matcher, MdEvent, Op, Report, SessionId, ShardConfig, Sink,
     reject_reason_for,
@@ -112,6 +112,20 @@ const PREFETCH_LEVEL_AHEAD: usize = 2;
 /// keeps that near a microsecond. A narrower one sends the deep half of
 /// such a book to the far vectors, where inserts search and move memory.
 pub(crate) const WINDOW_TICKS: usize = 2048;
+
+/// A shard makes at most one window per this many orders of its capacity
+/// (and never fewer than [`WINDOWS_MIN`], nor more than two per book): the
+/// bound on window memory, so that it follows the shard's capacity and not
+/// its number of symbols. At the default `orders_max` of 2^20 that is
+/// 8,192 windows, 66 MiB if all are in use, about the size of the order
+/// slab (64 MiB); a side needs 128 resting orders on average for its
+/// window to be one of them. The 64-book bench (2^17 orders) may make
+/// 1,024 and uses 128. Sides beyond the bound work without a window
+/// (their levels in the sorted far vectors) until they empty.
+const ORDERS_PER_WINDOW: usize = 128;
+
+/// See [`ORDERS_PER_WINDOW`].
+const WINDOWS_MIN: usize = 64;
 
 /// A resting order: exactly one cache line, so matching, cancel and
 /// replace touch one line per order.
@@ -373,6 +387,8 @@ pub struct Shard {
     free_level: u32,
     /// Levels in use (not on the free list).
     levels_used: usize,
+    /// The price windows the book sides borrow.
+    windows: Windows,
     index: SlotIndex,
     /// Live (resting) orders.
     live: u32,
@@ -450,6 +466,7 @@ impl Shard {
             levels_max,
             free_level: NIL,
             levels_used: 0,
+            windows: Windows::new(WINDOW_TICKS, Self::windows_max(&cfg, book_count)),
             index: SlotIndex::new(cfg.orders_max as usize),
             live: 0,
             next_order: 1,
@@ -464,17 +481,26 @@ impl Shard {
         })
     }
 
+    /// How many windows a shard may make ([`ORDERS_PER_WINDOW`]).
+    fn windows_max(cfg: &ShardConfig, book_count: u32) -> usize {
+        (cfg.orders_max as usize / ORDERS_PER_WINDOW)
+            .max(WINDOWS_MIN)
+            .min(2 * book_count as usize)
+    }
+
     /// Gives every book side a window of `ticks` prices (a power of two up
-    /// to 4,096) instead of [`WINDOW_TICKS`], so that tests reach the
-    /// window's re-basing and its far levels with small books. Only on a
-    /// shard that holds no order yet. Not part of the product: behaviour
+    /// to 4,096) instead of [`WINDOW_TICKS`], and makes at most
+    /// `windows_max` windows, so that tests reach the window's re-basing,
+    /// its far levels and sides without a window with small books. Only on
+    /// a shard that holds no order yet. Not part of the product: behaviour
     /// is the same with any window.
     #[doc(hidden)]
-    pub fn with_window_ticks(mut self, ticks: usize) -> Shard {
+    pub fn with_windows(mut self, ticks: usize, windows_max: usize) -> Shard {
         assert_eq!(self.live, 0, "the window is chosen before any order");
         for book in &mut self.books {
             book.sides = [BookSide::new(ticks), BookSide::new(ticks)];
         }
+        self.windows = Windows::new(ticks, windows_max);
         self
     }
 
@@ -635,6 +661,12 @@ impl Shard {
                 self.live
             ));
         }
+        let lent = self
+            .books
+            .iter()
+            .flat_map(|b| &b.sides)
+            .filter(|s| s.has_window());
+        self.windows.check(lent.count())?;
         let mut free = 0usize;
         let mut level = self.free_level;
         while level != NIL && free <= self.levels.len() {
@@ -951,7 +983,7 @@ impl Shard {
         l.head = self.free_level;
         self.free_level = level;
         self.levels_used -= 1;
-        self.books[book as usize].sides[s].remove(key);
+        self.books[book as usize].sides[s].remove(key, &mut self.windows);
     }
 
     /// Appends an order (already in the slab) at the back of the level for
@@ -999,7 +1031,11 @@ impl Shard {
             "the caller checks the side's level limit"
         );
         let level = self.alloc_level(book, s, price);
-        self.books[book as usize].sides[s].insert(key_of(side_of_index(s), price), level);
+        self.books[book as usize].sides[s].insert(
+            key_of(side_of_index(s), price),
+            level,
+            &mut self.windows,
+        );
         level
     }
 
@@ -2098,7 +2134,7 @@ mod tests {
             levels_per_side_max: 8,
             ..ShardConfig::default()
         };
-        Shard::new(0, 1, 1, cfg).with_window_ticks(window_ticks)
+        Shard::new(0, 1, 1, cfg).with_windows(window_ticks, 2)
     }
 
     fn run(shard: &mut Shard, op: Op) -> Vec<(SessionId, Report)> {

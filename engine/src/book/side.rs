@@ -12,9 +12,17 @@
 //! holds a level, and bit `w` of `summary` when `bits[w]` is not zero. A
 //! lookup, an insert and a removal in the window are an index and a bit
 //! flip; the best level is two leading-zero counts (summary, then its
-//! word) and the next level below a key two more. The window is allocated
-//! on a side's first level (a book that never trades on a side costs
-//! nothing for it), once, and never again.
+//! word) and the next level below a key two more.
+//!
+//! **Windows are lent** by the shard's [`Windows`] pool: a side takes one
+//! when its first level arrives and gives it back (all empty) when its last
+//! level leaves, so a shard of many symbols holds windows only for the
+//! sides that have orders, and never more than the pool's bound: memory
+//! stays proportional to the shard's capacity, not to its symbol count. A
+//! window is allocated only when the pool has none to spare and is below
+//! its bound (while books warm up), never in steady state. A side that
+//! finds the pool exhausted keeps all its levels in its far vectors
+//! (correct, only slower) until it empties and tries again.
 //!
 //! **Outside it.** Levels whose key is below the window (far from the top:
 //! deep bids, asks far above the market) are kept in two parallel sorted
@@ -52,6 +60,81 @@ const NO_KEY: i64 = i64::MIN;
 /// Most keys a window may cover: 64 words of 64 bits under one summary word.
 pub(crate) const SPAN_MAX: usize = 64 * 64;
 
+/// The windows a shard lends its book sides (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Windows {
+    /// Windows given back, all empty, ready to lend again.
+    spare: Vec<(Vec<u32>, Vec<u64>)>,
+    /// Windows allocated so far (lent and spare).
+    created: usize,
+    /// Most windows the pool allocates.
+    max: usize,
+    /// Keys each window covers.
+    span: usize,
+}
+
+impl Windows {
+    /// A pool of at most `max` windows of `span` keys; allocates nothing yet.
+    pub(crate) fn new(span: usize, max: usize) -> Self {
+        assert!(
+            span.is_power_of_two() && span <= SPAN_MAX,
+            "window span {span}"
+        );
+        Windows {
+            spare: Vec::new(),
+            created: 0,
+            max,
+            span,
+        }
+    }
+
+    /// An empty window, if the pool has one or may allocate one.
+    fn take(&mut self) -> Option<(Vec<u32>, Vec<u64>)> {
+        if let Some(window) = self.spare.pop() {
+            return Some(window);
+        }
+        if self.created == self.max {
+            return None;
+        }
+        self.created += 1;
+        if self.spare.capacity() < self.created {
+            // Room to take back every window, reserved as windows are made,
+            // so giving one back never allocates.
+            self.spare
+                .reserve_exact(self.max.min(2 * self.created) - self.spare.len());
+        }
+        Some((vec![NIL; self.span], vec![0; self.span.div_ceil(64)]))
+    }
+
+    /// Takes back an empty window.
+    fn give(&mut self, window: (Vec<u32>, Vec<u64>)) {
+        debug_assert!(window.0.iter().all(|&l| l == NIL) && window.1.iter().all(|&w| w == 0));
+        debug_assert!(self.spare.len() < self.spare.capacity());
+        self.spare.push(window);
+    }
+
+    /// Checks that the windows lent (`lent` of them, counted over the
+    /// sides) and the spare ones are all there are.
+    pub(crate) fn check(&self, lent: usize) -> Result<(), String> {
+        if lent + self.spare.len() != self.created || self.created > self.max {
+            return Err(format!(
+                "{lent} windows lent and {} spare, but {} made (at most {})",
+                self.spare.len(),
+                self.created,
+                self.max
+            ));
+        }
+        if self.spare.iter().any(|(slots, bits)| {
+            slots.len() != self.span
+                || slots.iter().any(|&l| l != NIL)
+                || bits.iter().any(|&w| w != 0)
+        }) {
+            return Err("a spare window is not empty".into());
+        }
+        Ok(())
+    }
+}
+
 /// Price levels of one side. See the module docs.
 #[derive(Debug)]
 pub(crate) struct BookSide {
@@ -63,10 +146,11 @@ pub(crate) struct BookSide {
     base: i64,
     /// Bit `w`: `bits[w] != 0`.
     summary: u64,
-    /// Level slot per window position (`NIL`: none); empty until the side's
-    /// first level, then `span` long.
+    /// Level slot per window position (`NIL`: none); `span` long while the
+    /// side holds a window, else empty.
     slots: Vec<u32>,
-    /// Bit `p % 64` of word `p / 64`: `slots[p] != NIL`.
+    /// Bit `p % 64` of word `p / 64`: `slots[p] != NIL`. `slots` and
+    /// `bits` are the window lent by [`Windows`] (both empty: none).
     bits: Vec<u64>,
     /// Keys below the window, ascending (best last).
     far_keys: Vec<i64>,
@@ -79,8 +163,9 @@ pub(crate) struct BookSide {
 }
 
 impl BookSide {
-    /// An empty side whose window will cover `span` keys (a power of two,
-    /// at most [`SPAN_MAX`]). Allocates nothing yet.
+    /// An empty side whose windows cover `span` keys (a power of two, at
+    /// most [`SPAN_MAX`]: the span of the shard's [`Windows`]). Allocates
+    /// nothing.
     pub(crate) fn new(span: usize) -> Self {
         assert!(
             span.is_power_of_two() && span <= SPAN_MAX,
@@ -250,28 +335,40 @@ impl BookSide {
     /// Adds the level of a key the side has no level for. The caller has
     /// checked the side's level limit.
     #[inline]
-    pub(crate) fn insert(&mut self, key: i64, level: u32) {
+    pub(crate) fn insert(&mut self, key: i64, level: u32, windows: &mut Windows) {
         debug_assert!(self.find(key).is_none(), "key {key} is already in the side");
         self.active += 1;
         self.best = self.best.max(key);
         match self.position(key) {
             Some(p) => self.set(p, level),
-            None => self.insert_outside(key, level),
+            None => self.insert_outside(key, level, windows),
         }
     }
 
     /// [`Self::insert`] for a key outside the window: re-base if that
     /// keeps the top of the book in the window, else a far level.
     #[cold]
-    fn insert_outside(&mut self, key: i64, level: u32) {
-        if self.slots.is_empty() {
-            // The side's first level: its window, once.
-            self.slots = vec![NIL; self.span];
-            self.bits = vec![0; self.span.div_ceil(64)];
-        }
+    fn insert_outside(&mut self, key: i64, level: u32, windows: &mut Windows) {
         let (span, headroom) = (self.span as i64, self.headroom());
         // The base that puts `anchor` `headroom` below the window's top.
         let base_for = |anchor: i64| anchor + headroom + 1 - span;
+        if self.slots.is_empty() {
+            // A side takes a window only for its first level: the far
+            // levels of a side without one could lie anywhere, above it.
+            if self.active == 1
+                && let Some((slots, bits)) = windows.take()
+            {
+                debug_assert_eq!(slots.len(), self.span);
+                (self.slots, self.bits) = (slots, bits);
+                self.base = base_for(key);
+                let p = self.span - 1 - headroom as usize;
+                return self.set(p, level);
+            }
+            let i = self.far_keys.partition_point(|&k| k < key);
+            self.far_keys.insert(i, key);
+            self.far_levels.insert(i, level);
+            return;
+        }
         if key >= self.base + span {
             // Better than the whole window: the new best.
             self.rebase(base_for(key));
@@ -369,7 +466,7 @@ impl BookSide {
 
     /// Removes the level of `key` (which the side has).
     #[inline]
-    pub(crate) fn remove(&mut self, key: i64) {
+    pub(crate) fn remove(&mut self, key: i64, windows: &mut Windows) {
         self.active -= 1;
         match self.position(key) {
             Some(p) => {
@@ -386,6 +483,19 @@ impl BookSide {
         if key == self.best {
             self.best = self.compute_best_key();
         }
+        if self.active == 0 && !self.slots.is_empty() {
+            // Empty: the window goes back to the pool.
+            self.summary = 0;
+            windows.give((
+                core::mem::take(&mut self.slots),
+                core::mem::take(&mut self.bits),
+            ));
+        }
+    }
+
+    /// True while the side holds a window.
+    pub(crate) fn has_window(&self) -> bool {
+        !self.slots.is_empty()
     }
 
     #[cold]
@@ -491,6 +601,7 @@ mod tests {
     /// A side with a reference model: a sorted map of key -> level.
     struct Checked {
         side: BookSide,
+        windows: Windows,
         model: std::collections::BTreeMap<i64, u32>,
     }
 
@@ -498,25 +609,29 @@ mod tests {
         fn new(span: usize) -> Self {
             Checked {
                 side: BookSide::new(span),
+                windows: Windows::new(span, 1),
                 model: Default::default(),
             }
         }
 
         fn insert(&mut self, key: i64) {
             let level = self.model.len() as u32 + 1000 * (key.unsigned_abs() as u32 % 7);
-            self.side.insert(key, level);
+            self.side.insert(key, level, &mut self.windows);
             self.model.insert(key, level);
             self.verify();
         }
 
         fn remove(&mut self, key: i64) {
-            self.side.remove(key);
+            self.side.remove(key, &mut self.windows);
             self.model.remove(&key);
             self.verify();
         }
 
         fn verify(&self) {
             assert_eq!(self.side.check(), Ok(self.model.len()));
+            let lent = usize::from(self.side.has_window());
+            assert_eq!(self.windows.check(lent), Ok(()));
+            assert_eq!(self.side.has_window(), !self.model.is_empty());
             let got: Vec<(i64, u32)> = self.side.iter_best_first().collect();
             let want: Vec<(i64, u32)> = self.model.iter().rev().map(|(&k, &l)| (k, l)).collect();
             assert_eq!(got, want);
@@ -547,6 +662,43 @@ mod tests {
         assert_eq!(side.next_below(5), None);
         assert_eq!(side.find(5), None);
         assert_eq!(side.check(), Ok(0));
+    }
+
+    #[test]
+    fn sides_borrow_windows_from_a_bounded_pool_and_give_them_back_empty() {
+        let mut windows = Windows::new(64, 1);
+        let (mut a, mut b) = (BookSide::new(64), BookSide::new(64));
+        a.insert(100, 1, &mut windows);
+        assert!(a.has_window());
+        // The pool's only window is lent: b keeps its levels far, sorted.
+        for (key, level) in [(7, 2), (9, 3), (5_000, 4), (8, 5)] {
+            b.insert(key, level, &mut windows);
+        }
+        assert!(!b.has_window());
+        assert_eq!(b.check(), Ok(4));
+        let keys: Vec<i64> = b.iter_best_first().map(|(k, _)| k).collect();
+        assert_eq!(keys, [5_000, 9, 8, 7]);
+        assert_eq!(b.find(9), Some(3));
+        assert_eq!(b.next_below(5_000), Some((9, 3)));
+        assert_eq!(windows.check(1), Ok(()));
+        // a empties: its window goes back, all empty.
+        a.remove(100, &mut windows);
+        assert!(!a.has_window());
+        assert_eq!(windows.check(0), Ok(()));
+        // b is not empty, so it stays without; once empty, it takes it.
+        b.insert(10, 6, &mut windows);
+        assert!(!b.has_window());
+        for key in [7, 8, 9, 10, 5_000] {
+            b.remove(key, &mut windows);
+        }
+        b.insert(300, 7, &mut windows);
+        assert!(b.has_window());
+        assert_eq!(b.best(), Some((300, 7)));
+        assert_eq!(windows.check(1), Ok(()));
+        // No more windows to make: a works without one.
+        a.insert(1, 8, &mut windows);
+        assert!(!a.has_window());
+        assert_eq!(a.best(), Some((1, 8)));
     }
 
     #[test]
