@@ -6,9 +6,10 @@
 //! # Storage
 //!
 //! Everything a shard needs for its configured capacity is reserved when it
-//! is built, except each book side's price window (allocated once, with
-//! the side's first level) and its vectors of far levels (which double on
-//! demand while books warm up); so no order allocates in steady state
+//! is built, except the price windows its book sides borrow (made by the
+//! shard's pool, up to its bound, while books warm up, then lent again)
+//! and each side's vectors of far levels (which double on demand while
+//! books warm up); so no order allocates in steady state
 //! (`engine/tests/book_alloc.rs` checks this):
 //!
 //! - **Orders** live in one shard-wide slab (`Vec<Order>`, capacity
@@ -100,11 +101,11 @@ const PREFETCH_LEVEL_AHEAD: usize = 2;
 ///
 /// Why 2,048: a side's window costs 4 bytes a price for its level slots
 /// plus a bit for its bitmap, 8.3 KiB per side (16.5 KiB per book, 1 MiB
-/// for 64 books), allocated with the side's first level. What the caches
-/// hold is only the lines of prices in use: a book of the 64-book bench
-/// (about 1,000 orders over 750 levels within 800 ticks of the mid) touches
-/// about 100 lines of slots and 30 of bitmap, some 8 KiB a book and 0.5 MiB
-/// for 64 books, where the level-index hash this replaced spread the same
+/// for 64 books), lent by the shard's pool with the side's first level.
+/// What the caches hold is only the lines of prices in use: a book of the
+/// 64-book bench (about 1,000 orders over 750 levels within 800 ticks of
+/// the mid) touches about 100 lines of slots and 8 of bitmap, some 7 KiB a
+/// book and 0.45 MiB for 64 books, where the level-index hash this replaced spread the same
 /// levels over a 1 MiB table with one random line per lookup (and each
 /// side's sorted vector, 9 KiB a book, beside it). A wider window would
 /// touch no more lines in such books, but each re-base (a move of the
@@ -119,8 +120,8 @@ pub(crate) const WINDOW_TICKS: usize = 2048;
 /// its number of symbols. At the default `orders_max` of 2^20 that is
 /// 8,192 windows, 66 MiB if all are in use, about the size of the order
 /// slab (64 MiB); a side needs 128 resting orders on average for its
-/// window to be one of them. The 64-book bench (2^17 orders) may make
-/// 1,024 and uses 128. Sides beyond the bound work without a window
+/// window to be one of them. The 64-book bench (2^17 orders, 64 books)
+/// may make 128, one per side. Sides beyond the bound work without a window
 /// (their levels in the sorted far vectors) until they empty.
 const ORDERS_PER_WINDOW: usize = 128;
 
