@@ -958,18 +958,20 @@ fn outcome(report: &Report) -> String {
 }
 
 /// [`check_against_model`], also recording the outcomes seen.
-/// `tombstone_slack`: run the shard with less slack than it normally keeps
-/// for emptied price levels, so that its compaction paths run often.
+/// `windows`: give the shard's book sides price windows of that many ticks
+/// instead of the product's, and at most that many windows, so that prices
+/// often fall outside them (re-basing, far levels) and some sides go
+/// without one.
 fn check_with_coverage(
     cmds: &[Command],
     cfg: ShardConfig,
-    tombstone_slack: Option<usize>,
+    windows: Option<(usize, usize)>,
     coverage: &mut BTreeSet<String>,
 ) -> Result<u64, String> {
     let (index, count, symbols) = SHARD;
     let mut shard = Shard::new(index, count, symbols, cfg);
-    if let Some(slack) = tombstone_slack {
-        shard = shard.with_tombstone_slack(slack);
+    if let Some((ticks, windows_max)) = windows {
+        shard = shard.with_windows(ticks, windows_max);
     }
     let mut model = Model::new(index, count, symbols, cfg);
     let mut ledger = Ledger::default();
@@ -1109,8 +1111,13 @@ proptest! {
     }
 
     #[test]
-    fn shard_matches_the_model_when_it_compacts_price_levels_often(cmds in commands(tight())) {
-        let result = check_with_coverage(&cmds, tight(), Some(0), &mut BTreeSet::new());
+    fn shard_matches_the_model_when_prices_leave_a_small_window_often(
+        cmds in commands(tight()),
+        ticks in prop::sample::select(vec![1usize, 2, 4, 8]),
+        windows_max in 0usize..=4,
+    ) {
+        let windows = Some((ticks, windows_max));
+        let result = check_with_coverage(&cmds, tight(), windows, &mut BTreeSet::new());
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1147,9 +1154,9 @@ proptest! {
     fn a_shard_restored_from_a_snapshot_goes_on_like_the_original(
         cmds in commands(tight()),
         split in any::<prop::sample::Index>(),
-        slack in prop::option::of(0usize..2),
+        windows in prop::option::of((prop::sample::select(vec![1usize, 4, 8]), 0usize..=4)),
     ) {
-        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), slack);
+        let result = check_snapshot_continuation(&cmds, split.index(cmds.len() + 1), tight(), windows);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
@@ -1170,12 +1177,12 @@ fn check_snapshot_continuation(
     cmds: &[Command],
     split: usize,
     cfg: ShardConfig,
-    tombstone_slack: Option<usize>,
+    windows: Option<(usize, usize)>,
 ) -> Result<(), String> {
     let (index, count, symbols) = SHARD;
     let mut original = Shard::new(index, count, symbols, cfg);
-    if let Some(slack) = tombstone_slack {
-        original = original.with_tombstone_slack(slack);
+    if let Some((ticks, windows_max)) = windows {
+        original = original.with_windows(ticks, windows_max);
     }
     let (before, after) = cmds.split_at(split);
     let mut out = Vec::new();
@@ -1249,8 +1256,10 @@ fn long_random_runs_match_the_model() {
         let cmds: Vec<Command> = (0..4_000)
             .map(|_| command_from(rng.words(), &cfg))
             .collect();
-        let slack = (seed % 3 == 0).then_some(1);
-        if let Err(e) = check_with_coverage(&cmds, cfg, slack, &mut coverage) {
+        // Some runs with 4-tick windows, at most 2: re-basing, far levels
+        // and sides without a window.
+        let window = (seed % 3 == 0).then_some((4, 2));
+        if let Err(e) = check_with_coverage(&cmds, cfg, window, &mut coverage) {
             panic!("seed {seed}: {e}");
         }
     }

@@ -1,8 +1,8 @@
 //! A slot index: a key of two `u64` words -> a `u32` slot of a slab, in
-//! O(1). The shard keeps two: orders by (account, client order id), for
-//! cancel, replace and query; and price levels by ((book, side), price), so
-//! that an order arriving at a price finds its level without searching the
-//! sorted side.
+//! O(1). The shard keeps its live orders by (account, client order id) in
+//! one, for cancel, replace and query, and the history of terminated
+//! orders one per generation. (Price levels need none: a book side finds
+//! them by price offset in its window, `side.rs`.)
 //!
 //! A custom open-addressing table rather than `std::collections::HashMap`
 //! because the book needs three things std does not give together: no

@@ -6,34 +6,32 @@
 //! # Storage
 //!
 //! Everything a shard needs for its configured capacity is reserved when it
-//! is built, except the book sides' level vectors, which double on demand
-//! while books warm up to their working depth; so no order allocates in
-//! steady state (`engine/tests/book_alloc.rs` checks this):
+//! is built, except the price windows its book sides borrow (made by the
+//! shard's pool, up to its bound, while books warm up, then lent again)
+//! and each side's vectors of far levels (which double on demand while
+//! books warm up); so no order allocates in steady state
+//! (`engine/tests/book_alloc.rs` checks this):
 //!
 //! - **Orders** live in one shard-wide slab (`Vec<Order>`, capacity
 //!   `orders_max`), one 64-byte cache line each, addressed by `u32` slot,
 //!   with a free list threaded through the `next` field. A level's orders
 //!   form an intrusive doubly linked FIFO (`prev`/`next` slots), so an order
 //!   leaves its level in O(1) from anywhere.
-//! - **Levels** live in a second slab (32 bytes each). An emptied level that
-//!   is not the best stays in its side as a tombstone for reuse (see
-//!   [`BookSide`]); the slab holds `2 * orders_max` levels plus some slack
-//!   per side, and when it runs out every side is compacted, so a level is
-//!   always available for a new price.
-//! - **Book sides** are sorted vectors of (price key, level) with the best
-//!   level last ([`BookSide`]): matching pops from the back, and inserts near
-//!   the top of the book move few entries.
+//! - **Levels** live in a second slab (32 bytes each), addressed by `u32`
+//!   slot, with a free list. A level exists only while it has orders (it is
+//!   freed when its last order leaves), so the slab never holds more levels
+//!   than orders: `orders_max` of them.
+//! - **Book sides** find a level by price without hashing or searching
+//!   ([`BookSide`]): an array of level slots indexed by price offset from a
+//!   moving base (the window, [`WINDOW_TICKS`] prices), a two-level bitmap
+//!   of its occupied prices for the best and the next price, and sorted
+//!   vectors for the rare levels below the window (far from the top).
 //! - **The order index** maps (account, client order id) to a slot in an
 //!   open-addressing table of twice the capacity ([`SlotIndex`]): cancel,
 //!   replace and query are O(1).
 //! - **The history** of terminated orders is a ring of `history_max`
 //!   entries with its own index by (account, client order id), both
 //!   reserved up front ([`History`]).
-//! - **The level index** maps ((book, side), price) to a level, so an order
-//!   arriving at a price (a replace moving an order, mostly) finds its level
-//!   in O(1); the sorted side is searched only when a price is new to it.
-//!   Measured (perf, exchange-core mix), the binary search it replaced took
-//!   about half the cycles.
 //!
 //! [`Shard::process_batch`] prefetches the cache lines of the commands a
 //! few places ahead, which matters once the books outgrow the L2 cache.
@@ -51,7 +49,7 @@ use super::accounts::Accounts;
 use super::history::{FinishedOrder, HISTORY_MAX_LIMIT, History};
 use super::index::{Found, SlotIndex, prefetch_read};
 use super::seen::IdHighWater;
-use super::side::BookSide;
+use super::side::{BookSide, Windows};
 use super::{
     Command, MASS_CANCEL_ALL_SYMBOLS, Matcher, MdEvent, Op, Report, SessionId, ShardConfig, Sink,
     reject_reason_for,
@@ -97,14 +95,38 @@ const PREFETCH_BUCKET_AHEAD: usize = 8;
 const PREFETCH_ORDER_AHEAD: usize = 4;
 const PREFETCH_LEVEL_AHEAD: usize = 2;
 
-/// Initial capacity of a book side's level vectors; they double on demand
-/// up to about `2 * levels_per_side_max` while the book warms up.
-const SIDE_CAPACITY_INITIAL: usize = 32;
+/// Prices a book side's window covers ([`BookSide`]): the levels within
+/// about 1,500 ticks below the best and 500 above it are found by index;
+/// the rest (far from the market) by bisecting a sorted vector.
+///
+/// Why 2,048: a side's window costs 4 bytes a price for its level slots
+/// plus a bit for its bitmap, 8.3 KiB per side (16.5 KiB per book, 1 MiB
+/// for 64 books), lent by the shard's pool with the side's first level.
+/// What the caches hold is only the lines of prices in use: a book of the
+/// 64-book bench (about 1,000 orders over 750 levels within 800 ticks of
+/// the mid) touches about 100 lines of slots and 8 of bitmap, some 7 KiB a
+/// book and 0.45 MiB for 64 books, where the level-index hash this replaced spread the same
+/// levels over a 1 MiB table with one random line per lookup (and each
+/// side's sorted vector, 9 KiB a book, beside it). A wider window would
+/// touch no more lines in such books, but each re-base (a move of the
+/// market by a quarter of it) moves and rescans the whole window: 2,048
+/// keeps that near a microsecond. A narrower one sends the deep half of
+/// such a book to the far vectors, where inserts search and move memory.
+pub(crate) const WINDOW_TICKS: usize = 2048;
 
-/// Tombstones a side may hold beyond its number of non-empty levels before
-/// an insert compacts it: enough that a small book keeps the empty prices
-/// around its orders, while searches stay within about twice the live levels.
-const TOMBSTONE_SLACK: usize = 64;
+/// A shard makes at most one window per this many orders of its capacity
+/// (and never fewer than [`WINDOWS_MIN`], nor more than two per book): the
+/// bound on window memory, so that it follows the shard's capacity and not
+/// its number of symbols. At the default `orders_max` of 2^20 that is
+/// 8,192 windows, 66 MiB if all are in use, about the size of the order
+/// slab (64 MiB); a side needs 128 resting orders on average for its
+/// window to be one of them. The 64-book bench (2^17 orders, 64 books)
+/// may make 128, one per side. Sides beyond the bound work without a window
+/// (their levels in the sorted far vectors) until they empty.
+const ORDERS_PER_WINDOW: usize = 128;
+
+/// See [`ORDERS_PER_WINDOW`].
+const WINDOWS_MIN: usize = 64;
 
 /// A resting order: exactly one cache line, so matching, cancel and
 /// replace touch one line per order.
@@ -141,11 +163,10 @@ struct Level {
     total: u64,
     head: u32,
     tail: u32,
-    /// Number of orders (0: a tombstone, or free).
+    /// Number of orders (0 only while matching empties it, or free).
     count: u32,
     /// `book << 1 | side index`: the local book (its symbol is
-    /// `book * shard_count + shard_index`) and the side, which together
-    /// with the price are the level's key in the level index.
+    /// `book * shard_count + shard_index`) and the side.
     book_side: u32,
 }
 
@@ -159,7 +180,7 @@ struct Book {
     seq: u64,
 }
 
-/// The level index's first key word for a side of a book.
+/// A level's `book_side`.
 #[inline]
 const fn level_key(book: u32, side: usize) -> u32 {
     (book << 1) | side as u32
@@ -364,12 +385,12 @@ pub struct Shard {
     levels: Vec<Level>,
     /// The level slab's fixed capacity.
     levels_max: usize,
-    /// Tombstones a side may hold beyond its live levels ([`TOMBSTONE_SLACK`]).
-    tombstone_slack: usize,
     free_level: u32,
+    /// Levels in use (not on the free list).
+    levels_used: usize,
+    /// The price windows the book sides borrow.
+    windows: Windows,
     index: SlotIndex,
-    /// ((book, side), price) -> level, for every entry of every side.
-    level_index: SlotIndex,
     /// Live (resting) orders.
     live: u32,
     /// Sequence of the next order id (starts at 1).
@@ -426,17 +447,14 @@ impl Shard {
         if book_count > BOOKS_PER_SHARD_LIMIT {
             return Err(ConfigError::TooManyBooks(book_count));
         }
-        let side_capacity = SIDE_CAPACITY_INITIAL.min(cfg.levels_per_side_max as usize);
         let books = (0..book_count)
             .map(|_| Book {
                 seq: 0,
-                sides: [
-                    BookSide::with_capacity(side_capacity),
-                    BookSide::with_capacity(side_capacity),
-                ],
+                sides: [BookSide::new(WINDOW_TICKS), BookSide::new(WINDOW_TICKS)],
             })
             .collect();
-        let levels_max = Self::levels_max(&cfg, book_count, TOMBSTONE_SLACK);
+        // Every level holds at least one order.
+        let levels_max = cfg.orders_max as usize;
         Ok(Shard {
             shard_index,
             shard_count,
@@ -447,10 +465,10 @@ impl Shard {
             free_order: NIL,
             levels: Vec::with_capacity(levels_max),
             levels_max,
-            tombstone_slack: TOMBSTONE_SLACK,
             free_level: NIL,
+            levels_used: 0,
+            windows: Windows::new(WINDOW_TICKS, Self::windows_max(&cfg, book_count)),
             index: SlotIndex::new(cfg.orders_max as usize),
-            level_index: SlotIndex::new(levels_max),
             live: 0,
             next_order: 1,
             next_trade: 1,
@@ -464,20 +482,26 @@ impl Shard {
         })
     }
 
-    /// Level slab capacity: non-empty levels never outnumber live orders,
-    /// and tombstones get as many again plus slack per side.
-    fn levels_max(cfg: &ShardConfig, book_count: u32, slack: usize) -> usize {
-        2 * cfg.orders_max as usize + 2 * slack * book_count as usize
+    /// How many windows a shard may make ([`ORDERS_PER_WINDOW`]).
+    fn windows_max(cfg: &ShardConfig, book_count: u32) -> usize {
+        (cfg.orders_max as usize / ORDERS_PER_WINDOW)
+            .max(WINDOWS_MIN)
+            .min(2 * book_count as usize)
     }
 
-    /// Lowers the tombstone slack (and with it the level slab's capacity)
-    /// so that tests reach side and whole-shard compaction with small
-    /// books. Not part of the product: behaviour is the same at any slack.
+    /// Gives every book side a window of `ticks` prices (a power of two up
+    /// to 4,096) instead of [`WINDOW_TICKS`], and makes at most
+    /// `windows_max` windows, so that tests reach the window's re-basing,
+    /// its far levels and sides without a window with small books. Only on
+    /// a shard that holds no order yet. Not part of the product: behaviour
+    /// is the same with any window.
     #[doc(hidden)]
-    pub fn with_tombstone_slack(mut self, slack: usize) -> Shard {
-        let slack = slack.min(self.tombstone_slack);
-        self.tombstone_slack = slack;
-        self.levels_max = Self::levels_max(&self.cfg, self.books.len() as u32, slack);
+    pub fn with_windows(mut self, ticks: usize, windows_max: usize) -> Shard {
+        assert_eq!(self.live, 0, "the window is chosen before any order");
+        for book in &mut self.books {
+            book.sides = [BookSide::new(ticks), BookSide::new(ticks)];
+        }
+        self.windows = Windows::new(ticks, windows_max);
         self
     }
 
@@ -564,10 +588,13 @@ impl Shard {
     }
 
     /// Checks every invariant of the whole shard by walking it: books not
-    /// crossed, sides sorted and within their limit, level totals and counts
-    /// equal to their orders, list links consistent, every resting order in
-    /// the index and the index holding nothing else. O(live orders); meant
-    /// for tests and debugging, not for the hot path.
+    /// crossed, sides within their limit, each side's window bitmap in
+    /// agreement with its level slots and its far levels sorted below the
+    /// window, every level non-empty and found by its price, level totals
+    /// and counts equal to their orders, list links consistent, every
+    /// resting order in the index and the index holding nothing else, every
+    /// level slot either in a side or free. O(live orders + windows);
+    /// meant for tests and debugging, not for the hot path.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut resting = 0u32;
         let mut entries = 0usize;
@@ -576,30 +603,20 @@ impl Shard {
                 if side.active > self.cfg.levels_per_side_max {
                     return Err(format!("book {b} side {s}: {} levels", side.active));
                 }
+                side.check()
+                    .map_err(|e| format!("book {b} side {s}: {e}"))?;
                 let mut previous_key = None;
-                let mut active = 0;
                 for (key, level) in side.iter_best_first() {
                     let l = &self.levels[level as usize];
                     if l.count == 0 {
-                        if previous_key.is_none() {
-                            return Err(format!("book {b} side {s}: the best level is empty"));
-                        }
-                        if l.head != NIL || l.tail != NIL || l.total != 0 {
-                            return Err(format!(
-                                "book {b} side {s}: empty level {level} not clear"
-                            ));
-                        }
-                    } else {
-                        active += 1;
+                        return Err(format!("book {b} side {s}: level {level} is empty"));
                     }
-                    let l = &self.levels[level as usize];
                     let want_side = if s == 0 { Side::Buy } else { Side::Sell };
                     if key != key_of(want_side, l.price) || l.book_side != level_key(b as u32, s) {
                         return Err(format!("book {b} side {s}: level {level} misfiled"));
                     }
-                    match self.find_level(b as u32, s, l.price) {
-                        Some(f) if f.slot == level => {}
-                        _ => return Err(format!("level {level} is not in the level index")),
+                    if side.find(key) != Some(level) {
+                        return Err(format!("level {level} is not found by its price"));
                     }
                     entries += 1;
                     if previous_key.is_some_and(|p| p <= key) {
@@ -631,12 +648,6 @@ impl Shard {
                     }
                     resting += count;
                 }
-                if active != side.active {
-                    return Err(format!(
-                        "book {b} side {s}: {active} non-empty levels, counted {}",
-                        side.active
-                    ));
-                }
             }
             if let (Some(bid), Some(ask)) = (book.sides[0].best_key(), book.sides[1].best_key())
                 && bid >= -ask
@@ -651,10 +662,23 @@ impl Shard {
                 self.live
             ));
         }
-        if entries != self.level_index.len() {
+        let lent = self
+            .books
+            .iter()
+            .flat_map(|b| &b.sides)
+            .filter(|s| s.has_window());
+        self.windows.check(lent.count())?;
+        let mut free = 0usize;
+        let mut level = self.free_level;
+        while level != NIL && free <= self.levels.len() {
+            free += 1;
+            level = self.levels[level as usize].head;
+        }
+        if entries != self.levels_used || entries + free != self.levels.len() {
             return Err(format!(
-                "{entries} levels in sides but {} indexed",
-                self.level_index.len()
+                "{entries} levels in sides, {} counted in use, {free} free of {}",
+                self.levels_used,
+                self.levels.len()
             ));
         }
         self.check_account_counts()?;
@@ -901,8 +925,7 @@ impl Shard {
         self.live -= 1;
     }
 
-    /// Takes a free level slot for `price` on a side (not yet in the side
-    /// or the level index).
+    /// Takes a free level slot for `price` on a side (not yet in the side).
     #[inline]
     fn alloc_level(&mut self, book: u32, side: usize, price: i64) -> u32 {
         let level = Level {
@@ -913,52 +936,18 @@ impl Shard {
             count: 0,
             book_side: level_key(book, side),
         };
+        self.levels_used += 1;
         if self.free_level != NIL {
             let index = self.free_level;
             self.free_level = self.levels[index as usize].head;
             self.levels[index as usize] = level;
             index
         } else {
-            // `link_at_price` compacted the sides if the slab was full.
+            // Levels never outnumber live orders (each has one), and the
+            // caller holds a live order for this one.
             debug_assert!(self.levels.len() < self.levels_max);
             self.levels.push(level);
             (self.levels.len() - 1) as u32
-        }
-    }
-
-    #[inline]
-    fn level_slab_full(&self) -> bool {
-        self.free_level == NIL && self.levels.len() >= self.levels_max
-    }
-
-    /// Drops one side's tombstones, returning their levels to the slab.
-    fn compact_side(&mut self, book: u32, side: usize) {
-        let levels = &mut self.levels;
-        let free_level = &mut self.free_level;
-        let level_index = &mut self.level_index;
-        self.books[book as usize].sides[side].retain(|level| {
-            let l = &mut levels[level as usize];
-            if l.count > 0 {
-                return true;
-            }
-            let position = level_index.position_of(u64::from(l.book_side), l.price as u64, level);
-            level_index.remove_at(position);
-            l.head = *free_level;
-            *free_level = level;
-            false
-        });
-    }
-
-    /// Pops empty levels off the best end of a side, so the best entry is
-    /// never a tombstone.
-    #[inline]
-    fn trim_best(&mut self, book: u32, side: usize) {
-        while let Some((_, level)) = self.books[book as usize].sides[side].best() {
-            if self.levels[level as usize].count > 0 {
-                break;
-            }
-            self.books[book as usize].sides[side].pop_best();
-            self.free_level(level);
         }
     }
 
@@ -977,51 +966,25 @@ impl Shard {
         );
     }
 
-    /// True when the side has a non-empty level at `price`.
+    /// True when the side has a level at `price` (every level in a side has
+    /// orders).
     #[inline]
     fn has_level(&self, book: u32, side: Side, price: i64) -> bool {
-        self.find_level(book, side_index(side), price)
-            .is_some_and(|f| self.levels[f.slot as usize].count > 0)
+        self.books[book as usize].sides[side_index(side)]
+            .find(key_of(side, price))
+            .is_some()
     }
 
-    /// Returns a level (already out of its side) to the slab and drops it
-    /// from the level index.
+    /// Takes an emptied level out of its side and returns it to the slab.
     #[inline]
-    fn free_level(&mut self, level: u32) {
+    fn drop_level(&mut self, book: u32, s: usize, level: u32) {
         let l = &mut self.levels[level as usize];
-        let position = self
-            .level_index
-            .position_of(u64::from(l.book_side), l.price as u64, level);
-        self.level_index.remove_at(position);
+        debug_assert_eq!(l.count, 0);
+        let key = key_of(side_of_index(s), l.price);
         l.head = self.free_level;
         self.free_level = level;
-    }
-
-    /// The level of `price` on a side (a tombstone, possibly), by the
-    /// level index.
-    #[inline]
-    fn find_level(&self, book: u32, side: usize, price: i64) -> Option<Found> {
-        let levels = &self.levels;
-        self.level_index
-            .find(u64::from(level_key(book, side)), price as u64, |slot| {
-                let l = &levels[slot as usize];
-                (u64::from(l.book_side), l.price as u64)
-            })
-    }
-
-    /// Rebuilds the level index one size larger from the sides (every level
-    /// in them, tombstones included).
-    #[cold]
-    fn grow_level_index(&mut self) {
-        let (books, levels) = (&self.books, &self.levels);
-        self.level_index.grow(books.iter().flat_map(|book| {
-            book.sides.iter().flat_map(|side| {
-                side.iter_best_first().map(|(_, level)| {
-                    let l = &levels[level as usize];
-                    (u64::from(l.book_side), l.price as u64, level)
-                })
-            })
-        }));
+        self.levels_used -= 1;
+        self.books[book as usize].sides[s].remove(key, &mut self.windows);
     }
 
     /// Appends an order (already in the slab) at the back of the level for
@@ -1030,8 +993,8 @@ impl Shard {
     #[inline]
     fn link_at_price(&mut self, book: u32, side: Side, price: i64, slot: u32) -> u32 {
         let s = side_index(side);
-        let level = match self.find_level(book, s, price) {
-            Some(found) => found.slot,
+        let level = match self.books[book as usize].sides[s].find(key_of(side, price)) {
+            Some(level) => level,
             None => self.add_level(book, s, price),
         };
         self.link_at_level(book, s, level, slot);
@@ -1041,12 +1004,8 @@ impl Shard {
     /// Appends an order at the back of a level of side `s` of `book`.
     #[inline]
     fn link_at_level(&mut self, book: u32, s: usize, level: u32, slot: u32) {
+        debug_assert_eq!(self.levels[level as usize].book_side, level_key(book, s));
         let l = &mut self.levels[level as usize];
-        if l.count == 0 {
-            let book_side = &mut self.books[book as usize].sides[s];
-            debug_assert!(book_side.active < self.cfg.levels_per_side_max);
-            book_side.active += 1;
-        }
         let tail = l.tail;
         l.tail = slot;
         if tail == NIL {
@@ -1064,51 +1023,26 @@ impl Shard {
         debug_assert!(self.level_consistent(level));
     }
 
-    /// Adds a level for a price its side has no entry for: into the sorted
-    /// side (compacting it first if tombstones crowd it, or every side if
-    /// the slab is full) and into the level index.
+    /// Adds an empty level for a price its side has no level for; the
+    /// caller links an order into it at once.
+    #[inline]
     fn add_level(&mut self, book: u32, s: usize, price: i64) -> u32 {
-        let book_side = &self.books[book as usize].sides[s];
-        if book_side.len() >= 2 * book_side.active as usize + self.tombstone_slack {
-            self.compact_side(book, s);
-        }
-        if self.level_slab_full() {
-            self.compact_all();
-        }
-        if self.level_index.needs_growth() {
-            self.grow_level_index();
-        }
-        let side = if s == 0 { Side::Buy } else { Side::Sell };
-        let key = key_of(side, price);
-        let position = match self.books[book as usize].sides[s].find(key) {
-            Err(position) => position,
-            Ok(position) => {
-                debug_assert!(false, "price {price} is in its side but not indexed");
-                return self.books[book as usize].sides[s].at(position).1;
-            }
-        };
+        debug_assert!(
+            self.books[book as usize].sides[s].active < self.cfg.levels_per_side_max,
+            "the caller checks the side's level limit"
+        );
         let level = self.alloc_level(book, s, price);
-        self.books[book as usize].sides[s].insert(position, key, level);
-        self.level_index
-            .insert(u64::from(level_key(book, s)), price as u64, level);
+        self.books[book as usize].sides[s].insert(
+            key_of(side_of_index(s), price),
+            level,
+            &mut self.windows,
+        );
         level
     }
 
-    /// Compacts every side of every book: the level slab's last resort,
-    /// which frees every tombstone. Rare: the slab has room for as many
-    /// tombstones as orders, plus slack per side.
-    #[cold]
-    fn compact_all(&mut self) {
-        for book in 0..self.books.len() as u32 {
-            self.compact_side(book, 0);
-            self.compact_side(book, 1);
-        }
-    }
-
     /// Takes an order out of its level (subtracting its open quantity from
-    /// the level total). A level it empties stays as a tombstone, unless it
-    /// was the best level, which is removed (with any tombstones behind it).
-    /// Returns the level's price, total and count after it.
+    /// the level total); a level it empties leaves its side. Returns the
+    /// level's price, total and count after it.
     #[inline]
     fn unlink(&mut self, slot: u32) -> (i64, u64, u32) {
         let Order {
@@ -1138,13 +1072,7 @@ impl Shard {
         let l = &self.levels[level as usize];
         let after = (l.price, l.total, l.count);
         if l.count == 0 {
-            let book = l.book_side >> 1;
-            let s = side_index(side);
-            let book_side = &mut self.books[book as usize].sides[s];
-            book_side.active -= 1;
-            if book_side.best().is_some_and(|(_, best)| best == level) {
-                self.trim_best(book, s);
-            }
+            self.drop_level(l.book_side >> 1, side_index(side), level);
         }
         after
     }
@@ -1402,8 +1330,7 @@ impl Shard {
             }
             debug_assert!(self.level_consistent(level));
             if self.levels[level as usize].count == 0 {
-                self.books[book as usize].sides[opposite].active -= 1;
-                self.trim_best(book, opposite);
+                self.drop_level(book, opposite, level);
             }
             if self_trade_stop {
                 return true;
@@ -1414,8 +1341,8 @@ impl Shard {
 
     /// Removes the front order of a best level during matching (filled or
     /// canceled by self-trade prevention). Unlike [`Shard::unlink`] it leaves
-    /// an emptied level in place: the match loop pops it from the back of
-    /// its side, which is cheaper than searching for it.
+    /// an emptied level in its side: the match loop drops it when it leaves
+    /// the level.
     #[inline]
     fn remove_front(&mut self, level: u32, slot: u32) {
         let (next, open) = {
@@ -1616,7 +1543,7 @@ impl Shard {
             return;
         }
         debug_assert!(tif != TimeInForce::Fok, "a FOK that passed can_fill filled");
-        let reason = if market && self.books[book as usize].sides[opposite].len() > 0 {
+        let reason = if market && !self.books[book as usize].sides[opposite].is_empty() {
             CancelReason::PriceBand
         } else {
             CancelReason::IocRemainder
@@ -1924,18 +1851,8 @@ impl Shard {
     fn cancel_in<S: Sink>(&mut self, book: u32, sweep: Sweep, reason: CancelReason, sink: &mut S) {
         let symbol = self.symbol_of(book);
         for side in 0..2 {
-            let mut position = self.books[book as usize].sides[side].len();
-            loop {
-                // Unlinking may trim emptied levels off the best end:
-                // those were walked already, but if everything from
-                // here to the end emptied, the side may now end below
-                // `position`.
-                position = position.min(self.books[book as usize].sides[side].len());
-                if position == 0 {
-                    break;
-                }
-                position -= 1;
-                let (_, level) = self.books[book as usize].sides[side].at(position);
+            let mut next = self.books[book as usize].sides[side].best();
+            while let Some((key, level)) = next {
                 let mut slot = self.levels[level as usize].head;
                 while slot != NIL {
                     let o = self.orders[slot as usize];
@@ -1969,6 +1886,8 @@ impl Shard {
                     }
                     slot = o.next;
                 }
+                // The level may be gone (emptied): the next is found by price.
+                next = self.books[book as usize].sides[side].next_below(key);
             }
         }
     }
@@ -2060,7 +1979,7 @@ impl Shard {
     }
 
     /// Stage 2: the order the key names (when the bucket's tag matches),
-    /// and for a new limit order the level index bucket of its price.
+    /// and for a new limit order the window slot of its price.
     #[inline]
     fn prefetch_order(&self, cmd: &Command) {
         match &cmd.op {
@@ -2076,10 +1995,8 @@ impl Shard {
                 if let (Some(book), Ok(side)) =
                     (self.book_of(o.symbol.get()), Side::from_wire(o.side))
                 {
-                    self.level_index.prefetch(
-                        u64::from(level_key(book, side_index(side))),
-                        o.price.get() as u64,
-                    );
+                    self.books[book as usize].sides[side_index(side)]
+                        .prefetch(key_of(side, o.price.get()));
                 }
             }
             Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {}
@@ -2087,7 +2004,7 @@ impl Shard {
     }
 
     /// Stage 3: the level the named order rests in and, for a replace,
-    /// the level index bucket of its new price.
+    /// the window slot of its new price.
     #[inline]
     fn prefetch_levels(&self, cmd: &Command) {
         let (Op::Cancel(_) | Op::Replace(_)) = &cmd.op else {
@@ -2107,10 +2024,8 @@ impl Shard {
             prefetch_read(level);
         }
         if let (Op::Replace(r), Some(book)) = (&cmd.op, self.book_of(symbol)) {
-            self.level_index.prefetch(
-                u64::from(level_key(book, side_index(order.side))),
-                r.price.get() as u64,
-            );
+            self.books[book as usize].sides[side_index(order.side)]
+                .prefetch(key_of(order.side, r.price.get()));
         }
     }
 }
@@ -2214,13 +2129,13 @@ mod tests {
     use super::*;
     use wire::Cancel;
 
-    fn shard(slack: usize) -> Shard {
+    fn shard(window_ticks: usize) -> Shard {
         let cfg = ShardConfig {
             orders_max: 8,
             levels_per_side_max: 8,
             ..ShardConfig::default()
         };
-        Shard::new(0, 1, 1, cfg).with_tombstone_slack(slack)
+        Shard::new(0, 1, 1, cfg).with_windows(window_ticks, 2)
     }
 
     fn run(shard: &mut Shard, op: Op) -> Vec<(SessionId, Report)> {
@@ -2240,82 +2155,98 @@ mod tests {
         assert_eq!(out.len(), 1);
     }
 
+    fn bid_prices(s: &Shard) -> Vec<i64> {
+        s.depth(0, Side::Buy).map(|l| l.price).collect()
+    }
+
     #[test]
-    fn emptied_levels_stay_as_tombstones_except_at_the_best_end() {
-        let mut s = shard(TOMBSTONE_SLACK);
+    fn emptied_levels_leave_their_side_and_the_slab_reuses_them() {
+        let mut s = shard(WINDOW_TICKS);
         for (id, price) in [(1, 10), (2, 11), (3, 12)] {
             rest(&mut s, id, price);
         }
+        let level_11 = s.books[0].sides[0].find(11).unwrap();
         run(&mut s, Op::Cancel(Cancel::new(2, 0)));
-        // 11 stays as a tombstone: no memmove, reused by the next order there.
-        assert_eq!(s.books[0].sides[0].len(), 3);
-        assert_eq!(s.books[0].sides[0].active, 2);
-        let tombstone = s.books[0].sides[0].at(1).1;
-        rest(&mut s, 4, 11);
-        assert_eq!(s.books[0].sides[0].at(1).1, tombstone);
-        // Emptying the best level trims it and the tombstones behind it.
+        assert_eq!(s.books[0].sides[0].len(), 2);
+        assert_eq!(s.books[0].sides[0].find(11), None);
+        assert_eq!(s.levels_used, 2);
+        // The freed slot is the next level's.
+        rest(&mut s, 4, 20);
+        assert_eq!(s.books[0].sides[0].find(20), Some(level_11));
         run(&mut s, Op::Cancel(Cancel::new(4, 0)));
         run(&mut s, Op::Cancel(Cancel::new(3, 0)));
-        assert_eq!(s.books[0].sides[0].len(), 1);
-        assert_eq!(s.best_bid(0).map(|l| l.price), Some(10));
+        assert_eq!(bid_prices(&s), [10]);
+        assert_eq!(s.levels.len(), 3);
     }
 
     #[test]
-    fn sides_compact_when_tombstones_pass_the_slack() {
-        let mut s = shard(1);
-        for id in 1..=5 {
-            rest(&mut s, id, 10 + id as i64);
-        }
-        for id in 2..=4 {
-            run(&mut s, Op::Cancel(Cancel::new(id, 0)));
-        }
-        // Levels 11 and 15 live, three tombstones between them.
-        assert_eq!(s.books[0].sides[0].len(), 5);
-        // A new price finds 5 entries >= 2 * 2 live + slack 1: compact first.
-        rest(&mut s, 6, 30);
-        assert_eq!(s.books[0].sides[0].len(), 3);
-        let prices: Vec<i64> = s.depth(0, Side::Buy).map(|l| l.price).collect();
-        assert_eq!(prices, [30, 15, 11]);
+    fn prices_outside_a_small_window_rebase_it_or_rest_far_from_it() {
+        // An 8-tick window: 2 ticks of headroom above the best bid.
+        let mut s = shard(8);
+        rest(&mut s, 1, 100);
+        rest(&mut s, 2, 95);
+        // Far below the best: a far level, found by bisection.
+        rest(&mut s, 3, 50);
+        rest(&mut s, 4, 1);
+        // A new best far above: the window moves up, 100 and 95 go far.
+        rest(&mut s, 5, 1_000_000);
+        assert_eq!(bid_prices(&s), [1_000_000, 100, 95, 50, 1]);
+        assert_eq!(
+            s.books[0].sides[0].next_below(100),
+            Some((95, s.books[0].sides[0].find(95).unwrap()))
+        );
+        // The window's only level leaves: the far best is the best.
+        run(&mut s, Op::Cancel(Cancel::new(5, 0)));
+        assert_eq!(s.best_bid(0).map(|l| l.price), Some(100));
+        // A bid next to it re-centres the window on 100 (95 comes back in).
+        rest(&mut s, 6, 99);
+        assert_eq!(bid_prices(&s), [100, 99, 95, 50, 1]);
+        // A sell sweeps them best first, across window and far levels.
+        let out = run(
+            &mut s,
+            Op::New(NewOrder::new(
+                9,
+                0,
+                Side::Sell,
+                wire::OrderType::Limit,
+                TimeInForce::Ioc,
+                false,
+                SelfTradePrevention::CancelResting,
+                1,
+                3,
+            )),
+        );
+        // Own orders: self-trade prevention cancels the three best, in order.
+        let canceled: Vec<u64> = out
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Report::Canceled(c) if c.reason == CancelReason::SelfTrade.to_wire() => {
+                    Some(c.client_order_id.get())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(canceled, [1, 6, 2, 3, 4]);
+        assert_eq!(bid_prices(&s), Vec::<i64>::new());
+        assert_eq!(s.levels_used, 0);
     }
 
     #[test]
-    fn a_full_level_slab_compacts_every_side() {
-        let cfg = ShardConfig {
-            orders_max: 8,
-            levels_per_side_max: 8,
-            ..ShardConfig::default()
-        };
-        // Slack 0: the slab holds 2 * orders_max = 16 levels.
-        let mut s = Shard::new(0, 1, 2, cfg).with_tombstone_slack(0);
-        assert_eq!(s.levels_max, 16);
-        let new = |s: &mut Shard, id: u64, symbol: u32, price: i64| {
-            let op = Op::New(NewOrder::limit(id, symbol, Side::Buy, price, 1));
-            assert_eq!(run(s, op).len(), 1);
-        };
-        let cancel = |s: &mut Shard, id: u64, symbol: u32| {
-            assert_eq!(run(s, Op::Cancel(Cancel::new(id, symbol))).len(), 1);
-        };
-        // Book 0: six tombstones below one live level, and no more inserts,
-        // so only a whole-shard compaction can reclaim them.
-        for id in 0..7 {
-            new(&mut s, id, 0, 100 + id as i64);
+    fn cancel_session_walks_window_and_far_levels_best_first() {
+        let mut s = shard(4);
+        for (id, price) in [(1, 500), (2, 7), (3, 502), (4, 3), (5, 501)] {
+            rest(&mut s, id, price);
         }
-        for id in 0..6 {
-            cancel(&mut s, id, 0);
-        }
-        assert_eq!(s.books[0].sides[0].len(), 7);
-        // Book 1: seven live levels, then orders cycling through new prices.
-        for id in 10..17 {
-            new(&mut s, id, 1, 200 + id as i64);
-        }
-        cancel(&mut s, 10, 1);
-        for (i, id) in (20..24).enumerate() {
-            new(&mut s, id, 1, 150 + i as i64);
-            cancel(&mut s, id, 1);
-        }
-        assert_eq!(s.books[0].sides[0].len(), 1, "book 0 was compacted");
-        assert!(s.levels.len() <= s.levels_max);
-        assert_eq!(s.live, 7);
+        let out = run(&mut s, Op::CancelSession);
+        let ids: Vec<u64> = out
+            .iter()
+            .map(|(_, r)| match r {
+                Report::Canceled(c) => c.client_order_id.get(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [3, 5, 1, 2, 4]);
+        assert_eq!(s.live, 0);
     }
 
     #[test]

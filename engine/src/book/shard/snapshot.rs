@@ -3,8 +3,8 @@
 //! A snapshot holds what a shard's future reports depend on, and nothing
 //! internal: the id counters, every live order of every book in priority
 //! order (with its owner session and lifetime fills) and the history of
-//! terminated orders, oldest first. Slab slots, tombstone levels and index
-//! sizes are not in it; a restored shard rebuilds its own, so it has the
+//! terminated orders, oldest first. Slab slots, where the book sides'
+//! price windows sit and index sizes are not in it; a restored shard rebuilds its own, so it has the
 //! same [`state_digest`](crate::book::Matcher::state_digest) and answers
 //! every later command exactly as the original would (`engine/tests/book_model.rs` checks this against
 //! random histories).
@@ -308,22 +308,20 @@ impl Shard {
                 Writer(out).u64(book.seq);
             }
             for side in &book.sides {
-                // Tombstones are an internal cache: not part of the state.
                 h.add(u64::from(side.active));
                 if let Some(out) = out.as_deref_mut() {
                     Writer(out).u32(side.active);
                 }
                 rows.clear();
                 heads.clear();
-                let len = side.len();
-                for (i, (_, level)) in side.iter_best_first().enumerate() {
-                    if let Some(ahead) = len.checked_sub(i + 1 + LEVEL_PREFETCH_AHEAD) {
-                        prefetch_read(&self.levels[side.at(ahead).1 as usize]);
+                let mut ahead = side.iter_best_first().skip(LEVEL_PREFETCH_AHEAD);
+                for (_, level) in side.iter_best_first() {
+                    if let Some((_, next)) = ahead.next() {
+                        prefetch_read(&self.levels[next as usize]);
                     }
                     let l = &self.levels[level as usize];
-                    if l.count == 0 {
-                        continue;
-                    }
+                    // Every level in a side has orders.
+                    debug_assert!(l.count > 0);
                     rows.push((l.price, l.total, l.count));
                     heads.push(l.head);
                 }
