@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -150,13 +151,27 @@ async fn bucket(
             if create
                 && e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
         {
-            js.create_key_value(kv::Config {
-                bucket: name.to_string(),
-                history: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
+            // The bucket's stream as `create_key_value` makes it (history 1),
+            // created directly: `create_key_value` first reads the account
+            // info, which async-nats cannot parse from nats-server 2.9.
+            let created = js
+                .create_stream(stream::Config {
+                    name: format!("KV_{name}"),
+                    subjects: vec![format!("$KV.{name}.>")],
+                    max_messages_per_subject: 1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 1,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = created {
+                // Another node may have created it meanwhile: opening decides.
+                tracing::debug!("cluster: creating the bucket {name}: {e}");
+            }
+            js.get_key_value(name).await.map_err(|e| {
                 JoinError::Unavailable(format!(
                     "cannot create the key-value bucket {name} on {urls}: {e} \
                      (is JetStream enabled? start nats-server with -js)"
