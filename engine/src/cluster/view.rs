@@ -59,8 +59,13 @@ impl ClusterView {
             owned: (0..words).map(|_| AtomicU64::new(0)).collect(),
             renewed_ms: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             map_version: AtomicU64::new(0),
+            // Every shard unowned until the agent's first round.
             map: Mutex::new(Arc::new(Map {
                 me: node_id,
+                shards: (0..shard_count)
+                    .map(|k| wire::ClusterShard::new(k, wire::NO_NODE, 0))
+                    .collect(),
+                owners: vec![None; shard_count as usize],
                 ..Map::default()
             })),
             renew_failures: AtomicU64::new(0),
@@ -162,6 +167,7 @@ mod tests {
     fn bits_follow_renewals_and_the_fence() {
         let v = ClusterView::new(7, 130);
         assert!(!v.serves(129));
+        assert_eq!(v.map().shards.len(), 130, "every shard, unowned");
         v.renewed(129, 1_000);
         v.renewed(3, 2_000);
         assert!(v.serves(129) && v.serves(3));
