@@ -621,6 +621,26 @@ fn map_json(map: &Map, me: u64, nodes: &[NodeRecord], now_ms: u64) -> Vec<u8> {
     serde_json::to_vec(&json).unwrap_or_default()
 }
 
+/// The most shards a cluster config may name: a bound on what the
+/// commands read from a bucket anyone can write.
+pub const CONFIG_SHARDS_MAX: u32 = 1 << 20;
+
+/// The cluster's config, for the operator commands.
+async fn read_config(cluster: &Store, urls: &str) -> Result<ClusterConfig, String> {
+    let config: ClusterConfig = match timeout(cluster.get("config")).await? {
+        Some(v) => serde_json::from_slice(&v)
+            .map_err(|e| format!("{CLUSTER_BUCKET}/config is not a turbo-dex config: {e}"))?,
+        None => return Err(format!("no turbo-dex cluster config at {urls}")),
+    };
+    if config.shards == 0 || config.shards > CONFIG_SHARDS_MAX {
+        return Err(format!(
+            "{CLUSTER_BUCKET}/config at {urls} names {} shards: not a turbo-dex cluster",
+            config.shards
+        ));
+    }
+    Ok(config)
+}
+
 /// What `turbo-dex cluster status` prints.
 pub fn status(urls: &str) -> Result<String, String> {
     let rt = runtime()?;
@@ -629,11 +649,7 @@ pub fn status(urls: &str) -> Result<String, String> {
         let b = open_buckets(&js, false, urls)
             .await
             .map_err(|e| e.to_string())?;
-        let config: ClusterConfig = match timeout(b.cluster.get("config")).await? {
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| format!("{CLUSTER_BUCKET}/config is not a turbo-dex config: {e}"))?,
-            None => return Err(format!("no turbo-dex cluster config at {urls}")),
-        };
+        let config = read_config(&b.cluster, urls).await?;
         let nodes = read_nodes(&b.nodes).await?;
         let leases = read_leases(&b.leases, config.shards).await?;
         let now = wall_ms();
@@ -723,16 +739,12 @@ pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, 
         let b = open_buckets(&js, false, urls)
             .await
             .map_err(|e| e.to_string())?;
-        let config: ClusterConfig = match timeout(b.cluster.get("config")).await? {
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| format!("{CLUSTER_BUCKET}/config is not a turbo-dex config: {e}"))?,
-            None => return Err(format!("no turbo-dex cluster config at {urls}")),
-        };
+        let config = read_config(&b.cluster, urls).await?;
         if shard >= config.shards {
             return Err(format!(
                 "shard {shard} does not exist: the cluster has {} shards (0 to {})",
                 config.shards,
-                config.shards - 1
+                config.shards.saturating_sub(1)
             ));
         }
         let now = wall_ms();
