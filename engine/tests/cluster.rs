@@ -141,10 +141,14 @@ struct Node {
 
 impl Node {
     fn start(url: &str, journal: &Path, shards: u32) -> Node {
+        Node::spawn(node_command(url, journal, shards), journal)
+    }
+
+    fn spawn(mut command: Command, journal: &Path) -> Node {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = journal.with_extension(format!("{n}.log"));
-        let mut child = node_command(url, journal, shards)
+        let mut child = command
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("spawn turbo-dex");
@@ -496,7 +500,10 @@ fn a_node_that_loses_nats_stops_serving_within_the_fence() {
     let mut nats = Nats::start(&bin);
     let dir = TempDir::new("cluster-fence");
     let journal = dir.join("a");
-    let a = Node::start(&nats.url(), &journal, SHARDS);
+    // `--cluster auto` finds NATS through NATS_URL.
+    let mut auto = node_command("auto", &journal, SHARDS);
+    auto.env("NATS_URL", nats.url());
+    let a = Node::spawn(auto, &journal);
     let id = node_id(&journal);
     let mut c = Client::login_version(a.addr, 1, 0, 2);
     wait_map(&mut c, "a owns every shard", |m| {
@@ -618,4 +625,44 @@ fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
         1,
         "{map:?}"
     );
+}
+
+#[test]
+fn cluster_flags_are_checked_before_anything_starts() {
+    let dir = TempDir::new("cluster-flags");
+    let journal = dir.str("a");
+    let cpu = tuning::allowed_cpus()
+        .expect("affinity")
+        .iter()
+        .next()
+        .expect("one CPU")
+        .to_string();
+    let common = ["--cores", &cpu, "--no-pin", "--quiet", "--admin", "none"];
+    let cluster = ["--cluster", "nats://127.0.0.1:1"];
+    // An unspecified listen address cannot be advertised.
+    let mut args = common.to_vec();
+    args.extend(cluster);
+    args.extend(["--listen", "0.0.0.0:0", "--journal", &journal]);
+    let out = turbo_dex_cli(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", testkit::output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give --advertise HOST:PORT"),
+        "{}",
+        testkit::output_text(&out)
+    );
+    // No journal, no node id.
+    let mut args = common.to_vec();
+    args.extend(cluster);
+    args.extend(["--listen", "127.0.0.1:0", "--journal", "none"]);
+    let out = turbo_dex_cli(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", testkit::output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cluster needs a journal directory"),
+        "{}",
+        testkit::output_text(&out)
+    );
+    // --advertise without --cluster is a usage error.
+    let out = turbo_dex_cli(&["--advertise", "127.0.0.1:9000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
 }
