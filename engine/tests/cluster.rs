@@ -144,14 +144,35 @@ impl Node {
         Node::spawn(node_command(url, journal, shards), journal)
     }
 
-    fn spawn(mut command: Command, journal: &Path) -> Node {
+    fn spawn(command: Command, journal: &Path) -> Node {
+        let (child, log) = Node::launch(command, journal);
+        Node::ready(child, log)
+    }
+
+    /// Two nodes started together: both processes are launched before
+    /// either is waited for, so that both register within the join window.
+    fn start_pair(url: &str, a: &Path, b: &Path) -> (Node, Node) {
+        let first = Node::launch(node_command(url, a, SHARDS), a);
+        let second = Node::launch(node_command(url, b, SHARDS), b);
+        (
+            Node::ready(first.0, first.1),
+            Node::ready(second.0, second.1),
+        )
+    }
+
+    fn launch(mut command: Command, journal: &Path) -> (Child, PathBuf) {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = journal.with_extension(format!("{n}.log"));
-        let mut child = command
+        let child = command
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("spawn turbo-dex");
+        (child, log)
+    }
+
+    /// Waits for a launched node's ready line.
+    fn ready(mut child: Child, log: PathBuf) -> Node {
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
@@ -351,8 +372,7 @@ fn two_nodes_split_the_shards_and_name_each_other() {
     let dir = TempDir::new("cluster-two");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
     // Started together: both register within the join window.
-    let a = Node::start(&nats.url(), &ja, SHARDS);
-    let b = Node::start(&nats.url(), &jb, SHARDS);
+    let (a, b) = Node::start_pair(&nats.url(), &ja, &jb);
     let (ida, idb) = (node_id(&ja), node_id(&jb));
     assert_ne!(ida, idb);
     let mut ca = Client::login_version(a.addr, 1, 0, 2);
@@ -552,8 +572,7 @@ fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
     let nats = Nats::start(&bin);
     let dir = TempDir::new("cluster-killed");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
-    let a = Node::start(&nats.url(), &ja, SHARDS);
-    let mut b = Node::start(&nats.url(), &jb, SHARDS);
+    let (a, mut b) = Node::start_pair(&nats.url(), &ja, &jb);
     let (ida, idb) = (node_id(&ja), node_id(&jb));
     let mut ca = Client::login_version(a.addr, 1, 0, 2);
     let map = wait_map(&mut ca, "an even split", |m| {
