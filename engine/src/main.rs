@@ -284,9 +284,10 @@ struct Args {
     /// key-value buckets (nats-server -js, 2.9 or later) and each serves
     /// only the shards it holds a lease on; orders for the others get
     /// Rejected(WrongNode) naming the owner. `auto`: $NATS_URL if set, else
-    /// nats://127.0.0.1:4222. Needs --journal (the node id is kept there)
-    /// and the same --shards on every node. Shards are claimed after a 2 s
-    /// join window; see README "Cluster".
+    /// nats://127.0.0.1:4222. Needs --journal (the node id is kept there),
+    /// and the same --shards and --symbols on every node (a node with others
+    /// is refused, exit code 3). Shards are claimed after a 2 s join window;
+    /// see README "Cluster".
     #[arg(long, value_name = "nats://HOST:PORT[,...]|auto")]
     cluster: Option<String>,
 
@@ -767,7 +768,13 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
             }
             let node_id = engine::cluster::node_id(&journal.config.dir)?;
             let view = std::sync::Arc::new(engine::cluster::ClusterView::new(node_id, shards));
-            match engine::cluster::agent::Joined::join(&urls, view.clone(), cpus.len() as u32) {
+            let config = engine::cluster::plan::ClusterConfig::new(shards, &cfg.symbols);
+            match engine::cluster::agent::Joined::join(
+                &urls,
+                view.clone(),
+                cpus.len() as u32,
+                config,
+            ) {
                 Ok(j) => {
                     cfg.cluster = Some(view);
                     Some(j)

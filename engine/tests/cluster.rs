@@ -217,6 +217,10 @@ impl Drop for Node {
 }
 
 fn node_command(url: &str, journal: &Path, shards: u32) -> Command {
+    node_command_with(url, journal, shards, &SYMBOLS.to_string())
+}
+
+fn node_command_with(url: &str, journal: &Path, shards: u32, symbols: &str) -> Command {
     let cpu = tuning::allowed_cpus()
         .expect("affinity")
         .iter()
@@ -229,7 +233,7 @@ fn node_command(url: &str, journal: &Path, shards: u32) -> Command {
         "--shards",
         &shards.to_string(),
         "--symbols",
-        &SYMBOLS.to_string(),
+        symbols,
         "--journal-segment-bytes",
         "1048576",
         "--cluster",
@@ -461,6 +465,23 @@ fn a_node_with_another_shard_count_is_refused() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    // Another symbol directory: refused too.
+    let out = node_command_with(
+        &nats.url(),
+        &dir.join("e"),
+        SHARDS,
+        "BTC-USD,ETH-USD,SOL-USD",
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .output()
+    .expect("run turbo-dex");
+    assert_eq!(out.status.code(), Some(3), "{}", testkit::output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has a directory of 8 symbols"),
+        "{}",
+        testkit::output_text(&out)
+    );
     // NATS unreachable: a clear error, exit 2.
     let out = node_command("nats://127.0.0.1:1", &dir.join("d"), SHARDS)
         .stdout(Stdio::piped())

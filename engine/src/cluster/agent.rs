@@ -197,9 +197,10 @@ async fn open_buckets(
     })
 }
 
-/// Checks (or, for the first node, writes) the cluster's shard count.
-async fn agree_config(cluster: &Store, shards: u32, urls: &str) -> Result<(), JoinError> {
-    let mine = ClusterConfig { shards };
+/// Checks (or, for the first node, writes) the cluster's shard count and
+/// symbol directory.
+async fn agree_config(cluster: &Store, mine: ClusterConfig, urls: &str) -> Result<(), JoinError> {
+    let shards = mine.shards;
     for _ in 0..3 {
         let entry = timeout(cluster.entry("config")).await.map_err(|e| {
             JoinError::Unavailable(format!("reading the cluster config on {urls}: {e}"))
@@ -230,6 +231,14 @@ async fn agree_config(cluster: &Store, shards: u32, urls: &str) -> Result<(), Jo
                 theirs.shards, theirs.shards
             )));
         }
+        if (theirs.symbols, theirs.directory_crc32c) != (mine.symbols, mine.directory_crc32c) {
+            return Err(JoinError::Refused(format!(
+                "the cluster at {urls} has a directory of {} symbols (checksum {:#010x}) but this \
+                 node's --symbols gives {} (checksum {:#010x}); every node of a cluster has the \
+                 same symbol directory, in the same order",
+                theirs.symbols, theirs.directory_crc32c, mine.symbols, mine.directory_crc32c
+            )));
+        }
         return Ok(());
     }
     Err(JoinError::Unavailable(format!(
@@ -253,14 +262,21 @@ async fn timeout<T, E: std::fmt::Display>(
 
 impl Joined {
     /// Connects to `urls`, opens (creating if needed) the buckets and
-    /// checks the cluster's shard count against `view`'s. Blocks the caller
-    /// (at most a few seconds).
-    pub fn join(urls: &str, view: Arc<ClusterView>, cores: u32) -> Result<Joined, JoinError> {
+    /// checks the cluster's config (shard count, symbol directory) against
+    /// `config` (whose shard count is `view`'s). Blocks the caller (at most
+    /// a few seconds).
+    pub fn join(
+        urls: &str,
+        view: Arc<ClusterView>,
+        cores: u32,
+        config: ClusterConfig,
+    ) -> Result<Joined, JoinError> {
+        debug_assert_eq!(config.shards, view.shard_count());
         let rt = runtime().map_err(JoinError::Unavailable)?;
         let buckets = rt.block_on(async {
             let js = connect(urls).await?;
             let buckets = open_buckets(&js, true, urls).await?;
-            agree_config(&buckets.cluster, view.shard_count(), urls).await?;
+            agree_config(&buckets.cluster, config, urls).await?;
             Ok::<_, JoinError>(buckets)
         })?;
         Ok(Joined {

@@ -85,10 +85,32 @@ pub struct Lease {
 }
 
 /// The cluster's configuration (key `config` of the cluster bucket),
-/// written once by the first node.
+/// written once by the first node; every node must have the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     pub shards: u32,
+    /// The symbol directory: its length and [`directory_checksum`]
+    /// (symbol ids are positions in it, so nodes must agree on it).
+    pub symbols: u32,
+    pub directory_crc32c: u32,
+}
+
+impl ClusterConfig {
+    /// The config of a node with `shards` shards and these symbols.
+    pub fn new(shards: u32, symbols: &[String]) -> ClusterConfig {
+        ClusterConfig {
+            shards,
+            symbols: symbols.len() as u32,
+            directory_crc32c: directory_checksum(symbols),
+        }
+    }
+}
+
+/// CRC-32C of the symbol names in order, each followed by a newline.
+pub fn directory_checksum(symbols: &[String]) -> u32 {
+    symbols.iter().fold(0, |crc, name| {
+        crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), b"\n")
+    })
 }
 
 /// One write the agent makes this round.
@@ -333,6 +355,17 @@ mod tests {
             },
             revision,
         })
+    }
+
+    #[test]
+    fn directories_differ_by_order_and_names() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = directory_checksum(&names(&["A", "B"]));
+        assert_eq!(a, directory_checksum(&names(&["A", "B"])));
+        assert_ne!(a, directory_checksum(&names(&["B", "A"])));
+        assert_ne!(a, directory_checksum(&names(&["AB"])));
+        let c = ClusterConfig::new(4, &names(&["A", "B"]));
+        assert_eq!((c.shards, c.symbols, c.directory_crc32c), (4, 2, a));
     }
 
     #[test]
