@@ -790,3 +790,48 @@ pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, 
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lists_nodes_and_every_shard() {
+        let node = |id: u64, heartbeat_ms| NodeRecord {
+            id,
+            address: format!("10.0.0.{id}:9000").parse().unwrap(),
+            cores: 2,
+            version: "test".into(),
+            shards: 3,
+            heartbeat_ms,
+        };
+        let nodes = [node(1, 10_000), node(2, 1_000)];
+        let lease = |owner, expires_ms, generation| {
+            Some(Lease {
+                record: LeaseRecord {
+                    owner,
+                    expires_ms,
+                    generation,
+                },
+                revision: 1,
+            })
+        };
+        let leases = [lease(1, 14_000, 1), None, lease(2, 5_000, 2)];
+        let now = 10_500;
+        let map = plan::build_map(now, wire::NO_NODE, &nodes, &leases);
+        let text = format_status("nats://x:4222", &map, &nodes, &leases, now);
+        assert!(
+            text.contains("3 shards, 2 node(s), map version 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 10.0.0.1:9000", format_node_id(1))),
+            "{text}"
+        );
+        assert!(text.contains("500 ms  alive"), "{text}");
+        assert!(text.contains("9500 ms  stale"), "{text}");
+        assert!(text.contains("3500 ms"), "{text}");
+        assert!(text.contains("unowned"), "{text}");
+        assert!(text.contains("(expired: not served)"), "{text}");
+    }
+}
