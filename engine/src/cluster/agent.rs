@@ -825,7 +825,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(&format!("{} 10.0.0.1:9000", format_node_id(1))),
+            text.lines()
+                .any(|l| l.starts_with(&format_node_id(1)) && l.contains("10.0.0.1:9000")),
             "{text}"
         );
         assert!(text.contains("500 ms  alive"), "{text}");
