@@ -380,12 +380,13 @@ fn two_nodes_split_the_shards_and_name_each_other() {
     let (ida, idb) = (node_id(&ja), node_id(&jb));
     assert_ne!(ida, idb);
     let mut ca = Client::login_version(a.addr, 1, 0, 2);
-    let mut cb = Client::login_version(b.addr, 1, 0, 2);
     let split = |m: &MapView| {
         m.owners.iter().filter(|&&o| o == ida).count() == 2
             && m.owners.iter().filter(|&&o| o == idb).count() == 2
     };
     let map_a = wait_map(&mut ca, "an even split seen by a", split);
+    // Logged on now: a session silent while a's map settles would time out.
+    let mut cb = Client::login_version(b.addr, 1, 0, 2);
     let map_b = wait_map(&mut cb, "an even split seen by b", split);
     assert_eq!(map_a.owners, map_b.owners, "both answer the same owners");
     assert_eq!((map_a.node, map_b.node), (ida, idb));

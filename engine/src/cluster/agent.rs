@@ -15,6 +15,7 @@
 //! | `turbo-dex-cluster` | `config` | [`ClusterConfig`] |
 //! | `turbo-dex-cluster` | `map` | the latest map a node saw change ([`MapJson`]) |
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -368,19 +369,27 @@ async fn run(
     });
     let mut round = tokio::time::interval(Duration::from_millis(ROUND_MS));
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The nodes come from one watch of their bucket for the agent's life
+    // (a listing per round would leave a consumer on the server each time).
+    let nodes: NodeTable = Arc::default();
+    let watcher = tokio::spawn(watch_nodes(buckets.nodes.clone(), Arc::clone(&nodes)));
     let mut agent = RoundState {
         me,
         cores,
         advertise,
         published: None,
         was_connected: true,
+        nodes,
     };
     loop {
         tokio::select! {
             _ = stop.notified() => break,
             _ = round.tick() => {}
         }
-        let may_claim = base.elapsed() >= Duration::from_millis(JOIN_WINDOW_MS);
+        // Claims also wait for the watch to have delivered this node's own
+        // record: then it has delivered every node registered before.
+        let may_claim =
+            base.elapsed() >= Duration::from_millis(JOIN_WINDOW_MS) && agent.sees_itself();
         let ok = tokio::select! {
             _ = stop.notified() => break,
             r = agent.round(&buckets, &view, base, may_claim) => r,
@@ -405,6 +414,7 @@ async fn run(
         }
     }
     fence.abort();
+    watcher.abort();
     // Leases are left to expire: a restart on this journal takes them back.
     for shard in view.served() {
         view.stop(shard);
@@ -418,9 +428,59 @@ struct RoundState {
     /// The map version last written to the cluster bucket.
     published: Option<u64>,
     was_connected: bool,
+    nodes: NodeTable,
+}
+
+/// The nodes bucket as the watch last delivered it, by key.
+type NodeTable = Arc<std::sync::Mutex<BTreeMap<String, NodeRecord>>>;
+
+fn node_list(table: &NodeTable) -> Vec<NodeRecord> {
+    match table.lock() {
+        Ok(t) => t.values().cloned().collect(),
+        Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+    }
+}
+
+/// Keeps `table` equal to the nodes bucket: one watch (the current value
+/// of every key, then each change), started again after a failure.
+async fn watch_nodes(store: Store, table: NodeTable) {
+    loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, store.watch_with_history(">")).await {
+            Ok(Ok(mut watch)) => {
+                while let Some(item) = watch.next().await {
+                    let Ok(entry) = item else { break };
+                    let record = match entry.operation {
+                        Operation::Put => serde_json::from_slice::<NodeRecord>(&entry.value).ok(),
+                        Operation::Delete | Operation::Purge => None,
+                    };
+                    let mut t = match table.lock() {
+                        Ok(t) => t,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    match record {
+                        // A bound on the table: far more nodes than any cluster has.
+                        Some(r) if t.len() < NODES_MAX || t.contains_key(&entry.key) => {
+                            t.insert(entry.key, r);
+                        }
+                        Some(_) => {}
+                        None => {
+                            t.remove(&entry.key);
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::debug!("cluster: watching the nodes: {e}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(ROUND_MS)).await;
+    }
 }
 
 impl RoundState {
+    fn sees_itself(&self) -> bool {
+        node_list(&self.nodes).iter().any(|n| n.id == self.me)
+    }
+
     async fn round(
         &mut self,
         b: &Buckets,
@@ -439,7 +499,7 @@ impl RoundState {
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         timeout(b.nodes.put(node_key(self.me), value.into())).await?;
-        let nodes = read_nodes(&b.nodes).await?;
+        let nodes = node_list(&self.nodes);
         let leases = read_leases(&b.leases, view.shard_count()).await?;
         let held: Vec<bool> = (0..view.shard_count()).map(|s| view.serves(s)).collect();
         let actions = plan::decide(&Round {
@@ -555,6 +615,11 @@ fn shard_key(shard: u32) -> String {
     format!("shard-{shard}")
 }
 
+/// The most node records the agent keeps.
+const NODES_MAX: usize = 4096;
+
+/// Every node record of the bucket, by listing its keys (one ephemeral
+/// consumer: for the operator commands, not for every round).
 async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String> {
     let mut keys = timeout(nodes.keys()).await?;
     let mut names = Vec::new();
@@ -565,8 +630,7 @@ async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String> {
             Ok(None) => break,
             Err(_) => return Err("listing the nodes: no answer from NATS".into()),
         }
-        // A bound on the bucket: far more nodes than any cluster has.
-        if names.len() > 4096 {
+        if names.len() > NODES_MAX {
             break;
         }
     }
