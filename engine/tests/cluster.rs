@@ -4,7 +4,10 @@
 //! map answers on both, a node with another shard count is refused, a
 //! restarted node takes its shards back, a node that loses NATS stops
 //! serving within the fence, and a killed node's shards stay unowned until
-//! an operator moves them. Without nats-server (the Debian package
+//! an operator moves them; and `--cluster auto` with nothing around, in a
+//! network namespace of its own (root and iproute2, else `SKIP:`), starts
+//! its own nats-server, takes every shard, and takes the server down with
+//! it. Without nats-server (the Debian package
 //! scripts/test.sh installs) each test says `SKIP:` and returns.
 //!
 //! The tests run one at a time (a lock): each starts a NATS server and up
@@ -706,4 +709,152 @@ fn cluster_flags_are_checked_before_anything_starts() {
     let out = turbo_dex_cli(&["--advertise", "127.0.0.1:9000"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
+}
+
+/// A network namespace of this test's own (loopback only, multicast on,
+/// so mDNS can run on it); deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Option<Netns> {
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = ip(&["netns", "del", &name]);
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = Netns(name);
+        let up = ip(&["-n", &ns.0, "link", "set", "lo", "up"])
+            && ip(&["-n", &ns.0, "link", "set", "lo", "multicast", "on"]);
+        up.then_some(ns)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `--cluster auto` with nothing around (no NATS_URL, no announcement,
+/// nothing on 127.0.0.1:4222), in a namespace of its own: the node starts
+/// a nats-server with JetStream under its journal, joins through it,
+/// takes every shard, and the server goes when the node stops.
+#[test]
+fn auto_with_nothing_around_starts_nats_and_takes_every_shard() {
+    need_nats_server!();
+    let _serial = serial();
+    let Some(ns) = Netns::new(format!("td-auto-{}", std::process::id())) else {
+        testkit::skip!("cannot create a network namespace (needs root and ip from iproute2)");
+        return;
+    };
+    let dir = TempDir::new("cluster-auto");
+    let journal = dir.join("journal");
+    let bin = env!("CARGO_BIN_EXE_turbo-dex");
+    let mut node = ns
+        .command(bin)
+        .args(["--listen", "127.0.0.1:0", "--cores", "0", "--poll", "block"])
+        .args(["--admin", "none", "--no-pin", "--quiet"])
+        .args([
+            "--shards",
+            &SHARDS.to_string(),
+            "--symbols",
+            &SYMBOLS.to_string(),
+        ])
+        .args(["--cluster", "auto", "--journal"])
+        .arg(&journal)
+        .env_remove("NATS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start turbo-dex in the namespace");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("turbo-dex listening on"));
+    if !listening {
+        let _ = node.kill();
+        let out = node.wait_with_output().unwrap();
+        panic!(
+            "the node did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = format!("{:016x}", node_id(&journal));
+    // `cluster status --cluster auto` in the namespace finds the node's
+    // server (announced by mDNS, or on 127.0.0.1:4222) and shows every
+    // shard owned by the node once its join window is over.
+    let started = Instant::now();
+    let status = loop {
+        let out = ns
+            .command(bin)
+            .args(["cluster", "status", "--cluster", "auto"])
+            .env_remove("NATS_URL")
+            .output()
+            .expect("cluster status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let owned = text
+            .lines()
+            .filter(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.len() >= 3 && cells[1] == id && cells[0].parse::<u32>().is_ok()
+            })
+            .count();
+        if out.status.success() && owned == SHARDS as usize {
+            break text;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "not every shard owned by {id} in time:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(status.contains("1 node(s)"), "{status}");
+    // The server it started lives under the journal directory.
+    assert!(
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains("nats")),
+        "no nats-server data under {}",
+        journal.display()
+    );
+    // SIGTERM: the node stops, and its nats-server with it (nothing
+    // answers on 127.0.0.1:4222 in the namespace any more).
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+    unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    let status = node.wait().expect("wait for the node");
+    assert!(status.success(), "the node exited with {status}");
+    let started = Instant::now();
+    loop {
+        let probe = ns
+            .command("bash")
+            .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/4222"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("probe");
+        if !probe.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the nats-server the node started outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
