@@ -31,7 +31,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # (engine/tests/admin.rs, tuning/tests/admin.rs, loadgen/tests/turbo_dex.rs).
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind) # scripts/book-cachegrind.sh and its test
-# nats-server: the market-data NATS bridge against a real server (engine/tests/md_nats.rs).
+# nats-server: the market-data NATS bridge and clusters (with -js) against a real server
+# (engine/tests/md_nats.rs, engine/tests/cluster.rs).
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 # chromium renders the bench report page to a PNG (benches/tests/report_page.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

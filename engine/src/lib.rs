@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod book;
+pub mod cluster;
 pub mod config;
 pub mod journal;
 pub mod mdbridge;

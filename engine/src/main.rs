@@ -280,6 +280,22 @@ struct Args {
     #[arg(long, value_name = "binary|json", default_value = "binary")]
     md_nats_format: engine::mdbridge::BridgeFormat,
 
+    /// Join a cluster: nodes share the symbol shards through NATS JetStream
+    /// key-value buckets (nats-server -js, 2.9 or later) and each serves
+    /// only the shards it holds a lease on; orders for the others get
+    /// Rejected(WrongNode) naming the owner. `auto`: $NATS_URL if set, else
+    /// nats://127.0.0.1:4222. Needs --journal (the node id is kept there)
+    /// and the same --shards on every node. Shards are claimed after a 2 s
+    /// join window; see README "Cluster".
+    #[arg(long, value_name = "nats://HOST:PORT[,...]|auto")]
+    cluster: Option<String>,
+
+    /// With --cluster: the order-entry address other nodes' clients are
+    /// sent to (HOST:PORT). Default: the listen address, if it is not
+    /// unspecified (0.0.0.0 or ::), with the port actually bound.
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster")]
+    advertise: Option<String>,
+
     /// Log lines on stderr as text (for people) or JSON (one object per
     /// line, for log collectors). RUST_LOG filters them (default: info).
     #[arg(long, value_enum, default_value = "text")]
@@ -378,6 +394,46 @@ enum Command {
     /// Manage the accounts file of --accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Look at or act on a cluster through its NATS server (no node needed).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        /// The cluster's NATS server(s); `auto`: $NATS_URL if set, else
+        /// nats://127.0.0.1:4222.
+        #[arg(
+            long = "cluster",
+            id = "cluster_nats",
+            value_name = "nats://HOST:PORT[,...]|auto",
+            default_value = "auto",
+            global = true
+        )]
+        nats: String,
+    },
+}
+
+/// What `turbo-dex cluster` does.
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Print the nodes (id, address, cores, heartbeat age) and every
+    /// shard's owner and time left on its lease.
+    Status,
+    /// Move shard SHARD to node ID (operator's decision): writes a lease
+    /// naming ID, already expired, so that node ID takes the shard on its
+    /// next round (within 1 s if it runs). Refused while another node holds
+    /// a live lease on it. For a shard whose owner is gone for good: copy
+    /// its journal to node ID's journal directory first, or accept that
+    /// the shard's orders are lost.
+    Claim {
+        /// The shard (0 to the cluster's shard count - 1).
+        shard: u32,
+        /// The node that gets it (16 hex digits, as `cluster status` shows).
+        #[arg(long, value_name = "ID")]
+        node: String,
+        /// Required: asserts that node ID has the shard's journal (or that
+        /// losing the shard's orders is accepted).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -488,6 +544,26 @@ fn admin_action(
     }
 }
 
+/// The exit code of a node its cluster refuses (another shard count, or
+/// buckets that are not a turbo-dex cluster's).
+const CLUSTER_REFUSED_EXIT: u8 = 3;
+
+/// `--advertise HOST:PORT`: the first address the host name resolves to.
+fn resolve_advertise(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let addr = text
+        .to_socket_addrs()
+        .map_err(|e| format!("--advertise {text}: {e}; give HOST:PORT"))?
+        .next()
+        .ok_or_else(|| format!("--advertise {text}: the name has no address"))?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(format!(
+            "--advertise {text}: give an address and port clients can connect to"
+        ));
+    }
+    Ok(addr)
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("turbo-dex: error: {msg}");
     ExitCode::from(2)
@@ -538,6 +614,22 @@ fn main() -> ExitCode {
         let report = tuning::check_host(&cfg);
         println!("{report}");
         return ExitCode::from(report.exit_code());
+    }
+    if let Some(Command::Cluster { action, nats }) = args.command {
+        let result = engine::cluster::cluster_urls(&nats).and_then(|urls| match action {
+            ClusterAction::Status => engine::cluster::agent::status(&urls),
+            ClusterAction::Claim { shard, node, force } => {
+                engine::cluster::agent::claim(&urls, shard, &node, force)
+            }
+        });
+        return match result {
+            Ok(text) => {
+                print!("{}", text.trim_end_matches('\n'));
+                println!();
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
     }
     if let Some(Command::Accounts(cmd)) = args.command {
         return match accounts_command(cmd) {
@@ -687,7 +779,53 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
     }
 
     keep_helpers_off_the_engine_cores(&cores, cfg.pin);
+    // A cluster node joins (and agrees on the shard count) before it
+    // starts: a refused node never recovers its journal or listens.
+    let joined = match &args.cluster {
+        None => None,
+        Some(arg) => {
+            let urls = engine::cluster::cluster_urls(arg)?;
+            let Some(journal) = &cfg.journal else {
+                return Err(
+                    "--cluster needs a journal directory (--journal DIR): the node id is kept \
+                     there, and a restarted node takes back its shards with it"
+                        .into(),
+                );
+            };
+            if args.advertise.is_none() && args.listen.ip().is_unspecified() {
+                return Err(format!(
+                    "--cluster: --listen {} is unspecified, so clients of other nodes could not \
+                     be told where to go; give --advertise HOST:PORT (this node's order-entry \
+                     address as others reach it)",
+                    args.listen
+                ));
+            }
+            let node_id = engine::cluster::node_id(&journal.config.dir)?;
+            let view = std::sync::Arc::new(engine::cluster::ClusterView::new(node_id, shards));
+            match engine::cluster::agent::Joined::join(&urls, view.clone(), cpus.len() as u32) {
+                Ok(j) => {
+                    cfg.cluster = Some(view);
+                    Some(j)
+                }
+                Err(engine::cluster::agent::JoinError::Refused(e)) => {
+                    eprintln!("turbo-dex: error: refused to join the cluster: {e}");
+                    return Ok(ExitCode::from(CLUSTER_REFUSED_EXIT));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
     let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
+    let agent = match joined {
+        None => None,
+        Some(j) => {
+            let advertise = match &args.advertise {
+                Some(a) => resolve_advertise(a)?,
+                None => server.local_addr(),
+            };
+            Some(j.start(advertise)?)
+        }
+    };
     tracing::info!(
         "{} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
         cpus.len(),
@@ -737,6 +875,9 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
             }
             None => {}
         }
+    }
+    if let Some(agent) = agent {
+        agent.stop();
     }
     let fin = server.stop();
     print!("{}", stats::final_report(&fin.total, fin.elapsed_secs));

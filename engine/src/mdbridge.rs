@@ -384,7 +384,7 @@ impl Drop for Bridge {
 
 /// `url` as async-nats server addresses: a comma-separated list of
 /// `nats://HOST:PORT`, `tls://HOST:PORT` or `HOST:PORT`.
-fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, String> {
+pub(crate) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, String> {
     if url.trim().is_empty() {
         return Err("the NATS URL is empty; expected nats://HOST:PORT".into());
     }

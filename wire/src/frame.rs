@@ -17,6 +17,7 @@
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::cluster::*;
 use crate::error::{DecodeError, EncodeError};
 use crate::md::*;
 use crate::msg::*;
@@ -154,6 +155,9 @@ kinds! {
     /// Dead-man's timer: arm, re-arm or disarm (version 2; refused by
     /// version 1 sessions).
     CancelAfter = 0x09 => CancelAfter, ToServer,
+    /// Ask a cluster node for its cluster map (version 2; refused by
+    /// version 1 sessions and by servers outside a cluster).
+    ClusterMapRequest = 0x0a => ClusterMapRequest, ToServer,
     /// Logon answer.
     HelloAck = 0x81 => HelloAck, ToClient,
     /// Symbol directory rows.
@@ -186,6 +190,14 @@ kinds! {
     MdStatus = 0x90 => MdStatus, ToClient,
     /// Session error; the server closes the connection after it.
     SessionError = 0x8f => SessionError, ToClient,
+    /// The owner of a shard, after a `Rejected(WrongNode)` (version 2).
+    ShardOwner = 0x91 => ShardOwner, ToClient,
+    /// The cluster map's header, answer to a ClusterMapRequest (version 2).
+    ClusterMap = 0x92 => ClusterMap, ToClient,
+    /// One node of the cluster map (version 2).
+    ClusterNode = 0x93 => ClusterNode, ToClient,
+    /// One shard of the cluster map and its owner (version 2).
+    ClusterShard = 0x94 => ClusterShard, ToClient,
 }
 
 /// Casts a body whose length the decoder has already checked.

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod error;
 pub mod frame;
 pub mod limits;
@@ -33,6 +34,7 @@ pub mod md;
 pub mod msg;
 pub mod types;
 
+pub use cluster::*;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     DEFAULT_MAX_FRAME_BYTES, Decoded, Decoder, Direction, Frame, FrameBuf, FrameWriter, Frames,

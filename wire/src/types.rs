@@ -195,6 +195,33 @@ wire_enum! {
         TooManyOpenOrders = 18 => "too many open orders for the account",
         /// An operator's kill switch blocks the account's new orders.
         AccountBlocked = 19 => "account blocked by the operator",
+        /// In a cluster, this node does not serve the symbol's shard: send
+        /// the request to the owner (a version 2 session gets a
+        /// [`ShardOwner`](crate::ShardOwner) naming it right after).
+        WrongNode = 20 => "wrong node: another node owns the symbol's shard",
+    }
+}
+
+wire_enum! {
+    /// How a node's order-entry address is written in [`ShardOwner`](crate::ShardOwner)
+    /// and [`ClusterNode`](crate::ClusterNode).
+    AddressFamily: u8, field = "address_family" {
+        /// No address: no owner is known (address and port are zero).
+        None = 0 => "none",
+        /// IPv4: the 4 address bytes first, in network order, then 12 zero bytes.
+        Ipv4 = 1 => "IPv4",
+        /// IPv6: the 16 address bytes in network order.
+        Ipv6 = 2 => "IPv6",
+    }
+}
+
+wire_enum! {
+    /// A node's state in a [`ClusterNode`](crate::ClusterNode).
+    NodeState: u8, field = "node_state" {
+        /// Its heartbeat is recent (within the cluster's node timeout).
+        Alive = 1 => "alive",
+        /// Its heartbeat is older than the node timeout: it may be gone.
+        Stale = 2 => "stale",
     }
 }
 

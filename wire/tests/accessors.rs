@@ -3,12 +3,13 @@
 
 use proptest::prelude::*;
 use wire::{
-    Accepted, Cancel, CancelReason, Canceled, DecodeError, Direction, Fill,
-    HELLO_CANCEL_ON_DISCONNECT, Hello, Kind, Liquidity, MD_DEPTH_SNAPSHOT, MdDepth, MdStatus,
-    MdStatusEvent, MdTopOfBook, MdTrade, NewOrder, ORDER_POST_ONLY, ORDER_STP_SHIFT, OrderQuery,
-    OrderState, OrderStatus, OrderType, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
-    REPLACED_PRIORITY_KEPT, RejectReason, Rejected, Replace, Replaced, SelfTradePrevention,
-    SessionError, SessionErrorCode, Side, Subscribe, TimeInForce, TopLevel, U16, U32,
+    Accepted, AddressFamily, Cancel, CancelReason, Canceled, ClusterMapRequest, ClusterNode,
+    ClusterShard, DecodeError, Direction, Fill, HELLO_CANCEL_ON_DISCONNECT, Hello, Kind, Liquidity,
+    MD_DEPTH_SNAPSHOT, MdDepth, MdStatus, MdStatusEvent, MdTopOfBook, MdTrade, NewOrder, NodeState,
+    ORDER_POST_ONLY, ORDER_STP_SHIFT, OrderQuery, OrderState, OrderStatus, OrderType,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, REPLACED_PRIORITY_KEPT, RejectReason, Rejected,
+    Replace, Replaced, SelfTradePrevention, SessionError, SessionErrorCode, ShardOwner, Side,
+    Subscribe, TimeInForce, TopLevel, U16, U32,
 };
 
 /// Checks `from_wire` over every value of the representation: the listed
@@ -57,6 +58,29 @@ fn every_enum_accepts_exactly_its_values() {
     check_enum!(RejectReason, u16, "reject_reason");
     check_enum!(SessionErrorCode, u16, "session_error_code");
     check_enum!(MdStatusEvent, u8, "md_status_event");
+    check_enum!(AddressFamily, u8, "address_family");
+    check_enum!(NodeState, u8, "node_state");
+}
+
+#[test]
+fn cluster_messages_read_back_what_they_were_built_with() {
+    let v6: std::net::SocketAddr = "[2001:db8::42]:9100".parse().unwrap();
+    let n = ClusterNode::new(7, v6, NodeState::Stale, 16, 5, 1_500);
+    assert_eq!(n.node_address(), Ok(Some(v6)));
+    assert_eq!(n.state(), Ok(NodeState::Stale));
+    assert_eq!((n.cores.get(), n.shards_owned.get()), (16, 5));
+    let owner = ShardOwner::new(9, 11, 3, 4, Some((7, v6)), Kind::Cancel);
+    assert_eq!(owner.owner_address(), Ok(Some(v6)));
+    assert_eq!(owner.family, AddressFamily::Ipv6.to_wire());
+    let mut bad = owner;
+    bad.family = 3;
+    assert!(bad.owner_address().is_err());
+    let s = ClusterShard::new(3, 7, 4_000);
+    assert_eq!(
+        (s.shard.get(), s.owner.get(), s.lease_remaining_ms.get()),
+        (3, 7, 4_000)
+    );
+    assert_eq!(ClusterMapRequest::new(5).token.get(), 5);
 }
 
 #[test]

@@ -251,6 +251,41 @@ fn layouts() -> BTreeMap<&'static str, (usize, Vec<Field>)> {
             checksum,
             levels
         }),
+        layout!(ClusterMapRequest { token }),
+        layout!(ShardOwner {
+            client_order_id,
+            symbol,
+            shard,
+            map_version,
+            node_id,
+            address,
+            port,
+            family,
+            request_kind,
+            reserved
+        }),
+        layout!(ClusterMap {
+            token,
+            map_version,
+            node_id,
+            shard_count,
+            node_count
+        }),
+        layout!(ClusterNode {
+            node_id,
+            address,
+            port,
+            family,
+            state,
+            cores,
+            shards_owned,
+            heartbeat_age_ms
+        }),
+        layout!(ClusterShard {
+            shard,
+            lease_remaining_ms,
+            owner
+        }),
     ];
     all.into_iter().map(|(n, s, f)| (n, (s, f))).collect()
 }
@@ -432,6 +467,8 @@ fn every_enum_table_matches_the_type() {
         enum_values!(SessionErrorCode),
         enum_values!(OrderState),
         enum_values!(MdStatusEvent),
+        enum_values!(AddressFamily),
+        enum_values!(NodeState),
     ]
     .into_iter()
     .collect();
@@ -1045,6 +1082,27 @@ fn example_top_of_book() -> Vec<u8> {
     v2_frame(&[MdTopOfBook::new(MD_SYMBOL, 43, MD_TRADE_NS, bid, ask)])
 }
 
+/// The cluster examples: a NewOrder for symbol 7 (shard 3 of 4) sent to a
+/// node that does not own shard 3; node 0x2a owns it at 10.0.0.2:9000, in
+/// version 12 of the map.
+fn example_wrong_node() -> (Vec<u8>, Vec<u8>) {
+    let rejected = v2_frame(&[Rejected::new(
+        1,
+        MD_SYMBOL,
+        RejectReason::WrongNode,
+        Kind::NewOrder,
+    )]);
+    let owner = v2_frame(&[ShardOwner::new(
+        1,
+        MD_SYMBOL,
+        3,
+        12,
+        Some((0x2a, "10.0.0.2:9000".parse().unwrap())),
+        Kind::NewOrder,
+    )]);
+    (rejected, owner)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -1102,6 +1160,17 @@ fn note(message: &str, field: &str, value: u64) -> String {
             name(MdStatusEvent::from_wire(value as u8).map(MdStatusEvent::as_str))
         ),
         ("MdStatus", "checksum") => format!("0x{value:08x}"),
+        ("Rejected", "reason") => format!(
+            "{value} = {}",
+            RejectReason::from_wire(value as u16).map_or("?".to_string(), |r| format!("{r:?}"))
+        ),
+        ("Rejected" | "ShardOwner", "request_kind") => {
+            format!("{value} = {:?}", Kind::from_wire(value as u8).unwrap())
+        }
+        ("ShardOwner", "family") => format!(
+            "{value} = {}",
+            name(AddressFamily::from_wire(value as u8).map(AddressFamily::as_str))
+        ),
         ("NewOrder", "flags") => format!(
             "0x{value:02x} = self-trade prevention {}",
             name(
@@ -1133,6 +1202,11 @@ fn render(title: &str, frame: &[u8]) -> String {
         };
         let value = if f.name.starts_with("reserved") && bytes.iter().all(|&b| b == 0) {
             "0".to_string()
+        } else if f.name == "address" {
+            format!(
+                "{}.{}.{}.{}, then 12 zero bytes",
+                bytes[0], bytes[1], bytes[2], bytes[3]
+            )
         } else if f.ty.starts_with("u8[") {
             let text = bytes.split(|&b| b == 0).next().unwrap_or_default();
             format!("\"{}\", NUL-padded", String::from_utf8_lossy(text))
@@ -1221,6 +1295,8 @@ fn hex_examples_are_the_bytes_the_encoder_writes() {
         render("An MdTrade frame", &market_data[2]),
         render("An MdDepth frame with one update", &market_data[3]),
         render("An MdTopOfBook frame", &market_data[4]),
+        render("A Rejected frame (WrongNode)", &example_wrong_node().0),
+        render("A ShardOwner frame", &example_wrong_node().1),
     ] {
         assert!(
             doc.contains(&block),

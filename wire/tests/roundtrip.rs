@@ -68,7 +68,7 @@ fn check_round_trip(batch: &Batch, encoder: Encoder) {
 /// left to chance.
 #[test]
 fn every_kind_round_trips_through_every_encoder() {
-    assert_eq!(Kind::ALL.len(), 25);
+    assert_eq!(Kind::ALL.len(), 30);
     for &kind in Kind::ALL {
         let mut runner = TestRunner::new(Config {
             cases: 48,

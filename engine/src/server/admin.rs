@@ -45,6 +45,8 @@ pub struct AdminState {
     previous: Mutex<Option<Sample>>,
     /// The token the kill switch's POSTs must carry; `None` refuses them.
     admin_token: Option<String>,
+    /// This node's view of its cluster (`--cluster`).
+    cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// Starts the admin endpoint for a server being started.
@@ -67,6 +69,7 @@ pub(super) fn start(
         config: effective_config(cfg),
         previous: Mutex::new(None),
         admin_token: cfg.admin_token.clone().filter(|t| !t.is_empty()),
+        cluster: cfg.cluster.clone(),
     };
     let server = AdminServer::start(AdminConfig::new(addr, "turbo-dex-admin"), Arc::new(state))?;
     // On stdout like the order-entry address, and before recovery, so that
@@ -306,7 +309,105 @@ struct StatsBody {
     cores: Vec<CoreBody>,
     shard_stats: Vec<ShardCounters>,
     internal_errors: u64,
+    /// Present with `--cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterBody>,
     config: serde_json::Value,
+}
+
+/// The cluster view in `/stats`.
+#[derive(Serialize)]
+struct ClusterBody {
+    node_id: String,
+    map_version: u64,
+    /// Shards this node serves now.
+    owned_shards: Vec<u32>,
+    /// Whether the agent's last round reached NATS.
+    nats_connected: bool,
+    lease_renew_failures: u64,
+    /// Shards the fence stopped serving because renewals failed.
+    fenced_shards: u64,
+    nodes: Vec<ClusterNodeBody>,
+    /// Per shard: the owner's node id, or null.
+    owners: Vec<Option<String>>,
+}
+
+#[derive(Serialize)]
+struct ClusterNodeBody {
+    node_id: String,
+    address: Option<SocketAddr>,
+    cores: u32,
+    shards_owned: u32,
+    alive: bool,
+    heartbeat_age_ms: u32,
+}
+
+fn cluster_body(view: &crate::cluster::ClusterView) -> ClusterBody {
+    use crate::cluster::format_node_id;
+    let map = view.map();
+    ClusterBody {
+        node_id: format_node_id(view.node_id()),
+        map_version: map.version,
+        owned_shards: view.served(),
+        nats_connected: view.connected.load(Ordering::Relaxed),
+        lease_renew_failures: view.renew_failures.load(Ordering::Relaxed),
+        fenced_shards: view.fenced.load(Ordering::Relaxed),
+        nodes: map
+            .nodes
+            .iter()
+            .map(|n| ClusterNodeBody {
+                node_id: format_node_id(n.node_id.get()),
+                address: n.node_address().ok().flatten(),
+                cores: n.cores.get(),
+                shards_owned: n.shards_owned.get(),
+                alive: n.state() == Ok(wire::NodeState::Alive),
+                heartbeat_age_ms: n.heartbeat_age_ms.get(),
+            })
+            .collect(),
+        owners: map
+            .shards
+            .iter()
+            .map(|s| (s.owner.get() != wire::NO_NODE).then(|| format_node_id(s.owner.get())))
+            .collect(),
+    }
+}
+
+/// The cluster's series in `/metrics`.
+fn cluster_metrics(e: &mut Encoder, view: &crate::cluster::ClusterView) {
+    let id = crate::cluster::format_node_id(view.node_id());
+    e.gauge(
+        "turbo_dex_cluster_node_info",
+        "This node's id in its cluster; the value is always 1.",
+        &[(&[("node_id", id.as_str())], 1.0)],
+    );
+    e.gauge(
+        "turbo_dex_cluster_map_version",
+        "The version of the cluster map this node holds.",
+        &[(&[], view.map_version() as f64)],
+    );
+    e.gauge(
+        "turbo_dex_cluster_owned_shards",
+        "Shards this node serves now.",
+        &[(&[], view.served().len() as f64)],
+    );
+    e.gauge(
+        "turbo_dex_cluster_nats_connected",
+        "1 when the cluster agent's last round reached NATS.",
+        &[(
+            &[],
+            f64::from(u8::from(view.connected.load(Ordering::Relaxed))),
+        )],
+    );
+    e.counter(
+        "turbo_dex_cluster_lease_renew_failures_total",
+        "Lease renewals (or claims of this node's own shards) that failed.",
+        &[(&[], view.renew_failures.load(Ordering::Relaxed) as f64)],
+    );
+    e.counter(
+        "turbo_dex_cluster_fenced_shards_total",
+        "Shards this node stopped serving because their leases were not renewed in time.",
+        &[(&[], view.fenced.load(Ordering::Relaxed) as f64)],
+    );
 }
 
 #[derive(Serialize)]
@@ -447,6 +548,7 @@ impl StatsBody {
             cores: core_bodies(a, before, now, secs),
             shard_stats: a.shard_stats(),
             internal_errors: t.internal_errors,
+            cluster: a.cluster.as_deref().map(cluster_body),
             config: a.config.clone(),
         }
     }
@@ -666,6 +768,9 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
     per_core(&mut e, a, before, now, secs);
     journal_metrics(&mut e, &t);
     shard_metrics(&mut e, a);
+    if let Some(view) = &a.cluster {
+        cluster_metrics(&mut e, view);
+    }
     e.finish()
 }
 

@@ -144,6 +144,10 @@ pub struct ServerConfig {
     /// TLS 1.3 on the order-entry listener (see [`tls`]), or `None` for
     /// plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// In a cluster (`--cluster`): the shards this node serves and the
+    /// cluster map, kept by the cluster agent. `None`: every shard is
+    /// served, and the cores skip the ownership check.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// The NATS market-data bridge's settings (`--md-nats`).
@@ -195,6 +199,7 @@ impl ServerConfig {
             md_max_queue: MD_MAX_QUEUE_BYTES,
             md_nats: None,
             tls: None,
+            cluster: None,
             cpus,
         }
     }

@@ -349,6 +349,7 @@ fn spawn_cores(
                 order_limits: cfg.order_limits,
             },
             tls: tls.next().flatten(),
+            cluster: cfg.cluster.clone(),
         };
         let (go_tx, go_rx) = mpsc::channel::<u32>();
         go.push(go_tx);

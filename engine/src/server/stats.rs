@@ -76,8 +76,8 @@ pub struct Counters {
     pub journal_write_hist: [u64; JOURNAL_WRITE_BUCKETS_S.len() + 1],
 }
 
-/// Reject reasons a counter array holds (wire values 1..=19, 0 unused).
-pub const REJECT_REASONS: usize = 20;
+/// Reject reasons a counter array holds (wire values 1..=20, 0 unused).
+pub const REJECT_REASONS: usize = 21;
 /// Close reasons a counter array holds (SessionError codes 1..=17, 0: none).
 pub const CLOSE_REASONS: usize = 18;
 /// Upper bounds of the journal write latency buckets, in seconds.

@@ -58,6 +58,10 @@ pub enum Msg {
     MdTop(MdTopOfBook),
     MdDepth(MdDepth),
     MdStatus(MdStatus),
+    ShardOwner(wire::ShardOwner),
+    ClusterMap(wire::ClusterMap),
+    ClusterNode(wire::ClusterNode),
+    ClusterShard(wire::ClusterShard),
     Other(Kind),
 }
 
@@ -198,6 +202,10 @@ impl Client {
                 Frame::MdTopOfBook(m) => got.extend(m.iter().map(|x| Msg::MdTop(*x))),
                 Frame::MdDepth(m) => got.extend(m.iter().map(|x| Msg::MdDepth(*x))),
                 Frame::MdStatus(m) => got.extend(m.iter().map(|x| Msg::MdStatus(*x))),
+                Frame::ShardOwner(m) => got.extend(m.iter().map(|x| Msg::ShardOwner(*x))),
+                Frame::ClusterMap(m) => got.extend(m.iter().map(|x| Msg::ClusterMap(*x))),
+                Frame::ClusterNode(m) => got.extend(m.iter().map(|x| Msg::ClusterNode(*x))),
+                Frame::ClusterShard(m) => got.extend(m.iter().map(|x| Msg::ClusterShard(*x))),
                 other => got.push(Msg::Other(other.kind())),
             }
         }

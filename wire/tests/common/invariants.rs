@@ -40,6 +40,11 @@ pub fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
         Frame::MdTopOfBook(m) => m.as_bytes(),
         Frame::MdDepth(m) => m.as_bytes(),
         Frame::MdStatus(m) => m.as_bytes(),
+        Frame::ClusterMapRequest(m) => m.as_bytes(),
+        Frame::ShardOwner(m) => m.as_bytes(),
+        Frame::ClusterMap(m) => m.as_bytes(),
+        Frame::ClusterNode(m) => m.as_bytes(),
+        Frame::ClusterShard(m) => m.as_bytes(),
     }
 }
 
@@ -89,6 +94,11 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
             let _ = d.is_snapshot();
         }),
         Frame::MdStatus(m) => m.iter().for_each(|s| count(s.event().map(drop))),
+        Frame::ShardOwner(m) => m.iter().for_each(|o| count(o.owner_address().map(drop))),
+        Frame::ClusterNode(m) => m.iter().for_each(|n| {
+            count(n.node_address().map(drop));
+            count(n.state().map(drop));
+        }),
         Frame::MdTopOfBook(m) => m.iter().for_each(|t| {
             let _ = (t.bid(), t.ask());
         }),
@@ -103,7 +113,10 @@ pub fn touch_every_field(frame: &Frame<'_>) -> usize {
         | Frame::ServerHeartbeat(_)
         | Frame::Trade(_)
         | Frame::TopOfBook(_)
-        | Frame::MdTrade(_) => {}
+        | Frame::MdTrade(_)
+        | Frame::ClusterMapRequest(_)
+        | Frame::ClusterMap(_)
+        | Frame::ClusterShard(_) => {}
     }
     errors
 }

@@ -134,6 +134,7 @@ batches! {
     HelloAck, SymbolEntry, Accepted, Rejected, Fill, Canceled, Replaced,
     ServerHeartbeat, Trade, TopOfBook, OrderStatus, SessionError,
     MdTrade, MdTopOfBook, MdDepth, MdStatus,
+    ClusterMapRequest, ShardOwner, ClusterMap, ClusterNode, ClusterShard,
 }
 
 /// Any kind, any batch.

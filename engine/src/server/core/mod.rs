@@ -82,6 +82,8 @@ pub struct CoreConfig {
     pub session: SessionConfig,
     /// The handshake threads' queues, on a TLS listener.
     pub tls: Option<crate::server::tls::CoreTls>,
+    /// The cluster's view of which shards this node serves, in a cluster.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// Durability of a core's shards: their journals and the channels to the

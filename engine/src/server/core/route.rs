@@ -549,6 +549,61 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
         &mut self.st.router.counters
     }
 
+    #[inline]
+    fn serves(&self, symbol: u32) -> bool {
+        let Some(view) = &self.st.cfg.cluster else {
+            return true;
+        };
+        // The global shard from the placement (shard k is core k % cores'
+        // (k / cores)-th): no division on the order path.
+        self.st
+            .cfg
+            .placement
+            .get(symbol as usize)
+            .is_some_and(|p| view.serves(p.shard * self.st.cfg.ncores as u32 + p.core))
+    }
+
+    fn shard_owner(&self, client_order_id: u64, symbol: u32, kind: Kind) -> wire::ShardOwner {
+        let shard = symbol % self.st.cfg.shard_count.max(1);
+        let (version, owner) = match &self.st.cfg.cluster {
+            Some(view) => {
+                let map = view.map();
+                // This node is never named: it does not serve the shard now.
+                let owner = map
+                    .owners
+                    .get(shard as usize)
+                    .copied()
+                    .flatten()
+                    .filter(|&(id, _)| id != view.node_id());
+                (map.version, owner)
+            }
+            None => (0, None),
+        };
+        wire::ShardOwner::new(client_order_id, symbol, shard, version, owner, kind)
+    }
+
+    fn cluster_map(&mut self, token: u64) -> bool {
+        let Some(view) = &self.st.cfg.cluster else {
+            return false;
+        };
+        let map = view.map();
+        let header = wire::ClusterMap {
+            token: wire::U64::new(token),
+            map_version: wire::U64::new(map.version),
+            node_id: wire::U64::new(view.node_id()),
+            shard_count: wire::U32::new(map.shards.len() as u32),
+            node_count: wire::U32::new(map.nodes.len() as u32),
+        };
+        self.answer(&header);
+        for n in &map.nodes {
+            self.answer(n);
+        }
+        for s in &map.shards {
+            self.answer(s);
+        }
+        true
+    }
+
     fn set_version(&mut self, version: u8) {
         if let Some(c) = self.st.router.conns.slot_mut(self.slot) {
             c.out.set_version(version);

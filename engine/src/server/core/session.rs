@@ -162,6 +162,13 @@ pub trait Effects {
     /// against the account's limit and, with accounts, hands the password
     /// to the auth thread.
     fn logon(&mut self, account: u64, credentials: &[u8; 32]) -> Logon;
+    /// Whether this node serves `symbol`'s shard (checked to exist): always
+    /// outside a cluster; in one, one atomic load.
+    fn serves(&self, symbol: u32) -> bool;
+    /// The `ShardOwner` that follows a `Rejected(WrongNode)` (cluster only).
+    fn shard_owner(&self, client_order_id: u64, symbol: u32, kind: Kind) -> wire::ShardOwner;
+    /// Answers a ClusterMapRequest with the map; false outside a cluster.
+    fn cluster_map(&mut self, token: u64) -> bool;
 }
 
 /// Why a connection is being closed: the SessionError it is sent, and the
@@ -375,6 +382,21 @@ impl SessionLayer {
                 reject(fx, 0, symbol, RejectReason::NotSupported, Kind::Subscribe);
             }),
             Frame::Subscribe(subs) => self.subscribes(subs, from, fx),
+            Frame::ClusterMapRequest(reqs) => {
+                let version = s.version;
+                answered(reqs, from, fx, |fx, r| {
+                    let token = r.token.get();
+                    if version < 2 || !fx.cluster_map(token) {
+                        reject(
+                            fx,
+                            token,
+                            0,
+                            RejectReason::NotSupported,
+                            Kind::ClusterMapRequest,
+                        );
+                    }
+                })
+            }
             // The server decoder refuses client-bound kinds before this.
             other => {
                 return Err(CloseReason::new(
@@ -402,7 +424,17 @@ impl SessionLayer {
             }
             let (id, symbol) = (o.client_order_id.get(), o.symbol.get());
             let duplicate = s.client_order_ids.last().is_some_and(|last| id <= last);
-            if duplicate || symbol >= self.cfg.symbol_count {
+            let known = symbol < self.cfg.symbol_count;
+            if !duplicate && known && !fx.serves(symbol) {
+                // Another node's shard (PROTOCOL.md §8.11): the id is used.
+                if !fx.settled() {
+                    return Ok(Some(Stop::Fenced(i)));
+                }
+                fx.counters().orders_in += 1;
+                let admitted = s.client_order_ids.admit(id);
+                debug_assert!(admitted);
+                wrong_node(s, fx, id, symbol, Kind::NewOrder);
+            } else if duplicate || !known {
                 // Answered here: nothing may change before the fence.
                 if !fx.settled() {
                     return Ok(Some(Stop::Fenced(i)));
@@ -460,6 +492,11 @@ impl SessionLayer {
                     return Ok(Some(Stop::Fenced(i)));
                 }
                 reject(fx, id, symbol, RejectReason::UnknownSymbol, kind);
+            } else if !fx.serves(symbol) {
+                if !fx.settled() {
+                    return Ok(Some(Stop::Fenced(i)));
+                }
+                wrong_node(s, fx, id, symbol, kind);
             } else if entry == Entry::Rated {
                 match rate_check(s, i, fx, id, symbol, kind)? {
                     Rated::Go => fx.route(symbol, command(s, op)),
@@ -496,6 +533,8 @@ impl SessionLayer {
                 Some(RejectReason::InvalidFlags)
             } else if symbol >= self.cfg.symbol_count && !all {
                 Some(RejectReason::UnknownSymbol)
+            } else if !all && !fx.serves(symbol) {
+                Some(RejectReason::WrongNode)
             } else {
                 None
             };
@@ -503,7 +542,11 @@ impl SessionLayer {
                 if !fx.settled() {
                     return Some(Stop::Fenced(i));
                 }
-                reject(fx, id, symbol, reason, Kind::MassCancel);
+                if reason == RejectReason::WrongNode {
+                    wrong_node(s, fx, id, symbol, Kind::MassCancel);
+                } else {
+                    reject(fx, id, symbol, reason, Kind::MassCancel);
+                }
                 continue;
             }
             let cmd = command(s, Op::MassCancel { symbol });
@@ -859,6 +902,15 @@ fn answered<T, F: FnMut(&mut E, &T), E: Effects>(
         answer(fx, m);
     }
     None
+}
+
+/// `Rejected(WrongNode)`, then, in version 2, the `ShardOwner` naming the owner.
+fn wrong_node(s: &Session, fx: &mut impl Effects, id: u64, symbol: u32, kind: Kind) {
+    reject(fx, id, symbol, RejectReason::WrongNode, kind);
+    if s.version >= 2 {
+        let owner = fx.shard_owner(id, symbol, kind);
+        fx.answer(&owner);
+    }
 }
 
 fn reject(

@@ -28,6 +28,10 @@ struct Recorder {
     /// What `logon` answers (`None`: granted), and the logons asked for.
     logon_pending: bool,
     logons: Vec<(u64, Vec<u8>)>,
+    /// In a cluster: the symbols this node does not serve.
+    foreign: Vec<u32>,
+    /// In a cluster: map requests are answered.
+    in_cluster: bool,
 }
 
 impl Effects for Recorder {
@@ -95,6 +99,19 @@ impl Effects for Recorder {
     }
     fn subscribe(&mut self, symbol: u32, flags: u32) {
         self.log.push(format!("subscribe {symbol:#x} {flags}"));
+    }
+    fn serves(&self, symbol: u32) -> bool {
+        !self.foreign.contains(&symbol)
+    }
+    fn shard_owner(&self, client_order_id: u64, symbol: u32, kind: Kind) -> wire::ShardOwner {
+        let owner = (9, "10.0.0.9:9000".parse().unwrap());
+        wire::ShardOwner::new(client_order_id, symbol, symbol % 2, 5, Some(owner), kind)
+    }
+    fn cluster_map(&mut self, token: u64) -> bool {
+        if self.in_cluster {
+            self.log.push(format!("map {token}"));
+        }
+        self.in_cluster
     }
 }
 
@@ -821,4 +838,89 @@ fn version_1_sessions_cannot_arm_a_cancel_after() {
         l.poll_timers(&s, &busy_clock(100_000)),
         Timer::Nothing
     ));
+}
+
+#[test]
+fn requests_for_another_nodes_shard_get_wrong_node_and_the_owner_in_order() {
+    let l = layer();
+    let mut fx = Recorder {
+        foreign: vec![1],
+        in_cluster: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    let data = [
+        bytes(&[order(7, 0), order(8, 1), order(9, 0)]),
+        bytes(&[Cancel::new(7, 1), Cancel::new(7, 0)]),
+        bytes(&[
+            MassCancel::new(4, 1),
+            MassCancel::new(5, MASS_CANCEL_ALL_SYMBOLS),
+        ]),
+        bytes(&[wire::ClusterMapRequest::new(3)]),
+    ]
+    .concat();
+    // The WrongNode waits for order 7's answer, like any reject made here.
+    let (used, cursor, end) = l.handle_input(&mut s, &data, 0, &mut fx);
+    assert!(matches!(end, InputEnd::Fenced), "{end:?}");
+    assert_eq!((used, cursor), (0, 1));
+    fx.settle_on_ask = true;
+    let (used, _, end) = l.handle_input(&mut s, &data, cursor, &mut fx);
+    assert!(matches!(end, InputEnd::Done), "{end:?}");
+    assert_eq!(used, data.len());
+    assert_eq!(
+        fx.log,
+        [
+            "route 7",
+            "Rejected 8 Ok(WrongNode)",
+            "ShardOwner",
+            "route 9",
+            "Rejected 7 Ok(WrongNode)",
+            "ShardOwner",
+            "route 7",
+            "Rejected 4 Ok(WrongNode)",
+            "ShardOwner",
+            "mass cancel 0xffffffff",
+            "map 3",
+        ]
+    );
+    // Id 8 was used: resending it to this node is a duplicate.
+    let again = bytes(&[order(8, 0)]);
+    fx.log.clear();
+    l.handle_input(&mut s, &again, 0, &mut fx);
+    assert_eq!(fx.log, ["Rejected 8 Ok(DuplicateClientOrderId)"]);
+}
+
+#[test]
+fn version_1_gets_wrong_node_alone_and_no_cluster_map() {
+    let l = layer();
+    let mut fx = Recorder {
+        foreign: vec![1],
+        in_cluster: true,
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on_with(&l, &mut fx, 1);
+    let data = [
+        bytes(&[order(8, 1)]),
+        bytes(&[wire::ClusterMapRequest::new(3)]),
+    ]
+    .concat();
+    l.handle_input(&mut s, &data, 0, &mut fx);
+    assert_eq!(
+        fx.log,
+        ["Rejected 8 Ok(WrongNode)", "Rejected 3 Ok(NotSupported)"]
+    );
+    // Outside a cluster a version 2 map request is refused the same way.
+    let mut fx = Recorder {
+        settle_on_ask: true,
+        ..Recorder::default()
+    };
+    let mut s = logged_on(&l, &mut fx);
+    l.handle_input(
+        &mut s,
+        &bytes(&[wire::ClusterMapRequest::new(3)]),
+        0,
+        &mut fx,
+    );
+    assert_eq!(fx.log, ["Rejected 3 Ok(NotSupported)"]);
 }

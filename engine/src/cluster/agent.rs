@@ -1,0 +1,764 @@
+//! The cluster agent: one thread (never an engine core) with a
+//! current-thread tokio runtime and an async-nats client, as the
+//! market-data bridge does. Every [`ROUND_MS`] it writes this node's
+//! heartbeat, reads the nodes and the leases, applies [`plan::decide`],
+//! and publishes the map; a fence task stops serving shards whose
+//! renewals have failed for [`FENCE_MS`]. Also the operator commands
+//! (`turbo-dex cluster status`, `turbo-dex cluster claim`).
+//!
+//! Buckets (JetStream key-value, history 1, created by the first node):
+//!
+//! | Bucket | Key | Value (JSON) |
+//! |---|---|---|
+//! | `turbo-dex-nodes` | `node-<ID>` (16 hex digits) | [`NodeRecord`] |
+//! | `turbo-dex-leases` | `shard-<K>` | [`LeaseRecord`] |
+//! | `turbo-dex-cluster` | `config` | [`ClusterConfig`] |
+//! | `turbo-dex-cluster` | `map` | the latest map a node saw change ([`MapJson`]) |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{
+    self, Action, ClusterConfig, FENCE_MS, JOIN_WINDOW_MS, Lease, LeaseRecord, Map, NodeRecord,
+    ROUND_MS, Round,
+};
+use super::view::{ClusterView, FENCE_CHECK_MS};
+use super::{format_node_id, parse_node_id};
+
+/// The nodes bucket.
+pub const NODES_BUCKET: &str = "turbo-dex-nodes";
+/// The leases bucket.
+pub const LEASES_BUCKET: &str = "turbo-dex-leases";
+/// The cluster bucket (config and map).
+pub const CLUSTER_BUCKET: &str = "turbo-dex-cluster";
+/// Longest wait for one NATS request; a round that meets it gives up and
+/// tries again next round (the fence bounds how long shards stay served).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest wait to connect at start (`--cluster` unreachable: an error).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a node could not join.
+#[derive(Debug)]
+pub enum JoinError {
+    /// NATS unreachable, JetStream off, buckets unusable.
+    Unavailable(String),
+    /// The cluster refuses this node (another shard count).
+    Refused(String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Unavailable(e) | JoinError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The map as published under `map` in the cluster bucket.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapJson {
+    pub version: u64,
+    pub written_by: String,
+    pub shards: u32,
+    pub nodes: Vec<MapNodeJson>,
+    /// Per shard: the owner's node id (16 hex digits), or null.
+    pub owners: Vec<Option<String>>,
+}
+
+/// One node of [`MapJson`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapNodeJson {
+    pub id: String,
+    pub address: Option<SocketAddr>,
+    pub cores: u32,
+    pub alive: bool,
+    pub shards_owned: u32,
+}
+
+struct Buckets {
+    nodes: Store,
+    leases: Store,
+    cluster: Store,
+}
+
+/// A node that has joined: connected, buckets open, shard count agreed.
+/// [`Joined::start`] starts its agent thread.
+pub struct Joined {
+    rt: tokio::runtime::Runtime,
+    buckets: Buckets,
+    urls: String,
+    view: Arc<ClusterView>,
+    cores: u32,
+}
+
+/// The running agent; [`Agent::stop`] ends it (leases are left to expire,
+/// so a restart on the same journal takes them back).
+pub struct Agent {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the cluster agent's runtime: {e}"))
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn connect(urls: &str) -> Result<async_nats::jetstream::Context, JoinError> {
+    let servers = crate::mdbridge::parse_servers(urls).map_err(JoinError::Unavailable)?;
+    let client = async_nats::ConnectOptions::new()
+        .name("turbo-dex cluster")
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None)
+        .connect(servers)
+        .await
+        .map_err(|e| {
+            JoinError::Unavailable(format!(
+                "cannot reach NATS at {urls}: {e}; start nats-server with JetStream there \
+                 (nats-server -js) or give --cluster nats://HOST:PORT"
+            ))
+        })?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Opens a bucket, creating it (history 1) when `create` and missing.
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    create: bool,
+    urls: &str,
+) -> Result<Store, JoinError> {
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(e)
+            if create
+                && e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
+        {
+            // The bucket's stream as `create_key_value` makes it (history 1),
+            // created directly: `create_key_value` first reads the account
+            // info, which async-nats cannot parse from nats-server 2.9.
+            let created = js
+                .create_stream(stream::Config {
+                    name: format!("KV_{name}"),
+                    subjects: vec![format!("$KV.{name}.>")],
+                    max_messages_per_subject: 1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 1,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = created {
+                // Another node may have created it meanwhile: opening decides.
+                tracing::debug!("cluster: creating the bucket {name}: {e}");
+            }
+            js.get_key_value(name).await.map_err(|e| {
+                JoinError::Unavailable(format!(
+                    "cannot create the key-value bucket {name} on {urls}: {e} \
+                     (is JetStream enabled? start nats-server with -js)"
+                ))
+            })
+        }
+        Err(e) => Err(JoinError::Unavailable(format!(
+            "cannot open the key-value bucket {name} on {urls}: {e} (is JetStream enabled, \
+             -js, and is this a turbo-dex cluster?)"
+        ))),
+    }
+}
+
+async fn open_buckets(
+    js: &async_nats::jetstream::Context,
+    create: bool,
+    urls: &str,
+) -> Result<Buckets, JoinError> {
+    Ok(Buckets {
+        nodes: bucket(js, NODES_BUCKET, create, urls).await?,
+        leases: bucket(js, LEASES_BUCKET, create, urls).await?,
+        cluster: bucket(js, CLUSTER_BUCKET, create, urls).await?,
+    })
+}
+
+/// Checks (or, for the first node, writes) the cluster's shard count.
+async fn agree_config(cluster: &Store, shards: u32, urls: &str) -> Result<(), JoinError> {
+    let mine = ClusterConfig { shards };
+    for _ in 0..3 {
+        let entry = timeout(cluster.entry("config")).await.map_err(|e| {
+            JoinError::Unavailable(format!("reading the cluster config on {urls}: {e}"))
+        })?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            let value = serde_json::to_vec(&mine).unwrap_or_default();
+            match timeout(cluster.create("config", value.into())).await {
+                Ok(_) => return Ok(()),
+                // Another node was first: read what it wrote.
+                Err(e) if e.contains("exists") => continue,
+                Err(e) => {
+                    return Err(JoinError::Unavailable(format!(
+                        "writing the cluster config on {urls}: {e}"
+                    )));
+                }
+            }
+        };
+        let theirs: ClusterConfig = serde_json::from_slice(&entry.value).map_err(|e| {
+            JoinError::Refused(format!(
+                "bucket mismatch: {CLUSTER_BUCKET}/config on {urls} is not a turbo-dex cluster \
+                 config ({e}); use another NATS server or delete that bucket"
+            ))
+        })?;
+        if theirs.shards != shards {
+            return Err(JoinError::Refused(format!(
+                "the cluster at {urls} has {} shards but this node was started with --shards {shards}; \
+                 every node of a cluster has the same shard count: start it with --shards {}",
+                theirs.shards, theirs.shards
+            )));
+        }
+        return Ok(());
+    }
+    Err(JoinError::Unavailable(format!(
+        "the cluster config on {urls} keeps changing"
+    )))
+}
+
+/// A NATS request with [`REQUEST_TIMEOUT`]; the error as text.
+async fn timeout<T, E: std::fmt::Display>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer from NATS within {} ms",
+            REQUEST_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+impl Joined {
+    /// Connects to `urls`, opens (creating if needed) the buckets and
+    /// checks the cluster's shard count against `view`'s. Blocks the caller
+    /// (at most a few seconds).
+    pub fn join(urls: &str, view: Arc<ClusterView>, cores: u32) -> Result<Joined, JoinError> {
+        let rt = runtime().map_err(JoinError::Unavailable)?;
+        let buckets = rt.block_on(async {
+            let js = connect(urls).await?;
+            let buckets = open_buckets(&js, true, urls).await?;
+            agree_config(&buckets.cluster, view.shard_count(), urls).await?;
+            Ok::<_, JoinError>(buckets)
+        })?;
+        Ok(Joined {
+            rt,
+            buckets,
+            urls: urls.to_string(),
+            view,
+            cores,
+        })
+    }
+
+    /// Starts the agent thread, registering this node with `advertise` as
+    /// its order-entry address.
+    pub fn start(self, advertise: SocketAddr) -> Result<Agent, String> {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("turbo-dex-cluster".into())
+            .spawn(move || {
+                let Joined {
+                    rt,
+                    buckets,
+                    urls,
+                    view,
+                    cores,
+                } = self;
+                rt.block_on(run(buckets, urls, view, cores, advertise, stopped));
+            })
+            .map_err(|e| format!("cannot start the cluster agent thread: {e}"))?;
+        Ok(Agent {
+            thread: Some(thread),
+            stop,
+        })
+    }
+}
+
+impl Agent {
+    /// Stops the agent and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Monotonic ms since the agent started, from 1 (0 means "never" in the view).
+fn mono_ms(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64 + 1
+}
+
+async fn run(
+    buckets: Buckets,
+    urls: String,
+    view: Arc<ClusterView>,
+    cores: u32,
+    advertise: SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let base = Instant::now();
+    let me = view.node_id();
+    tracing::info!(
+        "cluster: node {} joined {urls} ({} shards), advertising {advertise}; claiming shards after a {JOIN_WINDOW_MS} ms join window",
+        format_node_id(me),
+        view.shard_count()
+    );
+    let fence_view = Arc::clone(&view);
+    let fence = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(FENCE_CHECK_MS));
+        loop {
+            tick.tick().await;
+            let stopped = fence_view.fence(mono_ms(base), FENCE_MS);
+            if stopped > 0 {
+                tracing::warn!(
+                    "cluster: stopped serving {stopped} shard(s): their leases were not renewed for {FENCE_MS} ms (NATS unreachable?)"
+                );
+            }
+        }
+    });
+    let mut round = tokio::time::interval(Duration::from_millis(ROUND_MS));
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut agent = RoundState {
+        me,
+        cores,
+        advertise,
+        published: None,
+        was_connected: true,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.notified() => break,
+            _ = round.tick() => {}
+        }
+        let may_claim = base.elapsed() >= Duration::from_millis(JOIN_WINDOW_MS);
+        let ok = tokio::select! {
+            _ = stop.notified() => break,
+            r = agent.round(&buckets, &view, base, may_claim) => r,
+        };
+        match ok {
+            Ok(()) => {
+                if !agent.was_connected {
+                    tracing::info!("cluster: NATS reachable again");
+                }
+                agent.was_connected = true;
+                view.connected.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if agent.was_connected {
+                    tracing::warn!(
+                        "cluster: round failed: {e}; serving held shards until their fence"
+                    );
+                }
+                agent.was_connected = false;
+                view.connected.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+    fence.abort();
+    // Leases are left to expire: a restart on this journal takes them back.
+    for shard in view.served() {
+        view.stop(shard);
+    }
+}
+
+struct RoundState {
+    me: u64,
+    cores: u32,
+    advertise: SocketAddr,
+    /// The map version last written to the cluster bucket.
+    published: Option<u64>,
+    was_connected: bool,
+}
+
+impl RoundState {
+    async fn round(
+        &mut self,
+        b: &Buckets,
+        view: &ClusterView,
+        base: Instant,
+        may_claim: bool,
+    ) -> Result<(), String> {
+        let now = wall_ms();
+        let record = NodeRecord {
+            id: self.me,
+            address: self.advertise,
+            cores: self.cores,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shards: view.shard_count(),
+            heartbeat_ms: now,
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        timeout(b.nodes.put(node_key(self.me), value.into())).await?;
+        let nodes = read_nodes(&b.nodes).await?;
+        let leases = read_leases(&b.leases, view.shard_count()).await?;
+        let held: Vec<bool> = (0..view.shard_count()).map(|s| view.serves(s)).collect();
+        let actions = plan::decide(&Round {
+            now_ms: now,
+            me: self.me,
+            nodes: &nodes,
+            leases: &leases,
+            held: &held,
+            may_claim,
+        });
+        let mut leases = leases;
+        for action in actions {
+            self.apply(action, b, view, base, &mut leases).await;
+        }
+        let map = plan::build_map(wall_ms(), self.me, &nodes, &leases);
+        if self.published != Some(map.version) {
+            let json = map_json(&map, self.me, &nodes, wall_ms());
+            if timeout(b.cluster.put("map", json.into())).await.is_ok() {
+                self.published = Some(map.version);
+            }
+        }
+        view.set_map(map);
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        action: Action,
+        b: &Buckets,
+        view: &ClusterView,
+        base: Instant,
+        leases: &mut [Option<Lease>],
+    ) {
+        match action {
+            Action::Drop { shard } => {
+                if view.serves(shard) {
+                    tracing::warn!(
+                        "cluster: shard {shard} is leased to another node now; stopped serving it"
+                    );
+                }
+                view.stop(shard);
+            }
+            Action::Update { shard, revision } => {
+                let Some(old) = leases[shard as usize] else {
+                    return;
+                };
+                // The fence counts from before the request: the lease it
+                // writes runs LEASE_MS from the wall time read here.
+                let started = mono_ms(base);
+                let record = plan::my_lease(self.me, wall_ms(), old.record.generation);
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                match tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    b.leases.update(shard_key(shard), value, revision),
+                )
+                .await
+                {
+                    Ok(Ok(rev)) => {
+                        if !view.serves(shard) {
+                            tracing::info!(
+                                "cluster: took back shard {shard} (its lease names this node)"
+                            );
+                        }
+                        view.renewed(shard, started);
+                        leases[shard as usize] = Some(Lease {
+                            record,
+                            revision: rev,
+                        });
+                    }
+                    Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                        // Someone else wrote the lease: stop now, re-read next round.
+                        view.stop(shard);
+                        view.renew_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        view.renew_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Action::Create { shard } => {
+                let started = mono_ms(base);
+                let record = plan::my_lease(self.me, wall_ms(), 1);
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                match tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    b.leases.create(shard_key(shard), value),
+                )
+                .await
+                {
+                    Ok(Ok(rev)) => {
+                        tracing::info!("cluster: claimed shard {shard}");
+                        view.renewed(shard, started);
+                        leases[shard as usize] = Some(Lease {
+                            record,
+                            revision: rev,
+                        });
+                    }
+                    // Another node was faster: the next round sees its lease.
+                    Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                    Ok(Err(e)) => tracing::debug!("cluster: claiming shard {shard}: {e}"),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn node_key(id: u64) -> String {
+    format!("node-{}", format_node_id(id))
+}
+
+fn shard_key(shard: u32) -> String {
+    format!("shard-{shard}")
+}
+
+async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String> {
+    let mut keys = timeout(nodes.keys()).await?;
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, keys.next()).await {
+            Ok(Some(Ok(k))) => names.push(k),
+            Ok(Some(Err(e))) => return Err(format!("listing the nodes: {e}")),
+            Ok(None) => break,
+            Err(_) => return Err("listing the nodes: no answer from NATS".into()),
+        }
+        // A bound on the bucket: far more nodes than any cluster has.
+        if names.len() > 4096 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(value) = timeout(nodes.get(name.as_str())).await? {
+            match serde_json::from_slice::<NodeRecord>(&value) {
+                Ok(n) => out.push(n),
+                Err(e) => tracing::debug!("cluster: ignoring node record {name}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn read_leases(leases: &Store, shards: u32) -> Result<Vec<Option<Lease>>, String> {
+    let mut out = Vec::with_capacity(shards as usize);
+    for shard in 0..shards {
+        let entry = timeout(leases.entry(shard_key(shard))).await?;
+        out.push(entry.filter(|e| e.operation == Operation::Put).map(|e| {
+            let record = serde_json::from_slice::<LeaseRecord>(&e.value).unwrap_or_else(|err| {
+                tracing::warn!(
+                    "cluster: unreadable lease of shard {shard}: {err}; nobody may take it"
+                );
+                LeaseRecord {
+                    owner: wire::NO_NODE,
+                    expires_ms: 0,
+                    generation: 0,
+                }
+            });
+            Lease {
+                record,
+                revision: e.revision,
+            }
+        }));
+    }
+    Ok(out)
+}
+
+fn map_json(map: &Map, me: u64, nodes: &[NodeRecord], now_ms: u64) -> Vec<u8> {
+    let json = MapJson {
+        version: map.version,
+        written_by: format_node_id(me),
+        shards: map.shards.len() as u32,
+        nodes: map
+            .nodes
+            .iter()
+            .map(|n| MapNodeJson {
+                id: format_node_id(n.node_id.get()),
+                address: nodes
+                    .iter()
+                    .find(|r| r.id == n.node_id.get())
+                    .map(|r| r.address),
+                cores: n.cores.get(),
+                alive: nodes
+                    .iter()
+                    .find(|r| r.id == n.node_id.get())
+                    .is_some_and(|r| plan::alive(r, now_ms)),
+                shards_owned: n.shards_owned.get(),
+            })
+            .collect(),
+        owners: map
+            .shards
+            .iter()
+            .map(|s| (s.owner.get() != wire::NO_NODE).then(|| format_node_id(s.owner.get())))
+            .collect(),
+    };
+    serde_json::to_vec(&json).unwrap_or_default()
+}
+
+/// What `turbo-dex cluster status` prints.
+pub fn status(urls: &str) -> Result<String, String> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let js = connect(urls).await.map_err(|e| e.to_string())?;
+        let b = open_buckets(&js, false, urls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config: ClusterConfig = match timeout(b.cluster.get("config")).await? {
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| format!("{CLUSTER_BUCKET}/config is not a turbo-dex config: {e}"))?,
+            None => return Err(format!("no turbo-dex cluster config at {urls}")),
+        };
+        let nodes = read_nodes(&b.nodes).await?;
+        let leases = read_leases(&b.leases, config.shards).await?;
+        let now = wall_ms();
+        let map = plan::build_map(now, wire::NO_NODE, &nodes, &leases);
+        Ok(format_status(urls, &map, &nodes, &leases, now))
+    })
+}
+
+fn format_status(
+    urls: &str,
+    map: &Map,
+    nodes: &[NodeRecord],
+    leases: &[Option<Lease>],
+    now_ms: u64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "cluster at {urls}: {} shards, {} node(s), map version {}",
+        leases.len(),
+        nodes.len(),
+        map.version
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<18} {:<24} {:>5} {:>7} {:>14}  state",
+        "node", "address", "cores", "shards", "heartbeat_age"
+    );
+    for n in &map.nodes {
+        let id = n.node_id.get();
+        let record = nodes.iter().find(|r| r.id == id);
+        let age = record.map_or(0, |r| now_ms.saturating_sub(r.heartbeat_ms));
+        let _ = writeln!(
+            s,
+            "{:<18} {:<24} {:>5} {:>7} {:>11} ms  {}",
+            format_node_id(id),
+            record.map_or("?".to_string(), |r| r.address.to_string()),
+            n.cores.get(),
+            n.shards_owned.get(),
+            age,
+            n.state().map_or("?", |st| st.as_str())
+        );
+    }
+    let _ = writeln!(s, "\n{:<6} {:<18} {:>15}", "shard", "owner", "lease_left");
+    for (k, lease) in leases.iter().enumerate() {
+        match lease {
+            Some(l) => {
+                let left = l.record.expires_ms.saturating_sub(now_ms);
+                let note = if left == 0 {
+                    "  (expired: not served)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    s,
+                    "{k:<6} {:<18} {:>12} ms{note}",
+                    format_node_id(l.record.owner),
+                    left
+                );
+            }
+            None => {
+                let _ = writeln!(s, "{k:<6} {:<18} {:>15}", "-", "unowned");
+            }
+        }
+    }
+    s
+}
+
+/// `turbo-dex cluster claim SHARD --node ID --force`: leases `shard` to
+/// `node`, already expired, so that `node` takes it on its next round.
+/// Without `force` it refuses: the operator must assert that node `node`
+/// has the shard's journal.
+pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, String> {
+    let node = parse_node_id(node)?;
+    if !force {
+        return Err(format!(
+            "moving shard {shard} to node {} needs --force: by giving it you assert that node's \
+             journal directory holds the shard's journal (copied from its last owner), or that \
+             losing the shard's orders is accepted",
+            format_node_id(node)
+        ));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let js = connect(urls).await.map_err(|e| e.to_string())?;
+        let b = open_buckets(&js, false, urls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config: ClusterConfig = match timeout(b.cluster.get("config")).await? {
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| format!("{CLUSTER_BUCKET}/config is not a turbo-dex config: {e}"))?,
+            None => return Err(format!("no turbo-dex cluster config at {urls}")),
+        };
+        if shard >= config.shards {
+            return Err(format!(
+                "shard {shard} does not exist: the cluster has {} shards (0 to {})",
+                config.shards,
+                config.shards - 1
+            ));
+        }
+        let now = wall_ms();
+        let current = read_leases(&b.leases, config.shards).await?[shard as usize];
+        if let Some(l) = current
+            && l.record.owner != node
+            && l.record.expires_ms > now
+        {
+            return Err(format!(
+                "shard {shard} is leased to node {} for {} ms more: stop that node first (a live \
+                 owner keeps renewing its lease)",
+                format_node_id(l.record.owner),
+                l.record.expires_ms - now
+            ));
+        }
+        let record = plan::forced_lease(node, current.as_ref().map(|l| &l.record), now);
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let written = match current {
+            Some(l) => timeout(b.leases.update(shard_key(shard), value, l.revision)).await,
+            None => timeout(b.leases.create(shard_key(shard), value)).await,
+        };
+        written.map_err(|e| format!("writing the lease of shard {shard}: {e} (changed meanwhile? try again)"))?;
+        Ok(format!(
+            "shard {shard} is leased to node {} (expired: that node takes it on its next round, within {} ms if it runs)",
+            format_node_id(node),
+            ROUND_MS
+        ))
+    })
+}

@@ -1,0 +1,479 @@
+//! The cluster's decisions, free of I/O: which shards a node claims,
+//! renews or lets go, each node's fair share, and the cluster map. The
+//! agent ([`super::agent`]) reads the key-value buckets, calls these with
+//! the time, and writes what they decide.
+//!
+//! Rules (the README's "Cluster" section says the same for operators):
+//!
+//! 1. A lease is `{owner, expires_ms, generation}` under key `shard-K`.
+//!    nats-server 2.9 (Debian's) has no per-key TTL, so a lease expires by
+//!    the timestamp in its value; writes are compare-and-set on the key's
+//!    revision (`create` fails when the key exists, `update` when the
+//!    revision moved), which works the same on 2.9 and 2.10+.
+//! 2. A node renews its own leases every [`ROUND_MS`], each to
+//!    now + [`LEASE_MS`]. A lease naming this node but not held (a restart
+//!    with the same journal, or an operator's `cluster claim`) is taken
+//!    back the same way, expired or not.
+//! 3. A node claims unowned shards (no key) up to its share, computed by
+//!    [`shares`]: the shards in proportion to the engine cores of the live
+//!    nodes, an even number per core. It first waits [`JOIN_WINDOW_MS`]
+//!    after registering, so that nodes started together see each other
+//!    and split the shards instead of the first one taking all. When
+//!    every other live node has its share, it also takes the unowned rest.
+//! 4. A lease naming another node is never taken, even long expired: that
+//!    node's journal holds the shard's orders. Only that node (restarted)
+//!    or an operator's `turbo-dex cluster claim SHARD --node ID --force`
+//!    (asserting the journal was copied to node ID) moves it.
+//! 5. A node serves a shard only between a successful write of its lease
+//!    and [`FENCE_MS`] after the last successful renewal, which is
+//!    [`LEASE_MS`] − [`FENCE_MS`] before the lease could expire (the
+//!    margin covers the cores' requests in flight and clock skew). A
+//!    renewal that finds the lease gone to another node stops serving at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use wire::{ClusterNode, ClusterShard, NodeState};
+
+/// Time between two rounds of the agent: heartbeat, read, claim, renew.
+pub const ROUND_MS: u64 = 1_000;
+/// How long a lease lasts after it is written.
+pub const LEASE_MS: u64 = 5_000;
+/// A node stops serving a shard this long after its last successful
+/// renewal of the shard's lease: 2 s before the lease could expire.
+pub const FENCE_MS: u64 = 3_000;
+/// A node whose heartbeat is older than this is not counted as alive.
+pub const NODE_TIMEOUT_MS: u64 = 5_000;
+/// How long a starting node waits, after registering, before it claims
+/// shards nobody owns (its own leases it takes back at once).
+pub const JOIN_WINDOW_MS: u64 = 2_000;
+
+const _: () = assert!(FENCE_MS + ROUND_MS < LEASE_MS);
+
+/// A node's registration in the nodes bucket (key `node-<ID>`), rewritten
+/// every round with a fresh heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    /// The order-entry address clients use (`--advertise`).
+    pub address: SocketAddr,
+    pub cores: u32,
+    /// The turbo-dex version it runs.
+    pub version: String,
+    /// Its shard count (the cluster's).
+    pub shards: u32,
+    /// Unix time of its last heartbeat, ms.
+    pub heartbeat_ms: u64,
+}
+
+/// A shard's lease (key `shard-<K>` of the leases bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub owner: u64,
+    /// Unix time the lease runs out, ms.
+    pub expires_ms: u64,
+    /// Bumped whenever the shard changes owner; the map version is their sum.
+    pub generation: u64,
+}
+
+/// A lease as read, with the revision a compare-and-set must name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub record: LeaseRecord,
+    pub revision: u64,
+}
+
+/// The cluster's configuration (key `config` of the cluster bucket),
+/// written once by the first node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub shards: u32,
+}
+
+/// One write the agent makes this round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Claim an unowned shard: `create` (fails if someone was faster).
+    Create { shard: u32 },
+    /// Renew or take back this node's own lease: `update` at `revision`.
+    Update { shard: u32, revision: u64 },
+    /// Stop serving a shard whose lease names another node now.
+    Drop { shard: u32 },
+}
+
+/// What a round decides from.
+pub struct Round<'a> {
+    pub now_ms: u64,
+    pub me: u64,
+    pub nodes: &'a [NodeRecord],
+    /// One entry per shard: its lease, `None` when nobody owns it.
+    pub leases: &'a [Option<Lease>],
+    /// Shards this node serves now.
+    pub held: &'a [bool],
+    /// The join window is over: unowned shards may be claimed.
+    pub may_claim: bool,
+}
+
+/// Whether `node` counts as alive at `now_ms`.
+pub fn alive(node: &NodeRecord, now_ms: u64) -> bool {
+    now_ms.saturating_sub(node.heartbeat_ms) <= NODE_TIMEOUT_MS
+}
+
+/// Each live node's fair share of `shards`: in proportion to its cores,
+/// the remainder one each to the largest fractions (ties: lower id). The
+/// same inputs give every node the same answer. `me` always counts.
+pub fn shares(shards: u32, nodes: &[NodeRecord], me: u64, now_ms: u64) -> BTreeMap<u64, u32> {
+    let live: BTreeMap<u64, u64> = nodes
+        .iter()
+        .filter(|n| n.id == me || alive(n, now_ms))
+        .map(|n| (n.id, u64::from(n.cores.max(1))))
+        .collect();
+    let cores: u64 = live.values().sum();
+    let mut out = BTreeMap::new();
+    if cores == 0 {
+        return out;
+    }
+    let total = u64::from(shards);
+    let mut given = 0u64;
+    let mut fractions: Vec<(u64, u64)> = Vec::with_capacity(live.len());
+    for (&id, &c) in &live {
+        let exact = total * c;
+        out.insert(id, (exact / cores) as u32);
+        given += exact / cores;
+        fractions.push((exact % cores, id));
+    }
+    // Largest fraction first; ties to the lower id.
+    fractions.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, id) in fractions.iter().take((total - given) as usize) {
+        *out.entry(id).or_default() += 1;
+    }
+    out
+}
+
+/// The writes of one round (see the module's rules).
+pub fn decide(r: &Round<'_>) -> Vec<Action> {
+    let shards = r.leases.len() as u32;
+    let mut actions = Vec::new();
+    let mut owned_by: BTreeMap<u64, u32> = BTreeMap::new();
+    for (shard, lease) in r.leases.iter().enumerate() {
+        let shard = shard as u32;
+        match lease {
+            Some(l) if l.record.owner == r.me => {
+                *owned_by.entry(r.me).or_default() += 1;
+                actions.push(Action::Update {
+                    shard,
+                    revision: l.revision,
+                });
+            }
+            Some(l) => {
+                *owned_by.entry(l.record.owner).or_default() += 1;
+                if r.held.get(shard as usize).copied().unwrap_or(false) {
+                    actions.push(Action::Drop { shard });
+                }
+            }
+            None => {
+                if r.held.get(shard as usize).copied().unwrap_or(false) {
+                    actions.push(Action::Drop { shard });
+                }
+            }
+        }
+    }
+    if !r.may_claim {
+        return actions;
+    }
+    let unowned: Vec<u32> = (0..shards)
+        .filter(|&s| r.leases[s as usize].is_none())
+        .collect();
+    if unowned.is_empty() {
+        return actions;
+    }
+    let shares = shares(shards, r.nodes, r.me, r.now_ms);
+    let mine = owned_by.get(&r.me).copied().unwrap_or(0);
+    let want = shares.get(&r.me).copied().unwrap_or(0);
+    let others_full = shares
+        .iter()
+        .filter(|&(&id, _)| id != r.me)
+        .all(|(id, &share)| owned_by.get(id).copied().unwrap_or(0) >= share);
+    let claim = if others_full {
+        unowned.len()
+    } else {
+        want.saturating_sub(mine) as usize
+    };
+    // Nodes that start together begin at different places (their rank
+    // among the live nodes), so that their creates rarely collide.
+    let rank = shares.keys().position(|&id| id == r.me).unwrap_or(0) as u64;
+    let start = (rank * u64::from(shards) / shares.len().max(1) as u64) as u32;
+    let mut order = unowned;
+    order.sort_by_key(|&s| (s + shards - start) % shards.max(1));
+    actions.extend(
+        order
+            .into_iter()
+            .take(claim)
+            .map(|shard| Action::Create { shard }),
+    );
+    actions
+}
+
+/// The lease a node writes for itself at `now_ms`.
+pub fn my_lease(me: u64, now_ms: u64, generation: u64) -> LeaseRecord {
+    LeaseRecord {
+        owner: me,
+        expires_ms: now_ms + LEASE_MS,
+        generation,
+    }
+}
+
+/// The lease an operator's forced claim writes: owned by `node`, already
+/// expired, so that `node` takes it back (rule 2) on its next round and
+/// nobody serves it until then.
+pub fn forced_lease(node: u64, previous: Option<&LeaseRecord>, now_ms: u64) -> LeaseRecord {
+    LeaseRecord {
+        owner: node,
+        expires_ms: now_ms,
+        generation: previous.map_or(1, |p| p.generation + 1),
+    }
+}
+
+/// The map version: the sum of the leases' generations, which grows
+/// whenever a shard changes owner.
+pub fn map_version(leases: &[Option<Lease>]) -> u64 {
+    leases.iter().flatten().map(|l| l.record.generation).sum()
+}
+
+/// The cluster map as this node sees it at `now_ms`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Map {
+    pub version: u64,
+    pub me: u64,
+    /// By increasing node id.
+    pub nodes: Vec<ClusterNode>,
+    pub shards: Vec<ClusterShard>,
+    /// Per shard: the owner and its address, when known.
+    pub owners: Vec<Option<(u64, SocketAddr)>>,
+}
+
+/// Builds the map from what a round read.
+pub fn build_map(now_ms: u64, me: u64, nodes: &[NodeRecord], leases: &[Option<Lease>]) -> Map {
+    let by_id: BTreeMap<u64, &NodeRecord> = nodes.iter().map(|n| (n.id, n)).collect();
+    let mut owned: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut shards = Vec::with_capacity(leases.len());
+    let mut owners = Vec::with_capacity(leases.len());
+    for (k, lease) in leases.iter().enumerate() {
+        match lease {
+            Some(l) => {
+                *owned.entry(l.record.owner).or_default() += 1;
+                let left = l.record.expires_ms.saturating_sub(now_ms);
+                shards.push(ClusterShard::new(
+                    k as u32,
+                    l.record.owner,
+                    u32::try_from(left).unwrap_or(u32::MAX),
+                ));
+                owners.push(
+                    by_id
+                        .get(&l.record.owner)
+                        .map(|n| (l.record.owner, n.address)),
+                );
+            }
+            None => {
+                shards.push(ClusterShard::new(k as u32, wire::NO_NODE, 0));
+                owners.push(None);
+            }
+        }
+    }
+    let nodes = by_id
+        .values()
+        .map(|n| {
+            let age = now_ms.saturating_sub(n.heartbeat_ms);
+            let state = if alive(n, now_ms) {
+                NodeState::Alive
+            } else {
+                NodeState::Stale
+            };
+            ClusterNode::new(
+                n.id,
+                n.address,
+                state,
+                n.cores,
+                owned.get(&n.id).copied().unwrap_or(0),
+                u32::try_from(age).unwrap_or(u32::MAX),
+            )
+        })
+        .collect();
+    Map {
+        version: map_version(leases),
+        me,
+        nodes,
+        shards,
+        owners,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, cores: u32, heartbeat_ms: u64) -> NodeRecord {
+        NodeRecord {
+            id,
+            address: format!("127.0.0.1:{}", 9000 + id).parse().unwrap(),
+            cores,
+            version: "test".into(),
+            shards: 8,
+            heartbeat_ms,
+        }
+    }
+
+    fn lease(owner: u64, expires_ms: u64, revision: u64) -> Option<Lease> {
+        Some(Lease {
+            record: LeaseRecord {
+                owner,
+                expires_ms,
+                generation: 1,
+            },
+            revision,
+        })
+    }
+
+    #[test]
+    fn shares_follow_cores_and_sum_to_the_shards() {
+        let nodes = [node(1, 2, 100), node(2, 2, 100)];
+        let s = shares(8, &nodes, 1, 100);
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), [4, 4]);
+        let nodes = [node(1, 1, 100), node(2, 3, 100)];
+        assert_eq!(shares(8, &nodes, 1, 100)[&2], 6);
+        let nodes = [node(1, 1, 100), node(2, 1, 100), node(3, 1, 100)];
+        let s = shares(8, &nodes, 1, 100);
+        assert_eq!(s.values().sum::<u32>(), 8);
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), [3, 3, 2]);
+    }
+
+    #[test]
+    fn dead_nodes_have_no_share_but_i_always_count() {
+        let nodes = [node(1, 1, 0), node(2, 1, 0)];
+        let now = NODE_TIMEOUT_MS + 1;
+        let s = shares(4, &nodes, 1, now);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[&1], 4);
+    }
+
+    #[test]
+    fn nodes_starting_together_claim_disjoint_halves() {
+        let nodes = [node(1, 1, 0), node(2, 1, 0)];
+        let leases = vec![None; 8];
+        let held = [false; 8];
+        let claims = |me| {
+            decide(&Round {
+                now_ms: 10,
+                me,
+                nodes: &nodes,
+                leases: &leases,
+                held: &held,
+                may_claim: true,
+            })
+        };
+        let a = claims(1);
+        let b = claims(2);
+        assert_eq!(a.len(), 4);
+        assert_eq!(b.len(), 4);
+        for x in &a {
+            assert!(!b.contains(x), "{x:?} claimed by both");
+        }
+    }
+
+    #[test]
+    fn nothing_new_is_claimed_in_the_join_window() {
+        let nodes = [node(1, 1, 0)];
+        let mut leases = vec![None; 4];
+        leases[2] = lease(1, 0, 7);
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[false; 4],
+            may_claim: false,
+        });
+        // Its own (expired) lease is taken back at once.
+        assert_eq!(
+            got,
+            [Action::Update {
+                shard: 2,
+                revision: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn another_nodes_lease_is_never_taken_even_expired() {
+        let nodes = [node(1, 1, 100_000), node(2, 1, 0)];
+        let leases = vec![lease(2, 5, 3); 4];
+        let got = decide(&Round {
+            now_ms: 100_000,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[false; 4],
+            may_claim: true,
+        });
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn leftovers_are_claimed_once_the_others_have_their_share() {
+        let nodes = [node(1, 1, 0), node(2, 1, 0)];
+        let mut leases = vec![None; 4];
+        leases[0] = lease(2, 99, 1);
+        leases[1] = lease(2, 99, 2);
+        leases[2] = lease(1, 99, 3);
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[false, false, true, false],
+            may_claim: true,
+        });
+        assert!(got.contains(&Action::Create { shard: 3 }));
+    }
+
+    #[test]
+    fn a_held_shard_leased_to_another_node_is_dropped() {
+        let nodes = [node(1, 1, 0), node(2, 1, 0)];
+        let leases = vec![lease(2, 99, 1), None];
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[true, true],
+            may_claim: false,
+        });
+        assert_eq!(got, [Action::Drop { shard: 0 }, Action::Drop { shard: 1 }]);
+    }
+
+    #[test]
+    fn the_map_names_owners_and_versions_grow_with_owner_changes() {
+        let nodes = [node(1, 2, 1_000), node(2, 1, 0)];
+        let mut leases = vec![lease(1, 4_000, 1), None, lease(2, 500, 2)];
+        let map = build_map(NODE_TIMEOUT_MS + 500, 1, &nodes, &leases);
+        assert_eq!(map.version, 2);
+        assert_eq!(map.nodes.len(), 2);
+        assert_eq!(map.nodes[0].state(), Ok(NodeState::Alive));
+        assert_eq!(map.nodes[1].state(), Ok(NodeState::Stale));
+        assert_eq!(map.nodes[0].shards_owned.get(), 1);
+        assert_eq!(map.shards[1].owner.get(), wire::NO_NODE);
+        assert_eq!(map.owners[2].map(|o| o.0), Some(2));
+        assert_eq!(map.shards[2].lease_remaining_ms.get(), 0);
+        let forced = forced_lease(1, leases[2].as_ref().map(|l| &l.record), 9);
+        assert_eq!(
+            (forced.owner, forced.generation, forced.expires_ms),
+            (1, 2, 9)
+        );
+        leases[2] = Some(Lease {
+            record: forced,
+            revision: 5,
+        });
+        assert!(map_version(&leases) > map.version);
+    }
+}

@@ -1,0 +1,621 @@
+//! Clusters (`turbo-dex --cluster`) against a real nats-server with
+//! JetStream (`-js -sd <tempdir>`) on 127.0.0.1 and a free port, with the
+//! real binary: two nodes split the shards, WrongNode names the owner, the
+//! map answers on both, a node with another shard count is refused, a
+//! restarted node takes its shards back, a node that loses NATS stops
+//! serving within the fence, and a killed node's shards stay unowned until
+//! an operator moves them. Without nats-server (the Debian package
+//! scripts/test.sh installs) each test says `SKIP:` and returns.
+//!
+//! The tests run one at a time (a lock): each starts a NATS server and up
+//! to two nodes, and timing-sensitive leases should not compete for the
+//! CPU with another test's. Waits are for conditions, with deadlines.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Client, Msg, TempDir, buy, get};
+use wire::{ClusterMapRequest, Kind, OrderQuery, RejectReason};
+
+/// Shards of the test clusters, and symbols (two per shard).
+const SHARDS: u32 = 4;
+const SYMBOLS: u32 = 8;
+/// The longest any condition is waited for.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+macro_rules! need_nats_server {
+    () => {
+        match nats_server() {
+            Some(path) => path,
+            None => {
+                testkit::skip!(
+                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// nats-server with JetStream, its store in a temp dir; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    fn start(bin: &Path) -> Nats {
+        let port = free_port();
+        let dir = TempDir::new("cluster-nats");
+        let log = std::fs::File::create(dir.join("nats.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut nats = Nats { child, port, dir };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = nats.child.try_wait() {
+                panic!("nats-server exited ({status}):\n{}", nats.log());
+            }
+            if nats.log().contains("Server is ready")
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return nats;
+            }
+            assert!(
+                Instant::now() < until,
+                "nats-server not ready:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A turbo-dex cluster node: its journal directory (and node id) live in
+/// `dir`, which outlives the process so that a restart finds it.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(url: &str, journal: &Path, shards: u32) -> Node {
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = journal.with_extension(format!("{n}.log"));
+        let mut child = node_command(url, journal, shards)
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn turbo-dex");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut admin = None;
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!(
+                    "turbo-dex exited before it was ready:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            };
+            if let Some(a) = line.strip_prefix("turbo-dex admin listening on ") {
+                admin = Some(a.parse().expect("admin address"));
+            } else if let Some(a) = line.strip_prefix("turbo-dex listening on ") {
+                break a.parse().expect("address");
+            }
+        };
+        // Keep reading stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Node {
+            child,
+            addr,
+            admin: admin.expect("the admin line comes first"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_command(url: &str, journal: &Path, shards: u32) -> Command {
+    let cpu = tuning::allowed_cpus()
+        .expect("affinity")
+        .iter()
+        .next()
+        .expect("one CPU");
+    let mut c = testkit::turbo_dex(env!("CARGO_BIN_EXE_turbo-dex"), &cpu.to_string());
+    c.args([
+        "--no-pin",
+        "--quiet",
+        "--shards",
+        &shards.to_string(),
+        "--symbols",
+        &SYMBOLS.to_string(),
+        "--journal-segment-bytes",
+        "1048576",
+        "--cluster",
+        url,
+        "--journal",
+    ])
+    .arg(journal);
+    c
+}
+
+fn node_id(journal: &Path) -> u64 {
+    let text = std::fs::read_to_string(journal.join("node-id")).expect("node-id file");
+    u64::from_str_radix(text.trim(), 16).expect("16 hex digits")
+}
+
+/// The map as one node answers it.
+#[derive(Debug, PartialEq)]
+struct MapView {
+    version: u64,
+    node: u64,
+    nodes: Vec<(u64, SocketAddr, u32)>,
+    owners: Vec<u64>,
+}
+
+fn map_of(c: &mut Client, token: u64) -> MapView {
+    c.send(&[ClusterMapRequest::new(token)]);
+    let Msg::ClusterMap(head) = c.wait_for(
+        |m| matches!(m, Msg::ClusterMap(h) if h.token.get() == token),
+        "ClusterMap",
+    ) else {
+        unreachable!()
+    };
+    let n = head.node_count.get() as usize;
+    let s = head.shard_count.get() as usize;
+    let nodes = c.collect_until(|m| matches!(m, Msg::ClusterNode(_)), n, "nodes");
+    let mut rest: Vec<Msg> = nodes;
+    while rest
+        .iter()
+        .filter(|m| matches!(m, Msg::ClusterShard(_)))
+        .count()
+        < s
+    {
+        c.pump();
+        rest.append(&mut c.inbox);
+    }
+    let nodes = rest
+        .iter()
+        .filter_map(|m| match m {
+            Msg::ClusterNode(n) => Some((
+                n.node_id.get(),
+                n.node_address().unwrap().unwrap(),
+                n.shards_owned.get(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let owners = rest
+        .iter()
+        .filter_map(|m| match m {
+            Msg::ClusterShard(s) => Some(s.owner.get()),
+            _ => None,
+        })
+        .collect();
+    MapView {
+        version: head.map_version.get(),
+        node: head.node_id.get(),
+        nodes,
+        owners,
+    }
+}
+
+/// Asks `c` for the map until `done` holds for it.
+fn wait_map(c: &mut Client, what: &str, done: impl Fn(&MapView) -> bool) -> MapView {
+    let until = Instant::now() + DEADLINE;
+    let mut token = 1000;
+    loop {
+        token += 1;
+        let map = map_of(c, token);
+        if map.owners.len() == SHARDS as usize && done(&map) {
+            return map;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}: {map:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn symbol_of_shard(shard: u32) -> u32 {
+    shard
+}
+
+/// Sends NewOrder `id` for `symbol` and returns its answer: Ok(()) when
+/// accepted, Err(reason, owner) when rejected.
+fn order(
+    c: &mut Client,
+    id: u64,
+    symbol: u32,
+) -> Result<(), (RejectReason, Option<wire::ShardOwner>)> {
+    c.send(&[buy(id, symbol, 100, 1)]);
+    match c.wait_for(
+        |m| {
+            matches!(m, Msg::Accepted(a) if a.client_order_id.get() == id)
+                || matches!(m, Msg::Rejected(r) if r.client_order_id.get() == id)
+        },
+        "the order's answer",
+    ) {
+        Msg::Accepted(_) => Ok(()),
+        Msg::Rejected(r) => {
+            let reason = r.reason().unwrap();
+            let owner = (reason == RejectReason::WrongNode).then(|| {
+                let Msg::ShardOwner(o) = c.wait_for(
+                    |m| matches!(m, Msg::ShardOwner(o) if o.client_order_id.get() == id),
+                    "ShardOwner",
+                ) else {
+                    unreachable!()
+                };
+                o
+            });
+            Err((reason, owner))
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn turbo_dex_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_turbo-dex"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run turbo-dex")
+}
+
+#[test]
+fn two_nodes_split_the_shards_and_name_each_other() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-two");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    // Started together: both register within the join window.
+    let a = Node::start(&nats.url(), &ja, SHARDS);
+    let b = Node::start(&nats.url(), &jb, SHARDS);
+    let (ida, idb) = (node_id(&ja), node_id(&jb));
+    assert_ne!(ida, idb);
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let mut cb = Client::login_version(b.addr, 1, 0, 2);
+    let split = |m: &MapView| {
+        m.owners.iter().filter(|&&o| o == ida).count() == 2
+            && m.owners.iter().filter(|&&o| o == idb).count() == 2
+    };
+    let map_a = wait_map(&mut ca, "an even split seen by a", split);
+    let map_b = wait_map(&mut cb, "an even split seen by b", split);
+    assert_eq!(map_a.owners, map_b.owners, "both answer the same owners");
+    assert_eq!((map_a.node, map_b.node), (ida, idb));
+    let mut nodes = map_a.nodes.clone();
+    nodes.sort_unstable();
+    let mut want = vec![(ida, a.addr, 2), (idb, b.addr, 2)];
+    want.sort_unstable();
+    assert_eq!(nodes, want, "both nodes with their addresses");
+    assert!(map_a.version > 0);
+
+    // An order for b's shard sent to a: WrongNode naming b; to b: accepted.
+    let shard_b = map_a.owners.iter().position(|&o| o == idb).unwrap() as u32;
+    let shard_a = map_a.owners.iter().position(|&o| o == ida).unwrap() as u32;
+    let (reason, owner) = order(&mut ca, 1, symbol_of_shard(shard_b)).unwrap_err();
+    assert_eq!(reason, RejectReason::WrongNode);
+    let owner = owner.unwrap();
+    assert_eq!(owner.node_id.get(), idb);
+    assert_eq!(owner.owner_address(), Ok(Some(b.addr)));
+    assert_eq!(owner.shard.get(), shard_b);
+    assert_eq!(owner.request_kind, Kind::NewOrder as u8);
+    assert!(owner.map_version.get() > 0);
+    assert_eq!(order(&mut cb, 1, symbol_of_shard(shard_b)), Ok(()));
+    assert_eq!(order(&mut ca, 2, symbol_of_shard(shard_a)), Ok(()));
+    // The symbol's other id in the same shard (s + shards) too.
+    assert!(order(&mut cb, 2, symbol_of_shard(shard_a) + SHARDS).is_err());
+    // A query of b's order on a: WrongNode too.
+    ca.send(&[OrderQuery::new(1, symbol_of_shard(shard_b))]);
+    let rejected = ca.wait_for(|m| matches!(m, Msg::Rejected(_)), "query reject");
+    let Msg::Rejected(r) = rejected else {
+        unreachable!()
+    };
+    assert_eq!(r.reason(), Ok(RejectReason::WrongNode));
+    assert_eq!(r.request_kind, Kind::OrderQuery as u8);
+
+    // /stats and /metrics show the cluster view.
+    let (code, stats) = get(a.admin, "/stats");
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(json["cluster"]["node_id"], format!("{ida:016x}"));
+    assert_eq!(json["cluster"]["owned_shards"].as_array().unwrap().len(), 2);
+    let (_, metrics) = get(b.admin, "/metrics");
+    assert!(
+        metrics.contains("turbo_dex_cluster_owned_shards 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("turbo_dex_cluster_lease_renew_failures_total"));
+
+    // The operator's view.
+    let out = turbo_dex_cli(&["cluster", "status", "--cluster", &nats.url()]);
+    testkit::assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{ida:016x}")) && text.contains(&b.addr.to_string()),
+        "{text}"
+    );
+    assert!(text.contains("4 shards, 2 node(s)"), "{text}");
+    drop((a, b));
+}
+
+#[test]
+fn a_node_with_another_shard_count_is_refused() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-shards");
+    let _a = Node::start(&nats.url(), &dir.join("a"), SHARDS);
+    let out = node_command(&nats.url(), &dir.join("c"), 2)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run turbo-dex");
+    assert_eq!(out.status.code(), Some(3), "{}", testkit::output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused to join the cluster")
+            && err.contains("has 4 shards but this node was started with --shards 2"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    // NATS unreachable: a clear error, exit 2.
+    let out = node_command("nats://127.0.0.1:1", &dir.join("d"), SHARDS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run turbo-dex");
+    assert_eq!(out.status.code(), Some(2), "{}", testkit::output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{}",
+        testkit::output_text(&out)
+    );
+}
+
+#[test]
+fn a_restarted_node_takes_back_its_shards_and_orders() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-restart");
+    let journal = dir.join("a");
+    let mut a = Node::start(&nats.url(), &journal, SHARDS);
+    let id = node_id(&journal);
+    let mut c = Client::login_version(a.addr, 1, 0, 2);
+    wait_map(&mut c, "a alone owns every shard", |m| {
+        m.owners.iter().all(|&o| o == id)
+    });
+    assert_eq!(order(&mut c, 5, 3), Ok(()));
+    drop(c);
+    a.kill();
+    let started = Instant::now();
+    let a = Node::start(&nats.url(), &journal, SHARDS);
+    assert_eq!(node_id(&journal), id, "the same node id");
+    let mut c = Client::login_version(a.addr, 1, 0, 2);
+    wait_map(&mut c, "a owns every shard again", |m| {
+        m.owners.iter().all(|&o| o == id) && m.nodes.len() == 1
+    });
+    // Its own leases come back without the join window's wait for others.
+    assert!(order(&mut c, 6, 0).is_ok());
+    assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    c.send(&[OrderQuery::new(5, 3)]);
+    let Msg::Status(s) = c.wait_for(|m| matches!(m, Msg::Status(_)), "status") else {
+        unreachable!()
+    };
+    assert_eq!(
+        s.state(),
+        Ok(wire::OrderState::Live),
+        "recovered from the journal"
+    );
+    drop(a);
+}
+
+#[test]
+fn a_node_that_loses_nats_stops_serving_within_the_fence() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let mut nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-fence");
+    let journal = dir.join("a");
+    let a = Node::start(&nats.url(), &journal, SHARDS);
+    let id = node_id(&journal);
+    let mut c = Client::login_version(a.addr, 1, 0, 2);
+    wait_map(&mut c, "a owns every shard", |m| {
+        m.owners.iter().all(|&o| o == id)
+    });
+    assert_eq!(order(&mut c, 1, 1), Ok(()));
+    nats.kill();
+    let killed = Instant::now();
+    // The fence: 3 s after the last successful renewal (at most 1 s before
+    // the kill), checked every 100 ms.
+    let bound = Duration::from_millis(
+        engine::cluster::plan::FENCE_MS + engine::cluster::plan::ROUND_MS + 1_000,
+    );
+    let mut id_next = 2;
+    let stopped = loop {
+        match order(&mut c, id_next, 1) {
+            Err((RejectReason::WrongNode, owner)) => {
+                // It does not name itself as the owner it no longer serves.
+                assert_ne!(owner.unwrap().node_id.get(), id);
+                break killed.elapsed();
+            }
+            Ok(()) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+        id_next += 1;
+        assert!(
+            killed.elapsed() < bound,
+            "still serving after {:?}:\n{}",
+            killed.elapsed(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(stopped < bound, "{stopped:?}");
+    let (_, metrics) = get(a.admin, "/metrics");
+    assert!(
+        metrics.contains("turbo_dex_cluster_owned_shards 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-killed");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let a = Node::start(&nats.url(), &ja, SHARDS);
+    let mut b = Node::start(&nats.url(), &jb, SHARDS);
+    let (ida, idb) = (node_id(&ja), node_id(&jb));
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let map = wait_map(&mut ca, "an even split", |m| {
+        m.owners.iter().filter(|&&o| o == ida).count() == 2
+            && m.owners.iter().filter(|&&o| o == idb).count() == 2
+    });
+    let shard_b = map.owners.iter().position(|&o| o == idb).unwrap() as u32;
+    b.kill();
+    // Past b's leases (5 s) and a few of a's rounds: still b's, unserved.
+    std::thread::sleep(Duration::from_millis(
+        engine::cluster::plan::LEASE_MS + 2_000,
+    ));
+    // A fresh session: the first one went idle meanwhile.
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let map = map_of(&mut ca, 1);
+    assert_eq!(
+        map.owners.iter().filter(|&&o| o == idb).count(),
+        2,
+        "{map:?}"
+    );
+    let (reason, owner) = order(&mut ca, 1, shard_b).unwrap_err();
+    assert_eq!(reason, RejectReason::WrongNode);
+    assert_eq!(owner.unwrap().node_id.get(), idb, "the owner is still b");
+
+    // The operator moves one of b's shards to a.
+    let url = nats.url();
+    let shard = shard_b.to_string();
+    let node = format!("{ida:016x}");
+    let out = turbo_dex_cli(&[
+        "cluster",
+        "claim",
+        &shard,
+        "--node",
+        &node,
+        "--cluster",
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --force"));
+    let out = turbo_dex_cli(&[
+        "cluster",
+        "claim",
+        &shard,
+        "--node",
+        &node,
+        "--force",
+        "--cluster",
+        &url,
+    ]);
+    testkit::assert_success(&out);
+    wait_map(&mut ca, "a owns the moved shard", |m| {
+        m.owners[shard_b as usize] == ida
+    });
+    let until = Instant::now() + DEADLINE;
+    let mut id = 2;
+    while order(&mut ca, id, shard_b).is_err() {
+        assert!(
+            Instant::now() < until,
+            "a never served the moved shard:\n{}",
+            a.log()
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // b's other shard is still b's.
+    let map = map_of(&mut ca, 2);
+    assert_eq!(
+        map.owners.iter().filter(|&&o| o == idb).count(),
+        1,
+        "{map:?}"
+    );
+}
