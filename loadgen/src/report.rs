@@ -56,6 +56,47 @@ pub struct RunReport {
     pub failure: Option<String>,
     /// What the `--subscribe` subscribers measured (`None` without it).
     pub market_data: Option<MarketDataReport>,
+    /// `--cluster`: the map and what each node carried (`None` without it).
+    pub cluster: Option<ClusterReport>,
+}
+
+/// `--cluster`'s part of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterReport {
+    /// The version of the map the run started from.
+    pub map_version: u64,
+    /// The cluster's shard count.
+    pub shards: u32,
+    /// Shards without an owner when the run started.
+    pub unowned_shards: u32,
+    /// Per node connection address, by address.
+    pub nodes: Vec<NodeReport>,
+    /// Requests of the window that had no route (no owner, or one this run
+    /// had no connection to): never sent, answered locally with
+    /// `Rejected(WrongNode)` and counted in `rejects` too.
+    pub unrouted: u64,
+}
+
+/// One node's share of the window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Its order-entry address.
+    pub address: String,
+    /// Its node id in the map the run started from (0 if it was not listed).
+    #[serde(serialize_with = "hex_id")]
+    pub node_id: u64,
+    /// Requests sent to it in the window.
+    pub orders_sent: u64,
+    pub orders_per_sec: f64,
+    /// Trades (taker fills) it reported in the window.
+    pub trades: u64,
+    pub trades_per_sec: f64,
+    /// `Rejected(WrongNode)` answers it gave (each with its `ShardOwner`).
+    pub wrong_node: u64,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:016x}"))
 }
 
 impl RunReport {
@@ -213,6 +254,31 @@ impl RunReport {
             us(l.max),
             group(l.samples)
         );
+        if let Some(cl) = &self.cluster {
+            let _ = writeln!(
+                s,
+                "  cluster      map version {}, {} shards ({} unowned at the start), {} node(s); \
+                 unrouted {}",
+                cl.map_version,
+                cl.shards,
+                cl.unowned_shards,
+                cl.nodes.len(),
+                group(cl.unrouted)
+            );
+            for n in &cl.nodes {
+                let _ = writeln!(
+                    s,
+                    "  node         {:<21}  orders {:>12}  {:>9}/s  trades {:>10}  {:>9}/s  \
+                     wrong node {}",
+                    n.address,
+                    group(n.orders_sent),
+                    si(n.orders_per_sec),
+                    group(n.trades),
+                    si(n.trades_per_sec),
+                    group(n.wrong_node)
+                );
+            }
+        }
         if let Some(md) = &self.market_data {
             md.write_summary(&mut s);
         }
@@ -310,6 +376,9 @@ impl RunReport {
             warnings: self.warnings(),
             trades_paired: self.trades_paired,
             market_data: self.market_data.as_ref().map(MarketDataReport::json_view),
+            cluster_map_version: self.cluster.as_ref().map(|c| c.map_version),
+            unrouted: self.cluster.as_ref().map(|c| c.unrouted),
+            nodes: self.cluster.as_ref().map(|c| c.nodes.as_slice()),
         }
     }
 }
@@ -365,6 +434,15 @@ struct JsonReport<'a> {
     /// Only with `--subscribe` (absent otherwise, so the layout above is unchanged).
     #[serde(skip_serializing_if = "Option::is_none")]
     market_data: Option<JsonMarketData>,
+    /// Only with `--cluster`, like the two below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_map_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unrouted: Option<u64>,
+    /// Per node: address, node_id, orders_sent, orders_per_sec, trades,
+    /// trades_per_sec, wrong_node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<&'a [NodeReport]>,
 }
 
 /// `latency_us` of the JSON report.
@@ -542,6 +620,7 @@ mod tests {
             trades_paired: 0,
             failure: Some("the server said \"no\"".into()),
             market_data: None,
+            cluster: None,
         }
     }
 

@@ -1,0 +1,350 @@
+//! `dex-trader --cluster` against a real cluster: a nats-server with
+//! JetStream (`-js -sd <tempdir>`) on 127.0.0.1 and two `turbo-dex --cluster`
+//! nodes (the binary, on ephemeral ports, which they advertise). dex-trader
+//! reads the map from a seed node and sends every order to its shard's
+//! owner: trades happen on both nodes and no order meets `WrongNode`.
+//! Without nats-server (the Debian package scripts/test.sh installs) the
+//! tests that need it say `SKIP:` and return; the usage errors run anyway.
+//!
+//! The tests run one at a time (a lock): each starts a NATS server and two
+//! nodes, whose leases should not compete for 2 cores with another test's.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use loadgen::cluster::{MapAssembler, MapView};
+use testkit::TempDir;
+use wire::{ClusterMapRequest, Decoder, Frame, Hello};
+
+/// Shards of the test cluster, and symbols (two per shard).
+const SHARDS: u32 = 4;
+const SYMBOLS: u32 = 8;
+/// The longest any condition is waited for.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+macro_rules! need_nats_server {
+    () => {
+        match nats_server() {
+            Some(path) => path,
+            None => {
+                testkit::skip!(
+                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// nats-server with JetStream, its store in a temp dir; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    fn start(bin: &Path) -> Nats {
+        let port = free_port();
+        let dir = TempDir::new("trader-cluster-nats");
+        let log = std::fs::File::create(dir.join("nats.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut nats = Nats { child, port, dir };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = nats.child.try_wait() {
+                panic!("nats-server exited ({status}):\n{}", nats.log());
+            }
+            if nats.log().contains("Server is ready")
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return nats;
+            }
+            assert!(
+                Instant::now() < until,
+                "nats-server not ready:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CPU for the servers: the last one this process may use (dex-trader
+/// runs on the first).
+fn server_cpu() -> String {
+    let allowed = tuning::allowed_cpus().expect("read the affinity mask");
+    allowed.last().expect("at least one CPU").to_string()
+}
+
+/// A turbo-dex node (binary) on 127.0.0.1, port 0, advertising the port it
+/// bound (turbo-dex's default for a specified `--listen` address).
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(extra: &[&str], journal: &Path) -> Node {
+        let binary = testkit::cargo_built("engine", "turbo-dex");
+        let mut child = testkit::turbo_dex(binary, &server_cpu())
+            .args([
+                "--no-pin",
+                "--quiet",
+                "--engine",
+                "match",
+                "--symbols",
+                &SYMBOLS.to_string(),
+                "--journal-segment-bytes",
+                "1048576",
+            ])
+            .args(extra)
+            .arg("--journal")
+            .arg(journal)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turbo-dex");
+        let (addr, lines) = testkit::ready_addr(&mut child);
+        // Keep reading stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, addr }
+    }
+
+    fn in_cluster(nats: &Nats, journal: &Path) -> Node {
+        let shards = SHARDS.to_string();
+        Node::start(&["--cluster", &nats.url(), "--shards", &shards], journal)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The map as `addr` answers it (a version 2 session of its own).
+fn map_of(addr: SocketAddr) -> MapView {
+    let mut s = TcpStream::connect(addr).expect("connect to the node");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut out = Vec::new();
+    wire::append_frame(&[Hello::new(1, 0, 0, "")], &mut out).expect("hello");
+    wire::append_frame(&[ClusterMapRequest::new(7)], &mut out).expect("request");
+    s.write_all(&out).expect("send");
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    let mut assembler = MapAssembler::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut frames = decoder.frames(&buf);
+        for f in frames.by_ref() {
+            if matches!(
+                f,
+                Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_)
+            ) && let Some(map) = assembler.on_frame(&f).expect("a well-formed map")
+            {
+                return map;
+            }
+        }
+        let used = frames.consumed();
+        buf.drain(..used);
+        let n = s.read(&mut chunk).expect("read the map");
+        assert!(n > 0, "the node closed the connection before the map");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the two nodes own two shards each, as `a` sees it.
+fn wait_for_even_split(a: &Node) -> MapView {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let map = map_of(a.addr);
+        let mut owners = map.owners.clone();
+        owners.sort_unstable();
+        owners.dedup();
+        if map.owners.len() == SHARDS as usize
+            && owners.len() == 2
+            && !owners.contains(&wire::NO_NODE)
+            && map.owner_addresses().len() == 2
+        {
+            return map;
+        }
+        assert!(Instant::now() < until, "no even split: {map:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn dex_trader(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dex-trader")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let body = std::fs::read_to_string(path).expect("the JSON report");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn routes_every_order_to_its_shards_owner() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("trader-cluster");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let b = Node::in_cluster(&nats, &dir.join("b"));
+    let map = wait_for_even_split(&a);
+    let path = dir.join("run.json");
+    // One seed is enough: the map names the other node.
+    let out = dex_trader(&[
+        "--cluster",
+        &a.addr.to_string(),
+        "--mix",
+        "match",
+        "--connections",
+        "2",
+        "--batch",
+        "50",
+        "--duration",
+        "2s",
+        "--json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  cluster      map version"), "{stdout}");
+    let report = json(&path);
+    assert!(n(&report["trades"]) > 0, "{report}");
+    assert_eq!(n(&report["unrouted"]), 0, "{report}");
+    assert_eq!(n(&report["cluster_map_version"]), map.version, "{report}");
+    assert!(
+        report["rejects_by_reason"].get("wrong node").is_none()
+            && !report["rejects_by_reason"].to_string().contains("wrong"),
+        "no order met WrongNode: {report}"
+    );
+    let nodes = report["nodes"].as_array().expect("a nodes array");
+    assert_eq!(nodes.len(), 2, "{report}");
+    let mut addrs: Vec<String> = nodes
+        .iter()
+        .map(|x| x["address"].as_str().expect("address").to_string())
+        .collect();
+    addrs.sort();
+    let mut want = vec![a.addr.to_string(), b.addr.to_string()];
+    want.sort();
+    assert_eq!(addrs, want);
+    let mut routed = 0;
+    for node in nodes {
+        assert!(n(&node["orders_sent"]) > 0, "{node}");
+        assert!(n(&node["trades"]) > 0, "{node}");
+        assert_eq!(n(&node["wrong_node"]), 0, "{node}");
+        assert!(node["orders_per_sec"].as_f64().expect("a rate") > 0.0);
+        assert_eq!(node["node_id"].as_str().expect("hex id").len(), 16);
+        routed += n(&node["orders_sent"]);
+    }
+    // Every request of the window went to one node or was unrouted.
+    assert_eq!(routed, n(&report["orders_sent"]), "{report}");
+    drop((a, b));
+}
+
+#[test]
+fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
+    let _serial = serial();
+    for (args, what) in [
+        (
+            vec!["--cluster", "nats://127.0.0.1:4222"],
+            "not supported yet",
+        ),
+        (vec!["--cluster", "auto"], "not supported yet"),
+        (vec!["--cluster", ","], "at least one seed"),
+        (
+            vec!["--cluster", "127.0.0.1:1", "--verify"],
+            "cannot be combined with --verify",
+        ),
+        (
+            vec!["--cluster", "127.0.0.1:1", "--spin", "1ms"],
+            "cannot be combined with --spin",
+        ),
+    ] {
+        let out = dex_trader(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(what),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // No --server and no --cluster: clap's usage error.
+    let out = dex_trader(&["--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A turbo-dex without --cluster refuses the map request: exit 1, why.
+    let dir = TempDir::new("trader-cluster-none");
+    let single = Node::start(&[], &dir.join("j"));
+    let out = dex_trader(&["--cluster", &single.addr.to_string(), "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not in a cluster"),
+        "{}",
+        text(&out.stderr)
+    );
+}
