@@ -246,6 +246,8 @@ pub struct RouteChange {
 #[derive(Clone, Debug)]
 pub struct Routes {
     nodes: Vec<SocketAddr>,
+    /// Per connection: closed (its node went away); nothing routes there.
+    closed: Vec<bool>,
     /// Per shard: the connection, or `None`.
     route: Vec<Option<u8>>,
     /// Per shard: the map version its route comes from.
@@ -261,6 +263,7 @@ impl Routes {
         debug_assert!(nodes.len() <= NODE_CONNECTIONS_MAX);
         let shards = map.owners.len().max(1);
         let mut r = Routes {
+            closed: vec![false; nodes.len()],
             nodes,
             route: vec![None; shards],
             version: vec![0; shards],
@@ -294,7 +297,30 @@ impl Routes {
 
     fn connection_of(&self, addr: Option<SocketAddr>) -> Option<u8> {
         let addr = addr?;
-        self.nodes.iter().position(|&n| n == addr).map(|i| i as u8)
+        let i = self.nodes.iter().position(|&n| n == addr)?;
+        (!self.closed[i]).then_some(i as u8)
+    }
+
+    /// Connection `c` closed: from now on nothing routes to it. Returns the
+    /// shards that routed there (their requests in flight are lost).
+    pub fn close(&mut self, c: usize) -> Vec<u32> {
+        let Some(closed) = self.closed.get_mut(c) else {
+            return Vec::new();
+        };
+        *closed = true;
+        let mut shards = Vec::new();
+        for (shard, route) in self.route.iter_mut().enumerate() {
+            if *route == Some(c as u8) {
+                *route = None;
+                shards.push(shard as u32);
+            }
+        }
+        shards
+    }
+
+    /// Whether connection `c` is closed.
+    pub fn is_closed(&self, c: usize) -> bool {
+        self.closed.get(c).copied().unwrap_or(true)
     }
 
     /// Takes a whole map when it is newer than the last one taken; each
@@ -613,6 +639,25 @@ mod tests {
         assert_eq!(r.route(2), None);
         // Out of range shard: ignored.
         assert_eq!(r.apply_owner(&owner(99, 9, None)), RouteChange::default());
+    }
+
+    #[test]
+    fn a_closed_connection_takes_no_more_requests() {
+        let m = map(5);
+        let mut r = Routes::new(m.owner_addresses(), &m);
+        assert_eq!(r.close(1), vec![1]);
+        assert!(r.is_closed(1) && !r.is_closed(0));
+        assert_eq!(r.route(1), None);
+        // A newer map still naming the closed node: unreachable, unrouted.
+        let c = r.apply_map(&map(6));
+        assert_eq!(c.unreachable, vec![addr(9002)]);
+        assert_eq!(r.route(1), None);
+        // The shard moved to the node still connected: routed again.
+        let mut moved = map(7);
+        moved.owners[1] = 1;
+        r.apply_map(&moved);
+        assert_eq!(r.route(1), Some(0));
+        assert_eq!(r.close(7), Vec::<u32>::new(), "no such connection");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct RunReport {
 pub struct ClusterReport {
     /// The version of the map the run started from.
     pub map_version: u64,
+    /// The newest map version the routes took during the run.
+    pub map_version_end: u64,
     /// The cluster's shard count.
     pub shards: u32,
     /// Shards without an owner when the run started.
@@ -93,6 +95,10 @@ pub struct NodeReport {
     pub trades_per_sec: f64,
     /// `Rejected(WrongNode)` answers it gave (each with its `ShardOwner`).
     pub wrong_node: u64,
+    /// Requests in flight on it when its connection closed mid-run.
+    pub lost: u64,
+    /// Why its connection closed mid-run (null when it did not).
+    pub closed: Option<String>,
 }
 
 fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -149,6 +155,26 @@ impl RunReport {
                 group(c.crossing_orders),
                 100.0 * c.crossing_self_trade_cancels as f64 / c.crossing_orders as f64
             ));
+        }
+        if let Some(cl) = &self.cluster {
+            for n in &cl.nodes {
+                if let Some(why) = &n.closed {
+                    out.push(format!(
+                        "node {} closed the connection mid-run ({why}): {} request(s) in flight \
+                         there were lost, and its shards got no orders (unrouted) until the map \
+                         gave them another owner",
+                        n.address,
+                        group(n.lost)
+                    ));
+                }
+            }
+            if cl.unrouted > 0 {
+                out.push(format!(
+                    "{} request(s) had no node to go to (a shard without an owner, or with one \
+                     this run has no connection to): not sent, counted as rejected (wrong node)",
+                    group(cl.unrouted)
+                ));
+            }
         }
         out
     }
@@ -257,9 +283,10 @@ impl RunReport {
         if let Some(cl) = &self.cluster {
             let _ = writeln!(
                 s,
-                "  cluster      map version {}, {} shards ({} unowned at the start), {} node(s); \
-                 unrouted {}",
+                "  cluster      map version {} (at the end {}), {} shards ({} unowned at the \
+                 start), {} node(s); unrouted {}",
                 cl.map_version,
+                cl.map_version_end,
                 cl.shards,
                 cl.unowned_shards,
                 cl.nodes.len(),
@@ -277,6 +304,13 @@ impl RunReport {
                     si(n.trades_per_sec),
                     group(n.wrong_node)
                 );
+                if let Some(why) = &n.closed {
+                    let _ = writeln!(
+                        s,
+                        "               closed mid-run ({why}); {} request(s) in flight there lost",
+                        group(n.lost)
+                    );
+                }
             }
         }
         if let Some(md) = &self.market_data {
@@ -377,6 +411,7 @@ impl RunReport {
             trades_paired: self.trades_paired,
             market_data: self.market_data.as_ref().map(MarketDataReport::json_view),
             cluster_map_version: self.cluster.as_ref().map(|c| c.map_version),
+            cluster_map_version_end: self.cluster.as_ref().map(|c| c.map_version_end),
             unrouted: self.cluster.as_ref().map(|c| c.unrouted),
             nodes: self.cluster.as_ref().map(|c| c.nodes.as_slice()),
         }
@@ -438,9 +473,11 @@ struct JsonReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_map_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_map_version_end: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     unrouted: Option<u64>,
     /// Per node: address, node_id, orders_sent, orders_per_sec, trades,
-    /// trades_per_sec, wrong_node.
+    /// trades_per_sec, wrong_node, lost, closed.
     #[serde(skip_serializing_if = "Option::is_none")]
     nodes: Option<&'a [NodeReport]>,
 }

@@ -208,6 +208,8 @@ struct ConnOutcome {
     nodes: Vec<routed::NodeCount>,
     /// `--cluster`: requests of the window that had no route.
     unrouted: u64,
+    /// `--cluster`: the newest map version the routes took.
+    map_version: u64,
 }
 
 /// What one worker brings home.
@@ -383,7 +385,7 @@ fn merge(
             violations.merge(c.violations);
             unanswered += c.unanswered;
             errors += u64::from(c.failed);
-            nodes.add(&c.nodes, c.unrouted);
+            nodes.add(&c.nodes, c.unrouted, c.map_version);
         }
         ledger.merge(o.ledger, &mut violations);
     }
@@ -1025,6 +1027,7 @@ async fn connection(
         failed,
         nodes: Vec::new(),
         unrouted: 0,
+        map_version: 0,
     }
 }
 

@@ -115,6 +115,13 @@ impl Drop for Nats {
     }
 }
 
+/// The turbo-dex binary, built (or found up to date) once per test run
+/// with this test's cargo, target folder and profile.
+fn turbo_dex_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| testkit::cargo_built("engine", "turbo-dex"))
+}
+
 /// The CPU for the servers: the last one this process may use (dex-trader
 /// runs on the first).
 fn server_cpu() -> String {
@@ -131,7 +138,7 @@ struct Node {
 
 impl Node {
     fn start(extra: &[&str], journal: &Path) -> Node {
-        let binary = testkit::cargo_built("engine", "turbo-dex");
+        let binary = turbo_dex_binary();
         let mut child = testkit::turbo_dex(binary, &server_cpu())
             .args([
                 "--no-pin",
@@ -161,10 +168,16 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
+impl Node {
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -346,5 +359,102 @@ fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
         text(&out.stderr).contains("not in a cluster"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// `turbo-dex cluster claim SHARD --node ID --force`, retried until the
+/// node that was killed no longer holds a live lease on the shard.
+fn claim_when_free(nats: &Nats, shard: usize, node: u64) {
+    let binary = turbo_dex_binary();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new(binary)
+            .args(["cluster", "claim", &shard.to_string(), "--node"])
+            .arg(format!("{node:016x}"))
+            .args(["--force", "--cluster", &nats.url()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run turbo-dex cluster claim");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "cannot claim shard {shard}: {}",
+            testkit::output_text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn follows_the_map_when_a_node_goes_and_its_shards_move() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("trader-cluster-move");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let mut b = Node::in_cluster(&nats, &dir.join("b"));
+    let map = wait_for_even_split(&a);
+    let id_of = |addr| {
+        map.nodes
+            .iter()
+            .find(|n| n.addr == Some(addr))
+            .expect("listed")
+            .id
+    };
+    let (id_a, id_b) = (id_of(a.addr), id_of(b.addr));
+    let shards_of_b: Vec<usize> = (0..map.owners.len())
+        .filter(|&s| map.owners[s] == id_b)
+        .collect();
+    let path = dir.join("run.json");
+    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
+        .arg(a.addr.to_string())
+        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
+        .args(["--duration", "12s", "--json"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dex-trader");
+    // Trading on both; then b goes, and once its leases have run out the
+    // operator gives its shards to a.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.kill();
+    let killed = Instant::now();
+    for &shard in &shards_of_b {
+        claim_when_free(&nats, shard, id_a);
+    }
+    let claimed = killed.elapsed();
+    let out = trader.wait_with_output().expect("dex-trader ends");
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("closed mid-run"), "{stdout}");
+    let report = json(&path);
+    assert!(n(&report["trades"]) > 0, "{report}");
+    // The routes took the newer map: b's shards moved to a.
+    assert!(
+        n(&report["cluster_map_version_end"]) > n(&report["cluster_map_version"]),
+        "claimed after {claimed:?}: {report}"
+    );
+    // Between b's going and the move, b's shards got nothing: unrouted.
+    assert!(n(&report["unrouted"]) > 0, "{report}");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    let node = |addr: SocketAddr| {
+        nodes
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} in {report}"))
+    };
+    assert!(node(b.addr)["closed"].is_string(), "{report}");
+    assert!(node(a.addr)["closed"].is_null(), "{report}");
+    assert!(n(&node(a.addr)["trades"]) > 0, "{report}");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("closed the connection mid-run"),
+        "{report}"
     );
 }

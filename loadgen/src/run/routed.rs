@@ -52,6 +52,10 @@ pub struct NodeCount {
     pub trades: u64,
     /// `ShardOwner`s it sent (each follows a `Rejected(WrongNode)`).
     pub wrong_node: u64,
+    /// Requests in flight there when its connection closed (any time).
+    pub lost: u64,
+    /// Why its connection closed mid-run, if it did.
+    pub closed: Option<String>,
 }
 
 /// The run's per-node figures, summed over the sessions.
@@ -59,17 +63,23 @@ pub struct NodeCount {
 pub struct NodeTotals {
     nodes: Vec<NodeCount>,
     unrouted: u64,
+    map_version_end: u64,
 }
 
 impl NodeTotals {
-    pub fn add(&mut self, nodes: &[NodeCount], unrouted: u64) {
+    pub fn add(&mut self, nodes: &[NodeCount], unrouted: u64, map_version: u64) {
         self.unrouted += unrouted;
+        self.map_version_end = self.map_version_end.max(map_version);
         for n in nodes {
             match self.nodes.iter_mut().find(|t| t.addr == n.addr) {
                 Some(t) => {
                     t.orders += n.orders;
                     t.trades += n.trades;
                     t.wrong_node += n.wrong_node;
+                    t.lost += n.lost;
+                    if t.closed.is_none() {
+                        t.closed.clone_from(&n.closed);
+                    }
                 }
                 None => self.nodes.push(n.clone()),
             }
@@ -98,11 +108,14 @@ impl NodeTotals {
                 trades: n.trades,
                 trades_per_sec: per_sec(n.trades),
                 wrong_node: n.wrong_node,
+                lost: n.lost,
+                closed: n.closed.clone(),
             })
             .collect();
         nodes.sort_by(|a, b| a.address.cmp(&b.address));
         ClusterReport {
             map_version: map.version,
+            map_version_end: self.map_version_end.max(map.version),
             shards: map.owners.len() as u32,
             unowned_shards: map.unowned() as u32,
             nodes,
@@ -280,6 +293,8 @@ struct NodeLink {
     addr: SocketAddr,
     stream: RefCell<Stream>,
     counts: RefCell<NodeCount>,
+    /// Why reading from it stopped (set by `read_more`).
+    failure: RefCell<Option<String>>,
 }
 
 /// A routed session: one flow, several node connections.
@@ -359,6 +374,7 @@ async fn session(
                     addr: Some(addr),
                     ..NodeCount::default()
                 }),
+                failure: RefCell::new(None),
             }
         })
         .collect();
@@ -435,7 +451,38 @@ async fn session(
             .map(|n| n.counts.borrow().clone())
             .collect(),
         unrouted: trader.unrouted_window.get(),
+        map_version: trader.routes.borrow().map_version(),
     }
+}
+
+/// Node `i`'s connection closed (or failed) mid-run: nothing routes there
+/// any more, the requests in flight on its shards are lost (the session
+/// stops waiting for them), and the run goes on with the other nodes; it
+/// fails only when every node connection has closed.
+fn node_lost(trader: &Trader, i: usize, why: String) {
+    let node = &trader.nodes[i];
+    if node.counts.borrow().closed.is_some() {
+        return;
+    }
+    let shards = trader.routes.borrow_mut().close(i);
+    let count = trader.routes.borrow().shard_count().max(1);
+    let lost = trader
+        .session
+        .borrow_mut()
+        .abandon(|symbol| shards.contains(&(symbol % count)));
+    {
+        let mut c = node.counts.borrow_mut();
+        c.lost += lost;
+        c.closed = Some(why.clone());
+    }
+    let routes = trader.routes.borrow();
+    if (0..trader.nodes.len()).all(|c| routes.is_closed(c)) {
+        trader.failure.borrow_mut().get_or_insert(format!(
+            "every node connection closed; the last, {}: {why}",
+            node.addr
+        ));
+    }
+    trader.progress.raise();
 }
 
 /// Sends until the end of the window (or a failure anywhere), each request
@@ -471,6 +518,23 @@ async fn send(
         if now >= end_ns || interrupted() {
             return Ok(());
         }
+        // The map first, so that it is re-read whatever the flow does.
+        if now >= next_map_ns {
+            next_map_ns = now + refresh_ns;
+            map_token += 1;
+            // The next open node in turn.
+            let open = (0..n)
+                .map(|k| (map_token as usize + k) % n)
+                .find(|&k| !trader.routes.borrow().is_closed(k));
+            if let Some(i) = open {
+                out.clear();
+                wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
+                    .map_err(|e| format!("cannot encode a map request: {e}"))?;
+                if let Err(e) = write_all(&trader.nodes[i].stream, &out).await {
+                    node_lost(trader, i, format!("sending a map request failed: {e}"));
+                }
+            }
+        }
         out.clear();
         let next_due = fill(
             &mut trader.session.borrow_mut(),
@@ -487,7 +551,7 @@ async fn send(
             local.clear();
             let before: Vec<u64> = splitter.routed.clone();
             let unrouted_before = splitter.unrouted;
-            splitter
+            let routed = splitter
                 .split(&out, &trader.routes.borrow(), &mut outs, &mut local)
                 .map_err(|e| format!("internal: the session wrote a bad frame ({e})"))?;
             if trader.window.contains(now) {
@@ -512,34 +576,30 @@ async fn send(
                     continue;
                 }
                 let node = &trader.nodes[i];
-                write_all(&node.stream, o)
-                    .await
-                    .map_err(|e| format!("sending to node {} failed: {e}", node.addr))?;
+                if let Err(e) = write_all(&node.stream, o).await {
+                    node_lost(trader, i, format!("sending to it failed: {e}"));
+                }
                 last_send_ns[i] = now;
             }
             trader.published.orders_sent.store(
                 trader.session.borrow().counters().orders_sent,
                 Ordering::Relaxed,
             );
+            if routed == 0 {
+                // All answered here at once: nothing awaited, so let the
+                // worker's other tasks (the receivers) run before the next.
+                futures_lite::future::yield_now().await;
+            }
             continue;
         }
         if trader.session.borrow().exhausted() {
             return Err("the session used up its 2^40 client order ids".into());
         }
-        if now >= next_map_ns {
-            next_map_ns = now + refresh_ns;
-            map_token += 1;
-            let node = &trader.nodes[(map_token as usize) % n];
-            out.clear();
-            wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
-                .map_err(|e| format!("cannot encode a map request: {e}"))?;
-            write_all(&node.stream, &out)
-                .await
-                .map_err(|e| format!("sending a map request to node {} failed: {e}", node.addr))?;
-            continue;
-        }
         let mut sent_heartbeat = false;
         for (i, node) in trader.nodes.iter().enumerate() {
+            if trader.routes.borrow().is_closed(i) {
+                continue;
+            }
             if heartbeat_ns > 0 && now >= last_send_ns[i] + heartbeat_ns {
                 heartbeat_token += 1;
                 out.clear();
@@ -550,9 +610,9 @@ async fn send(
                     &mut out,
                 )
                 .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
-                write_all(&node.stream, &out).await.map_err(|e| {
-                    format!("sending a heartbeat to node {} failed: {e}", node.addr)
-                })?;
+                if let Err(e) = write_all(&node.stream, &out).await {
+                    node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
+                }
                 last_send_ns[i] = now;
                 sent_heartbeat = true;
             }
@@ -563,8 +623,19 @@ async fn send(
         let mut wake_ns = end_ns
             .min(now + STOP_POLL.as_nanos() as u64)
             .min(next_map_ns);
-        if heartbeat_ns > 0 {
-            let oldest = last_send_ns.iter().copied().min().unwrap_or(0);
+        // The next heartbeat due, of the open nodes only: a closed node's
+        // last send never moves, and counting it would make this loop spin
+        // without yielding (starving the receivers on this executor).
+        let oldest = {
+            let routes = trader.routes.borrow();
+            (0..n)
+                .filter(|&i| !routes.is_closed(i))
+                .map(|i| last_send_ns[i])
+                .min()
+        };
+        if heartbeat_ns > 0
+            && let Some(oldest) = oldest
+        {
             wake_ns = wake_ns.min(oldest + heartbeat_ns);
         }
         if let Some(due) = next_due {
@@ -602,15 +673,13 @@ async fn receive(
                 &mut len,
                 recv_bytes,
                 "a report frame",
-                &trader.failure,
+                &node.failure,
                 &trader.progress,
             )
             .await
         {
-            let mut f = trader.failure.borrow_mut();
-            if let Some(why) = f.take() {
-                *f = Some(format!("node {}: {why}", node.addr));
-            }
+            let why = node.failure.borrow_mut().take().unwrap_or_default();
+            node_lost(&trader, i, why);
             return;
         }
         first = false;
@@ -661,11 +730,7 @@ async fn receive(
                 len -= used;
             }
             Err(f) => {
-                trader
-                    .failure
-                    .borrow_mut()
-                    .get_or_insert(format!("node {}: {f}", node.addr));
-                trader.progress.raise();
+                node_lost(&trader, i, f.to_string());
                 return;
             }
         }
