@@ -25,6 +25,7 @@ Examples:
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
   dex-trader --server 127.0.0.1:9000 --mix match --subscribe all --depth --top --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
+  dex-trader --cluster 10.0.0.2:9000,10.0.0.3:9000 --mix match --duration 30s   (each order to its shard's node)
   dex-trader flood --server 127.0.0.1:9000     (probe the server's limits; dex-trader flood --help)
 
 Latency is measured from each request's send time (closed loop) or its

@@ -501,6 +501,9 @@ async fn send(
         .rate
         .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
     let n = trader.nodes.len();
+    if n == 0 {
+        return Err("no node connection to send to".into());
+    }
     let mut out: Vec<u8> = Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes));
     let mut outs: Vec<Vec<u8>> = (0..n)
         .map(|_| Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes)))
