@@ -28,8 +28,8 @@ use wire::{
 pub const SHARDS_MAX: u32 = 1 << 16;
 /// Most nodes a map may list.
 pub const NODES_MAX: u32 = 1024;
-/// Most node connections a routed session has (one per node that owns
-/// shards when the run starts).
+/// Most node connections a routed session has, over the run (one per
+/// owner it connects to, a node that came back counting again).
 pub const NODE_CONNECTIONS_MAX: usize = 64;
 
 /// One node of a map.
@@ -250,6 +250,8 @@ pub struct Routes {
     closed: Vec<bool>,
     /// Per shard: the connection, or `None`.
     route: Vec<Option<u8>>,
+    /// Per shard: the owner's address, as last heard, connected or not.
+    owner: Vec<Option<SocketAddr>>,
     /// Per shard: the map version its route comes from.
     version: Vec<u64>,
     /// The newest whole map taken.
@@ -266,6 +268,7 @@ impl Routes {
             closed: vec![false; nodes.len()],
             nodes,
             route: vec![None; shards],
+            owner: vec![None; shards],
             version: vec![0; shards],
             map_version: 0,
         };
@@ -295,10 +298,44 @@ impl Routes {
         self.route[shard].map(usize::from)
     }
 
+    /// The open connection to `addr`, if any.
     fn connection_of(&self, addr: Option<SocketAddr>) -> Option<u8> {
         let addr = addr?;
-        let i = self.nodes.iter().position(|&n| n == addr)?;
-        (!self.closed[i]).then_some(i as u8)
+        let i = (0..self.nodes.len()).find(|&i| self.nodes[i] == addr && !self.closed[i])?;
+        Some(i as u8)
+    }
+
+    /// A new connection, to `addr` (a node that owns shards now, or came
+    /// back): its number. The shards whose owner is `addr` route there at
+    /// once. `None` at [`NODE_CONNECTIONS_MAX`] connections.
+    pub fn add_node(&mut self, addr: SocketAddr) -> Option<usize> {
+        if self.nodes.len() >= NODE_CONNECTIONS_MAX {
+            return None;
+        }
+        let c = self.nodes.len();
+        self.nodes.push(addr);
+        self.closed.push(false);
+        for (route, owner) in self.route.iter_mut().zip(&self.owner) {
+            if *owner == Some(addr) && route.is_none() {
+                *route = Some(c as u8);
+            }
+        }
+        Some(c)
+    }
+
+    /// Owners that shards route to but this session has no open connection
+    /// to (each once): the nodes to connect to.
+    pub fn missing(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (route, owner) in self.route.iter().zip(&self.owner) {
+            if route.is_none()
+                && let Some(a) = owner
+                && !out.contains(a)
+            {
+                out.push(*a);
+            }
+        }
+        out
     }
 
     /// Connection `c` closed: from now on nothing routes to it. Returns the
@@ -351,6 +388,7 @@ impl Routes {
                 change.shards_moved += 1;
             }
             self.route[shard] = to;
+            self.owner[shard] = addr;
             self.version[shard] = map.version;
         }
         change
@@ -380,6 +418,7 @@ impl Routes {
             change.shards_moved = 1;
         }
         self.route[shard] = to;
+        self.owner[shard] = addr;
         self.version[shard] = version;
         change
     }
@@ -411,6 +450,14 @@ impl Splitter {
             cancels: Vec::new(),
             replaces: Vec::new(),
             rejects: Vec::new(),
+        }
+    }
+
+    /// Makes room for `connections` node connections (a node connected
+    /// mid-run).
+    pub fn grow(&mut self, connections: usize) {
+        if self.routed.len() < connections {
+            self.routed.resize(connections, 0);
         }
     }
 
@@ -658,6 +705,35 @@ mod tests {
         r.apply_map(&moved);
         assert_eq!(r.route(1), Some(0));
         assert_eq!(r.close(7), Vec::<u32>::new(), "no such connection");
+    }
+
+    #[test]
+    fn a_node_connected_later_takes_its_shards() {
+        let m = map(5);
+        // Connected to node 1 only: node 2's shard is unrouted, and missing.
+        let mut r = Routes::new(vec![addr(9001)], &m);
+        assert_eq!(r.route(1), None);
+        assert_eq!(r.missing(), vec![addr(9002)]);
+        assert_eq!(r.add_node(addr(9002)), Some(1));
+        assert_eq!(r.route(1), Some(1));
+        assert!(r.missing().is_empty());
+        // It goes, and comes back (restarted): a new connection takes over.
+        r.close(1);
+        assert_eq!(r.missing(), vec![addr(9002)]);
+        assert_eq!(r.add_node(addr(9002)), Some(2));
+        assert_eq!((r.route(1), r.route(5)), (Some(2), Some(2)));
+        // A newer map naming a third node: missing until connected.
+        let mut newer = map(6);
+        newer.nodes.push(MapNode {
+            id: 3,
+            addr: Some(addr(9003)),
+            alive: true,
+        });
+        newer.owners[3] = 3;
+        r.apply_map(&newer);
+        assert_eq!(r.missing(), vec![addr(9003)]);
+        assert_eq!(r.add_node(addr(9003)), Some(3));
+        assert_eq!(r.route(3), Some(3));
     }
 
     #[test]

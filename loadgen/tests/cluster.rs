@@ -115,11 +115,23 @@ impl Drop for Nats {
     }
 }
 
-/// The turbo-dex binary, built (or found up to date) once per test run
-/// with this test's cargo, target folder and profile.
+/// The turbo-dex binary: `<target>/<profile>/turbo-dex` as `cargo build
+/// -p engine -p loadgen --bins` (or the workspace build, scripts/test.sh)
+/// left it, so that no test waits for a build; built with this test's
+/// cargo only when it is missing. Rebuild the binaries after changing the
+/// engine. (`cargo build -p engine` alone resolves other features of the
+/// shared dependencies than the loadgen test build, so building it here
+/// every time would recompile them, about 30 s on 2 cores, at each
+/// alternation.)
 fn turbo_dex_binary() -> &'static Path {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BINARY.get_or_init(|| testkit::cargo_built("engine", "turbo-dex"))
+    BINARY.get_or_init(|| {
+        let built = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("turbo-dex")))
+            .filter(|p| p.is_file());
+        built.unwrap_or_else(|| testkit::cargo_built("engine", "turbo-dex"))
+    })
 }
 
 /// The CPU for the servers: the last one this process may use (dex-trader
@@ -387,8 +399,14 @@ fn claim_when_free(nats: &Nats, shard: usize, node: u64) {
     }
 }
 
+/// A node started in `journal`: its id (written before it listens).
+fn node_id(journal: &Path) -> u64 {
+    let text = std::fs::read_to_string(journal.join("node-id")).expect("node-id file");
+    u64::from_str_radix(text.trim(), 16).expect("16 hex digits")
+}
+
 #[test]
-fn follows_the_map_when_a_node_goes_and_its_shards_move() {
+fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
     let _serial = serial();
     let bin = need_nats_server!();
     let nats = Nats::start(&bin);
@@ -403,7 +421,7 @@ fn follows_the_map_when_a_node_goes_and_its_shards_move() {
             .expect("listed")
             .id
     };
-    let (id_a, id_b) = (id_of(a.addr), id_of(b.addr));
+    let id_b = id_of(b.addr);
     let shards_of_b: Vec<usize> = (0..map.owners.len())
         .filter(|&s| map.owners[s] == id_b)
         .collect();
@@ -419,13 +437,15 @@ fn follows_the_map_when_a_node_goes_and_its_shards_move() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start dex-trader");
-    // Trading on both; then b goes, and once its leases have run out the
-    // operator gives its shards to a.
+    // Trading on both; then b goes, c joins (owning nothing), and once
+    // b's leases have run out the operator gives b's shards to c.
     std::thread::sleep(Duration::from_millis(1500));
     b.kill();
     let killed = Instant::now();
+    let c = Node::in_cluster(&nats, &dir.join("c"));
+    let id_c = node_id(&dir.join("c"));
     for &shard in &shards_of_b {
-        claim_when_free(&nats, shard, id_a);
+        claim_when_free(&nats, shard, id_c);
     }
     let claimed = killed.elapsed();
     let out = trader.wait_with_output().expect("dex-trader ends");
@@ -434,7 +454,7 @@ fn follows_the_map_when_a_node_goes_and_its_shards_move() {
     assert!(stdout.contains("closed mid-run"), "{stdout}");
     let report = json(&path);
     assert!(n(&report["trades"]) > 0, "{report}");
-    // The routes took the newer map: b's shards moved to a.
+    // The routes took the newer map: b's shards moved to c.
     assert!(
         n(&report["cluster_map_version_end"]) > n(&report["cluster_map_version"]),
         "claimed after {claimed:?}: {report}"
@@ -451,6 +471,11 @@ fn follows_the_map_when_a_node_goes_and_its_shards_move() {
     assert!(node(b.addr)["closed"].is_string(), "{report}");
     assert!(node(a.addr)["closed"].is_null(), "{report}");
     assert!(n(&node(a.addr)["trades"]) > 0, "{report}");
+    // c, not in the map at the start, was connected and got b's shards.
+    assert_eq!(nodes.len(), 3, "{report}");
+    assert!(node(c.addr)["closed"].is_null(), "{report}");
+    assert!(n(&node(c.addr)["orders_sent"]) > 0, "{report}");
+    assert!(n(&node(c.addr)["trades"]) > 0, "{report}");
     assert!(
         report["warnings"]
             .to_string()

@@ -8,9 +8,11 @@
 //!
 //! The routes follow the cluster: a `ShardOwner` newer than a shard's
 //! route moves it at once, and every [`MAP_REFRESH`] the sender asks one
-//! node (in turn) for the whole map. A shard whose owner is none, or a
-//! node this session has no connection to, gets no requests: they are
-//! answered here with `Rejected(WrongNode)` and counted as unrouted.
+//! node (in turn) for the whole map and connects to the owners it has no
+//! connection to. A shard whose owner is none, or not connected (yet),
+//! gets no requests: they are answered here with `Rejected(WrongNode)` and
+//! counted as unrouted. A node whose connection closes is dropped (its
+//! requests in flight counted lost); the session goes on with the others.
 
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
@@ -302,7 +304,11 @@ struct Trader {
     session: RefCell<Session>,
     ledger: Rc<RefCell<TradeLedger>>,
     routes: RefCell<Routes>,
-    nodes: Vec<NodeLink>,
+    /// In the routes' connection order; grows when a node is connected
+    /// mid-run. Never borrowed across an await.
+    nodes: RefCell<Vec<Rc<NodeLink>>>,
+    /// The receiver tasks, one per node connection.
+    receivers: RefCell<Vec<glommio::Task<()>>>,
     /// Raised by the receivers after each read and on failure.
     progress: Signal,
     failure: RefCell<Option<String>>,
@@ -367,7 +373,7 @@ async fn session(
         .zip(links)
         .map(|(&addr, l)| {
             leftovers.push(l.leftover);
-            NodeLink {
+            Rc::new(NodeLink {
                 addr,
                 stream: RefCell::new(l.stream),
                 counts: RefCell::new(NodeCount {
@@ -375,14 +381,15 @@ async fn session(
                     ..NodeCount::default()
                 }),
                 failure: RefCell::new(None),
-            }
+            })
         })
         .collect();
     let trader = Rc::new(Trader {
         session: RefCell::new(session),
         ledger,
         routes: RefCell::new(routes),
-        nodes,
+        nodes: RefCell::new(nodes),
+        receivers: RefCell::new(Vec::new()),
         progress: Signal::default(),
         failure: RefCell::new(None),
         published,
@@ -391,19 +398,18 @@ async fn session(
         unrouted_window: Cell::new(0),
     });
     let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
-    let receivers: Vec<_> = leftovers
-        .into_iter()
-        .enumerate()
-        .map(|(i, left)| glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes)))
-        .collect();
-    let mut splitter = Splitter::new(trader.nodes.len(), max_frame);
+    for (i, left) in leftovers.into_iter().enumerate() {
+        let task = glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes));
+        trader.receivers.borrow_mut().push(task);
+    }
+    let mut splitter = Splitter::new(trader.nodes.borrow().len(), max_frame);
     let sent = send(
         &plan,
         &trader,
         &mut splitter,
         clock,
         &shared,
-        (end_ns, coalesce_bytes, global, heartbeat_ns),
+        (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes),
     )
     .await;
     if let Err(e) = sent {
@@ -426,6 +432,7 @@ async fn session(
             trader.progress.wait_at_most(wait).await;
         }
     }
+    let receivers = trader.receivers.take();
     for r in receivers {
         let _ = r.cancel().await;
     }
@@ -447,6 +454,7 @@ async fn session(
         failed,
         nodes: trader
             .nodes
+            .borrow()
             .iter()
             .map(|n| n.counts.borrow().clone())
             .collect(),
@@ -460,7 +468,9 @@ async fn session(
 /// stops waiting for them), and the run goes on with the other nodes; it
 /// fails only when every node connection has closed.
 fn node_lost(trader: &Trader, i: usize, why: String) {
-    let node = &trader.nodes[i];
+    let Some(node) = trader.nodes.borrow().get(i).cloned() else {
+        return;
+    };
     if node.counts.borrow().closed.is_some() {
         return;
     }
@@ -476,7 +486,7 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
         c.closed = Some(why.clone());
     }
     let routes = trader.routes.borrow();
-    if (0..trader.nodes.len()).all(|c| routes.is_closed(c)) {
+    if (0..trader.nodes.borrow().len()).all(|c| routes.is_closed(c)) {
         trader.failure.borrow_mut().get_or_insert(format!(
             "every node connection closed; the last, {}: {why}",
             node.addr
@@ -490,17 +500,17 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
 /// [`MAP_REFRESH`].
 async fn send(
     plan: &Plan,
-    trader: &Trader,
+    trader: &Rc<Trader>,
     splitter: &mut Splitter,
     clock: super::Clock,
     shared: &Shared,
-    (end_ns, coalesce_bytes, global, heartbeat_ns): (u64, usize, usize, u64),
+    (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes): (u64, usize, usize, u64, usize),
 ) -> Result<(), String> {
     let batch = plan.batch;
     let mut schedule = plan
         .rate
         .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
-    let n = trader.nodes.len();
+    let mut n = trader.nodes.borrow().len();
     if n == 0 {
         return Err("no node connection to send to".into());
     }
@@ -521,8 +531,21 @@ async fn send(
         if now >= end_ns || interrupted() {
             return Ok(());
         }
-        // The map first, so that it is re-read whatever the flow does.
+        // The map first, so that it is re-read whatever the flow does; and
+        // a connection to each owner the routes lack (a node that got
+        // shards since the start, or came back), tried once a refresh.
         if now >= next_map_ns {
+            let missing = trader.routes.borrow().missing();
+            for addr in missing {
+                if connect_node(plan, trader, global, addr, clock, recv_bytes).await {
+                    n = trader.nodes.borrow().len();
+                    outs.resize_with(n, || {
+                        Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes))
+                    });
+                    last_send_ns.resize(n, now);
+                    splitter.grow(n);
+                }
+            }
             next_map_ns = now + refresh_ns;
             map_token += 1;
             // The next open node in turn.
@@ -533,7 +556,8 @@ async fn send(
                 out.clear();
                 wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
                     .map_err(|e| format!("cannot encode a map request: {e}"))?;
-                if let Err(e) = write_all(&trader.nodes[i].stream, &out).await {
+                let node = trader.nodes.borrow()[i].clone();
+                if let Err(e) = write_all(&node.stream, &out).await {
                     node_lost(trader, i, format!("sending a map request failed: {e}"));
                 }
             }
@@ -558,7 +582,8 @@ async fn send(
                 .split(&out, &trader.routes.borrow(), &mut outs, &mut local)
                 .map_err(|e| format!("internal: the session wrote a bad frame ({e})"))?;
             if trader.window.contains(now) {
-                for (node, (b, a)) in trader.nodes.iter().zip(before.iter().zip(&splitter.routed)) {
+                let nodes = trader.nodes.borrow();
+                for (node, (b, a)) in nodes.iter().zip(before.iter().zip(&splitter.routed)) {
                     node.counts.borrow_mut().orders += a - b;
                 }
                 trader
@@ -578,7 +603,7 @@ async fn send(
                 if o.is_empty() {
                     continue;
                 }
-                let node = &trader.nodes[i];
+                let node = trader.nodes.borrow()[i].clone();
                 if let Err(e) = write_all(&node.stream, o).await {
                     node_lost(trader, i, format!("sending to it failed: {e}"));
                 }
@@ -599,11 +624,12 @@ async fn send(
             return Err("the session used up its 2^40 client order ids".into());
         }
         let mut sent_heartbeat = false;
-        for (i, node) in trader.nodes.iter().enumerate() {
+        for (i, last) in last_send_ns.iter_mut().enumerate() {
             if trader.routes.borrow().is_closed(i) {
                 continue;
             }
-            if heartbeat_ns > 0 && now >= last_send_ns[i] + heartbeat_ns {
+            let node = trader.nodes.borrow()[i].clone();
+            if heartbeat_ns > 0 && now >= *last + heartbeat_ns {
                 heartbeat_token += 1;
                 out.clear();
                 wire::append_frame(
@@ -616,7 +642,7 @@ async fn send(
                 if let Err(e) = write_all(&node.stream, &out).await {
                     node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
                 }
-                last_send_ns[i] = now;
+                *last = now;
                 sent_heartbeat = true;
             }
         }
@@ -653,6 +679,38 @@ async fn send(
     }
 }
 
+/// Connects the session to `addr` mid-run (a node that owns shards the
+/// routes have no connection for) and starts its receiver; false when it
+/// cannot (tried again at the next map refresh).
+async fn connect_node(
+    plan: &Plan,
+    trader: &Rc<Trader>,
+    global: usize,
+    addr: SocketAddr,
+    clock: super::Clock,
+    recv_bytes: usize,
+) -> bool {
+    let Ok(conn) = connect(plan, global, addr, &format!("node {addr}")).await else {
+        return false;
+    };
+    let Some(i) = trader.routes.borrow_mut().add_node(addr) else {
+        return false;
+    };
+    debug_assert_eq!(i, trader.nodes.borrow().len());
+    trader.nodes.borrow_mut().push(Rc::new(NodeLink {
+        addr,
+        stream: RefCell::new(conn.stream),
+        counts: RefCell::new(NodeCount {
+            addr: Some(addr),
+            ..NodeCount::default()
+        }),
+        failure: RefCell::new(None),
+    }));
+    let task = glommio::spawn_local(receive(trader.clone(), i, clock, conn.leftover, recv_bytes));
+    trader.receivers.borrow_mut().push(task);
+    true
+}
+
 /// Reads node `i`'s reports until cancelled or the connection fails.
 async fn receive(
     trader: Rc<Trader>,
@@ -661,7 +719,9 @@ async fn receive(
     leftover: Vec<u8>,
     recv_bytes: usize,
 ) {
-    let node = &trader.nodes[i];
+    let Some(node) = trader.nodes.borrow().get(i).cloned() else {
+        return;
+    };
     let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
     let mut len = leftover.len();
     buf[..len].copy_from_slice(&leftover);
