@@ -1067,4 +1067,56 @@ mod tests {
         let a = parse(&["--server", "127.0.0.1:1", "--cores", "0", "--rate", "0"]).unwrap();
         assert_eq!(plan(&a).unwrap().rate, None);
     }
+
+    #[test]
+    fn cluster_takes_seed_nodes_instead_of_a_server() {
+        let a = parse(&[
+            "--cluster",
+            "127.0.0.1:9001, 127.0.0.1:9002",
+            "--cores",
+            "0",
+        ])
+        .unwrap();
+        let p = plan(&a).unwrap();
+        let seeds: Vec<SocketAddr> = vec![
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap(),
+        ];
+        assert_eq!(p.cluster, Some(seeds));
+        assert_eq!(
+            (p.server.port(), p.server_name.as_str()),
+            (9001, "127.0.0.1:9001")
+        );
+        // Without --cluster: no cluster, and --server is required.
+        let a = parse(&["--server", "127.0.0.1:9000", "--cores", "0"]).unwrap();
+        assert_eq!(plan(&a).unwrap().cluster, None);
+        assert!(parse(&["--cores", "0"]).is_err());
+        let refused = |args: &[&str]| plan(&parse(args).unwrap()).unwrap_err().0;
+        for (args, want) in [
+            (&["--cluster", "auto"][..], "not supported yet"),
+            (
+                &["--cluster", "nats://10.0.0.1:4222"][..],
+                "not supported yet",
+            ),
+            (&["--cluster", " , "][..], "at least one seed"),
+            (&["--cluster", "no-port"][..], "cannot resolve"),
+            (
+                &["--cluster", "127.0.0.1:1", "--verify"][..],
+                "with --verify",
+            ),
+            (
+                &["--cluster", "127.0.0.1:1", "--spin", "1ms"][..],
+                "with --spin",
+            ),
+            (
+                &["--cluster", "127.0.0.1:1", "--subscribe", "all"][..],
+                "with --subscribe",
+            ),
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["--cores", "0"]);
+            let e = refused(&all);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
 }

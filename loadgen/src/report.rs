@@ -937,4 +937,85 @@ mod tests {
             assert!(s.contains(want), "missing {want} in\n{s}");
         }
     }
+
+    #[test]
+    fn cluster_runs_add_per_node_figures_and_nothing_else() {
+        let plain = report().to_json();
+        let mut r = report();
+        r.cluster = Some(ClusterReport {
+            map_version: 4,
+            map_version_end: 6,
+            shards: 4,
+            unowned_shards: 0,
+            nodes: vec![
+                NodeReport {
+                    address: "10.0.0.2:9000".into(),
+                    node_id: 0xab,
+                    orders_sent: 30,
+                    orders_per_sec: 3.0,
+                    trades: 10,
+                    trades_per_sec: 1.0,
+                    wrong_node: 0,
+                    lost: 0,
+                    closed: None,
+                },
+                NodeReport {
+                    address: "10.0.0.3:9000".into(),
+                    node_id: 0xcd,
+                    orders_sent: 20,
+                    orders_per_sec: 2.0,
+                    trades: 5,
+                    trades_per_sec: 0.5,
+                    wrong_node: 2,
+                    lost: 7,
+                    closed: Some("the server closed the connection mid-run".into()),
+                },
+            ],
+            unrouted: 3,
+        });
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let before: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let added: Vec<String> = keys(&json)
+            .into_iter()
+            .filter(|k| !keys(&before).contains(k))
+            .collect();
+        // (serde_json sorts the keys of its maps)
+        assert_eq!(
+            added,
+            [
+                "cluster_map_version",
+                "cluster_map_version_end",
+                "nodes",
+                "unrouted"
+            ]
+        );
+        assert!(!plain.contains("nodes"), "nothing without --cluster");
+        assert_eq!(json["nodes"][0]["node_id"], "00000000000000ab");
+        assert_eq!(
+            json["nodes"][1]["closed"],
+            "the server closed the connection mid-run"
+        );
+        assert_eq!(json["nodes"][0]["closed"], serde_json::Value::Null);
+        assert_eq!(json["unrouted"], 3);
+        let s = r.summary();
+        assert!(
+            s.contains("  cluster      map version 4 (at the end 6), 4 shards"),
+            "{s}"
+        );
+        assert!(s.contains("  node         10.0.0.3:9000"), "{s}");
+        assert!(s.contains("7 request(s) in flight there lost"), "{s}");
+        assert!(
+            r.warnings()
+                .iter()
+                .any(|w| w.contains("node 10.0.0.3:9000 closed"))
+                && r.warnings()
+                    .iter()
+                    .any(|w| w.contains("3 request(s) had no node")),
+            "{:?}",
+            r.warnings()
+        );
+    }
 }
