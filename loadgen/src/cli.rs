@@ -25,6 +25,7 @@ Examples:
   dex-trader --server 127.0.0.1:9000 --admin 127.0.0.1:9101 --log-format json --duration 10m
   dex-trader --server 127.0.0.1:9000 --mix match --subscribe all --depth --top --verify --duration 2s
   dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
+  dex-trader --cluster 10.0.0.2:9000,10.0.0.3:9000 --mix match --duration 30s   (each order to its shard's node)
   dex-trader flood --server 127.0.0.1:9000     (probe the server's limits; dex-trader flood --help)
 
 Latency is measured from each request's send time (closed loop) or its
@@ -37,8 +38,23 @@ Exit status: 0 ok, 1 the run failed or --verify found violations, 2 usage error.
 #[command(name = "dex-trader", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Args {
     /// The server, HOST:PORT (hostnames resolve; the first address is used).
-    #[arg(long, env = "DEX_SERVER", value_name = "HOST:PORT")]
-    pub server: String,
+    /// Required unless --cluster is given.
+    #[arg(
+        long,
+        env = "DEX_SERVER",
+        value_name = "HOST:PORT",
+        required_unless_present = "cluster"
+    )]
+    pub server: Option<String>,
+
+    /// Trade with a turbo-dex cluster: seed nodes HOST:PORT[,HOST:PORT...]
+    /// (order-entry addresses). The first seed that answers gives the
+    /// cluster map; every session then connects to each node that owns
+    /// shards and sends each request to its symbol's owner, following
+    /// WrongNode answers and re-reading the map every second. `auto` and
+    /// `nats://` (reading the map from NATS) are not supported yet.
+    #[arg(long, value_name = "SEEDS")]
+    pub cluster: Option<String>,
 
     /// Orders per frame. At most what one NewOrder frame can carry under the
     /// server's max_frame_bytes (2,047 with turbo-dex's default 64 KiB
@@ -455,6 +471,9 @@ pub struct Plan {
     pub market_data: Option<MdPlan>,
     /// `--tls` and its CA and name, if given.
     pub tls: Option<crate::tls::TlsPlan>,
+    /// `--cluster`: the seed nodes (`server` is the first of them unless
+    /// `--server` was given too).
+    pub cluster: Option<Vec<SocketAddr>>,
 }
 
 impl Plan {
@@ -524,6 +543,54 @@ impl Plan {
 }
 
 /// The host of `HOST:PORT` (without the brackets of `[IPv6]:PORT`).
+/// `--cluster SEEDS`: the seed nodes, resolved, with their text.
+fn cluster_seeds(text: &str) -> Result<Vec<(SocketAddr, String)>, UsageError> {
+    if text == "auto" || text.starts_with("nats://") {
+        return Err(UsageError(format!(
+            "--cluster {text}: reading the cluster map from NATS is not supported yet; give \
+             one or more nodes' order-entry addresses, --cluster HOST:PORT[,HOST:PORT...] \
+             (`turbo-dex cluster status --cluster {text}` lists them)"
+        )));
+    }
+    let mut seeds = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr = part
+            .to_socket_addrs()
+            .map_err(|e| {
+                UsageError(format!(
+                    "--cluster {part}: cannot resolve it ({e}); give HOST:PORT[,HOST:PORT...]"
+                ))
+            })?
+            .next()
+            .ok_or_else(|| UsageError(format!("--cluster {part}: the name has no address")))?;
+        seeds.push((addr, part.to_string()));
+    }
+    if seeds.is_empty() {
+        return Err(UsageError(
+            "--cluster needs at least one seed node, HOST:PORT[,HOST:PORT...]".into(),
+        ));
+    }
+    Ok(seeds)
+}
+
+/// What `--cluster` does not combine with (yet).
+fn check_cluster_plan(plan: &Plan) -> Result<(), UsageError> {
+    let refused = [
+        (plan.verify, "--verify"),
+        (plan.spin.is_some(), "--spin"),
+        (plan.tls.is_some(), "--tls"),
+        (plan.market_data.is_some(), "--subscribe"),
+    ];
+    if let Some((_, flag)) = refused.iter().find(|(on, _)| *on) {
+        return Err(UsageError(format!(
+            "--cluster cannot be combined with {flag} yet: a routed session spreads its orders \
+             over several nodes, and {flag} is written for one connection to one server; run \
+             {flag} against one node with --server"
+        )));
+    }
+    Ok(())
+}
+
 fn host_part(server: &str) -> String {
     let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
     host.trim_start_matches('[')
@@ -533,17 +600,25 @@ fn host_part(server: &str) -> String {
 
 /// Checks `args` and resolves the server: the [`Plan`] of the run.
 pub fn plan(args: &Args) -> Result<Plan, UsageError> {
-    let server = args
-        .server
+    let cluster = match &args.cluster {
+        None => None,
+        Some(seeds) => Some(cluster_seeds(seeds)?),
+    };
+    let server_text = match (&args.server, &cluster) {
+        (Some(s), _) => s.clone(),
+        (None, Some(seeds)) => seeds[0].1.clone(),
+        (None, None) => return Err(UsageError("--server HOST:PORT is required".into())),
+    };
+    let server = server_text
         .to_socket_addrs()
         .map_err(|e| {
             UsageError(format!(
-                "--server {}: cannot resolve it ({e}); give HOST:PORT, like 127.0.0.1:9000",
-                args.server
+                "--server {server_text}: cannot resolve it ({e}); give HOST:PORT, like \
+                 127.0.0.1:9000"
             ))
         })?
         .next()
-        .ok_or_else(|| UsageError(format!("--server {}: the name has no address", args.server)))?;
+        .ok_or_else(|| UsageError(format!("--server {server_text}: the name has no address")))?;
     let cores =
         match &args.cores {
             Some(list) => {
@@ -575,14 +650,15 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
             let name = args
                 .tls_server_name
                 .clone()
-                .unwrap_or_else(|| host_part(&args.server));
+                .unwrap_or_else(|| host_part(&server_text));
             Some(crate::tls::load_client_config(ca, &name).map_err(UsageError)?)
         }
         _ => None,
     };
     let plan = Plan {
         server,
-        server_name: args.server.clone(),
+        server_name: server_text.clone(),
+        cluster: cluster.map(|seeds| seeds.into_iter().map(|(a, _)| a).collect()),
         cores,
         pin: !args.no_pin,
         spin: args.spin.filter(|d| !d.is_zero()),
@@ -626,6 +702,9 @@ pub fn plan(args: &Args) -> Result<Plan, UsageError> {
         tls,
     };
     check_output_files(&plan)?;
+    if plan.cluster.is_some() {
+        check_cluster_plan(&plan)?;
+    }
     if args.duration.is_zero() {
         return Err(UsageError("--duration must be above zero".into()));
     }
@@ -987,5 +1066,57 @@ mod tests {
         assert_eq!(plan(&a).unwrap().outstanding_max(), 100_000);
         let a = parse(&["--server", "127.0.0.1:1", "--cores", "0", "--rate", "0"]).unwrap();
         assert_eq!(plan(&a).unwrap().rate, None);
+    }
+
+    #[test]
+    fn cluster_takes_seed_nodes_instead_of_a_server() {
+        let a = parse(&[
+            "--cluster",
+            "127.0.0.1:9001, 127.0.0.1:9002",
+            "--cores",
+            "0",
+        ])
+        .unwrap();
+        let p = plan(&a).unwrap();
+        let seeds: Vec<SocketAddr> = vec![
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap(),
+        ];
+        assert_eq!(p.cluster, Some(seeds));
+        assert_eq!(
+            (p.server.port(), p.server_name.as_str()),
+            (9001, "127.0.0.1:9001")
+        );
+        // Without --cluster: no cluster, and --server is required.
+        let a = parse(&["--server", "127.0.0.1:9000", "--cores", "0"]).unwrap();
+        assert_eq!(plan(&a).unwrap().cluster, None);
+        assert!(parse(&["--cores", "0"]).is_err());
+        let refused = |args: &[&str]| plan(&parse(args).unwrap()).unwrap_err().0;
+        for (args, want) in [
+            (&["--cluster", "auto"][..], "not supported yet"),
+            (
+                &["--cluster", "nats://10.0.0.1:4222"][..],
+                "not supported yet",
+            ),
+            (&["--cluster", " , "][..], "at least one seed"),
+            (&["--cluster", "no-port"][..], "cannot resolve"),
+            (
+                &["--cluster", "127.0.0.1:1", "--verify"][..],
+                "with --verify",
+            ),
+            (
+                &["--cluster", "127.0.0.1:1", "--spin", "1ms"][..],
+                "with --spin",
+            ),
+            (
+                &["--cluster", "127.0.0.1:1", "--subscribe", "all"][..],
+                "with --subscribe",
+            ),
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["--cores", "0"]);
+            let e = refused(&all);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 }

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod flood;
 pub mod flow;
 pub mod hgrm;

@@ -56,6 +56,53 @@ pub struct RunReport {
     pub failure: Option<String>,
     /// What the `--subscribe` subscribers measured (`None` without it).
     pub market_data: Option<MarketDataReport>,
+    /// `--cluster`: the map and what each node carried (`None` without it).
+    pub cluster: Option<ClusterReport>,
+}
+
+/// `--cluster`'s part of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterReport {
+    /// The version of the map the run started from.
+    pub map_version: u64,
+    /// The newest map version the routes took during the run.
+    pub map_version_end: u64,
+    /// The cluster's shard count.
+    pub shards: u32,
+    /// Shards without an owner when the run started.
+    pub unowned_shards: u32,
+    /// Per node connection address, by address.
+    pub nodes: Vec<NodeReport>,
+    /// Requests of the window that had no route (no owner, or one this run
+    /// had no connection to): never sent, answered locally with
+    /// `Rejected(WrongNode)` and counted in `rejects` too.
+    pub unrouted: u64,
+}
+
+/// One node's share of the window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Its order-entry address.
+    pub address: String,
+    /// Its node id in the map the run started from (0 if it was not listed).
+    #[serde(serialize_with = "hex_id")]
+    pub node_id: u64,
+    /// Requests sent to it in the window.
+    pub orders_sent: u64,
+    pub orders_per_sec: f64,
+    /// Trades (taker fills) it reported in the window.
+    pub trades: u64,
+    pub trades_per_sec: f64,
+    /// `Rejected(WrongNode)` answers it gave (each with its `ShardOwner`).
+    pub wrong_node: u64,
+    /// Requests in flight on it when its connection closed mid-run.
+    pub lost: u64,
+    /// Why its connection closed mid-run (null when it did not).
+    pub closed: Option<String>,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:016x}"))
 }
 
 impl RunReport {
@@ -108,6 +155,26 @@ impl RunReport {
                 group(c.crossing_orders),
                 100.0 * c.crossing_self_trade_cancels as f64 / c.crossing_orders as f64
             ));
+        }
+        if let Some(cl) = &self.cluster {
+            for n in &cl.nodes {
+                if let Some(why) = &n.closed {
+                    out.push(format!(
+                        "node {} closed the connection mid-run ({why}): {} request(s) in flight \
+                         there were lost, and its shards got no orders (unrouted) until the map \
+                         gave them another owner",
+                        n.address,
+                        group(n.lost)
+                    ));
+                }
+            }
+            if cl.unrouted > 0 {
+                out.push(format!(
+                    "{} request(s) had no node to go to (a shard without an owner, or with one \
+                     this run has no connection to): not sent, counted as rejected (wrong node)",
+                    group(cl.unrouted)
+                ));
+            }
         }
         out
     }
@@ -213,6 +280,39 @@ impl RunReport {
             us(l.max),
             group(l.samples)
         );
+        if let Some(cl) = &self.cluster {
+            let _ = writeln!(
+                s,
+                "  cluster      map version {} (at the end {}), {} shards ({} unowned at the \
+                 start), {} node(s); unrouted {}",
+                cl.map_version,
+                cl.map_version_end,
+                cl.shards,
+                cl.unowned_shards,
+                cl.nodes.len(),
+                group(cl.unrouted)
+            );
+            for n in &cl.nodes {
+                let _ = writeln!(
+                    s,
+                    "  node         {:<21}  orders {:>12}  {:>9}/s  trades {:>10}  {:>9}/s  \
+                     wrong node {}",
+                    n.address,
+                    group(n.orders_sent),
+                    si(n.orders_per_sec),
+                    group(n.trades),
+                    si(n.trades_per_sec),
+                    group(n.wrong_node)
+                );
+                if let Some(why) = &n.closed {
+                    let _ = writeln!(
+                        s,
+                        "               closed mid-run ({why}); {} request(s) in flight there lost",
+                        group(n.lost)
+                    );
+                }
+            }
+        }
         if let Some(md) = &self.market_data {
             md.write_summary(&mut s);
         }
@@ -310,6 +410,10 @@ impl RunReport {
             warnings: self.warnings(),
             trades_paired: self.trades_paired,
             market_data: self.market_data.as_ref().map(MarketDataReport::json_view),
+            cluster_map_version: self.cluster.as_ref().map(|c| c.map_version),
+            cluster_map_version_end: self.cluster.as_ref().map(|c| c.map_version_end),
+            unrouted: self.cluster.as_ref().map(|c| c.unrouted),
+            nodes: self.cluster.as_ref().map(|c| c.nodes.as_slice()),
         }
     }
 }
@@ -365,6 +469,17 @@ struct JsonReport<'a> {
     /// Only with `--subscribe` (absent otherwise, so the layout above is unchanged).
     #[serde(skip_serializing_if = "Option::is_none")]
     market_data: Option<JsonMarketData>,
+    /// Only with `--cluster`, like the two below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_map_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_map_version_end: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unrouted: Option<u64>,
+    /// Per node: address, node_id, orders_sent, orders_per_sec, trades,
+    /// trades_per_sec, wrong_node, lost, closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<&'a [NodeReport]>,
 }
 
 /// `latency_us` of the JSON report.
@@ -542,6 +657,7 @@ mod tests {
             trades_paired: 0,
             failure: Some("the server said \"no\"".into()),
             market_data: None,
+            cluster: None,
         }
     }
 
@@ -820,5 +936,86 @@ mod tests {
         ] {
             assert!(s.contains(want), "missing {want} in\n{s}");
         }
+    }
+
+    #[test]
+    fn cluster_runs_add_per_node_figures_and_nothing_else() {
+        let plain = report().to_json();
+        let mut r = report();
+        r.cluster = Some(ClusterReport {
+            map_version: 4,
+            map_version_end: 6,
+            shards: 4,
+            unowned_shards: 0,
+            nodes: vec![
+                NodeReport {
+                    address: "10.0.0.2:9000".into(),
+                    node_id: 0xab,
+                    orders_sent: 30,
+                    orders_per_sec: 3.0,
+                    trades: 10,
+                    trades_per_sec: 1.0,
+                    wrong_node: 0,
+                    lost: 0,
+                    closed: None,
+                },
+                NodeReport {
+                    address: "10.0.0.3:9000".into(),
+                    node_id: 0xcd,
+                    orders_sent: 20,
+                    orders_per_sec: 2.0,
+                    trades: 5,
+                    trades_per_sec: 0.5,
+                    wrong_node: 2,
+                    lost: 7,
+                    closed: Some("the server closed the connection mid-run".into()),
+                },
+            ],
+            unrouted: 3,
+        });
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let before: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let added: Vec<String> = keys(&json)
+            .into_iter()
+            .filter(|k| !keys(&before).contains(k))
+            .collect();
+        // (serde_json sorts the keys of its maps)
+        assert_eq!(
+            added,
+            [
+                "cluster_map_version",
+                "cluster_map_version_end",
+                "nodes",
+                "unrouted"
+            ]
+        );
+        assert!(!plain.contains("nodes"), "nothing without --cluster");
+        assert_eq!(json["nodes"][0]["node_id"], "00000000000000ab");
+        assert_eq!(
+            json["nodes"][1]["closed"],
+            "the server closed the connection mid-run"
+        );
+        assert_eq!(json["nodes"][0]["closed"], serde_json::Value::Null);
+        assert_eq!(json["unrouted"], 3);
+        let s = r.summary();
+        assert!(
+            s.contains("  cluster      map version 4 (at the end 6), 4 shards"),
+            "{s}"
+        );
+        assert!(s.contains("  node         10.0.0.3:9000"), "{s}");
+        assert!(s.contains("7 request(s) in flight there lost"), "{s}");
+        assert!(
+            r.warnings()
+                .iter()
+                .any(|w| w.contains("node 10.0.0.3:9000 closed"))
+                && r.warnings()
+                    .iter()
+                    .any(|w| w.contains("3 request(s) had no node")),
+            "{:?}",
+            r.warnings()
+        );
     }
 }

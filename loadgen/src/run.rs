@@ -41,6 +41,7 @@ use crate::timeline::Timeline;
 use crate::tls::Stream;
 use crate::verify::{TradeLedger, Violations};
 
+mod routed;
 mod subscriber;
 
 /// Most symbols a directory may list; a server claiming more is refused
@@ -121,6 +122,8 @@ struct Shared {
     gate: Gate,
     /// What the connections publish, for the live line and `--admin`.
     metrics: Arc<Metrics>,
+    /// `--cluster`: the map a seed node gave before the run.
+    cluster: Option<crate::cluster::MapView>,
 }
 
 /// Where the workers wait, after connecting, for the clock to start.
@@ -201,6 +204,12 @@ struct ConnOutcome {
     violations: Violations,
     unanswered: u64,
     failed: bool,
+    /// `--cluster`: what each node connection carried (empty otherwise).
+    nodes: Vec<routed::NodeCount>,
+    /// `--cluster`: requests of the window that had no route.
+    unrouted: u64,
+    /// `--cluster`: the newest map version the routes took.
+    map_version: u64,
 }
 
 /// What one worker brings home.
@@ -226,6 +235,10 @@ pub fn run_with_metrics(
 ) -> Result<RunReport, RunError> {
     debug_assert_eq!(metrics.connections.len(), plan.total_connections());
     let workers = plan.cores.len();
+    let cluster = match &plan.cluster {
+        Some(seeds) => Some(routed::fetch_map(plan, seeds)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         failure: Mutex::new(None),
@@ -233,6 +246,7 @@ pub fn run_with_metrics(
         epoch: OnceLock::new(),
         gate: Gate::default(),
         metrics: metrics.clone(),
+        cluster,
     });
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(workers);
@@ -359,6 +373,7 @@ fn merge(
     let mut ledger = TradeLedger::new();
     let (mut errors, mut unanswered) = (0, 0);
     let mut lost_workers = 0;
+    let mut nodes = routed::NodeTotals::default();
     for outcome in outcomes {
         let Some(o) = outcome else {
             lost_workers += 1;
@@ -370,6 +385,7 @@ fn merge(
             violations.merge(c.violations);
             unanswered += c.unanswered;
             errors += u64::from(c.failed);
+            nodes.add(&c.nodes, c.unrouted, c.map_version);
         }
         ledger.merge(o.ledger, &mut violations);
     }
@@ -446,6 +462,10 @@ fn merge(
         trades_paired,
         failure,
         market_data,
+        cluster: shared
+            .cluster
+            .as_ref()
+            .map(|map| nodes.report(map, duration_secs)),
     }
 }
 
@@ -488,10 +508,13 @@ struct Connected {
 }
 
 async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutcome> {
+    if shared.cluster.is_some() {
+        return routed::worker(w, plan, shared).await;
+    }
     let mut connected = Vec::with_capacity(plan.connections);
     for c in 0..plan.connections {
         let global = w * plan.connections + c;
-        match connect(plan, global).await {
+        match connect(plan, global, plan.server, &plan.server_name).await {
             Ok(conn) => connected.push(conn),
             Err(RunError::Usage(u)) => {
                 shared.usage(u);
@@ -552,22 +575,26 @@ async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutc
     })
 }
 
-/// Connects connection `global` and logs in; checks the directory and the
-/// batch against what the server allows.
-async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
-    let addr = plan.server;
+/// Connects connection `global` to `addr` (`name` as the user wrote it)
+/// and logs in; checks the directory and the batch against what the
+/// server allows.
+async fn connect(
+    plan: &Plan,
+    global: usize,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Result<Connected, RunError> {
     let stream = TcpStream::connect_timeout(addr, plan.connect_timeout)
         .await
         .map_err(|e| {
             RunError::Failed(format!(
-                "cannot connect to {} ({addr}): {e}; is turbo-dex running and listening there?",
-                plan.server_name
+                "cannot connect to {name} ({addr}): {e}; is turbo-dex running and listening there?"
             ))
         })?;
     let fd = stream.as_raw_fd();
     tuning::StreamOptions::default()
         .apply(fd)
-        .map_err(|e| RunError::Failed(format!("connection to {}: {e}", plan.server_name)))?;
+        .map_err(|e| RunError::Failed(format!("connection to {name}: {e}")))?;
     let mtu = match plan.mtu {
         Some(m) => {
             if global == 0 && !plan.quiet {
@@ -588,8 +615,7 @@ async fn connect(plan: &Plan, global: usize) -> Result<Connected, RunError> {
     let wanted = plan.symbols.unwrap_or(listed);
     if listed == 0 {
         return Err(RunError::Failed(format!(
-            "{} lists no symbols; nothing to trade",
-            plan.server_name
+            "{name} lists no symbols; nothing to trade"
         )));
     }
     if wanted > listed {
@@ -999,6 +1025,9 @@ async fn connection(
         violations: session.take_violations(),
         unanswered,
         failed,
+        nodes: Vec::new(),
+        unrouted: 0,
+        map_version: 0,
     }
 }
 

@@ -1114,6 +1114,39 @@ impl Session {
         }
     }
 
+    /// Forgets every order whose symbol `gone` names, because the server
+    /// that holds them went away (a cluster node that closed its
+    /// connection): their outstanding requests are no longer awaited and
+    /// their live orders are dropped without a cancel (nobody could answer
+    /// it). Returns the requests that were outstanding: lost. Walks the
+    /// whole order table, so it is for rare events, not the hot path.
+    pub fn abandon(&mut self, mut gone: impl FnMut(u32) -> bool) -> u64 {
+        let mut lost = 0;
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if s.state == FREE {
+                continue;
+            }
+            let symbol = self
+                .symbols
+                .get(s.symbol_index as usize)
+                .copied()
+                .unwrap_or(0);
+            if !gone(symbol) {
+                continue;
+            }
+            if s.state == SENT || s.pending != PENDING_NONE {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                lost += 1;
+            }
+            if s.may_rest && matches!(s.state, SENT | LIVE) {
+                self.may_rest_open -= 1;
+            }
+            self.free(i);
+        }
+        lost
+    }
+
     /// Ends the run: every order still open is a violation (when verifying);
     /// returns how many requests were never answered.
     pub fn finish(&mut self) -> usize {
@@ -1161,6 +1194,28 @@ mod tests {
                 until_ns: u64::MAX,
             },
         }
+    }
+
+    #[test]
+    fn abandon_forgets_the_orders_of_the_symbols_gone() {
+        let mut s = Session::new(config(Mix::Insert, false));
+        let mut out = Vec::new();
+        assert_eq!(s.write_batch(&mut out, 30, 5, || 5), 30);
+        assert_eq!(s.outstanding(), 30);
+        let on_11 = Decoder::default()
+            .frames(&out)
+            .map(|f| match f {
+                wire::Frame::NewOrder(o) => o.iter().filter(|o| o.symbol.get() == 11).count(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        assert!(on_11 > 0);
+        assert_eq!(s.abandon(|symbol| symbol == 11), on_11 as u64);
+        assert_eq!(s.outstanding(), 30 - on_11);
+        assert_eq!(s.room(), 64 - (30 - on_11));
+        assert_eq!(s.abandon(|symbol| symbol == 11), 0, "nothing left on it");
+        assert_eq!(s.abandon(|_| true), (30 - on_11) as u64);
+        assert!(s.settled());
     }
 
     #[test]

@@ -1,0 +1,802 @@
+//! `--cluster`: routed sessions. Each of a worker's `--connections`
+//! sessions (one order flow, one [`Session`]) has a TCP connection to every
+//! node that owned shards when the run started; its requests are cut by
+//! symbol ([`Splitter`]) and each part goes to its shard's owner. The
+//! nodes' answers all feed the one session, so its order table, latency
+//! and counters work exactly as with one server. One receiver task per
+//! node connection; the sender writes to each in turn.
+//!
+//! The routes follow the cluster: a `ShardOwner` newer than a shard's
+//! route moves it at once, and every [`MAP_REFRESH`] the sender asks one
+//! node (in turn) for the whole map and connects to the owners it has no
+//! connection to. A shard whose owner is none, or not connected (yet),
+//! gets no requests: they are answered here with `Rejected(WrongNode)` and
+//! counted as unrouted. A node whose connection closes is dropped (its
+//! requests in flight counted lost); the session goes on with the others.
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use wire::{ClusterMapRequest, Decoder, Frame, Heartbeat, Hello, Kind, RejectReason};
+
+use super::{
+    ConnOutcome, Connected, RunError, STOP_POLL, Shared, Signal, WorkerOutcome, connect, fill,
+    interrupted, read_more, send_buffer_bytes, write_all,
+};
+use crate::cli::Plan;
+use crate::cluster::{MapAssembler, MapView, NODE_CONNECTIONS_MAX, Routes, Splitter};
+use crate::metrics::Published;
+use crate::report::{ClusterReport, NodeReport};
+use crate::rng::stream_seed;
+use crate::schedule::Schedule;
+use crate::session::{Session, SessionConfig, Window};
+use crate::tls::Stream;
+use crate::verify::TradeLedger;
+
+/// How often a routed session asks for the whole cluster map.
+pub const MAP_REFRESH: Duration = Duration::from_secs(1);
+/// Token of the map requests (echoed in `ClusterMap.token`).
+const MAP_TOKEN: u64 = 0x6d61_7000;
+
+/// What one node connection of one session carried in the window.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCount {
+    pub addr: Option<SocketAddr>,
+    /// Requests sent to it.
+    pub orders: u64,
+    /// Trades (taker fills) it reported.
+    pub trades: u64,
+    /// `ShardOwner`s it sent (each follows a `Rejected(WrongNode)`).
+    pub wrong_node: u64,
+    /// Requests in flight there when its connection closed (any time).
+    pub lost: u64,
+    /// Why its connection closed mid-run, if it did.
+    pub closed: Option<String>,
+}
+
+/// The run's per-node figures, summed over the sessions.
+#[derive(Default)]
+pub struct NodeTotals {
+    nodes: Vec<NodeCount>,
+    unrouted: u64,
+    map_version_end: u64,
+}
+
+impl NodeTotals {
+    pub fn add(&mut self, nodes: &[NodeCount], unrouted: u64, map_version: u64) {
+        self.unrouted += unrouted;
+        self.map_version_end = self.map_version_end.max(map_version);
+        for n in nodes {
+            match self.nodes.iter_mut().find(|t| t.addr == n.addr) {
+                Some(t) => {
+                    t.orders += n.orders;
+                    t.trades += n.trades;
+                    t.wrong_node += n.wrong_node;
+                    t.lost += n.lost;
+                    if t.closed.is_none() {
+                        t.closed.clone_from(&n.closed);
+                    }
+                }
+                None => self.nodes.push(n.clone()),
+            }
+        }
+    }
+
+    pub fn report(&self, map: &MapView, duration_secs: f64) -> ClusterReport {
+        let per_sec = |n: u64| {
+            if duration_secs > 0.0 {
+                n as f64 / duration_secs
+            } else {
+                0.0
+            }
+        };
+        let mut nodes: Vec<NodeReport> = self
+            .nodes
+            .iter()
+            .map(|n| NodeReport {
+                address: n.addr.map_or_else(String::new, |a| a.to_string()),
+                node_id: n
+                    .addr
+                    .and_then(|a| map.nodes.iter().find(|m| m.addr == Some(a)))
+                    .map_or(0, |m| m.id),
+                orders_sent: n.orders,
+                orders_per_sec: per_sec(n.orders),
+                trades: n.trades,
+                trades_per_sec: per_sec(n.trades),
+                wrong_node: n.wrong_node,
+                lost: n.lost,
+                closed: n.closed.clone(),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.address.cmp(&b.address));
+        ClusterReport {
+            map_version: map.version,
+            map_version_end: self.map_version_end.max(map.version),
+            shards: map.owners.len() as u32,
+            unowned_shards: map.unowned() as u32,
+            nodes,
+            unrouted: self.unrouted,
+        }
+    }
+}
+
+/// Asks the seeds, in turn, for the cluster map (blocking, before the
+/// workers start): the first complete answer.
+pub fn fetch_map(plan: &Plan, seeds: &[SocketAddr]) -> Result<MapView, RunError> {
+    let mut why = Vec::new();
+    for &seed in seeds {
+        match fetch_map_from(plan, seed) {
+            Ok(map) => {
+                if map.owner_addresses().is_empty() {
+                    return Err(RunError::Failed(format!(
+                        "the cluster map from {seed} (version {}) has no shard with an owner \
+                         whose address is known: the nodes have not claimed their shards yet \
+                         (a node waits a 2 s join window); try again, or see `turbo-dex cluster \
+                         status`",
+                        map.version
+                    )));
+                }
+                return Ok(map);
+            }
+            Err(e) => why.push(format!("{seed}: {e}")),
+        }
+    }
+    Err(RunError::Failed(format!(
+        "no seed node gave the cluster map ({})",
+        why.join("; ")
+    )))
+}
+
+fn fetch_map_from(plan: &Plan, seed: SocketAddr) -> Result<MapView, String> {
+    let timeout = plan.connect_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut stream = std::net::TcpStream::connect_timeout(&seed, timeout)
+        .map_err(|e| format!("cannot connect ({e}); is turbo-dex listening there?"))?;
+    let _ = stream.set_nodelay(true);
+    let (account, password) = plan.login(0);
+    let mut out = Vec::new();
+    let hello = Hello::new(account, 0, 0, password);
+    wire::append_frame(std::slice::from_ref(&hello), &mut out).map_err(|e| e.to_string())?;
+    wire::append_frame(&[ClusterMapRequest::new(MAP_TOKEN)], &mut out)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&out)
+        .map_err(|e| format!("sending the Hello: {e}"))?;
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut assembler = MapAssembler::default();
+    loop {
+        let mut frames = decoder.frames(&buf);
+        for frame in frames.by_ref() {
+            match &frame {
+                Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_) => {
+                    if let Some(map) = assembler.on_frame(&frame).map_err(|e| e.to_string())? {
+                        return Ok(map);
+                    }
+                }
+                Frame::Rejected(list) => {
+                    if let Some(r) = list
+                        .iter()
+                        .find(|r| r.request_kind == Kind::ClusterMapRequest as u8)
+                    {
+                        let reason = RejectReason::from_wire(r.reason.get())
+                            .map_or("an unknown reason", |r| r.as_str());
+                        return Err(format!(
+                            "it refused the ClusterMapRequest ({reason}): it is not in a \
+                             cluster (started without --cluster?); use --server for one node"
+                        ));
+                    }
+                }
+                Frame::SessionError(list) => {
+                    let text = list
+                        .first()
+                        .map(|e| String::from_utf8_lossy(e.text()).into_owned())
+                        .unwrap_or_default();
+                    return Err(format!("it refused the Hello: {text}"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = frames.error() {
+            return Err(format!("it sent bytes that do not decode ({e})"));
+        }
+        let used = frames.consumed();
+        buf.drain(..used);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no cluster map within {timeout:?}"));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("reading the cluster map: {e}"))?;
+        if n == 0 {
+            return Err("it closed the connection before the cluster map".into());
+        }
+        if buf.len() + n > wire::MAX_FRAME_BYTES_LIMIT as usize * 2 {
+            return Err("it sent too much without completing a frame".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A worker of a `--cluster` run: connects every session to every owner,
+/// waits for the others, trades.
+pub async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutcome> {
+    let nodes = shared
+        .cluster
+        .as_ref()
+        .map(MapView::owner_addresses)
+        .unwrap_or_default();
+    let nodes: Vec<SocketAddr> = nodes.into_iter().take(NODE_CONNECTIONS_MAX).collect();
+    let mut sessions: Vec<Vec<Connected>> = Vec::with_capacity(plan.connections);
+    'all: for c in 0..plan.connections {
+        let global = w * plan.connections + c;
+        let mut links = Vec::with_capacity(nodes.len());
+        for &addr in &nodes {
+            match connect(plan, global, addr, &format!("node {addr}")).await {
+                Ok(conn) => links.push(conn),
+                Err(RunError::Usage(u)) => {
+                    shared.usage(u);
+                    break 'all;
+                }
+                Err(RunError::Failed(f)) => {
+                    shared.fail(f);
+                    break 'all;
+                }
+            }
+        }
+        sessions.push(links);
+    }
+    shared.gate.arrive_and_wait();
+    if shared.stopped() {
+        return None;
+    }
+    let epoch = *shared.epoch.get()?;
+    let map = shared.cluster.clone()?;
+    let ledger = Rc::new(RefCell::new(TradeLedger::new()));
+    let mut tasks = Vec::with_capacity(sessions.len());
+    for (c, links) in sessions.into_iter().enumerate() {
+        let global = w * plan.connections + c;
+        let routes = Routes::new(nodes.clone(), &map);
+        let task = session(
+            plan.clone(),
+            (w, c, global),
+            links,
+            routes,
+            epoch,
+            shared.clone(),
+            ledger.clone(),
+        );
+        tasks.push(glommio::spawn_local(task));
+    }
+    let mut connections = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        connections.push(t.await);
+    }
+    let ledger = Rc::try_unwrap(ledger)
+        .map(RefCell::into_inner)
+        .unwrap_or_default();
+    Some(WorkerOutcome {
+        connections,
+        ledger,
+    })
+}
+
+/// One node connection of a routed session.
+struct NodeLink {
+    addr: SocketAddr,
+    stream: RefCell<Stream>,
+    counts: RefCell<NodeCount>,
+    /// Why reading from it stopped (set by `read_more`).
+    failure: RefCell<Option<String>>,
+}
+
+/// A routed session: one flow, several node connections.
+struct Trader {
+    session: RefCell<Session>,
+    ledger: Rc<RefCell<TradeLedger>>,
+    routes: RefCell<Routes>,
+    /// In the routes' connection order; grows when a node is connected
+    /// mid-run. Never borrowed across an await.
+    nodes: RefCell<Vec<Rc<NodeLink>>>,
+    /// The receiver tasks, one per node connection.
+    receivers: RefCell<Vec<glommio::Task<()>>>,
+    /// Raised by the receivers after each read and on failure.
+    progress: Signal,
+    failure: RefCell<Option<String>>,
+    published: Arc<Published>,
+    window: Window,
+    /// When the interval histogram was last published.
+    last_publish_ns: Cell<u64>,
+    /// Requests of the window answered here for want of a route.
+    unrouted_window: Cell<u64>,
+}
+
+async fn session(
+    plan: Plan,
+    (w, c, global): (usize, usize, usize),
+    links: Vec<Connected>,
+    routes: Routes,
+    epoch: Instant,
+    shared: Arc<Shared>,
+    ledger: Rc<RefCell<TradeLedger>>,
+) -> ConnOutcome {
+    let clock = super::Clock(epoch);
+    let warmup_ns = plan.warmup.as_nanos() as u64;
+    let end_ns = warmup_ns + plan.duration.as_nanos() as u64;
+    let max_frame = links
+        .iter()
+        .map(|l| l.ack.max_frame_bytes.get())
+        .min()
+        .unwrap_or(wire::DEFAULT_MAX_FRAME_BYTES);
+    let heartbeat_ns = links
+        .iter()
+        .map(|l| u64::from(l.ack.heartbeat_interval_ms.get()) * 500_000)
+        .min()
+        .unwrap_or(0);
+    let coalesce_bytes = links.iter().map(|l| l.coalesce_bytes).min().unwrap_or(512);
+    let symbols = links.first().map(|l| l.symbols.clone()).unwrap_or_default();
+    let window = Window {
+        from_ns: warmup_ns,
+        until_ns: end_ns,
+    };
+    let session = Session::new(SessionConfig {
+        worker: w as u16,
+        connection: c as u8,
+        symbols,
+        mix: plan.mix,
+        seed: stream_seed(plan.seed, global as u64),
+        outstanding_max: plan.outstanding_max(),
+        live_max: plan.live_max(),
+        verify: false,
+        max_frame_bytes: max_frame,
+        window,
+    });
+    let published = shared
+        .metrics
+        .connections
+        .get(global)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Published::new()));
+    let mut leftovers = Vec::with_capacity(links.len());
+    let nodes = routes
+        .nodes()
+        .iter()
+        .zip(links)
+        .map(|(&addr, l)| {
+            leftovers.push(l.leftover);
+            Rc::new(NodeLink {
+                addr,
+                stream: RefCell::new(l.stream),
+                counts: RefCell::new(NodeCount {
+                    addr: Some(addr),
+                    ..NodeCount::default()
+                }),
+                failure: RefCell::new(None),
+            })
+        })
+        .collect();
+    let trader = Rc::new(Trader {
+        session: RefCell::new(session),
+        ledger,
+        routes: RefCell::new(routes),
+        nodes: RefCell::new(nodes),
+        receivers: RefCell::new(Vec::new()),
+        progress: Signal::default(),
+        failure: RefCell::new(None),
+        published,
+        window,
+        last_publish_ns: Cell::new(0),
+        unrouted_window: Cell::new(0),
+    });
+    let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
+    for (i, left) in leftovers.into_iter().enumerate() {
+        let task = glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes));
+        trader.receivers.borrow_mut().push(task);
+    }
+    let mut splitter = Splitter::new(trader.nodes.borrow().len(), max_frame);
+    let sent = send(
+        &plan,
+        &trader,
+        &mut splitter,
+        clock,
+        &shared,
+        (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes),
+    )
+    .await;
+    if let Err(e) = sent {
+        trader.failure.borrow_mut().get_or_insert(e);
+    }
+    trader.session.borrow_mut().end_window(clock.now_ns());
+    if trader.failure.borrow().is_none() && !shared.stopped() {
+        // Wait for the answers still in flight (no --verify here).
+        let deadline = clock.now_ns() + plan.drain.as_nanos() as u64;
+        loop {
+            let now = clock.now_ns();
+            if shared.stopped()
+                || trader.failure.borrow().is_some()
+                || trader.session.borrow().settled()
+                || now >= deadline
+            {
+                break;
+            }
+            let wait = Duration::from_nanos((deadline - now).min(STOP_POLL.as_nanos() as u64));
+            trader.progress.wait_at_most(wait).await;
+        }
+    }
+    let receivers = trader.receivers.take();
+    for r in receivers {
+        let _ = r.cancel().await;
+    }
+    let failure = trader.failure.borrow_mut().take();
+    let failed = failure.is_some();
+    if let Some(f) = failure {
+        trader.published.failed.store(true, Ordering::Relaxed);
+        shared.fail(format!("session {global} of --cluster: {f}"));
+    }
+    let mut session = trader.session.borrow_mut();
+    let unanswered = session.finish() as u64;
+    trader.published.store(session.counters());
+    let latency: Histogram<u64> = session.latency().total.clone();
+    ConnOutcome {
+        window: session.window_counters(),
+        latency,
+        violations: session.take_violations(),
+        unanswered,
+        failed,
+        nodes: trader
+            .nodes
+            .borrow()
+            .iter()
+            .map(|n| n.counts.borrow().clone())
+            .collect(),
+        unrouted: trader.unrouted_window.get(),
+        map_version: trader.routes.borrow().map_version(),
+    }
+}
+
+/// Node `i`'s connection closed (or failed) mid-run: nothing routes there
+/// any more, the requests in flight on its shards are lost (the session
+/// stops waiting for them), and the run goes on with the other nodes; it
+/// fails only when every node connection has closed.
+fn node_lost(trader: &Trader, i: usize, why: String) {
+    let Some(node) = trader.nodes.borrow().get(i).cloned() else {
+        return;
+    };
+    if node.counts.borrow().closed.is_some() {
+        return;
+    }
+    let shards = trader.routes.borrow_mut().close(i);
+    let count = trader.routes.borrow().shard_count().max(1);
+    let lost = trader
+        .session
+        .borrow_mut()
+        .abandon(|symbol| shards.contains(&(symbol % count)));
+    {
+        let mut c = node.counts.borrow_mut();
+        c.lost += lost;
+        c.closed = Some(why.clone());
+    }
+    let routes = trader.routes.borrow();
+    if (0..trader.nodes.borrow().len()).all(|c| routes.is_closed(c)) {
+        trader.failure.borrow_mut().get_or_insert(format!(
+            "every node connection closed; the last, {}: {why}",
+            node.addr
+        ));
+    }
+    trader.progress.raise();
+}
+
+/// Sends until the end of the window (or a failure anywhere), each request
+/// to its owner; heartbeats to every node; a map request every
+/// [`MAP_REFRESH`].
+async fn send(
+    plan: &Plan,
+    trader: &Rc<Trader>,
+    splitter: &mut Splitter,
+    clock: super::Clock,
+    shared: &Shared,
+    (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes): (u64, usize, usize, u64, usize),
+) -> Result<(), String> {
+    let batch = plan.batch;
+    let mut schedule = plan
+        .rate
+        .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
+    let mut n = trader.nodes.borrow().len();
+    if n == 0 {
+        return Err("no node connection to send to".into());
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes));
+    let mut outs: Vec<Vec<u8>> = (0..n)
+        .map(|_| Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes)))
+        .collect();
+    let mut local: Vec<u8> = Vec::new();
+    let mut last_send_ns = vec![0u64; n];
+    let (mut heartbeat_token, mut map_token) = (0u64, MAP_TOKEN);
+    let refresh_ns = MAP_REFRESH.as_nanos() as u64;
+    let mut next_map_ns = refresh_ns;
+    loop {
+        if shared.stopped() || trader.failure.borrow().is_some() {
+            return Ok(());
+        }
+        let now = clock.now_ns();
+        if now >= end_ns || interrupted() {
+            return Ok(());
+        }
+        // The map first, so that it is re-read whatever the flow does; and
+        // a connection to each owner the routes lack (a node that got
+        // shards since the start, or came back), tried once a refresh.
+        if now >= next_map_ns {
+            let missing = trader.routes.borrow().missing();
+            for addr in missing {
+                if connect_node(plan, trader, global, addr, clock, recv_bytes).await {
+                    n = trader.nodes.borrow().len();
+                    outs.resize_with(n, || {
+                        Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes))
+                    });
+                    last_send_ns.resize(n, now);
+                    splitter.grow(n);
+                }
+            }
+            next_map_ns = now + refresh_ns;
+            map_token += 1;
+            // The next open node in turn.
+            let open = (0..n)
+                .map(|k| (map_token as usize + k) % n)
+                .find(|&k| !trader.routes.borrow().is_closed(k));
+            if let Some(i) = open {
+                out.clear();
+                wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
+                    .map_err(|e| format!("cannot encode a map request: {e}"))?;
+                let node = trader.nodes.borrow()[i].clone();
+                if let Err(e) = write_all(&node.stream, &out).await {
+                    node_lost(trader, i, format!("sending a map request failed: {e}"));
+                }
+            }
+        }
+        out.clear();
+        let next_due = fill(
+            &mut trader.session.borrow_mut(),
+            schedule.as_mut(),
+            &mut out,
+            now,
+            batch,
+            coalesce_bytes,
+        );
+        if !out.is_empty() {
+            for o in outs.iter_mut() {
+                o.clear();
+            }
+            local.clear();
+            let before: Vec<u64> = splitter.routed.clone();
+            let unrouted_before = splitter.unrouted;
+            let routed = splitter
+                .split(&out, &trader.routes.borrow(), &mut outs, &mut local)
+                .map_err(|e| format!("internal: the session wrote a bad frame ({e})"))?;
+            if trader.window.contains(now) {
+                let nodes = trader.nodes.borrow();
+                for (node, (b, a)) in nodes.iter().zip(before.iter().zip(&splitter.routed)) {
+                    node.counts.borrow_mut().orders += a - b;
+                }
+                trader
+                    .unrouted_window
+                    .set(trader.unrouted_window.get() + splitter.unrouted - unrouted_before);
+            }
+            if !local.is_empty() {
+                // Unrouted: the session reads them as answered (WrongNode).
+                let mut ledger = trader.ledger.borrow_mut();
+                trader
+                    .session
+                    .borrow_mut()
+                    .on_bytes(&local, now, &mut ledger)
+                    .map_err(|e| format!("internal: a local reject did not decode ({e})"))?;
+            }
+            for (i, o) in outs.iter().enumerate() {
+                if o.is_empty() {
+                    continue;
+                }
+                let node = trader.nodes.borrow()[i].clone();
+                if let Err(e) = write_all(&node.stream, o).await {
+                    node_lost(trader, i, format!("sending to it failed: {e}"));
+                }
+                last_send_ns[i] = now;
+            }
+            trader.published.orders_sent.store(
+                trader.session.borrow().counters().orders_sent,
+                Ordering::Relaxed,
+            );
+            if routed == 0 {
+                // All answered here at once: nothing awaited, so let the
+                // worker's other tasks (the receivers) run before the next.
+                futures_lite::future::yield_now().await;
+            }
+            continue;
+        }
+        if trader.session.borrow().exhausted() {
+            return Err("the session used up its 2^40 client order ids".into());
+        }
+        let mut sent_heartbeat = false;
+        for (i, last) in last_send_ns.iter_mut().enumerate() {
+            if trader.routes.borrow().is_closed(i) {
+                continue;
+            }
+            let node = trader.nodes.borrow()[i].clone();
+            if heartbeat_ns > 0 && now >= *last + heartbeat_ns {
+                heartbeat_token += 1;
+                out.clear();
+                wire::append_frame(
+                    &[Heartbeat {
+                        token: heartbeat_token.into(),
+                    }],
+                    &mut out,
+                )
+                .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
+                if let Err(e) = write_all(&node.stream, &out).await {
+                    node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
+                }
+                *last = now;
+                sent_heartbeat = true;
+            }
+        }
+        if sent_heartbeat {
+            continue;
+        }
+        let mut wake_ns = end_ns
+            .min(now + STOP_POLL.as_nanos() as u64)
+            .min(next_map_ns);
+        // The next heartbeat due, of the open nodes only: a closed node's
+        // last send never moves, and counting it would make this loop spin
+        // without yielding (starving the receivers on this executor).
+        let oldest = {
+            let routes = trader.routes.borrow();
+            (0..n)
+                .filter(|&i| !routes.is_closed(i))
+                .map(|i| last_send_ns[i])
+                .min()
+        };
+        if heartbeat_ns > 0
+            && let Some(oldest) = oldest
+        {
+            wake_ns = wake_ns.min(oldest + heartbeat_ns);
+        }
+        if let Some(due) = next_due {
+            wake_ns = wake_ns.min(due);
+        }
+        let wait = Duration::from_nanos(wake_ns.saturating_sub(now));
+        if next_due.is_some() {
+            glommio::timer::sleep(wait).await;
+        } else {
+            trader.progress.wait_at_most(wait).await;
+        }
+    }
+}
+
+/// Connects the session to `addr` mid-run (a node that owns shards the
+/// routes have no connection for) and starts its receiver; false when it
+/// cannot (tried again at the next map refresh).
+async fn connect_node(
+    plan: &Plan,
+    trader: &Rc<Trader>,
+    global: usize,
+    addr: SocketAddr,
+    clock: super::Clock,
+    recv_bytes: usize,
+) -> bool {
+    let Ok(conn) = connect(plan, global, addr, &format!("node {addr}")).await else {
+        return false;
+    };
+    let Some(i) = trader.routes.borrow_mut().add_node(addr) else {
+        return false;
+    };
+    debug_assert_eq!(i, trader.nodes.borrow().len());
+    trader.nodes.borrow_mut().push(Rc::new(NodeLink {
+        addr,
+        stream: RefCell::new(conn.stream),
+        counts: RefCell::new(NodeCount {
+            addr: Some(addr),
+            ..NodeCount::default()
+        }),
+        failure: RefCell::new(None),
+    }));
+    let task = glommio::spawn_local(receive(trader.clone(), i, clock, conn.leftover, recv_bytes));
+    trader.receivers.borrow_mut().push(task);
+    true
+}
+
+/// Reads node `i`'s reports until cancelled or the connection fails.
+async fn receive(
+    trader: Rc<Trader>,
+    i: usize,
+    clock: super::Clock,
+    leftover: Vec<u8>,
+    recv_bytes: usize,
+) {
+    let Some(node) = trader.nodes.borrow().get(i).cloned() else {
+        return;
+    };
+    let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
+    let mut len = leftover.len();
+    buf[..len].copy_from_slice(&leftover);
+    let mut first = len > 0;
+    let mut assembler = MapAssembler::default();
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    loop {
+        if !first
+            && !read_more(
+                &node.stream,
+                &mut buf,
+                &mut len,
+                recv_bytes,
+                "a report frame",
+                &node.failure,
+                &trader.progress,
+            )
+            .await
+        {
+            let why = node.failure.borrow_mut().take().unwrap_or_default();
+            node_lost(&trader, i, why);
+            return;
+        }
+        first = false;
+        let now = clock.now_ns();
+        // The cluster's frames first: they steer the routes.
+        for frame in decoder.frames(&buf[..len]) {
+            match &frame {
+                Frame::ShardOwner(list) => {
+                    let mut routes = trader.routes.borrow_mut();
+                    for o in list.iter() {
+                        routes.apply_owner(o);
+                    }
+                    if trader.window.contains(now) {
+                        node.counts.borrow_mut().wrong_node += list.len() as u64;
+                    }
+                }
+                Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_) => {
+                    // A bad answer is dropped; the next refresh asks again.
+                    if let Ok(Some(map)) = assembler.on_frame(&frame) {
+                        trader.routes.borrow_mut().apply_map(&map);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let result = {
+            let mut session = trader.session.borrow_mut();
+            let mut ledger = trader.ledger.borrow_mut();
+            let trades_before = session.counters().trades;
+            let r = session.on_bytes(&buf[..len], now, &mut ledger);
+            if trader.window.contains(now) {
+                node.counts.borrow_mut().trades += session.counters().trades - trades_before;
+            }
+            trader.published.store(session.counters());
+            if now >= trader.last_publish_ns.get() + super::PUBLISH_INTERVAL_NS {
+                trader.last_publish_ns.set(now);
+                let interval = &mut session.latency_mut().interval;
+                if let Ok(mut h) = trader.published.interval.lock() {
+                    let _ = h.add(&*interval);
+                }
+                interval.reset();
+            }
+            r
+        };
+        match result {
+            Ok(used) => {
+                buf.copy_within(used..len, 0);
+                len -= used;
+            }
+            Err(f) => {
+                node_lost(&trader, i, f.to_string());
+                return;
+            }
+        }
+        trader.progress.raise();
+    }
+}

@@ -1,0 +1,485 @@
+//! `dex-trader --cluster` against a real cluster: a nats-server with
+//! JetStream (`-js -sd <tempdir>`) on 127.0.0.1 and two `turbo-dex --cluster`
+//! nodes (the binary, on ephemeral ports, which they advertise). dex-trader
+//! reads the map from a seed node and sends every order to its shard's
+//! owner: trades happen on both nodes and no order meets `WrongNode`.
+//! Without nats-server (the Debian package scripts/test.sh installs) the
+//! tests that need it say `SKIP:` and return; the usage errors run anyway.
+//!
+//! The tests run one at a time (a lock): each starts a NATS server and two
+//! nodes, whose leases should not compete for 2 cores with another test's.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use loadgen::cluster::{MapAssembler, MapView};
+use testkit::TempDir;
+use wire::{ClusterMapRequest, Decoder, Frame, Hello};
+
+/// Shards of the test cluster, and symbols (two per shard).
+const SHARDS: u32 = 4;
+const SYMBOLS: u32 = 8;
+/// The longest any condition is waited for.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+macro_rules! need_nats_server {
+    () => {
+        match nats_server() {
+            Some(path) => path,
+            None => {
+                testkit::skip!(
+                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// nats-server with JetStream, its store in a temp dir; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    fn start(bin: &Path) -> Nats {
+        let port = free_port();
+        let dir = TempDir::new("trader-cluster-nats");
+        let log = std::fs::File::create(dir.join("nats.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut nats = Nats { child, port, dir };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = nats.child.try_wait() {
+                panic!("nats-server exited ({status}):\n{}", nats.log());
+            }
+            if nats.log().contains("Server is ready")
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return nats;
+            }
+            assert!(
+                Instant::now() < until,
+                "nats-server not ready:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The turbo-dex binary: `<target>/<profile>/turbo-dex` as `cargo build
+/// -p engine -p loadgen --bins` (or the workspace build, scripts/test.sh)
+/// left it, so that no test waits for a build; built with this test's
+/// cargo only when it is missing. Rebuild the binaries after changing the
+/// engine. (`cargo build -p engine` alone resolves other features of the
+/// shared dependencies than the loadgen test build, so building it here
+/// every time would recompile them, about 30 s on 2 cores, at each
+/// alternation.)
+fn turbo_dex_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let built = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("turbo-dex")))
+            .filter(|p| p.is_file());
+        built.unwrap_or_else(|| testkit::cargo_built("engine", "turbo-dex"))
+    })
+}
+
+/// The CPU for the servers: the last one this process may use (dex-trader
+/// runs on the first).
+fn server_cpu() -> String {
+    let allowed = tuning::allowed_cpus().expect("read the affinity mask");
+    allowed.last().expect("at least one CPU").to_string()
+}
+
+/// A turbo-dex node (binary) on 127.0.0.1, port 0, advertising the port it
+/// bound (turbo-dex's default for a specified `--listen` address).
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(extra: &[&str], journal: &Path) -> Node {
+        let binary = turbo_dex_binary();
+        let mut child = testkit::turbo_dex(binary, &server_cpu())
+            .args([
+                "--no-pin",
+                "--quiet",
+                "--engine",
+                "match",
+                "--symbols",
+                &SYMBOLS.to_string(),
+                "--journal-segment-bytes",
+                "1048576",
+            ])
+            .args(extra)
+            .arg("--journal")
+            .arg(journal)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turbo-dex");
+        let (addr, lines) = testkit::ready_addr(&mut child);
+        // Keep reading stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, addr }
+    }
+
+    fn in_cluster(nats: &Nats, journal: &Path) -> Node {
+        let shards = SHARDS.to_string();
+        Node::start(&["--cluster", &nats.url(), "--shards", &shards], journal)
+    }
+}
+
+impl Node {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The map as `addr` answers it (a version 2 session of its own).
+fn map_of(addr: SocketAddr) -> MapView {
+    let mut s = TcpStream::connect(addr).expect("connect to the node");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut out = Vec::new();
+    wire::append_frame(&[Hello::new(1, 0, 0, "")], &mut out).expect("hello");
+    wire::append_frame(&[ClusterMapRequest::new(7)], &mut out).expect("request");
+    s.write_all(&out).expect("send");
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    let mut assembler = MapAssembler::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut frames = decoder.frames(&buf);
+        for f in frames.by_ref() {
+            if matches!(
+                f,
+                Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_)
+            ) && let Some(map) = assembler.on_frame(&f).expect("a well-formed map")
+            {
+                return map;
+            }
+        }
+        let used = frames.consumed();
+        buf.drain(..used);
+        let n = s.read(&mut chunk).expect("read the map");
+        assert!(n > 0, "the node closed the connection before the map");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the two nodes own two shards each, as `a` sees it.
+fn wait_for_even_split(a: &Node) -> MapView {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let map = map_of(a.addr);
+        let mut owners = map.owners.clone();
+        owners.sort_unstable();
+        owners.dedup();
+        if map.owners.len() == SHARDS as usize
+            && owners.len() == 2
+            && !owners.contains(&wire::NO_NODE)
+            && map.owner_addresses().len() == 2
+        {
+            return map;
+        }
+        assert!(Instant::now() < until, "no even split: {map:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn dex_trader(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dex-trader")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let body = std::fs::read_to_string(path).expect("the JSON report");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn routes_every_order_to_its_shards_owner() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("trader-cluster");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let b = Node::in_cluster(&nats, &dir.join("b"));
+    let map = wait_for_even_split(&a);
+    let path = dir.join("run.json");
+    // One seed is enough: the map names the other node.
+    let out = dex_trader(&[
+        "--cluster",
+        &a.addr.to_string(),
+        "--mix",
+        "match",
+        "--connections",
+        "2",
+        "--batch",
+        "50",
+        "--duration",
+        "2s",
+        "--json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  cluster      map version"), "{stdout}");
+    let report = json(&path);
+    assert!(n(&report["trades"]) > 0, "{report}");
+    assert_eq!(n(&report["unrouted"]), 0, "{report}");
+    assert_eq!(n(&report["cluster_map_version"]), map.version, "{report}");
+    assert!(
+        report["rejects_by_reason"].get("wrong node").is_none()
+            && !report["rejects_by_reason"].to_string().contains("wrong"),
+        "no order met WrongNode: {report}"
+    );
+    let nodes = report["nodes"].as_array().expect("a nodes array");
+    assert_eq!(nodes.len(), 2, "{report}");
+    let mut addrs: Vec<String> = nodes
+        .iter()
+        .map(|x| x["address"].as_str().expect("address").to_string())
+        .collect();
+    addrs.sort();
+    let mut want = vec![a.addr.to_string(), b.addr.to_string()];
+    want.sort();
+    assert_eq!(addrs, want);
+    let mut routed = 0;
+    for node in nodes {
+        assert!(n(&node["orders_sent"]) > 0, "{node}");
+        assert!(n(&node["trades"]) > 0, "{node}");
+        assert_eq!(n(&node["wrong_node"]), 0, "{node}");
+        assert!(node["orders_per_sec"].as_f64().expect("a rate") > 0.0);
+        assert_eq!(node["node_id"].as_str().expect("hex id").len(), 16);
+        routed += n(&node["orders_sent"]);
+    }
+    // Every request of the window went to one node or was unrouted.
+    assert_eq!(routed, n(&report["orders_sent"]), "{report}");
+    drop((a, b));
+}
+
+#[test]
+fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
+    let _serial = serial();
+    for (args, what) in [
+        (
+            vec!["--cluster", "nats://127.0.0.1:4222"],
+            "not supported yet",
+        ),
+        (vec!["--cluster", "auto"], "not supported yet"),
+        (vec!["--cluster", ","], "at least one seed"),
+        (
+            vec!["--cluster", "127.0.0.1:1", "--verify"],
+            "cannot be combined with --verify",
+        ),
+        (
+            vec!["--cluster", "127.0.0.1:1", "--spin", "1ms"],
+            "cannot be combined with --spin",
+        ),
+    ] {
+        let out = dex_trader(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(what),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // No --server and no --cluster: clap's usage error.
+    let out = dex_trader(&["--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A turbo-dex without --cluster refuses the map request: exit 1, why.
+    let dir = TempDir::new("trader-cluster-none");
+    let single = Node::start(&[], &dir.join("j"));
+    let out = dex_trader(&["--cluster", &single.addr.to_string(), "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not in a cluster"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `turbo-dex cluster claim SHARD --node ID --force`, retried until the
+/// node that was killed no longer holds a live lease on the shard.
+fn claim_when_free(nats: &Nats, shard: usize, node: u64) {
+    let binary = turbo_dex_binary();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new(binary)
+            .args(["cluster", "claim", &shard.to_string(), "--node"])
+            .arg(format!("{node:016x}"))
+            .args(["--force", "--cluster", &nats.url()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run turbo-dex cluster claim");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "cannot claim shard {shard}: {}",
+            testkit::output_text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A node started in `journal`: its id (written before it listens).
+fn node_id(journal: &Path) -> u64 {
+    let text = std::fs::read_to_string(journal.join("node-id")).expect("node-id file");
+    u64::from_str_radix(text.trim(), 16).expect("16 hex digits")
+}
+
+#[test]
+fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("trader-cluster-move");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let mut b = Node::in_cluster(&nats, &dir.join("b"));
+    let map = wait_for_even_split(&a);
+    let id_of = |addr| {
+        map.nodes
+            .iter()
+            .find(|n| n.addr == Some(addr))
+            .expect("listed")
+            .id
+    };
+    let id_b = id_of(b.addr);
+    let shards_of_b: Vec<usize> = (0..map.owners.len())
+        .filter(|&s| map.owners[s] == id_b)
+        .collect();
+    let path = dir.join("run.json");
+    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
+        .arg(a.addr.to_string())
+        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
+        .args(["--duration", "12s", "--json"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dex-trader");
+    // Trading on both; then b goes, c joins (owning nothing), and once
+    // b's leases have run out the operator gives b's shards to c.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.kill();
+    let killed = Instant::now();
+    let c = Node::in_cluster(&nats, &dir.join("c"));
+    let id_c = node_id(&dir.join("c"));
+    for &shard in &shards_of_b {
+        claim_when_free(&nats, shard, id_c);
+    }
+    let claimed = killed.elapsed();
+    let out = trader.wait_with_output().expect("dex-trader ends");
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("closed mid-run"), "{stdout}");
+    let report = json(&path);
+    assert!(n(&report["trades"]) > 0, "{report}");
+    // The routes took the newer map: b's shards moved to c.
+    assert!(
+        n(&report["cluster_map_version_end"]) > n(&report["cluster_map_version"]),
+        "claimed after {claimed:?}: {report}"
+    );
+    // Between b's going and the move, b's shards got nothing: unrouted.
+    assert!(n(&report["unrouted"]) > 0, "{report}");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    let node = |addr: SocketAddr| {
+        nodes
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} in {report}"))
+    };
+    assert!(node(b.addr)["closed"].is_string(), "{report}");
+    assert!(node(a.addr)["closed"].is_null(), "{report}");
+    assert!(n(&node(a.addr)["trades"]) > 0, "{report}");
+    // c, not in the map at the start, was connected and got b's shards.
+    assert_eq!(nodes.len(), 3, "{report}");
+    assert!(node(c.addr)["closed"].is_null(), "{report}");
+    assert!(n(&node(c.addr)["orders_sent"]) > 0, "{report}");
+    assert!(n(&node(c.addr)["trades"]) > 0, "{report}");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("closed the connection mid-run"),
+        "{report}"
+    );
+}
