@@ -72,9 +72,14 @@ DEX_TRADER="$BIN_DIR/dex-trader"
 
 OUT=$(mktemp -d /tmp/bench-logon-flood.XXXXXX)
 echo "trade-secret" >"$OUT/pw.txt"
-for name in maker taker; do
-    "$TURBO_DEX" accounts add "$name" --file "$OUT/accounts.txt" <"$OUT/pw.txt" >/dev/null 2>&1
+# Two fresh accounts for every run (ids 1, 2 for the first, 3, 4 for the
+# next, ...): a rerun under the same accounts would send client order ids
+# below their high-water mark, which the book checks against its history
+# (slower, whatever the flood does).
+for i in $(seq $((6 * PAIRS))); do
+    "$TURBO_DEX" accounts add "trader$i" --file "$OUT/accounts.txt" <"$OUT/pw.txt" >/dev/null 2>&1
 done
+RUN=0
 
 json_num() { tr -d '\n' <"$1" | grep -o "\"$2\"[[:space:]]*:[[:space:]]*[-0-9.eE+]*" | head -n 1 | sed 's/.*:[[:space:]]*//'; }
 
@@ -96,10 +101,11 @@ done
 # waits behind their first password checks) and lasting to the end.
 run() {
     local name=$1 flood=$2 range=${3:-}
+    RUN=$((RUN + 1))
     local rate_args=()
     [ -n "$TRADE_RATE" ] && rate_args=(--rate "$TRADE_RATE")
     "$DEX_TRADER" --server "$ADDR" --cores "$TRADER_CPU" --spin 1s --connections 2 "${rate_args[@]}" \
-        --account 1 --accounts 2 --password-file "$OUT/pw.txt" --duration "${DURATION}s" --warmup "${WARMUP}s" \
+        --account $((2 * RUN - 1)) --accounts 2 --password-file "$OUT/pw.txt" --duration "${DURATION}s" --warmup "${WARMUP}s" \
         --batch "$BATCH" --mix realistic --quiet --json "$OUT/$name.json" \
         >"$OUT/$name.trader.out" 2>"$OUT/$name.trader.err" &
     local trader_pid=$! counts=-
