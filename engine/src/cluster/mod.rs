@@ -43,10 +43,8 @@ pub fn resolve_auto() -> Result<String, String> {
     {
         return Ok(resolve_auto_from(Some(url)));
     }
-    let found = discovery::browse(AUTO_BROWSE, |seen| {
-        seen.iter().any(|a| !a.nats.is_empty())
-    })
-    .unwrap_or_default();
+    let found = discovery::browse(AUTO_BROWSE, |seen| seen.iter().any(|a| !a.nats.is_empty()))
+        .unwrap_or_default();
     match found.iter().find(|a| !a.nats.is_empty()) {
         Some(a) => Ok(a.nats.join(",")),
         None => Ok(resolve_auto_from(None)),
