@@ -275,10 +275,8 @@ mod tests {
         };
         let a = boottime_ns();
         // SAFETY: `ts` is a valid, writable timespec for the call.
-        assert_eq!(
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-            0
-        );
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        assert_eq!(rc, 0);
         let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         assert_ne!(a, u64::MAX);
         assert!(a + 1_000_000 >= mono, "boottime {a} monotonic {mono}");
