@@ -4,7 +4,9 @@
 //! map answers on both, a node with another shard count is refused, a
 //! restarted node takes its shards back, a node that loses NATS stops
 //! serving within the fence, and a killed node's shards stay unowned until
-//! an operator moves them; and `--cluster auto` with nothing around, in a
+//! an operator moves them, and a node paused (SIGSTOP) past its lease
+//! while an operator moves its shard refuses, once resumed, the order that
+//! waited in its socket; and `--cluster auto` with nothing around, in a
 //! network namespace of its own (root and iproute2, else `SKIP:`), starts
 //! its own nats-server, takes every shard, and takes the server down with
 //! it. Without nats-server (the Debian package
@@ -338,29 +340,7 @@ fn order(
     symbol: u32,
 ) -> Result<(), (RejectReason, Option<wire::ShardOwner>)> {
     c.send(&[buy(id, symbol, 100, 1)]);
-    match c.wait_for(
-        |m| {
-            matches!(m, Msg::Accepted(a) if a.client_order_id.get() == id)
-                || matches!(m, Msg::Rejected(r) if r.client_order_id.get() == id)
-        },
-        "the order's answer",
-    ) {
-        Msg::Accepted(_) => Ok(()),
-        Msg::Rejected(r) => {
-            let reason = r.reason().unwrap();
-            let owner = (reason == RejectReason::WrongNode).then(|| {
-                let Msg::ShardOwner(o) = c.wait_for(
-                    |m| matches!(m, Msg::ShardOwner(o) if o.client_order_id.get() == id),
-                    "ShardOwner",
-                ) else {
-                    unreachable!()
-                };
-                o
-            });
-            Err((reason, owner))
-        }
-        _ => unreachable!(),
-    }
+    answer_of(c, id)
 }
 
 fn turbo_dex_cli(args: &[&str]) -> std::process::Output {
@@ -669,6 +649,143 @@ fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
         1,
         "{map:?}"
     );
+}
+
+/// Sends SIGSTOP or SIGCONT to a node.
+fn signal(node: &Node, sig: libc::c_int) {
+    let pid = node.child.id() as libc::pid_t;
+    // SAFETY: kill(2) takes plain integers; `pid` is our own child, which
+    // has not been waited for (a `Node` is reaped only when dropped).
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The answer to NewOrder `id`, already sent on `c`: the Rejected (with its
+/// ShardOwner for WrongNode) or Accepted.
+fn answer_of(c: &mut Client, id: u64) -> Result<(), (RejectReason, Option<wire::ShardOwner>)> {
+    match c.wait_for(
+        |m| {
+            matches!(m, Msg::Accepted(a) if a.client_order_id.get() == id)
+                || matches!(m, Msg::Rejected(r) if r.client_order_id.get() == id)
+        },
+        "the order's answer",
+    ) {
+        Msg::Accepted(_) => Ok(()),
+        Msg::Rejected(r) => {
+            let reason = r.reason().unwrap();
+            let owner = (reason == RejectReason::WrongNode).then(|| {
+                let Msg::ShardOwner(o) = c.wait_for(
+                    |m| matches!(m, Msg::ShardOwner(o) if o.client_order_id.get() == id),
+                    "ShardOwner",
+                ) else {
+                    unreachable!()
+                };
+                o
+            });
+            Err((reason, owner))
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Split brain after a pause: a stopped node (SIGSTOP) whose lease ran out
+/// and whose shard an operator gave to another node refuses, once resumed,
+/// the order that waited in its socket, before its agent thread has had to
+/// run: the cores check the lease's deadline themselves.
+#[test]
+fn a_node_paused_past_its_lease_refuses_the_shard_it_lost_when_it_resumes() {
+    let _serial = serial();
+    let bin = need_nats_server!();
+    let started = Instant::now();
+    let nats = Nats::start(&bin);
+    let dir = TempDir::new("cluster-paused");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    // Heartbeats far apart: the sessions must outlive the pause.
+    let command = |journal: &Path| {
+        let mut c = node_command(&nats.url(), journal, SHARDS);
+        c.args(["--heartbeat-ms", "20000"]);
+        c
+    };
+    let first = Node::launch(command(&ja), &ja);
+    let second = Node::launch(command(&jb), &jb);
+    let a = Node::ready(first.0, first.1);
+    let b = Node::ready(second.0, second.1);
+    let (ida, idb) = (node_id(&ja), node_id(&jb));
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let map = wait_map(&mut ca, "an even split", |m| {
+        m.owners.iter().filter(|&&o| o == ida).count() == 2
+            && m.owners.iter().filter(|&&o| o == idb).count() == 2
+    });
+    let shard = map.owners.iter().position(|&o| o == ida).unwrap() as u32;
+    let symbol = symbol_of_shard(shard);
+    assert!(order(&mut ca, 1, symbol).is_ok(), "a serves its shard");
+    let mut cb = Client::login_version(b.addr, 2, 0, 2);
+    let (reason, _) = order(&mut cb, 1, symbol).unwrap_err();
+    assert_eq!(reason, RejectReason::WrongNode, "b does not, yet");
+
+    signal(&a, libc::SIGSTOP);
+    // Past a's lease (5 s): the operator may move the shard now.
+    std::thread::sleep(Duration::from_millis(
+        engine::cluster::plan::LEASE_MS + 1_000,
+    ));
+    let url = nats.url();
+    let out = turbo_dex_cli(&[
+        "cluster",
+        "claim",
+        &shard.to_string(),
+        "--node",
+        &format!("{idb:016x}"),
+        "--force",
+        "--cluster",
+        &url,
+    ]);
+    testkit::assert_success(&out);
+    let until = Instant::now() + DEADLINE;
+    let mut id = 2;
+    while order(&mut cb, id, symbol).is_err() {
+        assert!(
+            Instant::now() < until,
+            "b never served the moved shard:\n{}",
+            b.log()
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Written while a is still stopped: the order and a query of the order
+    // a accepted wait in its socket for it to resume.
+    ca.send(&[buy(2, symbol, 100, 1)]);
+    ca.send(&[OrderQuery::new(1, symbol)]);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&a, libc::SIGCONT);
+
+    let (reason, owner) =
+        answer_of(&mut ca, 2).expect_err("a accepted an order for a shard it lost");
+    assert_eq!(reason, RejectReason::WrongNode, "{}", a.log());
+    let owner = owner.unwrap();
+    assert_ne!(owner.node_id.get(), ida, "a does not name itself");
+    let Msg::Rejected(r) = ca.wait_for(
+        |m| matches!(m, Msg::Rejected(r) if r.request_kind == Kind::OrderQuery as u8),
+        "the query's reject",
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r.reason(), Ok(RejectReason::WrongNode));
+    let map = map_of(&mut ca, 1);
+    assert_ne!(map.owners[shard as usize], ida, "{map:?}");
+    // Once a's agent has run: b's, in a's map too; b still takes orders.
+    wait_map(&mut ca, "a sees b own the shard", |m| {
+        m.owners[shard as usize] == idb
+    });
+    id += 1;
+    assert!(order(&mut cb, id, symbol).is_ok());
+    let (reason, _) = order(&mut ca, 3, symbol).unwrap_err();
+    assert_eq!(reason, RejectReason::WrongNode);
+    eprintln!("paused-node test took {:?}", started.elapsed());
 }
 
 #[test]

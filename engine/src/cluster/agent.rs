@@ -32,7 +32,7 @@ use super::plan::{
     self, Action, ClusterConfig, FENCE_MS, JOIN_WINDOW_MS, Lease, LeaseRecord, Map, NodeRecord,
     ROUND_MS, Round,
 };
-use super::view::{ClusterView, FENCE_CHECK_MS};
+use super::view::{ClusterView, FENCE_CHECK_MS, boottime_ns};
 use super::{format_node_id, parse_node_id};
 
 /// The nodes bucket.
@@ -334,11 +334,6 @@ impl Drop for Agent {
     }
 }
 
-/// Monotonic ms since the agent started, from 1 (0 means "never" in the view).
-fn mono_ms(base: Instant) -> u64 {
-    base.elapsed().as_millis() as u64 + 1
-}
-
 async fn run(
     buckets: Buckets,
     urls: String,
@@ -359,7 +354,7 @@ async fn run(
         let mut tick = tokio::time::interval(Duration::from_millis(FENCE_CHECK_MS));
         loop {
             tick.tick().await;
-            let stopped = fence_view.fence(mono_ms(base), FENCE_MS);
+            let stopped = fence_view.fence(boottime_ns());
             if stopped > 0 {
                 tracing::warn!(
                     "cluster: stopped serving {stopped} shard(s): their leases were not renewed for {FENCE_MS} ms (NATS unreachable?)"
@@ -392,7 +387,7 @@ async fn run(
             base.elapsed() >= Duration::from_millis(JOIN_WINDOW_MS) && agent.sees_itself();
         let ok = tokio::select! {
             _ = stop.notified() => break,
-            r = agent.round(&buckets, &view, base, may_claim) => r,
+            r = agent.round(&buckets, &view, may_claim) => r,
         };
         match ok {
             Ok(()) => {
@@ -485,7 +480,6 @@ impl RoundState {
         &mut self,
         b: &Buckets,
         view: &ClusterView,
-        base: Instant,
         may_claim: bool,
     ) -> Result<(), String> {
         let now = wall_ms();
@@ -501,7 +495,7 @@ impl RoundState {
         timeout(b.nodes.put(node_key(self.me), value.into())).await?;
         let nodes = node_list(&self.nodes);
         let leases = read_leases(&b.leases, view.shard_count()).await?;
-        let held: Vec<bool> = (0..view.shard_count()).map(|s| view.serves(s)).collect();
+        let held: Vec<bool> = (0..view.shard_count()).map(|s| view.holds(s)).collect();
         let actions = plan::decide(&Round {
             now_ms: now,
             me: self.me,
@@ -512,7 +506,7 @@ impl RoundState {
         });
         let mut leases = leases;
         for action in actions {
-            self.apply(action, b, view, base, &mut leases).await;
+            self.apply(action, b, view, &mut leases).await;
         }
         let map = plan::build_map(wall_ms(), self.me, &nodes, &leases);
         if self.published != Some(map.version) {
@@ -530,12 +524,11 @@ impl RoundState {
         action: Action,
         b: &Buckets,
         view: &ClusterView,
-        base: Instant,
         leases: &mut [Option<Lease>],
     ) {
         match action {
             Action::Drop { shard } => {
-                if view.serves(shard) {
+                if view.holds(shard) {
                     tracing::warn!(
                         "cluster: shard {shard} is leased to another node now; stopped serving it"
                     );
@@ -548,7 +541,7 @@ impl RoundState {
                 };
                 // The fence counts from before the request: the lease it
                 // writes runs LEASE_MS from the wall time read here.
-                let started = mono_ms(base);
+                let started = boottime_ns();
                 let record = plan::my_lease(self.me, wall_ms(), old.record.generation);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 match tokio::time::timeout(
@@ -558,7 +551,7 @@ impl RoundState {
                 .await
                 {
                     Ok(Ok(rev)) => {
-                        if !view.serves(shard) {
+                        if !view.holds(shard) {
                             tracing::info!(
                                 "cluster: took back shard {shard} (its lease names this node)"
                             );
@@ -580,7 +573,7 @@ impl RoundState {
                 }
             }
             Action::Create { shard } => {
-                let started = mono_ms(base);
+                let started = boottime_ns();
                 let record = plan::my_lease(self.me, wall_ms(), 1);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 match tokio::time::timeout(

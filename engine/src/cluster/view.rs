@@ -3,15 +3,41 @@
 //! and the latest cluster map for `WrongNode` answers and map requests.
 //!
 //! Only the cluster agent writes. It sets a shard's bit after a successful
-//! write of its lease and clears it [`super::plan::FENCE_MS`] after the last
-//! successful renewal at the latest (a fence task checks every
-//! [`FENCE_CHECK_MS`]), so a core never serves a shard whose lease could
-//! have expired.
+//! write of its lease, with a "serve until" deadline: the start of that
+//! write plus [`super::plan::FENCE_MS`] on [`boottime_ns`]'s clock. The
+//! cores check both (`bit set && now < deadline`, [`ClusterView::serves_at`])
+//! with a clock read of their own, so a shard whose lease could have expired
+//! is refused even when the agent's thread has not run since (a process
+//! paused by SIGSTOP, a stall, a frozen VM). A fence task also clears the
+//! bits of shards past their deadline every [`FENCE_CHECK_MS`], for the
+//! admin endpoint and the map.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::plan::Map;
+use super::plan::{FENCE_MS, Map};
+
+/// Nanoseconds on `CLOCK_BOOTTIME`: monotonic, and it keeps counting while
+/// the process is stopped (SIGSTOP), descheduled or the machine suspended,
+/// so a deadline on it passes in any pause the lease's wall-clock expiry
+/// passes in. `u64::MAX` if the clock cannot be read (then nothing is
+/// served: a deadline is never after it).
+#[inline]
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the
+    // call; clock_gettime writes only into it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 || ts.tv_sec < 0 || ts.tv_nsec < 0 {
+        return u64::MAX;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
 
 /// How often the fence task looks for leases not renewed in time.
 pub const FENCE_CHECK_MS: u64 = 100;
@@ -23,9 +49,10 @@ pub struct ClusterView {
     shard_count: u32,
     /// Bit k of word k / 64: this node serves shard k.
     owned: Box<[AtomicU64]>,
-    /// Per shard: the monotonic ms of the last successful write of its lease
-    /// (0: none); the fence clears the bit [`super::plan::FENCE_MS`] after it.
-    renewed_ms: Box<[AtomicU64]>,
+    /// Per shard: until when ([`boottime_ns`]) it may be served: the start
+    /// of the last successful write of its lease plus [`FENCE_MS`] (0: not
+    /// at all).
+    until_ns: Box<[AtomicU64]>,
     map_version: AtomicU64,
     /// The latest map. Read on the reject path and by map requests: the
     /// lock is held only to clone an `Arc`, never across I/O.
@@ -57,7 +84,7 @@ impl ClusterView {
             node_id,
             shard_count,
             owned: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            renewed_ms: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
+            until_ns: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             map_version: AtomicU64::new(0),
             // Every shard unowned until the agent's first round.
             map: Mutex::new(Arc::new(Map {
@@ -82,44 +109,69 @@ impl ClusterView {
         self.shard_count
     }
 
-    /// Whether this node serves `shard` now: one atomic load.
+    /// Whether this node's agent holds `shard` (its bit is set), whatever
+    /// its deadline: one atomic load. The agent's own bookkeeping; the
+    /// cores ask [`ClusterView::serves_at`].
     #[inline]
-    pub fn serves(&self, shard: u32) -> bool {
+    pub fn holds(&self, shard: u32) -> bool {
         self.owned
             .get((shard / 64) as usize)
             .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (shard % 64)) != 0)
     }
 
-    /// Starts serving `shard` after a successful write of its lease at
-    /// monotonic `now_ms` (also each renewal).
-    pub fn renewed(&self, shard: u32, now_ms: u64) {
-        if let (Some(w), Some(r)) = (
+    /// Whether this node may serve `shard` at `now_ns` ([`boottime_ns`]):
+    /// its bit is set and its deadline has not passed. Two atomic loads.
+    #[inline]
+    pub fn serves_at(&self, shard: u32, now_ns: u64) -> bool {
+        self.holds(shard)
+            && self
+                .until_ns
+                .get(shard as usize)
+                .is_some_and(|u| now_ns < u.load(Ordering::Acquire))
+    }
+
+    /// Whether this node may serve `shard` now (reads the clock).
+    pub fn serves(&self, shard: u32) -> bool {
+        self.serves_at(shard, boottime_ns())
+    }
+
+    /// Starts serving `shard` after a successful write of its lease begun
+    /// at `started_ns` ([`boottime_ns`]; also each renewal): until
+    /// `started_ns` + [`FENCE_MS`].
+    pub fn renewed(&self, shard: u32, started_ns: u64) {
+        if started_ns == u64::MAX {
+            return;
+        }
+        if let (Some(w), Some(u)) = (
             self.owned.get((shard / 64) as usize),
-            self.renewed_ms.get(shard as usize),
+            self.until_ns.get(shard as usize),
         ) {
-            r.store(now_ms.max(1), Ordering::Release);
+            // The deadline before the bit: a core that sees the bit sees it.
+            u.store(
+                started_ns.saturating_add(FENCE_MS * 1_000_000),
+                Ordering::Release,
+            );
             w.fetch_or(1u64 << (shard % 64), Ordering::AcqRel);
         }
     }
 
     /// Stops serving `shard`.
     pub fn stop(&self, shard: u32) {
-        if let (Some(w), Some(r)) = (
+        if let (Some(w), Some(u)) = (
             self.owned.get((shard / 64) as usize),
-            self.renewed_ms.get(shard as usize),
+            self.until_ns.get(shard as usize),
         ) {
             w.fetch_and(!(1u64 << (shard % 64)), Ordering::AcqRel);
-            r.store(0, Ordering::Release);
+            u.store(0, Ordering::Release);
         }
     }
 
-    /// Stops serving every shard whose last renewal is `fence_ms` or more
-    /// before monotonic `now_ms`; returns how many it stopped.
-    pub fn fence(&self, now_ms: u64, fence_ms: u64) -> u32 {
+    /// Clears the bits of the held shards whose deadline is at or before
+    /// `now_ns` ([`boottime_ns`]); returns how many it cleared.
+    pub fn fence(&self, now_ns: u64) -> u32 {
         let mut stopped = 0;
         for shard in 0..self.shard_count {
-            let at = self.renewed_ms[shard as usize].load(Ordering::Acquire);
-            if at != 0 && now_ms.saturating_sub(at) >= fence_ms && self.serves(shard) {
+            if self.holds(shard) && !self.serves_at(shard, now_ns) {
                 self.stop(shard);
                 stopped += 1;
             }
@@ -132,7 +184,10 @@ impl ClusterView {
 
     /// The shards served now, in order.
     pub fn served(&self) -> Vec<u32> {
-        (0..self.shard_count).filter(|&s| self.serves(s)).collect()
+        let now = boottime_ns();
+        (0..self.shard_count)
+            .filter(|&s| self.serves_at(s, now))
+            .collect()
     }
 
     pub fn map_version(&self) -> u64 {
@@ -163,22 +218,80 @@ impl ClusterView {
 mod tests {
     use super::*;
 
+    const FENCE_NS: u64 = FENCE_MS * 1_000_000;
+
     #[test]
     fn bits_follow_renewals_and_the_fence() {
         let v = ClusterView::new(7, 130);
-        assert!(!v.serves(129));
+        assert!(!v.holds(129) && !v.serves_at(129, 0));
         assert_eq!(v.map().shards.len(), 130, "every shard, unowned");
         v.renewed(129, 1_000);
-        v.renewed(3, 2_000);
-        assert!(v.serves(129) && v.serves(3));
-        assert!(!v.serves(130), "beyond the shard count");
-        assert_eq!(v.served(), [3, 129]);
-        assert_eq!(v.fence(3_999, 3_000), 0);
-        assert_eq!(v.fence(4_000, 3_000), 1);
-        assert!(!v.serves(129));
-        assert!(v.serves(3));
+        v.renewed(3, 2_000_000_000);
+        assert!(v.holds(129) && v.holds(3));
+        assert!(v.serves_at(129, 1_000) && v.serves_at(3, 2_000_000_000));
+        assert!(
+            !v.holds(130) && !v.serves_at(130, 0),
+            "beyond the shard count"
+        );
+        assert_eq!(v.fence(1_000 + FENCE_NS - 1), 0);
+        assert_eq!(v.fence(1_000 + FENCE_NS), 1);
+        assert!(!v.holds(129));
+        assert!(v.holds(3));
         v.stop(3);
-        assert!(v.served().is_empty());
-        assert_eq!(v.fence(100_000, 3_000), 0);
+        assert!(!v.holds(3) && !v.serves_at(3, 2_000_000_000));
+        assert_eq!(v.fence(u64::MAX - 1), 0);
+    }
+
+    /// The cores' check needs no other thread: a deadline that passed
+    /// refuses the shard while its bit is still set (the agent and its fence
+    /// task have not run, as after a SIGSTOP).
+    #[test]
+    fn a_passed_deadline_refuses_without_the_fence() {
+        let v = ClusterView::new(1, 4);
+        let start = 5_000_000_000;
+        v.renewed(2, start);
+        assert!(v.serves_at(2, start));
+        assert!(v.serves_at(2, start + FENCE_NS - 1));
+        assert!(!v.serves_at(2, start + FENCE_NS), "the deadline itself");
+        assert!(!v.serves_at(2, start + 60 * FENCE_NS), "a long pause");
+        assert!(v.holds(2), "the bit is still set: only the clock refused");
+        // A renewal moves the deadline on.
+        v.renewed(2, start + FENCE_NS);
+        assert!(v.serves_at(2, start + FENCE_NS + 1));
+        // An unreadable clock serves nothing and renews nothing.
+        assert!(!v.serves_at(2, u64::MAX));
+        v.renewed(1, u64::MAX);
+        assert!(!v.holds(1));
+    }
+
+    /// The deadline is on a clock that keeps counting while the process is
+    /// stopped: CLOCK_BOOTTIME is at least CLOCK_MONOTONIC (equal but for
+    /// suspend), and both advance across a sleep as wall time does.
+    #[test]
+    fn boottime_advances_and_is_at_least_monotonic() {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let a = boottime_ns();
+        // SAFETY: `ts` is a valid, writable timespec for the call.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        assert_eq!(rc, 0);
+        let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        assert_ne!(a, u64::MAX);
+        assert!(a + 1_000_000 >= mono, "boottime {a} monotonic {mono}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = boottime_ns();
+        assert!(b >= a + 20_000_000, "{a} -> {b}");
+    }
+
+    /// A view served through the process's real clock.
+    #[test]
+    fn served_reads_the_clock() {
+        let v = ClusterView::new(1, 3);
+        v.renewed(0, boottime_ns());
+        v.renewed(1, boottime_ns().saturating_sub(FENCE_NS + 1));
+        assert_eq!(v.served(), [0]);
+        assert!(v.serves(0) && !v.serves(1) && !v.serves(2));
     }
 }

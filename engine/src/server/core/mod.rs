@@ -118,6 +118,10 @@ struct State<M> {
     to_close: Vec<u32>,
     /// Monotonic time of this iteration (intervals, timeouts).
     now_ns: u64,
+    /// In a cluster, `cluster::boottime_ns` read at the start of this
+    /// iteration, before any input is taken: the time the shards' "serve
+    /// until" deadlines are checked against (0 outside a cluster).
+    cluster_now_ns: u64,
     /// Bytes of capacity of the connections' input buffers (each one's
     /// `Conn::inbuf_charged`), held under `cfg.input_memory`.
     input_bytes: usize,
@@ -233,6 +237,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 blocked: Vec::with_capacity(64),
                 to_close: Vec::with_capacity(64),
                 now_ns: 0,
+                cluster_now_ns: 0,
                 input_bytes: 0,
                 engine_ns: 0,
                 draining: false,
@@ -253,6 +258,11 @@ impl<M: Matcher + Snapshot> Core<M> {
         loop {
             let start = monotonic_ns();
             self.st.now_ns = start;
+            if self.st.cfg.cluster.is_some() {
+                // After a pause (SIGSTOP) this read comes before the input
+                // that waited: a lease that ran out meanwhile is refused.
+                self.st.cluster_now_ns = crate::cluster::view::boottime_ns();
+            }
             self.st.engine_ns = realtime_ns();
             self.st.router.md.engine_ns = self.st.engine_ns;
             self.reap();

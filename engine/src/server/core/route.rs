@@ -555,12 +555,15 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
             return true;
         };
         // The global shard from the placement (shard k is core k % cores'
-        // (k / cores)-th): no division on the order path.
+        // (k / cores)-th): no division on the order path. Its bit and its
+        // deadline against this iteration's clock read: no other thread
+        // need have run since the lease was last renewed.
+        let now = self.st.cluster_now_ns;
         self.st
             .cfg
             .placement
             .get(symbol as usize)
-            .is_some_and(|p| view.serves(p.shard * self.st.cfg.ncores as u32 + p.core))
+            .is_some_and(|p| view.serves_at(p.shard * self.st.cfg.ncores as u32 + p.core, now))
     }
 
     fn shard_owner(&self, client_order_id: u64, symbol: u32, kind: Kind) -> wire::ShardOwner {
@@ -583,7 +586,8 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
     }
 
     fn cluster_map(&mut self, token: u64) -> bool {
-        let Some(view) = &self.st.cfg.cluster else {
+        // An `Arc` clone (map requests only): answering borrows `self`.
+        let Some(view) = self.st.cfg.cluster.clone() else {
             return false;
         };
         let map = view.map();
@@ -598,8 +602,17 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
         for n in &map.nodes {
             self.answer(n);
         }
+        // A shard the map (maybe not updated since a pause) gives this node
+        // but whose deadline has passed is not claimed: no owner, as far as
+        // this node can tell, until the agent's next round.
+        let (me, now) = (view.node_id(), self.st.cluster_now_ns);
         for s in &map.shards {
-            self.answer(s);
+            let shard = s.shard.get();
+            if s.owner.get() == me && !view.serves_at(shard, now) {
+                self.answer(&wire::ClusterShard::new(shard, wire::NO_NODE, 0));
+            } else {
+                self.answer(s);
+            }
         }
         true
     }
