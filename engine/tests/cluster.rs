@@ -19,13 +19,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Client, Msg, TempDir, buy, get};
+use testkit::NatsServer;
 use wire::{ClusterMapRequest, Kind, OrderQuery, RejectReason};
 
 /// Shards of the test clusters, and symbols (two per shard).
@@ -38,101 +39,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn nats_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-macro_rules! need_nats_server {
-    () => {
-        match nats_server() {
-            Some(path) => path,
-            None => {
-                testkit::skip!(
-                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
-                );
-                return;
-            }
-        }
-    };
-}
-
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// nats-server with JetStream, its store in a temp dir; killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Nats {
-    fn start(bin: &Path) -> Nats {
-        let port = free_port();
-        let dir = TempDir::new("cluster-nats");
-        let log = std::fs::File::create(dir.join("nats.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.join("store"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut nats = Nats { child, port, dir };
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(status)) = nats.child.try_wait() {
-                panic!("nats-server exited ({status}):\n{}", nats.log());
-            }
-            if nats.log().contains("Server is ready")
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return nats;
-            }
-            assert!(
-                Instant::now() < until,
-                "nats-server not ready:\n{}",
-                nats.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A turbo-dex cluster node: its journal directory (and node id) live in
@@ -354,8 +260,8 @@ fn turbo_dex_cli(args: &[&str]) -> std::process::Output {
 #[test]
 fn two_nodes_split_the_shards_and_name_each_other() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-two");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
     // Started together: both register within the join window.
@@ -432,8 +338,8 @@ fn two_nodes_split_the_shards_and_name_each_other() {
 #[test]
 fn a_node_with_another_shard_count_is_refused() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-shards");
     let _a = Node::start(&nats.url(), &dir.join("a"), SHARDS);
     let out = node_command(&nats.url(), &dir.join("c"), 2)
@@ -483,8 +389,8 @@ fn a_node_with_another_shard_count_is_refused() {
 #[test]
 fn a_restarted_node_takes_back_its_shards_and_orders() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-restart");
     let journal = dir.join("a");
     let mut a = Node::start(&nats.url(), &journal, SHARDS);
@@ -521,8 +427,8 @@ fn a_restarted_node_takes_back_its_shards_and_orders() {
 #[test]
 fn a_node_that_loses_nats_stops_serving_within_the_fence() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let mut nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let mut nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-fence");
     let journal = dir.join("a");
     // `--cluster auto` finds NATS through NATS_URL.
@@ -573,8 +479,8 @@ fn a_node_that_loses_nats_stops_serving_within_the_fence() {
 #[test]
 fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-killed");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
     let (a, mut b) = Node::start_pair(&nats.url(), &ja, &jb);
@@ -700,9 +606,9 @@ fn answer_of(c: &mut Client, id: u64) -> Result<(), (RejectReason, Option<wire::
 #[test]
 fn a_node_paused_past_its_lease_refuses_the_shard_it_lost_when_it_resumes() {
     let _serial = serial();
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let started = Instant::now();
-    let nats = Nats::start(&bin);
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-paused");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
     // Heartbeats far apart: the sessions must outlive the pause.
@@ -871,7 +777,7 @@ impl Drop for Netns {
 /// takes every shard, and the server goes when the node stops.
 #[test]
 fn auto_with_nothing_around_starts_nats_and_takes_every_shard() {
-    need_nats_server!();
+    testkit::need_nats_server!();
     let _serial = serial();
     let Some(ns) = Netns::new(format!("td-auto-{}", std::process::id())) else {
         testkit::skip!("cannot create a network namespace (needs root and ip from iproute2)");

@@ -8,14 +8,12 @@
 //! a generous deadline.
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use engine::mdbridge::{Bridge, BridgeConfig, BridgeFormat, BridgeRecord, BridgeStats};
 use futures_lite::StreamExt;
+use testkit::{NatsServer, free_port};
 use wire::{MdTopOfBook, MdTrade, Side, TopLevel};
 use zerocopy::IntoBytes;
 
@@ -26,113 +24,6 @@ static ALLOCATOR: testkit::CountingAllocator = testkit::CountingAllocator;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 const SYMBOLS: [&str; 2] = ["BTC-USD", "ETH-USD"];
-
-/// nats-server on PATH, or where the Debian package puts it (/usr/sbin may
-/// be off a non-root PATH).
-fn nats_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-macro_rules! need_nats_server {
-    () => {
-        match nats_server() {
-            Some(path) => path,
-            None => {
-                testkit::skip!(
-                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
-                );
-                return;
-            }
-        }
-    };
-}
-
-/// A port nothing listens on now, never handed out before in this process
-/// (the kernel may hand a just-freed port to the next bind: two tests must
-/// not share one).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// A nats-server child, killed (and reaped) on drop.
-struct NatsServer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl NatsServer {
-    /// Starts `nats-server -a 127.0.0.1 -p PORT` and waits until it says it
-    /// is ready (its own log, so another process on the port is not taken
-    /// for it) and accepts TCP connections.
-    fn start(bin: &Path, port: u16) -> NatsServer {
-        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = std::env::temp_dir().join(format!(
-            "turbo-dex-md-nats-{}-{port}-{n}.log",
-            std::process::id()
-        ));
-        let out = std::fs::File::create(&log).expect("create the nats-server log");
-        let err = out.try_clone().expect("clone the log file");
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut server = NatsServer { child, log };
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "nats-server on port {port} exited ({status}):\n{}",
-                    server.log_text()
-                );
-            }
-            if server.log_text().contains("Server is ready")
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < until,
-                "nats-server on port {port} is not ready after {DEADLINE:?}:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Kills it (SIGKILL: its clients see the connection break) and waits.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 fn url(port: u16) -> String {
     format!("nats://127.0.0.1:{port}")
@@ -236,9 +127,9 @@ fn trade_seq(m: &Message) -> u64 {
 
 #[test]
 fn binary_and_json_payloads_arrive_on_their_subjects() {
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let port = free_port();
-    let _server = NatsServer::start(&bin, port);
+    let _server = NatsServer::start(&bin, port, false);
     runtime().block_on(async {
         let (_client, mut sub) = subscriber(port).await;
         for format in [BridgeFormat::Binary, BridgeFormat::Json] {
@@ -307,9 +198,9 @@ fn binary_and_json_payloads_arrive_on_their_subjects() {
 
 #[test]
 fn a_full_ring_drops_and_counts_without_blocking() {
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let port = free_port();
-    let _server = NatsServer::start(&bin, port);
+    let _server = NatsServer::start(&bin, port, false);
     const OFFERS: u64 = 200_000;
     runtime().block_on(async {
         let (bridge, mut feeds) = Bridge::start(config(port, BridgeFormat::Binary, 8), 1).unwrap();
@@ -343,9 +234,9 @@ fn a_full_ring_drops_and_counts_without_blocking() {
 
 #[test]
 fn nats_down_drops_and_counts_then_the_bridge_reconnects() {
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let port = free_port();
-    let mut server = NatsServer::start(&bin, port);
+    let mut server = NatsServer::start(&bin, port, false);
     runtime().block_on(async {
         let (client, mut sub) = subscriber(port).await;
         let (bridge, mut feeds) =
@@ -368,7 +259,7 @@ fn nats_down_drops_and_counts_then_the_bridge_reconnects() {
         assert_eq!(stats.published, before.published, "{stats:?}");
         assert_eq!(stats.dropped_full, 0, "{stats:?}");
 
-        server = NatsServer::start(&bin, port);
+        server = NatsServer::start(&bin, port, false);
         wait_until("the bridge reconnects", &bridge, |s| {
             s.connected && s.reconnects >= 1
         })
@@ -388,7 +279,7 @@ fn nats_down_drops_and_counts_then_the_bridge_reconnects() {
 
 #[test]
 fn a_bridge_started_before_nats_connects_when_it_comes_up() {
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let port = free_port();
     runtime().block_on(async {
         // Nothing listens yet: not an error, records are dropped and counted.
@@ -402,7 +293,7 @@ fn a_bridge_started_before_nats_connects_when_it_comes_up() {
         .await;
         assert!(!bridge.stats().connected);
 
-        let _server = NatsServer::start(&bin, port);
+        let _server = NatsServer::start(&bin, port, false);
         let (_client, mut sub) = subscriber(port).await;
         wait_until("the bridge connects", &bridge, |s| s.connected).await;
         feeds[0].offer(BridgeRecord::Top(top(0, 11)));
@@ -435,9 +326,9 @@ mod common;
 /// order-entry port appears on NATS as a trade and a top of book.
 #[test]
 fn the_server_publishes_its_trades_and_tops_to_nats() {
-    let bin = need_nats_server!();
+    let bin = testkit::need_nats_server!();
     let port = free_port();
-    let _nats = NatsServer::start(&bin, port);
+    let _nats = NatsServer::start(&bin, port, false);
     let rt = runtime();
     let (_client, mut sub) = rt.block_on(subscriber(port));
     let server = common::start_with(

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use loadgen::cluster::{MapAssembler, MapView};
-use testkit::TempDir;
+use testkit::{NatsServer, TempDir};
 use wire::{ClusterMapRequest, Decoder, Frame, Hello};
 
 /// Shards of the test cluster, and symbols (two per shard).
@@ -30,89 +30,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn nats_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-macro_rules! need_nats_server {
-    () => {
-        match nats_server() {
-            Some(path) => path,
-            None => {
-                testkit::skip!(
-                    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)"
-                );
-                return;
-            }
-        }
-    };
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// nats-server with JetStream, its store in a temp dir; killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Nats {
-    fn start(bin: &Path) -> Nats {
-        let port = free_port();
-        let dir = TempDir::new("trader-cluster-nats");
-        let log = std::fs::File::create(dir.join("nats.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.join("store"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut nats = Nats { child, port, dir };
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(status)) = nats.child.try_wait() {
-                panic!("nats-server exited ({status}):\n{}", nats.log());
-            }
-            if nats.log().contains("Server is ready")
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return nats;
-            }
-            assert!(
-                Instant::now() < until,
-                "nats-server not ready:\n{}",
-                nats.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The turbo-dex binary: `<target>/<profile>/turbo-dex` as `cargo build
@@ -174,7 +91,7 @@ impl Node {
         Node { child, addr }
     }
 
-    fn in_cluster(nats: &Nats, journal: &Path) -> Node {
+    fn in_cluster(nats: &NatsServer, journal: &Path) -> Node {
         let shards = SHARDS.to_string();
         Node::start(&["--cluster", &nats.url(), "--shards", &shards], journal)
     }
@@ -269,8 +186,8 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn routes_every_order_to_its_shards_owner() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("trader-cluster");
     let a = Node::in_cluster(&nats, &dir.join("a"));
     let b = Node::in_cluster(&nats, &dir.join("b"));
@@ -376,7 +293,7 @@ fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
 
 /// `turbo-dex cluster claim SHARD --node ID --force`, retried until the
 /// node that was killed no longer holds a live lease on the shard.
-fn claim_when_free(nats: &Nats, shard: usize, node: u64) {
+fn claim_when_free(nats: &NatsServer, shard: usize, node: u64) {
     let binary = turbo_dex_binary();
     let until = Instant::now() + DEADLINE;
     loop {
@@ -408,8 +325,8 @@ fn node_id(journal: &Path) -> u64 {
 #[test]
 fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
     let _serial = serial();
-    let bin = need_nats_server!();
-    let nats = Nats::start(&bin);
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("trader-cluster-move");
     let a = Node::in_cluster(&nats, &dir.join("a"));
     let mut b = Node::in_cluster(&nats, &dir.join("b"));

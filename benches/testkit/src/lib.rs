@@ -11,13 +11,17 @@
 //! - [`skip!`] and [`missing`]: a test that cannot run here says so loudly
 //!   instead of passing quietly.
 //! - [`output_text`], [`bin_dir`]: small things every process test needs.
+//! - [`NatsServer`], [`need_nats_server!`], [`free_port`]: a real
+//!   nats-server for the tests that need one.
 
 mod alloc;
 mod host;
 mod launch;
+mod nats;
 mod temp;
 
 pub use alloc::{CountingAllocator, count_allocations};
 pub use host::{RealHostLock, SKIP_LOG_ENV, have, is_root, missing, real_host_lock, skipped};
 pub use launch::{assert_success, bin_dir, cargo_built, output_text, ready_addr, turbo_dex};
+pub use nats::{NO_NATS_SERVER, NatsServer, free_port, nats_server_binary};
 pub use temp::TempDir;

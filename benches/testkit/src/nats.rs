@@ -1,0 +1,143 @@
+//! A real `nats-server` for the tests that need one (the market-data
+//! bridge, clusters, dex-trader's routing): where the binary is, a port no
+//! other test of this process was given, and a child process started on
+//! 127.0.0.1 that the test waits for and that is killed (and reaped) on
+//! drop. Tests without the binary skip visibly with [`need_nats_server!`].
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::TempDir;
+
+/// What a test that has no nats-server says when it skips.
+pub const NO_NATS_SERVER: &str =
+    "nats-server not installed (scripts/test.sh installs the Debian package nats-server)";
+
+/// How long a started server may take to say it is ready.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// nats-server on PATH, or where the Debian package puts it (/usr/sbin may
+/// be off a non-root PATH).
+pub fn nats_server_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// The nats-server binary, or a visible skip and `return` from the test.
+#[macro_export]
+macro_rules! need_nats_server {
+    () => {
+        match $crate::nats_server_binary() {
+            Some(path) => path,
+            None => {
+                $crate::skip!("{}", $crate::NO_NATS_SERVER);
+                return;
+            }
+        }
+    };
+}
+
+/// A port nothing listens on now, never handed out before in this process
+/// (the kernel may hand a just-freed port to the next bind: two tests must
+/// not share one).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A nats-server child on 127.0.0.1, its log (and JetStream store) in a
+/// temporary directory; killed and reaped on drop.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts `bin -a 127.0.0.1 -p port` (with JetStream, `-js -sd DIR`,
+    /// when `jetstream`) and waits until it says it is ready in its own log
+    /// (so another process on the port is not taken for it) and accepts
+    /// TCP connections. Panics, with the log, when it exits or is not
+    /// ready in time.
+    pub fn start(bin: &Path, port: u16, jetstream: bool) -> NatsServer {
+        let dir = TempDir::new("nats-server");
+        let log = std::fs::File::create(dir.join("nats.log")).expect("create the nats-server log");
+        let mut command = Command::new(bin);
+        command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if jetstream {
+            command.args(["-js", "-sd"]).arg(dir.join("store"));
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut server = NatsServer { child, port, dir };
+        let until = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "nats-server on port {port} exited ({status}):\n{}",
+                    server.log()
+                );
+            }
+            if server.log().contains("Server is ready")
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < until,
+                "nats-server on port {port} not ready:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`NatsServer::start`] with JetStream on a [`free_port`].
+    pub fn with_jetstream(bin: &Path) -> NatsServer {
+        NatsServer::start(bin, free_port(), true)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+
+    /// Kills and reaps the server now (a test of NATS going away).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
