@@ -551,11 +551,9 @@ fn spinning_connections_trade_and_verify() {
     }
 }
 
-/// `--logins FILE`: each connection logs on with its own account and
-/// password; a wrong password in the file refuses the run.
-#[test]
-fn a_logins_file_gives_each_connection_its_own_account_and_password() {
-    let text_file = [(1u64, "first-pw"), (2, "second-pw")]
+/// A server whose accounts are `(id, password)`, argon2id hashed.
+fn server_with_accounts(accounts: &[(u64, &str)]) -> Server {
+    let text_file = accounts
         .iter()
         .map(|(id, pw)| {
             let phc =
@@ -568,103 +566,100 @@ fn a_logins_file_gives_each_connection_its_own_account_and_password() {
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![server_cpu()], names);
     cfg.poll = PollMode::Block;
     cfg.accounts = Some(std::sync::Arc::new(accounts));
-    let server = Server::start(cfg).expect("turbo-dex starts");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let good = dir.join(format!("logins-{}", std::process::id()));
-    let bad = dir.join(format!("logins-bad-{}", std::process::id()));
-    std::fs::write(&good, "# two traders\n1 first-pw\n2 second-pw\n").unwrap();
-    std::fs::write(&bad, "1 first-pw\n2 first-pw\n").unwrap();
-    let run = |file: &PathBuf| {
-        dex_trader(
-            server.local_addr(),
-            &[
-                "--cores",
-                "0",
-                "--mix",
-                "match",
-                "--connections",
-                "2",
-                "--batch",
-                "50",
-                "--duration",
-                "500ms",
-                "--verify",
-                "--logins",
-                file.to_str().unwrap(),
-            ],
-        )
-    };
-    let out = run(&good);
+    Server::start(cfg).expect("turbo-dex starts")
+}
+
+/// A short verified matching run over two connections that log on with
+/// `login` (the account and password flags).
+fn verified_run(server: &Server, login: &[&str]) -> Output {
+    let mut args = vec![
+        "--cores",
+        "0",
+        "--mix",
+        "match",
+        "--connections",
+        "2",
+        "--batch",
+        "50",
+        "--duration",
+        "500ms",
+        "--verify",
+    ];
+    args.extend_from_slice(login);
+    dex_trader(server.local_addr(), &args)
+}
+
+/// A file in the test's temp dir with `body`, removed on drop.
+struct TestFile(PathBuf);
+
+impl TestFile {
+    fn new(name: &str, body: &str) -> TestFile {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        std::fs::write(&path, body).unwrap();
+        TestFile(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TestFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `--logins FILE`: each connection logs on with its own account and
+/// password; a wrong password in the file refuses the run.
+#[test]
+fn a_logins_file_gives_each_connection_its_own_account_and_password() {
+    let server = server_with_accounts(&[(1, "first-pw"), (2, "second-pw")]);
+    let good = TestFile::new("logins", "# two traders\n1 first-pw\n2 second-pw\n");
+    let bad = TestFile::new("logins-bad", "1 first-pw\n2 first-pw\n");
+    let out = verified_run(&server, &["--logins", good.arg()]);
     testkit::assert_success(&out);
     assert!(
         text(&out.stdout).contains("verify       ok"),
         "{}",
         text(&out.stdout)
     );
-    let out = run(&bad);
+    let out = verified_run(&server, &["--logins", bad.arg()]);
     assert!(
         !out.status.success(),
         "the second connection's password is wrong"
     );
     let fin = server.stop();
     assert!(fin.total.trades > 0, "two accounts trade with each other");
-    let _ = std::fs::remove_file(good);
-    let _ = std::fs::remove_file(bad);
 }
 
 #[test]
 fn a_password_file_logs_on_to_a_server_with_accounts() {
-    let password = "trader-pw";
-    let text_file = (1..=2)
-        .map(|id| {
-            let phc = engine::accounts::hash_password(password.as_bytes(), &[id as u8; 16])
-                .expect("hash");
-            format!("{id} trader{id} {phc}\n")
-        })
-        .collect::<String>();
-    let accounts = engine::accounts::Accounts::parse(&text_file).expect("accounts");
-    let names = (0..4).map(|i| format!("SYM{i}")).collect();
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![server_cpu()], names);
-    cfg.poll = PollMode::Block;
-    cfg.accounts = Some(std::sync::Arc::new(accounts));
-    let server = Server::start(cfg).expect("turbo-dex starts");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let good = dir.join(format!("password-{}", std::process::id()));
-    let bad = dir.join(format!("password-bad-{}", std::process::id()));
-    std::fs::write(&good, format!("{password}\n")).unwrap();
-    std::fs::write(&bad, "wrong\n").unwrap();
-    let run = |file: &PathBuf| {
-        dex_trader(
-            server.local_addr(),
+    let server = server_with_accounts(&[(1, "trader-pw"), (2, "trader-pw")]);
+    let good = TestFile::new("password", "trader-pw\n");
+    let bad = TestFile::new("password-bad", "wrong\n");
+    let login = |file: &TestFile| {
+        verified_run(
+            &server,
             &[
-                "--cores",
-                "0",
-                "--mix",
-                "match",
-                "--connections",
-                "2",
                 "--account",
                 "1",
                 "--accounts",
                 "2",
-                "--batch",
-                "50",
-                "--duration",
-                "500ms",
-                "--verify",
                 "--password-file",
-                file.to_str().unwrap(),
+                file.arg(),
             ],
         )
     };
-    let out = run(&good);
+    let out = login(&good);
     testkit::assert_success(&out);
     assert!(
         text(&out.stdout).contains("verify       ok"),
         "{}",
         text(&out.stdout)
     );
-    let out = run(&bad);
+    let out = login(&bad);
     assert!(!out.status.success());
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
@@ -675,6 +670,4 @@ fn a_password_file_logs_on_to_a_server_with_accounts() {
     );
     let fin = server.stop();
     assert!(fin.total.trades > 0);
-    let _ = std::fs::remove_file(good);
-    let _ = std::fs::remove_file(bad);
 }
