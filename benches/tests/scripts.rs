@@ -1,6 +1,8 @@
 //! The benchmark and quick-start scripts, run tiny against the debug
 //! binaries so they cannot rot: bench.sh must produce a complete table and
-//! its raw JSON, quickstart.sh must show both reports and stop the server.
+//! its raw JSON, quickstart.sh must show both reports and stop the server,
+//! auto-cluster.sh must form a two-node cluster in network namespaces and
+//! trade on both nodes.
 //! Nothing here asserts a speed.
 //!
 //! The debug binaries are the ones `cargo build --workspace --bins` (which
@@ -275,4 +277,65 @@ fn admin_bench_runs_with_and_without_a_scraper() {
     assert!(log.contains("without scraper:"), "{log}");
     assert!(log.contains("with scraper:"), "{log}");
     assert!(log.contains("median orders/s: without"), "{log}");
+}
+
+/// nats-server on PATH, or where the Debian package puts it.
+fn have_nats_server() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .any(|dir| dir.join("nats-server").is_file())
+}
+
+#[test]
+fn auto_cluster_forms_and_trades_on_every_node() {
+    if let Some(why) = testkit::missing(true, &["ip"]) {
+        testkit::skip!("{why}, to create network namespaces");
+        return;
+    }
+    if !have_nats_server() {
+        testkit::skip!(
+            "needs nats-server (apt-get install nats-server); scripts/test.sh installs it"
+        );
+        return;
+    }
+    // Namespaces and several processes: not beside another namespace test.
+    let _host = testkit::real_host_lock();
+    let tmp = TempDir::new("auto-cluster");
+    let json = tmp.path().join("cluster.json");
+    let out = Command::new(root().join("scripts/auto-cluster.sh"))
+        .args(["--nodes", "2", "--duration", "2s", "--json"])
+        .arg(&json)
+        .arg("--bin-dir")
+        .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
+        .env_remove("NATS_URL")
+        .output()
+        .expect("auto-cluster.sh runs");
+    let log = text(&out);
+    assert!(out.status.success(), "auto-cluster.sh failed:\n{log}");
+    assert!(log.contains("formed in "), "{log}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file is written"))
+            .unwrap_or_else(|e| panic!("{e} in {}", json.display()));
+    let nodes = v["nodes"].as_array().expect("a nodes array");
+    assert_eq!(nodes.len(), 2, "{v}");
+    // The default is 2 shards per node: each owned by exactly one node.
+    let mut owned: Vec<u64> = nodes
+        .iter()
+        .flat_map(|n| n["shards"].as_array().expect("shards").clone())
+        .map(|s| s.as_u64().expect("a shard number"))
+        .collect();
+    owned.sort_unstable();
+    assert_eq!(owned, [0, 1, 2, 3], "{v}");
+    for n in nodes {
+        assert!(n["id"].as_str().is_some_and(|id| id.len() == 16), "{n}");
+        assert!(
+            n["address"].as_str().is_some_and(|a| a.contains(':')),
+            "{n}"
+        );
+        assert!(n["orders_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{n}");
+    }
+    assert!(v["orders_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert!(v["trades_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert!(v["formed_ms"].as_u64().is_some_and(|ms| ms > 0), "{v}");
 }
