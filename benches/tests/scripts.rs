@@ -304,14 +304,31 @@ fn auto_cluster_forms_and_trades_on_every_node() {
     let tmp = TempDir::new("auto-cluster");
     let json = tmp.path().join("cluster.json");
     let out = Command::new(root().join("scripts/auto-cluster.sh"))
-        .args(["--nodes", "2", "--duration", "2s", "--json"])
+        // Forms in about 5 s; a failure to form says so within the minute.
+        .args(["--nodes", "2", "--duration", "2s", "--form-timeout", "30"])
+        .arg("--json")
         .arg(&json)
         .arg("--bin-dir")
         .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
         .env_remove("NATS_URL")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("auto-cluster.sh runs");
+    // The script names its namespaces after its pid.
+    let prefix = format!("tdx-ac-{}-", out.id());
+    let out = out.wait_with_output().expect("auto-cluster.sh ends");
     let log = text(&out);
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip runs");
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}\n{log}");
     assert!(out.status.success(), "auto-cluster.sh failed:\n{log}");
     assert!(log.contains("formed in "), "{log}");
     let v: serde_json::Value =
@@ -338,4 +355,28 @@ fn auto_cluster_forms_and_trades_on_every_node() {
     assert!(v["orders_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     assert!(v["trades_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     assert!(v["formed_ms"].as_u64().is_some_and(|ms| ms > 0), "{v}");
+}
+
+#[test]
+fn auto_cluster_refuses_bad_options() {
+    for (args, says) in [
+        (&[][..], "--nodes is required"),
+        (&["--nodes", "0"][..], "--nodes 0"),
+        (&["--nodes", "2", "--duration", "2"][..], "--duration 2"),
+        (&["--nodes", "2", "--bogus"][..], "unknown option --bogus"),
+    ] {
+        let out = Command::new(root().join("scripts/auto-cluster.sh"))
+            .args(args)
+            .output()
+            .expect("auto-cluster.sh runs");
+        let log = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {log}");
+        assert!(log.contains(says), "{args:?}: {log}");
+    }
+    let help = Command::new(root().join("scripts/auto-cluster.sh"))
+        .arg("--help")
+        .output()
+        .expect("auto-cluster.sh runs");
+    assert!(help.status.success());
+    assert!(text(&help).contains("--nodes N"), "{}", text(&help));
 }
