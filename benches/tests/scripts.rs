@@ -303,32 +303,25 @@ fn auto_cluster_forms_and_trades_on_every_node() {
     let _host = testkit::real_host_lock();
     let tmp = TempDir::new("auto-cluster");
     let json = tmp.path().join("cluster.json");
-    let out = Command::new(root().join("scripts/auto-cluster.sh"))
-        // Forms in about 5 s; a failure to form says so within the minute.
-        .args(["--nodes", "2", "--duration", "2s", "--form-timeout", "30"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--bin-dir")
-        .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
-        .env_remove("NATS_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("auto-cluster.sh runs");
-    // The script names its namespaces after its pid.
-    let prefix = format!("tdx-ac-{}-", out.id());
-    let out = out.wait_with_output().expect("auto-cluster.sh ends");
-    let log = text(&out);
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip runs");
-    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}\n{log}");
+    // One retry, said out loud, when the cluster did not form: two nodes
+    // that each started their own nats-server (neither saw the other's
+    // announcement in time) sometimes lose one node when the route restarts
+    // its server into the joint cluster, a known limit of --cluster auto
+    // (README, Cluster). Anything else fails at once.
+    let mut attempt = 1;
+    let (out, log) = loop {
+        let (out, log) = run_auto_cluster(&json);
+        let not_formed = log.contains("a node exited before the cluster formed")
+            || log.contains("the cluster did not form within");
+        if out.status.success() || !not_formed || attempt == 2 {
+            break (out, log);
+        }
+        eprintln!(
+            "auto-cluster.sh attempt {attempt}: the cluster did not form (the --cluster auto \
+             race of two started nats-servers); trying once more. Its output:\n{log}"
+        );
+        attempt += 1;
+    };
     assert!(out.status.success(), "auto-cluster.sh failed:\n{log}");
     assert!(log.contains("formed in "), "{log}");
     let v: serde_json::Value =
@@ -379,4 +372,37 @@ fn auto_cluster_refuses_bad_options() {
         .expect("auto-cluster.sh runs");
     assert!(help.status.success());
     assert!(text(&help).contains("--nodes N"), "{}", text(&help));
+}
+
+/// One `auto-cluster.sh --nodes 2` run writing `json`; checks that it left
+/// none of its namespaces behind.
+fn run_auto_cluster(json: &Path) -> (std::process::Output, String) {
+    let child = Command::new(root().join("scripts/auto-cluster.sh"))
+        // Forms in about 5 s: two tries fit in the minute even when the
+        // first times out.
+        .args(["--nodes", "2", "--duration", "2s", "--form-timeout", "20"])
+        .arg("--json")
+        .arg(json)
+        .arg("--bin-dir")
+        .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
+        .env_remove("NATS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("auto-cluster.sh runs");
+    // The script names its namespaces after its pid.
+    let prefix = format!("tdx-ac-{}-", child.id());
+    let out = child.wait_with_output().expect("auto-cluster.sh ends");
+    let log = text(&out);
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip runs");
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}\n{log}");
+    (out, log)
 }
