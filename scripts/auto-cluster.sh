@@ -26,11 +26,12 @@ SHARDS=""
 JSON=""
 PROFILE=release
 FORM_TIMEOUT=60
+STAGGER=0
 BIN_DIR=${BIN_DIR:-}
 
 usage() {
     cat <<EOF
-Usage: sudo scripts/auto-cluster.sh --nodes N [--duration 5s] [--shards S] [--json FILE] [--bin-dir DIR | --debug] [--form-timeout SECS]
+Usage: sudo scripts/auto-cluster.sh --nodes N [--duration 5s] [--shards S] [--json FILE] [--bin-dir DIR | --debug] [--form-timeout SECS] [--stagger SECS]
 
 Starts N turbo-dex nodes with --cluster auto, each in its own network
 namespace on one bridge, waits until they have formed one cluster (every
@@ -49,6 +50,10 @@ node and in total.
   --debug            build (and use) the debug binaries instead of release
   --form-timeout S   give up when the cluster has not formed within S
                      seconds of starting the nodes (default 60)
+  --stagger S        start the nodes S whole seconds apart instead of all
+                     at once (default 0): with 4 or more, every later node
+                     finds the first one's nats-server by mDNS, and no
+                     second server starts
   -h, --help         this text
 
 Needs root (network namespaces), ip from iproute2 and nats-server (the
@@ -67,6 +72,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
         --debug) PROFILE=debug; shift ;;
         --form-timeout) FORM_TIMEOUT=${2:?--form-timeout needs seconds}; shift 2 ;;
+        --stagger) STAGGER=${2:?--stagger needs seconds}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
     esac
@@ -78,6 +84,9 @@ case "$NODES" in
 esac
 [ "$NODES" -le 50 ] || die "--nodes $NODES: at most 50"
 [ -n "$SHARDS" ] || SHARDS=$((NODES * 2))
+case "$STAGGER" in
+    '' | *[!0-9]*) die "--stagger $STAGGER: give whole seconds" ;;
+esac
 case "$SHARDS" in
     *[!0-9]* | 0*) die "--shards $SHARDS: give a whole number above 0" ;;
 esac
@@ -215,6 +224,9 @@ START_MS=$(date +%s%3N)
 for i in $(seq 1 "$NODES"); do
     dir="$TMP/node-$i"
     mkdir -p "$dir"
+    if [ "$i" -gt 1 ] && [ "$STAGGER" -gt 0 ]; then
+        sleep "$STAGGER"
+    fi
     ip netns exec "${NS_NODES[$((i - 1))]}" env -u NATS_URL "$TURBO_DEX" --cluster auto \
         --journal "$dir/journal" --listen "$SUBNET.$i:$PORT" --advertise "$SUBNET.$i:$PORT" \
         --shards "$SHARDS" --cores 0 --no-pin --quiet \
