@@ -249,6 +249,27 @@ fn order(
     answer_of(c, id)
 }
 
+/// Sends orders (ids from `first_id` up, one every 200 ms) until one for
+/// `symbol` is accepted: a node that was given a shard serves it once its
+/// agent has claimed it; the accepted order's id. Panics with `what` and
+/// `log()` past the deadline.
+fn order_until_accepted(
+    c: &mut Client,
+    first_id: u64,
+    symbol: u32,
+    what: &str,
+    log: impl Fn() -> String,
+) -> u64 {
+    let until = Instant::now() + DEADLINE;
+    let mut id = first_id;
+    while order(c, id, symbol).is_err() {
+        assert!(Instant::now() < until, "{what}:\n{}", log());
+        id += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    id
+}
+
 fn turbo_dex_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_turbo-dex"))
         .args(args)
@@ -537,17 +558,13 @@ fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
     wait_map(&mut ca, "a owns the moved shard", |m| {
         m.owners[shard_b as usize] == ida
     });
-    let until = Instant::now() + DEADLINE;
-    let mut id = 2;
-    while order(&mut ca, id, shard_b).is_err() {
-        assert!(
-            Instant::now() < until,
-            "a never served the moved shard:\n{}",
-            a.log()
-        );
-        id += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    order_until_accepted(
+        &mut ca,
+        2,
+        shard_b,
+        "a never served the moved shard",
+        || a.log(),
+    );
     // b's other shard is still b's.
     let map = map_of(&mut ca, 2);
     assert_eq!(
@@ -651,17 +668,9 @@ fn a_node_paused_past_its_lease_refuses_the_shard_it_lost_when_it_resumes() {
         &url,
     ]);
     testkit::assert_success(&out);
-    let until = Instant::now() + DEADLINE;
-    let mut id = 2;
-    while order(&mut cb, id, symbol).is_err() {
-        assert!(
-            Instant::now() < until,
-            "b never served the moved shard:\n{}",
-            b.log()
-        );
-        id += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let id = order_until_accepted(&mut cb, 2, symbol, "b never served the moved shard", || {
+        b.log()
+    });
     // Written while a is still stopped: the order and a query of the order
     // a accepted wait in its socket for it to resume.
     ca.send(&[buy(2, symbol, 100, 1)]);
@@ -687,8 +696,7 @@ fn a_node_paused_past_its_lease_refuses_the_shard_it_lost_when_it_resumes() {
     wait_map(&mut ca, "a sees b own the shard", |m| {
         m.owners[shard as usize] == idb
     });
-    id += 1;
-    assert!(order(&mut cb, id, symbol).is_ok());
+    assert!(order(&mut cb, id + 1, symbol).is_ok());
     let (reason, _) = order(&mut ca, 3, symbol).unwrap_err();
     assert_eq!(reason, RejectReason::WrongNode);
     eprintln!("paused-node test took {:?}", started.elapsed());
