@@ -326,7 +326,11 @@ for row in $MD_ROWS; do
     [ "$rate" -gt 0 ] && md_args+=(--rate "$rate")
     # Subscribers read on their own (unpinned) threads, one per CPU at most.
     [ "$subs" -gt 0 ] && md_args+=(--subscribe all --depth --subscribers "$subs" --subscriber-threads "$(( N < 4 ? N : 4 ))")
-    if run_one "$name" --engine match --journal none -- "${md_args[@]}"; then
+    server_args=(--engine match --journal none)
+    # Every subscriber is a connection from 127.0.0.1: past turbo-dex's
+    # default of 256 connections per address the fan-out would be refused.
+    [ "$subs" -gt 0 ] && server_args+=(--max-connections-per-address "$((subs + 64))")
+    if run_one "$name" "${server_args[@]}" -- "${md_args[@]}"; then
         j="$OUT/$name.json"
         dur=$(json_num "$j" duration_secs)
         tput=$(json_num "$j" orders_per_sec)
