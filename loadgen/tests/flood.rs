@@ -152,21 +152,7 @@ fn flood_reports_bad_logons_and_a_limit_the_server_does_not_have() {
     let _serial = serial();
     let dir = TempDir::new("flood-logons");
     let accounts = dir.join("accounts.txt");
-    let mut add = Command::new(testkit::cargo_built("engine", "turbo-dex"))
-        .args(["accounts", "add", "alice", "--file"])
-        .arg(&accounts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("turbo-dex accounts add");
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(b"alpha-secret\n")
-        .unwrap();
-    let added = add.wait_with_output().unwrap();
-    testkit::assert_success(&added);
+    add_account(&accounts, "alice", "alpha-secret");
     dir.write("pw.txt", "alpha-secret\n");
     // No --max-order-rate: the order entry rate is off.
     let server = TurboDex::start(&dir, &["--accounts", accounts.to_str().unwrap()]);
