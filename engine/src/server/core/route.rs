@@ -554,16 +554,15 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
         let Some(view) = &self.st.cfg.cluster else {
             return true;
         };
-        // The global shard from the placement (shard k is core k % cores'
-        // (k / cores)-th): no division on the order path. Its bit and its
-        // deadline against this iteration's clock read: no other thread
-        // need have run since the lease was last renewed.
+        // The global shard from the placement ([`global_shard`]: no
+        // division on the order path). Its bit and its deadline against this
+        // iteration's clock read: no other thread need have run since the
+        // lease was last renewed.
         let now = self.st.cluster_now_ns;
-        self.st
-            .cfg
-            .placement
-            .get(symbol as usize)
-            .is_some_and(|p| view.serves_at(p.shard * self.st.cfg.ncores as u32 + p.core, now))
+        let cores = self.st.cfg.ncores;
+        self.st.cfg.placement.get(symbol as usize).is_some_and(|p| {
+            view.serves_at(global_shard(p.shard as usize, cores, p.core as usize), now)
+        })
     }
 
     fn shard_owner(&self, client_order_id: u64, symbol: u32, kind: Kind) -> wire::ShardOwner {
