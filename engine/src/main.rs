@@ -807,7 +807,8 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 ));
             }
             let node_id = engine::cluster::node_id(&journal.config.dir)?;
-            let urls = if arg.trim() == "auto" {
+            let auto = arg.trim() == "auto";
+            let urls = if auto {
                 // What clients of other nodes are told (and what mDNS
                 // announces): --advertise, else the listen address.
                 let order_entry = match &args.advertise {
@@ -839,6 +840,11 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 view.clone(),
                 cpus.len() as u32,
                 config,
+                if auto {
+                    engine::cluster::agent::AUTO_JOIN_PATIENCE
+                } else {
+                    std::time::Duration::ZERO
+                },
             ) {
                 Ok(j) => {
                     cfg.cluster = Some(view);

@@ -497,6 +497,96 @@ fn a_node_that_loses_nats_stops_serving_within_the_fence() {
     );
 }
 
+/// NATS goes away and comes back, first with its store (the leases are
+/// there: the node renews them), then without it (empty: the buckets,
+/// the config and the leases are gone). Node a owns every shard, node b
+/// joined late and owns none; each time a serves again, its resting
+/// order is still there, and b never claims a shard whose lease vanished
+/// (its journal is a's: plan rule 6).
+#[test]
+fn nodes_rejoin_when_nats_returns_with_or_without_its_store() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let mut nats = NatsServer::with_jetstream(&bin);
+    let dir = TempDir::new("cluster-rejoin");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let a = Node::start(&nats.url(), &ja, SHARDS);
+    let id_a = node_id(&ja);
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    wait_map(&mut ca, "a alone owns every shard", |m| {
+        m.owners.iter().all(|&o| o == id_a)
+    });
+    assert_eq!(order(&mut ca, 1, 2), Ok(()));
+    let b = Node::start(&nats.url(), &jb, SHARDS);
+    let id_b = node_id(&jb);
+    let before = wait_map(
+        &mut Client::login_version(b.addr, 1, 0, 2),
+        "b registered, owning nothing",
+        |m| m.nodes.len() == 2 && m.owners.iter().all(|&o| o == id_a),
+    );
+    let mut next_id = 10;
+    for keep_store in [true, false] {
+        // NATS away for longer than the fence: a stops serving.
+        nats.kill();
+        let until = Instant::now() + DEADLINE;
+        while order(&mut ca, next_id, symbol_of_shard(3)).is_ok() {
+            assert!(
+                Instant::now() < until,
+                "a kept serving without NATS:\n{}",
+                a.log()
+            );
+            next_id += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nats.restart(keep_store);
+        let logs = || format!("a:\n{}\nb:\n{}\nnats:\n{}", a.log(), b.log(), nats.log());
+        // a serves again.
+        next_id = order_until_accepted(
+            &mut ca,
+            next_id,
+            symbol_of_shard(3),
+            &format!("a serving again after NATS came back (store kept: {keep_store})"),
+            logs,
+        ) + 1;
+        // (A session idle for 3 s is closed: b's is new each time.)
+        let mut cb = Client::login_version(b.addr, 1, 0, 2);
+        // With the store, the leases were renewed (same generations);
+        // without it, created again a generation on: the version grows.
+        let seen = wait_map(&mut cb, "b sees a owning every shard again", |m| {
+            m.nodes.len() == 2
+                && m.owners.iter().all(|&o| o == id_a)
+                && (keep_store || m.version > before.version)
+        });
+        assert!(
+            seen.version >= before.version,
+            "map versions never go back: {before:?} then {seen:?}"
+        );
+        for shard in 0..SHARDS {
+            assert_eq!(
+                order(&mut cb, next_id, symbol_of_shard(shard)).map_err(|e| e.0),
+                Err(RejectReason::WrongNode),
+                "b must not serve shard {shard}:\n{}",
+                logs()
+            );
+            next_id += 1;
+        }
+        // The resting order of before the outage.
+        ca.send(&[OrderQuery::new(1, 2)]);
+        let Msg::Status(st) = ca.wait_for(|m| matches!(m, Msg::Status(_)), "status") else {
+            unreachable!()
+        };
+        assert_eq!(st.state(), Ok(wire::OrderState::Live), "{}", logs());
+    }
+    let logs = || format!("a:\n{}\nb:\n{}\nnats:\n{}", a.log(), b.log(), nats.log());
+    assert!(
+        a.log().contains("created the lease of shard"),
+        "a created its vanished leases again:\n{}",
+        logs()
+    );
+    assert!(!b.log().contains("claimed shard"), "{}", logs());
+    assert_ne!(id_a, id_b);
+}
+
 #[test]
 fn a_killed_nodes_shards_stay_unserved_until_an_operator_moves_them() {
     let _serial = serial();

@@ -63,8 +63,12 @@ pub fn free_port() -> u16 {
 /// temporary directory; killed and reaped on drop.
 pub struct NatsServer {
     child: Child,
+    bin: PathBuf,
     port: u16,
+    jetstream: bool,
     dir: TempDir,
+    /// Starts so far; the store of start `n` is `store` or `store-<n>`.
+    store: PathBuf,
 }
 
 impl NatsServer {
@@ -75,39 +79,79 @@ impl NatsServer {
     /// ready in time.
     pub fn start(bin: &Path, port: u16, jetstream: bool) -> NatsServer {
         let dir = TempDir::new("nats-server");
+        let store = dir.join("store");
+        let child = NatsServer::spawn(bin, port, jetstream, dir.path(), &store);
+        let mut server = NatsServer {
+            child,
+            bin: bin.to_path_buf(),
+            port,
+            jetstream,
+            dir,
+            store,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(bin: &Path, port: u16, jetstream: bool, dir: &Path, store: &Path) -> Child {
         let log = std::fs::File::create(dir.join("nats.log")).expect("create the nats-server log");
         let mut command = Command::new(bin);
         command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         if jetstream {
-            command.args(["-js", "-sd"]).arg(dir.join("store"));
+            command.args(["-js", "-sd"]).arg(store);
         }
-        let child = command
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut server = NatsServer { child, port, dir };
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    fn wait_ready(&mut self) {
+        let port = self.port;
         let until = Instant::now() + READY_DEADLINE;
         loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "nats-server on port {port} exited ({status}):\n{}",
-                    server.log()
+                    self.log()
                 );
             }
-            if server.log().contains("Server is ready")
+            if self.log().contains("Server is ready")
                 && TcpStream::connect(("127.0.0.1", port)).is_ok()
             {
-                return server;
+                return;
             }
             assert!(
                 Instant::now() < until,
                 "nats-server on port {port} not ready:\n{}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the server and starts it again on the same port: with the
+    /// same JetStream store when `keep_store`, else with an empty one (a
+    /// server that came back without its data). Waits until it is ready.
+    pub fn restart(&mut self, keep_store: bool) {
+        self.kill();
+        if !keep_store {
+            let mut n = 1;
+            while self.dir.join(format!("store-{n}")).exists() {
+                n += 1;
+            }
+            self.store = self.dir.join(format!("store-{n}"));
+        }
+        self.child = NatsServer::spawn(
+            &self.bin,
+            self.port,
+            self.jetstream,
+            self.dir.path(),
+            &self.store,
+        );
+        self.wait_ready();
     }
 
     /// [`NatsServer::start`] with JetStream on a [`free_port`].

@@ -46,6 +46,11 @@ pub const CLUSTER_BUCKET: &str = "turbo-dex-cluster";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest wait to connect at start (`--cluster` unreachable: an error).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `--cluster auto` keeps trying to join an unavailable NATS
+/// (its server may be restarting into a cluster with another node's).
+pub const AUTO_JOIN_PATIENCE: Duration = Duration::from_secs(30);
+/// Time between two attempts to join.
+pub const JOIN_RETRY: Duration = Duration::from_millis(250);
 
 /// Why a node could not join.
 #[derive(Debug)]
@@ -86,6 +91,7 @@ pub struct MapNodeJson {
 }
 
 struct Buckets {
+    js: async_nats::jetstream::Context,
     nodes: Store,
     leases: Store,
     cluster: Store,
@@ -99,6 +105,7 @@ pub struct Joined {
     urls: String,
     view: Arc<ClusterView>,
     cores: u32,
+    config: ClusterConfig,
 }
 
 /// The running agent; [`Agent::stop`] ends it (leases are left to expire,
@@ -192,6 +199,7 @@ async fn open_buckets(
     urls: &str,
 ) -> Result<Buckets, JoinError> {
     Ok(Buckets {
+        js: js.clone(),
         nodes: bucket(js, NODES_BUCKET, create, urls).await?,
         leases: bucket(js, LEASES_BUCKET, create, urls).await?,
         cluster: bucket(js, CLUSTER_BUCKET, create, urls).await?,
@@ -266,19 +274,39 @@ impl Joined {
     /// checks the cluster's config (shard count, symbol directory) against
     /// `config` (whose shard count is `view`'s). Blocks the caller (at most
     /// a few seconds).
+    ///
+    /// `patience` is how long an unavailable NATS (unreachable, JetStream
+    /// not answering yet, a bucket that cannot be created yet) is tried
+    /// again, every [`JOIN_RETRY`], before giving up: zero for
+    /// `--cluster nats://...` (an error at once), [`AUTO_JOIN_PATIENCE`]
+    /// for `--cluster auto`, whose NATS server may be restarting into a
+    /// cluster just then. A refusal is never retried.
     pub fn join(
         urls: &str,
         view: Arc<ClusterView>,
         cores: u32,
         config: ClusterConfig,
+        patience: Duration,
     ) -> Result<Joined, JoinError> {
         debug_assert_eq!(config.shards, view.shard_count());
         let rt = runtime().map_err(JoinError::Unavailable)?;
+        let until = Instant::now() + patience;
         let buckets = rt.block_on(async {
-            let js = connect(urls).await?;
-            let buckets = open_buckets(&js, true, urls).await?;
-            agree_config(&buckets.cluster, config, urls).await?;
-            Ok::<_, JoinError>(buckets)
+            loop {
+                let attempt = async {
+                    let js = connect(urls).await?;
+                    let buckets = open_buckets(&js, true, urls).await?;
+                    agree_config(&buckets.cluster, config, urls).await?;
+                    Ok::<_, JoinError>(buckets)
+                };
+                match attempt.await {
+                    Err(JoinError::Unavailable(e)) if Instant::now() < until => {
+                        tracing::info!("cluster: cannot join yet ({e}); trying again");
+                        tokio::time::sleep(JOIN_RETRY).await;
+                    }
+                    other => return other,
+                }
+            }
         })?;
         Ok(Joined {
             rt,
@@ -286,6 +314,7 @@ impl Joined {
             urls: urls.to_string(),
             view,
             cores,
+            config,
         })
     }
 
@@ -303,8 +332,9 @@ impl Joined {
                     urls,
                     view,
                     cores,
+                    config,
                 } = self;
-                rt.block_on(run(buckets, urls, view, cores, advertise, stopped));
+                rt.block_on(run(buckets, urls, view, cores, config, advertise, stopped));
             })
             .map_err(|e| format!("cannot start the cluster agent thread: {e}"))?;
         Ok(Agent {
@@ -339,6 +369,7 @@ async fn run(
     urls: String,
     view: Arc<ClusterView>,
     cores: u32,
+    config: ClusterConfig,
     advertise: SocketAddr,
     stop: Arc<tokio::sync::Notify>,
 ) {
@@ -375,6 +406,11 @@ async fn run(
         published: None,
         was_connected: true,
         nodes,
+        watcher,
+        remembered: vec![None; view.shard_count() as usize],
+        repair: false,
+        config,
+        urls,
     };
     loop {
         tokio::select! {
@@ -405,11 +441,12 @@ async fn run(
                 }
                 agent.was_connected = false;
                 view.connected.store(false, Ordering::Relaxed);
+                agent.repair = true;
             }
         }
     }
     fence.abort();
-    watcher.abort();
+    agent.watcher.abort();
     // Leases are left to expire: a restart on this journal takes them back.
     for shard in view.served() {
         view.stop(shard);
@@ -424,6 +461,15 @@ struct RoundState {
     published: Option<u64>,
     was_connected: bool,
     nodes: NodeTable,
+    /// The task that keeps `nodes` current ([`watch_nodes`]).
+    watcher: tokio::task::JoinHandle<()>,
+    /// Per shard, the last lease read (plan rule 6).
+    remembered: Vec<Option<LeaseRecord>>,
+    /// A round failed: before the next, check the buckets and the config
+    /// again (creating what is missing) and watch the nodes afresh.
+    repair: bool,
+    config: ClusterConfig,
+    urls: String,
 }
 
 /// The nodes bucket as the watch last delivered it, by key.
@@ -482,6 +528,10 @@ impl RoundState {
         view: &ClusterView,
         may_claim: bool,
     ) -> Result<(), String> {
+        if self.repair {
+            self.repair_buckets(b).await?;
+            self.repair = false;
+        }
         let now = wall_ms();
         let record = NodeRecord {
             id: self.me,
@@ -503,10 +553,16 @@ impl RoundState {
             leases: &leases,
             held: &held,
             may_claim,
+            remembered: &self.remembered,
         });
         let mut leases = leases;
         for action in actions {
             self.apply(action, b, view, &mut leases).await;
+        }
+        for (seen, lease) in self.remembered.iter_mut().zip(&leases) {
+            if let Some(l) = lease {
+                *seen = Some(l.record);
+            }
         }
         let map = plan::build_map(wall_ms(), self.me, &nodes, &leases);
         if self.published != Some(map.version) {
@@ -516,6 +572,29 @@ impl RoundState {
             }
         }
         view.set_map(map);
+        Ok(())
+    }
+
+    /// After a failed round: the buckets and the config may be gone (a
+    /// NATS server that came back without its store, or one restarted
+    /// into a cluster, whose standalone buckets are not carried over).
+    /// Creates what is missing, agrees on the config again and restarts
+    /// the watch of the nodes (which may have ended with its stream).
+    async fn repair_buckets(&mut self, b: &Buckets) -> Result<(), String> {
+        let again = open_buckets(&b.js, true, &self.urls)
+            .await
+            .map_err(|e| e.to_string())?;
+        agree_config(&again.cluster, self.config, &self.urls)
+            .await
+            .map_err(|e| match e {
+                JoinError::Refused(e) => {
+                    tracing::error!("cluster: {e}");
+                    e
+                }
+                JoinError::Unavailable(e) => e,
+            })?;
+        self.watcher.abort();
+        self.watcher = tokio::spawn(watch_nodes(b.nodes.clone(), Arc::clone(&self.nodes)));
         Ok(())
     }
 
@@ -572,9 +651,9 @@ impl RoundState {
                     }
                 }
             }
-            Action::Create { shard } => {
+            Action::Create { shard, generation } => {
                 let started = boottime_ns();
-                let record = plan::my_lease(self.me, wall_ms(), 1);
+                let record = plan::my_lease(self.me, wall_ms(), generation);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 match tokio::time::timeout(
                     REQUEST_TIMEOUT,
@@ -583,7 +662,13 @@ impl RoundState {
                 .await
                 {
                     Ok(Ok(rev)) => {
-                        tracing::info!("cluster: claimed shard {shard}");
+                        if generation > 1 {
+                            tracing::info!(
+                                "cluster: created the lease of shard {shard} again (its key had vanished)"
+                            );
+                        } else {
+                            tracing::info!("cluster: claimed shard {shard}");
+                        }
                         view.renewed(shard, started);
                         leases[shard as usize] = Some(Lease {
                             record,

@@ -29,6 +29,12 @@
 //!    [`LEASE_MS`] − [`FENCE_MS`] before the lease could expire (the
 //!    margin covers the cores' requests in flight and clock skew). A
 //!    renewal that finds the lease gone to another node stops serving at once.
+//! 6. A node remembers the last lease it read for every shard. When a lease
+//!    key vanishes (NATS came back without its store, or a server was
+//!    restarted into a cluster and its standalone buckets were not carried
+//!    over), the remembered owner still owns the shard: that node creates
+//!    its lease again at once (the next generation, so map versions keep
+//!    growing) and no other node claims it as unowned.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -116,8 +122,10 @@ pub fn directory_checksum(symbols: &[String]) -> u32 {
 /// One write the agent makes this round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Claim an unowned shard: `create` (fails if someone was faster).
-    Create { shard: u32 },
+    /// Claim an unowned shard, or create again this node's own lease that
+    /// vanished (rule 6): `create` (fails if someone was faster), writing
+    /// `generation`.
+    Create { shard: u32, generation: u64 },
     /// Renew or take back this node's own lease: `update` at `revision`.
     Update { shard: u32, revision: u64 },
     /// Stop serving a shard whose lease names another node now.
@@ -133,6 +141,9 @@ pub struct Round<'a> {
     pub leases: &'a [Option<Lease>],
     /// Shards this node serves now.
     pub held: &'a [bool],
+    /// Per shard: the last lease this node read (rule 6); may be shorter
+    /// than `leases` (missing entries: none seen).
+    pub remembered: &'a [Option<LeaseRecord>],
     /// The join window is over: unowned shards may be claimed.
     pub may_claim: bool,
 }
@@ -194,18 +205,37 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
                     actions.push(Action::Drop { shard });
                 }
             }
-            None => {
-                if r.held.get(shard as usize).copied().unwrap_or(false) {
-                    actions.push(Action::Drop { shard });
+            None => match r.remembered.get(shard as usize).copied().flatten() {
+                // Its key vanished: the owner this node last saw still owns it.
+                Some(last) if last.owner == r.me => {
+                    *owned_by.entry(r.me).or_default() += 1;
+                    actions.push(Action::Create {
+                        shard,
+                        generation: last.generation + 1,
+                    });
                 }
-            }
+                Some(last) => {
+                    *owned_by.entry(last.owner).or_default() += 1;
+                    if r.held.get(shard as usize).copied().unwrap_or(false) {
+                        actions.push(Action::Drop { shard });
+                    }
+                }
+                None => {
+                    if r.held.get(shard as usize).copied().unwrap_or(false) {
+                        actions.push(Action::Drop { shard });
+                    }
+                }
+            },
         }
     }
     if !r.may_claim {
         return actions;
     }
     let unowned: Vec<u32> = (0..shards)
-        .filter(|&s| r.leases[s as usize].is_none())
+        .filter(|&s| {
+            r.leases[s as usize].is_none()
+                && r.remembered.get(s as usize).copied().flatten().is_none()
+        })
         .collect();
     if unowned.is_empty() {
         return actions;
@@ -228,12 +258,10 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
     let start = (rank * u64::from(shards) / shares.len().max(1) as u64) as u32;
     let mut order = unowned;
     order.sort_by_key(|&s| (s + shards - start) % shards.max(1));
-    actions.extend(
-        order
-            .into_iter()
-            .take(claim)
-            .map(|shard| Action::Create { shard }),
-    );
+    actions.extend(order.into_iter().take(claim).map(|shard| Action::Create {
+        shard,
+        generation: 1,
+    }));
     actions
 }
 
@@ -403,6 +431,7 @@ mod tests {
                 leases: &leases,
                 held: &held,
                 may_claim: true,
+                remembered: &[],
             })
         };
         let a = claims(1);
@@ -426,6 +455,7 @@ mod tests {
             leases: &leases,
             held: &[false; 4],
             may_claim: false,
+            remembered: &[],
         });
         // Its own (expired) lease is taken back at once.
         assert_eq!(
@@ -448,6 +478,7 @@ mod tests {
             leases: &leases,
             held: &[false; 4],
             may_claim: true,
+            remembered: &[],
         });
         assert!(got.is_empty(), "{got:?}");
     }
@@ -466,8 +497,12 @@ mod tests {
             leases: &leases,
             held: &[false, false, true, false],
             may_claim: true,
+            remembered: &[],
         });
-        assert!(got.contains(&Action::Create { shard: 3 }));
+        assert!(got.contains(&Action::Create {
+            shard: 3,
+            generation: 1
+        }));
     }
 
     #[test]
@@ -481,8 +516,89 @@ mod tests {
             leases: &leases,
             held: &[true, true],
             may_claim: false,
+            remembered: &[],
         });
         assert_eq!(got, [Action::Drop { shard: 0 }, Action::Drop { shard: 1 }]);
+    }
+
+    #[test]
+    fn a_vanished_lease_stays_with_the_owner_last_seen() {
+        let nodes = [node(1, 1, 0), node(2, 1, 0)];
+        // The leases bucket came back empty: nothing read.
+        let leases = vec![None; 4];
+        let remembered = [
+            Some(LeaseRecord {
+                owner: 1,
+                expires_ms: 5,
+                generation: 3,
+            }),
+            Some(LeaseRecord {
+                owner: 2,
+                expires_ms: 5,
+                generation: 1,
+            }),
+            None,
+        ];
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[true, false, false, false],
+            may_claim: false,
+            remembered: &remembered,
+        });
+        // Its own shard is created again at once, a generation on.
+        assert_eq!(
+            got,
+            [Action::Create {
+                shard: 0,
+                generation: 4
+            }]
+        );
+        // Once it may claim, node 2's shard 1 is still node 2's: of the
+        // two unremembered shards, node 1 takes its share (two of four,
+        // shard 0 already counted).
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[true, false, false, false],
+            may_claim: true,
+            remembered: &remembered,
+        });
+        assert!(
+            !got.iter()
+                .any(|a| matches!(a, Action::Create { shard: 1, .. })),
+            "{got:?}"
+        );
+        let created: Vec<u32> = got
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { shard, .. } => Some(*shard),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 2, "{got:?}");
+        assert!(created.contains(&0), "{got:?}");
+        // Node 2, holding shard 1 when its lease vanished, creates it again.
+        let got = decide(&Round {
+            now_ms: 10,
+            me: 2,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[false, true, false, false],
+            may_claim: false,
+            remembered: &remembered,
+        });
+        assert_eq!(
+            got,
+            [Action::Create {
+                shard: 1,
+                generation: 2
+            }]
+        );
     }
 
     #[test]
