@@ -847,6 +847,15 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 },
             ) {
                 Ok(j) => {
+                    // Registered before the journal's recovery when the
+                    // address is known already (not for --listen HOST:0).
+                    let early = match &args.advertise {
+                        Some(a) => Some(resolve_advertise(a)?),
+                        None => Some(args.listen).filter(|l| l.port() != 0),
+                    };
+                    if let Some(address) = early {
+                        j.register(address);
+                    }
                     cfg.cluster = Some(view);
                     Some(j)
                 }

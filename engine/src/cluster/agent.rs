@@ -318,6 +318,31 @@ impl Joined {
         })
     }
 
+    /// Writes this node's record now, with `address` as its order-entry
+    /// address, before the node recovers its journal and starts its agent
+    /// (which rewrites it every round): nodes that start together then
+    /// see each other within their join windows even when one of them
+    /// took longer to join or to recover. Best effort: a failure is only
+    /// logged (the agent's first round registers the node anyway).
+    pub fn register(&self, address: SocketAddr) {
+        let record = NodeRecord {
+            id: self.view.node_id(),
+            address,
+            cores: self.cores,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shards: self.view.shard_count(),
+            heartbeat_ms: wall_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let me = self.view.node_id();
+        if let Err(e) = self
+            .rt
+            .block_on(timeout(self.buckets.nodes.put(node_key(me), value)))
+        {
+            tracing::debug!("cluster: registering early: {e}");
+        }
+    }
+
     /// Starts the agent thread, registering this node with `advertise` as
     /// its order-entry address.
     pub fn start(self, advertise: SocketAddr) -> Result<Agent, String> {
@@ -373,7 +398,6 @@ async fn run(
     advertise: SocketAddr,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let base = Instant::now();
     let me = view.node_id();
     tracing::info!(
         "cluster: node {} joined {urls} ({} shards), advertising {advertise}; claiming shards after a {JOIN_WINDOW_MS} ms join window",
@@ -411,6 +435,7 @@ async fn run(
         repair: false,
         config,
         urls,
+        claims_from: Instant::now() + Duration::from_millis(JOIN_WINDOW_MS),
     };
     loop {
         tokio::select! {
@@ -419,8 +444,7 @@ async fn run(
         }
         // Claims also wait for the watch to have delivered this node's own
         // record: then it has delivered every node registered before.
-        let may_claim =
-            base.elapsed() >= Duration::from_millis(JOIN_WINDOW_MS) && agent.sees_itself();
+        let may_claim = Instant::now() >= agent.claims_from && agent.sees_itself();
         let ok = tokio::select! {
             _ = stop.notified() => break,
             r = agent.round(&buckets, &view, may_claim) => r,
@@ -470,6 +494,9 @@ struct RoundState {
     repair: bool,
     config: ClusterConfig,
     urls: String,
+    /// Unowned shards are claimed from then on: the join window after
+    /// the start, and again after a repair (nodes register again then).
+    claims_from: Instant,
 }
 
 /// The nodes bucket as the watch last delivered it, by key.
@@ -595,6 +622,9 @@ impl RoundState {
             })?;
         self.watcher.abort();
         self.watcher = tokio::spawn(watch_nodes(b.nodes.clone(), Arc::clone(&self.nodes)));
+        // The nodes may have lost their records with the buckets: give
+        // them a join window to write them again before claiming.
+        self.claims_from = Instant::now() + Duration::from_millis(JOIN_WINDOW_MS);
         Ok(())
     }
 

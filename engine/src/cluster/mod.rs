@@ -64,12 +64,35 @@ pub fn discover_auto(
     node_id: u64,
     order_entry: std::net::SocketAddr,
 ) -> Result<discovery::Discovered, String> {
-    let cfg = discovery::DiscoveryConfig::new(
+    let mut cfg = discovery::DiscoveryConfig::new(
         &format_node_id(node_id),
         order_entry,
         journal_dir.to_path_buf(),
     );
+    if let Some(jitter) = jitter_override()? {
+        cfg.jitter = jitter;
+    }
     discovery::discover(&cfg).map_err(|e| format!("--cluster auto: {e}"))
+}
+
+/// The environment variable that replaces the random part of the mDNS
+/// browse ([`discovery::DiscoveryConfig::jitter`], in ms). `0` makes nodes
+/// started at the same instant each start a nats-server, so that they
+/// must merge them into one cluster: the path `scripts/auto-cluster.sh`'s
+/// test exercises on purpose.
+pub const JITTER_ENV: &str = "TURBO_DEX_DISCOVERY_JITTER_MS";
+
+fn jitter_override() -> Result<Option<std::time::Duration>, String> {
+    match std::env::var(JITTER_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&ms| ms <= 60_000)
+            .map(|ms| Some(std::time::Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{JITTER_ENV}={v:?}: give milliseconds, 0 to 60000")),
+    }
 }
 
 /// [`resolve_auto`] with `NATS_URL`'s value given (for tests).
