@@ -1,9 +1,12 @@
 //! Clusters (`turbo-dex --cluster`) against a real nats-server with
 //! JetStream (`-js -sd <tempdir>`) on 127.0.0.1 and a free port, with the
 //! real binary: two nodes split the shards, WrongNode names the owner, the
-//! map answers on both, a node with another shard count is refused, a
+//! map answers on both, both bridge their symbols' market data to the same
+//! NATS subjects, a node with another shard count is refused, a
 //! restarted node takes its shards back, a node that loses NATS stops
-//! serving within the fence, and a killed node's shards stay unowned until
+//! serving within the fence, nodes rejoin when NATS comes back with or
+//! without its store (and a late node never takes a shard whose lease
+//! vanished), a killed node's shards stay unowned until
 //! an operator moves them, and a node paused (SIGSTOP) past its lease
 //! while an operator moves its shard refuses, once resumed, the order that
 //! waited in its socket; and `--cluster auto` with nothing around, in a
@@ -26,6 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Client, Msg, TempDir, buy, get};
+use futures_lite::StreamExt;
 use testkit::NatsServer;
 use wire::{ClusterMapRequest, Kind, OrderQuery, RejectReason};
 
@@ -63,8 +67,17 @@ impl Node {
     /// Two nodes started together: both processes are launched before
     /// either is waited for, so that both register within the join window.
     fn start_pair(url: &str, a: &Path, b: &Path) -> (Node, Node) {
-        let first = Node::launch(node_command(url, a, SHARDS), a);
-        let second = Node::launch(node_command(url, b, SHARDS), b);
+        Node::start_pair_with(url, a, b, &[])
+    }
+
+    /// [`Node::start_pair`], both nodes with `extra` arguments.
+    fn start_pair_with(url: &str, a: &Path, b: &Path, extra: &[&str]) -> (Node, Node) {
+        let mut first = node_command(url, a, SHARDS);
+        first.args(extra);
+        let mut second = node_command(url, b, SHARDS);
+        second.args(extra);
+        let first = Node::launch(first, a);
+        let second = Node::launch(second, b);
         (
             Node::ready(first.0, first.1),
             Node::ready(second.0, second.1),
@@ -285,8 +298,10 @@ fn two_nodes_split_the_shards_and_name_each_other() {
     let nats = NatsServer::with_jetstream(&bin);
     let dir = TempDir::new("cluster-two");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
-    // Started together: both register within the join window.
-    let (a, b) = Node::start_pair(&nats.url(), &ja, &jb);
+    // Started together: both register within the join window. Both also
+    // bridge their market data to the same NATS server.
+    let md = ["--md-nats", &nats.url(), "--md-nats-format", "json"];
+    let (a, b) = Node::start_pair_with(&nats.url(), &ja, &jb, &md);
     let (ida, idb) = (node_id(&ja), node_id(&jb));
     assert_ne!(ida, idb);
     let mut ca = Client::login_version(a.addr, 1, 0, 2);
@@ -353,6 +368,59 @@ fn two_nodes_split_the_shards_and_name_each_other() {
         "{text}"
     );
     assert!(text.contains("4 shards, 2 node(s)"), "{text}");
+
+    // Market data: each node publishes the trades of its own symbols, on
+    // the subjects a single server uses; a subscriber of one NATS subject
+    // pattern sees both nodes' symbols without knowing who owns which.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_nc, mut trades) = rt.block_on(async {
+        let nc = async_nats::connect(nats.url())
+            .await
+            .expect("connect to NATS");
+        let sub = nc
+            .subscribe("turbo-dex.md.*.trade")
+            .await
+            .expect("subscribe");
+        nc.flush().await.expect("flush");
+        (nc, sub)
+    });
+    let mut id = 100;
+    for (addr, shard) in [(a.addr, shard_a), (b.addr, shard_b)] {
+        // Two accounts: one account's orders would not trade with each
+        // other (self-trade prevention).
+        let mut maker = Client::login_version(addr, 3, 0, 2);
+        let mut taker = Client::login_version(addr, 4, 0, 2);
+        let symbol = symbol_of_shard(shard);
+        let name = engine::config::synthetic_name(symbol as usize, SYMBOLS as usize);
+        // The bridge may connect after the first trades (those are dropped
+        // and counted): trade until one arrives.
+        let until = Instant::now() + DEADLINE;
+        let got = loop {
+            id += 2;
+            // Above the resting buys at 100: each pair trades at 200.
+            maker.send(&[common::sell(id, symbol, 200, 1)]);
+            taker.send(&[buy(id + 1, symbol, 200, 1)]);
+            let next = rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(500), trades.next()).await
+            });
+            if let Ok(Some(m)) = next
+                && m.subject.as_str() == format!("turbo-dex.md.{name}.trade")
+            {
+                break m;
+            }
+            assert!(
+                Instant::now() < until,
+                "no trade of {name} (shard {shard}) on NATS:\n{}",
+                if shard == shard_a { a.log() } else { b.log() }
+            );
+        };
+        let v: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+        assert_eq!(v["symbol"], name.as_str());
+        assert_eq!(v["price"].as_i64(), Some(200));
+    }
     drop((a, b));
 }
 
