@@ -67,8 +67,11 @@ struct Node {
 }
 
 impl Node {
+    /// Its stderr goes to `<journal>.stderr`, shown when it does not start.
     fn start(extra: &[&str], journal: &Path) -> Node {
         let binary = turbo_dex_binary();
+        let log = journal.with_extension("stderr");
+        let stderr = std::fs::File::create(&log).expect("create the node's stderr file");
         let mut child = testkit::turbo_dex(binary, &server_cpu())
             .args([
                 "--no-pin",
@@ -83,10 +86,19 @@ impl Node {
             .args(extra)
             .arg("--journal")
             .arg(journal)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start turbo-dex");
-        let (addr, lines) = testkit::ready_addr(&mut child);
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            testkit::ready_addr(&mut child)
+        }));
+        let (addr, lines) = ready.unwrap_or_else(|_| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "turbo-dex in {} did not start; its stderr:\n{text}",
+                journal.display()
+            )
+        });
         // Keep reading stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Node { child, addr }
