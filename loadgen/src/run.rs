@@ -39,7 +39,7 @@ use crate::session::{Session, SessionConfig, Window};
 use crate::stats::{Counters, Percentiles, new_histogram};
 use crate::timeline::Timeline;
 use crate::tls::Stream;
-use crate::verify::{TradeLedger, Violations};
+use crate::verify::{NodeLedgers, TradeLedger, Violations};
 
 mod routed;
 mod subscriber;
@@ -216,7 +216,9 @@ struct ConnOutcome {
 #[derive(Default)]
 struct WorkerOutcome {
     connections: Vec<ConnOutcome>,
-    ledger: TradeLedger,
+    /// The fills still waiting for their other half, per node (the one
+    /// server without `--cluster`).
+    ledgers: NodeLedgers,
 }
 
 /// Runs the whole load test described by `plan`; `live` is called with
@@ -370,7 +372,7 @@ fn merge(
     let mut counters = Counters::default();
     let mut latency = new_histogram();
     let mut violations = Violations::default();
-    let mut ledger = TradeLedger::new();
+    let mut ledgers = NodeLedgers::new();
     let (mut errors, mut unanswered) = (0, 0);
     let mut lost_workers = 0;
     let mut nodes = routed::NodeTotals::default();
@@ -387,7 +389,7 @@ fn merge(
             errors += u64::from(c.failed);
             nodes.add(&c.nodes, c.unrouted, c.map_version);
         }
-        ledger.merge(o.ledger, &mut violations);
+        ledgers.merge(o.ledgers, &mut violations);
     }
     if lost_workers > 0 {
         shared.fail(format!(
@@ -398,10 +400,12 @@ fn merge(
         shared.fail("the market-data thread crashed; its figures are missing".into());
     }
     let failure = shared.failure.lock().ok().and_then(|f| f.clone());
-    let trades_paired = ledger.paired;
+    let trades_paired = ledgers.paired();
     let mut verify = plan.verify.then(|| {
         if failure.is_none() {
-            ledger.finish(&mut violations);
+            // A node whose connection closed mid-run may have sent one half
+            // of a trade and not the other: its leftovers are not checked.
+            ledgers.finish(&mut violations, |node| nodes.closed(node));
         }
         violations
     });
@@ -566,12 +570,13 @@ async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<WorkerOutc
     } else {
         joined.await
     };
-    let ledger = Rc::try_unwrap(ledger)
+    let mut ledgers = NodeLedgers::new();
+    *ledgers.of(plan.server) = Rc::try_unwrap(ledger)
         .map(RefCell::into_inner)
         .unwrap_or_default();
     Some(WorkerOutcome {
         connections,
-        ledger,
+        ledgers,
     })
 }
 
@@ -1006,7 +1011,14 @@ async fn connection(
         let now = clock.now_ns();
         link.session.borrow_mut().end_window(now);
         if link.failure.borrow().is_none() && !shared.stopped() {
-            drain(&plan, &link, clock, &shared).await;
+            let stream = &link.stream;
+            let send = async |out: &[u8], _now: u64| {
+                write_all(stream, out)
+                    .await
+                    .map_err(|e| format!("sending the final cancels failed: {e}"))
+            };
+            let (session, progress, failure) = (&link.session, &link.progress, &link.failure);
+            drain(&plan, clock, &shared, session, progress, failure, send).await;
         }
         let _ = receiver.cancel().await;
     }
@@ -1166,31 +1178,41 @@ fn fill(
 
 /// After the window: stop sending, wait for outstanding answers; when
 /// verifying, cancel every open order so each gets its terminal report.
-async fn drain(plan: &Plan, link: &Link, clock: Clock, shared: &Shared) {
+/// `send` delivers the cancels (`session` wrote them at the time given):
+/// to the one server, or with `--cluster` each to its shard's owner; an
+/// error from it ends the drain and is the connection's failure. Ends
+/// early when the run stops or `failure` is set.
+async fn drain(
+    plan: &Plan,
+    clock: Clock,
+    shared: &Shared,
+    session: &RefCell<Session>,
+    progress: &Signal,
+    failure: &RefCell<Option<String>>,
+    mut send: impl AsyncFnMut(&[u8], u64) -> Result<(), String>,
+) {
     let deadline = clock.now_ns() + plan.drain.as_nanos() as u64;
     let mut out = Vec::new();
     loop {
-        if shared.stopped() || link.failure.borrow().is_some() {
+        if shared.stopped() || failure.borrow().is_some() {
             return;
         }
         let now = clock.now_ns();
         out.clear();
         if plan.verify {
-            link.session.borrow_mut().write_cancel_all(&mut out, now);
+            session.borrow_mut().write_cancel_all(&mut out, now);
         }
         if !out.is_empty()
-            && let Err(e) = write_all(&link.stream, &out).await
+            && let Err(e) = send(&out, now).await
         {
-            link.failure
-                .borrow_mut()
-                .get_or_insert(format!("sending the final cancels failed: {e}"));
+            failure.borrow_mut().get_or_insert(e);
             return;
         }
-        if link.session.borrow().settled() || now >= deadline {
+        if session.borrow().settled() || now >= deadline {
             return;
         }
         let wait = Duration::from_nanos((deadline - now).min(STOP_POLL.as_nanos() as u64));
-        link.progress.wait_at_most(wait).await;
+        progress.wait_at_most(wait).await;
     }
 }
 

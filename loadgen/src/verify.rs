@@ -11,9 +11,15 @@
 //! left unpaired is a violation. This assumes the run's sessions are the only
 //! traders on the server (otherwise the other half of a trade goes to a
 //! stranger): verify against a server nobody else uses.
+//!
+//! With `--cluster` a worker keeps one ledger per node ([`NodeLedgers`]):
+//! a trade's two fills may reach two sessions but always come from the one
+//! node that holds the symbol's shard, and trade ids are only unique within
+//! a node (`(shard_index << 48) | n`, numbered by whoever runs the shard).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
 
 use crate::rng::mix64;
 
@@ -196,6 +202,70 @@ impl TradeLedger {
     }
 }
 
+/// Most nodes [`NodeLedgers`] keeps apart: a routed session connects to
+/// at most [`crate::cluster::NODE_CONNECTIONS_MAX`] nodes over a run.
+pub const LEDGER_NODES_MAX: usize = crate::cluster::NODE_CONNECTIONS_MAX;
+
+/// One [`TradeLedger`] per node, so that equal trade ids from two nodes
+/// never pair. A few nodes: a list searched in order, not a map.
+#[derive(Debug, Default)]
+pub struct NodeLedgers {
+    nodes: Vec<(SocketAddr, TradeLedger)>,
+}
+
+impl NodeLedgers {
+    /// No ledger yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ledger of the fills `node` reports (made on first use). Past
+    /// [`LEDGER_NODES_MAX`] nodes the last one is shared, which can only
+    /// pair too much, never invent a violation between halves that agree.
+    pub fn of(&mut self, node: SocketAddr) -> &mut TradeLedger {
+        let i = match self.nodes.iter().position(|(a, _)| *a == node) {
+            Some(i) => i,
+            None if self.nodes.len() < LEDGER_NODES_MAX => {
+                self.nodes.push((node, TradeLedger::new()));
+                self.nodes.len() - 1
+            }
+            None => self.nodes.len() - 1,
+        };
+        &mut self.nodes[i].1
+    }
+
+    /// Trades whose two halves were seen and agreed, over all nodes.
+    pub fn paired(&self) -> u64 {
+        self.nodes.iter().map(|(_, l)| l.paired).sum()
+    }
+
+    /// Adds another worker's ledgers, node by node.
+    pub fn merge(&mut self, other: NodeLedgers, violations: &mut Violations) {
+        for (node, ledger) in other.nodes {
+            self.of(node).merge(ledger, violations);
+        }
+    }
+
+    /// Ends the run: every fill still waiting is a violation, except on the
+    /// nodes `unchecked` names (a node whose connection closed mid-run: the
+    /// other half may have been on its way). Returns the fills not checked.
+    pub fn finish(
+        self,
+        violations: &mut Violations,
+        unchecked: impl Fn(SocketAddr) -> bool,
+    ) -> u64 {
+        let mut skipped = 0;
+        for (node, ledger) in self.nodes {
+            if unchecked(node) {
+                skipped += ledger.unpaired() as u64;
+            } else {
+                ledger.finish(violations);
+            }
+        }
+        skipped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +318,42 @@ mod tests {
         assert_eq!(v.total, 2);
         assert!(v.kept[0].contains("twice as maker"));
         assert!(v.kept[1].contains("disagree"));
+    }
+
+    #[test]
+    fn node_ledgers_keep_equal_trade_ids_of_two_nodes_apart() {
+        let a = SocketAddr::from(([127, 0, 0, 1], 9001));
+        let b = SocketAddr::from(([127, 0, 0, 1], 9002));
+        let mut v = Violations::default();
+        // Trade 7 on each node, each whole: two trades, not one reported twice.
+        let mut w1 = NodeLedgers::new();
+        let mut w2 = NodeLedgers::new();
+        w1.of(a)
+            .record(7, side(1, Side::Buy, Liquidity::Maker), &mut v);
+        w1.of(b)
+            .record(7, side(2, Side::Buy, Liquidity::Maker), &mut v);
+        w2.of(a)
+            .record(7, side(3, Side::Sell, Liquidity::Taker), &mut v);
+        w2.of(b)
+            .record(7, side(4, Side::Sell, Liquidity::Taker), &mut v);
+        w2.of(b)
+            .record(8, side(5, Side::Sell, Liquidity::Taker), &mut v);
+        w1.merge(w2, &mut v);
+        assert!(v.is_empty(), "{:?}", v.kept);
+        assert_eq!(w1.paired(), 2);
+        // Trade 8's maker half never came: a violation unless b is unchecked.
+        let mut kept = NodeLedgers::new();
+        kept.of(b)
+            .record(8, side(5, Side::Sell, Liquidity::Taker), &mut v);
+        assert_eq!(kept.finish(&mut v, |n| n == b), 1);
+        assert!(v.is_empty());
+        assert_eq!(w1.finish(&mut v, |_| false), 0);
+        assert_eq!(v.total, 1);
+        assert!(
+            v.kept[0].contains("trade 8: seen only as taker"),
+            "{:?}",
+            v.kept
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! tests that need it say `SKIP:` and return; the usage errors run anyway.
 //!
 //! The tests run one at a time (a lock): each starts a NATS server and two
-//! nodes, whose leases should not compete for 2 cores with another test's.
+//! nodes (three for `--verify`), whose leases should not compete for 2
+//! cores with another test's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -66,8 +67,11 @@ struct Node {
 }
 
 impl Node {
+    /// Its stderr goes to `<journal>.stderr`, shown when it does not start.
     fn start(extra: &[&str], journal: &Path) -> Node {
         let binary = turbo_dex_binary();
+        let log = journal.with_extension("stderr");
+        let stderr = std::fs::File::create(&log).expect("create the node's stderr file");
         let mut child = testkit::turbo_dex(binary, &server_cpu())
             .args([
                 "--no-pin",
@@ -82,17 +86,30 @@ impl Node {
             .args(extra)
             .arg("--journal")
             .arg(journal)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start turbo-dex");
-        let (addr, lines) = testkit::ready_addr(&mut child);
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            testkit::ready_addr(&mut child)
+        }));
+        let (addr, lines) = ready.unwrap_or_else(|_| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "turbo-dex in {} did not start; its stderr:\n{text}",
+                journal.display()
+            )
+        });
         // Keep reading stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Node { child, addr }
     }
 
     fn in_cluster(nats: &NatsServer, journal: &Path) -> Node {
-        let shards = SHARDS.to_string();
+        Node::in_cluster_of(nats, journal, SHARDS)
+    }
+
+    fn in_cluster_of(nats: &NatsServer, journal: &Path, shards: u32) -> Node {
+        let shards = shards.to_string();
         Node::start(&["--cluster", &nats.url(), "--shards", &shards], journal)
     }
 }
@@ -143,20 +160,33 @@ fn map_of(addr: SocketAddr) -> MapView {
 
 /// Waits until the two nodes own two shards each, as `a` sees it.
 fn wait_for_even_split(a: &Node) -> MapView {
+    wait_for_split(a, 2, SHARDS)
+}
+
+/// Waits until every one of `shards` shards has an owner and `nodes`
+/// nodes (with known addresses) own the same number each, as `a` sees it.
+fn wait_for_split(a: &Node, nodes: usize, shards: u32) -> MapView {
     let until = Instant::now() + DEADLINE;
     loop {
         let map = map_of(a.addr);
         let mut owners = map.owners.clone();
         owners.sort_unstable();
         owners.dedup();
-        if map.owners.len() == SHARDS as usize
-            && owners.len() == 2
+        let even = owners
+            .iter()
+            .all(|&o| map.owners.iter().filter(|&&x| x == o).count() == shards as usize / nodes);
+        if map.owners.len() == shards as usize
+            && owners.len() == nodes
             && !owners.contains(&wire::NO_NODE)
-            && map.owner_addresses().len() == 2
+            && even
+            && map.owner_addresses().len() == nodes
         {
             return map;
         }
-        assert!(Instant::now() < until, "no even split: {map:?}");
+        assert!(
+            Instant::now() < until,
+            "no even split over {nodes} nodes: {map:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -244,6 +274,75 @@ fn routes_every_order_to_its_shards_owner() {
     drop((a, b));
 }
 
+/// `--cluster a,b,c --verify`: three nodes with two of six shards each;
+/// every report of every node checked (one terminal report per order,
+/// fills within quantities, both halves of each trade from its node
+/// agreeing), the final cancels sent to each order's owner: no violation.
+#[test]
+fn verifies_every_report_across_three_nodes() {
+    const THREE_SHARDS: u32 = 6;
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let started = Instant::now();
+    let nats = NatsServer::with_jetstream(&bin);
+    let dir = TempDir::new("trader-cluster-verify");
+    // Started together, so that each registers within the others' 2 s
+    // join window and they split the shards two each.
+    let nodes: Vec<Node> = std::thread::scope(|s| {
+        let starts: Vec<_> = ["a", "b", "c"]
+            .map(|name| {
+                let (nats, journal) = (&nats, dir.join(name));
+                s.spawn(move || Node::in_cluster_of(nats, &journal, THREE_SHARDS))
+            })
+            .into_iter()
+            .collect();
+        starts
+            .into_iter()
+            .map(|h| h.join().expect("a node starts"))
+            .collect()
+    });
+    let map = wait_for_split(&nodes[0], 3, THREE_SHARDS);
+    let seeds: Vec<String> = nodes.iter().map(|x| x.addr.to_string()).collect();
+    let path = dir.join("run.json");
+    let out = dex_trader(&[
+        "--cluster",
+        &seeds.join(","),
+        "--mix",
+        "match",
+        "--connections",
+        "2",
+        "--batch",
+        "50",
+        "--verify",
+        "--duration",
+        "2s",
+        "--json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  verify       ok"), "{stdout}");
+    let report = json(&path);
+    assert_eq!(n(&report["violations"]), 0, "{report}");
+    assert_eq!(n(&report["unanswered"]), 0, "{report}");
+    assert!(n(&report["trades"]) > 0, "{report}");
+    assert!(n(&report["trades_paired"]) > 0, "{report}");
+    assert_eq!(n(&report["unrouted"]), 0, "{report}");
+    assert_eq!(n(&report["cluster_map_version"]), map.version, "{report}");
+    let listed = report["nodes"].as_array().expect("a nodes array");
+    assert_eq!(listed.len(), 3, "{report}");
+    for node in listed {
+        assert!(n(&node["orders_sent"]) > 0, "{node}");
+        assert!(n(&node["trades"]) > 0, "{node}");
+        assert_eq!(n(&node["wrong_node"]), 0, "{node}");
+        assert!(node["closed"].is_null(), "{node}");
+    }
+    eprintln!(
+        "three-node --verify test: {:.1} s from nats-server start",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
     let _serial = serial();
@@ -254,10 +353,6 @@ fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
         ),
         (vec!["--cluster", "auto"], "not supported yet"),
         (vec!["--cluster", ","], "at least one seed"),
-        (
-            vec!["--cluster", "127.0.0.1:1", "--verify"],
-            "cannot be combined with --verify",
-        ),
         (
             vec!["--cluster", "127.0.0.1:1", "--spin", "1ms"],
             "cannot be combined with --spin",

@@ -13,6 +13,13 @@
 //! gets no requests: they are answered here with `Rejected(WrongNode)` and
 //! counted as unrouted. A node whose connection closes is dropped (its
 //! requests in flight counted lost); the session goes on with the others.
+//!
+//! `--verify` checks the one session exactly as with one server: every
+//! report, from whichever node, goes through [`Session::on_bytes`] (the
+//! local rejects of unrouted requests too: a reject is a terminal answer,
+//! not a violation), the drain cancels every open order through the
+//! routes, and fills are paired per node ([`NodeLedgers`]): both halves of
+//! a trade come from the node that holds its symbol's shard.
 
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
@@ -35,9 +42,9 @@ use crate::metrics::Published;
 use crate::report::{ClusterReport, NodeReport};
 use crate::rng::stream_seed;
 use crate::schedule::Schedule;
-use crate::session::{Session, SessionConfig, Window};
+use crate::session::{Session, SessionConfig, SessionFailure, Window};
 use crate::tls::Stream;
-use crate::verify::TradeLedger;
+use crate::verify::{NodeLedgers, TradeLedger};
 
 /// How often a routed session asks for the whole cluster map.
 pub const MAP_REFRESH: Duration = Duration::from_secs(1);
@@ -86,6 +93,13 @@ impl NodeTotals {
                 None => self.nodes.push(n.clone()),
             }
         }
+    }
+
+    /// Whether some session's connection to `node` closed mid-run.
+    pub fn closed(&self, node: SocketAddr) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.addr == Some(node) && n.closed.is_some())
     }
 
     pub fn report(&self, map: &MapView, duration_secs: f64) -> ClusterReport {
@@ -261,7 +275,7 @@ pub async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<Worker
     }
     let epoch = *shared.epoch.get()?;
     let map = shared.cluster.clone()?;
-    let ledger = Rc::new(RefCell::new(TradeLedger::new()));
+    let ledgers = Rc::new(RefCell::new(NodeLedgers::new()));
     let mut tasks = Vec::with_capacity(sessions.len());
     for (c, links) in sessions.into_iter().enumerate() {
         let global = w * plan.connections + c;
@@ -273,7 +287,7 @@ pub async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<Worker
             routes,
             epoch,
             shared.clone(),
-            ledger.clone(),
+            ledgers.clone(),
         );
         tasks.push(glommio::spawn_local(task));
     }
@@ -281,12 +295,12 @@ pub async fn worker(w: usize, plan: &Plan, shared: Arc<Shared>) -> Option<Worker
     for t in tasks {
         connections.push(t.await);
     }
-    let ledger = Rc::try_unwrap(ledger)
+    let ledgers = Rc::try_unwrap(ledgers)
         .map(RefCell::into_inner)
         .unwrap_or_default();
     Some(WorkerOutcome {
         connections,
-        ledger,
+        ledgers,
     })
 }
 
@@ -302,7 +316,8 @@ struct NodeLink {
 /// A routed session: one flow, several node connections.
 struct Trader {
     session: RefCell<Session>,
-    ledger: Rc<RefCell<TradeLedger>>,
+    /// The worker's fills waiting for their other half, per node.
+    ledgers: Rc<RefCell<NodeLedgers>>,
     routes: RefCell<Routes>,
     /// In the routes' connection order; grows when a node is connected
     /// mid-run. Never borrowed across an await.
@@ -327,7 +342,7 @@ async fn session(
     routes: Routes,
     epoch: Instant,
     shared: Arc<Shared>,
-    ledger: Rc<RefCell<TradeLedger>>,
+    ledgers: Rc<RefCell<NodeLedgers>>,
 ) -> ConnOutcome {
     let clock = super::Clock(epoch);
     let warmup_ns = plan.warmup.as_nanos() as u64;
@@ -356,7 +371,7 @@ async fn session(
         seed: stream_seed(plan.seed, global as u64),
         outstanding_max: plan.outstanding_max(),
         live_max: plan.live_max(),
-        verify: false,
+        verify: plan.verify,
         max_frame_bytes: max_frame,
         window,
     });
@@ -386,7 +401,7 @@ async fn session(
         .collect();
     let trader = Rc::new(Trader {
         session: RefCell::new(session),
-        ledger,
+        ledgers,
         routes: RefCell::new(routes),
         nodes: RefCell::new(nodes),
         receivers: RefCell::new(Vec::new()),
@@ -402,11 +417,15 @@ async fn session(
         let task = glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes));
         trader.receivers.borrow_mut().push(task);
     }
-    let mut splitter = Splitter::new(trader.nodes.borrow().len(), max_frame);
+    let mut outbox = Outbox::new(
+        trader.nodes.borrow().len(),
+        max_frame,
+        send_buffer_bytes(plan.batch, coalesce_bytes),
+    );
     let sent = send(
         &plan,
         &trader,
-        &mut splitter,
+        &mut outbox,
         clock,
         &shared,
         (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes),
@@ -417,20 +436,12 @@ async fn session(
     }
     trader.session.borrow_mut().end_window(clock.now_ns());
     if trader.failure.borrow().is_none() && !shared.stopped() {
-        // Wait for the answers still in flight (no --verify here).
-        let deadline = clock.now_ns() + plan.drain.as_nanos() as u64;
-        loop {
-            let now = clock.now_ns();
-            if shared.stopped()
-                || trader.failure.borrow().is_some()
-                || trader.session.borrow().settled()
-                || now >= deadline
-            {
-                break;
-            }
-            let wait = Duration::from_nanos((deadline - now).min(STOP_POLL.as_nanos() as u64));
-            trader.progress.wait_at_most(wait).await;
-        }
+        // The answers still in flight; with --verify the final cancels,
+        // each to its order's node.
+        let send =
+            async |out: &[u8], now: u64| dispatch(&trader, &mut outbox, out, now).await.map(|_| ());
+        let (session, progress, failure) = (&trader.session, &trader.progress, &trader.failure);
+        super::drain(&plan, clock, &shared, session, progress, failure, send).await;
     }
     let receivers = trader.receivers.take();
     for r in receivers {
@@ -501,7 +512,7 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
 async fn send(
     plan: &Plan,
     trader: &Rc<Trader>,
-    splitter: &mut Splitter,
+    outbox: &mut Outbox,
     clock: super::Clock,
     shared: &Shared,
     (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes): (u64, usize, usize, u64, usize),
@@ -514,12 +525,7 @@ async fn send(
     if n == 0 {
         return Err("no node connection to send to".into());
     }
-    let mut out: Vec<u8> = Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes));
-    let mut outs: Vec<Vec<u8>> = (0..n)
-        .map(|_| Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes)))
-        .collect();
-    let mut local: Vec<u8> = Vec::new();
-    let mut last_send_ns = vec![0u64; n];
+    let mut out: Vec<u8> = Vec::with_capacity(outbox.buffer_bytes);
     let (mut heartbeat_token, mut map_token) = (0u64, MAP_TOKEN);
     let refresh_ns = MAP_REFRESH.as_nanos() as u64;
     let mut next_map_ns = refresh_ns;
@@ -539,11 +545,7 @@ async fn send(
             for addr in missing {
                 if connect_node(plan, trader, global, addr, clock, recv_bytes).await {
                     n = trader.nodes.borrow().len();
-                    outs.resize_with(n, || {
-                        Vec::with_capacity(send_buffer_bytes(batch, coalesce_bytes))
-                    });
-                    last_send_ns.resize(n, now);
-                    splitter.grow(n);
+                    outbox.grow(n, now);
                 }
             }
             next_map_ns = now + refresh_ns;
@@ -572,43 +574,7 @@ async fn send(
             coalesce_bytes,
         );
         if !out.is_empty() {
-            for o in outs.iter_mut() {
-                o.clear();
-            }
-            local.clear();
-            let before: Vec<u64> = splitter.routed.clone();
-            let unrouted_before = splitter.unrouted;
-            let routed = splitter
-                .split(&out, &trader.routes.borrow(), &mut outs, &mut local)
-                .map_err(|e| format!("internal: the session wrote a bad frame ({e})"))?;
-            if trader.window.contains(now) {
-                let nodes = trader.nodes.borrow();
-                for (node, (b, a)) in nodes.iter().zip(before.iter().zip(&splitter.routed)) {
-                    node.counts.borrow_mut().orders += a - b;
-                }
-                trader
-                    .unrouted_window
-                    .set(trader.unrouted_window.get() + splitter.unrouted - unrouted_before);
-            }
-            if !local.is_empty() {
-                // Unrouted: the session reads them as answered (WrongNode).
-                let mut ledger = trader.ledger.borrow_mut();
-                trader
-                    .session
-                    .borrow_mut()
-                    .on_bytes(&local, now, &mut ledger)
-                    .map_err(|e| format!("internal: a local reject did not decode ({e})"))?;
-            }
-            for (i, o) in outs.iter().enumerate() {
-                if o.is_empty() {
-                    continue;
-                }
-                let node = trader.nodes.borrow()[i].clone();
-                if let Err(e) = write_all(&node.stream, o).await {
-                    node_lost(trader, i, format!("sending to it failed: {e}"));
-                }
-                last_send_ns[i] = now;
-            }
+            let routed = dispatch(trader, outbox, &out, now).await?;
             trader.published.orders_sent.store(
                 trader.session.borrow().counters().orders_sent,
                 Ordering::Relaxed,
@@ -624,7 +590,7 @@ async fn send(
             return Err("the session used up its 2^40 client order ids".into());
         }
         let mut sent_heartbeat = false;
-        for (i, last) in last_send_ns.iter_mut().enumerate() {
+        for (i, last) in outbox.last_send_ns.iter_mut().enumerate() {
             if trader.routes.borrow().is_closed(i) {
                 continue;
             }
@@ -659,7 +625,7 @@ async fn send(
             let routes = trader.routes.borrow();
             (0..n)
                 .filter(|&i| !routes.is_closed(i))
-                .map(|i| last_send_ns[i])
+                .map(|i| outbox.last_send_ns[i])
                 .min()
         };
         if heartbeat_ns > 0
@@ -676,6 +642,115 @@ async fn send(
         } else {
             trader.progress.wait_at_most(wait).await;
         }
+    }
+}
+
+/// The send side of a routed session: the splitter, a buffer per node
+/// connection, the local rejects of unrouted requests, and when each node
+/// was last sent to (for its heartbeats).
+struct Outbox {
+    splitter: Splitter,
+    outs: Vec<Vec<u8>>,
+    local: Vec<u8>,
+    last_send_ns: Vec<u64>,
+    /// Capacity of each buffer ([`send_buffer_bytes`]): it never grows.
+    buffer_bytes: usize,
+}
+
+impl Outbox {
+    fn new(nodes: usize, max_frame_bytes: u32, buffer_bytes: usize) -> Outbox {
+        Outbox {
+            splitter: Splitter::new(nodes, max_frame_bytes),
+            outs: (0..nodes)
+                .map(|_| Vec::with_capacity(buffer_bytes))
+                .collect(),
+            local: Vec::new(),
+            last_send_ns: vec![0; nodes],
+            buffer_bytes,
+        }
+    }
+
+    /// Room for `nodes` node connections (one connected mid-run at `now_ns`).
+    fn grow(&mut self, nodes: usize, now_ns: u64) {
+        let bytes = self.buffer_bytes;
+        self.outs.resize_with(nodes, || Vec::with_capacity(bytes));
+        self.last_send_ns.resize(nodes, now_ns);
+        self.splitter.grow(nodes);
+    }
+}
+
+/// Sends the requests of `out` (written by the session at `now`) each to
+/// its shard's owner; the session reads those without a reachable owner
+/// as answered here (unrouted, `Rejected(WrongNode)`). A node whose send
+/// fails is dropped ([`node_lost`]). Returns the requests sent to a node.
+async fn dispatch(
+    trader: &Rc<Trader>,
+    outbox: &mut Outbox,
+    out: &[u8],
+    now: u64,
+) -> Result<u64, String> {
+    for o in outbox.outs.iter_mut() {
+        o.clear();
+    }
+    outbox.local.clear();
+    let splitter = &mut outbox.splitter;
+    let before: Vec<u64> = splitter.routed.clone();
+    let unrouted_before = splitter.unrouted;
+    let routed = splitter
+        .split(
+            out,
+            &trader.routes.borrow(),
+            &mut outbox.outs,
+            &mut outbox.local,
+        )
+        .map_err(|e| format!("internal: the session wrote a bad frame ({e})"))?;
+    if trader.window.contains(now) {
+        let nodes = trader.nodes.borrow();
+        for (node, (b, a)) in nodes.iter().zip(before.iter().zip(&splitter.routed)) {
+            node.counts.borrow_mut().orders += a - b;
+        }
+        trader
+            .unrouted_window
+            .set(trader.unrouted_window.get() + splitter.unrouted - unrouted_before);
+    }
+    if !outbox.local.is_empty() {
+        on_node_reports(
+            &mut trader.session.borrow_mut(),
+            &mut trader.ledgers.borrow_mut(),
+            None,
+            &outbox.local,
+            now,
+        )
+        .map_err(|e| format!("internal: a local reject did not decode ({e})"))?;
+    }
+    for (i, o) in outbox.outs.iter().enumerate() {
+        if o.is_empty() {
+            continue;
+        }
+        let node = trader.nodes.borrow()[i].clone();
+        if let Err(e) = write_all(&node.stream, o).await {
+            node_lost(trader, i, format!("sending to it failed: {e}"));
+        }
+        outbox.last_send_ns[i] = now;
+    }
+    Ok(routed)
+}
+
+/// Hands the session the reports in `bytes` that `node` sent, or with
+/// `None` the local rejects of unrouted requests (which carry no fills):
+/// the one path every answer of a routed session takes, so that `--verify`
+/// checks them as with one server. Fills are paired in `node`'s ledger.
+/// Returns the bytes the whole frames took.
+fn on_node_reports(
+    session: &mut Session,
+    ledgers: &mut NodeLedgers,
+    node: Option<SocketAddr>,
+    bytes: &[u8],
+    now: u64,
+) -> Result<usize, SessionFailure> {
+    match node {
+        Some(addr) => session.on_bytes(bytes, now, ledgers.of(addr)),
+        None => session.on_bytes(bytes, now, &mut TradeLedger::new()),
     }
 }
 
@@ -770,9 +845,14 @@ async fn receive(
         }
         let result = {
             let mut session = trader.session.borrow_mut();
-            let mut ledger = trader.ledger.borrow_mut();
             let trades_before = session.counters().trades;
-            let r = session.on_bytes(&buf[..len], now, &mut ledger);
+            let r = on_node_reports(
+                &mut session,
+                &mut trader.ledgers.borrow_mut(),
+                Some(node.addr),
+                &buf[..len],
+                now,
+            );
             if trader.window.contains(now) {
                 node.counts.borrow_mut().trades += session.counters().trades - trades_before;
             }
@@ -798,5 +878,246 @@ async fn receive(
             }
         }
         trader.progress.raise();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use wire::{Accepted, CancelReason, Canceled, Fill, Liquidity, Message, NewOrder, Rejected};
+
+    use super::*;
+    use crate::cluster::MapNode;
+    use crate::flow::Mix;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Nodes a, b, c (ids 1 to 3); four shards: 0 on a, 1 on b, 2 on c, 3
+    /// unowned.
+    fn map() -> MapView {
+        MapView {
+            version: 3,
+            from_node: 1,
+            nodes: (1..=3)
+                .map(|id| MapNode {
+                    id,
+                    addr: Some(addr(9000 + id as u16)),
+                    alive: true,
+                })
+                .collect(),
+            owners: vec![1, 2, 3, 0],
+        }
+    }
+
+    fn verifying_session() -> Session {
+        Session::new(SessionConfig {
+            worker: 0,
+            connection: 0,
+            symbols: (0..8).collect(),
+            mix: Mix::Insert,
+            seed: 11,
+            outstanding_max: 64,
+            live_max: 100,
+            verify: true,
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            window: Window {
+                from_ns: 0,
+                until_ns: u64::MAX,
+            },
+        })
+    }
+
+    fn frame<M: Message>(messages: &[M]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::append_frame(messages, &mut out).expect("encode");
+        out
+    }
+
+    fn new_orders(bytes: &[u8]) -> Vec<NewOrder> {
+        Decoder::for_server(wire::DEFAULT_MAX_FRAME_BYTES)
+            .frames(bytes)
+            .flat_map(|f| match f {
+                Frame::NewOrder(l) => l.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Two of `orders` on one symbol, one each side: a trade's maker and taker.
+    fn crossing_pair(orders: &[NewOrder]) -> (NewOrder, NewOrder) {
+        for a in orders {
+            if let Some(b) = orders
+                .iter()
+                .find(|b| b.symbol.get() == a.symbol.get() && b.side != a.side)
+            {
+                return (*a, *b);
+            }
+        }
+        panic!("no buy and sell on one symbol in {orders:?}");
+    }
+
+    /// A one-lot fill of `o` in trade `trade` at `price` (the maker's).
+    fn fill(
+        o: &NewOrder,
+        trade: u64,
+        liquidity: Liquidity,
+        price: i64,
+        leaves: &mut HashMap<u64, u64>,
+    ) -> Fill {
+        let id = o.client_order_id.get();
+        let open = leaves.get_mut(&id).expect("open");
+        *open -= 1;
+        Fill::new(
+            id,
+            trade,
+            o.symbol.get(),
+            o.fields().expect("fields").side,
+            liquidity,
+            price,
+            1,
+            *open,
+        )
+    }
+
+    /// The routed path end to end without a socket: requests cut per node,
+    /// unrouted and WrongNode answers terminal and clean, equal trade ids
+    /// from two nodes each paired on its node, the drain's cancels sent to
+    /// the owners; then an overfill and a fill for an order never sent are
+    /// counted as violations.
+    #[test]
+    fn every_nodes_reports_are_verified_as_with_one_server() {
+        let m = map();
+        let nodes = m.owner_addresses();
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2]);
+        let routes = Routes::new(nodes.clone(), &m);
+        let mut s = verifying_session();
+        let mut ledgers = NodeLedgers::new();
+        let mut splitter = Splitter::new(3, wire::DEFAULT_MAX_FRAME_BYTES);
+        let (mut outs, mut local) = (vec![Vec::new(); 3], Vec::new());
+        let mut out = Vec::new();
+        assert_eq!(s.write_batch(&mut out, 64, 1, || 1), 64);
+        splitter
+            .split(&out, &routes, &mut outs, &mut local)
+            .expect("split");
+        assert!(splitter.unrouted > 0, "symbols 3 and 7 have no owner");
+        on_node_reports(&mut s, &mut ledgers, None, &local, 2).expect("local");
+        let sent: Vec<Vec<NewOrder>> = outs.iter().map(|o| new_orders(o)).collect();
+        let mut leaves: HashMap<u64, u64> = HashMap::new();
+        // a and c accept theirs; b has moved its shard: WrongNode for all.
+        for (node, orders) in [(a, &sent[0]), (c, &sent[2])] {
+            let accepted: Vec<Accepted> = orders
+                .iter()
+                .map(|o| {
+                    leaves.insert(o.client_order_id.get(), o.quantity.get());
+                    let fields = o.fields().expect("fields");
+                    Accepted::new(o.client_order_id.get(), 1, 3, o.symbol.get(), &fields)
+                })
+                .collect();
+            on_node_reports(&mut s, &mut ledgers, Some(node), &frame(&accepted), 3).expect("ok");
+        }
+        let wrong: Vec<Rejected> = sent[1]
+            .iter()
+            .map(|o| {
+                let id = o.client_order_id.get();
+                Rejected::new(id, o.symbol.get(), RejectReason::WrongNode, Kind::NewOrder)
+            })
+            .collect();
+        on_node_reports(&mut s, &mut ledgers, Some(b), &frame(&wrong), 3).expect("ok");
+        // Trade 5 on a and trade 5 on c: two trades, each paired on its node.
+        for (node, orders) in [(a, &sent[0]), (c, &sent[2])] {
+            let (maker, taker) = crossing_pair(orders);
+            let price = maker.price.get();
+            let fills = [
+                fill(&maker, 5, Liquidity::Maker, price, &mut leaves),
+                fill(&taker, 5, Liquidity::Taker, price, &mut leaves),
+            ];
+            on_node_reports(&mut s, &mut ledgers, Some(node), &frame(&fills), 4).expect("ok");
+        }
+        assert!(s.violations().is_empty(), "{:?}", s.violations().kept);
+        assert_eq!(ledgers.paired(), 2);
+        // The drain: a cancel for every open order, each to its owner.
+        out.clear();
+        let cancels = s.write_cancel_all(&mut out, 5);
+        let open: usize = leaves.values().filter(|&&l| l > 0).count();
+        assert_eq!(cancels, open);
+        let (mut outs, mut local) = (vec![Vec::new(); 3], Vec::new());
+        splitter
+            .split(&out, &routes, &mut outs, &mut local)
+            .expect("split");
+        assert!(local.is_empty() && outs[1].is_empty(), "only to a and c");
+        for (node, bytes) in [(a, &outs[0]), (c, &outs[2])] {
+            let canceled: Vec<Canceled> = Decoder::for_server(wire::DEFAULT_MAX_FRAME_BYTES)
+                .frames(bytes)
+                .flat_map(|f| match f {
+                    Frame::Cancel(l) => l.to_vec(),
+                    _ => Vec::new(),
+                })
+                .map(|x| {
+                    let id = x.client_order_id.get();
+                    Canceled::new(id, x.symbol.get(), CancelReason::Requested, leaves[&id])
+                })
+                .collect();
+            on_node_reports(&mut s, &mut ledgers, Some(node), &frame(&canceled), 6).expect("ok");
+        }
+        assert!(s.settled());
+        assert_eq!(s.finish(), 0);
+        let mut v = s.take_violations();
+        ledgers.finish(&mut v, |_| false);
+        assert!(v.is_empty(), "{:?}", v.kept);
+
+        // Now what verification must catch: an overfill, and a fill for
+        // an order this session never sent, each from its node.
+        let mut s = verifying_session();
+        let mut ledgers = NodeLedgers::new();
+        out.clear();
+        s.write_batch(&mut out, 8, 1, || 1);
+        let (mut outs, mut local) = (vec![Vec::new(); 3], Vec::new());
+        splitter
+            .split(&out, &routes, &mut outs, &mut local)
+            .expect("split");
+        let x = new_orders(&outs[0])[0];
+        let accepted = Accepted::new(
+            x.client_order_id.get(),
+            1,
+            3,
+            x.symbol.get(),
+            &x.fields().expect("fields"),
+        );
+        on_node_reports(&mut s, &mut ledgers, Some(a), &frame(&[accepted]), 3).expect("ok");
+        let side = x.fields().expect("fields").side;
+        let (id, symbol, price, quantity) = (
+            x.client_order_id.get(),
+            x.symbol.get(),
+            x.price.get(),
+            x.quantity.get(),
+        );
+        let overfill = Fill::new(
+            id,
+            9,
+            symbol,
+            side,
+            Liquidity::Maker,
+            price,
+            quantity + 1,
+            0,
+        );
+        on_node_reports(&mut s, &mut ledgers, Some(a), &frame(&[overfill]), 4).expect("ok");
+        assert_eq!(s.violations().total, 1);
+        assert!(
+            s.violations().kept[0].contains(&format!("order {id}: Fill of {}", quantity + 1)),
+            "{:?}",
+            s.violations().kept
+        );
+        let stranger = Fill::new(77, 10, 2, side, Liquidity::Taker, price, 1, 0);
+        on_node_reports(&mut s, &mut ledgers, Some(c), &frame(&[stranger]), 4).expect("ok");
+        assert_eq!(s.violations().total, 2);
+        assert!(
+            s.violations().kept[1].contains("never sent"),
+            "{:?}",
+            s.violations().kept
+        );
     }
 }
