@@ -200,7 +200,7 @@ pub fn auto(
         Err(e) => {
             tried.push(format!("{url}: {e}"));
             Err(RunError::Failed(format!(
-                "--cluster auto found no turbo-dex node: NATS_URL is not set; {}. Give the \
+                "--cluster auto found no turbo-dex node (NATS_URL is not set; {}); give the \
                  cluster's NATS server (--cluster nats://HOST:PORT or NATS_URL) or a node \
                  (--cluster HOST:PORT)",
                 tried.join("; ")
