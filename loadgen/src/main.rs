@@ -60,20 +60,32 @@ fn main() -> ExitCode {
     if let Some(text) = &args.cluster {
         match loadgen::cli::cluster_source(text) {
             Ok(ClusterSource::Seeds) => {}
-            Ok(source) => match loadgen::discover::seeds(&source, args.connect_timeout) {
-                Ok(seeds) => {
-                    info!("{}", seeds.describe());
-                    args.cluster = Some(seeds.cluster_arg());
-                }
-                Err(RunError::Usage(e)) => {
+            Ok(source) => {
+                // The other flags' usage errors first: finding the seeds may
+                // browse mDNS for 2 s, and must not turn them into "found
+                // nothing". (The stand-in seed is only resolved, never
+                // contacted.)
+                let mut probe = args.clone();
+                probe.cluster = Some("127.0.0.1:1".into());
+                if let Err(e) = loadgen::plan(&probe) {
                     error!("{e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
-                Err(RunError::Failed(e)) => {
-                    error!("{e}");
-                    return ExitCode::from(EXIT_FAILED);
+                match loadgen::discover::seeds(&source, args.connect_timeout) {
+                    Ok(seeds) => {
+                        info!("{}", seeds.describe());
+                        args.cluster = Some(seeds.cluster_arg());
+                    }
+                    Err(RunError::Usage(e)) => {
+                        error!("{e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(RunError::Failed(e)) => {
+                        error!("{e}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
                 }
-            },
+            }
             Err(e) => {
                 error!("{e}");
                 return ExitCode::from(EXIT_USAGE);

@@ -336,6 +336,15 @@ fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
         ),
         (vec!["--cluster", "http://127.0.0.1:4222"], "not a NATS URL"),
         (vec!["--cluster", ","], "at least one seed"),
+        // Other flags' usage errors come before looking for the nodes.
+        (
+            vec!["--cluster", "auto", "--verify"],
+            "cannot be combined with --verify",
+        ),
+        (
+            vec!["--cluster", "nats://127.0.0.1:1", "--spin", "1ms"],
+            "cannot be combined with --spin",
+        ),
         (
             vec!["--cluster", "127.0.0.1:1", "--verify"],
             "cannot be combined with --verify",
