@@ -3,10 +3,11 @@
 # bridge (so that mDNS multicast reaches every node), the very same
 # `turbo-dex --cluster auto` command in each (its own journal directory,
 # listening on its namespace's address), then, once every node is alive and
-# every shard owned (`turbo-dex cluster status`), dex-trader from one more
-# namespace on the bridge against the nodes' addresses. Prints the time the
-# cluster took to form, the cluster map, and orders/s and trades/s per node
-# and in total.
+# every shard owned (`turbo-dex cluster status`), `dex-trader --cluster
+# auto` from one more namespace on the bridge: it finds the nodes by mDNS
+# too (NATS_URL unset) and routes each order to its shard's owner. Prints
+# the time the cluster took to form, the cluster map, where dex-trader
+# found the nodes, and orders/s and trades/s per node and in total.
 #
 #   sudo scripts/auto-cluster.sh --nodes 3
 #   sudo scripts/auto-cluster.sh --nodes 2 --duration 2s --json out.json --bin-dir target/debug
@@ -35,10 +36,10 @@ Usage: sudo scripts/auto-cluster.sh --nodes N [--duration 5s] [--shards S] [--js
 
 Starts N turbo-dex nodes with --cluster auto, each in its own network
 namespace on one bridge, waits until they have formed one cluster (every
-node alive, every shard owned), runs dex-trader --cluster against them
-(--mix match, two accounts) from another namespace on the bridge, and
-prints the formation time, the cluster map and orders/s and trades/s per
-node and in total.
+node alive, every shard owned), runs dex-trader --cluster auto (--mix
+match) from another namespace on the bridge, which finds the nodes by mDNS
+as they did, and prints the formation time, the cluster map and orders/s
+and trades/s per node and in total.
 
   --nodes N          how many nodes (1 to 50)
   --duration D       how long dex-trader trades (default 5s)
@@ -306,13 +307,14 @@ awk "$AWK_IS_ID"'
     is_id($1) && $NF == "alive" { ids[++n] = $1; addr[$1] = $2 }
     $1 ~ /^[0-9]+$/ && is_id($2) && $4 == "ms" && NF == 4 { s[$2] = (s[$2] == "" ? $1 : s[$2] "," $1) }
     END { for (i = 1; i <= n; i++) print ids[i], addr[ids[i]], s[ids[i]] }' "$STATUS" >"$NODE_TABLE"
-SEEDS=$(awk '{print $2}' "$NODE_TABLE" | paste -sd, -)
 
-step "dex-trader --cluster $SEEDS --mix match --duration $DURATION (from $TRADER_ADDR)"
+# The trader finds the nodes on its own, as they found each other: mDNS
+# from its namespace (NATS_URL unset), then the map from a node it found.
+step "dex-trader --cluster auto --mix match --duration $DURATION (from $TRADER_ADDR)"
 TRADER_JSON="$TMP/trader.json"
 rc=0
-ip netns exec "$NS_TRADER" "$DEX_TRADER" --cluster "$SEEDS" --mix match --duration "$DURATION" \
-    --json "$TRADER_JSON" >"$TMP/trader.out" 2>"$TMP/trader.err" &
+ip netns exec "$NS_TRADER" env -u NATS_URL "$DEX_TRADER" --cluster auto --mix match \
+    --duration "$DURATION" --json "$TRADER_JSON" >"$TMP/trader.out" 2>"$TMP/trader.err" &
 TRADER_PID=$!
 wait "$TRADER_PID" || rc=$?
 TRADER_PID=""
@@ -321,6 +323,9 @@ if [ "$rc" -ne 0 ] || [ ! -s "$TRADER_JSON" ]; then
     printf '%s: error: dex-trader failed (exit status %s; its output is above)\n' "$PROG" "$rc" >&2
     exit 1
 fi
+# Where it found them: `dex-trader: cluster: N node(s) from mDNS (...)`.
+FOUND=$(sed -n 's/^dex-trader: \(cluster: .* node(s) from .*\)$/\1/p' "$TMP/trader.err" | head -n 1)
+note "dex-trader ${FOUND:-found the cluster (it did not say where)}"
 
 # From dex-trader's JSON, one line per node: node_id orders/s trades/s,
 # then "total orders/s trades/s". Its top-level figures come before

@@ -314,6 +314,12 @@ fn auto_cluster_forms_and_trades_on_every_node() {
     let (out, log) = run_auto_cluster(&json);
     assert!(out.status.success(), "auto-cluster.sh failed:\n{log}");
     assert!(log.contains("formed in "), "{log}");
+    // dex-trader --cluster auto found its seeds by mDNS from its namespace
+    // (the first node announced is enough: its map names the other).
+    assert!(
+        log.contains("dex-trader cluster: ") && log.contains(" node(s) from mDNS ("),
+        "{log}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file is written"))
             .unwrap_or_else(|e| panic!("{e} in {}", json.display()));

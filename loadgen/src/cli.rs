@@ -27,6 +27,8 @@ Examples:
   dex-trader --server 127.0.0.1:9000 --duration 30s --hgrm run.hgrm --interval-log run.hlog --plot run.svg
   dex-trader --cluster 10.0.0.2:9000,10.0.0.3:9000 --mix match --duration 30s   (each order to its shard's node)
   dex-trader --cluster 10.0.0.2:9000,10.0.0.3:9000,10.0.0.4:9000 --mix match --verify --duration 2s
+  dex-trader --cluster nats://10.0.0.2:4222 --mix match --duration 30s   (the nodes the cluster publishes in NATS)
+  dex-trader --cluster auto --mix match --duration 30s   (NATS_URL, else nodes announced by mDNS, else nats://127.0.0.1:4222)
   dex-trader flood --server 127.0.0.1:9000     (probe the server's limits; dex-trader flood --help)
 
 Latency is measured from each request's send time (closed loop) or its
@@ -49,12 +51,16 @@ pub struct Args {
     pub server: Option<String>,
 
     /// Trade with a turbo-dex cluster: seed nodes HOST:PORT[,HOST:PORT...]
-    /// (order-entry addresses). The first seed that answers gives the
-    /// cluster map; every session then connects to each node that owns
+    /// (order-entry addresses), the cluster's NATS servers
+    /// nats://HOST:PORT[,nats://HOST:PORT...] (the live nodes of the map the
+    /// cluster publishes there become the seeds), or `auto`: $NATS_URL if
+    /// set, else the nodes announced by multicast DNS (browsed for up to
+    /// 2 s), else nats://127.0.0.1:4222. The first seed that answers gives
+    /// the cluster map; every session then connects to each node that owns
     /// shards and sends each request to its symbol's owner, following
-    /// WrongNode answers and re-reading the map every second. `auto` and
-    /// `nats://` (reading the map from NATS) are not supported yet.
-    #[arg(long, value_name = "SEEDS")]
+    /// WrongNode answers and re-reading the map every second. Finding no
+    /// node (NATS unreachable, nothing announced) exits with status 1.
+    #[arg(long, value_name = "SEEDS|nats://...|auto")]
     pub cluster: Option<String>,
 
     /// Orders per frame. At most what one NewOrder frame can carry under the
@@ -547,13 +553,56 @@ impl Plan {
 }
 
 /// The host of `HOST:PORT` (without the brackets of `[IPv6]:PORT`).
+/// What `--cluster` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// `HOST:PORT[,HOST:PORT...]`: seed nodes' order-entry addresses, as
+    /// [`plan`] takes them.
+    Seeds,
+    /// `nats://HOST:PORT[,...]` (or `tls://`): the cluster's NATS servers,
+    /// where it publishes its map ([`crate::discover`] reads the seeds).
+    Nats(String),
+    /// `auto`: `NATS_URL`, else mDNS, else `nats://127.0.0.1:4222`
+    /// ([`crate::discover`]).
+    Auto,
+}
+
+/// `--cluster`'s value: which kind it is. Pure; NATS URLs are checked
+/// further when they are read.
+pub fn cluster_source(text: &str) -> Result<ClusterSource, UsageError> {
+    let text = text.trim();
+    if text == "auto" {
+        return Ok(ClusterSource::Auto);
+    }
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let urls = parts.iter().filter(|p| p.contains("://")).count();
+    if urls == 0 {
+        return Ok(ClusterSource::Seeds);
+    }
+    if urls < parts.len() {
+        return Err(UsageError(format!(
+            "--cluster {text}: mixes NATS URLs and node addresses (or has an empty entry); \
+             give either nats://HOST:PORT[,nats://HOST:PORT...] or HOST:PORT[,HOST:PORT...]"
+        )));
+    }
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !(p.starts_with("nats://") || p.starts_with("tls://")))
+    {
+        return Err(UsageError(format!(
+            "--cluster {bad}: not a NATS URL; give nats://HOST:PORT, seed nodes \
+             HOST:PORT[,HOST:PORT...], or auto"
+        )));
+    }
+    Ok(ClusterSource::Nats(text.to_string()))
+}
+
 /// `--cluster SEEDS`: the seed nodes, resolved, with their text.
 fn cluster_seeds(text: &str) -> Result<Vec<(SocketAddr, String)>, UsageError> {
-    if text == "auto" || text.starts_with("nats://") {
+    if cluster_source(text)? != ClusterSource::Seeds {
         return Err(UsageError(format!(
-            "--cluster {text}: reading the cluster map from NATS is not supported yet; give \
-             one or more nodes' order-entry addresses, --cluster HOST:PORT[,HOST:PORT...] \
-             (`turbo-dex cluster status --cluster {text}` lists them)"
+            "--cluster {text}: the seed nodes must be found first (loadgen::discover::seeds \
+             reads them from NATS or mDNS); the plan takes HOST:PORT[,HOST:PORT...]"
         )));
     }
     let mut seeds = Vec::new();
@@ -1096,11 +1145,16 @@ mod tests {
         assert!(parse(&["--cores", "0"]).is_err());
         let refused = |args: &[&str]| plan(&parse(args).unwrap()).unwrap_err().0;
         for (args, want) in [
-            (&["--cluster", "auto"][..], "not supported yet"),
+            (&["--cluster", "auto"][..], "must be found first"),
             (
                 &["--cluster", "nats://10.0.0.1:4222"][..],
-                "not supported yet",
+                "must be found first",
             ),
+            (
+                &["--cluster", "nats://10.0.0.1:4222,10.0.0.2:9000"][..],
+                "mixes NATS URLs",
+            ),
+            (&["--cluster", "http://10.0.0.1:4222"][..], "not a NATS URL"),
             (&["--cluster", " , "][..], "at least one seed"),
             (&["--cluster", "no-port"][..], "cannot resolve"),
             (
@@ -1116,6 +1170,21 @@ mod tests {
             all.extend(["--cores", "0"]);
             let e = refused(&all);
             assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_names_seeds_nats_servers_or_auto() {
+        use ClusterSource::{Auto, Nats, Seeds};
+        assert_eq!(cluster_source(" auto "), Ok(Auto));
+        assert_eq!(cluster_source("10.0.0.1:9000,node-b:9000"), Ok(Seeds));
+        assert_eq!(cluster_source(" , "), Ok(Seeds));
+        assert_eq!(
+            cluster_source("nats://10.0.0.1:4222, tls://10.0.0.2:4222"),
+            Ok(Nats("nats://10.0.0.1:4222, tls://10.0.0.2:4222".into()))
+        );
+        for bad in ["nats://a:1,,nats://b:2", "nats://a:1,b:2", "ws://a:1"] {
+            assert!(cluster_source(bad).is_err(), "{bad}");
         }
     }
 }

@@ -12,6 +12,8 @@
 //! is what the connections publish while they run (the live line,
 //! `--admin`'s `/metrics`); [`logging`] sets up `tracing` for the binary.
 //! [`flood`] is `dex-trader flood`, which probes the server's limits.
+//! [`cluster`] and [`run`]'s routed sessions are `--cluster`; [`discover`]
+//! finds its seed nodes in NATS or by mDNS, once, before the run.
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -23,6 +25,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod discover;
 pub mod flood;
 pub mod flow;
 pub mod hgrm;

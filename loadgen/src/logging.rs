@@ -41,13 +41,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// The directives without `RUST_LOG`: `info`, but only warnings from the
+/// NATS client that `--cluster nats://...|auto` uses once (its `connected`
+/// lines are not dex-trader's news).
+pub const DEFAULT_DIRECTIVES: &str = "info,async_nats=warn";
+
 /// Installs the process-wide subscriber: `RUST_LOG` filtering (default
-/// `info`) and `format`, on stderr. Fails only when one is installed
-/// already.
+/// [`DEFAULT_DIRECTIVES`]) and `format`, on stderr. Fails only when one is
+/// installed already.
 pub fn init(format: LogFormat) -> Result<(), String> {
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    let directives = if rust_log.trim().is_empty() {
+        DEFAULT_DIRECTIVES.to_string()
+    } else {
+        rust_log
+    };
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
+        .parse_lossy(directives);
     let installed = match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)

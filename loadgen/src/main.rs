@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use loadgen::cli::ClusterSource;
 use loadgen::logging::{self, LIVE_TARGET, LogFormat};
 use loadgen::metrics::{AdminRoutes, Metrics};
 use loadgen::{Args, RunError};
@@ -51,6 +52,42 @@ fn main() -> ExitCode {
             },
             Err(e) => {
                 error!("cannot read --logins {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    // `--cluster nats://...|auto`: the seed nodes, found once, before the run.
+    if let Some(text) = &args.cluster {
+        match loadgen::cli::cluster_source(text) {
+            Ok(ClusterSource::Seeds) => {}
+            Ok(source) => {
+                // The other flags' usage errors first: finding the seeds may
+                // browse mDNS for 2 s, and must not turn them into "found
+                // nothing". (The stand-in seed is only resolved, never
+                // contacted.)
+                let mut probe = args.clone();
+                probe.cluster = Some("127.0.0.1:1".into());
+                if let Err(e) = loadgen::plan(&probe) {
+                    error!("{e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                match loadgen::discover::seeds(&source, args.connect_timeout) {
+                    Ok(seeds) => {
+                        info!("{}", seeds.describe());
+                        args.cluster = Some(seeds.cluster_arg());
+                    }
+                    Err(RunError::Usage(e)) => {
+                        error!("{e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(RunError::Failed(e)) => {
+                        error!("{e}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                }
+            }
+            Err(e) => {
+                error!("{e}");
                 return ExitCode::from(EXIT_USAGE);
             }
         }

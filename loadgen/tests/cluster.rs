@@ -2,7 +2,10 @@
 //! JetStream (`-js -sd <tempdir>`) on 127.0.0.1 and two `turbo-dex --cluster`
 //! nodes (the binary, on ephemeral ports, which they advertise). dex-trader
 //! reads the map from a seed node and sends every order to its shard's
-//! owner: trades happen on both nodes and no order meets `WrongNode`.
+//! owner: trades happen on both nodes and no order meets `WrongNode`. With
+//! `--cluster nats://...` (or `auto` and `NATS_URL`) the seeds are the live
+//! nodes the cluster publishes in NATS. (`auto`'s mDNS step needs two
+//! network namespaces: scripts/auto-cluster.sh and its test in benches.)
 //! Without nats-server (the Debian package scripts/test.sh installs) the
 //! tests that need it say `SKIP:` and return; the usage errors run anyway.
 //!
@@ -192,12 +195,20 @@ fn wait_for_split(a: &Node, nodes: usize, shards: u32) -> MapView {
 }
 
 fn dex_trader(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dex-trader"))
-        .args(["--quiet", "--cores", "0", "--warmup", "200ms"])
+    dex_trader_with(args, None)
+}
+
+/// dex-trader with `NATS_URL` set to `nats_url`, or unset.
+fn dex_trader_with(args: &[&str], nats_url: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dex-trader"));
+    cmd.args(["--quiet", "--cores", "0", "--warmup", "200ms"])
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("run dex-trader")
+        .env_remove("NATS_URL");
+    if let Some(url) = nats_url {
+        cmd.env("NATS_URL", url);
+    }
+    cmd.output().expect("run dex-trader")
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -343,16 +354,96 @@ fn verifies_every_report_across_three_nodes() {
     );
 }
 
+/// The JSON report's per-node entries: both nodes, each sent orders and
+/// traded, none met WrongNode.
+fn assert_traded_on(report: &serde_json::Value, nodes: &[&Node]) {
+    let entries = report["nodes"].as_array().expect("a nodes array");
+    let mut addrs: Vec<String> = entries
+        .iter()
+        .map(|x| x["address"].as_str().expect("address").to_string())
+        .collect();
+    addrs.sort();
+    let mut want: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    want.sort();
+    assert_eq!(addrs, want, "{report}");
+    for entry in entries {
+        assert!(n(&entry["orders_sent"]) > 0, "{entry}");
+        assert!(n(&entry["trades"]) > 0, "{entry}");
+        assert_eq!(n(&entry["wrong_node"]), 0, "{entry}");
+    }
+    assert_eq!(n(&report["unrouted"]), 0, "{report}");
+}
+
+#[test]
+fn reads_the_seed_nodes_from_nats_or_with_auto_from_nats_url() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
+    let url = nats.url();
+    // JetStream there, but no cluster yet: exit 1, and why.
+    let out = dex_trader(&["--cluster", &url, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("no turbo-dex cluster at {url}")),
+        "{}",
+        text(&out.stderr)
+    );
+    let dir = TempDir::new("trader-cluster-nats");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let b = Node::in_cluster(&nats, &dir.join("b"));
+    wait_for_even_split(&a);
+    for (cluster, nats_url) in [(url.as_str(), None), ("auto", Some(url.as_str()))] {
+        let path = dir.join(format!("run-{}.json", cluster.len()));
+        let out = dex_trader_with(
+            &[
+                "--cluster",
+                cluster,
+                "--mix",
+                "match",
+                "--connections",
+                "2",
+                "--batch",
+                "50",
+                "--duration",
+                "2s",
+                "--json",
+                path.to_str().expect("utf-8 path"),
+            ],
+            nats_url,
+        );
+        testkit::assert_success(&out);
+        let stderr = text(&out.stderr);
+        // Where the seeds came from: the map the cluster published in NATS.
+        assert!(
+            stderr.contains("cluster: 2 node(s) from ") && stderr.contains(&url),
+            "{cluster}: {stderr}"
+        );
+        let report = json(&path);
+        assert!(n(&report["trades"]) > 0, "{report}");
+        assert_traded_on(&report, &[&a, &b]);
+    }
+    drop((a, b));
+}
+
 #[test]
 fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
     let _serial = serial();
     for (args, what) in [
         (
-            vec!["--cluster", "nats://127.0.0.1:4222"],
-            "not supported yet",
+            vec!["--cluster", "nats://127.0.0.1:4222,127.0.0.1:9000"],
+            "mixes NATS URLs and node addresses",
         ),
-        (vec!["--cluster", "auto"], "not supported yet"),
+        (vec!["--cluster", "http://127.0.0.1:4222"], "not a NATS URL"),
         (vec!["--cluster", ","], "at least one seed"),
+        // Other flags' usage errors come before looking for the nodes.
+        (
+            vec!["--cluster", "auto", "--subscribe", "all"],
+            "cannot be combined with --subscribe",
+        ),
+        (
+            vec!["--cluster", "nats://127.0.0.1:1", "--spin", "1ms"],
+            "cannot be combined with --spin",
+        ),
         (
             vec!["--cluster", "127.0.0.1:1", "--spin", "1ms"],
             "cannot be combined with --spin",
@@ -374,6 +465,26 @@ fn refuses_what_it_cannot_do_yet_and_a_server_outside_a_cluster() {
     // No --server and no --cluster: clap's usage error.
     let out = dex_trader(&["--duration", "1s"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // NATS that does not answer (a closed port), given or as NATS_URL:
+    // exit 1, naming the server.
+    let closed = format!("nats://127.0.0.1:{}", testkit::free_port());
+    for (cluster, nats_url, what) in [
+        (
+            closed.as_str(),
+            None,
+            format!("cannot reach NATS at {closed}"),
+        ),
+        (
+            "auto",
+            Some(closed.as_str()),
+            format!("NATS_URL={closed}: cannot reach NATS"),
+        ),
+    ] {
+        let out = dex_trader_with(&["--cluster", cluster, "--duration", "1s"], nats_url);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cluster}: {stderr}");
+        assert!(stderr.contains(&what), "{cluster}: {stderr}");
+    }
     // A turbo-dex without --cluster refuses the map request: exit 1, why.
     let dir = TempDir::new("trader-cluster-none");
     let single = Node::start(&[], &dir.join("j"));

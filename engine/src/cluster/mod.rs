@@ -19,6 +19,7 @@ pub mod agent;
 pub mod discovery;
 pub mod natsd;
 pub mod plan;
+pub mod published;
 pub mod view;
 
 use std::io::Read;
