@@ -847,15 +847,6 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 },
             ) {
                 Ok(j) => {
-                    // Registered before the journal's recovery when the
-                    // address is known already (not for --listen HOST:0).
-                    let early = match &args.advertise {
-                        Some(a) => Some(resolve_advertise(a)?),
-                        None => Some(args.listen).filter(|l| l.port() != 0),
-                    };
-                    if let Some(address) = early {
-                        j.register(address);
-                    }
                     cfg.cluster = Some(view);
                     Some(j)
                 }
@@ -867,17 +858,26 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
             }
         }
     };
-    let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
-    let agent = match joined {
-        None => None,
-        Some(j) => {
-            let advertise = match &args.advertise {
-                Some(a) => resolve_advertise(a)?,
-                None => server.local_addr(),
-            };
-            Some(j.start(advertise)?)
-        }
+    // The agent starts before the journal's recovery when this node's
+    // address is known already (not with --listen HOST:0): it registers
+    // and heartbeats at once, so that nodes started together see each
+    // other in their join windows even when one recovers for longer; it
+    // writes no lease before the server runs (Agent::serving).
+    let early = match &args.advertise {
+        Some(a) => Some(resolve_advertise(a)?),
+        None => Some(args.listen).filter(|l| l.port() != 0),
     };
+    let (mut joined, mut agent) = match (joined, early) {
+        (Some(j), Some(address)) => (None, Some(j.start(address)?)),
+        (j, _) => (j, None),
+    };
+    let server = Server::start(cfg.clone()).map_err(|e| e.to_string())?;
+    if let Some(j) = joined.take() {
+        agent = Some(j.start(server.local_addr())?);
+    }
+    if let Some(a) = &agent {
+        a.serving();
+    }
     tracing::info!(
         "{} core(s) [{}], {} shard(s), {} symbol(s), engine {:?}, poll {:?}, batch {}, mtu {} (send in {}-byte segments), io_uring {}",
         cpus.len(),

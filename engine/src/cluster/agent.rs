@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -92,6 +92,9 @@ pub struct MapNodeJson {
 
 struct Buckets {
     js: async_nats::jetstream::Context,
+    /// Connections the NATS client has made (the first and every
+    /// reconnection), counted by its event callback.
+    connects: Arc<AtomicU64>,
     nodes: Store,
     leases: Store,
     cluster: Store,
@@ -113,6 +116,7 @@ pub struct Joined {
 pub struct Agent {
     thread: Option<JoinHandle<()>>,
     stop: Arc<tokio::sync::Notify>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -128,10 +132,22 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn connect(urls: &str) -> Result<async_nats::jetstream::Context, JoinError> {
+async fn connect(
+    urls: &str,
+) -> Result<(async_nats::jetstream::Context, Arc<AtomicU64>), JoinError> {
     let servers = crate::mdbridge::parse_servers(urls).map_err(JoinError::Unavailable)?;
+    let connects = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&connects);
     let client = async_nats::ConnectOptions::new()
         .name("turbo-dex cluster")
+        .event_callback(move |event| {
+            let counted = Arc::clone(&counted);
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
         .max_reconnects(None)
@@ -143,7 +159,7 @@ async fn connect(urls: &str) -> Result<async_nats::jetstream::Context, JoinError
                  (nats-server -js) or give --cluster nats://HOST:PORT"
             ))
         })?;
-    Ok(async_nats::jetstream::new(client))
+    Ok((async_nats::jetstream::new(client), connects))
 }
 
 /// Opens a bucket, creating it (history 1) when `create` and missing.
@@ -194,12 +210,13 @@ async fn bucket(
 }
 
 async fn open_buckets(
-    js: &async_nats::jetstream::Context,
+    (js, connects): &(async_nats::jetstream::Context, Arc<AtomicU64>),
     create: bool,
     urls: &str,
 ) -> Result<Buckets, JoinError> {
     Ok(Buckets {
         js: js.clone(),
+        connects: Arc::clone(connects),
         nodes: bucket(js, NODES_BUCKET, create, urls).await?,
         leases: bucket(js, LEASES_BUCKET, create, urls).await?,
         cluster: bucket(js, CLUSTER_BUCKET, create, urls).await?,
@@ -318,36 +335,17 @@ impl Joined {
         })
     }
 
-    /// Writes this node's record now, with `address` as its order-entry
-    /// address, before the node recovers its journal and starts its agent
-    /// (which rewrites it every round): nodes that start together then
-    /// see each other within their join windows even when one of them
-    /// took longer to join or to recover. Best effort: a failure is only
-    /// logged (the agent's first round registers the node anyway).
-    pub fn register(&self, address: SocketAddr) {
-        let record = NodeRecord {
-            id: self.view.node_id(),
-            address,
-            cores: self.cores,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            shards: self.view.shard_count(),
-            heartbeat_ms: wall_ms(),
-        };
-        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-        let me = self.view.node_id();
-        if let Err(e) = self
-            .rt
-            .block_on(timeout(self.buckets.nodes.put(node_key(me), value)))
-        {
-            tracing::debug!("cluster: registering early: {e}");
-        }
-    }
-
     /// Starts the agent thread, registering this node with `advertise` as
-    /// its order-entry address.
+    /// its order-entry address. It heartbeats (and repairs lost buckets)
+    /// at once, but writes no lease until [`Agent::serving`]: a node can
+    /// start its agent before it recovers its journal, so that nodes
+    /// started together see each other in their join windows, and still
+    /// never hold a shard if it then fails to start.
     pub fn start(self, advertise: SocketAddr) -> Result<Agent, String> {
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = Arc::clone(&stop);
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let may_serve = Arc::clone(&serving);
         let thread = std::thread::Builder::new()
             .name("turbo-dex-cluster".into())
             .spawn(move || {
@@ -359,17 +357,32 @@ impl Joined {
                     cores,
                     config,
                 } = self;
-                rt.block_on(run(buckets, urls, view, cores, config, advertise, stopped));
+                let setup = Setup {
+                    buckets,
+                    urls,
+                    view,
+                    cores,
+                    config,
+                };
+                rt.block_on(run(setup, advertise, may_serve, stopped));
             })
             .map_err(|e| format!("cannot start the cluster agent thread: {e}"))?;
         Ok(Agent {
             thread: Some(thread),
             stop,
+            serving,
         })
     }
 }
 
 impl Agent {
+    /// The node serves now (its journal is recovered, it listens): from
+    /// its next round the agent takes back its own leases and, after the
+    /// join window, claims unowned shards.
+    pub fn serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
     /// Stops the agent and waits for its thread.
     pub fn stop(mut self) {
         self.shutdown();
@@ -389,15 +402,28 @@ impl Drop for Agent {
     }
 }
 
-async fn run(
+/// What the agent thread runs with: a [`Joined`] without its runtime.
+struct Setup {
     buckets: Buckets,
     urls: String,
     view: Arc<ClusterView>,
     cores: u32,
     config: ClusterConfig,
+}
+
+async fn run(
+    setup: Setup,
     advertise: SocketAddr,
+    serving: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    let Setup {
+        buckets,
+        urls,
+        view,
+        cores,
+        config,
+    } = setup;
     let me = view.node_id();
     tracing::info!(
         "cluster: node {} joined {urls} ({} shards), advertising {advertise}; claiming shards after a {JOIN_WINDOW_MS} ms join window",
@@ -436,18 +462,17 @@ async fn run(
         config,
         urls,
         claims_from: Instant::now() + Duration::from_millis(JOIN_WINDOW_MS),
+        connects: buckets.connects.load(Ordering::Relaxed),
     };
     loop {
         tokio::select! {
             _ = stop.notified() => break,
             _ = round.tick() => {}
         }
-        // Claims also wait for the watch to have delivered this node's own
-        // record: then it has delivered every node registered before.
-        let may_claim = Instant::now() >= agent.claims_from && agent.sees_itself();
+        let serves = serving.load(Ordering::Acquire);
         let ok = tokio::select! {
             _ = stop.notified() => break,
-            r = agent.round(&buckets, &view, may_claim) => r,
+            r = agent.round(&buckets, &view, serves) => r,
         };
         match ok {
             Ok(()) => {
@@ -497,6 +522,8 @@ struct RoundState {
     /// Unowned shards are claimed from then on: the join window after
     /// the start, and again after a repair (nodes register again then).
     claims_from: Instant,
+    /// [`Buckets::connects`] as last seen.
+    connects: u64,
 }
 
 /// The nodes bucket as the watch last delivered it, by key.
@@ -549,16 +576,25 @@ impl RoundState {
         node_list(&self.nodes).iter().any(|n| n.id == self.me)
     }
 
-    async fn round(
-        &mut self,
-        b: &Buckets,
-        view: &ClusterView,
-        may_claim: bool,
-    ) -> Result<(), String> {
+    /// One round: repair if the last failed; heartbeat; then, once
+    /// `serves`, renew, take back and (after the join window) claim
+    /// leases; then the map.
+    async fn round(&mut self, b: &Buckets, view: &ClusterView, serves: bool) -> Result<(), String> {
+        // A reconnection may have been to a server that lost the buckets
+        // or restarted into a cluster (and broke the watch of the nodes),
+        // even when no round failed: repair as after a failure.
+        let connects = b.connects.load(Ordering::Relaxed);
+        if connects != self.connects {
+            self.connects = connects;
+            self.repair = true;
+        }
         if self.repair {
             self.repair_buckets(b).await?;
             self.repair = false;
         }
+        // Claims also wait for the watch to have delivered this node's own
+        // record: then it has delivered every node registered before.
+        let may_claim = Instant::now() >= self.claims_from && self.sees_itself();
         let now = wall_ms();
         let record = NodeRecord {
             id: self.me,
@@ -583,7 +619,7 @@ impl RoundState {
             remembered: &self.remembered,
         });
         let mut leases = leases;
-        for action in actions {
+        for action in actions.into_iter().filter(|_| serves) {
             self.apply(action, b, view, &mut leases).await;
         }
         for (seen, lease) in self.remembered.iter_mut().zip(&leases) {
@@ -608,7 +644,7 @@ impl RoundState {
     /// Creates what is missing, agrees on the config again and restarts
     /// the watch of the nodes (which may have ended with its stream).
     async fn repair_buckets(&mut self, b: &Buckets) -> Result<(), String> {
-        let again = open_buckets(&b.js, true, &self.urls)
+        let again = open_buckets(&(b.js.clone(), Arc::clone(&b.connects)), true, &self.urls)
             .await
             .map_err(|e| e.to_string())?;
         agree_config(&again.cluster, self.config, &self.urls)
@@ -621,6 +657,12 @@ impl RoundState {
                 JoinError::Unavailable(e) => e,
             })?;
         self.watcher.abort();
+        // Forget the nodes: the new watch delivers those still registered
+        // (and claims wait until it has delivered this node's own record).
+        match self.nodes.lock() {
+            Ok(mut t) => t.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
         self.watcher = tokio::spawn(watch_nodes(b.nodes.clone(), Arc::clone(&self.nodes)));
         // The nodes may have lost their records with the buckets: give
         // them a join window to write them again before claiming.
