@@ -470,9 +470,14 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
     }
     : >"$FO/a.out" && : >"$FO/b.out"
     formed_at=$(now_ms)
+    # One after the other: a node listens only once it has joined, and the
+    # second then joins well within the first one's 2 s join window, so
+    # they split the shards. (Started at the same instant on a fresh
+    # nats-server, the second once failed with "reading the cluster config
+    # ...: timed out" while the first created the buckets, under load.)
     start_node a 127.0.0.1:0
-    start_node b 127.0.0.1:0
     NODE_ADDR[0]=$(node_addr a)
+    start_node b 127.0.0.1:0
     NODE_ADDR[1]=$(node_addr b)
     wait_formed 2 "$FAILOVER_SHARDS" 60 || die "failover: the two nodes did not form within 60 s (last status above)"
     FO_FORMED_MS=$(($(now_ms) - formed_at))
@@ -498,7 +503,7 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
         rm -f "$json"
         PROBE_ACCEPTED=0 PROBE_REJECTS=0
         "$DEX_TRADER" --server "$1" --symbols 1 --connections 2 --mix match --batch 10 --duration "$PROBE_DURATION" \
-            --warmup 0s --drain 1s --connect-timeout 1s --quiet --json "$json" >"$FO/probe.out" 2>"$FO/probe.err" || return 1
+            --warmup 0s --drain 1s --connect-timeout 250ms --quiet --json "$json" >"$FO/probe.out" 2>"$FO/probe.err" || return 1
         PROBE_ACCEPTED=$(json_num "$json" accepted)
         PROBE_REJECTS=$(json_num "$json" rejects)
         [ "${PROBE_ACCEPTED:-0}" -gt 0 ]
@@ -513,9 +518,11 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
             t=$(now_ms)
             probes=$((probes + 1))
             if probe "$1"; then
+                echo "$((t - $2)) $(($(now_ms) - $2)) accepted $PROBE_ACCEPTED" >>"$FO/probes.txt"
                 echo "$lower $(($(now_ms) - $2)) $probes"
                 return 0
             fi
+            echo "$((t - $2)) $(($(now_ms) - $2)) accepted ${PROBE_ACCEPTED:-0} rejects ${PROBE_REJECTS:-0} $(head -c 120 "$FO/probe.err" | tr '\n' ' ')" >>"$FO/probes.txt"
             lower=$((t - $2))
             [ "$(now_ms)" -lt "$until" ] || return 1
             sleep 0.01
@@ -523,8 +530,9 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
     }
     probe "${NODE_ADDR[VK]}" || die "failover: node $VICTIM does not accept orders for its shard 0 before the kill ($(cat "$FO/probe.err"))"
 
-    FO_RUNS=() FO_LOWER=() FO_PROBES=()
+    FO_RUNS=() FO_LOWER=() FO_PROBES=() FO_LOG=()
     for run in $(seq 1 "$FAILOVER_RUNS"); do
+        echo "run $run: ms after the kill at the start and the end of each probe" >>"$FO/probes.txt"
         kill_at=$(now_ms)
         kill -KILL "${NODE_PIDS[VK]}"
         wait "${NODE_PIDS[VK]}" 2>/dev/null || true
@@ -532,7 +540,12 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
         if result=$(probe_until "${NODE_ADDR[VK]}" "$kill_at" 60); then
             read -r lower upper probes <<<"$result"
             FO_RUNS+=("$upper") FO_LOWER+=("$lower") FO_PROBES+=("$probes")
-            note "run $run: killed and restarted node $VICTIM; shard 0 served again $upper ms after the kill (not yet at $lower ms; $probes probes)"
+            # The node's own account: its log line for taking the lease back.
+            took=$(grep 'took back shard 0 (' "$FO/$VICTIM.err" | tail -n 1 | cut -d' ' -f1)
+            took_ms=null
+            [ -z "$took" ] || took_ms=$(($(date -u -d "$took" +%s%3N) - kill_at))
+            FO_LOG+=("$took_ms")
+            note "run $run: killed and restarted node $VICTIM; shard 0 served again $upper ms after the kill (not yet at $lower ms; $probes probes); its log says it took the lease back at $took_ms ms"
         else
             FAILURES=$((FAILURES + 1))
             note "run $run: shard 0 not served within 60 s of the kill; node $VICTIM's log:"
@@ -586,6 +599,7 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
     fi
     # The operator moves shard 0 to the survivor.
     claim_at=$(now_ms)
+    echo "claim: ms after it at the start and the end of each probe" >>"$FO/probes.txt"
     CLAIM_MS="" CLAIM_LOWER=""
     if "$TURBO_DEX" cluster claim 0 --node "$(id_of "$SURVIVOR")" --force --cluster "$NATS_URL" >"$FO/claim.out" 2>&1 &&
         result=$(probe_until "${NODE_ADDR[SK]}" "$claim_at" 30); then
@@ -610,9 +624,9 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
         fi
     done
     stop_nats
-    JSON_PARTS+=("$(printf '"failover": {"shards": %s, "nodes": 2, "formed_ms": %s, "probe_duration": "%s",\n    "restart_served_ms": %s, "restart_not_yet_served_ms": %s, "restart_probes": %s, "restart_served_ms_median": %s,\n    "no_restart": {"leases_expired_ms": %s, "stale_ms": %s, "still_unserved_at_ms": %s, "unserved_confirmed": %s, "claim_served_ms": %s, "claim_not_yet_served_ms": %s}}' \
+    JSON_PARTS+=("$(printf '"failover": {"shards": %s, "nodes": 2, "formed_ms": %s, "probe_duration": "%s",\n    "restart_served_ms": %s, "restart_not_yet_served_ms": %s, "restart_probes": %s, "restart_lease_taken_back_ms": %s, "restart_served_ms_median": %s,\n    "no_restart": {"leases_expired_ms": %s, "stale_ms": %s, "still_unserved_at_ms": %s, "unserved_confirmed": %s, "claim_served_ms": %s, "claim_not_yet_served_ms": %s}}' \
         "$FAILOVER_SHARDS" "$FO_FORMED_MS" "$PROBE_DURATION" "$(json_array "${FO_RUNS[@]}")" "$(json_array "${FO_LOWER[@]}")" \
-        "$(json_array "${FO_PROBES[@]}")" "${FO_MEDIAN:-null}" "${EXPIRED_MS:-null}" "${STALE_MS:-null}" "$UNSERVED_MS" \
+        "$(json_array "${FO_PROBES[@]}")" "$(json_array "${FO_LOG[@]}")" "${FO_MEDIAN:-null}" "${EXPIRED_MS:-null}" "${STALE_MS:-null}" "$UNSERVED_MS" \
         "$UNSERVED_CONFIRMED" "${CLAIM_MS:-null}" "${CLAIM_LOWER:-null}")")
 fi
 
@@ -654,8 +668,8 @@ SUMMARY="$TMP/summary.txt"
     if [ "$DO_FAILOVER" -eq 1 ]; then
         echo
         echo "## Failover: 2 nodes, $FAILOVER_SHARDS shards, --cluster nats://127.0.0.1 (formed in $FO_FORMED_MS ms)"
-        echo "Probe: dex-trader on symbol 0 (shard 0) for $PROBE_DURATION, repeated until an order is accepted; a figure is the end of the first probe that got one accepted, the bracket starts at the last probe that got none."
-        echo "Killed (SIGKILL) and restarted at once on the same journal: shard 0 served again after (ms): ${FO_RUNS[*]:-none} (median ${FO_MEDIAN:-?}); not yet at: ${FO_LOWER[*]:-}"
+        echo "Probe: dex-trader on symbol 0 (shard 0) for $PROBE_DURATION (connect and logon within 250 ms), repeated until an order is accepted; a figure is the end of the first probe that got one accepted, \"not yet\" the start of the last probe that got none (probes.txt in --out lists them all)."
+        echo "Killed (SIGKILL) and restarted at once on the same journal: shard 0 served again after (ms): ${FO_RUNS[*]:-none} (median ${FO_MEDIAN:-?}); not yet at: ${FO_LOWER[*]:-}; the node's log: lease taken back at ${FO_LOG[*]:-}"
         echo "Killed and not restarted: its leases expired after ${EXPIRED_MS:-?} ms, it was stale after ${STALE_MS:-?} ms; at $UNSERVED_MS ms its shard was $([ "$UNSERVED_CONFIRMED" = true ] && echo "still unserved (the survivor rejects its orders)" || echo "SERVED by the survivor (unexpected)"), and it stays so until an operator acts:"
         echo "turbo-dex cluster claim 0 --node SURVIVOR --force: the survivor served shard 0 after ${CLAIM_MS:-?} ms (not yet at ${CLAIM_LOWER:-?} ms)."
     fi
