@@ -401,3 +401,170 @@ fn run_auto_cluster(json: &Path) -> (std::process::Output, String) {
     assert!(left.is_empty(), "namespaces left behind: {left:?}\n{log}");
     (out, log)
 }
+
+#[test]
+fn bench_cluster_measures_overhead_formation_and_failover() {
+    if let Some(why) = testkit::missing(true, &["ip"]) {
+        testkit::skip!("{why}, to create network namespaces");
+        return;
+    }
+    if !have_nats_server() {
+        testkit::skip!(
+            "needs nats-server (apt-get install nats-server); scripts/test.sh installs it"
+        );
+        return;
+    }
+    // Namespaces (auto-cluster.sh) and several nodes: not beside another
+    // namespace test.
+    let _host = testkit::real_host_lock();
+    let tmp = TempDir::new("bench-cluster");
+    // Everything the script creates (its temporary directory, the journals
+    // and NATS stores in it, auto-cluster.sh's) goes under this one.
+    let scratch = tmp.join("tmp");
+    std::fs::create_dir(&scratch).expect("create the scratch directory");
+    let json = tmp.join("cluster.json");
+    let namespaces = || {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("tdx-ac-"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let namespaces_before = namespaces();
+    // The smallest of each part: one round of 1 s runs (and a batch-1 run
+    // at 1K orders/s, which a debug build sharing the CPUs keeps up with),
+    // one formation of 2 nodes started 2 s apart (the second finds the
+    // first's nats-server, as in the auto-cluster test above), one kill and
+    // restart of a node of 2 shards (a debug build replays a 64 MiB journal
+    // segment per shard in seconds).
+    let out = Command::new(root().join("scripts/bench-cluster.sh"))
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "500ms"])
+        .args(["--latency-rate", "1000", "--no-spin"])
+        .args([
+            "--form-nodes",
+            "2",
+            "--form-runs",
+            "1",
+            "--form-stagger",
+            "2",
+        ])
+        .args(["--failover-runs", "1", "--failover-shards", "2", "--json"])
+        .arg(&json)
+        .arg("--bin-dir")
+        .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
+        .env("TMPDIR", &scratch)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("bench-cluster.sh runs");
+    let log = text(&out);
+
+    // Nothing is left behind, whatever the outcome: no namespace, no
+    // temporary directory, no process started with a path under it.
+    let mut left: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| !namespaces_before.contains(n))
+        .collect();
+    left.extend(
+        std::fs::read_dir(&scratch)
+            .expect("the scratch directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path().display().to_string()),
+    );
+    let marker = scratch.display().to_string();
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&marker)
+        {
+            left.push(format!(
+                "process {}: {}",
+                entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}\n{log}");
+
+    assert!(out.status.success(), "bench-cluster.sh failed:\n{log}");
+    for heading in ["## Overhead", "## Formation", "## Failover"] {
+        assert!(log.contains(heading), "the summary has {heading}:\n{log}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file is written"))
+            .unwrap_or_else(|e| panic!("{e} in {}", json.display()));
+    let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|x| x > 0.0);
+    let o = &v["overhead"];
+    for mode in ["single", "cluster"] {
+        for key in ["orders_per_sec", "trades_per_sec"] {
+            let runs = o[mode][key].as_array().expect("one figure per round");
+            assert_eq!(runs.len(), 1, "{mode} {key}: {v}");
+            assert!(runs.iter().all(positive), "{mode} {key}: {v}");
+            assert!(positive(&o[mode][format!("{key}_median")]), "{v}");
+        }
+        assert!(positive(&o[mode]["latency_us_p50_median"]), "{v}");
+        assert!(positive(&o[mode]["latency_us_p99_median"]), "{v}");
+    }
+    assert!(
+        positive(&o["orders_ratio"]) && positive(&o["trades_ratio"]),
+        "{v}"
+    );
+    // The lone cluster node claims its shard after its 2 s join window.
+    assert!(
+        o["cluster_owned_ms_median"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 2000.0),
+        "{v}"
+    );
+    let f = &v["formation"][0];
+    assert_eq!(f["nodes"], 2, "{v}");
+    assert_eq!(f["failed_runs"], 0, "{v}");
+    assert!(positive(&f["formed_ms_median"]), "{v}");
+    let fo = &v["failover"];
+    let served = fo["restart_served_ms"].as_array().expect("one per run");
+    assert_eq!(served.len(), 1, "{v}");
+    assert!(served.iter().all(positive), "{v}");
+    assert!(positive(&fo["restart_served_ms_median"]), "{v}");
+    let nr = &fo["no_restart"];
+    // Leases last 5 s from the last renewal (every second): they expire 4
+    // to 5 s after the kill, and the node is stale 5 to 6 s after it.
+    assert!(
+        nr["leases_expired_ms"]
+            .as_f64()
+            .is_some_and(|ms| (3000.0..20_000.0).contains(&ms)),
+        "{v}"
+    );
+    assert!(positive(&nr["stale_ms"]), "{v}");
+    assert_eq!(nr["unserved_confirmed"], true, "{v}");
+    assert!(positive(&nr["claim_served_ms"]), "{v}");
+}
+
+#[test]
+fn bench_cluster_refuses_bad_options() {
+    for (args, says) in [
+        (&["--rounds", "0"][..], "--rounds 0"),
+        (&["--fsync", "sometimes"][..], "--fsync sometimes"),
+        (&["--skip", "lunch"][..], "--skip lunch"),
+        (&["--form-nodes", "3,x"][..], "--form-nodes: x"),
+        (&["--bogus"][..], "unknown option --bogus"),
+    ] {
+        let out = Command::new(root().join("scripts/bench-cluster.sh"))
+            .args(args)
+            .output()
+            .expect("bench-cluster.sh runs");
+        let log = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {log}");
+        assert!(log.contains(says), "{args:?}: {log}");
+    }
+    let help = Command::new(root().join("scripts/bench-cluster.sh"))
+        .arg("--help")
+        .output()
+        .expect("bench-cluster.sh runs");
+    assert!(help.status.success());
+    assert!(text(&help).contains("--failover-runs N"), "{}", text(&help));
+}
