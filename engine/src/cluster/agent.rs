@@ -49,6 +49,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `--cluster auto` keeps trying to join an unavailable NATS
 /// (its server may be restarting into a cluster with another node's).
 pub const AUTO_JOIN_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a node that reached NATS keeps trying to open the buckets
+/// and agree on the config, also with `--cluster nats://...`.
+pub const JOIN_SETTLE: Duration = Duration::from_secs(5);
 /// Time between two attempts to join.
 pub const JOIN_RETRY: Duration = Duration::from_millis(250);
 
@@ -295,7 +298,8 @@ impl Joined {
     /// `patience` is how long an unavailable NATS (unreachable, JetStream
     /// not answering yet, a bucket that cannot be created yet) is tried
     /// again, every [`JOIN_RETRY`], before giving up: zero for
-    /// `--cluster nats://...` (an error at once), [`AUTO_JOIN_PATIENCE`]
+    /// `--cluster nats://...` (unreachable: an error at once; reached but
+    /// not answering: tried for [`JOIN_SETTLE`]), [`AUTO_JOIN_PATIENCE`]
     /// for `--cluster auto`, whose NATS server may be restarting into a
     /// cluster just then. A refusal is never retried.
     pub fn join(
@@ -307,17 +311,28 @@ impl Joined {
     ) -> Result<Joined, JoinError> {
         debug_assert_eq!(config.shards, view.shard_count());
         let rt = runtime().map_err(JoinError::Unavailable)?;
-        let until = Instant::now() + patience;
+        let started = Instant::now();
         let buckets = rt.block_on(async {
             loop {
+                let mut connected = false;
                 let attempt = async {
                     let js = connect(urls).await?;
+                    connected = true;
                     let buckets = open_buckets(&js, true, urls).await?;
                     agree_config(&buckets.cluster, config, urls).await?;
                     Ok::<_, JoinError>(buckets)
                 };
-                match attempt.await {
-                    Err(JoinError::Unavailable(e)) if Instant::now() < until => {
+                let result = attempt.await;
+                // Once connected, a JetStream that does not answer yet (a
+                // request timed out, nodes creating the buckets at once)
+                // is waited for a little even without patience.
+                let wait = if connected {
+                    patience.max(JOIN_SETTLE)
+                } else {
+                    patience
+                };
+                match result {
+                    Err(JoinError::Unavailable(e)) if started.elapsed() < wait => {
                         tracing::info!("cluster: cannot join yet ({e}); trying again");
                         tokio::time::sleep(JOIN_RETRY).await;
                     }
