@@ -120,6 +120,8 @@ pub struct Agent {
     thread: Option<JoinHandle<()>>,
     stop: Arc<tokio::sync::Notify>,
     serving: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the agent for a round now (when the node starts serving).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -361,6 +363,8 @@ impl Joined {
         let stopped = Arc::clone(&stop);
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let may_serve = Arc::clone(&serving);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = Arc::clone(&wake);
         let thread = std::thread::Builder::new()
             .name("turbo-dex-cluster".into())
             .spawn(move || {
@@ -379,13 +383,14 @@ impl Joined {
                     cores,
                     config,
                 };
-                rt.block_on(run(setup, advertise, may_serve, stopped));
+                rt.block_on(run(setup, advertise, may_serve, woken, stopped));
             })
             .map_err(|e| format!("cannot start the cluster agent thread: {e}"))?;
         Ok(Agent {
             thread: Some(thread),
             stop,
             serving,
+            wake,
         })
     }
 }
@@ -396,6 +401,8 @@ impl Agent {
     /// join window, claims unowned shards.
     pub fn serving(&self) {
         self.serving.store(true, Ordering::Release);
+        // A restarted node takes its leases back now, not up to a round later.
+        self.wake.notify_one();
     }
 
     /// Stops the agent and waits for its thread.
@@ -430,6 +437,7 @@ async fn run(
     setup: Setup,
     advertise: SocketAddr,
     serving: Arc<std::sync::atomic::AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
     stop: Arc<tokio::sync::Notify>,
 ) {
     let Setup {
@@ -483,6 +491,7 @@ async fn run(
         tokio::select! {
             _ = stop.notified() => break,
             _ = round.tick() => {}
+            _ = wake.notified() => round.reset(),
         }
         let serves = serving.load(Ordering::Acquire);
         let ok = tokio::select! {
