@@ -224,6 +224,8 @@ json_col() { awk -v n="$2" '{ a = a (NR > 1 ? ", " : "") $n } END { print "[" a 
 start_nats() {
     local dir=$1 i port=""
     mkdir -p "$dir"
+    # A log of an earlier run in the same --out directory would name its port.
+    rm -f "$dir/nats.log"
     "$NATS_BIN" -a 127.0.0.1 -p -1 -js -sd "$dir/js" -l "$dir/nats.log" >/dev/null 2>&1 &
     NATS_PID=$!
     for i in $(seq 1 200); do
