@@ -105,17 +105,8 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] &&
     die "needs nats-server (the nodes start their own); install it (apt-get install nats-server)"
 fi
 
-if [ -n "$JSON" ]; then
-    case "$JSON" in
-        /*) ;;
-        *) JSON="$PWD/$JSON" ;;
-    esac
-    [ -d "$(dirname "$JSON")" ] || die "--json $JSON: its directory does not exist"
-fi
-if [ -n "$BIN_DIR" ]; then
-    [ -d "$BIN_DIR" ] || die "--bin-dir $BIN_DIR is not a directory"
-    BIN_DIR=$(cd "$BIN_DIR" && pwd)
-fi
+[ -z "$JSON" ] || JSON=$(json_out_path "$JSON")
+[ -z "$BIN_DIR" ] || BIN_DIR=$(bin_dir_path "$BIN_DIR")
 cd "$ROOT"
 
 if [ -z "$BIN_DIR" ] && [ "$PROFILE" = debug ]; then

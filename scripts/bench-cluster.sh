@@ -150,17 +150,8 @@ for part in ${SKIP//,/ }; do
         *) die "--skip $part: give overhead, formation or failover" ;;
     esac
 done
-if [ -n "$JSON" ]; then
-    case "$JSON" in
-        /*) ;;
-        *) JSON="$PWD/$JSON" ;;
-    esac
-    [ -d "$(dirname "$JSON")" ] || die "--json $JSON: its directory does not exist"
-fi
-if [ -n "$BIN_DIR" ]; then
-    [ -d "$BIN_DIR" ] || die "--bin-dir $BIN_DIR is not a directory"
-    BIN_DIR=$(cd "$BIN_DIR" && pwd)
-fi
+[ -z "$JSON" ] || JSON=$(json_out_path "$JSON")
+[ -z "$BIN_DIR" ] || BIN_DIR=$(bin_dir_path "$BIN_DIR")
 
 NATS_BIN=$(command -v nats-server || true)
 for dir in /usr/sbin /usr/local/sbin; do
@@ -243,15 +234,7 @@ start_nats() {
 
 stop_nats() {
     [ -n "${NATS_PID:-}" ] || return 0
-    kill -TERM "$NATS_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 1 60); do
-        kill -0 "$NATS_PID" 2>/dev/null || break
-        sleep 0.05
-        : "$i"
-    done
-    kill -KILL "$NATS_PID" 2>/dev/null || true
-    wait "$NATS_PID" 2>/dev/null || true
+    stop_child "$NATS_PID" TERM 60
     NATS_PID=""
 }
 

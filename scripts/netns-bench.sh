@@ -119,10 +119,7 @@ fi
 [ -n "$OUT" ] || OUT="$ROOT/results/netns-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" || die "cannot create the output directory $OUT"
 OUT=$(cd "$OUT" && pwd)
-if [ -n "$BIN_DIR" ]; then
-    [ -d "$BIN_DIR" ] || die "--bin-dir $BIN_DIR is not a directory"
-    BIN_DIR=$(cd "$BIN_DIR" && pwd)
-fi
+[ -z "$BIN_DIR" ] || BIN_DIR=$(bin_dir_path "$BIN_DIR")
 cd "$ROOT"
 
 # Names carry this shell's pid so that parallel runs never collide; the

@@ -122,21 +122,46 @@ server_rss_kib() {
     echo "${kib:-0}"
 }
 
-# Stops the server gracefully (SIGINT), waits up to 20 s, then kills it.
-stop_server() {
-    [ -n "${SERVER_PID:-}" ] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -INT "$SERVER_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 400); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
+# Stops a child: stop_child PID SIGNAL TRIES sends SIGNAL, waits up to
+# TRIES x 50 ms for it to exit, then kills it, and reaps it.
+stop_child() {
+    local pid=$1 signal=$2 tries=$3 i
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "-$signal" "$pid" 2>/dev/null || true
+        for i in $(seq 1 "$tries"); do
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
             : "$i"
         done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
     fi
-    wait "$SERVER_PID" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Stops the server gracefully (SIGINT), waits up to 20 s, then kills it.
+stop_server() {
+    [ -n "${SERVER_PID:-}" ] || return 0
+    stop_child "$SERVER_PID" INT 400
     SERVER_PID=""
+}
+
+# --json FILE as an absolute path whose directory exists (else a usage
+# error): JSON=$(json_out_path "$JSON").
+json_out_path() {
+    local path=$1
+    case "$path" in
+        /*) ;;
+        *) path="$PWD/$path" ;;
+    esac
+    [ -d "$(dirname "$path")" ] || die "--json $path: its directory does not exist"
+    printf '%s\n' "$path"
+}
+
+# --bin-dir DIR as an absolute path (else a usage error):
+# BIN_DIR=$(bin_dir_path "$BIN_DIR").
+bin_dir_path() {
+    [ -d "$1" ] || die "--bin-dir $1 is not a directory"
+    (cd "$1" && pwd)
 }
 
 # Reads a number field from a flat JSON report: json_num FILE KEY.
