@@ -513,7 +513,11 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
             sleep 0.01
         done
     }
-    probe "${NODE_ADDR[VK]}" || die "failover: node $VICTIM does not accept orders for its shard 0 before the kill ($(cat "$FO/probe.err"))"
+    # Probes until one is accepted (a 50 ms probe of debug binaries on a
+    # loaded machine can end before its first order is answered).
+    echo "before the kill: ms after the first probe at the start and the end of each" >>"$FO/probes.txt"
+    probe_until "${NODE_ADDR[VK]}" "$(now_ms)" 10 >/dev/null ||
+        die "failover: node $VICTIM does not accept orders for its shard 0 before the kill ($(cat "$FO/probe.err"))"
 
     FO_RUNS=() FO_LOWER=() FO_PROBES=() FO_LOG=()
     for run in $(seq 1 "$FAILOVER_RUNS"); do
