@@ -601,14 +601,7 @@ if [ "$DO_FAILOVER" -eq 1 ]; then
     fi
     for k in 0 1; do
         if [ -n "${NODE_PIDS[k]}" ]; then
-            kill -INT "${NODE_PIDS[k]}" 2>/dev/null || true
-            for i in $(seq 1 100); do
-                kill -0 "${NODE_PIDS[k]}" 2>/dev/null || break
-                sleep 0.05
-                : "$i"
-            done
-            kill -KILL "${NODE_PIDS[k]}" 2>/dev/null || true
-            wait "${NODE_PIDS[k]}" 2>/dev/null || true
+            stop_child "${NODE_PIDS[k]}" INT 100
             NODE_PIDS[k]=""
         fi
     done

@@ -287,16 +287,24 @@ fn have_nats_server() -> bool {
         .any(|dir| dir.join("nats-server").is_file())
 }
 
-#[test]
-fn auto_cluster_forms_and_trades_on_every_node() {
+/// What a cluster script's test lacks here, if anything: root and `ip`
+/// (network namespaces), nats-server.
+fn lab_missing() -> Option<String> {
     if let Some(why) = testkit::missing(true, &["ip"]) {
-        testkit::skip!("{why}, to create network namespaces");
-        return;
+        return Some(format!("{why}, to create network namespaces"));
     }
     if !have_nats_server() {
-        testkit::skip!(
-            "needs nats-server (apt-get install nats-server); scripts/test.sh installs it"
+        return Some(
+            "needs nats-server (apt-get install nats-server); scripts/test.sh installs it".into(),
         );
+    }
+    None
+}
+
+#[test]
+fn auto_cluster_forms_and_trades_on_every_node() {
+    if let Some(why) = lab_missing() {
+        testkit::skip!("{why}");
         return;
     }
     // Namespaces and several processes: not beside another namespace test.
@@ -404,14 +412,8 @@ fn run_auto_cluster(json: &Path) -> (std::process::Output, String) {
 
 #[test]
 fn bench_cluster_measures_overhead_formation_and_failover() {
-    if let Some(why) = testkit::missing(true, &["ip"]) {
-        testkit::skip!("{why}, to create network namespaces");
-        return;
-    }
-    if !have_nats_server() {
-        testkit::skip!(
-            "needs nats-server (apt-get install nats-server); scripts/test.sh installs it"
-        );
+    if let Some(why) = lab_missing() {
+        testkit::skip!("{why}");
         return;
     }
     // Namespaces (auto-cluster.sh) and several nodes: not beside another

@@ -76,14 +76,7 @@ fn main() -> ExitCode {
                         info!("{}", seeds.describe());
                         args.cluster = Some(seeds.cluster_arg());
                     }
-                    Err(RunError::Usage(e)) => {
-                        error!("{e}");
-                        return ExitCode::from(EXIT_USAGE);
-                    }
-                    Err(RunError::Failed(e)) => {
-                        error!("{e}");
-                        return ExitCode::from(EXIT_FAILED);
-                    }
+                    Err(e) => return run_error(e),
                 }
             }
             Err(e) => {
@@ -167,14 +160,7 @@ fn main() -> ExitCode {
     }
     let report = match outcome {
         Ok(r) => r,
-        Err(RunError::Usage(e)) => {
-            error!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        Err(RunError::Failed(e)) => {
-            error!("{e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(e) => return run_error(e),
     };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(report.summary().as_bytes());
@@ -207,6 +193,16 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Logs a run's error and gives its exit status: usage 2, failed 1.
+fn run_error(e: RunError) -> ExitCode {
+    let (RunError::Usage(text) | RunError::Failed(text)) = &e;
+    error!("{text}");
+    ExitCode::from(match e {
+        RunError::Usage(_) => EXIT_USAGE,
+        RunError::Failed(_) => EXIT_FAILED,
+    })
 }
 
 /// `dex-trader flood`: probes the server's limits (see `loadgen::flood`).

@@ -211,6 +211,28 @@ fn dex_trader_with(args: &[&str], nats_url: Option<&str>) -> Output {
     cmd.output().expect("run dex-trader")
 }
 
+/// A 2 s `--mix match` run over two connections, batches of 50, routed
+/// by `--cluster cluster` (with `extra` flags and `NATS_URL` as given),
+/// its JSON report written to `json`.
+fn routed_run(cluster: &str, extra: &[&str], json: &Path, nats_url: Option<&str>) -> Output {
+    let mut args = vec![
+        "--cluster",
+        cluster,
+        "--mix",
+        "match",
+        "--connections",
+        "2",
+        "--batch",
+        "50",
+        "--duration",
+        "2s",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    dex_trader_with(&args, nats_url)
+}
+
 fn json(path: &Path) -> serde_json::Value {
     let body = std::fs::read_to_string(path).expect("the JSON report");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -235,20 +257,7 @@ fn routes_every_order_to_its_shards_owner() {
     let map = wait_for_even_split(&a);
     let path = dir.join("run.json");
     // One seed is enough: the map names the other node.
-    let out = dex_trader(&[
-        "--cluster",
-        &a.addr.to_string(),
-        "--mix",
-        "match",
-        "--connections",
-        "2",
-        "--batch",
-        "50",
-        "--duration",
-        "2s",
-        "--json",
-        path.to_str().expect("utf-8 path"),
-    ]);
+    let out = routed_run(&a.addr.to_string(), &[], &path, None);
     testkit::assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("  cluster      map version"), "{stdout}");
@@ -315,21 +324,7 @@ fn verifies_every_report_across_three_nodes() {
     let map = wait_for_split(&nodes[0], 3, THREE_SHARDS);
     let seeds: Vec<String> = nodes.iter().map(|x| x.addr.to_string()).collect();
     let path = dir.join("run.json");
-    let out = dex_trader(&[
-        "--cluster",
-        &seeds.join(","),
-        "--mix",
-        "match",
-        "--connections",
-        "2",
-        "--batch",
-        "50",
-        "--verify",
-        "--duration",
-        "2s",
-        "--json",
-        path.to_str().expect("utf-8 path"),
-    ]);
+    let out = routed_run(&seeds.join(","), &["--verify"], &path, None);
     testkit::assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("  verify       ok"), "{stdout}");
@@ -394,23 +389,7 @@ fn reads_the_seed_nodes_from_nats_or_with_auto_from_nats_url() {
     wait_for_even_split(&a);
     for (cluster, nats_url) in [(url.as_str(), None), ("auto", Some(url.as_str()))] {
         let path = dir.join(format!("run-{}.json", cluster.len()));
-        let out = dex_trader_with(
-            &[
-                "--cluster",
-                cluster,
-                "--mix",
-                "match",
-                "--connections",
-                "2",
-                "--batch",
-                "50",
-                "--duration",
-                "2s",
-                "--json",
-                path.to_str().expect("utf-8 path"),
-            ],
-            nats_url,
-        );
+        let out = routed_run(cluster, &[], &path, nats_url);
         testkit::assert_success(&out);
         let stderr = text(&out.stderr);
         // Where the seeds came from: the map the cluster published in NATS.

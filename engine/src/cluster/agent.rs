@@ -41,6 +41,8 @@ pub const NODES_BUCKET: &str = "turbo-dex-nodes";
 pub const LEASES_BUCKET: &str = "turbo-dex-leases";
 /// The cluster bucket (config and map).
 pub const CLUSTER_BUCKET: &str = "turbo-dex-cluster";
+/// The key of the map in [`CLUSTER_BUCKET`].
+pub const MAP_KEY: &str = "map";
 /// Longest wait for one NATS request; a round that meets it gives up and
 /// tries again next round (the fence bounds how long shards stay served).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -131,7 +133,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the cluster agent's runtime: {e}"))
 }
 
-fn wall_ms() -> u64 {
+pub(super) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -654,7 +656,7 @@ impl RoundState {
         let map = plan::build_map(wall_ms(), self.me, &nodes, &leases);
         if self.published != Some(map.version) {
             let json = map_json(&map, self.me, &nodes, wall_ms());
-            if timeout(b.cluster.put("map", json.into())).await.is_ok() {
+            if timeout(b.cluster.put(MAP_KEY, json.into())).await.is_ok() {
                 self.published = Some(map.version);
             }
         }
@@ -792,9 +794,11 @@ fn shard_key(shard: u32) -> String {
 /// The most node records the agent keeps.
 const NODES_MAX: usize = 4096;
 
-/// Every node record of the bucket, by listing its keys (one ephemeral
-/// consumer: for the operator commands, not for every round).
-async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String> {
+/// Every node record of the bucket (at most [`NODES_MAX`]), by listing
+/// its keys (one ephemeral consumer: for the operator commands and
+/// readers such as [`super::published`], not for every round). Records
+/// that are not [`NodeRecord`] JSON are skipped.
+pub(super) async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String> {
     let mut keys = timeout(nodes.keys()).await?;
     let mut names = Vec::new();
     loop {

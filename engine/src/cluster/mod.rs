@@ -83,6 +83,9 @@ pub fn discover_auto(
 /// test exercises on purpose.
 pub const JITTER_ENV: &str = "TURBO_DEX_DISCOVERY_JITTER_MS";
 
+/// The largest [`JITTER_ENV`] taken, ms.
+pub const JITTER_ENV_MAX_MS: u64 = 60_000;
+
 fn jitter_override() -> Result<Option<std::time::Duration>, String> {
     match std::env::var(JITTER_ENV) {
         Err(_) => Ok(None),
@@ -90,9 +93,11 @@ fn jitter_override() -> Result<Option<std::time::Duration>, String> {
             .trim()
             .parse::<u64>()
             .ok()
-            .filter(|&ms| ms <= 60_000)
+            .filter(|&ms| ms <= JITTER_ENV_MAX_MS)
             .map(|ms| Some(std::time::Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{JITTER_ENV}={v:?}: give milliseconds, 0 to 60000")),
+            .ok_or_else(|| {
+                format!("{JITTER_ENV}={v:?}: give milliseconds, 0 to {JITTER_ENV_MAX_MS}")
+            }),
     }
 }
 

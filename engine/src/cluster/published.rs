@@ -16,21 +16,13 @@
 //! 2.9's account info anyway; see [`super::agent`]).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::KeyValueErrorKind;
 use async_nats::jetstream::kv::Store;
-use futures_lite::StreamExt;
 
-use super::agent::{CLUSTER_BUCKET, MapJson, NODES_BUCKET};
+use super::agent::{CLUSTER_BUCKET, MAP_KEY, MapJson, NODES_BUCKET, read_nodes, wall_ms};
 use super::plan::{self, NodeRecord};
-
-/// The key of the map in [`CLUSTER_BUCKET`].
-pub const MAP_KEY: &str = "map";
-/// The most node records [`node_addresses`] reads: a bound on a listing
-/// that anyone who may write the bucket can make long, far above the size
-/// of any real cluster.
-pub const NODE_RECORDS_MAX: usize = 4096;
 
 /// The order-entry addresses of the live nodes of the cluster whose NATS
 /// servers are `urls` (`nats://HOST:PORT[,nats://...]`), in the order the
@@ -79,7 +71,9 @@ pub fn node_addresses(urls: &str, timeout: Duration) -> Result<Vec<SocketAddr>, 
                 }
             }
             let nodes = open(&js, NODES_BUCKET, urls).await?;
-            let records = read_records(&nodes, urls).await?;
+            let records = read_nodes(&nodes)
+                .await
+                .map_err(|e| format!("{NODES_BUCKET} at {urls}: {e}"))?;
             let found = live_in_records(&records, wall_ms());
             if found.is_empty() {
                 return Err(format!(
@@ -119,42 +113,6 @@ async fn open(
             format!("cannot open the key-value bucket {name} at {urls}: {e}")
         }
     })
-}
-
-/// Every node record, by listing the keys (at most [`NODE_RECORDS_MAX`]).
-/// Records that are not [`NodeRecord`] JSON are skipped.
-async fn read_records(nodes: &Store, urls: &str) -> Result<Vec<NodeRecord>, String> {
-    let mut keys = nodes
-        .keys()
-        .await
-        .map_err(|e| format!("listing {NODES_BUCKET} at {urls}: {e}"))?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        names.push(key.map_err(|e| format!("listing {NODES_BUCKET} at {urls}: {e}"))?);
-        if names.len() == NODE_RECORDS_MAX {
-            break;
-        }
-    }
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let value = nodes
-            .get(name.as_str())
-            .await
-            .map_err(|e| format!("reading {NODES_BUCKET}/{name} at {urls}: {e}"))?;
-        if let Some(value) = value {
-            match serde_json::from_slice::<NodeRecord>(&value) {
-                Ok(record) => out.push(record),
-                Err(e) => tracing::debug!("ignoring the node record {name}: {e}"),
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The addresses of the nodes `map` says are alive, in its order, without
