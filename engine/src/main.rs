@@ -299,6 +299,16 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT", requires = "cluster")]
     advertise: Option<String>,
 
+    /// With --cluster: store every journal batch of a shard in the shard's
+    /// JetStream stream (TURBO_DEX_SHARD_<n>, this many replicas, file
+    /// storage) before its reports leave, so that an acknowledged order
+    /// survives the loss of this machine. 1: no replication (the local
+    /// journal only). 2 or more needs that many NATS servers with
+    /// JetStream in the cluster; see README "High availability".
+    #[arg(long, value_name = "R", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+
     /// Log lines on stderr as text (for people) or JSON (one object per
     /// line, for log collectors). RUST_LOG filters them (default: info).
     #[arg(long, value_enum, default_value = "text")]
@@ -788,6 +798,12 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
     // --cluster auto, what discovery found (the mDNS announcement, a
     // nats-server this node started) lives as long as the node.
     let mut discovered: Option<engine::cluster::discovery::Discovered> = None;
+    if args.replicas > 1 && args.cluster.is_none() {
+        return Err(format!(
+            "--replicas {} needs --cluster: the streams live in the cluster's NATS servers",
+            args.replicas
+        ));
+    }
     let joined = match &args.cluster {
         None => None,
         Some(arg) => {
@@ -848,6 +864,13 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
             ) {
                 Ok(j) => {
                     cfg.cluster = Some(view);
+                    if args.replicas > 1 {
+                        cfg.replicate = Some(engine::server::replicate::ReplConfig {
+                            urls: urls.split(',').map(|u| u.trim().to_string()).collect(),
+                            replicas: usize::from(args.replicas),
+                            node: node_id,
+                        });
+                    }
                     Some(j)
                 }
                 Err(engine::cluster::agent::JoinError::Refused(e)) => {

@@ -144,6 +144,21 @@ fn a_port_in_use_is_a_one_line_error() {
 }
 
 #[test]
+fn replicas_need_a_cluster_and_stay_in_range() {
+    let (code, err) = refuses(&["--listen", "127.0.0.1:0", "--replicas", "2", "--quiet"]);
+    assert_eq!(code, 2);
+    assert!(
+        one_line_error(&err).contains("--replicas 2 needs --cluster"),
+        "{err}"
+    );
+    for bad in ["0", "6", "three"] {
+        let (code, err) = refuses(&["--listen", "127.0.0.1:0", "--replicas", bad]);
+        assert_eq!(code, 2, "--replicas {bad}");
+        assert!(err.contains("--replicas"), "{err}");
+    }
+}
+
+#[test]
 fn help_explains_every_option() {
     let out = turbo_dex().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
@@ -159,6 +174,7 @@ fn help_explains_every_option() {
         "--engine",
         "--mtu",
         "--quiet",
+        "--replicas",
         "check-host",
     ] {
         assert!(help.contains(flag), "--help mentions {flag}");

@@ -1047,3 +1047,139 @@ fn auto_with_nothing_around_starts_nats_and_takes_every_shard() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every record of shard `shard`'s stream, in stream order: (the message
+/// id's node, journal seq, the NewOrder's client order id if it is one).
+fn stream_records(url: &str, shard: u32) -> Vec<(u64, u64, Option<u64>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(url).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(nc);
+        let name = engine::server::replicate::stream_name(shard);
+        let stream = js.get_stream(&name).await.expect("the shard's stream");
+        let last = stream
+            .get_info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await.expect("a stream message");
+            let id = m.headers.get("Nats-Msg-Id").expect("a message id");
+            let (node, s, first, last) =
+                engine::server::replicate::parse_message_id(id.as_str()).expect("our id");
+            assert_eq!(s, shard, "{id:?} in {name}");
+            let mut at = 0;
+            let mut seqs = Vec::new();
+            while at < m.payload.len() {
+                let (record, len) = engine::journal::decode_record(&m.payload[at..])
+                    .expect("a journal record")
+                    .expect("a whole record");
+                let coid = match record.cmd.op {
+                    engine::book::Op::New(n) => Some(n.client_order_id.get()),
+                    _ => None,
+                };
+                seqs.push(record.seq);
+                out.push((node, record.seq, coid));
+                at += len;
+            }
+            assert_eq!(
+                (seqs.first().copied(), seqs.last().copied()),
+                (Some(first), Some(last)),
+                "message {seq} of {name}: its id {id:?} names its records"
+            );
+        }
+        out
+    })
+}
+
+/// `--replicas 3` against a three-server NATS cluster: every accepted order
+/// is in its shard's stream, in journal order, written by this node; while
+/// two of the three servers are stopped (SIGSTOP: no quorum) an order is
+/// journaled here but not acknowledged, and its Accepted comes once they
+/// resume.
+#[test]
+fn replicated_orders_are_stored_in_jetstream_before_they_are_acknowledged() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas");
+    let journal = dir.join("a");
+    // One URL: the node's clients stay on the server that is never stopped.
+    let mut command = node_command(&nats.url(0), &journal, SHARDS);
+    command.args(["--replicas", "3"]);
+    let node = Node::spawn(command, &journal);
+    let id = node_id(&journal);
+    let mut c = Client::login_version(node.addr, 1, 0, 2);
+    wait_map(&mut c, "the node owns every shard", |m| {
+        m.owners.iter().all(|&o| o == id)
+    });
+    // Two orders per shard (the first creates its stream).
+    let mut accepted = vec![Vec::new(); SHARDS as usize];
+    let mut next = 1;
+    for shard in 0..SHARDS {
+        for _ in 0..2 {
+            let coid =
+                order_until_accepted(&mut c, next, symbol_of_shard(shard), "accepted", || {
+                    node.log()
+                });
+            accepted[shard as usize].push(coid);
+            next = coid + 1;
+        }
+    }
+    for shard in 0..SHARDS {
+        let records = stream_records(&nats.url(0), shard);
+        let seqs: Vec<u64> = records.iter().map(|r| r.1).collect();
+        let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(
+            seqs, want,
+            "shard {shard}: the journal's records, in order, once each"
+        );
+        assert!(records.iter().all(|r| r.0 == id), "written by this node");
+        for coid in &accepted[shard as usize] {
+            assert!(
+                records.iter().any(|r| r.2 == Some(*coid)),
+                "shard {shard}: accepted order {coid} is in the stream: {records:?}"
+            );
+        }
+    }
+
+    // No quorum: journaled here, not acknowledged.
+    nats.signal(1, libc::SIGSTOP);
+    nats.signal(2, libc::SIGSTOP);
+    let held = next + 100;
+    c.send(&[buy(held, symbol_of_shard(0), 100, 1)]);
+    let early = c.drain_for(1500);
+    assert!(
+        !early.iter().any(|m| m.coid() == Some(held)),
+        "no answer while JetStream cannot store the batch: {early:?}"
+    );
+    nats.signal(1, libc::SIGCONT);
+    nats.signal(2, libc::SIGCONT);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(m) = c.inbox.iter().find(|m| m.coid() == Some(held)) {
+            assert!(matches!(m, Msg::Accepted(_)), "{m:?}\n{}", node.log());
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the held order is acknowledged once JetStream stores it:\n{}",
+            node.log()
+        );
+        c.pump();
+    }
+    let records = stream_records(&nats.url(0), 0);
+    assert!(records.iter().any(|r| r.2 == Some(held)), "{records:?}");
+    let (status, body) = get(node.admin, "/stats");
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        stats["journal"]["replicated_batches"].as_u64().unwrap() >= 9,
+        "{body}"
+    );
+}

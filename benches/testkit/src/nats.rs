@@ -185,3 +185,114 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Several nats-servers with JetStream routed into one cluster on
+/// 127.0.0.1 (each with a client port and a cluster port of its own), for
+/// streams with more than one replica. Killed and reaped on drop.
+pub struct NatsCluster {
+    servers: Vec<Child>,
+    ports: Vec<u16>,
+    dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (named `n0`, `n1`, ...) and waits until each is
+    /// ready and JetStream has elected its meta leader.
+    pub fn start(bin: &Path, n: usize) -> NatsCluster {
+        let dir = TempDir::new("nats-cluster");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::with_capacity(n);
+        for i in 0..n {
+            let conf = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: turbo-dex-test, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                    ports[i],
+                    dir.join(format!("store-{i}")).display(),
+                    routes[i]
+                ),
+            )
+            .expect("write the nats-server config");
+            let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("create the log");
+            let child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone the log file"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            servers.push(child);
+        }
+        let cluster = NatsCluster {
+            servers,
+            ports,
+            dir,
+        };
+        let until = Instant::now() + READY_DEADLINE;
+        for i in 0..n {
+            loop {
+                let log = cluster.log(i);
+                if log.contains("Server is ready")
+                    && log.contains("metadata leader")
+                    && TcpStream::connect(("127.0.0.1", cluster.ports[i])).is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "nats-server n{i} of the cluster not ready:\n{log}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// Every server's URL, comma-separated (`nats://127.0.0.1:P,...`).
+    pub fn urls(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `i`'s URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Server `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("n{i}.log"))).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to server `i`.
+    pub fn signal(&self, i: usize, signal: i32) {
+        let pid = self.servers[i].id() as i32;
+        // SAFETY: kill(2) on the pid of a child this value owns and has
+        // not reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            // SAFETY: as in `signal`: a stopped server must run to die.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -435,6 +435,10 @@ struct JournalBody {
     /// Mean write (and fdatasync) latency over the run, in seconds.
     write_seconds_mean: f64,
     not_durable_rejects: u64,
+    /// With `--replicas`: batches JetStream stored, and their mean wait
+    /// for it after the local write (seconds).
+    replicated_batches: u64,
+    replication_seconds_mean: f64,
 }
 
 #[derive(Serialize)]
@@ -530,6 +534,12 @@ impl StatsBody {
                     0.0
                 },
                 not_durable_rejects: t.journal_rejects,
+                replicated_batches: t.replicated_batches,
+                replication_seconds_mean: if t.replicated_batches > 0 {
+                    t.replication_ns as f64 / t.replicated_batches as f64 / 1e9
+                } else {
+                    0.0
+                },
             },
             snapshots: SnapshotsBody {
                 taken: t.snapshots,
@@ -883,6 +893,16 @@ fn journal_metrics(e: &mut Encoder, t: &Counters) {
         "turbo_dex_journal_not_durable_rejects_total",
         "Requests rejected because the journal could not take them.",
         &one(t.journal_rejects),
+    );
+    e.counter(
+        "turbo_dex_replicated_batches_total",
+        "Journal batches JetStream stored (--replicas), then applied.",
+        &one(t.replicated_batches),
+    );
+    e.counter(
+        "turbo_dex_replication_seconds_total",
+        "Time batches waited for JetStream after their local write.",
+        &[(&[], t.replication_ns as f64 / 1e9)],
     );
     e.counter(
         "turbo_dex_snapshots_total",

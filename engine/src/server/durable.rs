@@ -162,6 +162,8 @@ pub struct Inflight {
     pub len: usize,
     /// Where the write's bytes begin in `ShardLog::bytes`.
     pub start: usize,
+    /// Where its records begin there (after a direct write's partial block).
+    pub records_at: usize,
     /// Bytes the write carries: `len`, or in direct mode the partial block
     /// before the records, the records, and zeros to the next block.
     pub write_len: usize,
@@ -188,6 +190,9 @@ pub struct ShardLog {
     pub unavailable: Option<String>,
     pub next_seq: u64,
     pub inflight: Option<Inflight>,
+    /// With `--replicas`: batches durable here, waiting (in order) for
+    /// JetStream to store them before they are applied.
+    pub replicating: std::collections::VecDeque<Inflight>,
     /// The bytes of the write in flight (reused across batches; never
     /// reallocated, so that its aligned start stays aligned).
     pub bytes: Vec<u8>,
@@ -228,6 +233,7 @@ impl ShardLog {
             unavailable: None,
             next_seq,
             inflight: None,
+            replicating: std::collections::VecDeque::new(),
             // Records, plus an aligning lead, a partial block and padding.
             bytes: Vec::with_capacity(WRITE_BYTES_MAX + 3 * DIRECT_ALIGN),
             tail: Vec::with_capacity(DIRECT_ALIGN),

@@ -6,7 +6,7 @@
 //! of the protocol with the wire crate, of the session id in
 //! [`crate::session_id`].
 
-use super::ServerConfig;
+use super::{EngineKind, ServerConfig};
 
 /// How often housekeeping (idle timeouts, heartbeats, slow consumers) runs,
 /// and the longest a blocked wait lasts.
@@ -162,6 +162,9 @@ pub fn ring_capacity_for(cores: usize) -> usize {
 
 /// Checks a configuration once, before anything starts. Each error names
 /// the flag and what to do.
+/// The most replicas a stream may have (JetStream's own limit).
+pub const REPLICAS_MAX: usize = 5;
+
 pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     let cores = cfg.cpus.len();
     if cores == 0 {
@@ -181,6 +184,21 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     }
     if cfg.symbols.is_empty() {
         return Err("at least one symbol is needed".into());
+    }
+    if let Some(r) = &cfg.replicate {
+        if !(2..=REPLICAS_MAX).contains(&r.replicas) {
+            return Err(format!(
+                "--replicas {} is out of range; use 1 (no replication) to {REPLICAS_MAX}",
+                r.replicas
+            ));
+        }
+        if cfg.journal.is_none() || cfg.engine == EngineKind::Null {
+            return Err(
+                "--replicas needs the journal (--journal DIR) and the matching engine: \
+                 the journal's batches are what is replicated"
+                    .into(),
+            );
+        }
     }
     if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&cfg.heartbeat_ms) {
         return Err(format!(

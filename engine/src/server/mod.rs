@@ -20,6 +20,7 @@ mod core;
 pub mod durable;
 pub mod limits;
 pub mod operator;
+pub mod replicate;
 mod start;
 pub mod stats;
 pub mod tls;
@@ -148,6 +149,10 @@ pub struct ServerConfig {
     /// cluster map, kept by the cluster agent. `None`: every shard is
     /// served, and the cores skip the ownership check.
     pub cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// `--replicas` 2 or more: each journal batch is also stored in its
+    /// shard's JetStream stream before it is acknowledged (see
+    /// [`replicate`]). Needs a journal.
+    pub replicate: Option<replicate::ReplConfig>,
 }
 
 /// The NATS market-data bridge's settings (`--md-nats`).
@@ -200,6 +205,7 @@ impl ServerConfig {
             md_nats: None,
             tls: None,
             cluster: None,
+            replicate: None,
             cpus,
         }
     }
@@ -362,6 +368,8 @@ pub struct Server {
     admin: Option<tuning::admin::AdminServer>,
     /// The NATS market-data bridge, when it runs.
     md_bridge: Option<crate::mdbridge::Bridge>,
+    /// The replication thread (`--replicas`), when it runs.
+    replicator: Option<replicate::Replicator>,
     /// The auth thread (with `--accounts`); it ends when the cores do.
     auth_thread: Option<JoinHandle<()>>,
 }
@@ -449,6 +457,9 @@ impl Server {
             let _ = t.join();
         }
         self.stop_housekeeper();
+        if let Some(mut r) = self.replicator.take() {
+            r.stop();
+        }
         if let Some(t) = self.auth_thread.take() {
             let _ = t.join();
         }

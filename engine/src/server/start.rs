@@ -53,6 +53,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
     let journal = open_journal(&cfg, &shared)?;
     let mut journal = journal;
     let (md_bridge, feeds) = start_md_bridge(&cfg)?;
+    let (replicator, repl_links) = start_replicator(&cfg, &shared)?;
     let (auth_thread, auth) = start_auth(&cfg, &shared)?;
     let mut spawned = spawn_cores(
         &cfg,
@@ -61,7 +62,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         listeners,
         &placement,
         &mut journal,
-        feeds,
+        (feeds, repl_links),
         auth,
     )?;
     let failure = wait_ready(&mut spawned);
@@ -78,6 +79,7 @@ pub(super) fn start(cfg: ServerConfig) -> Result<Server, StartError> {
         _journal_lock: journal.lock,
         admin,
         md_bridge,
+        replicator,
         auth_thread,
     };
     if let Err(e) = failure {
@@ -276,10 +278,14 @@ fn spawn_cores(
     listeners: Vec<TcpListener>,
     placement: &Arc<[Placement]>,
     journal: &mut OpenJournal,
-    feeds: Vec<crate::mdbridge::BridgeFeed>,
+    (feeds, repl_links): (
+        Vec<crate::mdbridge::BridgeFeed>,
+        Vec<super::replicate::ReplLink>,
+    ),
     auth: Option<AuthParts>,
 ) -> Result<Spawned, StartError> {
     let mut feeds = feeds.into_iter();
+    let mut repl_links = repl_links.into_iter();
     let mut auth = auth.map(Vec::into_iter);
     let tls: Vec<Option<super::tls::CoreTls>> = match &cfg.tls {
         Some(config) => {
@@ -371,6 +377,7 @@ fn spawn_cores(
             go: go_rx,
             cpu,
             bridge: feeds.next(),
+            repl: repl_links.next(),
         };
         let engine = cfg.engine;
         let shard_cfg = cfg.shard;
@@ -428,6 +435,7 @@ struct CoreParts {
     go: mpsc::Receiver<u32>,
     cpu: usize,
     bridge: Option<crate::mdbridge::BridgeFeed>,
+    repl: Option<super::replicate::ReplLink>,
 }
 
 impl CoreParts {
@@ -442,7 +450,7 @@ impl CoreParts {
 /// A core thread: pin, create or recover its shards (on its own CPU, so
 /// their memory is first touched there), then run.
 fn core_main(
-    parts: CoreParts,
+    mut parts: CoreParts,
     engine: EngineKind,
     shard_cfg: crate::book::ShardConfig,
     journal: Option<JournalParts>,
@@ -486,6 +494,7 @@ fn core_main(
                 logs,
                 jobs: j.jobs,
                 done: j.done,
+                repl: parts.repl.take(),
             };
             run_core(parts, shards, Some(journal), session_seq_max)
         }
@@ -523,6 +532,7 @@ fn run_core<M: Matcher + Snapshot>(
         go,
         cpu,
         bridge,
+        ..
     } = parts;
     match Core::new(cfg, shared, listener, mesh, shards, journal, bridge) {
         Ok(mut core) => {
@@ -576,4 +586,34 @@ fn start_md_bridge(
         nats.format
     );
     Ok((Some(bridge), feeds))
+}
+
+/// Starts the replication thread when `--replicas` asks for it: one link
+/// per core (bounded rings both ways).
+fn start_replicator(
+    cfg: &ServerConfig,
+    shared: &Arc<Shared>,
+) -> Result<
+    (
+        Option<super::replicate::Replicator>,
+        Vec<super::replicate::ReplLink>,
+    ),
+    StartError,
+> {
+    let Some(repl) = &cfg.replicate else {
+        return Ok((None, Vec::new()));
+    };
+    let kicker = Arc::clone(shared);
+    let (replicator, links) = super::replicate::Replicator::start(
+        repl.clone(),
+        cfg.cpus.len(),
+        Arc::new(move |core| kicker.kick(core)),
+    )
+    .map_err(|e| StartError::Config(format!("cannot start the replication thread: {e}")))?;
+    tracing::info!(
+        "replication: every journal batch is stored in JetStream (stream TURBO_DEX_SHARD_<n>, \
+         {} replicas) before it is acknowledged",
+        repl.replicas
+    );
+    Ok((Some(replicator), links))
 }

@@ -46,6 +46,10 @@ pub struct Counters {
     pub journal_write_ns: u64,
     /// Commands rejected because the journal could not take them.
     pub journal_rejects: u64,
+    /// With `--replicas`: batches JetStream stored (then applied), and the
+    /// sum of their waits, local durability to JetStream's acknowledgement.
+    pub replicated_batches: u64,
+    pub replication_ns: u64,
     /// Snapshots taken.
     pub snapshots: u64,
     /// Time matching stood still serializing them.
@@ -100,6 +104,12 @@ impl Counters {
     /// Counts a closed connection (`code`: the SessionError's wire value, 0 for none).
     pub fn closed(&mut self, code: u16) {
         self.closes_by_reason[usize::from(code).min(CLOSE_REASONS - 1)] += 1;
+    }
+
+    /// Counts a batch JetStream stored `ns` after it was durable here.
+    pub fn replication(&mut self, ns: u64) {
+        self.replicated_batches += 1;
+        self.replication_ns += ns;
     }
 
     /// Counts a completed journal write that took `ns`.
@@ -248,6 +258,8 @@ published!(
     journal_writes,
     journal_write_ns,
     journal_rejects,
+    replicated_batches,
+    replication_ns,
     snapshots,
     snapshot_ns,
     md_messages,

@@ -12,6 +12,7 @@ use super::{Core, State};
 use crate::book::{Command, Matcher};
 use crate::journal;
 use crate::server::durable::Snapshot;
+use crate::server::replicate::ReplJob;
 
 impl<M: Matcher + Snapshot> Core<M> {
     /// Asks the background thread for the next segment of a shard's journal.
@@ -150,6 +151,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             engine_ns,
             len,
             start,
+            records_at,
             write_len,
             last_seq: log.next_seq + n as u64 - 1,
             started_ns: now,
@@ -217,7 +219,8 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    /// A batch's write (and sync) finished: apply it, or reject it.
+    /// A batch's write (and sync) finished: apply it (with `--replicas`,
+    /// once JetStream has it too), or reject it.
     fn journal_done(&mut self, local: usize, mut batch: Inflight) {
         let now = self.st.now_ns;
         let State { logs, router, .. } = &mut self.st;
@@ -226,28 +229,96 @@ impl<M: Matcher + Snapshot> Core<M> {
             .journal_write(now.saturating_sub(batch.started_ns));
         if let Some(e) = batch.failed.take() {
             self.write_failed(local, &mut batch, e);
-        } else {
-            let log = &mut logs[local];
-            if let Some(why) = log.unavailable.take() {
-                tracing::info!("journal: {} accepts writes again (was: {why})", log.id);
-            }
-            log.wrote(batch.start, batch.len);
-            log.next_seq = batch.last_seq + 1;
-            router.counters.journal_bytes += batch.len as u64;
-            if let Some(shard) = self.st.shards.get_mut(local) {
-                let counted = &mut self.st.shard_counters[local];
-                apply_batch(
-                    shard,
-                    &batch.cmds,
-                    batch.engine_ns,
-                    &mut self.st.router,
-                    counted,
-                );
-            }
-            self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
+            batch.cmds.clear();
+            self.st.logs[local].batch = batch.cmds;
+            return;
         }
+        let log = &mut logs[local];
+        if let Some(why) = log.unavailable.take() {
+            tracing::info!("journal: {} accepts writes again (was: {why})", log.id);
+        }
+        log.wrote(batch.start, batch.len);
+        let first_seq = log.next_seq;
+        log.next_seq = batch.last_seq + 1;
+        router.counters.journal_bytes += batch.len as u64;
+        if self.repl.is_some() {
+            let records = &log.bytes[batch.records_at..batch.records_at + batch.len];
+            let job = ReplJob {
+                local: local as u32,
+                shard: log.id.shard_index,
+                first_seq,
+                last_seq: batch.last_seq,
+                bytes: records.to_vec(),
+            };
+            batch.started_ns = now;
+            log.replicating.push_back(batch);
+            self.repl_backlog.push_back(job);
+            self.repl_submit();
+            return;
+        }
+        self.apply_durable(local, batch);
+    }
+
+    /// Applies a batch that is durable (and replicated, with `--replicas`)
+    /// and sends its reports.
+    fn apply_durable(&mut self, local: usize, mut batch: Inflight) {
+        if let Some(shard) = self.st.shards.get_mut(local) {
+            let counted = &mut self.st.shard_counters[local];
+            apply_batch(
+                shard,
+                &batch.cmds,
+                batch.engine_ns,
+                &mut self.st.router,
+                counted,
+            );
+        }
+        self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
         batch.cmds.clear();
         self.st.logs[local].batch = batch.cmds;
+    }
+
+    /// Hands the replication thread the batches waiting for room in its ring.
+    pub(super) fn repl_submit(&mut self) {
+        let Some(link) = self.repl.as_mut() else {
+            return;
+        };
+        while let Some(job) = self.repl_backlog.pop_front() {
+            if let Err(job) = link.send(job) {
+                self.repl_backlog.push_front(job);
+                break;
+            }
+        }
+    }
+
+    /// Applies the batches JetStream has stored, in order.
+    pub(super) fn poll_replicated(&mut self) {
+        let now = self.st.now_ns;
+        while let Some(done) = self.repl.as_mut().and_then(|l| l.poll()) {
+            let local = done.local as usize;
+            loop {
+                let Some(log) = self.st.logs.get_mut(local) else {
+                    self.st.router.counters.internal_errors += 1;
+                    break;
+                };
+                match log.replicating.front() {
+                    Some(b) if b.last_seq <= done.last_seq => {}
+                    _ => break,
+                }
+                let Some(batch) = log.replicating.pop_front() else {
+                    break;
+                };
+                self.st
+                    .router
+                    .counters
+                    .replication(now.saturating_sub(batch.started_ns));
+                self.apply_durable(local, batch);
+            }
+        }
+    }
+
+    /// True while a batch waits for JetStream (or for room in the ring).
+    pub(super) fn replicating(&self) -> bool {
+        !self.repl_backlog.is_empty() || self.st.logs.iter().any(|l| !l.replicating.is_empty())
     }
 
     /// A write failed: reject its batch (keeping what cannot be refused for

@@ -92,6 +92,8 @@ pub struct CoreJournal {
     pub logs: Vec<ShardLog>,
     pub jobs: Sender<Job>,
     pub done: Receiver<Done>,
+    /// With `--replicas`: the link to the replication thread.
+    pub repl: Option<crate::server::replicate::ReplLink>,
 }
 
 /// Everything of a core except its rings and buffers, so that data
@@ -159,6 +161,10 @@ pub struct Core<M> {
     /// To the journal's background thread, and its answers.
     jobs: Option<Sender<Job>>,
     done: Option<Receiver<Done>>,
+    /// With `--replicas`: to the replication thread and back.
+    repl: Option<crate::server::replicate::ReplLink>,
+    /// Durable batches waiting for room in the replication ring.
+    repl_backlog: std::collections::VecDeque<crate::server::replicate::ReplJob>,
     /// The handshake threads' queues, on a TLS listener.
     tls: Option<crate::server::tls::CoreTls>,
 }
@@ -183,9 +189,9 @@ impl<M: Matcher + Snapshot> Core<M> {
         let (ring, _mode) = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let bufring = BufRing::new(&ring, cfg.recv_buffers, cfg.recv_buffer_bytes, 0)?;
         let staging_limit = cfg.ring_capacity.max(cfg.batch);
-        let (logs, jobs, done) = match journal {
-            Some(j) => (j.logs, Some(j.jobs), Some(j.done)),
-            None => (Vec::new(), None, None),
+        let (logs, jobs, done, repl) = match journal {
+            Some(j) => (j.logs, Some(j.jobs), Some(j.done), j.repl),
+            None => (Vec::new(), None, None, None),
         };
         let session = SessionLayer::new(cfg.session.clone());
         let tls = cfg.tls.take();
@@ -204,6 +210,8 @@ impl<M: Matcher + Snapshot> Core<M> {
             arrays_published_ns: 0,
             jobs,
             done,
+            repl,
+            repl_backlog: std::collections::VecDeque::new(),
             tls,
             st: State {
                 router: Router {
@@ -278,7 +286,9 @@ impl<M: Matcher + Snapshot> Core<M> {
             // Market-data subscriptions, between batches.
             self.st.md_serve();
             self.poll_journal_done();
+            self.poll_replicated();
             self.journal_submit();
+            self.repl_submit();
             self.st.router.md_flush_conflated();
             self.st.collect_dirty();
             let left = self.flush_staging();
@@ -312,6 +322,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             let idle = self.st.draining
                 && !has_work
                 && !self.journal_busy()
+                && !self.replicating()
                 && self.st.pending.iter().all(Vec::is_empty)
                 && self.output_flushed();
             self.publish(start, monotonic_ns().saturating_sub(start), idle);

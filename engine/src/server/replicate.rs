@@ -1,0 +1,797 @@
+//! Replicated journals (`--replicas R`, R of 2 or more): every journal
+//! batch of a shard this node serves is also published to that shard's
+//! JetStream stream, and its reports leave only when the local write is
+//! durable *and* JetStream has acknowledged the publish (stored on a
+//! quorum of the stream's R servers).
+//!
+//! # Streams
+//!
+//! | stream | subject | replicas | storage |
+//! | --- | --- | --- | --- |
+//! | `TURBO_DEX_SHARD_<n>` | `turbo-dex.journal.<n>` | R | file |
+//!
+//! A message is a run of journal records exactly as the local journal
+//! writes them (`journal::encode_record`: sequence, engine time, command):
+//! every batch that waited while the previous publish was in flight, up
+//! to the server's `max_payload` (a batch larger than that is cut at
+//! record boundaries). Its `Nats-Msg-Id` is
+//! `<node>.<shard>.<first seq>.<last seq>` (node id in 16 hex digits):
+//! who wrote it, and which records it carries.
+//!
+//! # Order
+//!
+//! Each publish carries `Nats-Expected-Last-Subject-Sequence`, the stream
+//! sequence of the shard's last stored message, so the stream refuses it
+//! unless it follows that message: records are never stored twice, out of
+//! order, or after another node's. One such publish is in flight per
+//! shard (streams of different shards run side by side): nats-server
+//! checks the expectation against the messages it has applied, so a
+//! second conditional publish sent before the first is stored is refused
+//! (measured with nats-server 2.9.10 and R3). Throughput is not capped by
+//! the round trip: the next publish carries every batch that arrived
+//! meanwhile (group commit, as the local journal does). After a failure
+//! (a timeout, no quorum, a leader change) the task reads the stream's
+//! last message, which says through its id whose records it holds and up
+//! to which sequence, and resumes after it. A last message by another
+//! node means another node served the shard meanwhile: nothing more is
+//! published or acknowledged for it (the batches wait, unanswered; the
+//! node has lost the shard's lease by then).
+//!
+//! # Never blocking matching
+//!
+//! The cores hand batches over bounded single-producer rings
+//! ([`ReplLink`]) and take the acknowledgements back from rings; this
+//! thread (`turbo-dex-repl`) runs one async-nats client on its own
+//! current-thread tokio runtime, one task per shard.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, mpsc};
+
+use crate::journal;
+
+/// The stream of shard `shard`.
+pub fn stream_name(shard: u32) -> String {
+    format!("TURBO_DEX_SHARD_{shard}")
+}
+
+/// The subject shard `shard`'s journal is published on.
+pub fn subject(shard: u32) -> String {
+    format!("turbo-dex.journal.{shard}")
+}
+
+/// The `Nats-Msg-Id` of the records `first..=last` of `shard` by `node`.
+pub fn message_id(node: u64, shard: u32, first: u64, last: u64) -> String {
+    format!("{node:016x}.{shard}.{first}.{last}")
+}
+
+/// A message id's parts: node, shard, first and last sequence.
+pub fn parse_message_id(id: &str) -> Option<(u64, u32, u64, u64)> {
+    let mut parts = id.split('.');
+    let node = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let shard = parts.next()?.parse().ok()?;
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((node, shard, first, last))
+}
+
+/// How long JetStream remembers a message id.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a publish waits for JetStream's acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause between attempts to create a stream or read its last message.
+const RETRY: Duration = Duration::from_millis(250);
+/// The pause before reading the stream again after a failed publish.
+const RESYNC_PAUSE: Duration = Duration::from_millis(50);
+/// Batches each core's ring holds (either way).
+pub const RING: usize = 4096;
+/// A message's payload stays this far under the server's `max_payload`
+/// (room for the headers).
+const HEADER_ROOM: usize = 1024;
+
+/// A journal batch, durable on this node, to be replicated.
+pub struct ReplJob {
+    /// The core's local shard index (given back in [`ReplDone`]).
+    pub local: u32,
+    /// The global shard.
+    pub shard: u32,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The batch's records, as the journal wrote them.
+    pub bytes: Vec<u8>,
+}
+
+/// Every record of local shard `local` up to `last_seq` is stored in its
+/// stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplDone {
+    pub local: u32,
+    pub last_seq: u64,
+}
+
+/// Wakes the replication thread when it sleeps.
+struct Wake {
+    sleeping: AtomicBool,
+    notify: Notify,
+}
+
+impl Wake {
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// A core's end of the replication thread: batches out, acknowledgements
+/// back. Never blocks.
+pub struct ReplLink {
+    jobs: rtrb::Producer<ReplJob>,
+    done: rtrb::Consumer<ReplDone>,
+    wake: Arc<Wake>,
+}
+
+impl ReplLink {
+    /// Hands a batch over; gives it back when the ring is full.
+    pub fn send(&mut self, job: ReplJob) -> Result<(), ReplJob> {
+        match self.jobs.push(job) {
+            Ok(()) => {
+                self.wake.wake();
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(job)) => Err(job),
+        }
+    }
+
+    /// The next acknowledgement, if any.
+    pub fn poll(&mut self) -> Option<ReplDone> {
+        self.done.pop().ok()
+    }
+}
+
+/// What the replication thread needs.
+#[derive(Clone, Debug)]
+pub struct ReplConfig {
+    /// `nats://HOST:PORT[,...]`.
+    pub urls: Vec<String>,
+    /// Each stream's replicas (2 or more).
+    pub replicas: usize,
+    /// This node's id (in the message ids).
+    pub node: u64,
+}
+
+/// The replication thread.
+pub struct Replicator {
+    stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The thread's end of one core's link.
+struct CoreEnd {
+    jobs: rtrb::Consumer<ReplJob>,
+    done: rtrb::Producer<ReplDone>,
+    /// Acknowledgements the full ring did not take yet.
+    backlog: VecDeque<ReplDone>,
+}
+
+impl Replicator {
+    /// Starts the thread with one link per core; `kick(core)` wakes a core
+    /// that has acknowledgements to take.
+    pub fn start(
+        cfg: ReplConfig,
+        cores: usize,
+        kick: Arc<dyn Fn(usize) + Send + Sync>,
+    ) -> std::io::Result<(Replicator, Vec<ReplLink>)> {
+        let wake = Arc::new(Wake {
+            sleeping: AtomicBool::new(false),
+            notify: Notify::new(),
+        });
+        let mut links = Vec::with_capacity(cores);
+        let mut ends = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let (jobs_tx, jobs_rx) = rtrb::RingBuffer::new(RING);
+            let (done_tx, done_rx) = rtrb::RingBuffer::new(RING);
+            links.push(ReplLink {
+                jobs: jobs_tx,
+                done: done_rx,
+                wake: Arc::clone(&wake),
+            });
+            ends.push(CoreEnd {
+                jobs: jobs_rx,
+                done: done_tx,
+                backlog: VecDeque::new(),
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
+            std::thread::Builder::new()
+                .name("turbo-dex-repl".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!("replication: cannot start its runtime: {e}");
+                            return;
+                        }
+                    };
+                    rt.block_on(run(cfg, ends, kick, stop, wake));
+                })?
+        };
+        Ok((
+            Replicator {
+                stop,
+                wake,
+                thread: Some(thread),
+            },
+            links,
+        ))
+    }
+
+    /// Stops the thread (batches not yet acknowledged stay so).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.sleeping.store(false, Ordering::SeqCst);
+        self.wake.notify.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A shard task's input: a batch from `core`.
+type ShardInput = (usize, ReplJob);
+/// A shard task's output: an acknowledgement for `core`.
+type ShardOutput = (usize, ReplDone);
+
+async fn run(
+    cfg: ReplConfig,
+    mut ends: Vec<CoreEnd>,
+    kick: Arc<dyn Fn(usize) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+) {
+    let client = match async_nats::ConnectOptions::new()
+        .name("turbo-dex replication")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(crate::mdbridge::reconnect_delay)
+        .connect(cfg.urls.clone())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("replication: cannot start the NATS client: {e}");
+            return;
+        }
+    };
+    let js = jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .max_ack_inflight(RING)
+        .build(client.clone());
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ShardOutput>();
+    let mut shards: HashMap<u32, mpsc::UnboundedSender<ShardInput>> = HashMap::new();
+    let cfg = Arc::new(cfg);
+    while !stop.load(Ordering::Acquire) {
+        let mut busy = false;
+        for (core, end) in ends.iter_mut().enumerate() {
+            while let Ok(job) = end.jobs.pop() {
+                busy = true;
+                let tx = shards.entry(job.shard).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(shard_task(
+                        js.clone(),
+                        client.clone(),
+                        Arc::clone(&cfg),
+                        job.shard,
+                        rx,
+                        out_tx.clone(),
+                    ));
+                    tx
+                });
+                let _ = tx.send((core, job));
+            }
+        }
+        while let Ok((core, done)) = out_rx.try_recv() {
+            busy = true;
+            if let Some(end) = ends.get_mut(core) {
+                end.backlog.push_back(done);
+            }
+        }
+        for (core, end) in ends.iter_mut().enumerate() {
+            let mut pushed = false;
+            while let Some(&d) = end.backlog.front() {
+                if end.done.push(d).is_err() {
+                    break;
+                }
+                end.backlog.pop_front();
+                pushed = true;
+            }
+            if pushed {
+                kick(core);
+            }
+        }
+        if busy {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        wake.sleeping.store(true, Ordering::SeqCst);
+        // A core that pushed before seeing the flag did not wake us.
+        if ends.iter().any(|e| !e.jobs.is_empty()) || stop.load(Ordering::Acquire) {
+            wake.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        let backlog = ends.iter().any(|e| !e.backlog.is_empty());
+        let nap = if backlog {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        tokio::select! {
+            () = wake.notify.notified() => {}
+            Some((core, done)) = out_rx.recv() => {
+                if let Some(end) = ends.get_mut(core) {
+                    end.backlog.push_back(done);
+                }
+            }
+            () = tokio::time::sleep(nap) => {}
+        }
+        wake.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One message: records `first..=last` of a batch of `core`.
+struct Part {
+    core: usize,
+    local: u32,
+    first: u64,
+    last: u64,
+    /// The batch ends with this part.
+    ends_batch: bool,
+    payload: Bytes,
+}
+
+/// Splits a batch into parts of at most `max` bytes, at record boundaries
+/// (one record larger than `max` goes alone: the server refuses it and
+/// the shard stops, said in the log).
+fn split(core: usize, job: ReplJob, max: usize) -> Vec<Part> {
+    let ReplJob {
+        local,
+        first_seq,
+        last_seq,
+        bytes,
+        ..
+    } = job;
+    if bytes.len() <= max {
+        return vec![Part {
+            core,
+            local,
+            first: first_seq,
+            last: last_seq,
+            ends_batch: true,
+            payload: Bytes::from(bytes),
+        }];
+    }
+    let bytes = Bytes::from(bytes);
+    let mut parts = Vec::new();
+    let (mut start, mut at, mut first) = (0usize, 0usize, first_seq);
+    let mut seq = first_seq;
+    while at < bytes.len() {
+        let len = match journal::decode_record(&bytes[at..]) {
+            Ok(Some((record, len))) => {
+                seq = record.seq;
+                len
+            }
+            // The core encoded these bytes: this cannot happen.
+            _ => bytes.len() - at,
+        };
+        if at + len - start > max && at > start {
+            parts.push(Part {
+                core,
+                local,
+                first,
+                last: seq - 1,
+                ends_batch: false,
+                payload: bytes.slice(start..at),
+            });
+            start = at;
+            first = seq;
+        }
+        at += len;
+    }
+    parts.push(Part {
+        core,
+        local,
+        first,
+        last: last_seq,
+        ends_batch: true,
+        payload: bytes.slice(start..),
+    });
+    parts
+}
+
+/// What the stream's last message says.
+enum Last {
+    /// The stream holds nothing of the shard.
+    Empty,
+    /// Records up to `last` by `node`, at stream sequence `seq`.
+    Records { node: u64, last: u64, seq: u64 },
+}
+
+/// Creates (or finds) the shard's stream, retrying until it exists.
+async fn ensure_stream(js: &jetstream::Context, cfg: &ReplConfig, shard: u32) -> stream::Stream {
+    let config = stream::Config {
+        name: stream_name(shard),
+        subjects: vec![subject(shard)],
+        num_replicas: cfg.replicas,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    let mut said = None::<String>;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(s) => {
+                if said.is_some() {
+                    tracing::info!("replication: stream {} exists now", config.name);
+                }
+                return s;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if said.as_deref() != Some(why.as_str()) {
+                    tracing::error!(
+                        "replication: cannot create stream {} with {} replicas: {why}; \
+                         retrying (the shard's orders are not acknowledged meanwhile; \
+                         --replicas {} needs that many NATS servers with JetStream)",
+                        config.name,
+                        cfg.replicas,
+                        cfg.replicas
+                    );
+                    said = Some(why);
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Reads the stream's last message, retrying until it can.
+async fn read_last(stream: &stream::Stream, shard: u32) -> Last {
+    let mut said = false;
+    loop {
+        match stream
+            .get_last_raw_message_by_subject(&subject(shard))
+            .await
+        {
+            Ok(m) => {
+                let id = m
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .and_then(|v| parse_message_id(v.as_str()));
+                return match id {
+                    Some((node, _, _, last)) => Last::Records {
+                        node,
+                        last,
+                        seq: m.sequence,
+                    },
+                    // Not a turbo-dex message: nobody's records.
+                    None => Last::Records {
+                        node: u64::MAX,
+                        last: u64::MAX,
+                        seq: m.sequence,
+                    },
+                };
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Last::Empty;
+            }
+            Err(e) => {
+                if !said {
+                    tracing::warn!(
+                        "replication: cannot read the last message of {}: {e}; retrying",
+                        stream_name(shard)
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// One shard: publishes its parts in order, one conditional publish at
+/// a time carrying every part that waits, and reports each batch whose
+/// last part is stored.
+async fn shard_task(
+    js: jetstream::Context,
+    client: async_nats::Client,
+    cfg: Arc<ReplConfig>,
+    shard: u32,
+    mut input: mpsc::UnboundedReceiver<ShardInput>,
+    output: mpsc::UnboundedSender<ShardOutput>,
+) {
+    let subject = subject(shard);
+    let stream = ensure_stream(&js, &cfg, shard).await;
+    // Parts not yet known stored, in order.
+    let mut parts: VecDeque<Part> = VecDeque::new();
+    // The stream sequence of the shard's last stored message (0: none).
+    let mut stream_seq = 0;
+    // Records up to here are stored (None: none yet).
+    let mut stored: Option<u64> = None;
+    // Another node wrote the stream: publish nothing more.
+    let mut foreign = false;
+    let mut broken = true; // start by reading the stream
+    // The publish in flight: the last record it carries.
+    let mut inflight: Option<(u64, Ack)> = None;
+    let mut open = true;
+    let mut payload = BytesMut::new();
+    loop {
+        if broken && inflight.is_none() {
+            // Not at once: the failure may last (no quorum for a while).
+            if !parts.is_empty() {
+                tokio::time::sleep(RESYNC_PAUSE).await;
+            }
+            match read_last(&stream, shard).await {
+                Last::Empty => stream_seq = 0,
+                Last::Records { node, last, seq } if node == cfg.node => {
+                    stream_seq = seq;
+                    stored = stored.max(Some(last));
+                }
+                Last::Records { node, .. } => {
+                    if !foreign {
+                        tracing::error!(
+                            "replication: {} was written by node {node:016x}: this node \
+                             publishes (and acknowledges) nothing more of shard {shard}",
+                            stream_name(shard)
+                        );
+                    }
+                    foreign = true;
+                }
+            }
+            broken = false;
+            if !foreign {
+                report(&mut parts, stored, &output);
+            }
+        }
+        if inflight.is_none() && !broken && !foreign && !parts.is_empty() {
+            let max = client
+                .server_info()
+                .max_payload
+                .saturating_sub(HEADER_ROOM)
+                .max(HEADER_ROOM);
+            // Every waiting part that fits (the first always goes).
+            payload.clear();
+            let first = parts[0].first;
+            let mut last = first;
+            for p in parts.iter() {
+                if !payload.is_empty() && payload.len() + p.payload.len() > max {
+                    break;
+                }
+                payload.extend_from_slice(&p.payload);
+                last = p.last;
+            }
+            let publish = PublishMessage::build()
+                .payload(payload.split().freeze())
+                .message_id(message_id(cfg.node, shard, first, last))
+                .expected_last_subject_sequence(stream_seq);
+            match js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => inflight = Some((last, tokio::spawn(ack.into_future()))),
+                Err(e) => {
+                    tracing::warn!("replication: publishing shard {shard}: {e}");
+                    broken = true;
+                    continue;
+                }
+            }
+        }
+        if !open && parts.is_empty() {
+            return;
+        }
+        tokio::select! {
+            got = input.recv(), if open => match got {
+                Some((core, job)) => {
+                    let max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
+                    parts.extend(split(core, job, max.max(HEADER_ROOM)));
+                }
+                None => open = false,
+            },
+            (last, result) = next_ack(&mut inflight) => match result {
+                Ok(ack) => {
+                    stream_seq = ack.sequence;
+                    stored = Some(last);
+                    report(&mut parts, stored, &output);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "replication: shard {shard}: a publish was not stored: {e}; \
+                         reading the stream before publishing again"
+                    );
+                    broken = true;
+                }
+            },
+        }
+    }
+}
+
+/// A publish's acknowledgement, as a task (so that it runs on while the
+/// shard's task waits for something else).
+type Ack = tokio::task::JoinHandle<
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+>;
+
+/// The publish in flight's acknowledgement (never, while there is none).
+async fn next_ack(
+    inflight: &mut Option<(u64, Ack)>,
+) -> (u64, Result<jetstream::publish::PublishAck, String>) {
+    let Some((last, handle)) = inflight.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = match handle.await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let last = *last;
+    *inflight = None;
+    (last, result)
+}
+
+/// Drops the parts stored (through `stored`) and reports each batch
+/// that ended among them.
+fn report(
+    parts: &mut VecDeque<Part>,
+    stored: Option<u64>,
+    output: &mpsc::UnboundedSender<ShardOutput>,
+) {
+    let Some(stored_through) = stored else {
+        return;
+    };
+    while let Some(p) = parts.front() {
+        if p.last > stored_through {
+            break;
+        }
+        if p.ends_batch {
+            let _ = output.send((
+                p.core,
+                ReplDone {
+                    local: p.local,
+                    last_seq: p.last,
+                },
+            ));
+        }
+        parts.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::{Command, Op, SessionId};
+    use wire::{NewOrder, Side};
+
+    fn batch(first: u64, n: u64) -> ReplJob {
+        let mut bytes = Vec::new();
+        for seq in first..first + n {
+            let cmd = Command {
+                session: SessionId::from_raw(7),
+                account: 1,
+                op: Op::New(NewOrder::limit(seq, 0, Side::Buy, 100, 1)),
+            };
+            journal::encode_record(&mut bytes, seq, 0, &cmd);
+        }
+        ReplJob {
+            local: 3,
+            shard: 9,
+            first_seq: first,
+            last_seq: first + n - 1,
+            bytes,
+        }
+    }
+
+    fn seqs(payload: &[u8]) -> Vec<u64> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < payload.len() {
+            let (r, len) = journal::decode_record(&payload[at..]).unwrap().unwrap();
+            out.push(r.seq);
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        let id = message_id(0xfeed, 12, 5, 900);
+        assert_eq!(id, "000000000000feed.12.5.900");
+        assert_eq!(parse_message_id(&id), Some((0xfeed, 12, 5, 900)));
+        for bad in ["", "feed.1.2", "feed.1.2.3.4", "zz.1.2.3", "feed.x.2.3"] {
+            assert_eq!(parse_message_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_fits_is_one_part() {
+        let parts = split(1, batch(10, 5), 1 << 20);
+        assert_eq!(parts.len(), 1);
+        let p = &parts[0];
+        assert_eq!(
+            (p.core, p.local, p.first, p.last, p.ends_batch),
+            (1, 3, 10, 14, true)
+        );
+        assert_eq!(seqs(&p.payload), (10..=14).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_batch_is_cut_at_record_boundaries() {
+        let job = batch(1, 100);
+        let record = job.bytes.len() / 100;
+        let parts = split(0, job, record * 30 + record / 2);
+        let got: Vec<(u64, u64, bool)> = parts
+            .iter()
+            .map(|p| (p.first, p.last, p.ends_batch))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 30, false),
+                (31, 60, false),
+                (61, 90, false),
+                (91, 100, true)
+            ]
+        );
+        for p in &parts {
+            assert_eq!(seqs(&p.payload), (p.first..=p.last).collect::<Vec<_>>());
+            assert!(p.payload.len() <= record * 30 + record / 2);
+        }
+    }
+
+    #[test]
+    fn report_answers_each_batch_once_its_last_part_is_stored() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let job = batch(1, 10);
+        let record = job.bytes.len() / 10;
+        let mut parts: VecDeque<Part> = split(0, job, record * 4).into();
+        parts.extend(split(1, batch(11, 2), 1 << 20));
+        report(&mut parts, None, &tx);
+        report(&mut parts, Some(8), &tx);
+        assert!(rx.try_recv().is_err(), "the first batch ends at 10");
+        assert_eq!(parts.len(), 2);
+        report(&mut parts, Some(12), &tx);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            (
+                0,
+                ReplDone {
+                    local: 3,
+                    last_seq: 10
+                }
+            )
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            (
+                1,
+                ReplDone {
+                    local: 3,
+                    last_seq: 12
+                }
+            )
+        );
+        assert!(parts.is_empty());
+    }
+}
