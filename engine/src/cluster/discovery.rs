@@ -700,8 +700,22 @@ pub fn discover(cfg: &DiscoveryConfig) -> Result<Discovered, DiscoveryError> {
 fn start_server(cfg: &DiscoveryConfig, advertise: &[IpAddr]) -> Result<NatsServer, DiscoveryError> {
     let dir = cfg.data_dir.join("nats");
     let first = advertise.first();
+    let bin = nats_server_bin(cfg);
+    let version = super::natsd::binary_version(&bin);
+    let sync_always = version
+        .as_deref()
+        .is_some_and(super::natsd::syncs_every_message);
+    if !sync_always {
+        tracing::info!(
+            "nats-server {}: JetStream acknowledges messages in its page cache (sync_interval: \
+             always needs nats-server 2.10 or later); replicated journals (--replicas) survive \
+             the loss of a machine, not the power loss of most servers at once",
+            version.as_deref().unwrap_or("of unknown version")
+        );
+    }
     let natsd_cfg = NatsdConfig {
-        bin: nats_server_bin(cfg),
+        bin,
+        sync_always,
         server_name: cfg.node_id.clone(),
         client_listen: SocketAddr::from(([0, 0, 0, 0], cfg.nats_port)),
         route_listen: SocketAddr::from(([0, 0, 0, 0], cfg.route_port)),

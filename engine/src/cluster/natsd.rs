@@ -113,6 +113,29 @@ pub struct NatsdConfig {
     pub routes: BTreeSet<String>,
     /// How long [`NatsServer::start`] waits for the server to serve.
     pub ready_timeout: Duration,
+    /// `jetstream.sync_interval: always`: JetStream fsyncs each message
+    /// before it acknowledges it (nats-server 2.10 and later; see
+    /// [`syncs_every_message`]). Without it, an acknowledged message is on
+    /// a quorum of servers but in their page caches, synced every two
+    /// minutes: a power loss of a majority at once can lose it.
+    pub sync_always: bool,
+}
+
+/// Whether nats-server `version` (`2.10.3`, `v2.9.10`) knows
+/// `sync_interval: always`: 2.10 and later.
+pub fn syncs_every_message(version: &str) -> bool {
+    let v = version.trim().trim_start_matches('v');
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+/// The version `bin --version` prints (`nats-server: v2.9.10`), if it runs.
+pub fn binary_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().last()?;
+    Some(v.trim_start_matches('v').to_string())
 }
 
 /// What went wrong starting or changing a nats-server.
@@ -219,6 +242,9 @@ pub fn render_config(cfg: &NatsdConfig) -> String {
         "  store_dir: {}\n",
         quoted(&cfg.store_dir.to_string_lossy())
     ));
+    if cfg.sync_always {
+        out.push_str("  sync_interval: always\n");
+    }
     out.push_str("}\n");
     // No routes: no cluster block (see the module docs: JetStream runs
     // standalone instead of waiting for a peer that is not there).
@@ -692,7 +718,30 @@ mod tests {
             log_path: "/var/lib/td/nats/nats-server.log".into(),
             routes: BTreeSet::new(),
             ready_timeout: READY_TIMEOUT_DEFAULT,
+            sync_always: false,
         }
+    }
+
+    #[test]
+    fn sync_always_needs_2_10_and_is_written_in_the_jetstream_block() {
+        for (v, yes) in [
+            ("2.9.10", false),
+            ("v2.9.10", false),
+            ("2.10.0", true),
+            ("v2.15.1", true),
+            ("3.0.0", true),
+            ("", false),
+        ] {
+            assert_eq!(syncs_every_message(v), yes, "{v}");
+        }
+        let text = render_config(&NatsdConfig {
+            sync_always: true,
+            ..cfg()
+        });
+        assert!(
+            text.contains("jetstream {\n  store_dir: \"/var/lib/td/nats/jetstream\"\n  sync_interval: always\n}\n"),
+            "{text}"
+        );
     }
 
     #[test]
