@@ -12,6 +12,10 @@
 #   (2) formation: scripts/auto-cluster.sh --nodes N (nodes in network
 #       namespaces with --cluster auto, finding each other by mDNS), its
 #       formed_ms for every run and the median;
+#   (4) replicas: one node on a three-server NATS cluster (started by this
+#       script, fresh for every run) with --replicas 1 (no replication), 2
+#       and 3, alternating, driven as in (1): orders/s, trades/s, batch-1
+#       p50/p99, and each one's ratio to --replicas 1;
 #   (3) failover: two nodes on one nats-server, the owner of shard 0 killed
 #       with SIGKILL and restarted at once on the same journal directory
 #       (what systemd's Restart= does), the time from the kill until an
@@ -41,6 +45,7 @@ FORM_RUNS=3
 FORM_STAGGER=0
 FAILOVER_RUNS=3
 FAILOVER_SHARDS=4
+REPLICAS_LIST="1,2,3"
 SKIP=""
 JSON=""
 OUT=""
@@ -51,7 +56,8 @@ usage() {
 Usage: scripts/bench-cluster.sh [--rounds N] [--duration D] [--warmup D] [--latency-rate R]
                                 [--fsync never|batch] [--no-spin]
                                 [--form-nodes N[,N...]] [--form-runs N] [--form-stagger S]
-                                [--failover-runs N] [--failover-shards N] [--skip overhead,formation,failover]
+                                [--failover-runs N] [--failover-shards N] [--replicas LIST]
+                                [--skip overhead,formation,failover,replicas]
                                 [--json FILE] [--out DIR] [--bin-dir DIR]
 
   --rounds N          overhead: alternating rounds, each one run without and one
@@ -71,14 +77,18 @@ Usage: scripts/bench-cluster.sh [--rounds N] [--duration D] [--warmup D] [--late
   --failover-runs N   kill-and-restart runs (default 3)
   --failover-shards N the two nodes' --shards (default 4; each recovers its
                       journal, one 64 MiB segment per shard, when restarted)
-  --skip LIST         parts to leave out: overhead, formation, failover
+  --replicas LIST     replicas: the --replicas values compared, each run with the
+                      rounds, duration and latency rate of the overhead part
+                      (default 1,2,3; 1 is the baseline)
+  --skip LIST         parts to leave out: overhead, formation, failover, replicas
   --json FILE         also write every figure as JSON to FILE
   --out DIR           keep every run's files (dex-trader JSON, logs, status) in DIR
                       (default: a temporary directory, removed at exit)
   --bin-dir DIR       prebuilt turbo-dex and dex-trader (default: build release)
   -h, --help          this text
 
-Needs nats-server (apt-get install nats-server); formation also needs root and
+Needs nats-server (apt-get install nats-server) and, for replicas, ss (iproute2);
+formation also needs root and
 ip from iproute2 (network namespaces). On a machine with few CPUs every
 process shares them: the overhead runs pin turbo-dex's core to the first
 half of the allowed CPUs and dex-trader to the rest, and nats-server and the
@@ -100,7 +110,8 @@ while [ $# -gt 0 ]; do
         --form-stagger) FORM_STAGGER=${2:?--form-stagger needs seconds}; shift 2 ;;
         --failover-runs) FAILOVER_RUNS=${2:?--failover-runs needs a count}; shift 2 ;;
         --failover-shards) FAILOVER_SHARDS=${2:?--failover-shards needs a count}; shift 2 ;;
-        --skip) SKIP=${2:?--skip needs a list: overhead, formation, failover}; shift 2 ;;
+        --replicas) REPLICAS_LIST=${2:?--replicas needs a list, like 1,2,3}; shift 2 ;;
+        --skip) SKIP=${2:?--skip needs a list: overhead, formation, failover, replicas}; shift 2 ;;
         --json) JSON=${2:?--json needs a file}; shift 2 ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
         --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
@@ -141,13 +152,21 @@ for n in $FORM_NODES; do
     esac
     [ "$n" -le 50 ] || die "--form-nodes: $n is not a node count from 1 to 50"
 done
-DO_OVERHEAD=1 DO_FORMATION=1 DO_FAILOVER=1
+REPLICAS_LIST=${REPLICAS_LIST//,/ }
+for r in $REPLICAS_LIST; do
+    case "$r" in
+        [1-3]) ;;
+        *) die "--replicas: $r is not 1, 2 or 3 (the script's NATS cluster has three servers)" ;;
+    esac
+done
+DO_OVERHEAD=1 DO_FORMATION=1 DO_FAILOVER=1 DO_REPLICAS=1
 for part in ${SKIP//,/ }; do
     case "$part" in
         overhead) DO_OVERHEAD=0 ;;
         formation) DO_FORMATION=0 ;;
         failover) DO_FAILOVER=0 ;;
-        *) die "--skip $part: give overhead, formation or failover" ;;
+        replicas) DO_REPLICAS=0 ;;
+        *) die "--skip $part: give overhead, formation, failover or replicas" ;;
     esac
 done
 [ -z "$JSON" ] || JSON=$(json_out_path "$JSON")
@@ -157,7 +176,7 @@ NATS_BIN=$(command -v nats-server || true)
 for dir in /usr/sbin /usr/local/sbin; do
     [ -n "$NATS_BIN" ] || [ ! -x "$dir/nats-server" ] || NATS_BIN="$dir/nats-server"
 done
-if [ "$DO_OVERHEAD" -eq 1 ] || [ "$DO_FAILOVER" -eq 1 ] || [ "$DO_FORMATION" -eq 1 ]; then
+if [ "$DO_OVERHEAD" -eq 1 ] || [ "$DO_FAILOVER" -eq 1 ] || [ "$DO_FORMATION" -eq 1 ] || [ "$DO_REPLICAS" -eq 1 ]; then
     [ -n "$NATS_BIN" ] || die "needs nats-server (apt-get install nats-server)"
 fi
 if [ "$DO_FORMATION" -eq 1 ]; then
@@ -170,11 +189,13 @@ TMP=""
 SERVER_PID=""
 NATS_PID=""
 NODE_PIDS=()
+NATS_CLUSTER_PIDS=()
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() {
     local pid
     trap - EXIT INT TERM
     stop_server
+    stop_nats_cluster
     for pid in "${NODE_PIDS[@]}"; do
         [ -n "$pid" ] || continue
         kill -KILL "$pid" 2>/dev/null || true
@@ -236,6 +257,67 @@ stop_nats() {
     [ -n "${NATS_PID:-}" ] || return 0
     stop_child "$NATS_PID" TERM 60
     NATS_PID=""
+}
+
+# A TCP port nothing listens on, below the ephemeral range (so that no
+# outgoing connection takes it meanwhile), and not yet handed out here.
+GIVEN_PORTS=" "
+unused_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        case "$GIVEN_PORTS" in *" $p "*) continue ;; esac
+        if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
+            GIVEN_PORTS="$GIVEN_PORTS$p "
+            echo "$p"
+            return 0
+        fi
+        : "$i"
+    done
+    die "found no free TCP port between 20000 and 32000"
+}
+
+# Starts three nats-servers with JetStream routed into one cluster on
+# 127.0.0.1 (free ports, every server routing to all three), their stores
+# under DIR; waits until each knows JetStream's meta leader; sets
+# NATS_CLUSTER_PIDS and NATS_URL (the first server's client URL).
+start_nats_cluster() {
+    local dir=$1 i routes="" client=() route=()
+    mkdir -p "$dir"
+    for i in 0 1 2; do
+        client[i]=$(unused_port)
+        route[i]=$(unused_port)
+        routes="$routes${routes:+, }nats-route://127.0.0.1:${route[i]}"
+    done
+    for i in 0 1 2; do
+        {
+            echo "server_name: n$i"
+            echo "listen: 127.0.0.1:${client[i]}"
+            echo "jetstream { store_dir: \"$dir/js-$i\" }"
+            echo "cluster { name: bench-replicas, listen: 127.0.0.1:${route[i]}, routes: [$routes] }"
+        } >"$dir/n$i.conf"
+        rm -f "$dir/n$i.log"
+        "$NATS_BIN" -c "$dir/n$i.conf" -l "$dir/n$i.log" >/dev/null 2>&1 &
+        NATS_CLUSTER_PIDS+=("$!")
+    done
+    NATS_URL="nats://127.0.0.1:${client[0]}"
+    for i in $(seq 1 400); do
+        if [ "$(grep -l 'metadata leader' "$dir"/n?.log 2>/dev/null | wc -l)" -eq 3 ]; then
+            return 0
+        fi
+        sleep 0.05
+        : "$i"
+    done
+    tail -n 20 "$dir"/n?.log >&2
+    die "the three nats-servers did not elect a JetStream leader within 20 s (the end of their logs is above)"
+}
+
+stop_nats_cluster() {
+    local pid
+    for pid in "${NATS_CLUSTER_PIDS[@]}"; do
+        stop_child "$pid" TERM 60
+    done
+    NATS_CLUSTER_PIDS=()
 }
 
 # `turbo-dex cluster status` of the cluster at NATS_URL into FILE.
@@ -420,6 +502,106 @@ if [ "$DO_FORMATION" -eq 1 ]; then
     }$f"
     done
     JSON_PARTS+=("$(printf '"formation": [\n    %s\n  ]' "$FORM_LIST")")
+fi
+
+# ---------------------------------------------------------------- replicas
+if [ "$DO_REPLICAS" -eq 1 ]; then
+    read -r -a CPUS <<<"$(allowed_cpus)"
+    NCPU=${#CPUS[@]}
+    if [ "$NCPU" -ge 2 ]; then
+        HALF=$((NCPU / 2))
+        R_SERVER_PIN=(--cores "${CPUS[0]}")
+        R_TRADER_PIN=(--cores "$(join_cpus "${CPUS[@]:HALF}")")
+        R_PLACEMENT="turbo-dex's one engine core on CPU ${CPUS[0]}, dex-trader on CPU $(join_cpus "${CPUS[@]:HALF}"); the replication thread and the three nats-servers unpinned"
+    else
+        R_SERVER_PIN=(--cores "${CPUS[0]}" --no-pin)
+        R_TRADER_PIN=()
+        R_PLACEMENT="one CPU: everything unpinned, sharing it"
+    fi
+    if [ "$SPIN" -eq 1 ]; then
+        R_SERVER_WAIT=(--poll spin) R_TRADER_WAIT=(--spin 1s)
+    else
+        R_SERVER_WAIT=() R_TRADER_WAIT=()
+    fi
+    R_KINDS="tput"
+    [ "$LATENCY_RATE" -eq 0 ] || R_KINDS="tput lat"
+    step "replicas: $ROUNDS round(s) of $DURATION runs with --replicas $(echo "$REPLICAS_LIST" | tr ' ' ','), alternating, one node on a three-server NATS cluster ($R_PLACEMENT; journal with --fsync $FSYNC)"
+
+    # run_replicas R KIND ROUND: one run; appends "orders/s trades/s p50 p99"
+    # to $TMP/replicas-R-KIND.
+    run_replicas() {
+        local r=$1 kind=$2 round=$3 name="replicas-$1-$2-$3"
+        local dir="$TMP/$name" trader_args=() repl_args=()
+        mkdir -p "$dir"
+        start_nats_cluster "$dir/nats"
+        [ "$r" -eq 1 ] || repl_args=(--replicas "$r")
+        start_server "$dir/server.out" "$dir/server.err" "${R_SERVER_PIN[@]}" --quiet --engine match \
+            --journal "$dir/journal" --fsync "$FSYNC" "${R_SERVER_WAIT[@]}" --cluster "$NATS_URL" "${repl_args[@]}"
+        if ! wait_formed 1 1 30; then
+            note "$name: the node did not own its shard within 30 s"
+            sed 's/^/      /' "$dir/server.err" >&2
+            stop_server
+            stop_nats_cluster
+            return 1
+        fi
+        if [ "$kind" = tput ]; then
+            trader_args=(--batch 2000)
+        else
+            trader_args=(--batch 1 --rate "$LATENCY_RATE")
+        fi
+        local status=0
+        "$DEX_TRADER" --server "$SERVER_ADDR" "${R_TRADER_PIN[@]}" "${R_TRADER_WAIT[@]}" --duration "$DURATION" \
+            --warmup "$WARMUP" --connections 2 --mix match "${trader_args[@]}" --quiet --json "$dir/trader.json" \
+            >"$dir/trader.out" 2>"$dir/trader.err" || status=$?
+        stop_server
+        stop_nats_cluster
+        if [ "$status" -ne 0 ] || [ ! -s "$dir/trader.json" ]; then
+            note "$name: dex-trader failed (exit status $status):"
+            sed 's/^/      /' "$dir/trader.err" "$dir/server.err" >&2
+            return 1
+        fi
+        local j="$dir/trader.json"
+        echo "$(json_num "$j" orders_per_sec) $(json_num "$j" trades_per_sec) $(json_num "$j" p50) $(json_num "$j" p99)" >>"$TMP/replicas-$r-$kind"
+        printf '    round %d  --replicas %d %-4s %12s orders/s %10s trades/s   p50 %6.0f us  p99 %6.0f us\n' "$round" "$r" "$kind" \
+            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_rate "$(json_num "$j" trades_per_sec)")" \
+            "$(json_num "$j" p50)" "$(json_num "$j" p99)" >&2
+        rm -rf "$dir/journal" "$dir/nats"/js-*
+    }
+
+    for r in $REPLICAS_LIST; do
+        for kind in $R_KINDS; do
+            : >"$TMP/replicas-$r-$kind"
+        done
+    done
+    for round in $(seq 1 "$ROUNDS"); do
+        # The order turns each round, so no setting always runs first.
+        order=$(echo "$REPLICAS_LIST" | tr ' ' '\n' | awk -v k="$round" '{ v[NR] = $1 } END { for (i = 0; i < NR; i++) print v[(i + k - 1) % NR + 1] }')
+        for kind in $R_KINDS; do
+            for r in $order; do
+                run_replicas "$r" "$kind" "$round" || FAILURES=$((FAILURES + 1))
+            done
+        done
+    done
+    R_BASE=$(med "$TMP/replicas-1-tput" 1 2>/dev/null || echo null)
+    R_JSON=()
+    for r in $REPLICAS_LIST; do
+        lat=""
+        if [ -s "$TMP/replicas-$r-lat" ]; then
+            lat=$(printf ', "latency_us_p50_median": %s, "latency_us_p99_median": %s' \
+                "$(med "$TMP/replicas-$r-lat" 3)" "$(med "$TMP/replicas-$r-lat" 4)")
+        fi
+        R_JSON+=("$(printf '{"replicas": %s, "orders_per_sec": %s, "trades_per_sec": %s, "orders_per_sec_median": %s, "trades_per_sec_median": %s, "orders_ratio_to_1": %s%s}' \
+            "$r" "$(json_col "$TMP/replicas-$r-tput" 1)" "$(json_col "$TMP/replicas-$r-tput" 2)" \
+            "$(med "$TMP/replicas-$r-tput" 1)" "$(med "$TMP/replicas-$r-tput" 2)" \
+            "$(awk -v a="${R_BASE:-null}" -v b="$(med "$TMP/replicas-$r-tput" 1)" 'BEGIN { if (a != "null" && a > 0 && b != "null") printf "%.3f", b / a; else print "null" }')" "$lat")")
+    done
+    R_LIST=""
+    for f in "${R_JSON[@]}"; do
+        R_LIST="${R_LIST:+$R_LIST,
+    }$f"
+    done
+    JSON_PARTS+=("$(printf '"replicas": {"rounds": %s, "duration": "%s", "batch": 2000, "mix": "match", "fsync": "%s", "latency_rate": %s, "placement": "%s", "runs": [\n    %s\n  ]}' \
+        "$ROUNDS" "$DURATION" "$FSYNC" "$LATENCY_RATE" "$R_PLACEMENT" "$R_LIST")")
 fi
 
 # ---------------------------------------------------------------- failover
@@ -646,6 +828,23 @@ SUMMARY="$TMP/summary.txt"
         while read -r n m rest; do
             printf '%s nodes: median %s ms; runs (ms): %s\n' "$n" "${m:-none formed}" "$rest"
         done <"$TMP/formation"
+    fi
+    if [ "$DO_REPLICAS" -eq 1 ]; then
+        echo
+        echo "## Replicas: one node on a three-server NATS cluster, --replicas $(echo "$REPLICAS_LIST" | tr ' ' ',') ($ROUNDS round(s), alternating)"
+        echo "dex-trader --mix match --batch 2000 --connections 2 --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC --cluster NATS [--replicas R]; $R_PLACEMENT."
+        for r in $REPLICAS_LIST; do
+            printf -- '--replicas %s  orders/s: %s  trades/s: %s  median %s orders/s, %s trades/s' "$r" \
+                "$(col "$TMP/replicas-$r-tput" 1 | while read -r x; do fmt_rate "$x"; printf ' '; done)" \
+                "$(col "$TMP/replicas-$r-tput" 2 | while read -r x; do fmt_rate "$x"; printf ' '; done)" \
+                "$(fmt_rate "$(med "$TMP/replicas-$r-tput" 1)")" "$(fmt_rate "$(med "$TMP/replicas-$r-tput" 2)")"
+            awk -v a="${R_BASE:-null}" -v b="$(med "$TMP/replicas-$r-tput" 1)" 'BEGIN { if (a != "null" && a > 0 && b != "null") printf " (%.1f%% of --replicas 1)", b / a * 100 }'
+            if [ -s "$TMP/replicas-$r-lat" ]; then
+                printf '; batch 1 at %s orders/s: p50 %.0f us, p99 %.0f us' "$(fmt_rate "$LATENCY_RATE")" \
+                    "$(med "$TMP/replicas-$r-lat" 3)" "$(med "$TMP/replicas-$r-lat" 4)"
+            fi
+            echo
+        done
     fi
     if [ "$DO_FAILOVER" -eq 1 ]; then
         echo

@@ -454,7 +454,8 @@ fn bench_cluster_measures_overhead_formation_and_failover() {
             "--form-stagger",
             "2",
         ])
-        .args(["--failover-runs", "1", "--failover-shards", "2", "--json"])
+        .args(["--failover-runs", "1", "--failover-shards", "2"])
+        .args(["--replicas", "1,3", "--json"])
         .arg(&json)
         .arg("--bin-dir")
         .arg(testkit::bin_dir(&["turbo-dex", "dex-trader"]))
@@ -494,7 +495,7 @@ fn bench_cluster_measures_overhead_formation_and_failover() {
     assert!(left.is_empty(), "left behind: {left:?}\n{log}");
 
     assert!(out.status.success(), "bench-cluster.sh failed:\n{log}");
-    for heading in ["## Overhead", "## Formation", "## Failover"] {
+    for heading in ["## Overhead", "## Formation", "## Replicas", "## Failover"] {
         assert!(log.contains(heading), "the summary has {heading}:\n{log}");
     }
     let v: serde_json::Value =
@@ -523,6 +524,16 @@ fn bench_cluster_measures_overhead_formation_and_failover() {
             .is_some_and(|ms| ms >= 2000.0),
         "{v}"
     );
+    // --replicas 1 and 3 on the script's three-server NATS cluster.
+    let runs = v["replicas"]["runs"].as_array().expect("one entry per setting");
+    let settings: Vec<u64> = runs.iter().filter_map(|r| r["replicas"].as_u64()).collect();
+    assert_eq!(settings, [1, 3], "{v}");
+    for r in runs {
+        assert!(positive(&r["orders_per_sec_median"]), "{v}");
+        assert!(positive(&r["trades_per_sec_median"]), "{v}");
+        assert!(positive(&r["orders_ratio_to_1"]), "{v}");
+        assert!(positive(&r["latency_us_p50_median"]), "{v}");
+    }
     let f = &v["formation"][0];
     assert_eq!(f["nodes"], 2, "{v}");
     assert_eq!(f["failed_runs"], 0, "{v}");
@@ -553,6 +564,7 @@ fn bench_cluster_refuses_bad_options() {
         (&["--fsync", "sometimes"][..], "--fsync sometimes"),
         (&["--skip", "lunch"][..], "--skip lunch"),
         (&["--form-nodes", "3,x"][..], "--form-nodes: x"),
+        (&["--replicas", "1,4"][..], "--replicas: 4"),
         (&["--bogus"][..], "unknown option --bogus"),
     ] {
         let out = Command::new(root().join("scripts/bench-cluster.sh"))

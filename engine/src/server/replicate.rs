@@ -576,19 +576,32 @@ async fn shard_task(
                 .max_payload
                 .saturating_sub(HEADER_ROOM)
                 .max(HEADER_ROOM);
-            // Every waiting part that fits (the first always goes).
-            payload.clear();
+            // Every waiting part that fits (the first always goes); one
+            // part alone goes as it is, without a copy.
             let first = parts[0].first;
-            let mut last = first;
-            for p in parts.iter() {
-                if !payload.is_empty() && payload.len() + p.payload.len() > max {
+            let mut last = parts[0].last;
+            let mut len = parts[0].payload.len();
+            let mut n = 1;
+            while let Some(p) = parts.get(n) {
+                if len + p.payload.len() > max {
                     break;
                 }
-                payload.extend_from_slice(&p.payload);
+                len += p.payload.len();
                 last = p.last;
+                n += 1;
             }
+            let body = if n == 1 {
+                parts[0].payload.clone()
+            } else {
+                payload.clear();
+                payload.reserve(len);
+                for p in parts.iter().take(n) {
+                    payload.extend_from_slice(&p.payload);
+                }
+                payload.split().freeze()
+            };
             let publish = PublishMessage::build()
-                .payload(payload.split().freeze())
+                .payload(body)
                 .message_id(message_id(cfg.node, shard, first, last))
                 .expected_last_subject_sequence(stream_seq);
             match js.send_publish(subject.clone(), publish).await {
