@@ -525,7 +525,9 @@ fn bench_cluster_measures_overhead_formation_and_failover() {
         "{v}"
     );
     // --replicas 1 and 3 on the script's three-server NATS cluster.
-    let runs = v["replicas"]["runs"].as_array().expect("one entry per setting");
+    let runs = v["replicas"]["runs"]
+        .as_array()
+        .expect("one entry per setting");
     let settings: Vec<u64> = runs.iter().filter_map(|r| r["replicas"].as_u64()).collect();
     assert_eq!(settings, [1, 3], "{v}");
     for r in runs {

@@ -869,6 +869,7 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                             urls: urls.split(',').map(|u| u.trim().to_string()).collect(),
                             replicas: usize::from(args.replicas),
                             node: node_id,
+                            journal_dir: journal.config.dir.clone(),
                         });
                     }
                     Some(j)

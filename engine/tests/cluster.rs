@@ -12,7 +12,11 @@
 //! waited in its socket; and `--cluster auto` with nothing around, in a
 //! network namespace of its own (root and iproute2, else `SKIP:`), starts
 //! its own nats-server, takes every shard, and takes the server down with
-//! it. Without nats-server (the Debian package
+//! it. With `--replicas` on a three-server NATS cluster
+//! (`testkit::NatsCluster`): every accepted order is in its shard's
+//! stream, in order, and no answer leaves while the stream has no quorum;
+//! records journaled without reaching the stream are published from the
+//! journal before the next batch. Without nats-server (the Debian package
 //! scripts/test.sh installs) each test says `SKIP:` and returns.
 //!
 //! The tests run one at a time (a lock): each starts a NATS server and up
@@ -1181,5 +1185,47 @@ fn replicated_orders_are_stored_in_jetstream_before_they_are_acknowledged() {
     assert!(
         stats["journal"]["replicated_batches"].as_u64().unwrap() >= 9,
         "{body}"
+    );
+}
+
+/// Records a node journaled without reaching the stream (here: a run
+/// without `--replicas` between two with it; a crash while JetStream had
+/// no quorum is the other way) are published from the journal, before the
+/// node's next batch, when it replicates again: the stream holds every
+/// record once, in order.
+#[test]
+fn a_node_fills_its_stream_from_the_journal_before_publishing_on() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-gap");
+    let journal = dir.join("a");
+    let run = |replicas: &str, coid: u64| {
+        let mut command = node_command(&nats.url(0), &journal, SHARDS);
+        command.args(["--replicas", replicas]);
+        let mut node = Node::spawn(command, &journal);
+        let mut c = Client::login_version(node.addr, 1, 0, 2);
+        let id = order_until_accepted(&mut c, coid, symbol_of_shard(0), "accepted", || node.log());
+        drop(c);
+        let log = node.log();
+        node.kill();
+        (id, log)
+    };
+    let (a, _) = run("3", 1);
+    let (b, _) = run("1", 100);
+    let (c, log) = run("3", 200);
+    let records = stream_records(&nats.url(0), 0);
+    let seqs: Vec<u64> = records.iter().map(|r| r.1).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "every record once, in order: {records:?}");
+    for coid in [a, b, c] {
+        assert!(
+            records.iter().any(|r| r.2 == Some(coid)),
+            "order {coid} is in the stream: {records:?}"
+        );
+    }
+    assert!(
+        log.contains("publishing them from the journal first"),
+        "the third run filled the gap:\n{log}"
     );
 }

@@ -176,6 +176,44 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The journal records `from..=to` of shard `shard_index` in `dir`, their
+/// bytes as written (concatenated, in sequence order), read from its
+/// segments. Returns the bytes and the first sequence found in the range
+/// (`None`: none; a sequence after `from` when older segments were
+/// removed after a snapshot). Reads whole segments: for rare catch-ups
+/// (the replicated log after a restart), not for the hot path.
+pub fn read_records(
+    dir: &Path,
+    shard_index: u32,
+    from: u64,
+    to: u64,
+) -> io::Result<(Vec<u8>, Option<u64>)> {
+    let mut out = Vec::new();
+    let mut first = None;
+    let mut buf = Vec::new();
+    for (_, path) in list_segments(&shard_dir(dir, shard_index))? {
+        buf.clear();
+        io::Read::read_to_end(&mut File::open(&path)?, &mut buf)?;
+        let mut at = SEGMENT_HEADER_BYTES as usize;
+        // Records until the zeros after the last one (or damage, which
+        // recovery has dealt with already: stop there).
+        while let Some(rest) = buf.get(at..) {
+            let Ok(Some((record, len))) = decode_record(rest) else {
+                break;
+            };
+            if record.seq > to {
+                return Ok((out, first));
+            }
+            if record.seq >= from {
+                first.get_or_insert(record.seq);
+                out.extend_from_slice(&rest[..len]);
+            }
+            at += len;
+        }
+    }
+    Ok((out, first))
+}
+
 /// Segment files of a shard directory ([`shard_dir`]), oldest first:
 /// (number, path).
 pub fn list_segments(shard_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {

@@ -164,6 +164,9 @@ pub struct ReplConfig {
     pub replicas: usize,
     /// This node's id (in the message ids).
     pub node: u64,
+    /// The journal directory: records a restart left unreplicated are
+    /// read back from it.
+    pub journal_dir: std::path::PathBuf,
 }
 
 /// The replication thread.
@@ -542,6 +545,8 @@ async fn shard_task(
     let mut inflight: Option<(u64, Ack)> = None;
     let mut open = true;
     let mut payload = BytesMut::new();
+    // The first sequence a gap before it was looked for (once each).
+    let mut gap_checked: Option<u64> = None;
     loop {
         if broken && inflight.is_none() {
             // Not at once: the failure may last (no quorum for a while).
@@ -569,6 +574,9 @@ async fn shard_task(
             if !foreign {
                 report(&mut parts, stored, &output);
             }
+        }
+        if !broken && !foreign && inflight.is_none() {
+            fill_gap(&cfg, shard, &client, stored, &mut parts, &mut gap_checked).await;
         }
         if inflight.is_none() && !broken && !foreign && !parts.is_empty() {
             let max = client
@@ -641,6 +649,84 @@ async fn shard_task(
         }
     }
 }
+
+/// Records between the stream's last (this node's) and the first waiting
+/// part were journaled here but never stored in the stream (the node
+/// stopped before JetStream had them: they were never acknowledged).
+/// They go first, read back from the local journal, so that the stream
+/// holds every record once, in order. A stream that is empty starts where
+/// the node is now.
+async fn fill_gap(
+    cfg: &ReplConfig,
+    shard: u32,
+    client: &async_nats::Client,
+    stored: Option<u64>,
+    parts: &mut VecDeque<Part>,
+    checked: &mut Option<u64>,
+) {
+    let Some(next) = parts.front().map(|p| p.first) else {
+        return;
+    };
+    if *checked == Some(next) {
+        return;
+    }
+    *checked = Some(next);
+    let Some(stored) = stored else {
+        if next > 1 {
+            tracing::info!(
+                "replication: {} starts at record {next} (this node's journal holds the \
+                 records before it)",
+                stream_name(shard)
+            );
+        }
+        return;
+    };
+    if next <= stored + 1 {
+        return;
+    }
+    let (from, to) = (stored + 1, next - 1);
+    let dir = cfg.journal_dir.clone();
+    let read = tokio::task::spawn_blocking(move || journal::read_records(&dir, shard, from, to))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+    match read {
+        Ok((bytes, Some(first))) if first == from => {
+            tracing::info!(
+                "replication: {} lacks records {from}..={to} (journaled here before a \
+                 restart, never acknowledged): publishing them from the journal first",
+                stream_name(shard)
+            );
+            let job = ReplJob {
+                local: 0,
+                shard,
+                first_seq: from,
+                last_seq: to,
+                bytes,
+            };
+            let max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
+            let mut gap = split(NO_CORE, job, max.max(HEADER_ROOM));
+            for p in &mut gap {
+                p.ends_batch = false; // nobody waits for them
+            }
+            for p in gap.into_iter().rev() {
+                parts.push_front(p);
+            }
+        }
+        Ok((_, found)) => tracing::error!(
+            "replication: {} lacks records {from}..={to}, and this node's journal no \
+             longer has them (first found: {found:?}); the stream has a gap there",
+            stream_name(shard)
+        ),
+        Err(e) => tracing::error!(
+            "replication: reading records {from}..={to} of shard {shard} from the journal: \
+             {e}; the stream has a gap there"
+        ),
+    }
+}
+
+/// The `core` of parts no core waits for.
+const NO_CORE: usize = usize::MAX;
 
 /// A publish's acknowledgement, as a task (so that it runs on while the
 /// shard's task waits for something else).
