@@ -797,6 +797,9 @@ fn loopback_natsd(bin: &Path, dir: &TempDir, name: &str) -> NatsdConfig {
         log_path: dir.join(format!("{name}/nats-server.log")),
         routes: BTreeSet::new(),
         ready_timeout: natsd::READY_TIMEOUT_DEFAULT,
+        sync_always: natsd::binary_version(bin)
+            .as_deref()
+            .is_some_and(natsd::syncs_every_message),
     }
 }
 
