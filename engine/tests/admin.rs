@@ -184,7 +184,7 @@ fn the_stats_schema_keeps_its_field_names() {
     );
     assert_eq!(
         fields(&v["journal"]),
-        "bytes,not_durable_rejects,write_seconds_mean,writes"
+        "bytes,not_durable_rejects,replicated_batches,replication_seconds_mean,write_seconds_mean,writes"
     );
     assert_eq!(fields(&v["snapshots"]), "seconds,taken");
     assert_eq!(

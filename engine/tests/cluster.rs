@@ -1055,6 +1055,18 @@ fn auto_with_nothing_around_starts_nats_and_takes_every_shard() {
 /// Every record of shard `shard`'s stream, in stream order: (the message
 /// id's node, journal seq, the NewOrder's client order id if it is one).
 fn stream_records(url: &str, shard: u32) -> Vec<(u64, u64, Option<u64>)> {
+    let records = stream_records_from(url, shard);
+    assert!(
+        records.first().is_none_or(|r| r.1 == 1),
+        "shard {shard}'s stream starts at record 1: {records:?}"
+    );
+    records
+}
+
+/// [`stream_records`] of a stream that may have been trimmed: from its
+/// first message on (read again from the new first one when a trim
+/// removes a message while it reads).
+fn stream_records_from(url: &str, shard: u32) -> Vec<(u64, u64, Option<u64>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1064,40 +1076,47 @@ fn stream_records(url: &str, shard: u32) -> Vec<(u64, u64, Option<u64>)> {
         let js = async_nats::jetstream::new(nc);
         let name = engine::server::replicate::stream_name(shard);
         let stream = js.get_stream(&name).await.expect("the shard's stream");
-        let last = stream
-            .get_info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            let m = stream.get_raw_message(seq).await.expect("a stream message");
-            let id = m.headers.get("Nats-Msg-Id").expect("a message id");
-            let (node, s, first, last) =
-                engine::server::replicate::parse_message_id(id.as_str()).expect("our id");
-            assert_eq!(s, shard, "{id:?} in {name}");
-            let mut at = 0;
-            let mut seqs = Vec::new();
-            while at < m.payload.len() {
-                let (record, len) = engine::journal::decode_record(&m.payload[at..])
-                    .expect("a journal record")
-                    .expect("a whole record");
-                let coid = match record.cmd.op {
-                    engine::book::Op::New(n) => Some(n.client_order_id.get()),
-                    _ => None,
-                };
-                seqs.push(record.seq);
-                out.push((node, record.seq, coid));
-                at += len;
+        'read: for _ in 0..10 {
+            let state = stream.get_info().await.expect("stream info").state;
+            let mut out = Vec::new();
+            if state.messages == 0 {
+                return out;
             }
-            assert_eq!(
-                (seqs.first().copied(), seqs.last().copied()),
-                (Some(first), Some(last)),
-                "message {seq} of {name}: its id {id:?} names its records"
-            );
+            for seq in state.first_sequence..=state.last_sequence {
+                let m = match stream.get_raw_message(seq).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                        continue 'read; // trimmed meanwhile
+                    }
+                    Err(e) => panic!("message {seq} of {name}: {e}"),
+                };
+                let id = m.headers.get("Nats-Msg-Id").expect("a message id");
+                let (node, s, first, last) =
+                    engine::server::replicate::parse_message_id(id.as_str()).expect("our id");
+                assert_eq!(s, shard, "{id:?} in {name}");
+                let mut at = 0;
+                let mut seqs = Vec::new();
+                while at < m.payload.len() {
+                    let (record, len) = engine::journal::decode_record(&m.payload[at..])
+                        .expect("a journal record")
+                        .expect("a whole record");
+                    let coid = match record.cmd.op {
+                        engine::book::Op::New(n) => Some(n.client_order_id.get()),
+                        _ => None,
+                    };
+                    seqs.push(record.seq);
+                    out.push((node, record.seq, coid));
+                    at += len;
+                }
+                assert_eq!(
+                    (seqs.first().copied(), seqs.last().copied()),
+                    (Some(first), Some(last)),
+                    "message {seq} of {name}: its id {id:?} names its records"
+                );
+            }
+            return out;
         }
-        out
+        panic!("{name} was trimmed under every one of 10 reads")
     })
 }
 
@@ -1228,4 +1247,106 @@ fn a_node_fills_its_stream_from_the_journal_before_publishing_on() {
         log.contains("publishing them from the journal first"),
         "the third run filled the gap:\n{log}"
     );
+}
+
+/// With `--replicas`, each snapshot of a shard is published to the object
+/// store (`TURBO_DEX_SNAPSHOTS`, object `shard-<n>`, with the records it
+/// covers and its digest) and the shard's stream is trimmed to what
+/// follows it: the snapshot and the stream together still hold every
+/// record, and the snapshot loads into a book with the digest it names.
+#[test]
+fn snapshots_go_to_the_object_store_and_trim_the_stream() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-snapshots");
+    let journal = dir.join("a");
+    let mut command = node_command(&nats.url(0), &journal, SHARDS);
+    command.args(["--replicas", "3", "--snapshot-every", "5"]);
+    let node = Node::spawn(command, &journal);
+    let mut c = Client::login_version(node.addr, 1, 0, 2);
+    // One order at a time: one record per batch, a snapshot every five.
+    let mut next = 1;
+    for _ in 0..24 {
+        next =
+            1 + order_until_accepted(&mut c, next, symbol_of_shard(0), "accepted", || node.log());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    let (covers, digest, body) = loop {
+        let got = rt.block_on(async {
+            let e = |what: &str| {
+                let what = what.to_string();
+                move |e: &dyn std::fmt::Display| format!("{what}: {e}")
+            };
+            let nc = async_nats::connect(nats.url(0))
+                .await
+                .map_err(|x| e("connect")(&x))?;
+            let js = async_nats::jetstream::new(nc);
+            let store = js
+                .get_object_store(engine::server::replicate::SNAPSHOT_BUCKET)
+                .await
+                .map_err(|x| e("object store")(&x))?;
+            let mut object = store
+                .get(engine::server::replicate::snapshot_object(0))
+                .await
+                .map_err(|x| e("object")(&x))?;
+            let meta = object.info().metadata.clone();
+            let mut body = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
+                .await
+                .map_err(|x| e("read")(&x))?;
+            let covers: u64 = meta
+                .get("covers_seq")
+                .and_then(|c| c.parse().ok())
+                .ok_or(format!("covers_seq in {meta:?}"))?;
+            let digest = meta
+                .get("digest")
+                .and_then(|d| u64::from_str_radix(d, 16).ok())
+                .ok_or(format!("digest in {meta:?}"))?;
+            let info = js
+                .get_stream(engine::server::replicate::stream_name(0))
+                .await
+                .map_err(|x| e("stream")(&x))?
+                .get_info()
+                .await
+                .map_err(|x| e("stream info")(&x))?;
+            // Trimmed once the stream no longer starts at message 1.
+            if covers >= 20 && info.state.first_sequence > 1 {
+                Ok((covers, digest, body))
+            } else {
+                Err(format!("covers {covers}, stream {:?}", info.state))
+            }
+        });
+        match got {
+            Ok(got) => break got,
+            Err(why) => assert!(
+                Instant::now() < until,
+                "no snapshot covering 20 records and a trimmed stream ({why}):\n{}",
+                node.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let shard = engine::book::Shard::from_snapshot(&body, engine::book::ShardConfig::default())
+        .expect("the published snapshot loads");
+    assert_eq!(
+        shard.write_snapshot(&mut Vec::new()),
+        digest,
+        "its digest is the one named"
+    );
+    // The stream (trimmed) continues the snapshot: no record is missing.
+    let records = stream_records_from(&nats.url(0), 0);
+    let first = records.first().expect("records after the snapshot").1;
+    assert!(
+        first > 1 && first <= covers + 1,
+        "first {first}, snapshot covers {covers}"
+    );
+    let seqs: Vec<u64> = records.iter().map(|r| r.1).collect();
+    let want: Vec<u64> = (first..first + seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "in order, once each");
+    assert!(*seqs.last().unwrap() >= 24, "{seqs:?}");
 }

@@ -12,7 +12,7 @@ use super::{Core, State};
 use crate::book::{Command, Matcher};
 use crate::journal;
 use crate::server::durable::Snapshot;
-use crate::server::replicate::ReplJob;
+use crate::server::replicate::{ReplJob, ReplMsg, ReplSnapshot};
 
 impl<M: Matcher + Snapshot> Core<M> {
     /// Asks the background thread for the next segment of a shard's journal.
@@ -252,7 +252,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             };
             batch.started_ns = now;
             log.replicating.push_back(batch);
-            self.repl_backlog.push_back(job);
+            self.repl_backlog.push_back(ReplMsg::Batch(job));
             self.repl_submit();
             return;
         }
@@ -391,6 +391,14 @@ impl<M: Matcher + Snapshot> Core<M> {
             log.since_snapshot = 0;
             router.counters.snapshots += 1;
             router.counters.snapshot_ns += monotonic_ns().saturating_sub(started);
+            if self.repl.is_some() {
+                self.repl_backlog.push_back(ReplMsg::Snapshot(ReplSnapshot {
+                    shard: log.id.shard_index,
+                    covers_seq,
+                    digest,
+                    body: body.clone(),
+                }));
+            }
             let _ = jobs.send(Job::WriteSnapshot {
                 id: log.id,
                 covers_seq,

@@ -164,7 +164,7 @@ pub struct Core<M> {
     /// With `--replicas`: to the replication thread and back.
     repl: Option<crate::server::replicate::ReplLink>,
     /// Durable batches waiting for room in the replication ring.
-    repl_backlog: std::collections::VecDeque<crate::server::replicate::ReplJob>,
+    repl_backlog: std::collections::VecDeque<crate::server::replicate::ReplMsg>,
     /// The handshake threads' queues, on a TLS listener.
     tls: Option<crate::server::tls::CoreTls>,
 }
