@@ -861,6 +861,8 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 } else {
                     std::time::Duration::ZERO
                 },
+                // With --replicas the control plane survives a server's loss too.
+                usize::from(args.replicas),
             ) {
                 Ok(j) => {
                     cfg.cluster = Some(view);

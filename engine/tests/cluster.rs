@@ -1171,6 +1171,26 @@ fn replicated_orders_are_stored_in_jetstream_before_they_are_acknowledged() {
         }
     }
 
+    // The control plane's buckets have as many copies as the streams.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bucket_replicas = rt.block_on(async {
+        let nc = async_nats::connect(nats.url(0)).await.expect("connect");
+        let js = async_nats::jetstream::new(nc);
+        let mut out = Vec::new();
+        use engine::cluster::agent::{CLUSTER_BUCKET, LEASES_BUCKET, NODES_BUCKET};
+        for bucket in [NODES_BUCKET, LEASES_BUCKET, CLUSTER_BUCKET] {
+            let name = format!("KV_{bucket}");
+            let stream = js.get_stream(&name).await.expect("the bucket's stream");
+            let info = stream.get_info().await.expect("its info");
+            out.push(info.config.num_replicas);
+        }
+        out
+    });
+    assert_eq!(bucket_replicas, [3, 3, 3]);
+
     // No quorum: journaled here, not acknowledged.
     nats.signal(1, libc::SIGSTOP);
     nats.signal(2, libc::SIGSTOP);
@@ -1349,4 +1369,83 @@ fn snapshots_go_to_the_object_store_and_trim_the_stream() {
     let want: Vec<u64> = (first..first + seqs.len() as u64).collect();
     assert_eq!(seqs, want, "in order, once each");
     assert!(*seqs.last().unwrap() >= 24, "{seqs:?}");
+}
+
+/// A stream that cannot store (here: limited to the messages it holds,
+/// refusing new ones) holds the shard's batches; once the oldest has
+/// waited past `REPL_STALL_NS` the shard's new orders are refused
+/// `NotDurable` instead of queuing in memory, and once the stream stores
+/// again the held order is answered and new ones are accepted.
+#[test]
+fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-stall");
+    let journal = dir.join("a");
+    let mut command = node_command(&nats.url(0), &journal, SHARDS);
+    command.args(["--replicas", "3"]);
+    let node = Node::spawn(command, &journal);
+    let mut c = Client::login_version(node.addr, 1, 0, 2);
+    let first = order_until_accepted(&mut c, 1, symbol_of_shard(0), "accepted", || node.log());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limit = |max: i64| {
+        rt.block_on(async {
+            let nc = async_nats::connect(nats.url(0)).await.expect("connect");
+            let js = async_nats::jetstream::new(nc);
+            let name = engine::server::replicate::stream_name(0);
+            let info = js
+                .get_stream(&name)
+                .await
+                .expect("stream")
+                .get_info()
+                .await
+                .expect("info");
+            let mut config = info.config;
+            config.max_messages = if max < 0 {
+                -1
+            } else {
+                info.state.messages as i64
+            };
+            config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+            js.update_stream(config).await.expect("update the stream");
+        })
+    };
+    limit(0); // full: new messages are refused
+    let held = first + 1;
+    c.send(&[buy(held, symbol_of_shard(0), 100, 1)]);
+    let early = c.drain_for(500);
+    assert!(
+        !early.iter().any(|m| m.coid() == Some(held)),
+        "no answer while the stream refuses: {early:?}"
+    );
+    // Past the stall limit a new order is refused, not queued.
+    std::thread::sleep(Duration::from_nanos(engine::server::limits::REPL_STALL_NS));
+    let refused = held + 1;
+    c.send(&[buy(refused, symbol_of_shard(0), 100, 1)]);
+    let Msg::Rejected(r) = c.wait_for(
+        |m| m.coid() == Some(refused),
+        "the order sent while replication stalls",
+    ) else {
+        panic!("not a reject:\n{}", node.log());
+    };
+    assert_eq!(r.reason(), Ok(RejectReason::NotDurable));
+    assert!(node.log().contains("has waited over"), "{}", node.log());
+    limit(-1);
+    let Msg::Accepted(_) = c.wait_for(|m| m.coid() == Some(held), "the held order") else {
+        panic!("the held order is accepted once stored:\n{}", node.log());
+    };
+    order_until_accepted(
+        &mut c,
+        refused + 1,
+        symbol_of_shard(0),
+        "accepted again",
+        || node.log(),
+    );
+    let records = stream_records(&nats.url(0), 0);
+    assert!(records.iter().any(|r| r.2 == Some(held)), "{records:?}");
+    assert!(!records.iter().any(|r| r.2 == Some(refused)), "{records:?}");
 }

@@ -103,6 +103,8 @@ struct Buckets {
     nodes: Store,
     leases: Store,
     cluster: Store,
+    /// The replicas a bucket is created (or raised) with.
+    replicas: usize,
 }
 
 /// A node that has joined: connected, buckets open, shard count agreed.
@@ -169,19 +171,28 @@ async fn connect(
     Ok((async_nats::jetstream::new(client), connects))
 }
 
-/// Opens a bucket, creating it (history 1) when `create` and missing.
+/// Opens a bucket; with `create` (a replica count), creates it (history
+/// 1, that many replicas) when missing, or raises its replicas to that
+/// many when it has fewer (a node with `--replicas` joining a cluster
+/// whose control plane had one copy).
 async fn bucket(
     js: &async_nats::jetstream::Context,
     name: &str,
-    create: bool,
+    create: Option<usize>,
     urls: &str,
 ) -> Result<Store, JoinError> {
     match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
+        Ok(store) => {
+            if let Some(replicas) = create.filter(|&r| r > 1) {
+                raise_replicas(js, name, replicas).await;
+            }
+            Ok(store)
+        }
         Err(e)
-            if create
+            if create.is_some()
                 && e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
         {
+            let replicas = create.unwrap_or(1);
             // The bucket's stream as `create_key_value` makes it (history 1),
             // created directly: `create_key_value` first reads the account
             // info, which async-nats cannot parse from nats-server 2.9.
@@ -194,13 +205,22 @@ async fn bucket(
                     deny_delete: true,
                     allow_direct: true,
                     discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await;
             if let Err(e) = created {
                 // Another node may have created it meanwhile: opening decides.
                 tracing::debug!("cluster: creating the bucket {name}: {e}");
+                if replicas > 1 {
+                    return js.get_key_value(name).await.map_err(|_| {
+                        JoinError::Unavailable(format!(
+                            "cannot create the key-value bucket {name} with {replicas} replicas \
+                             on {urls}: {e} (--replicas {replicas} needs that many NATS servers \
+                             with JetStream in one cluster)"
+                        ))
+                    });
+                }
             }
             js.get_key_value(name).await.map_err(|e| {
                 JoinError::Unavailable(format!(
@@ -216,18 +236,52 @@ async fn bucket(
     }
 }
 
+/// Opens the cluster's buckets; with `create`, creates those missing with
+/// `replicas` replicas, and raises those with fewer to `replicas`.
 async fn open_buckets(
     (js, connects): &(async_nats::jetstream::Context, Arc<AtomicU64>),
     create: bool,
     urls: &str,
+    replicas: usize,
 ) -> Result<Buckets, JoinError> {
+    let create = create.then_some(replicas);
     Ok(Buckets {
         js: js.clone(),
         connects: Arc::clone(connects),
         nodes: bucket(js, NODES_BUCKET, create, urls).await?,
         leases: bucket(js, LEASES_BUCKET, create, urls).await?,
         cluster: bucket(js, CLUSTER_BUCKET, create, urls).await?,
+        replicas,
     })
+}
+
+/// Raises bucket `name`'s stream to `replicas` replicas if it has fewer
+/// (JetStream moves the data); a failure is logged, not fatal: the bucket
+/// works, with fewer copies.
+async fn raise_replicas(js: &async_nats::jetstream::Context, name: &str, replicas: usize) {
+    let stream_name = format!("KV_{name}");
+    let Ok(info) = js
+        .get_stream(&stream_name)
+        .await
+        .map(|s| s.cached_info().clone())
+    else {
+        return;
+    };
+    if info.config.num_replicas >= replicas {
+        return;
+    }
+    let mut config = info.config.clone();
+    config.num_replicas = replicas;
+    match js.update_stream(config).await {
+        Ok(_) => tracing::info!(
+            "cluster: bucket {name} raised from {} to {replicas} replicas",
+            info.config.num_replicas
+        ),
+        Err(e) => tracing::warn!(
+            "cluster: bucket {name} keeps {} replica(s): raising it to {replicas} failed: {e}",
+            info.config.num_replicas
+        ),
+    }
 }
 
 /// Checks (or, for the first node, writes) the cluster's shard count and
@@ -312,6 +366,7 @@ impl Joined {
         cores: u32,
         config: ClusterConfig,
         patience: Duration,
+        bucket_replicas: usize,
     ) -> Result<Joined, JoinError> {
         debug_assert_eq!(config.shards, view.shard_count());
         let rt = runtime().map_err(JoinError::Unavailable)?;
@@ -322,7 +377,7 @@ impl Joined {
                 let attempt = async {
                     let js = connect(urls).await?;
                     connected = true;
-                    let buckets = open_buckets(&js, true, urls).await?;
+                    let buckets = open_buckets(&js, true, urls, bucket_replicas).await?;
                     agree_config(&buckets.cluster, config, urls).await?;
                     Ok::<_, JoinError>(buckets)
                 };
@@ -670,9 +725,14 @@ impl RoundState {
     /// Creates what is missing, agrees on the config again and restarts
     /// the watch of the nodes (which may have ended with its stream).
     async fn repair_buckets(&mut self, b: &Buckets) -> Result<(), String> {
-        let again = open_buckets(&(b.js.clone(), Arc::clone(&b.connects)), true, &self.urls)
-            .await
-            .map_err(|e| e.to_string())?;
+        let again = open_buckets(
+            &(b.js.clone(), Arc::clone(&b.connects)),
+            true,
+            &self.urls,
+            b.replicas,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         agree_config(&again.cluster, self.config, &self.urls)
             .await
             .map_err(|e| match e {
@@ -904,7 +964,7 @@ pub fn status(urls: &str) -> Result<String, String> {
     let rt = runtime()?;
     rt.block_on(async {
         let js = connect(urls).await.map_err(|e| e.to_string())?;
-        let b = open_buckets(&js, false, urls)
+        let b = open_buckets(&js, false, urls, 1)
             .await
             .map_err(|e| e.to_string())?;
         let config = read_config(&b.cluster, urls).await?;
@@ -994,7 +1054,7 @@ pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, 
     let rt = runtime()?;
     rt.block_on(async {
         let js = connect(urls).await.map_err(|e| e.to_string())?;
-        let b = open_buckets(&js, false, urls)
+        let b = open_buckets(&js, false, urls, 1)
             .await
             .map_err(|e| e.to_string())?;
         let config = read_config(&b.cluster, urls).await?;

@@ -36,7 +36,7 @@ pub struct JournalSettings {
 }
 
 use super::limits::{NEXT_SEGMENT_AT_PERCENT, SNAPSHOTS_KEPT};
-pub use super::limits::{SEGMENT_RETRY_NS, WRITE_BYTES_MAX};
+pub use super::limits::{REPL_STALL_NS, SEGMENT_RETRY_NS, WRITE_BYTES_MAX};
 
 /// Work for the background thread.
 pub enum Job {
@@ -193,6 +193,9 @@ pub struct ShardLog {
     /// With `--replicas`: batches durable here, waiting (in order) for
     /// JetStream to store them before they are applied.
     pub replicating: std::collections::VecDeque<Inflight>,
+    /// The oldest batch has waited for JetStream past [`REPL_STALL_NS`]:
+    /// the shard's new commands are refused `NotDurable` meanwhile.
+    pub repl_stalled: bool,
     /// The bytes of the write in flight (reused across batches; never
     /// reallocated, so that its aligned start stays aligned).
     pub bytes: Vec<u8>,
@@ -234,6 +237,7 @@ impl ShardLog {
             next_seq,
             inflight: None,
             replicating: std::collections::VecDeque::new(),
+            repl_stalled: false,
             // Records, plus an aligning lead, a partial block and padding.
             bytes: Vec::with_capacity(WRITE_BYTES_MAX + 3 * DIRECT_ALIGN),
             tail: Vec::with_capacity(DIRECT_ALIGN),

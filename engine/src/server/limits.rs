@@ -43,6 +43,10 @@ pub const WRITE_BYTES_MAX: usize = 4 << 20;
 pub const NEXT_SEGMENT_AT_PERCENT: u64 = 50;
 /// How long to wait before asking again for a segment that failed.
 pub const SEGMENT_RETRY_NS: u64 = 1_000_000_000;
+/// With `--replicas`: once a shard's oldest batch has waited this long for
+/// JetStream (no quorum, NATS away), its new commands are refused
+/// `NotDurable` instead of queuing in memory without bound.
+pub const REPL_STALL_NS: u64 = 2_000_000_000;
 /// Snapshots kept per shard: two, so recovery can fall back one.
 pub const SNAPSHOTS_KEPT: usize = 2;
 

@@ -5,7 +5,9 @@
 
 use std::io;
 
-use super::super::durable::{Done, Inflight, Job, SEGMENT_RETRY_NS, reject_not_durable};
+use super::super::durable::{
+    Done, Inflight, Job, REPL_STALL_NS, SEGMENT_RETRY_NS, reject_not_durable,
+};
 use super::super::monotonic_ns;
 use super::route::apply_batch;
 use super::{Core, State};
@@ -78,6 +80,10 @@ impl<M: Matcher + Snapshot> Core<M> {
     pub(super) fn journal_submit(&mut self) {
         for local in 0..self.st.logs.len() {
             if self.st.logs[local].inflight.is_some() || self.st.pending[local].is_empty() {
+                continue;
+            }
+            if self.replication_stalled(local) {
+                self.reject_pending(local);
                 continue;
             }
             let first_bytes = journal::record_bytes(&self.st.pending[local][0]);
@@ -307,6 +313,10 @@ impl<M: Matcher + Snapshot> Core<M> {
                 let Some(batch) = log.replicating.pop_front() else {
                     break;
                 };
+                if log.repl_stalled && log.replicating.is_empty() {
+                    tracing::info!("replication: {} is stored in JetStream again", log.id);
+                    log.repl_stalled = false;
+                }
                 self.st
                     .router
                     .counters
@@ -314,6 +324,28 @@ impl<M: Matcher + Snapshot> Core<M> {
                 self.apply_durable(local, batch);
             }
         }
+    }
+
+    /// With `--replicas`: whether the shard's oldest batch has waited for
+    /// JetStream past [`REPL_STALL_NS`] (said once per episode; the end of
+    /// one is said in `poll_replicated`).
+    fn replication_stalled(&mut self, local: usize) -> bool {
+        let now = self.st.now_ns;
+        let log = &mut self.st.logs[local];
+        let stalled = log
+            .replicating
+            .front()
+            .is_some_and(|b| now.saturating_sub(b.started_ns) > REPL_STALL_NS);
+        if stalled && !log.repl_stalled {
+            tracing::warn!(
+                "replication: {} has waited over {} s for JetStream to store a batch; its \
+                 new orders are rejected (not durable) until it does",
+                log.id,
+                REPL_STALL_NS / 1_000_000_000
+            );
+            log.repl_stalled = true;
+        }
+        stalled
     }
 
     /// True while a batch waits for JetStream (or for room in the ring).
