@@ -359,15 +359,20 @@ fmt_rate() { awk -v x="${1:-0}" 'BEGIN { if (x >= 1e6) printf "%.2fM", x / 1e6; 
 FAILURES=0
 JSON_PARTS=()
 
-# ---------------------------------------------------------------- overhead
-if [ "$DO_OVERHEAD" -eq 1 ]; then
+# place HELPERS: where the runs of the overhead and replicas parts go:
+# turbo-dex's one engine core on the first allowed CPU, dex-trader on the
+# second half, HELPERS (what else runs, unpinned) on whatever is free.
+# Sets CPUS, SERVER_PIN, TRADER_PIN, SERVER_WAIT, TRADER_WAIT, PLACEMENT
+# and KINDS (tput, and lat unless --latency-rate 0).
+place() {
+    local ncpu half
     read -r -a CPUS <<<"$(allowed_cpus)"
-    NCPU=${#CPUS[@]}
-    if [ "$NCPU" -ge 2 ]; then
-        HALF=$((NCPU / 2))
+    ncpu=${#CPUS[@]}
+    if [ "$ncpu" -ge 2 ]; then
+        half=$((ncpu / 2))
         SERVER_PIN=(--cores "${CPUS[0]}")
-        TRADER_PIN=(--cores "$(join_cpus "${CPUS[@]:HALF}")")
-        PLACEMENT="turbo-dex's one engine core on CPU ${CPUS[0]}, dex-trader on CPU $(join_cpus "${CPUS[@]:HALF}"); turbo-dex's helper threads (the cluster agent among them) and nats-server unpinned, so on the other CPUs"
+        TRADER_PIN=(--cores "$(join_cpus "${CPUS[@]:half}")")
+        PLACEMENT="turbo-dex's one engine core on CPU ${CPUS[0]}, dex-trader on CPU $(join_cpus "${CPUS[@]:half}"); $1 unpinned, so on the other CPUs"
     else
         SERVER_PIN=(--cores "${CPUS[0]}" --no-pin)
         TRADER_PIN=()
@@ -380,6 +385,44 @@ if [ "$DO_OVERHEAD" -eq 1 ]; then
     fi
     KINDS="tput"
     [ "$LATENCY_RATE" -eq 0 ] || KINDS="tput lat"
+}
+
+# drive DIR KIND: dex-trader against the running server (SERVER_ADDR) as
+# placed: --batch 2000 for tput, batch 1 at --latency-rate for lat; its
+# JSON in DIR/trader.json. Returns its exit status.
+drive() {
+    local dir=$1 kind=$2 trader_args=() status=0
+    if [ "$kind" = tput ]; then
+        trader_args=(--batch 2000)
+    else
+        trader_args=(--batch 1 --rate "$LATENCY_RATE")
+    fi
+    "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" "${TRADER_WAIT[@]}" --duration "$DURATION" \
+        --warmup "$WARMUP" --connections 2 --mix match "${trader_args[@]}" --quiet --json "$dir/trader.json" \
+        >"$dir/trader.out" 2>"$dir/trader.err" || status=$?
+    return "$status"
+}
+
+# record NAME DIR STATUS OUT LABEL: after `drive` (exit STATUS) and the
+# server's stop: appends "orders/s trades/s p50 p99" to OUT and prints
+# them after LABEL; says why and returns 1 when the run failed.
+record() {
+    local name=$1 dir=$2 status=$3 out=$4 label=$5 j="$2/trader.json"
+    if [ "$status" -ne 0 ] || [ ! -s "$j" ]; then
+        note "$name: dex-trader failed (exit status $status):"
+        sed 's/^/      /' "$dir/trader.err" >&2
+        return 1
+    fi
+    echo "$(json_num "$j" orders_per_sec) $(json_num "$j" trades_per_sec) $(json_num "$j" p50) $(json_num "$j" p99)" >>"$out"
+    printf '    %s %12s orders/s %10s trades/s   p50 %6.0f us  p99 %6.0f us\n' "$label" \
+        "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_rate "$(json_num "$j" trades_per_sec)")" \
+        "$(json_num "$j" p50)" "$(json_num "$j" p99)" >&2
+}
+
+# ---------------------------------------------------------------- overhead
+if [ "$DO_OVERHEAD" -eq 1 ]; then
+    place "turbo-dex's helper threads (the cluster agent among them) and nats-server"
+    O_PLACEMENT=$PLACEMENT
     step "overhead: $ROUNDS round(s) of $DURATION runs without and with --cluster, alternating ($PLACEMENT; journal with --fsync $FSYNC in both)"
 
     # run_overhead MODE KIND ROUND: one run; appends "orders/s trades/s p50 p99"
@@ -387,7 +430,7 @@ if [ "$DO_OVERHEAD" -eq 1 ]; then
     # shard to $TMP/owned).
     run_overhead() {
         local mode=$1 kind=$2 round=$3 name="$1-$2-$3"
-        local dir="$TMP/$name" cluster_args=() trader_args=()
+        local dir="$TMP/$name" cluster_args=()
         mkdir -p "$dir"
         if [ "$mode" = cluster ]; then
             start_nats "$dir/nats"
@@ -408,27 +451,11 @@ if [ "$DO_OVERHEAD" -eq 1 ]; then
             fi
             echo $(($(now_ms) - started)) >>"$TMP/owned"
         fi
-        if [ "$kind" = tput ]; then
-            trader_args=(--batch 2000)
-        else
-            trader_args=(--batch 1 --rate "$LATENCY_RATE")
-        fi
         local status=0
-        "$DEX_TRADER" --server "$SERVER_ADDR" "${TRADER_PIN[@]}" "${TRADER_WAIT[@]}" --duration "$DURATION" \
-            --warmup "$WARMUP" --connections 2 --mix match "${trader_args[@]}" --quiet --json "$dir/trader.json" \
-            >"$dir/trader.out" 2>"$dir/trader.err" || status=$?
+        drive "$dir" "$kind" || status=$?
         stop_server
         stop_nats
-        if [ "$status" -ne 0 ] || [ ! -s "$dir/trader.json" ]; then
-            note "$name: dex-trader failed (exit status $status):"
-            sed 's/^/      /' "$dir/trader.err" >&2
-            return 1
-        fi
-        local j="$dir/trader.json"
-        echo "$(json_num "$j" orders_per_sec) $(json_num "$j" trades_per_sec) $(json_num "$j" p50) $(json_num "$j" p99)" >>"$TMP/$mode-$kind"
-        printf '    round %d  %-7s %-4s %12s orders/s %10s trades/s   p50 %6.0f us  p99 %6.0f us\n' "$round" "$mode" "$kind" \
-            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_rate "$(json_num "$j" trades_per_sec)")" \
-            "$(json_num "$j" p50)" "$(json_num "$j" p99)" >&2
+        record "$name" "$dir" "$status" "$TMP/$mode-$kind" "$(printf 'round %d  %-7s %-4s' "$round" "$mode" "$kind")" || return 1
         rm -rf "$dir/journal" "$dir/nats/js"
     }
 
@@ -506,37 +533,20 @@ fi
 
 # ---------------------------------------------------------------- replicas
 if [ "$DO_REPLICAS" -eq 1 ]; then
-    read -r -a CPUS <<<"$(allowed_cpus)"
-    NCPU=${#CPUS[@]}
-    if [ "$NCPU" -ge 2 ]; then
-        HALF=$((NCPU / 2))
-        R_SERVER_PIN=(--cores "${CPUS[0]}")
-        R_TRADER_PIN=(--cores "$(join_cpus "${CPUS[@]:HALF}")")
-        R_PLACEMENT="turbo-dex's one engine core on CPU ${CPUS[0]}, dex-trader on CPU $(join_cpus "${CPUS[@]:HALF}"); the replication thread and the three nats-servers unpinned"
-    else
-        R_SERVER_PIN=(--cores "${CPUS[0]}" --no-pin)
-        R_TRADER_PIN=()
-        R_PLACEMENT="one CPU: everything unpinned, sharing it"
-    fi
-    if [ "$SPIN" -eq 1 ]; then
-        R_SERVER_WAIT=(--poll spin) R_TRADER_WAIT=(--spin 1s)
-    else
-        R_SERVER_WAIT=() R_TRADER_WAIT=()
-    fi
-    R_KINDS="tput"
-    [ "$LATENCY_RATE" -eq 0 ] || R_KINDS="tput lat"
-    step "replicas: $ROUNDS round(s) of $DURATION runs with --replicas $(echo "$REPLICAS_LIST" | tr ' ' ','), alternating, one node on a three-server NATS cluster ($R_PLACEMENT; journal with --fsync $FSYNC)"
+    place "the replication thread and the three nats-servers"
+    R_PLACEMENT=$PLACEMENT
+    step "replicas: $ROUNDS round(s) of $DURATION runs with --replicas $(echo "$REPLICAS_LIST" | tr ' ' ','), alternating, one node on a three-server NATS cluster ($PLACEMENT; journal with --fsync $FSYNC)"
 
     # run_replicas R KIND ROUND: one run; appends "orders/s trades/s p50 p99"
     # to $TMP/replicas-R-KIND.
     run_replicas() {
         local r=$1 kind=$2 round=$3 name="replicas-$1-$2-$3"
-        local dir="$TMP/$name" trader_args=() repl_args=()
+        local dir="$TMP/$name" repl_args=()
         mkdir -p "$dir"
         start_nats_cluster "$dir/nats"
         [ "$r" -eq 1 ] || repl_args=(--replicas "$r")
-        start_server "$dir/server.out" "$dir/server.err" "${R_SERVER_PIN[@]}" --quiet --engine match \
-            --journal "$dir/journal" --fsync "$FSYNC" "${R_SERVER_WAIT[@]}" --cluster "$NATS_URL" "${repl_args[@]}"
+        start_server "$dir/server.out" "$dir/server.err" "${SERVER_PIN[@]}" --quiet --engine match \
+            --journal "$dir/journal" --fsync "$FSYNC" "${SERVER_WAIT[@]}" --cluster "$NATS_URL" "${repl_args[@]}"
         if ! wait_formed 1 1 30; then
             note "$name: the node did not own its shard within 30 s"
             sed 's/^/      /' "$dir/server.err" >&2
@@ -544,39 +554,23 @@ if [ "$DO_REPLICAS" -eq 1 ]; then
             stop_nats_cluster
             return 1
         fi
-        if [ "$kind" = tput ]; then
-            trader_args=(--batch 2000)
-        else
-            trader_args=(--batch 1 --rate "$LATENCY_RATE")
-        fi
         local status=0
-        "$DEX_TRADER" --server "$SERVER_ADDR" "${R_TRADER_PIN[@]}" "${R_TRADER_WAIT[@]}" --duration "$DURATION" \
-            --warmup "$WARMUP" --connections 2 --mix match "${trader_args[@]}" --quiet --json "$dir/trader.json" \
-            >"$dir/trader.out" 2>"$dir/trader.err" || status=$?
+        drive "$dir" "$kind" || status=$?
         stop_server
         stop_nats_cluster
-        if [ "$status" -ne 0 ] || [ ! -s "$dir/trader.json" ]; then
-            note "$name: dex-trader failed (exit status $status):"
-            sed 's/^/      /' "$dir/trader.err" "$dir/server.err" >&2
-            return 1
-        fi
-        local j="$dir/trader.json"
-        echo "$(json_num "$j" orders_per_sec) $(json_num "$j" trades_per_sec) $(json_num "$j" p50) $(json_num "$j" p99)" >>"$TMP/replicas-$r-$kind"
-        printf '    round %d  --replicas %d %-4s %12s orders/s %10s trades/s   p50 %6.0f us  p99 %6.0f us\n' "$round" "$r" "$kind" \
-            "$(fmt_rate "$(json_num "$j" orders_per_sec)")" "$(fmt_rate "$(json_num "$j" trades_per_sec)")" \
-            "$(json_num "$j" p50)" "$(json_num "$j" p99)" >&2
+        record "$name" "$dir" "$status" "$TMP/replicas-$r-$kind" "$(printf 'round %d  --replicas %d %-4s' "$round" "$r" "$kind")" || return 1
         rm -rf "$dir/journal" "$dir/nats"/js-*
     }
 
     for r in $REPLICAS_LIST; do
-        for kind in $R_KINDS; do
+        for kind in $KINDS; do
             : >"$TMP/replicas-$r-$kind"
         done
     done
     for round in $(seq 1 "$ROUNDS"); do
         # The order turns each round, so no setting always runs first.
         order=$(echo "$REPLICAS_LIST" | tr ' ' '\n' | awk -v k="$round" '{ v[NR] = $1 } END { for (i = 0; i < NR; i++) print v[(i + k - 1) % NR + 1] }')
-        for kind in $R_KINDS; do
+        for kind in $KINDS; do
             for r in $order; do
                 run_replicas "$r" "$kind" "$round" || FAILURES=$((FAILURES + 1))
             done
@@ -803,7 +797,7 @@ SUMMARY="$TMP/summary.txt"
     if [ "$DO_OVERHEAD" -eq 1 ]; then
         echo
         echo "## Overhead: one node, without and with --cluster ($ROUNDS round(s), alternating)"
-        echo "dex-trader --mix match --batch 2000 --connections 2 --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC$([ "$SPIN" -eq 1 ] && echo ' --poll spin, dex-trader --spin 1s'); $PLACEMENT."
+        echo "dex-trader --mix match --batch 2000 --connections 2 --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC$([ "$SPIN" -eq 1 ] && echo ' --poll spin, dex-trader --spin 1s'); $O_PLACEMENT."
         echo "All processes share this machine's $(nproc) CPUs."
         for mode in single cluster; do
             printf '%-8s orders/s: %s   trades/s: %s   median %s orders/s, %s trades/s\n' "$mode" \

@@ -1374,8 +1374,9 @@ fn snapshots_go_to_the_object_store_and_trim_the_stream() {
 /// A stream that cannot store (here: limited to the messages it holds,
 /// refusing new ones) holds the shard's batches; once the oldest has
 /// waited past `REPL_STALL_NS` the shard's new orders are refused
-/// `NotDurable` instead of queuing in memory, and once the stream stores
-/// again the held order is answered and new ones are accepted.
+/// `NotDurable` (neither journaled nor published), answered in request
+/// order: once the stream stores again, the held order's Accepted comes
+/// first, then the refusal, and new orders are accepted.
 #[test]
 fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
     let _serial = serial();
@@ -1384,7 +1385,8 @@ fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
     let dir = TempDir::new("cluster-replicas-stall");
     let journal = dir.join("a");
     let mut command = node_command(&nats.url(0), &journal, SHARDS);
-    command.args(["--replicas", "3"]);
+    // The test's client sends no heartbeats while it waits.
+    command.args(["--replicas", "3", "--heartbeat-ms", "20000"]);
     let node = Node::spawn(command, &journal);
     let mut c = Client::login_version(node.addr, 1, 0, 2);
     let first = order_until_accepted(&mut c, 1, symbol_of_shard(0), "accepted", || node.log());
@@ -1422,22 +1424,38 @@ fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
         !early.iter().any(|m| m.coid() == Some(held)),
         "no answer while the stream refuses: {early:?}"
     );
-    // Past the stall limit a new order is refused, not queued.
+    // Past the stall limit a new order is refused (not journaled, not
+    // published), answered in turn: after the held one.
     std::thread::sleep(Duration::from_nanos(engine::server::limits::REPL_STALL_NS));
     let refused = held + 1;
     c.send(&[buy(refused, symbol_of_shard(0), 100, 1)]);
-    let Msg::Rejected(r) = c.wait_for(
-        |m| m.coid() == Some(refused),
-        "the order sent while replication stalls",
-    ) else {
-        panic!("not a reject:\n{}", node.log());
-    };
-    assert_eq!(r.reason(), Ok(RejectReason::NotDurable));
+    let meanwhile = c.drain_for(500);
+    assert!(
+        !meanwhile
+            .iter()
+            .any(|m| m.coid() == Some(held) || m.coid() == Some(refused)),
+        "nothing is answered before the held order: {meanwhile:?}"
+    );
     assert!(node.log().contains("has waited over"), "{}", node.log());
     limit(-1);
-    let Msg::Accepted(_) = c.wait_for(|m| m.coid() == Some(held), "the held order") else {
-        panic!("the held order is accepted once stored:\n{}", node.log());
-    };
+    let until = Instant::now() + DEADLINE;
+    while !c.inbox.iter().any(|m| m.coid() == Some(refused)) {
+        assert!(Instant::now() < until, "no answers:\n{}", node.log());
+        c.pump();
+    }
+    let answers: Vec<&Msg> = c
+        .inbox
+        .iter()
+        .filter(|m| m.coid() == Some(held) || m.coid() == Some(refused))
+        .collect();
+    assert!(
+        matches!(answers[..], [Msg::Accepted(a), Msg::Rejected(r)]
+            if a.client_order_id.get() == held
+                && r.client_order_id.get() == refused
+                && r.reason() == Ok(RejectReason::NotDurable)),
+        "the held order accepted, then the later one refused: {answers:?}\n{}",
+        node.log()
+    );
     order_until_accepted(
         &mut c,
         refused + 1,

@@ -173,6 +173,9 @@ pub struct Inflight {
     pub started_ns: u64,
     /// The write or sync failed: reject the batch.
     pub failed: Option<io::Error>,
+    /// Not a write: commands refused `NotDurable` while replication stalls,
+    /// answered in turn after the batches before them (`--replicas`).
+    pub refuse: bool,
 }
 
 /// One local shard's journal.

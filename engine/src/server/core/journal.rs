@@ -83,7 +83,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 continue;
             }
             if self.replication_stalled(local) {
-                self.reject_pending(local);
+                self.refuse_in_turn(local);
                 continue;
             }
             let first_bytes = journal::record_bytes(&self.st.pending[local][0]);
@@ -162,6 +162,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             last_seq: log.next_seq + n as u64 - 1,
             started_ns: now,
             failed: None,
+            refuse: false,
         });
         self.ops
             .journal_write(&self.st.logs[local], local as u32, fsync);
@@ -187,6 +188,48 @@ impl<M: Matcher + Snapshot> Core<M> {
         });
         router.counters.journal_rejects += router.counters.rejects - before;
         router.batch_processed(&rejected);
+    }
+
+    /// While replication stalls: the shard's queued commands that can be
+    /// refused are refused `NotDurable`, not journaled, but answered only
+    /// after the batches before them (answers keep request order,
+    /// PROTOCOL.md §7), as a batch of refusals behind them.
+    fn refuse_in_turn(&mut self, local: usize) {
+        let (now, engine_ns) = (self.st.now_ns, self.st.engine_ns);
+        let State { pending, logs, .. } = &mut self.st;
+        let (Some(queue), Some(log)) = (pending.get_mut(local), logs.get_mut(local)) else {
+            return;
+        };
+        let mut refused = Vec::new();
+        queue.retain(|cmd| {
+            let refusable = !matches!(
+                cmd.op,
+                crate::book::Op::CancelSession
+                    | crate::book::Op::MassCancel { .. }
+                    | crate::book::Op::KillAccount
+                    | crate::book::Op::UnblockAccount
+            );
+            if refusable {
+                refused.push(*cmd);
+            }
+            !refusable
+        });
+        if refused.is_empty() {
+            return;
+        }
+        log.replicating.push_back(Inflight {
+            cmds: refused,
+            engine_ns,
+            len: 0,
+            start: 0,
+            records_at: 0,
+            write_len: 0,
+            // Answered with the batch journaled last.
+            last_seq: log.next_seq.saturating_sub(1),
+            started_ns: now,
+            failed: None,
+            refuse: true,
+        });
     }
 
     /// A journal write or sync completed.
@@ -316,6 +359,16 @@ impl<M: Matcher + Snapshot> Core<M> {
                 if log.repl_stalled && log.replicating.is_empty() {
                     tracing::info!("replication: {} is stored in JetStream again", log.id);
                     log.repl_stalled = false;
+                }
+                if batch.refuse {
+                    let router = &mut self.st.router;
+                    let before = router.counters.rejects;
+                    for cmd in &batch.cmds {
+                        reject_not_durable(cmd, router);
+                    }
+                    router.counters.journal_rejects += router.counters.rejects - before;
+                    router.batch_processed(&batch.cmds);
+                    continue;
                 }
                 self.st
                     .router
