@@ -865,13 +865,14 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                 usize::from(args.replicas),
             ) {
                 Ok(j) => {
-                    cfg.cluster = Some(view);
+                    cfg.cluster = Some(std::sync::Arc::clone(&view));
                     if args.replicas > 1 {
                         cfg.replicate = Some(engine::server::replicate::ReplConfig {
                             urls: urls.split(',').map(|u| u.trim().to_string()).collect(),
                             replicas: usize::from(args.replicas),
                             node: node_id,
                             journal_dir: journal.config.dir.clone(),
+                            view,
                         });
                     }
                     Some(j)

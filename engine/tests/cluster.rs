@@ -1467,3 +1467,73 @@ fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
     assert!(records.iter().any(|r| r.2 == Some(held)), "{records:?}");
     assert!(!records.iter().any(|r| r.2 == Some(refused)), "{records:?}");
 }
+
+/// With `--replicas`, a shard an operator moves (`cluster claim --force`)
+/// to a node that has the old owner's journal of it is continued in the
+/// same stream: the new owner holds the lease and its next record follows
+/// the stream's last, so it appends, and the stream holds both nodes'
+/// records once each, in order.
+#[test]
+fn a_claimed_shard_continues_its_stream_on_the_new_owner() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-claim");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let replicated = |journal: &Path| {
+        let mut command = node_command(&nats.url(0), journal, SHARDS);
+        command.args(["--replicas", "3"]);
+        Node::spawn(command, journal)
+    };
+    let mut a = replicated(&ja);
+    let ida = node_id(&ja);
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let x = order_until_accepted(&mut ca, 1, symbol_of_shard(0), "a serves", || a.log());
+    drop(ca);
+    a.kill();
+    // The operator copies a's journal of shard 0 to b, starts b and gives
+    // it the shard.
+    std::fs::create_dir_all(jb.join("shard-0")).unwrap();
+    for entry in std::fs::read_dir(ja.join("shard-0")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), jb.join("shard-0").join(entry.file_name())).unwrap();
+    }
+    let b = replicated(&jb);
+    let idb = node_id(&jb);
+    assert_ne!(ida, idb);
+    // Once a's lease has run out (the claim refuses a live one).
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let out = turbo_dex_cli(&[
+            "cluster",
+            "claim",
+            "0",
+            "--node",
+            &format!("{idb:016x}"),
+            "--force",
+            "--cluster",
+            &nats.url(0),
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the claim: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut cb = Client::login_version(b.addr, 1, 0, 2);
+    let y = order_until_accepted(&mut cb, 100, symbol_of_shard(0), "b serves", || b.log());
+    let records = stream_records(&nats.url(0), 0);
+    let x_at = records.iter().position(|r| r.2 == Some(x));
+    let y_at = records.iter().position(|r| r.2 == Some(y));
+    assert!(
+        matches!((x_at, y_at), (Some(i), Some(j)) if i < j),
+        "{records:?}"
+    );
+    assert_eq!(records[x_at.unwrap()].0, ida, "{records:?}");
+    assert_eq!(records[y_at.unwrap()].0, idb, "{records:?}");
+    assert!(b.log().contains("continuing"), "{}", b.log());
+}

@@ -218,6 +218,9 @@ pub struct ReplConfig {
     /// The journal directory: records a restart left unreplicated are
     /// read back from it.
     pub journal_dir: std::path::PathBuf,
+    /// The shards this node holds leases on (a stream another node wrote
+    /// last is continued only by the lease holder).
+    pub view: Arc<crate::cluster::ClusterView>,
 }
 
 /// The replication thread.
@@ -589,8 +592,10 @@ async fn shard_task(
     let mut stream_seq = 0;
     // Records up to here are stored (None: none yet).
     let mut stored: Option<u64> = None;
-    // Another node wrote the stream: publish nothing more.
-    let mut foreign = false;
+    // Another node wrote the stream last: (its node id, last record,
+    // stream sequence). Nothing is published until this node may
+    // continue it (`may_continue`).
+    let mut foreign: Option<(u64, u64, u64)> = None;
     let mut broken = true; // start by reading the stream
     // The publish in flight: the last record it carries.
     let mut inflight: Option<(u64, Ack)> = None;
@@ -598,6 +603,8 @@ async fn shard_task(
     let mut payload = BytesMut::new();
     // The first sequence a gap before it was looked for (once each).
     let mut gap_checked: Option<u64> = None;
+    // Why the stream is not continued was said (once per reason).
+    let mut said_foreign: Option<String> = None;
     // Stored messages since the last trim: (stream sequence, last record).
     let mut acked: VecDeque<(u64, u64)> = VecDeque::new();
     // The newest snapshot not yet published, and whether an upload runs.
@@ -614,26 +621,24 @@ async fn shard_task(
                     stream_seq = seq;
                     stored = stored.max(Some(last));
                 }
-                Last::Records { node, .. } => {
-                    if !foreign {
-                        tracing::error!(
-                            "replication: {} was written by node {node:016x}: this node \
-                             publishes (and acknowledges) nothing more of shard {shard}",
-                            stream_name(shard)
-                        );
-                    }
-                    foreign = true;
-                }
+                Last::Records { node, last, seq } => foreign = Some((node, last, seq)),
             }
             broken = false;
-            if !foreign {
+            if foreign.is_none() {
                 report(&mut parts, stored, &output);
             }
         }
-        if !broken && !foreign && inflight.is_none() {
+        if let Some(other) = foreign
+            && may_continue(&cfg, shard, other, &parts, &mut said_foreign)
+        {
+            (_, _, stream_seq) = other;
+            stored = Some(other.1);
+            foreign = None;
+        }
+        if !broken && foreign.is_none() && inflight.is_none() {
             fill_gap(&cfg, shard, &client, stored, &mut parts, &mut gap_checked).await;
         }
-        if inflight.is_none() && !broken && !foreign && !parts.is_empty() {
+        if inflight.is_none() && !broken && foreign.is_none() && !parts.is_empty() {
             let max = client
                 .server_info()
                 .max_payload
@@ -686,7 +691,7 @@ async fn shard_task(
                     parts.extend(split(core, job, max.max(HEADER_ROOM)));
                 }
                 Some((_, ReplMsg::Snapshot(snap))) => {
-                    if foreign {
+                    if foreign.is_some() {
                         continue;
                     }
                     // Keep the first message with a record after the
@@ -740,6 +745,51 @@ async fn shard_task(
 /// A shard's newest snapshot waiting to be published (with the stream
 /// message to keep from), and whether an upload task runs.
 type Snapshots = Arc<std::sync::Mutex<(Option<(ReplSnapshot, Option<u64>)>, bool)>>;
+
+/// Whether this node may append to a stream whose last message another
+/// node wrote (`other`: its id, last record, stream sequence): only while
+/// it holds the shard's lease (an operator's `cluster claim`, or a
+/// failover), and only when its next record directly follows the
+/// stream's last (its journal continues the other node's, as after
+/// copying it). Says why not, once per reason.
+fn may_continue(
+    cfg: &ReplConfig,
+    shard: u32,
+    (node, last, _): (u64, u64, u64),
+    parts: &VecDeque<Part>,
+    said: &mut Option<String>,
+) -> bool {
+    let Some(next) = parts.front().map(|p| p.first) else {
+        return false;
+    };
+    let why = if !cfg.view.serves(shard) {
+        format!(
+            "{} was written last by node {node:016x} and this node does not hold shard \
+             {shard}'s lease: it publishes (and acknowledges) nothing of it",
+            stream_name(shard)
+        )
+    } else if next != last.wrapping_add(1) {
+        format!(
+            "{} holds records through {last} by node {node:016x}, and this node's next \
+             record is {next}: its journal does not continue the stream (copy the owner's \
+             journal of the shard first); nothing of shard {shard} is acknowledged",
+            stream_name(shard)
+        )
+    } else {
+        tracing::info!(
+            "replication: continuing {} after node {node:016x}'s record {last} (this node \
+             holds shard {shard}'s lease now)",
+            stream_name(shard)
+        );
+        *said = None;
+        return true;
+    };
+    if said.as_deref() != Some(why.as_str()) {
+        tracing::error!("replication: {why}");
+        *said = Some(why);
+    }
+    false
+}
 
 /// Publishes the shard's waiting snapshots, newest first, until none
 /// waits (one task per shard at a time).
