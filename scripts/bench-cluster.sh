@@ -225,6 +225,15 @@ now_ms() { date +%s%3N; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 # A JSON array of the arguments (numbers, written as they are).
 json_array() { local IFS=,; echo "[$*]"; }
+# The arguments (JSON values) joined by a comma and a new, indented line.
+json_lines() {
+    local out="" f
+    for f in "$@"; do
+        out="${out:+$out,
+    }$f"
+    done
+    printf '%s' "$out"
+}
 # col FILE N: the Nth column of FILE; med FILE N: its median; json_col
 # FILE N: it as a JSON array.
 col() { awk -v n="$2" '{ print $n }' "$1"; }
@@ -523,12 +532,7 @@ if [ "$DO_FORMATION" -eq 1 ]; then
             "$n" "$((n * 2))" "$FORM_STAGGER" "$(json_array "${times[@]}")" "$failed" "${m:-null}")")
         echo "$n ${m:-} ${times[*]} failed=$failed" >>"$TMP/formation"
     done
-    FORM_LIST=""
-    for f in "${FORM_JSON[@]}"; do
-        FORM_LIST="${FORM_LIST:+$FORM_LIST,
-    }$f"
-    done
-    JSON_PARTS+=("$(printf '"formation": [\n    %s\n  ]' "$FORM_LIST")")
+    JSON_PARTS+=("$(printf '"formation": [\n    %s\n  ]' "$(json_lines "${FORM_JSON[@]}")")")
 fi
 
 # ---------------------------------------------------------------- replicas
@@ -589,13 +593,8 @@ if [ "$DO_REPLICAS" -eq 1 ]; then
             "$(med "$TMP/replicas-$r-tput" 1)" "$(med "$TMP/replicas-$r-tput" 2)" \
             "$(awk -v a="${R_BASE:-null}" -v b="$(med "$TMP/replicas-$r-tput" 1)" 'BEGIN { if (a != "null" && a > 0 && b != "null") printf "%.3f", b / a; else print "null" }')" "$lat")")
     done
-    R_LIST=""
-    for f in "${R_JSON[@]}"; do
-        R_LIST="${R_LIST:+$R_LIST,
-    }$f"
-    done
     JSON_PARTS+=("$(printf '"replicas": {"rounds": %s, "duration": "%s", "batch": 2000, "mix": "match", "fsync": "%s", "latency_rate": %s, "placement": "%s", "runs": [\n    %s\n  ]}' \
-        "$ROUNDS" "$DURATION" "$FSYNC" "$LATENCY_RATE" "$R_PLACEMENT" "$R_LIST")")
+        "$ROUNDS" "$DURATION" "$FSYNC" "$LATENCY_RATE" "$R_PLACEMENT" "$(json_lines "${R_JSON[@]}")")")
 fi
 
 # ---------------------------------------------------------------- failover

@@ -1120,6 +1120,20 @@ fn stream_records_from(url: &str, shard: u32) -> Vec<(u64, u64, Option<u64>)> {
     })
 }
 
+/// A node on `nats`'s first server (its clients stay there: the tests
+/// stop the others) with `--replicas` and `extra` flags, its journal in
+/// `journal`.
+fn replicated_node(
+    nats: &testkit::NatsCluster,
+    journal: &Path,
+    replicas: &str,
+    extra: &[&str],
+) -> Node {
+    let mut command = node_command(&nats.url(0), journal, SHARDS);
+    command.args(["--replicas", replicas]).args(extra);
+    Node::spawn(command, journal)
+}
+
 /// `--replicas 3` against a three-server NATS cluster: every accepted order
 /// is in its shard's stream, in journal order, written by this node; while
 /// two of the three servers are stopped (SIGSTOP: no quorum) an order is
@@ -1132,10 +1146,7 @@ fn replicated_orders_are_stored_in_jetstream_before_they_are_acknowledged() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-replicas");
     let journal = dir.join("a");
-    // One URL: the node's clients stay on the server that is never stopped.
-    let mut command = node_command(&nats.url(0), &journal, SHARDS);
-    command.args(["--replicas", "3"]);
-    let node = Node::spawn(command, &journal);
+    let node = replicated_node(&nats, &journal, "3", &[]);
     let id = node_id(&journal);
     let mut c = Client::login_version(node.addr, 1, 0, 2);
     wait_map(&mut c, "the node owns every shard", |m| {
@@ -1240,9 +1251,7 @@ fn a_node_fills_its_stream_from_the_journal_before_publishing_on() {
     let dir = TempDir::new("cluster-replicas-gap");
     let journal = dir.join("a");
     let run = |replicas: &str, coid: u64| {
-        let mut command = node_command(&nats.url(0), &journal, SHARDS);
-        command.args(["--replicas", replicas]);
-        let mut node = Node::spawn(command, &journal);
+        let mut node = replicated_node(&nats, &journal, replicas, &[]);
         let mut c = Client::login_version(node.addr, 1, 0, 2);
         let id = order_until_accepted(&mut c, coid, symbol_of_shard(0), "accepted", || node.log());
         drop(c);
@@ -1281,9 +1290,7 @@ fn snapshots_go_to_the_object_store_and_trim_the_stream() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-replicas-snapshots");
     let journal = dir.join("a");
-    let mut command = node_command(&nats.url(0), &journal, SHARDS);
-    command.args(["--replicas", "3", "--snapshot-every", "5"]);
-    let node = Node::spawn(command, &journal);
+    let node = replicated_node(&nats, &journal, "3", &["--snapshot-every", "5"]);
     let mut c = Client::login_version(node.addr, 1, 0, 2);
     // One order at a time: one record per batch, a snapshot every five.
     let mut next = 1;
@@ -1384,10 +1391,8 @@ fn a_stalled_stream_refuses_new_orders_until_it_stores_again() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-replicas-stall");
     let journal = dir.join("a");
-    let mut command = node_command(&nats.url(0), &journal, SHARDS);
     // The test's client sends no heartbeats while it waits.
-    command.args(["--replicas", "3", "--heartbeat-ms", "20000"]);
-    let node = Node::spawn(command, &journal);
+    let node = replicated_node(&nats, &journal, "3", &["--heartbeat-ms", "20000"]);
     let mut c = Client::login_version(node.addr, 1, 0, 2);
     let first = order_until_accepted(&mut c, 1, symbol_of_shard(0), "accepted", || node.log());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1480,12 +1485,7 @@ fn a_claimed_shard_continues_its_stream_on_the_new_owner() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-replicas-claim");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
-    let replicated = |journal: &Path| {
-        let mut command = node_command(&nats.url(0), journal, SHARDS);
-        command.args(["--replicas", "3"]);
-        Node::spawn(command, journal)
-    };
-    let mut a = replicated(&ja);
+    let mut a = replicated_node(&nats, &ja, "3", &[]);
     let ida = node_id(&ja);
     let mut ca = Client::login_version(a.addr, 1, 0, 2);
     let x = order_until_accepted(&mut ca, 1, symbol_of_shard(0), "a serves", || a.log());
@@ -1498,7 +1498,7 @@ fn a_claimed_shard_continues_its_stream_on_the_new_owner() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), jb.join("shard-0").join(entry.file_name())).unwrap();
     }
-    let b = replicated(&jb);
+    let b = replicated_node(&nats, &jb, "3", &[]);
     let idb = node_id(&jb);
     assert_ne!(ida, idb);
     // Once a's lease has run out (the claim refuses a live one).
