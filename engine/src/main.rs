@@ -306,7 +306,8 @@ struct Args {
     /// journal only). 2 or more needs that many NATS servers with
     /// JetStream in the cluster; see README "High availability".
     #[arg(long, value_name = "R", default_value_t = 1,
-          value_parser = clap::value_parser!(u8).range(1..=5))]
+          value_parser = clap::value_parser!(u8)
+              .range(1..=engine::server::limits::REPLICAS_MAX as i64))]
     replicas: u8,
 
     /// Log lines on stderr as text (for people) or JSON (one object per
@@ -868,7 +869,7 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
                     cfg.cluster = Some(std::sync::Arc::clone(&view));
                     if args.replicas > 1 {
                         cfg.replicate = Some(engine::server::replicate::ReplConfig {
-                            urls: urls.split(',').map(|u| u.trim().to_string()).collect(),
+                            urls: urls.clone(),
                             replicas: usize::from(args.replicas),
                             node: node_id,
                             journal_dir: journal.config.dir.clone(),

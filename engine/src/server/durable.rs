@@ -389,6 +389,15 @@ pub fn reject_not_durable<S: Sink>(cmd: &Command, sink: &mut S) -> bool {
     true
 }
 
+/// Whether [`reject_not_durable`] can refuse `cmd` (a client's request,
+/// not a command that only takes orders away).
+pub fn can_refuse(cmd: &Command) -> bool {
+    matches!(
+        cmd.op,
+        Op::New(_) | Op::Cancel(_) | Op::Replace(_) | Op::Query(_)
+    )
+}
+
 /// What the runtime needs from a shard beyond [`crate::book::Matcher`] to
 /// snapshot it: the matching shard serializes itself, the null engine has
 /// nothing to keep.

@@ -164,11 +164,11 @@ pub fn ring_capacity_for(cores: usize) -> usize {
         .clamp(RING_CAPACITY_MIN, RING_CAPACITY_MAX)
 }
 
-/// Checks a configuration once, before anything starts. Each error names
-/// the flag and what to do.
 /// The most replicas a stream may have (JetStream's own limit).
 pub const REPLICAS_MAX: usize = 5;
 
+/// Checks a configuration once, before anything starts. Each error names
+/// the flag and what to do.
 pub fn validate(cfg: &ServerConfig) -> Result<(), String> {
     let cores = cfg.cpus.len();
     if cores == 0 {

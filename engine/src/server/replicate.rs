@@ -209,8 +209,8 @@ impl ReplLink {
 /// What the replication thread needs.
 #[derive(Clone, Debug)]
 pub struct ReplConfig {
-    /// `nats://HOST:PORT[,...]`.
-    pub urls: Vec<String>,
+    /// `nats://HOST:PORT[,...]` (as `--cluster` names them).
+    pub urls: String,
     /// Each stream's replicas (2 or more).
     pub replicas: usize,
     /// This node's id (in the message ids).
@@ -324,12 +324,19 @@ async fn run(
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
 ) {
+    let servers = match crate::mdbridge::parse_servers(&cfg.urls) {
+        Ok(servers) => servers,
+        Err(e) => {
+            tracing::error!("replication: {}: {e}", cfg.urls);
+            return;
+        }
+    };
     let client = match async_nats::ConnectOptions::new()
         .name("turbo-dex replication")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(crate::mdbridge::reconnect_delay)
-        .connect(cfg.urls.clone())
+        .connect(servers)
         .await
     {
         Ok(c) => c,
@@ -422,6 +429,16 @@ struct Part {
     /// The batch ends with this part.
     ends_batch: bool,
     payload: Bytes,
+}
+
+/// The most payload bytes a message carries: the server's `max_payload`
+/// less room for the headers.
+fn part_limit(client: &async_nats::Client) -> usize {
+    client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADER_ROOM)
+        .max(HEADER_ROOM)
 }
 
 /// Splits a batch into parts of at most `max` bytes, at record boundaries
@@ -606,6 +623,8 @@ async fn shard_task(
     // Why the stream is not continued was said (once per reason).
     let mut said_foreign: Option<String> = None;
     // Stored messages since the last trim: (stream sequence, last record).
+    // Each snapshot drops those before it, so this holds at most one
+    // entry per message of `--snapshot-every` records (16 bytes each).
     let mut acked: VecDeque<(u64, u64)> = VecDeque::new();
     // The newest snapshot not yet published, and whether an upload runs.
     let snapshots: Snapshots = Arc::new(std::sync::Mutex::new((None, false)));
@@ -628,22 +647,18 @@ async fn shard_task(
                 report(&mut parts, stored, &output);
             }
         }
-        if let Some(other) = foreign
+        if let Some(other @ (_, last, seq)) = foreign
             && may_continue(&cfg, shard, other, &parts, &mut said_foreign)
         {
-            (_, _, stream_seq) = other;
-            stored = Some(other.1);
+            stream_seq = seq;
+            stored = Some(last);
             foreign = None;
         }
         if !broken && foreign.is_none() && inflight.is_none() {
             fill_gap(&cfg, shard, &client, stored, &mut parts, &mut gap_checked).await;
         }
         if inflight.is_none() && !broken && foreign.is_none() && !parts.is_empty() {
-            let max = client
-                .server_info()
-                .max_payload
-                .saturating_sub(HEADER_ROOM)
-                .max(HEADER_ROOM);
+            let max = part_limit(&client);
             // Every waiting part that fits (the first always goes); one
             // part alone goes as it is, without a copy.
             let first = parts[0].first;
@@ -687,8 +702,7 @@ async fn shard_task(
         tokio::select! {
             got = input.recv(), if open => match got {
                 Some((core, ReplMsg::Batch(job))) => {
-                    let max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
-                    parts.extend(split(core, job, max.max(HEADER_ROOM)));
+                    parts.extend(split(core, job, part_limit(&client)));
                 }
                 Some((_, ReplMsg::Snapshot(snap))) => {
                     if foreign.is_some() {
@@ -930,8 +944,7 @@ async fn fill_gap(
                 last_seq: to,
                 bytes,
             };
-            let max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
-            let mut gap = split(NO_CORE, job, max.max(HEADER_ROOM));
+            let mut gap = split(NO_CORE, job, part_limit(client));
             for p in &mut gap {
                 p.ends_batch = false; // nobody waits for them
             }

@@ -6,10 +6,10 @@
 use std::io;
 
 use super::super::durable::{
-    Done, Inflight, Job, REPL_STALL_NS, SEGMENT_RETRY_NS, reject_not_durable,
+    Done, Inflight, Job, REPL_STALL_NS, SEGMENT_RETRY_NS, can_refuse, reject_not_durable,
 };
 use super::super::monotonic_ns;
-use super::route::apply_batch;
+use super::route::{Router, apply_batch};
 use super::{Core, State};
 use crate::book::{Command, Matcher};
 use crate::journal;
@@ -177,43 +177,21 @@ impl<M: Matcher + Snapshot> Core<M> {
         let Some(queue) = pending.get_mut(local) else {
             return;
         };
-        let before = router.counters.rejects;
-        let mut rejected = Vec::new();
-        queue.retain(|cmd| {
-            let refused = reject_not_durable(cmd, router);
-            if refused {
-                rejected.push(*cmd);
-            }
-            !refused
-        });
-        router.counters.journal_rejects += router.counters.rejects - before;
-        router.batch_processed(&rejected);
+        let refused = take_refusable(queue);
+        refuse(router, &refused);
     }
 
     /// While replication stalls: the shard's queued commands that can be
     /// refused are refused `NotDurable`, not journaled, but answered only
     /// after the batches before them (answers keep request order,
-    /// PROTOCOL.md §7), as a batch of refusals behind them.
+    /// PROTOCOL.md §8.3), as a batch of refusals behind them.
     fn refuse_in_turn(&mut self, local: usize) {
         let (now, engine_ns) = (self.st.now_ns, self.st.engine_ns);
         let State { pending, logs, .. } = &mut self.st;
         let (Some(queue), Some(log)) = (pending.get_mut(local), logs.get_mut(local)) else {
             return;
         };
-        let mut refused = Vec::new();
-        queue.retain(|cmd| {
-            let refusable = !matches!(
-                cmd.op,
-                crate::book::Op::CancelSession
-                    | crate::book::Op::MassCancel { .. }
-                    | crate::book::Op::KillAccount
-                    | crate::book::Op::UnblockAccount
-            );
-            if refusable {
-                refused.push(*cmd);
-            }
-            !refusable
-        });
+        let refused = take_refusable(queue);
         if refused.is_empty() {
             return;
         }
@@ -361,13 +339,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                     log.repl_stalled = false;
                 }
                 if batch.refuse {
-                    let router = &mut self.st.router;
-                    let before = router.counters.rejects;
-                    for cmd in &batch.cmds {
-                        reject_not_durable(cmd, router);
-                    }
-                    router.counters.journal_rejects += router.counters.rejects - before;
-                    router.batch_processed(&batch.cmds);
+                    refuse(&mut self.st.router, &batch.cmds);
                     continue;
                 }
                 self.st
@@ -436,20 +408,10 @@ impl<M: Matcher + Snapshot> Core<M> {
             log.unavailable = Some(why);
         }
         // Commands that cannot be refused go back to the front of the queue.
-        let before = router.counters.rejects;
-        let mut keep: Vec<Command> = Vec::new();
-        let mut rejected: Vec<Command> = Vec::new();
-        for cmd in batch.cmds.drain(..) {
-            if reject_not_durable(&cmd, router) {
-                rejected.push(cmd);
-            } else {
-                keep.push(cmd);
-            }
-        }
-        router.counters.journal_rejects += router.counters.rejects - before;
-        router.batch_processed(&rejected);
-        if !keep.is_empty() {
-            pending[local].splice(0..0, keep);
+        let refused = take_refusable(&mut batch.cmds);
+        refuse(router, &refused);
+        if !batch.cmds.is_empty() {
+            pending[local].splice(0..0, batch.cmds.drain(..));
         }
     }
 
@@ -497,4 +459,28 @@ impl<M: Matcher + Snapshot> Core<M> {
     pub(super) fn journal_busy(&self) -> bool {
         self.st.logs.iter().any(|l| l.inflight.is_some())
     }
+}
+
+/// Takes the commands of `queue` that can be refused ([`can_refuse`]) out
+/// of it, in order; the others stay, in order.
+fn take_refusable(queue: &mut Vec<Command>) -> Vec<Command> {
+    let mut refused = Vec::new();
+    queue.retain(|cmd| {
+        let refusable = can_refuse(cmd);
+        if refusable {
+            refused.push(*cmd);
+        }
+        !refusable
+    });
+    refused
+}
+
+/// Answers each of `cmds` (all refusable) `Rejected(NotDurable)`, counts
+/// them as journal rejects, and tells the session layer they are done.
+fn refuse(router: &mut Router, cmds: &[Command]) {
+    for cmd in cmds {
+        reject_not_durable(cmd, router);
+    }
+    router.counters.journal_rejects += cmds.len() as u64;
+    router.batch_processed(cmds);
 }
