@@ -310,6 +310,18 @@ struct Args {
               .range(1..=engine::server::limits::REPLICAS_MAX as i64))]
     replicas: u8,
 
+    /// With --cluster: how long a shard's lease runs after each renewal,
+    /// in ms. Renewals come every fifth of it; a node stops serving a
+    /// shard three fifths after its last successful renewal; with
+    /// --replicas 2 or more a standby takes over a shard whose lease
+    /// expired. Shorter leases fail over faster and write the control
+    /// plane more often. Every node of a cluster should use the same.
+    #[arg(long, value_name = "MS", default_value_t = engine::cluster::plan::LEASE_MS,
+          requires = "cluster",
+          value_parser = clap::value_parser!(u64)
+              .range(engine::cluster::plan::LEASE_MS_MIN..=engine::cluster::plan::LEASE_MS_MAX))]
+    lease_ms: u64,
+
     /// Log lines on stderr as text (for people) or JSON (one object per
     /// line, for log collectors). RUST_LOG filters them (default: info).
     #[arg(long, value_enum, default_value = "text")]
@@ -448,6 +460,17 @@ enum ClusterAction {
         /// losing the shard's orders is accepted).
         #[arg(long)]
         force: bool,
+    },
+    /// Move a live shard to another live node, with replicated journals
+    /// (nodes run with --replicas 2 or more): the lease is given to NODE,
+    /// the owner stops at its next round, and NODE serves once its copy
+    /// holds the whole stream (a standby's copy is current already).
+    /// Waits until NODE serves the shard and prints the pause.
+    Move {
+        /// The shard (0 to the cluster's shard count - 1).
+        shard: u32,
+        /// The node that gets it (16 hex digits, as `cluster status` shows).
+        node: String,
     },
 }
 
@@ -635,6 +658,9 @@ fn main() -> ExitCode {
             ClusterAction::Status => engine::cluster::agent::status(&urls),
             ClusterAction::Claim { shard, node, force } => {
                 engine::cluster::agent::claim(&urls, shard, &node, force)
+            }
+            ClusterAction::Move { shard, node } => {
+                engine::cluster::agent::move_shard(&urls, shard, &node)
             }
         });
         return match result {
@@ -850,7 +876,12 @@ fn run(args: Args, signals: libc::sigset_t) -> Result<ExitCode, String> {
             } else {
                 engine::cluster::cluster_urls(arg)?
             };
-            let view = std::sync::Arc::new(engine::cluster::ClusterView::new(node_id, shards));
+            let mut view = engine::cluster::ClusterView::new(node_id, shards)
+                .with_timing(engine::cluster::plan::Timing::from_lease(args.lease_ms));
+            if args.replicas > 1 {
+                view = view.replicated();
+            }
+            let view = std::sync::Arc::new(view);
             let config = engine::cluster::plan::ClusterConfig::new(shards, &cfg.symbols);
             match engine::cluster::agent::Joined::join(
                 &urls,

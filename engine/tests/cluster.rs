@@ -1537,3 +1537,492 @@ fn a_claimed_shard_continues_its_stream_on_the_new_owner() {
     assert_eq!(records[y_at.unwrap()].0, idb, "{records:?}");
     assert!(b.log().contains("continuing"), "{}", b.log());
 }
+
+/// xorshift64*: the failover test's randomness, seeded so that a failure
+/// can be replayed (`FAILOVER_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A machine of the failover test: a node (with its own server of the
+/// NATS cluster), which may be dead.
+struct Machine {
+    node: Option<Node>,
+    journal: PathBuf,
+    id: u64,
+    /// Clients by account (1 buys, 2 sells).
+    clients: [Option<Client>; 2],
+}
+
+impl Machine {
+    fn client(&mut self, account: u64) -> Option<&mut Client> {
+        let addr = self.node.as_ref()?.addr;
+        let slot = &mut self.clients[account as usize - 1];
+        if slot.as_ref().is_none_or(|c| c.closed) {
+            let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            drop(c);
+            let c = Client::login_version(addr, account, 0, 2);
+            c.stream
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            *slot = Some(c);
+        }
+        slot.as_mut()
+    }
+}
+
+/// A node of the failover test: `--replicas 3`, 1 s leases, a snapshot
+/// every 100 records (so that streams are trimmed and standbys compare
+/// digests during the test).
+fn failover_command(nats: &testkit::NatsCluster, i: usize, journal: &Path) -> Command {
+    let mut c = node_command(&nats.url(i), journal, SHARDS);
+    c.args([
+        "--replicas",
+        "3",
+        "--lease-ms",
+        "1000",
+        "--snapshot-every",
+        "100",
+    ])
+    .env("RUST_LOG", "info");
+    c
+}
+
+/// What the test knows of one order.
+#[derive(Debug, Default)]
+struct Sent {
+    account: u64,
+    symbol: u32,
+    quantity: u64,
+    accepted: u32,
+    filled_seen: u64,
+}
+
+/// What one answer said.
+enum Answer {
+    Accepted,
+    WrongNode(u64),
+    Refused(RejectReason),
+    /// None in time, or the connection closed (the node died).
+    Lost,
+}
+
+/// Waits (up to `within`) for the answer to NewOrder `id` on `c`, taking
+/// fills of other orders into `orders` meanwhile.
+fn answer_within(
+    c: &mut Client,
+    id: u64,
+    within: Duration,
+    orders: &mut std::collections::BTreeMap<u64, Sent>,
+) -> Answer {
+    let until = Instant::now() + within;
+    loop {
+        c.pump();
+        let mut answer = None;
+        for m in std::mem::take(&mut c.inbox) {
+            match m {
+                Msg::Fill(f) => {
+                    if let Some(o) = orders.get_mut(&f.client_order_id.get()) {
+                        o.filled_seen += f.quantity.get();
+                    }
+                }
+                Msg::Accepted(a) if a.client_order_id.get() == id => {
+                    answer = Some(Answer::Accepted)
+                }
+                Msg::Rejected(r) if r.client_order_id.get() == id => {
+                    let reason = r.reason().unwrap();
+                    if reason != RejectReason::WrongNode {
+                        answer = Some(Answer::Refused(reason));
+                    }
+                }
+                Msg::ShardOwner(o) if o.client_order_id.get() == id => {
+                    answer = Some(Answer::WrongNode(o.node_id.get()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(a) = answer {
+            return a;
+        }
+        if c.closed || Instant::now() > until {
+            return Answer::Lost;
+        }
+    }
+}
+
+/// The failover test. Three machines, each a node with its own server of
+/// a three-server NATS cluster, `--replicas 3`, 1 s leases. Each trial
+/// trades through the shards' owners and, at a random moment, kills a
+/// whole machine (`kill -9` of its node and of its nats-server) that owns
+/// a shard, trading on: orders for its shards go unanswered until a
+/// standby has taken the lease and applied the stream (the failover time,
+/// from the kill to the first order accepted by the new owner). Then
+/// every acknowledged order is looked up with OrderQuery on its shard's
+/// owner now: it must be there, with consistent quantities (lost
+/// otherwise), and resending acknowledged orders must be refused as
+/// duplicates (executed twice otherwise). The dead machine comes back: its
+/// node drops what it journaled that the streams lack, reloads its copies
+/// from them as a standby, and compares its digests with the owners'
+/// snapshots (a mismatch would stop it with exit status 70); the test
+/// trades until it has compared at least one.
+///
+/// `FAILOVER_TRIALS` (default 1), `FAILOVER_STEPS` (orders per trial,
+/// default 300), `FAILOVER_SEED`; `scripts/failover-test.sh` runs 20 and
+/// more. The last line printed: `trials T, acknowledged N, lost L,
+/// executed twice D, failover p50 X ms max Y ms`.
+#[test]
+fn failover_loses_no_acknowledged_order() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let trials = env_or("FAILOVER_TRIALS", 1);
+    let steps = env_or("FAILOVER_STEPS", 300).max(20);
+    let seed = env_or("FAILOVER_SEED", 0x5eed_f00d) | 1;
+    eprintln!("failover test: {trials} trial(s), {steps} orders each, seed {seed}");
+    let mut rng = Rng(seed);
+    let mut nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-failover");
+    let launched: Vec<(Child, PathBuf, PathBuf)> = (0..3)
+        .map(|i| {
+            let journal = dir.join(format!("m{i}"));
+            let (child, log) = Node::launch(failover_command(&nats, i, &journal), &journal);
+            (child, log, journal)
+        })
+        .collect();
+    let mut machines: Vec<Machine> = launched
+        .into_iter()
+        .map(|(child, log, journal)| {
+            let node = Node::ready(child, log);
+            Machine {
+                id: node_id(&journal),
+                node: Some(node),
+                journal,
+                clients: [None, None],
+            }
+        })
+        .collect();
+    let mut orders: std::collections::BTreeMap<u64, Sent> = Default::default();
+    let mut next_id = 1u64;
+    let mut failovers: Vec<u64> = Vec::new();
+    let (mut lost, mut twice) = (0u64, 0u64);
+    let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
+    for trial in 0..trials {
+        // Every shard served by a live machine.
+        let owners = current_owners(&mut machines);
+        let kill_at = steps / 4 + rng.below(steps / 2);
+        let mut killed: Option<(usize, Instant, Vec<u32>)> = None;
+        let mut owners = owners;
+        for step in 0..steps {
+            if step == kill_at {
+                let shard = rng.below(u64::from(SHARDS)) as u32;
+                let victim = owners[shard as usize];
+                let shards: Vec<u32> = (0..SHARDS)
+                    .filter(|&s| owners[s as usize] == victim)
+                    .collect();
+                let m = &mut machines[victim];
+                if let Some(mut node) = m.node.take() {
+                    node.kill();
+                }
+                m.clients = [None, None];
+                nats.kill(victim);
+                eprintln!(
+                    "trial {trial}: killed machine {victim} (node {:016x} and its nats-server), \
+                     owner of shards {shards:?}, after {step} orders",
+                    m.id
+                );
+                killed = Some((victim, Instant::now(), shards));
+            }
+            let shard = rng.below(u64::from(SHARDS)) as u32;
+            let symbol = shard + SHARDS * rng.below(u64::from(SYMBOLS / SHARDS)) as u32;
+            let account = 1 + rng.below(2);
+            let side = if account == 1 {
+                wire::Side::Buy
+            } else {
+                wire::Side::Sell
+            };
+            let price = 100 + rng.below(5) as i64 - 2;
+            let quantity = 1 + rng.below(5);
+            let id = next_id;
+            next_id += 1;
+            orders.insert(
+                id,
+                Sent {
+                    account,
+                    symbol,
+                    quantity,
+                    ..Sent::default()
+                },
+            );
+            let order = wire::NewOrder::limit(id, symbol, side, price, quantity);
+            let until = Instant::now() + DEADLINE;
+            loop {
+                assert!(
+                    Instant::now() < until,
+                    "trial {trial}: order {id} for shard {shard} found no owner in {DEADLINE:?}; \
+                     logs:\n{}",
+                    logs(&machines)
+                );
+                let target = owners[shard as usize];
+                let Some(c) = machines[target].client(account) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    owners = owners_seen(&mut machines, &owners);
+                    continue;
+                };
+                c.send(&[order]);
+                match answer_within(c, id, Duration::from_secs(3), &mut orders) {
+                    Answer::Accepted => {
+                        let o = orders.get_mut(&id).unwrap();
+                        o.accepted += 1;
+                        if let Some((victim, at, shards)) = &killed
+                            && shards.contains(&shard)
+                            && target != *victim
+                            && failovers.len() <= trial as usize
+                        {
+                            let ms = at.elapsed().as_millis() as u64;
+                            eprintln!("trial {trial}: shard {shard} served again after {ms} ms");
+                            failovers.push(ms);
+                        }
+                        break;
+                    }
+                    Answer::WrongNode(owner) => {
+                        if let Some(i) = machines.iter().position(|m| m.id == owner) {
+                            owners[shard as usize] = i;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    // Refused (not durable while the stream lost its
+                    // quorum, a duplicate of a resend): not executed by
+                    // this attempt, and no longer waited for.
+                    Answer::Refused(reason) => {
+                        *refusals.entry(format!("{reason:?}")).or_insert(0u64) += 1;
+                        break;
+                    }
+                    Answer::Lost => {
+                        // Its node died: the same id goes to the new owner.
+                        owners = owners_seen(&mut machines, &owners);
+                    }
+                }
+            }
+        }
+        // The victim's shards have a new owner; every acknowledged order is
+        // there.
+        let owners = current_owners(&mut machines);
+        let (l, d) = check_orders(&mut machines, &owners, &mut orders);
+        lost += l;
+        twice += d;
+        // The dead machine comes back, as a standby.
+        if let Some((victim, _, _)) = killed {
+            nats.restart(victim);
+            let m = &mut machines[victim];
+            m.node = Some(Node::spawn(
+                failover_command(&nats, victim, &m.journal),
+                &m.journal,
+            ));
+            settle_standby(&mut machines, victim, &mut orders, &mut next_id);
+        }
+    }
+    failovers.sort_unstable();
+    eprintln!("orders refused (not executed): {refusals:?}");
+    if std::env::var_os("FAILOVER_VERBOSE").is_some() {
+        eprintln!("{}", logs(&machines));
+    }
+    let acknowledged = orders.values().filter(|o| o.accepted > 0).count();
+    let p50 = failovers.get(failovers.len() / 2).copied().unwrap_or(0);
+    let max = failovers.last().copied().unwrap_or(0);
+    println!(
+        "trials {trials}, acknowledged {acknowledged}, lost {lost}, executed twice {twice}, \
+         failover p50 {p50} ms max {max} ms"
+    );
+    assert_eq!((lost, twice), (0, 0), "logs:\n{}", logs(&machines));
+    assert_eq!(failovers.len(), trials as usize, "every trial failed over");
+}
+
+fn logs(machines: &[Machine]) -> String {
+    machines
+        .iter()
+        .filter_map(|m| m.node.as_ref())
+        .map(|n| n.log())
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
+/// Each shard's owner as a live machine's map says (the old guesses
+/// where none answers).
+fn owners_seen(machines: &[Machine], old: &[usize]) -> Vec<usize> {
+    let ids: Vec<u64> = machines.iter().map(|m| m.id).collect();
+    for m in machines.iter() {
+        let Some(node) = &m.node else { continue };
+        let Ok(probe) = std::net::TcpStream::connect_timeout(&node.addr, Duration::from_secs(1))
+        else {
+            continue;
+        };
+        drop(probe);
+        let mut c = Client::login_version(node.addr, 3, 0, 2);
+        let map = map_of(&mut c, 7_000_000);
+        return map
+            .owners
+            .iter()
+            .zip(old)
+            .map(|(o, &was)| ids.iter().position(|i| i == o).unwrap_or(was))
+            .collect();
+    }
+    old.to_vec()
+}
+
+/// Waits until every shard is served by a live machine; the owners.
+fn current_owners(machines: &mut [Machine]) -> Vec<usize> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let owners = owners_seen(machines, &vec![usize::MAX; SHARDS as usize]);
+        if owners
+            .iter()
+            .all(|&o| machines.get(o).is_some_and(|m| m.node.is_some()))
+        {
+            // And each takes orders (a new owner serves once caught up).
+            return owners;
+        }
+        assert!(
+            Instant::now() < until,
+            "no live owner for every shard: {owners:?}\n{}",
+            logs(machines)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// OrderQuery for every order on its shard's owner: (lost, executed
+/// twice). Acknowledged orders must be there with consistent quantities;
+/// resends of acknowledged orders must be refused as duplicates.
+fn check_orders(
+    machines: &mut [Machine],
+    owners: &[usize],
+    orders: &mut std::collections::BTreeMap<u64, Sent>,
+) -> (u64, u64) {
+    let (mut lost, mut twice) = (0, 0);
+    for (&id, o) in orders.iter() {
+        let shard = o.symbol % SHARDS;
+        let c = machines[owners[shard as usize]]
+            .client(o.account)
+            .expect("the owner is alive");
+        c.send(&[OrderQuery::new(id, o.symbol)]);
+        let Msg::Status(s) = c.wait_for(
+            |m| matches!(m, Msg::Status(s) if s.client_order_id.get() == id),
+            "the order's status",
+        ) else {
+            unreachable!()
+        };
+        let state = wire::OrderState::from_wire(s.state).expect("a valid state");
+        let filled = s.filled_quantity.get();
+        if o.accepted > 1 || filled > o.quantity {
+            eprintln!("order {id} executed twice: {o:?}, status {s:?}");
+            twice += 1;
+        }
+        if o.accepted == 0 {
+            continue; // never acknowledged: it may or may not exist
+        }
+        if state == wire::OrderState::Unknown || filled < o.filled_seen {
+            eprintln!("acknowledged order {id} lost: {o:?}, status {s:?}");
+            lost += 1;
+        } else if state == wire::OrderState::Live {
+            assert_eq!(s.leaves_quantity.get(), o.quantity - filled, "order {id}");
+        }
+    }
+    // Resends of acknowledged orders (the same ids) are refused.
+    let acked: Vec<u64> = orders
+        .iter()
+        .filter(|(_, o)| o.accepted > 0)
+        .map(|(id, _)| *id)
+        .step_by(7)
+        .collect();
+    for id in acked {
+        let o = &orders[&id];
+        let (account, symbol) = (o.account, o.symbol);
+        let c = machines[owners[(symbol % SHARDS) as usize]]
+            .client(account)
+            .expect("the owner is alive");
+        c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
+        if let Answer::Accepted = answer_within(c, id, Duration::from_secs(5), orders) {
+            eprintln!("acknowledged order {id} accepted again when resent");
+            twice += 1;
+        }
+    }
+    (lost, twice)
+}
+
+/// After `victim` came back: trade until its node has compared a standby
+/// digest with an owner's snapshot (it logs the first agreement of each
+/// shard; a mismatch would have ended it).
+fn settle_standby(
+    machines: &mut [Machine],
+    victim: usize,
+    orders: &mut std::collections::BTreeMap<u64, Sent>,
+    next_id: &mut u64,
+) {
+    let until = Instant::now() + DEADLINE * 2;
+    let mut owners = current_owners(machines);
+    let mut shard = 0;
+    while !machines[victim]
+        .node
+        .as_ref()
+        .is_some_and(|n| n.log().contains("agrees with the owner"))
+    {
+        assert!(
+            Instant::now() < until,
+            "the returned node compared no digest:\n{}",
+            machines[victim]
+                .node
+                .as_ref()
+                .map(Node::log)
+                .unwrap_or_default()
+        );
+        shard = (shard + 1) % SHARDS;
+        let id = *next_id;
+        *next_id += 1;
+        let target = owners[shard as usize];
+        let Some(c) = machines[target].client(1) else {
+            owners = current_owners(machines);
+            continue;
+        };
+        c.send(&[wire::NewOrder::limit(id, shard, wire::Side::Buy, 1, 1)]);
+        orders.insert(
+            id,
+            Sent {
+                account: 1,
+                symbol: shard,
+                quantity: 1,
+                ..Sent::default()
+            },
+        );
+        match answer_within(c, id, Duration::from_secs(3), orders) {
+            Answer::Accepted => orders.get_mut(&id).unwrap().accepted += 1,
+            _ => owners = current_owners(machines),
+        }
+        assert!(
+            machines[victim].node.as_mut().is_some_and(|n| n
+                .child
+                .try_wait()
+                .ok()
+                .flatten()
+                .is_none()),
+            "the returned node exited:\n{}",
+            machines[victim]
+                .node
+                .as_ref()
+                .map(Node::log)
+                .unwrap_or_default()
+        );
+    }
+}

@@ -193,6 +193,7 @@ pub struct NatsCluster {
     servers: Vec<Child>,
     ports: Vec<u16>,
     dir: TempDir,
+    bin: PathBuf,
 }
 
 impl NatsCluster {
@@ -222,40 +223,53 @@ impl NatsCluster {
                 ),
             )
             .expect("write the nats-server config");
-            let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("create the log");
-            let child = Command::new(bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone the log file"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            servers.push(child);
+            servers.push(spawn_member(bin, &dir, i));
         }
         let cluster = NatsCluster {
             servers,
             ports,
             dir,
+            bin: bin.to_path_buf(),
         };
-        let until = Instant::now() + READY_DEADLINE;
         for i in 0..n {
-            loop {
-                let log = cluster.log(i);
-                if log.contains("Server is ready")
-                    && log.contains("metadata leader")
-                    && TcpStream::connect(("127.0.0.1", cluster.ports[i])).is_ok()
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < until,
-                    "nats-server n{i} of the cluster not ready:\n{log}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            cluster.wait_ready(i);
         }
         cluster
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let until = Instant::now() + READY_DEADLINE;
+        loop {
+            let log = self.log(i);
+            if log.contains("Server is ready")
+                && log.contains("metadata leader")
+                && TcpStream::connect(("127.0.0.1", self.ports[i])).is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "nats-server n{i} of the cluster not ready:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills server `i` (SIGKILL, reaped), as when its machine dies.
+    pub fn kill(&mut self, i: usize) {
+        let child = &mut self.servers[i];
+        // SAFETY: as in `signal`: a stopped server must run to die.
+        unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts server `i` again (after [`NatsCluster::kill`]) on its store,
+    /// and waits until it is ready in the cluster. Its log starts afresh.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.servers[i] = spawn_member(&self.bin, &self.dir, i);
+        self.wait_ready(i);
     }
 
     /// Every server's URL, comma-separated (`nats://127.0.0.1:P,...`).
@@ -284,6 +298,21 @@ impl NatsCluster {
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal})");
     }
+}
+
+/// Starts member `i` of a [`NatsCluster`] from its config in `dir`, its
+/// output to `n<i>.log` there.
+fn spawn_member(bin: &Path, dir: &TempDir, i: usize) -> Child {
+    let conf = dir.join(format!("n{i}.conf"));
+    let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("create the log");
+    Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 impl Drop for NatsCluster {

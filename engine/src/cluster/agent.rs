@@ -1,9 +1,9 @@
 //! The cluster agent: one thread (never an engine core) with a
 //! current-thread tokio runtime and an async-nats client, as the
-//! market-data bridge does. Every [`ROUND_MS`] it writes this node's
+//! market-data bridge does. Every round ([`plan::Timing`]) it writes this node's
 //! heartbeat, reads the nodes and the leases, applies [`plan::decide`],
 //! and publishes the map; a fence task stops serving shards whose
-//! renewals have failed for [`FENCE_MS`]. Also the operator commands
+//! renewals have failed for the fence. Also the operator commands
 //! (`turbo-dex cluster status`, `turbo-dex cluster claim`).
 //!
 //! Buckets (JetStream key-value, history 1, created by the first node):
@@ -29,10 +29,10 @@ use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{
-    self, Action, ClusterConfig, FENCE_MS, JOIN_WINDOW_MS, Lease, LeaseRecord, Map, NodeRecord,
-    ROUND_MS, Round,
+    self, Action, ClusterConfig, JOIN_WINDOW_MS, Lease, LeaseRecord, Map, NodeRecord, ROUND_MS,
+    Round,
 };
-use super::view::{ClusterView, FENCE_CHECK_MS, boottime_ns};
+use super::view::{ClusterView, FENCE_CHECK_MS, Role, boottime_ns};
 use super::{format_node_id, parse_node_id};
 
 /// The nodes bucket.
@@ -510,6 +510,7 @@ async fn run(
         format_node_id(me),
         view.shard_count()
     );
+    let timing = view.timing();
     let fence_view = Arc::clone(&view);
     let fence = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(FENCE_CHECK_MS));
@@ -518,12 +519,13 @@ async fn run(
             let stopped = fence_view.fence(boottime_ns());
             if stopped > 0 {
                 tracing::warn!(
-                    "cluster: stopped serving {stopped} shard(s): their leases were not renewed for {FENCE_MS} ms (NATS unreachable?)"
+                    "cluster: stopped serving {stopped} shard(s): their leases were not renewed for {} ms (NATS unreachable?)",
+                    timing.fence_ms
                 );
             }
         }
     });
-    let mut round = tokio::time::interval(Duration::from_millis(ROUND_MS));
+    let mut round = tokio::time::interval(Duration::from_millis(timing.round_ms));
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The nodes come from one watch of their bucket for the agent's life
     // (a listing per round would leave a consumer on the server each time).
@@ -543,12 +545,23 @@ async fn run(
         urls,
         claims_from: Instant::now() + Duration::from_millis(JOIN_WINDOW_MS),
         connects: buckets.connects.load(Ordering::Relaxed),
+        lease_ms: timing.lease_ms,
     };
+    // `cluster move` asks every agent for a round now.
+    let mut round_now = buckets.js.client().subscribe(ROUND_NOW_SUBJECT).await.ok();
     loop {
         tokio::select! {
             _ = stop.notified() => break,
             _ = round.tick() => {}
             _ = wake.notified() => round.reset(),
+            Some(_) = async {
+                match round_now.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => round.reset(),
+            // A shard caught up with its stream: serve it now.
+            _ = view.ready_notify.notified() => round.reset(),
         }
         let serves = serving.load(Ordering::Acquire);
         let ok = tokio::select! {
@@ -605,6 +618,8 @@ struct RoundState {
     claims_from: Instant,
     /// [`Buckets::connects`] as last seen.
     connects: u64,
+    /// How long the leases it writes run (`--lease-ms`).
+    lease_ms: u64,
 }
 
 /// The nodes bucket as the watch last delivered it, by key.
@@ -690,6 +705,12 @@ impl RoundState {
         let nodes = node_list(&self.nodes);
         let leases = read_leases(&b.leases, view.shard_count()).await?;
         let held: Vec<bool> = (0..view.shard_count()).map(|s| view.holds(s)).collect();
+        let timing = view.timing();
+        let replicas = if view.is_replicated() {
+            b.replicas as u32
+        } else {
+            1
+        };
         let actions = plan::decide(&Round {
             now_ms: now,
             me: self.me,
@@ -698,6 +719,8 @@ impl RoundState {
             held: &held,
             may_claim,
             remembered: &self.remembered,
+            replicas,
+            node_timeout_ms: timing.node_timeout_ms,
         });
         let mut leases = leases;
         for action in actions.into_iter().filter(|_| serves) {
@@ -706,6 +729,33 @@ impl RoundState {
         for (seen, lease) in self.remembered.iter_mut().zip(&leases) {
             if let Some(l) = lease {
                 *seen = Some(l.record);
+            }
+        }
+        if replicas > 1 && serves {
+            // Rule 7: keep a copy of the shards this node stands by for.
+            let now = wall_ms();
+            for (shard, lease) in leases.iter().enumerate() {
+                let shard = shard as u32;
+                let role = match lease {
+                    Some(l) if l.record.owner == self.me => Role::Owner,
+                    Some(l)
+                        if plan::standbys(
+                            l.record.owner,
+                            &nodes,
+                            replicas,
+                            now,
+                            timing.node_timeout_ms,
+                        )
+                        .contains(&self.me) =>
+                    {
+                        Role::Standby
+                    }
+                    _ => Role::None,
+                };
+                if role != Role::Owner {
+                    view.set_ready(shard, false);
+                }
+                view.set_role(shard, role);
             }
         }
         let map = plan::build_map(wall_ms(), self.me, &nodes, &leases);
@@ -756,6 +806,17 @@ impl RoundState {
         Ok(())
     }
 
+    /// A write of this node's lease of `shard`, begun at `started`
+    /// ([`boottime_ns`]), succeeded: serve it until the fence. With
+    /// replicated journals only once the replication thread has applied
+    /// the shard's whole stream (until then the role asks it to).
+    fn held_lease(&self, view: &ClusterView, shard: u32, started: u64) {
+        view.set_role(shard, Role::Owner);
+        if view.may_serve(shard) {
+            view.renewed(shard, started);
+        }
+    }
+
     async fn apply(
         &self,
         action: Action,
@@ -771,6 +832,38 @@ impl RoundState {
                     );
                 }
                 view.stop(shard);
+                view.set_ready(shard, false);
+            }
+            Action::Take {
+                shard,
+                revision,
+                generation,
+            } => {
+                let started = boottime_ns();
+                let record = plan::my_lease(self.me, wall_ms(), generation, self.lease_ms);
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                let previous = leases[shard as usize].map(|l| l.record.owner);
+                match tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    b.leases.update(shard_key(shard), value, revision),
+                )
+                .await
+                {
+                    Ok(Ok(rev)) => {
+                        tracing::warn!(
+                            "cluster: took over shard {shard}: the lease of node {} expired \
+                             (failover); serving it once its stream is applied",
+                            previous.map(format_node_id).unwrap_or_default()
+                        );
+                        self.held_lease(view, shard, started);
+                        leases[shard as usize] = Some(Lease {
+                            record,
+                            revision: rev,
+                        });
+                    }
+                    // Someone else wrote it first: the next round reads it.
+                    Ok(Err(_)) | Err(_) => {}
+                }
             }
             Action::Update { shard, revision } => {
                 let Some(old) = leases[shard as usize] else {
@@ -779,7 +872,8 @@ impl RoundState {
                 // The fence counts from before the request: the lease it
                 // writes runs LEASE_MS from the wall time read here.
                 let started = boottime_ns();
-                let record = plan::my_lease(self.me, wall_ms(), old.record.generation);
+                let record =
+                    plan::my_lease(self.me, wall_ms(), old.record.generation, self.lease_ms);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 match tokio::time::timeout(
                     REQUEST_TIMEOUT,
@@ -788,12 +882,12 @@ impl RoundState {
                 .await
                 {
                     Ok(Ok(rev)) => {
-                        if !view.holds(shard) {
+                        if !view.holds(shard) && view.may_serve(shard) {
                             tracing::info!(
                                 "cluster: took back shard {shard} (its lease names this node)"
                             );
                         }
-                        view.renewed(shard, started);
+                        self.held_lease(view, shard, started);
                         leases[shard as usize] = Some(Lease {
                             record,
                             revision: rev,
@@ -802,6 +896,7 @@ impl RoundState {
                     Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                         // Someone else wrote the lease: stop now, re-read next round.
                         view.stop(shard);
+                        view.set_ready(shard, false);
                         view.renew_failures.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(_)) | Err(_) => {
@@ -811,7 +906,7 @@ impl RoundState {
             }
             Action::Create { shard, generation } => {
                 let started = boottime_ns();
-                let record = plan::my_lease(self.me, wall_ms(), generation);
+                let record = plan::my_lease(self.me, wall_ms(), generation, self.lease_ms);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 match tokio::time::timeout(
                     REQUEST_TIMEOUT,
@@ -827,7 +922,7 @@ impl RoundState {
                         } else {
                             tracing::info!("cluster: claimed shard {shard}");
                         }
-                        view.renewed(shard, started);
+                        self.held_lease(view, shard, started);
                         leases[shard as usize] = Some(Lease {
                             record,
                             revision: rev,
@@ -1041,6 +1136,116 @@ fn format_status(
 /// `node`, already expired, so that `node` takes it on its next round.
 /// Without `force` it refuses: the operator must assert that node `node`
 /// has the shard's journal.
+/// The subject `turbo-dex cluster move` publishes on so that every agent
+/// runs a round at once (the old owner stops, the new one takes over)
+/// instead of within a round.
+pub const ROUND_NOW_SUBJECT: &str = "turbo-dex.cluster.round-now";
+
+/// How long `cluster move` waits for the new owner to serve.
+const MOVE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `turbo-dex cluster move SHARD NODE`: gives a live shard's lease to
+/// another live node (already expired, the next generation: the node
+/// takes it back on its next round, rule 2), tells every agent to run a
+/// round now, and waits until the node has renewed it (it serves then).
+/// Only with replicated journals: the node rebuilds the shard from its
+/// stream.
+pub fn move_shard(urls: &str, shard: u32, node: &str) -> Result<String, String> {
+    let node = parse_node_id(node)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (js, _) = connect(urls).await.map_err(|e| e.to_string())?;
+        let b = open_buckets(&(js.clone(), Arc::default()), false, urls, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = read_config(&b.cluster, urls).await?;
+        if shard >= config.shards {
+            return Err(format!(
+                "shard {shard} does not exist: the cluster has {} shards (0 to {})",
+                config.shards,
+                config.shards.saturating_sub(1)
+            ));
+        }
+        let stream = crate::server::replicate::stream_name(shard);
+        match js.get_stream(&stream).await {
+            Ok(mut s) => {
+                let replicas = s.info().await.map(|i| i.config.num_replicas).unwrap_or(0);
+                if replicas < 2 {
+                    return Err(format!(
+                        "stream {stream} has {replicas} replica(s): moving a live shard needs \
+                         nodes that run with --replicas 2 or more"
+                    ));
+                }
+            }
+            Err(_) => {
+                return Err(format!(
+                    "shard {shard} has no stream ({stream}): moving a live shard needs nodes \
+                     that run with --replicas 2 or more (or use `cluster claim --force`)"
+                ));
+            }
+        }
+        let now = wall_ms();
+        let nodes = read_nodes(&b.nodes).await?;
+        if !nodes.iter().any(|n| n.id == node && plan::alive(n, now)) {
+            return Err(format!(
+                "node {} is not a live node of the cluster (see `turbo-dex cluster status`)",
+                format_node_id(node)
+            ));
+        }
+        let Some(current) = read_leases(&b.leases, config.shards).await?[shard as usize] else {
+            return Err(format!(
+                "shard {shard} has no owner yet: the nodes claim it themselves"
+            ));
+        };
+        if current.record.owner == node {
+            return Ok(format!(
+                "shard {shard} is node {}'s already",
+                format_node_id(node)
+            ));
+        }
+        let record = plan::forced_lease(node, Some(&current.record), now);
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let started = Instant::now();
+        timeout(b.leases.update(shard_key(shard), value, current.revision))
+            .await
+            .map_err(|e| {
+                format!("writing the lease of shard {shard}: {e} (changed meanwhile? try again)")
+            })?;
+        let _ = js.client().publish(ROUND_NOW_SUBJECT, Bytes::new()).await;
+        let _ = js.client().flush().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let lease = read_leases(&b.leases, config.shards).await?[shard as usize];
+            match lease {
+                Some(l) if l.record.owner == node && l.record.expires_ms > wall_ms() => break,
+                Some(l) if l.record.owner != node => {
+                    return Err(format!(
+                        "shard {shard} went to node {} meanwhile",
+                        format_node_id(l.record.owner)
+                    ));
+                }
+                _ => {}
+            }
+            if started.elapsed() > MOVE_PATIENCE {
+                return Err(format!(
+                    "node {} did not take shard {shard} within {} s (is it running with \
+                     --replicas?); its lease names it, so it takes the shard when it can",
+                    format_node_id(node),
+                    MOVE_PATIENCE.as_secs()
+                ));
+            }
+        }
+        Ok(format!(
+            "shard {shard} moved from node {} to node {}: served there {} ms after the lease was \
+             written (orders to the shard in between were answered WrongNode or NotDurable; \
+             none acknowledged is lost)",
+            format_node_id(current.record.owner),
+            format_node_id(node),
+            started.elapsed().as_millis()
+        ))
+    })
+}
+
 pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, String> {
     let node = parse_node_id(node)?;
     if !force {

@@ -20,10 +20,11 @@
 //!    after registering, so that nodes started together see each other
 //!    and split the shards instead of the first one taking all. When
 //!    every other live node has its share, it also takes the unowned rest.
-//! 4. A lease naming another node is never taken, even long expired: that
-//!    node's journal holds the shard's orders. Only that node (restarted)
-//!    or an operator's `turbo-dex cluster claim SHARD --node ID --force`
-//!    (asserting the journal was copied to node ID) moves it.
+//! 4. Without replication, a lease naming another node is never taken,
+//!    even long expired: that node's journal holds the shard's orders.
+//!    Only that node (restarted) or an operator's `turbo-dex cluster claim
+//!    SHARD --node ID --force` (asserting the journal was copied to node
+//!    ID) moves it. With replication (`--replicas` 2 or more) rule 7 applies.
 //! 5. A node serves a shard only between a successful write of its lease
 //!    and [`FENCE_MS`] after the last successful renewal, which is
 //!    [`LEASE_MS`] − [`FENCE_MS`] before the lease could expire (the
@@ -35,6 +36,13 @@
 //!    over), the remembered owner still owns the shard: that node creates
 //!    its lease again at once (the next generation, so map versions keep
 //!    growing) and no other node claims it as unowned.
+//! 7. With replication, each shard's journal is in a JetStream stream, so
+//!    any node can rebuild it. Its standbys ([`standbys`]) are the R − 1
+//!    live nodes that follow the owner in the ring of node ids; they keep
+//!    a copy of the shard's book. When the owner's lease has expired, the
+//!    first live standby takes it by compare-and-set
+//!    ([`Action::Take`], the next generation), then serves once it has
+//!    applied the whole stream (`server::replicate`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,6 +64,43 @@ pub const NODE_TIMEOUT_MS: u64 = 5_000;
 pub const JOIN_WINDOW_MS: u64 = 2_000;
 
 const _: () = assert!(FENCE_MS + ROUND_MS < LEASE_MS);
+
+/// The shortest `--lease-ms`.
+pub const LEASE_MS_MIN: u64 = 500;
+/// The longest `--lease-ms`.
+pub const LEASE_MS_MAX: u64 = 60_000;
+
+/// The control plane's clocks, all derived from the lease duration
+/// (`--lease-ms`): a round every fifth of it, serving stops three fifths
+/// after the last renewal, a node counts as alive for one lease after its
+/// heartbeat. The default ([`LEASE_MS`]) gives the constants above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub lease_ms: u64,
+    pub round_ms: u64,
+    pub fence_ms: u64,
+    pub node_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::from_lease(LEASE_MS)
+    }
+}
+
+impl Timing {
+    /// The timing of leases of `lease_ms` (clamped to
+    /// [`LEASE_MS_MIN`]..=[`LEASE_MS_MAX`]).
+    pub fn from_lease(lease_ms: u64) -> Timing {
+        let lease_ms = lease_ms.clamp(LEASE_MS_MIN, LEASE_MS_MAX);
+        Timing {
+            lease_ms,
+            round_ms: lease_ms / 5,
+            fence_ms: lease_ms * 3 / 5,
+            node_timeout_ms: lease_ms,
+        }
+    }
+}
 
 /// A node's registration in the nodes bucket (key `node-<ID>`), rewritten
 /// every round with a fresh heartbeat.
@@ -130,6 +175,13 @@ pub enum Action {
     Update { shard: u32, revision: u64 },
     /// Stop serving a shard whose lease names another node now.
     Drop { shard: u32 },
+    /// Take over a replicated shard whose owner's lease expired (rule 7):
+    /// `update` at `revision`, writing `generation`.
+    Take {
+        shard: u32,
+        revision: u64,
+        generation: u64,
+    },
 }
 
 /// What a round decides from.
@@ -146,6 +198,35 @@ pub struct Round<'a> {
     pub remembered: &'a [Option<LeaseRecord>],
     /// The join window is over: unowned shards may be claimed.
     pub may_claim: bool,
+    /// Copies of each shard's journal (`--replicas`; 1: none, rule 7 off).
+    pub replicas: u32,
+    /// How long a node counts as alive after its heartbeat.
+    pub node_timeout_ms: u64,
+}
+
+/// The standbys of a shard owned by `owner` (rule 7): the `replicas` − 1
+/// live nodes (other than the owner) that follow it in the ring of node
+/// ids, nearest first. Every node computes the same list from the same
+/// records.
+pub fn standbys(
+    owner: u64,
+    nodes: &[NodeRecord],
+    replicas: u32,
+    now_ms: u64,
+    node_timeout_ms: u64,
+) -> Vec<u64> {
+    let mut live: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.id != owner && now_ms.saturating_sub(n.heartbeat_ms) <= node_timeout_ms)
+        .map(|n| n.id)
+        .collect();
+    live.sort_unstable();
+    live.dedup();
+    // Those after the owner first, then those before it (the ring).
+    let split = live.partition_point(|&id| id < owner);
+    live.rotate_left(split);
+    live.truncate(replicas.saturating_sub(1) as usize);
+    live
 }
 
 /// Whether `node` counts as alive at `now_ms`.
@@ -200,9 +281,30 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
                 });
             }
             Some(l) => {
-                *owned_by.entry(l.record.owner).or_default() += 1;
                 if r.held.get(shard as usize).copied().unwrap_or(false) {
                     actions.push(Action::Drop { shard });
+                }
+                let expired = l.record.expires_ms < r.now_ms;
+                if r.replicas > 1
+                    && expired
+                    && standbys(
+                        l.record.owner,
+                        r.nodes,
+                        r.replicas,
+                        r.now_ms,
+                        r.node_timeout_ms,
+                    )
+                    .first()
+                        == Some(&r.me)
+                {
+                    *owned_by.entry(r.me).or_default() += 1;
+                    actions.push(Action::Take {
+                        shard,
+                        revision: l.revision,
+                        generation: l.record.generation + 1,
+                    });
+                } else {
+                    *owned_by.entry(l.record.owner).or_default() += 1;
                 }
             }
             None => match r.remembered.get(shard as usize).copied().flatten() {
@@ -265,11 +367,11 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
     actions
 }
 
-/// The lease a node writes for itself at `now_ms`.
-pub fn my_lease(me: u64, now_ms: u64, generation: u64) -> LeaseRecord {
+/// The lease a node writes for itself at `now_ms`, running `lease_ms`.
+pub fn my_lease(me: u64, now_ms: u64, generation: u64, lease_ms: u64) -> LeaseRecord {
     LeaseRecord {
         owner: me,
-        expires_ms: now_ms + LEASE_MS,
+        expires_ms: now_ms + lease_ms,
         generation,
     }
 }
@@ -431,6 +533,8 @@ mod tests {
                 leases: &leases,
                 held: &held,
                 may_claim: true,
+                replicas: 1,
+                node_timeout_ms: NODE_TIMEOUT_MS,
                 remembered: &[],
             })
         };
@@ -455,6 +559,8 @@ mod tests {
             leases: &leases,
             held: &[false; 4],
             may_claim: false,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &[],
         });
         // Its own (expired) lease is taken back at once.
@@ -478,6 +584,8 @@ mod tests {
             leases: &leases,
             held: &[false; 4],
             may_claim: true,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &[],
         });
         assert!(got.is_empty(), "{got:?}");
@@ -497,6 +605,8 @@ mod tests {
             leases: &leases,
             held: &[false, false, true, false],
             may_claim: true,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &[],
         });
         assert!(got.contains(&Action::Create {
@@ -516,6 +626,8 @@ mod tests {
             leases: &leases,
             held: &[true, true],
             may_claim: false,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &[],
         });
         assert_eq!(got, [Action::Drop { shard: 0 }, Action::Drop { shard: 1 }]);
@@ -546,6 +658,8 @@ mod tests {
             leases: &leases,
             held: &[true, false, false, false],
             may_claim: false,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &remembered,
         });
         // Its own shard is created again at once, a generation on.
@@ -566,6 +680,8 @@ mod tests {
             leases: &leases,
             held: &[true, false, false, false],
             may_claim: true,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &remembered,
         });
         assert!(
@@ -590,6 +706,8 @@ mod tests {
             leases: &leases,
             held: &[false, true, false, false],
             may_claim: false,
+            replicas: 1,
+            node_timeout_ms: NODE_TIMEOUT_MS,
             remembered: &remembered,
         });
         assert_eq!(

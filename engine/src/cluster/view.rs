@@ -12,10 +12,10 @@
 //! bits of shards past their deadline every [`FENCE_CHECK_MS`], for the
 //! admin endpoint and the map.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::plan::{FENCE_MS, Map};
+use super::plan::{Map, Timing};
 
 /// Nanoseconds on `CLOCK_BOOTTIME`: monotonic, and it keeps counting while
 /// the process is stopped (SIGSTOP), descheduled or the machine suspended,
@@ -50,7 +50,7 @@ pub struct ClusterView {
     /// Bit k of word k / 64: this node serves shard k.
     owned: Box<[AtomicU64]>,
     /// Per shard: until when ([`boottime_ns`]) it may be served: the start
-    /// of the last successful write of its lease plus [`FENCE_MS`] (0: not
+    /// of the last successful write of its lease plus the fence (0: not
     /// at all).
     until_ns: Box<[AtomicU64]>,
     map_version: AtomicU64,
@@ -63,6 +63,30 @@ pub struct ClusterView {
     pub fenced: AtomicU64,
     /// Whether the agent's last round reached NATS.
     pub connected: AtomicBool,
+    /// The control plane's clocks (`--lease-ms`).
+    timing: Timing,
+    /// With `--replicas`: what this node is to each shard ([`Role`]), as
+    /// the agent decides; the replication thread acts on it.
+    roles: Box<[AtomicU8]>,
+    /// With `--replicas`: per shard, the replication thread has applied
+    /// the whole stream and fenced it, so the shard may be served
+    /// (the agent sets the bit only then).
+    ready: Box<[AtomicBool]>,
+    replicated: AtomicBool,
+    /// Wakes the agent when a shard became ready (it serves it at once
+    /// instead of a round later).
+    pub ready_notify: tokio::sync::Notify,
+}
+
+/// What a node is to a shard when the journals are replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Nothing: it keeps no copy.
+    None,
+    /// A standby: it applies the shard's stream to its copy of the book.
+    Standby,
+    /// It holds the lease: it serves once its copy has the whole stream.
+    Owner,
 }
 
 impl std::fmt::Debug for ClusterView {
@@ -98,6 +122,80 @@ impl ClusterView {
             renew_failures: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            timing: Timing::default(),
+            roles: (0..shard_count).map(|_| AtomicU8::new(0)).collect(),
+            ready: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
+            replicated: AtomicBool::new(false),
+            ready_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The same view with the clocks of `timing`.
+    pub fn with_timing(mut self, timing: Timing) -> ClusterView {
+        self.timing = timing;
+        self
+    }
+
+    /// The same view for a node that replicates its journals: a shard is
+    /// served only once [`ClusterView::set_ready`] says so.
+    pub fn replicated(self) -> ClusterView {
+        self.replicated.store(true, Ordering::Release);
+        self
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Whether journals are replicated (`--replicas` 2 or more).
+    pub fn is_replicated(&self) -> bool {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    /// What this node is to `shard`.
+    pub fn role(&self, shard: u32) -> Role {
+        match self
+            .roles
+            .get(shard as usize)
+            .map(|r| r.load(Ordering::Acquire))
+        {
+            Some(1) => Role::Standby,
+            Some(2) => Role::Owner,
+            _ => Role::None,
+        }
+    }
+
+    pub fn set_role(&self, shard: u32, role: Role) {
+        if let Some(r) = self.roles.get(shard as usize) {
+            r.store(
+                match role {
+                    Role::None => 0,
+                    Role::Standby => 1,
+                    Role::Owner => 2,
+                },
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Whether `shard` may be served once its lease is held: always
+    /// without replication; with it, once the replication thread has
+    /// caught up with its stream and fenced it.
+    pub fn may_serve(&self, shard: u32) -> bool {
+        !self.is_replicated()
+            || self
+                .ready
+                .get(shard as usize)
+                .is_some_and(|r| r.load(Ordering::Acquire))
+    }
+
+    /// The replication thread's word on `shard` (see [`ClusterView::may_serve`]).
+    pub fn set_ready(&self, shard: u32, ready: bool) {
+        if let Some(r) = self.ready.get(shard as usize) {
+            r.store(ready, Ordering::Release);
+        }
+        if ready {
+            self.ready_notify.notify_one();
         }
     }
 
@@ -137,7 +235,7 @@ impl ClusterView {
 
     /// Starts serving `shard` after a successful write of its lease begun
     /// at `started_ns` ([`boottime_ns`]; also each renewal): until
-    /// `started_ns` + [`FENCE_MS`].
+    /// `started_ns` + the fence ([`super::plan::FENCE_MS`] by default, [`Timing`]).
     pub fn renewed(&self, shard: u32, started_ns: u64) {
         if started_ns == u64::MAX {
             return;
@@ -148,7 +246,7 @@ impl ClusterView {
         ) {
             // The deadline before the bit: a core that sees the bit sees it.
             u.store(
-                started_ns.saturating_add(FENCE_MS * 1_000_000),
+                started_ns.saturating_add(self.timing.fence_ms * 1_000_000),
                 Ordering::Release,
             );
             w.fetch_or(1u64 << (shard % 64), Ordering::AcqRel);
@@ -217,6 +315,7 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::plan::FENCE_MS;
 
     const FENCE_NS: u64 = FENCE_MS * 1_000_000;
 

@@ -55,6 +55,31 @@ pub enum Job {
         digest: u64,
         body: Vec<u8>,
     },
+    /// With `--replicas`: make local shard `local` a standby copy starting
+    /// from a snapshot of its stream (`body`, from the object store; `None`:
+    /// the empty shard, `covers_seq` 0): build the shard, and start its
+    /// journal again from it (every other file of the shard goes: they may
+    /// hold records this node journaled but the stream never stored).
+    Reload {
+        core: usize,
+        local: usize,
+        id: ShardIdentity,
+        config: ShardConfig,
+        covers_seq: u64,
+        digest: u64,
+        body: Option<Vec<u8>>,
+        /// The number of the segment the journal continues in.
+        number: u64,
+        /// The replication thread's count of reloads of this shard.
+        epoch: u64,
+    },
+}
+
+/// A shard built by [`Job::Reload`], and its new journal segment.
+pub struct Reloaded {
+    /// The shard (a `crate::book::Shard`, as the core's engine type).
+    pub shard: Box<dyn std::any::Any + Send>,
+    pub segment: Segment,
 }
 
 /// A finished job, for the core that asked.
@@ -63,6 +88,13 @@ pub enum Done {
     Segment {
         local: usize,
         result: io::Result<Segment>,
+    },
+    /// [`Job::Reload`]'s result.
+    Reloaded {
+        local: usize,
+        epoch: u64,
+        covers_seq: u64,
+        result: Result<Reloaded, String>,
     },
 }
 
@@ -131,8 +163,95 @@ fn housekeeping(
                     tracing::warn!("journal: removing files covered by the snapshot of {id}: {e}");
                 }
             }
+            Job::Reload {
+                core,
+                local,
+                id,
+                config,
+                covers_seq,
+                digest,
+                body,
+                number,
+                epoch,
+            } => {
+                let result = reload(
+                    dir,
+                    segment_bytes,
+                    &id,
+                    config,
+                    (covers_seq, digest),
+                    body,
+                    number,
+                );
+                if let Some(tx) = done.get(core) {
+                    let _ = tx.send(Done::Reloaded {
+                        local,
+                        epoch,
+                        covers_seq,
+                        result,
+                    });
+                    shared.kick(core);
+                }
+            }
         }
     }
+}
+
+/// [`Job::Reload`]: the shard from the snapshot (its digest checked), and
+/// a journal of just that snapshot and one new, empty segment. The old
+/// snapshots go first (one of them may cover records of a tail the stream
+/// does not have), then the old segments, then the new files are written.
+fn reload(
+    dir: &Path,
+    segment_bytes: u64,
+    id: &ShardIdentity,
+    config: ShardConfig,
+    (covers_seq, digest): (u64, u64),
+    body: Option<Vec<u8>>,
+    number: u64,
+) -> Result<Reloaded, String> {
+    let shard = match &body {
+        Some(body) => {
+            let shard = crate::book::Shard::from_snapshot(body, config)
+                .map_err(|e| format!("the snapshot of {id} does not restore: {e}"))?;
+            let restored = crate::book::Matcher::state_digest(&shard);
+            if restored != digest {
+                return Err(format!(
+                    "the snapshot of {id} through record {covers_seq} restores to digest \
+                     {restored:016x}, not the {digest:016x} it was published with"
+                ));
+            }
+            if ShardIdentity::of(&shard) != *id {
+                return Err(format!(
+                    "the snapshot published for {id} is of {}",
+                    ShardIdentity::of(&shard)
+                ));
+            }
+            shard
+        }
+        None => {
+            crate::book::Shard::try_new(id.shard_index, id.shard_count, id.symbol_count, config)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let shard_dir = journal::shard_dir(dir, id.shard_index);
+    let files = (|| {
+        for (_, path) in journal::list_snapshots(&shard_dir)? {
+            std::fs::remove_file(path)?;
+        }
+        for (_, path) in journal::list_segments(&shard_dir)? {
+            std::fs::remove_file(path)?;
+        }
+        if let Some(body) = &body {
+            journal::write_snapshot_bytes(dir, id, covers_seq, digest, body)?;
+        }
+        journal::create_segment(dir, id, &config, number, segment_bytes)
+    })();
+    let segment = files.map_err(|e| format!("restarting the journal of {id}: {e}"))?;
+    Ok(Reloaded {
+        shard: Box::new(shard),
+        segment,
+    })
 }
 
 /// Removes snapshots beyond the newest two, and the segments the older of
@@ -176,6 +295,25 @@ pub struct Inflight {
     /// Not a write: commands refused `NotDurable` while replication stalls,
     /// answered in turn after the batches before them (`--replicas`).
     pub refuse: bool,
+    /// Records of a standby copy (from the shard's stream): applied with
+    /// their reports discarded, never replicated again.
+    pub standby: bool,
+}
+
+/// A batch of a standby copy: records of the stream with one engine time
+/// (one batch of the owner, rebuilt), to journal and apply.
+pub struct StandbyRun {
+    pub engine_ns: u64,
+    pub first_seq: u64,
+    pub cmds: Vec<Command>,
+}
+
+/// A reload of a standby copy, waiting for the shard's journal to be idle.
+pub struct ReloadRequest {
+    pub epoch: u64,
+    pub covers_seq: u64,
+    pub digest: u64,
+    pub body: Option<Vec<u8>>,
 }
 
 /// One local shard's journal.
@@ -215,6 +353,20 @@ pub struct ShardLog {
     pub direct_refused: bool,
     /// Records applied since the last snapshot.
     pub since_snapshot: u64,
+    /// The engine time of the last batch written: each batch gets a later
+    /// one, so that a standby tells batches apart by their records' times.
+    pub last_engine_ns: u64,
+    /// With `--replicas`, a standby copy: batches of the stream to journal
+    /// and apply, in order.
+    pub standby: std::collections::VecDeque<StandbyRun>,
+    /// The reload epoch the standby's records belong to.
+    pub standby_epoch: u64,
+    /// A reload waiting for the journal to be idle, and one in progress.
+    pub reload: Option<ReloadRequest>,
+    pub reloading: bool,
+    /// The shard was reloaded (or followed another node's stream): its
+    /// next batch as owner starts with a `DetachSessions`.
+    pub detach_pending: bool,
     /// The command vector of the next batch (reused across batches).
     pub batch: Vec<Command>,
     /// The write `end_write` prepared: start in `bytes`, length, file offset.
@@ -247,6 +399,12 @@ impl ShardLog {
             stale_until: 0,
             direct_refused: false,
             since_snapshot: 0,
+            last_engine_ns: 0,
+            standby: std::collections::VecDeque::new(),
+            standby_epoch: 0,
+            reload: None,
+            reloading: false,
+            detach_pending: false,
             batch: Vec::new(),
             write_at: (0, 0, 0),
         };
@@ -405,17 +563,32 @@ pub trait Snapshot {
     /// Serializes the whole state into `out` and returns its digest, or
     /// `None` when this engine keeps no state.
     fn snapshot(&self, out: &mut Vec<u8>) -> Option<u64>;
+
+    /// Becomes `other` (a shard [`Job::Reload`] built), or says why not.
+    fn replace_with(&mut self, other: Box<dyn std::any::Any + Send>) -> Result<(), String>;
 }
 
 impl Snapshot for crate::book::Shard {
     fn snapshot(&self, out: &mut Vec<u8>) -> Option<u64> {
         Some(self.write_snapshot(out))
     }
+
+    fn replace_with(&mut self, other: Box<dyn std::any::Any + Send>) -> Result<(), String> {
+        let other = other
+            .downcast::<crate::book::Shard>()
+            .map_err(|_| "a reload built another kind of shard".to_string())?;
+        *self = *other;
+        Ok(())
+    }
 }
 
 impl Snapshot for crate::book::NullShard {
     fn snapshot(&self, _out: &mut Vec<u8>) -> Option<u64> {
         None
+    }
+
+    fn replace_with(&mut self, _other: Box<dyn std::any::Any + Send>) -> Result<(), String> {
+        Err("the null engine keeps no state to reload".into())
     }
 }
 

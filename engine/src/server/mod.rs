@@ -21,6 +21,7 @@ pub mod durable;
 pub mod limits;
 pub mod operator;
 pub mod replicate;
+pub mod standby;
 mod start;
 pub mod stats;
 pub mod tls;

@@ -137,6 +137,20 @@ pub struct ReplSnapshot {
 pub enum ReplMsg {
     Batch(ReplJob),
     Snapshot(ReplSnapshot),
+    /// A standby copy of `shard` has applied (and journaled) its records
+    /// through `seq`, in reload `epoch` (see [`ReplOut::Reload`]).
+    Applied {
+        shard: u32,
+        epoch: u64,
+        seq: u64,
+    },
+    /// A standby copy of `shard` took a snapshot through `covers_seq` with
+    /// this digest: compared with the owner's ([`crate::server::standby`]).
+    Check {
+        shard: u32,
+        covers_seq: u64,
+        digest: u64,
+    },
 }
 
 impl ReplMsg {
@@ -144,8 +158,39 @@ impl ReplMsg {
         match self {
             ReplMsg::Batch(j) => j.shard,
             ReplMsg::Snapshot(s) => s.shard,
+            ReplMsg::Applied { shard, .. } | ReplMsg::Check { shard, .. } => *shard,
         }
     }
+}
+
+/// What the replication thread hands a core.
+#[derive(Debug)]
+pub enum ReplOut {
+    /// Records of a shard this node serves are stored in its stream.
+    Done(ReplDone),
+    /// Make local shard `local` a standby copy: replace it with this
+    /// snapshot of its stream (`None`: the empty shard, `covers_seq` 0) and
+    /// start its journal again from it; then answer
+    /// [`ReplMsg::Applied`] with `epoch` and `covers_seq`.
+    Reload {
+        local: u32,
+        epoch: u64,
+        covers_seq: u64,
+        digest: u64,
+        body: Option<Vec<u8>>,
+    },
+    /// Records of the stream (journal records, in order, the first right
+    /// after the last the core has) for the standby copy of local shard
+    /// `local` to journal and apply, discarding their reports.
+    Records {
+        local: u32,
+        epoch: u64,
+        bytes: Bytes,
+    },
+    /// This node lost local shard `local`: another node wrote its stream,
+    /// so the batches still waiting for JetStream never will be stored
+    /// (they are answered `NotDurable`, never applied).
+    Lost { local: u32 },
 }
 
 /// The object store bucket of the newest snapshot of each shard (object
@@ -184,7 +229,7 @@ impl Wake {
 /// back. Never blocks.
 pub struct ReplLink {
     jobs: rtrb::Producer<ReplMsg>,
-    done: rtrb::Consumer<ReplDone>,
+    done: rtrb::Consumer<ReplOut>,
     wake: Arc<Wake>,
 }
 
@@ -200,8 +245,8 @@ impl ReplLink {
         }
     }
 
-    /// The next acknowledgement, if any.
-    pub fn poll(&mut self) -> Option<ReplDone> {
+    /// The next acknowledgement (or standby work), if any.
+    pub fn poll(&mut self) -> Option<ReplOut> {
         self.done.pop().ok()
     }
 }
@@ -219,7 +264,8 @@ pub struct ReplConfig {
     /// read back from it.
     pub journal_dir: std::path::PathBuf,
     /// The shards this node holds leases on (a stream another node wrote
-    /// last is continued only by the lease holder).
+    /// last is continued only by the lease holder), and what it is to
+    /// each shard (standby copies, takeovers).
     pub view: Arc<crate::cluster::ClusterView>,
 }
 
@@ -233,9 +279,9 @@ pub struct Replicator {
 /// The thread's end of one core's link.
 struct CoreEnd {
     jobs: rtrb::Consumer<ReplMsg>,
-    done: rtrb::Producer<ReplDone>,
+    done: rtrb::Producer<ReplOut>,
     /// Acknowledgements the full ring did not take yet.
-    backlog: VecDeque<ReplDone>,
+    backlog: VecDeque<ReplOut>,
 }
 
 impl Replicator {
@@ -314,8 +360,8 @@ impl Drop for Replicator {
 
 /// A shard task's input: a batch or a snapshot from `core`.
 type ShardInput = (usize, ReplMsg);
-/// A shard task's output: an acknowledgement for `core`.
-type ShardOutput = (usize, ReplDone);
+/// A shard task's output: an acknowledgement (or standby work) for `core`.
+pub(super) type ShardOutput = (usize, ReplOut);
 
 async fn run(
     cfg: ReplConfig,
@@ -352,11 +398,28 @@ async fn run(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ShardOutput>();
     let mut shards: HashMap<u32, mpsc::UnboundedSender<ShardInput>> = HashMap::new();
     let cfg = Arc::new(cfg);
+    let mut standbys = super::standby::Standbys::new(ends.len());
     while !stop.load(Ordering::Acquire) {
         let mut busy = false;
+        standbys.steer(&js, &cfg, &out_tx);
         for (core, end) in ends.iter_mut().enumerate() {
             while let Ok(job) = end.jobs.pop() {
                 busy = true;
+                let job = match job {
+                    ReplMsg::Applied { shard, epoch, seq } => {
+                        standbys.applied(shard, epoch, seq);
+                        continue;
+                    }
+                    ReplMsg::Check {
+                        shard,
+                        covers_seq,
+                        digest,
+                    } => {
+                        standbys.check(shard, covers_seq, digest);
+                        continue;
+                    }
+                    job => job,
+                };
                 let tx = shards.entry(job.shard()).or_insert_with(|| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     tokio::spawn(shard_task(
@@ -380,11 +443,11 @@ async fn run(
         }
         for (core, end) in ends.iter_mut().enumerate() {
             let mut pushed = false;
-            while let Some(&d) = end.backlog.front() {
-                if end.done.push(d).is_err() {
+            while let Some(d) = end.backlog.pop_front() {
+                if let Err(rtrb::PushError::Full(d)) = end.done.push(d) {
+                    end.backlog.push_front(d);
                     break;
                 }
-                end.backlog.pop_front();
                 pushed = true;
             }
             if pushed {
@@ -405,7 +468,8 @@ async fn run(
         let nap = if backlog {
             Duration::from_millis(1)
         } else {
-            Duration::from_millis(100)
+            // Roles (standby, takeover) are looked at this often.
+            Duration::from_millis(50)
         };
         tokio::select! {
             () = wake.notify.notified() => {}
@@ -501,7 +565,7 @@ fn split(core: usize, job: ReplJob, max: usize) -> Vec<Part> {
 }
 
 /// What the stream's last message says.
-enum Last {
+pub(super) enum Last {
     /// The stream holds nothing of the shard.
     Empty,
     /// Records up to `last` by `node`, at stream sequence `seq`.
@@ -509,7 +573,11 @@ enum Last {
 }
 
 /// Creates (or finds) the shard's stream, retrying until it exists.
-async fn ensure_stream(js: &jetstream::Context, cfg: &ReplConfig, shard: u32) -> stream::Stream {
+pub(super) async fn ensure_stream(
+    js: &jetstream::Context,
+    cfg: &ReplConfig,
+    shard: u32,
+) -> stream::Stream {
     let config = stream::Config {
         name: stream_name(shard),
         subjects: vec![subject(shard)],
@@ -547,7 +615,7 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &ReplConfig, shard: u32) ->
 }
 
 /// Reads the stream's last message, retrying until it can.
-async fn read_last(stream: &stream::Stream, shard: u32) -> Last {
+pub(super) async fn read_last(stream: &stream::Stream, shard: u32) -> Last {
     let mut said = false;
     loop {
         match stream
@@ -609,9 +677,10 @@ async fn shard_task(
     let mut stream_seq = 0;
     // Records up to here are stored (None: none yet).
     let mut stored: Option<u64> = None;
-    // Another node wrote the stream last: (its node id, last record,
-    // stream sequence). Nothing is published until this node may
-    // continue it (`may_continue`).
+    // Another node wrote the stream last (its node id, last record,
+    // stream sequence): it took the shard over, and nothing of this node
+    // is published until this node takes it back (and fences it:
+    // `server::standby`).
     let mut foreign: Option<(u64, u64, u64)> = None;
     let mut broken = true; // start by reading the stream
     // The publish in flight: the last record it carries.
@@ -620,8 +689,6 @@ async fn shard_task(
     let mut payload = BytesMut::new();
     // The first sequence a gap before it was looked for (once each).
     let mut gap_checked: Option<u64> = None;
-    // Why the stream is not continued was said (once per reason).
-    let mut said_foreign: Option<String> = None;
     // Stored messages since the last trim: (stream sequence, last record).
     // Each snapshot drops those before it, so this holds at most one
     // entry per message of `--snapshot-every` records (16 bytes each).
@@ -635,24 +702,29 @@ async fn shard_task(
                 tokio::time::sleep(RESYNC_PAUSE).await;
             }
             match read_last(&stream, shard).await {
-                Last::Empty => stream_seq = 0,
+                Last::Empty => {
+                    stream_seq = 0;
+                    foreign = None;
+                }
                 Last::Records { node, last, seq } if node == cfg.node => {
                     stream_seq = seq;
                     stored = stored.max(Some(last));
+                    foreign = None;
                 }
-                Last::Records { node, last, seq } => foreign = Some((node, last, seq)),
+                Last::Records { node, last, seq } => {
+                    foreign = Some((node, last, seq));
+                    acked.clear();
+                }
             }
             broken = false;
             if foreign.is_none() {
                 report(&mut parts, stored, &output);
             }
         }
-        if let Some(other @ (_, last, seq)) = foreign
-            && may_continue(&cfg, shard, other, &parts, &mut said_foreign)
+        if let Some((node, ..)) = foreign
+            && !parts.is_empty()
         {
-            stream_seq = seq;
-            stored = Some(last);
-            foreign = None;
+            lost(shard, node, &mut parts, &output);
         }
         if !broken && foreign.is_none() && inflight.is_none() {
             fill_gap(&cfg, shard, &client, stored, &mut parts, &mut gap_checked).await;
@@ -703,6 +775,11 @@ async fn shard_task(
             got = input.recv(), if open => match got {
                 Some((core, ReplMsg::Batch(job))) => {
                     parts.extend(split(core, job, part_limit(&client)));
+                    // Another node wrote last: read the stream again (this
+                    // node may have taken the shard back and fenced it).
+                    if foreign.is_some() {
+                        broken = true;
+                    }
                 }
                 Some((_, ReplMsg::Snapshot(snap))) => {
                     if foreign.is_some() {
@@ -735,6 +812,7 @@ async fn shard_task(
                         ));
                     }
                 }
+                Some((_, ReplMsg::Applied { .. } | ReplMsg::Check { .. })) => {}
                 None => open = false,
             },
             (last, result) = next_ack(&mut inflight) => match result {
@@ -756,54 +834,36 @@ async fn shard_task(
     }
 }
 
+/// This node lost the shard (another node wrote its stream, and this node
+/// does not hold the lease): the waiting parts will never be stored. Each
+/// core with a batch among them is told ([`ReplOut::Lost`]) so that it
+/// answers them `NotDurable` without applying them; the records stay in
+/// the local journal until the shard is reloaded as a standby copy.
+fn lost(
+    shard: u32,
+    node: u64,
+    parts: &mut VecDeque<Part>,
+    output: &mpsc::UnboundedSender<ShardOutput>,
+) {
+    let mut told: Vec<(usize, u32)> = Vec::new();
+    for p in parts.iter().filter(|p| p.core != NO_CORE) {
+        if !told.contains(&(p.core, p.local)) {
+            told.push((p.core, p.local));
+            let _ = output.send((p.core, ReplOut::Lost { local: p.local }));
+        }
+    }
+    tracing::warn!(
+        "replication: shard {shard} was taken over by node {node:016x}: {} batch(es) \
+         journaled here but never stored in {} are refused (not durable), never applied",
+        parts.iter().filter(|p| p.ends_batch).count(),
+        stream_name(shard)
+    );
+    parts.clear();
+}
+
 /// A shard's newest snapshot waiting to be published (with the stream
 /// message to keep from), and whether an upload task runs.
 type Snapshots = Arc<std::sync::Mutex<(Option<(ReplSnapshot, Option<u64>)>, bool)>>;
-
-/// Whether this node may append to a stream whose last message another
-/// node wrote (`other`: its id, last record, stream sequence): only while
-/// it holds the shard's lease (an operator's `cluster claim`, or a
-/// failover), and only when its next record directly follows the
-/// stream's last (its journal continues the other node's, as after
-/// copying it). Says why not, once per reason.
-fn may_continue(
-    cfg: &ReplConfig,
-    shard: u32,
-    (node, last, _): (u64, u64, u64),
-    parts: &VecDeque<Part>,
-    said: &mut Option<String>,
-) -> bool {
-    let Some(next) = parts.front().map(|p| p.first) else {
-        return false;
-    };
-    let why = if !cfg.view.serves(shard) {
-        format!(
-            "{} was written last by node {node:016x} and this node does not hold shard \
-             {shard}'s lease: it publishes (and acknowledges) nothing of it",
-            stream_name(shard)
-        )
-    } else if next != last.wrapping_add(1) {
-        format!(
-            "{} holds records through {last} by node {node:016x}, and this node's next \
-             record is {next}: its journal does not continue the stream (copy the owner's \
-             journal of the shard first); nothing of shard {shard} is acknowledged",
-            stream_name(shard)
-        )
-    } else {
-        tracing::info!(
-            "replication: continuing {} after node {node:016x}'s record {last} (this node \
-             holds shard {shard}'s lease now)",
-            stream_name(shard)
-        );
-        *said = None;
-        return true;
-    };
-    if said.as_deref() != Some(why.as_str()) {
-        tracing::error!("replication: {why}");
-        *said = Some(why);
-    }
-    false
-}
 
 /// Publishes the shard's waiting snapshots, newest first, until none
 /// waits (one task per shard at a time).
@@ -1006,10 +1066,10 @@ fn report(
         if p.ends_batch {
             let _ = output.send((
                 p.core,
-                ReplDone {
+                ReplOut::Done(ReplDone {
                     local: p.local,
                     last_seq: p.last,
-                },
+                }),
             ));
         }
         parts.pop_front();
@@ -1110,8 +1170,12 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the first batch ends at 10");
         assert_eq!(parts.len(), 2);
         report(&mut parts, Some(12), &tx);
+        let done = |(core, out): ShardOutput| match out {
+            ReplOut::Done(d) => (core, d),
+            other => panic!("{other:?}"),
+        };
         assert_eq!(
-            rx.try_recv().unwrap(),
+            done(rx.try_recv().unwrap()),
             (
                 0,
                 ReplDone {
@@ -1121,7 +1185,7 @@ mod tests {
             )
         );
         assert_eq!(
-            rx.try_recv().unwrap(),
+            done(rx.try_recv().unwrap()),
             (
                 1,
                 ReplDone {

@@ -6,7 +6,8 @@
 use std::io;
 
 use super::super::durable::{
-    Done, Inflight, Job, REPL_STALL_NS, SEGMENT_RETRY_NS, can_refuse, reject_not_durable,
+    Done, Inflight, Job, REPL_STALL_NS, ReloadRequest, SEGMENT_RETRY_NS, StandbyRun, can_refuse,
+    reject_not_durable,
 };
 use super::super::monotonic_ns;
 use super::route::{Router, apply_batch};
@@ -14,7 +15,7 @@ use super::{Core, State};
 use crate::book::{Command, Matcher};
 use crate::journal;
 use crate::server::durable::Snapshot;
-use crate::server::replicate::{ReplJob, ReplMsg, ReplSnapshot};
+use crate::server::replicate::{ReplJob, ReplMsg, ReplOut, ReplSnapshot};
 
 impl<M: Matcher + Snapshot> Core<M> {
     /// Asks the background thread for the next segment of a shard's journal.
@@ -39,10 +40,19 @@ impl<M: Matcher + Snapshot> Core<M> {
 
     /// Takes the background thread's answers (new segments, or why not).
     pub(super) fn poll_journal_done(&mut self) {
-        let Some(done) = &self.done else {
-            return;
-        };
-        while let Ok(Done::Segment { local, result }) = done.try_recv() {
+        while let Some(answer) = self.done.as_ref().and_then(|d| d.try_recv().ok()) {
+            let (local, result) = match answer {
+                Done::Segment { local, result } => (local, result),
+                Done::Reloaded {
+                    local,
+                    epoch,
+                    covers_seq,
+                    result,
+                } => {
+                    self.reloaded(local, epoch, covers_seq, result);
+                    continue;
+                }
+            };
             let now = self.st.now_ns;
             let Some(log) = self.st.logs.get_mut(local) else {
                 debug_assert!(false, "a segment for local shard {local}");
@@ -79,7 +89,18 @@ impl<M: Matcher + Snapshot> Core<M> {
     /// and no write in flight: group commit of everything that arrived.
     pub(super) fn journal_submit(&mut self) {
         for local in 0..self.st.logs.len() {
-            if self.st.logs[local].inflight.is_some() || self.st.pending[local].is_empty() {
+            if self.st.logs[local].reload.is_some() {
+                self.start_reload(local);
+            }
+            let log = &self.st.logs[local];
+            if log.inflight.is_some() || log.reloading {
+                continue;
+            }
+            if !log.standby.is_empty() {
+                self.start_standby_write(local);
+                continue;
+            }
+            if self.st.pending[local].is_empty() {
                 continue;
             }
             if self.replication_stalled(local) {
@@ -124,11 +145,15 @@ impl<M: Matcher + Snapshot> Core<M> {
     /// Encodes as many queued commands as the segment has room for and
     /// submits their write.
     fn start_write(&mut self, local: usize) {
-        let engine_ns = self.st.engine_ns;
         let now = self.st.now_ns;
         let fsync = self.st.cfg.journal_fsync;
+        let now_engine_ns = self.st.engine_ns;
         let State { logs, pending, .. } = &mut self.st;
         let log = &mut logs[local];
+        // Each batch a later engine time than the last (the wall clock may
+        // step back), so that a standby tells the batches apart.
+        let engine_ns = now_engine_ns.max(log.last_engine_ns + 1);
+        log.last_engine_ns = engine_ns;
         let queue = &mut pending[local];
         let room = log.write_room();
         let mut bytes = 0;
@@ -163,6 +188,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             started_ns: now,
             failed: None,
             refuse: false,
+            standby: false,
         });
         self.ops
             .journal_write(&self.st.logs[local], local as u32, fsync);
@@ -207,6 +233,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             started_ns: now,
             failed: None,
             refuse: true,
+            standby: false,
         });
     }
 
@@ -268,6 +295,10 @@ impl<M: Matcher + Snapshot> Core<M> {
         let first_seq = log.next_seq;
         log.next_seq = batch.last_seq + 1;
         router.counters.journal_bytes += batch.len as u64;
+        if batch.standby {
+            self.apply_standby(local, batch);
+            return;
+        }
         if self.repl.is_some() {
             let records = &log.bytes[batch.records_at..batch.records_at + batch.len];
             let job = ReplJob {
@@ -299,7 +330,7 @@ impl<M: Matcher + Snapshot> Core<M> {
                 counted,
             );
         }
-        self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq);
+        self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq, false);
         batch.cmds.clear();
         self.st.logs[local].batch = batch.cmds;
     }
@@ -317,10 +348,43 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
     }
 
-    /// Applies the batches JetStream has stored, in order.
+    /// Applies the batches JetStream has stored, in order, and takes the
+    /// replication thread's standby work.
     pub(super) fn poll_replicated(&mut self) {
         let now = self.st.now_ns;
-        while let Some(done) = self.repl.as_mut().and_then(|l| l.poll()) {
+        while let Some(out) = self.repl.as_mut().and_then(|l| l.poll()) {
+            let done = match out {
+                ReplOut::Done(done) => done,
+                ReplOut::Reload {
+                    local,
+                    epoch,
+                    covers_seq,
+                    digest,
+                    body,
+                } => {
+                    if let Some(log) = self.st.logs.get_mut(local as usize) {
+                        log.reload = Some(ReloadRequest {
+                            epoch,
+                            covers_seq,
+                            digest,
+                            body,
+                        });
+                    }
+                    continue;
+                }
+                ReplOut::Records {
+                    local,
+                    epoch,
+                    bytes,
+                } => {
+                    self.standby_records(local as usize, epoch, &bytes);
+                    continue;
+                }
+                ReplOut::Lost { local } => {
+                    self.lost(local as usize);
+                    continue;
+                }
+            };
             let local = done.local as usize;
             loop {
                 let Some(log) = self.st.logs.get_mut(local) else {
@@ -416,8 +480,12 @@ impl<M: Matcher + Snapshot> Core<M> {
     }
 
     /// Snapshots a shard once enough records were applied since the last.
-    fn maybe_snapshot(&mut self, local: usize, applied: u64, covers_seq: u64) {
-        let every = self.st.cfg.snapshot_every_records;
+    /// Takes a snapshot after a batch that crossed a multiple of
+    /// `--snapshot-every` records (so that a standby copy, which rebuilds
+    /// the same batches, takes it at the same record and the digests can
+    /// be compared).
+    fn maybe_snapshot(&mut self, local: usize, applied: u64, covers_seq: u64, standby: bool) {
+        let every = self.st.cfg.snapshot_every_records.max(1);
         let State {
             logs,
             shards,
@@ -426,7 +494,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         } = &mut self.st;
         let log = &mut logs[local];
         log.since_snapshot += applied;
-        if log.since_snapshot < every {
+        if covers_seq / every == covers_seq.saturating_sub(applied) / every {
             return;
         }
         let (Some(shard), Some(jobs)) = (shards.get(local), &self.jobs) else {
@@ -438,7 +506,13 @@ impl<M: Matcher + Snapshot> Core<M> {
             log.since_snapshot = 0;
             router.counters.snapshots += 1;
             router.counters.snapshot_ns += monotonic_ns().saturating_sub(started);
-            if self.repl.is_some() {
+            if standby {
+                self.repl_backlog.push_back(ReplMsg::Check {
+                    shard: log.id.shard_index,
+                    covers_seq,
+                    digest,
+                });
+            } else if self.repl.is_some() {
                 self.repl_backlog.push_back(ReplMsg::Snapshot(ReplSnapshot {
                     shard: log.id.shard_index,
                     covers_seq,
@@ -453,6 +527,231 @@ impl<M: Matcher + Snapshot> Core<M> {
                 body,
             });
         }
+    }
+
+    /// Sends the housekeeper a waiting reload once the shard's journal is
+    /// idle (no write in flight, nothing waiting for JetStream, no segment
+    /// being made). Queued commands of the shard are refused: a standby
+    /// serves none.
+    fn start_reload(&mut self, local: usize) {
+        let core = self.st.cfg.index;
+        let State {
+            logs,
+            pending,
+            router,
+            ..
+        } = &mut self.st;
+        let log = &mut logs[local];
+        if log.inflight.is_some()
+            || !log.replicating.is_empty()
+            || log.next_requested
+            || log.reloading
+        {
+            return;
+        }
+        let (Some(jobs), Some(req)) = (&self.jobs, log.reload.take()) else {
+            return;
+        };
+        let refused = take_refusable(&mut pending[local]);
+        refuse(router, &refused);
+        log.standby.clear();
+        log.standby_epoch = req.epoch;
+        log.reloading = true;
+        let _ = jobs.send(Job::Reload {
+            core,
+            local,
+            id: log.id,
+            config: log.config,
+            covers_seq: req.covers_seq,
+            digest: req.digest,
+            body: req.body,
+            // Past the current segment and any next one being made: the
+            // reload removes both.
+            number: log.segment.number() + 2,
+            epoch: req.epoch,
+        });
+    }
+
+    /// The housekeeper built a reloaded standby copy: it replaces the shard,
+    /// its journal continues in the new segment, and the replication
+    /// thread hears that the copy is at `covers_seq`.
+    fn reloaded(
+        &mut self,
+        local: usize,
+        epoch: u64,
+        covers_seq: u64,
+        result: Result<crate::server::durable::Reloaded, String>,
+    ) {
+        let Some(log) = self.st.logs.get_mut(local) else {
+            self.st.router.counters.internal_errors += 1;
+            return;
+        };
+        log.reloading = false;
+        let reloaded = result.and_then(|r| {
+            self.st
+                .shards
+                .get_mut(local)
+                .ok_or_else(|| format!("no local shard {local}"))?
+                .replace_with(r.shard)?;
+            Ok(r.segment)
+        });
+        let log = &mut self.st.logs[local];
+        match reloaded {
+            Ok(segment) => {
+                log.use_segment(segment);
+                log.next = None;
+                log.next_requested = false;
+                log.next_seq = covers_seq + 1;
+                log.since_snapshot = 0;
+                log.detach_pending = true;
+                log.unavailable = None;
+                let shard = log.id.shard_index;
+                self.repl_backlog.push_back(ReplMsg::Applied {
+                    shard,
+                    epoch,
+                    seq: covers_seq,
+                });
+                self.repl_submit();
+            }
+            Err(e) => tracing::error!(
+                "standby: {} cannot be reloaded: {e}; it is neither served nor followed here",
+                log.id
+            ),
+        }
+    }
+
+    /// Records of a standby copy's stream: rebuilt into the owner's batches
+    /// (by engine time) and queued to journal and apply.
+    fn standby_records(&mut self, local: usize, epoch: u64, bytes: &[u8]) {
+        let Some(log) = self.st.logs.get_mut(local) else {
+            self.st.router.counters.internal_errors += 1;
+            return;
+        };
+        if epoch != log.standby_epoch || log.reloading || log.reload.is_some() {
+            return; // from before the reload that is under way
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let (record, len) = match journal::decode_record(&bytes[at..]) {
+                Ok(Some(r)) => r,
+                other => {
+                    tracing::error!(
+                        "standby: a message of {}'s stream does not decode at byte {at}:                          {other:?}; the copy stops here",
+                        log.id
+                    );
+                    self.st.router.counters.internal_errors += 1;
+                    return;
+                }
+            };
+            at += len;
+            match log.standby.back_mut() {
+                Some(run)
+                    if run.engine_ns == record.engine_ns
+                        && run.first_seq + run.cmds.len() as u64 == record.seq =>
+                {
+                    run.cmds.push(record.cmd);
+                }
+                _ => log.standby.push_back(StandbyRun {
+                    engine_ns: record.engine_ns,
+                    first_seq: record.seq,
+                    cmds: vec![record.cmd],
+                }),
+            }
+        }
+    }
+
+    /// Journals a standby copy's next batch (its records exactly as the
+    /// owner journaled them).
+    fn start_standby_write(&mut self, local: usize) {
+        let now = self.st.now_ns;
+        let fsync = self.st.cfg.journal_fsync;
+        let log = &mut self.st.logs[local];
+        let Some(run) = log.standby.front() else {
+            return;
+        };
+        if run.first_seq != log.next_seq {
+            tracing::error!(
+                "standby: {} expected record {} of its stream, got {}: the copy stops here",
+                log.id,
+                log.next_seq,
+                run.first_seq
+            );
+            log.standby.clear();
+            self.st.router.counters.internal_errors += 1;
+            return;
+        }
+        let bytes: usize = run.cmds.iter().map(journal::record_bytes).sum();
+        if log.write_room() < bytes {
+            if !self.next_segment(local) {
+                return;
+            }
+            if self.st.logs[local].wants_next() {
+                self.request_segment(local);
+            }
+        }
+        let log = &mut self.st.logs[local];
+        let Some(run) = log.standby.pop_front() else {
+            return;
+        };
+        let start = log.begin_write();
+        let records_at = log.bytes.len();
+        for (i, cmd) in run.cmds.iter().enumerate() {
+            journal::encode_record(&mut log.bytes, run.first_seq + i as u64, run.engine_ns, cmd);
+        }
+        let len = log.bytes.len() - records_at;
+        let (write_len, _offset) = log.end_write(start);
+        log.last_engine_ns = log.last_engine_ns.max(run.engine_ns);
+        let last_seq = run.first_seq + run.cmds.len() as u64 - 1;
+        log.inflight = Some(Inflight {
+            cmds: run.cmds,
+            engine_ns: run.engine_ns,
+            len,
+            start,
+            records_at,
+            write_len,
+            last_seq,
+            started_ns: now,
+            failed: None,
+            refuse: false,
+            standby: true,
+        });
+        self.ops
+            .journal_write(&self.st.logs[local], local as u32, fsync);
+    }
+
+    /// A standby batch is durable here: applied, its reports discarded,
+    /// and the replication thread told how far the copy is.
+    fn apply_standby(&mut self, local: usize, batch: Inflight) {
+        if let Some(shard) = self.st.shards.get_mut(local) {
+            let mut discard = crate::book::workload::DiscardSink::default();
+            shard.process_batch(&batch.cmds, batch.engine_ns, &mut discard);
+            self.st.shard_counters[local].commands += batch.cmds.len() as u64;
+        }
+        self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq, true);
+        let log = &mut self.st.logs[local];
+        log.detach_pending = true;
+        let (shard, epoch) = (log.id.shard_index, log.standby_epoch);
+        self.repl_backlog.push_back(ReplMsg::Applied {
+            shard,
+            epoch,
+            seq: batch.last_seq,
+        });
+        self.repl_submit();
+    }
+
+    /// This node lost the shard while batches waited for JetStream: they
+    /// never will be stored, so they are refused (`NotDurable`) in order
+    /// and never applied.
+    fn lost(&mut self, local: usize) {
+        let State { logs, router, .. } = &mut self.st;
+        let Some(log) = logs.get_mut(local) else {
+            router.counters.internal_errors += 1;
+            return;
+        };
+        for batch in log.replicating.drain(..) {
+            refuse(router, &batch.cmds);
+        }
+        log.repl_stalled = false;
     }
 
     /// True while any journal write is in flight.

@@ -1,0 +1,537 @@
+//! Hot standbys and takeovers (`--replicas` 2 or more), on the
+//! replication thread.
+//!
+//! Every node holds a copy of every shard in its cores, but serves only
+//! those it holds leases on. For a shard the agent marks this node a
+//! standby of ([`Role::Standby`], rule 7 of `cluster::plan`), or one whose
+//! lease it took but whose copy is not known complete ([`Role::Owner`]
+//! while not [`ClusterView::may_serve`]), a task here:
+//!
+//! 1. **Reloads** the core's copy: the newest snapshot of the shard in the
+//!    object store (`replicate::SNAPSHOT_BUCKET`), or the empty shard when
+//!    there is none, replaces the core's shard, and its local journal
+//!    starts again from that snapshot ([`ReplOut::Reload`]). What the
+//!    local journal held is dropped: a node that lost a shard may have
+//!    journaled records the stream never stored (never acknowledged).
+//! 2. **Follows** the stream: an ordered consumer delivers every message
+//!    after the snapshot; their records go to the core
+//!    ([`ReplOut::Records`]), which journals them (same sequence numbers
+//!    and engine times) and applies them, discarding their reports. The
+//!    batches are rebuilt from the records' engine times, so the copy
+//!    takes its snapshots at the same records as the owner
+//!    (`--snapshot-every` crossings) and the digests are compared with
+//!    the owner's as published in the object store: a mismatch is fatal
+//!    (the copy is not exact; the process exits rather than ever serve it).
+//! 3. **Takes over** once the agent holds the lease: it reads the stream's
+//!    last message, waits until the core has applied every record up to
+//!    it, and publishes a *fence*: an empty message (`Nats-Msg-Id`
+//!    `<this node>.<shard>.<L+1>.<L>`, no records) conditional on that last
+//!    message. Once the fence is stored, no publish of the old owner can
+//!    follow (each is conditional on the message before it), so the copy
+//!    holds every record the stream will ever have before this node's
+//!    own. Then the shard is ready ([`ClusterView::set_ready`]) and the
+//!    agent serves it. The new owner's first record is a `DetachSessions`
+//!    (the old owner's sessions are not this node's).
+//!
+//! A node whose lease names itself and whose stream it wrote last (or an
+//! empty stream) needs none of this: its own journal is the shard's, and
+//! any records in it the stream lacks are published first
+//! (`replicate::fill_gap`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::replicate::{
+    Last, ReplConfig, ReplOut, SNAPSHOT_BUCKET, ShardOutput, ensure_stream, message_id,
+    parse_message_id, read_last, snapshot_object, stream_name, subject,
+};
+use crate::cluster::view::Role;
+use crate::journal;
+
+/// The pause before trying again after a failure (NATS unreachable, a
+/// stream purged past the copy).
+const RETRY: Duration = Duration::from_millis(250);
+/// How often a task looks at its role (and tries a takeover).
+const TICK: Duration = Duration::from_millis(20);
+/// How often a standby compares its digests with the owner's snapshot.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The standby's own snapshot digests kept for comparison.
+const CHECKS_KEPT: usize = 16;
+
+/// One shard's task and what the cores tell it.
+struct Task {
+    handle: tokio::task::JoinHandle<()>,
+    /// (reload epoch, last record applied) as the core reports it.
+    applied: watch::Sender<(u64, u64)>,
+    /// The core's own snapshots: (covers, digest).
+    checks: mpsc::UnboundedSender<(u64, u64)>,
+}
+
+/// The standby tasks of the replication thread.
+pub(super) struct Standbys {
+    cores: usize,
+    tasks: HashMap<u32, Task>,
+    /// Reloads so far per shard (epochs never repeat within a process).
+    epochs: HashMap<u32, u64>,
+}
+
+impl Standbys {
+    pub(super) fn new(cores: usize) -> Standbys {
+        Standbys {
+            cores: cores.max(1),
+            tasks: HashMap::new(),
+            epochs: HashMap::new(),
+        }
+    }
+
+    /// Starts a task for each shard that needs one and ends those no
+    /// longer wanted (the node is neither standby nor taking over).
+    pub(super) fn steer(
+        &mut self,
+        js: &jetstream::Context,
+        cfg: &Arc<ReplConfig>,
+        out: &mpsc::UnboundedSender<ShardOutput>,
+    ) {
+        let view = &cfg.view;
+        for shard in 0..view.shard_count() {
+            let wanted = match view.role(shard) {
+                Role::Standby => true,
+                Role::Owner => !view.may_serve(shard),
+                Role::None => false,
+            };
+            let running = self
+                .tasks
+                .get(&shard)
+                .is_some_and(|t| !t.handle.is_finished());
+            if wanted && !running {
+                let epoch = self.epochs.entry(shard).or_default();
+                let (applied_tx, applied_rx) = watch::channel((0, 0));
+                let (checks_tx, checks_rx) = mpsc::unbounded_channel();
+                let core = shard as usize % self.cores;
+                let local = (shard as usize / self.cores) as u32;
+                let handle = tokio::spawn(follow(
+                    js.clone(),
+                    Arc::clone(cfg),
+                    Where { shard, core, local },
+                    out.clone(),
+                    applied_rx,
+                    checks_rx,
+                    *epoch,
+                ));
+                // Each task reloads once at most per RELOADS_PER_TASK.
+                *epoch += RELOADS_PER_TASK;
+                self.tasks.insert(
+                    shard,
+                    Task {
+                        handle,
+                        applied: applied_tx,
+                        checks: checks_tx,
+                    },
+                );
+            } else if !wanted
+                && view.role(shard) == Role::None
+                && let Some(t) = self.tasks.remove(&shard)
+            {
+                t.handle.abort();
+            }
+        }
+    }
+
+    /// A core applied a standby's records through `seq`.
+    pub(super) fn applied(&mut self, shard: u32, epoch: u64, seq: u64) {
+        if let Some(t) = self.tasks.get(&shard) {
+            let _ = t.applied.send((epoch, seq));
+        }
+    }
+
+    /// A core's standby copy took a snapshot.
+    pub(super) fn check(&mut self, shard: u32, covers_seq: u64, digest: u64) {
+        if let Some(t) = self.tasks.get(&shard) {
+            let _ = t.checks.send((covers_seq, digest));
+        }
+    }
+}
+
+/// Epochs reserved per task: a task reloads at most this many times
+/// before it gives up and the next task (with the next epochs) starts.
+const RELOADS_PER_TASK: u64 = 1 << 20;
+
+/// A shard and where its copy lives.
+#[derive(Clone, Copy)]
+struct Where {
+    shard: u32,
+    core: usize,
+    local: u32,
+}
+
+/// The newest snapshot of `shard` in the object store: (covers, digest,
+/// body), or `None` when there is none.
+async fn fetch_snapshot(
+    js: &jetstream::Context,
+    shard: u32,
+) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
+    // A bucket that does not exist (no snapshot was ever published) and
+    // one that cannot be read now look alike here; a wrong "none" shows
+    // as a stream that does not start at record 1, and is retried.
+    let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await else {
+        return Ok(None);
+    };
+    let mut object = match store.get(snapshot_object(shard)).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("reading its snapshot: {e}")),
+    };
+    let meta = |key: &str| object.info.metadata.get(key).cloned().unwrap_or_default();
+    let covers: u64 = meta("covers_seq")
+        .parse()
+        .map_err(|_| "its snapshot has no covers_seq".to_string())?;
+    let digest = u64::from_str_radix(&meta("digest"), 16)
+        .map_err(|_| "its snapshot has no digest".to_string())?;
+    let mut body = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
+        .await
+        .map_err(|e| format!("reading its snapshot: {e}"))?;
+    Ok(Some((covers, digest, body)))
+}
+
+/// The owner's newest snapshot's (covers, digest), from its metadata.
+async fn owner_digest(js: &jetstream::Context, shard: u32) -> Option<(u64, u64)> {
+    let store = js.get_object_store(SNAPSHOT_BUCKET).await.ok()?;
+    let info = store.info(snapshot_object(shard)).await.ok()?;
+    let covers = info.metadata.get("covers_seq")?.parse().ok()?;
+    let digest = u64::from_str_radix(info.metadata.get("digest")?, 16).ok()?;
+    Some((covers, digest))
+}
+
+/// The records of `payload` after `after` (messages may overlap what
+/// the copy has, after a reload).
+fn records_after(payload: &Bytes, after: u64) -> Bytes {
+    let mut at = 0;
+    while at < payload.len() {
+        match journal::decode_record(&payload[at..]) {
+            Ok(Some((r, len))) if r.seq <= after => at += len,
+            _ => break,
+        }
+    }
+    payload.slice(at..)
+}
+
+/// Why a following ended: reload, or the task is over.
+enum Next {
+    Reload,
+    Done,
+}
+
+/// The task of one shard: reload, follow, take over (module docs).
+async fn follow(
+    js: jetstream::Context,
+    cfg: Arc<ReplConfig>,
+    at: Where,
+    out: mpsc::UnboundedSender<ShardOutput>,
+    mut applied: watch::Receiver<(u64, u64)>,
+    mut checks: mpsc::UnboundedReceiver<(u64, u64)>,
+    first_epoch: u64,
+) {
+    let shard = at.shard;
+    let stream = ensure_stream(&js, &cfg, shard).await;
+    if cfg.view.role(shard) == Role::Owner {
+        match read_last(&stream, shard).await {
+            Last::Records { node, .. } if node != cfg.node => {}
+            _ => {
+                // This node wrote the stream last (or nobody did): its own
+                // journal is the shard's.
+                cfg.view.set_ready(shard, true);
+                return;
+            }
+        }
+    }
+    let mut mine: VecDeque<(u64, u64)> = VecDeque::new();
+    for epoch in first_epoch + 1..first_epoch + RELOADS_PER_TASK {
+        match follow_from_snapshot(
+            &js,
+            &cfg,
+            &stream,
+            at,
+            epoch,
+            &out,
+            &mut applied,
+            &mut checks,
+            &mut mine,
+        )
+        .await
+        {
+            Next::Reload => tokio::time::sleep(RETRY).await,
+            Next::Done => return,
+        }
+    }
+}
+
+/// One reload and what follows it, until a takeover, the end of the role,
+/// or a reason to reload again.
+#[allow(clippy::too_many_arguments)]
+async fn follow_from_snapshot(
+    js: &jetstream::Context,
+    cfg: &ReplConfig,
+    stream: &stream::Stream,
+    at: Where,
+    epoch: u64,
+    out: &mpsc::UnboundedSender<ShardOutput>,
+    applied: &mut watch::Receiver<(u64, u64)>,
+    checks: &mut mpsc::UnboundedReceiver<(u64, u64)>,
+    mine: &mut VecDeque<(u64, u64)>,
+) -> Next {
+    let shard = at.shard;
+    let view = &cfg.view;
+    let snapshot = match fetch_snapshot(js, shard).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("standby: shard {shard}: {e}; retrying");
+            return Next::Reload;
+        }
+    };
+    let (covers, digest, body) = match snapshot {
+        Some((c, d, b)) => (c, d, Some(b)),
+        None => (0, 0, None),
+    };
+    let _ = out.send((
+        at.core,
+        ReplOut::Reload {
+            local: at.local,
+            epoch,
+            covers_seq: covers,
+            digest,
+            body,
+        },
+    ));
+    // The core answers once its shard and journal are the snapshot's.
+    loop {
+        if applied.borrow().0 == epoch {
+            break;
+        }
+        if view.role(shard) == Role::None {
+            return Next::Done;
+        }
+        let _ = tokio::time::timeout(TICK * 10, applied.changed()).await;
+    }
+    tracing::info!(
+        "standby: shard {shard}: copy loaded from {}, following {}",
+        if covers > 0 {
+            format!("the snapshot through record {covers}")
+        } else {
+            "the empty shard".to_string()
+        },
+        stream_name(shard)
+    );
+    let consumer = match stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject(shard),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("standby: shard {shard}: cannot follow its stream: {e}; retrying");
+            return Next::Reload;
+        }
+    };
+    let mut messages = match consumer.messages().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("standby: shard {shard}: cannot follow its stream: {e}; retrying");
+            return Next::Reload;
+        }
+    };
+    let mut sent = covers;
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_check = tokio::time::Instant::now();
+    let mut agreed = false;
+    loop {
+        tokio::select! {
+            m = messages.next() => {
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!("standby: shard {shard}: following its stream: {e}; reloading");
+                        return Next::Reload;
+                    }
+                    None => return Next::Reload,
+                };
+                let Some((_, _, first, last)) = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .and_then(|v| parse_message_id(v.as_str()))
+                else {
+                    continue;
+                };
+                // A fence (no records), or records the copy has.
+                if last < first || last <= sent {
+                    continue;
+                }
+                if first > sent + 1 {
+                    tracing::warn!(
+                        "standby: shard {shard}: {} continues at record {first}, the copy \
+                         is at {sent} (trimmed after a newer snapshot): reloading",
+                        stream_name(shard)
+                    );
+                    return Next::Reload;
+                }
+                let bytes = records_after(&m.payload, sent);
+                let _ = out.send((at.core, ReplOut::Records { local: at.local, epoch, bytes }));
+                sent = last;
+            }
+            Some(check) = checks.recv() => {
+                mine.push_back(check);
+                while mine.len() > CHECKS_KEPT {
+                    mine.pop_front();
+                }
+            }
+            _ = tick.tick() => {
+                match view.role(shard) {
+                    Role::None => return Next::Done,
+                    Role::Owner if view.may_serve(shard) => return Next::Done,
+                    Role::Owner => {
+                        if take_over(js, cfg, stream, at, epoch, sent, applied).await {
+                            return Next::Done;
+                        }
+                    }
+                    Role::Standby => {
+                        if last_check.elapsed() >= CHECK_EVERY {
+                            last_check = tokio::time::Instant::now();
+                            compare(js, shard, mine, &mut agreed).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compares the owner's newest snapshot digest with the copy's own at the
+/// same record, when the copy has one; a difference is fatal.
+async fn compare(
+    js: &jetstream::Context,
+    shard: u32,
+    mine: &mut VecDeque<(u64, u64)>,
+    agreed: &mut bool,
+) {
+    let Some((covers, theirs)) = owner_digest(js, shard).await else {
+        return;
+    };
+    let Some(&(_, ours)) = mine.iter().find(|&&(c, _)| c == covers) else {
+        return;
+    };
+    mine.retain(|&(c, _)| c > covers);
+    if ours == theirs {
+        // Said once per copy (at info), then at debug.
+        if !std::mem::replace(agreed, true) {
+            tracing::info!(
+                "standby: shard {shard}: the copy's digest after record {covers} agrees with \
+                 the owner's snapshot ({ours:016x})"
+            );
+        } else {
+            tracing::debug!(
+                "standby: shard {shard}: digest at record {covers} agrees with the owner's"
+            );
+        }
+        return;
+    }
+    tracing::error!(
+        "standby: FATAL: the standby copy of shard {shard} has state digest {ours:016x} after \
+         record {covers}, the owner's snapshot {theirs:016x}: the copy is not exact, and this \
+         node must never serve it; exiting"
+    );
+    std::process::exit(STANDBY_MISMATCH_EXIT);
+}
+
+/// The exit status of a node whose standby copy differs from the owner's.
+pub const STANDBY_MISMATCH_EXIT: i32 = 70;
+
+/// One takeover attempt: when the copy has every record of the stream,
+/// publish the fence after the stream's last message; true once it is
+/// stored (the shard is ready).
+async fn take_over(
+    js: &jetstream::Context,
+    cfg: &ReplConfig,
+    stream: &stream::Stream,
+    at: Where,
+    epoch: u64,
+    sent: u64,
+    applied: &watch::Receiver<(u64, u64)>,
+) -> bool {
+    let shard = at.shard;
+    let (last, seq) = match read_last(stream, shard).await {
+        Last::Empty => (0, 0),
+        Last::Records { last, seq, .. } => (last, seq),
+    };
+    if last > sent {
+        return false; // its messages are on their way
+    }
+    let (e, done) = *applied.borrow();
+    if e != epoch || done < last {
+        return false; // the core is still applying them
+    }
+    let fence = PublishMessage::build()
+        .payload(Bytes::new())
+        .message_id(message_id(cfg.node, shard, last + 1, last))
+        .expected_last_subject_sequence(seq);
+    let stored = async {
+        let ack = js
+            .send_publish(subject(shard), fence)
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map_err(|e| e.to_string())
+    }
+    .await;
+    match stored {
+        Ok(_) => {
+            tracing::info!(
+                "standby: shard {shard}: took over after record {last} ({} fenced at message \
+                 {}); serving it",
+                stream_name(shard),
+                seq + 1
+            );
+            cfg.view.set_ready(shard, true);
+            true
+        }
+        Err(e) => {
+            tracing::debug!("standby: shard {shard}: fence not stored ({e}); catching up again");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::{Command, Op, SessionId};
+    use wire::{NewOrder, Side};
+
+    #[test]
+    fn records_after_skips_what_the_copy_has() {
+        let mut bytes = Vec::new();
+        for seq in 5..=9 {
+            let cmd = Command {
+                session: SessionId::from_raw(1),
+                account: 1,
+                op: Op::New(NewOrder::limit(seq, 0, Side::Sell, 10, 1)),
+            };
+            journal::encode_record(&mut bytes, seq, 100, &cmd);
+        }
+        let payload = Bytes::from(bytes);
+        let first = |b: &Bytes| journal::decode_record(b).unwrap().map(|(r, _)| r.seq);
+        assert_eq!(first(&records_after(&payload, 0)), Some(5));
+        assert_eq!(first(&records_after(&payload, 7)), Some(8));
+        assert!(records_after(&payload, 9).is_empty());
+    }
+}
