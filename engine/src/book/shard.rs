@@ -1828,6 +1828,29 @@ impl Shard {
         self.accounts.blocked.insert(account);
     }
 
+    /// [`Op::DetachSessions`]: every live order's owner session becomes
+    /// [`SessionId::NONE`]. No report, no market data, no allocation:
+    /// O(live orders and levels in the shard), walked book by book like a
+    /// cancel session (the order of the walk does not change the result).
+    fn detach_sessions(&mut self) {
+        if self.live == 0 {
+            return;
+        }
+        let (orders, levels) = (&mut self.orders, &self.levels);
+        for book in &self.books {
+            for side in &book.sides {
+                for (_, level) in side.iter_best_first() {
+                    let mut slot = levels[level as usize].head;
+                    while slot != NIL {
+                        let o = &mut orders[slot as usize];
+                        o.owner = SessionId::NONE;
+                        slot = o.next;
+                    }
+                }
+            }
+        }
+    }
+
     /// Cancels the orders `sweep` selects in `books`, in cancel session's
     /// order, with their tops after each book.
     fn cancel_where<S: Sink>(
@@ -1954,7 +1977,11 @@ fn command_key(cmd: &Command) -> Option<(u64, u32)> {
         Op::Cancel(c) => Some((c.client_order_id.get(), c.symbol.get())),
         Op::Replace(r) => Some((r.client_order_id.get(), r.symbol.get())),
         Op::Query(q) => Some((q.client_order_id.get(), q.symbol.get())),
-        Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => None,
+        Op::CancelSession
+        | Op::MassCancel { .. }
+        | Op::KillAccount
+        | Op::UnblockAccount
+        | Op::DetachSessions => None,
     }
 }
 
@@ -1999,7 +2026,11 @@ impl Shard {
                         .prefetch(key_of(side, o.price.get()));
                 }
             }
-            Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {}
+            Op::CancelSession
+            | Op::MassCancel { .. }
+            | Op::KillAccount
+            | Op::UnblockAccount
+            | Op::DetachSessions => {}
         }
     }
 
@@ -2065,6 +2096,7 @@ impl Matcher for Shard {
                 self.accounts.blocked.remove(&cmd.account);
                 return;
             }
+            Op::DetachSessions => return self.detach_sessions(),
         };
         // Only a sink that wants tops pays for finding the book twice.
         let mark = if sink.wants_top(symbol) {
