@@ -651,6 +651,15 @@ impl Matcher for NaiveBook {
             Op::Replace(r) => self.replace(cmd, r, sink),
             Op::Query(q) => self.query(cmd, q, sink),
             Op::CancelSession => self.cancel_session(cmd.session, sink),
+            Op::DetachSessions => {
+                for book in &mut self.books {
+                    for level in book.bids.values_mut().chain(book.asks.values_mut()) {
+                        for o in level.iter_mut() {
+                            o.owner = SessionId::NONE;
+                        }
+                    }
+                }
+            }
             // The baseline has no per-account operations: the benchmark
             // flows it is compared on never send them.
             Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {}

@@ -344,6 +344,14 @@ impl Model {
             Op::UnblockAccount => {
                 self.blocked.remove(&cmd.account);
             }
+            // Not in the random runs: the ledger there finds an order's
+            // account from its report's session, which a detached order's
+            // reports (to SessionId::NONE) do not name.
+            Op::DetachSessions => {
+                for o in &mut self.orders {
+                    o.owner = SessionId::NONE;
+                }
+            }
             Op::CancelSession => {
                 for symbol in 0..self.symbol_count {
                     if !self.owns(symbol) {

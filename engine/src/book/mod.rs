@@ -148,6 +148,18 @@
 //! order: books by symbol, bids then asks, best price first, front of the
 //! level first.
 //!
+//! **Detach sessions** ([`Op::DetachSessions`]): the first command a new
+//! owner of the shard journals after a failover, since the resting orders
+//! name sessions of the old owner (session ids are not unique across
+//! nodes). Every live order's owner session becomes [`SessionId::NONE`],
+//! which no connection has, so its later reports (fills as a maker,
+//! self-trade and kill-switch cancels) reach no one; its client finds it
+//! with Query (and may cancel or replace it, which makes the requesting
+//! session its owner again). A [`Op::CancelSession`] of an old session
+//! then cancels none of them. It changes only the owner sessions (part of
+//! the state: digest, snapshots, replay) and produces no report and no
+//! market data: the one change of an order's state without a report.
+//!
 //! **Mass cancel** ([`Op::MassCancel`]): every live order of the command's
 //! account on `symbol` (on every symbol of the shard for
 //! [`MASS_CANCEL_ALL_SYMBOLS`]) gets `Canceled(Requested)`, to the
@@ -166,7 +178,7 @@
 //!
 //! Every order ends in exactly one terminal report: a NewOrder's Rejected, a
 //! Fill with `leaves_quantity` 0, or a Canceled. Every change of an order's
-//! state produces a report.
+//! state produces a report, but detach sessions' change of owner session.
 //!
 //! The session layer adds one rule before routing ([`ClientOrderIds`]):
 //! within a session, NewOrder client order ids strictly increase.
@@ -251,6 +263,11 @@ pub enum Op {
     KillAccount,
     /// Lift the block of [`Op::KillAccount`]. No report.
     UnblockAccount,
+    /// A shard changed owner: every live order's owner session becomes
+    /// `SessionId::NONE`, so that later reports of those orders (fills as a
+    /// maker, kill-switch cancels) go to no connection; clients find them
+    /// with OrderQuery. No report.
+    DetachSessions,
 }
 
 /// [`Op::MassCancel`]'s symbol for "every symbol".

@@ -69,7 +69,11 @@ impl Matcher for NullShard {
                 0,
                 0,
             )),
-            Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {
+            Op::CancelSession
+            | Op::MassCancel { .. }
+            | Op::KillAccount
+            | Op::UnblockAccount
+            | Op::DetachSessions => {
                 return;
             }
         };

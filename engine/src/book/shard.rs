@@ -1828,6 +1828,29 @@ impl Shard {
         self.accounts.blocked.insert(account);
     }
 
+    /// [`Op::DetachSessions`]: every live order's owner session becomes
+    /// [`SessionId::NONE`]. No report, no market data, no allocation:
+    /// O(live orders and levels in the shard), walked book by book like a
+    /// cancel session (the order of the walk does not change the result).
+    fn detach_sessions(&mut self) {
+        if self.live == 0 {
+            return;
+        }
+        let (orders, levels) = (&mut self.orders, &self.levels);
+        for book in &self.books {
+            for side in &book.sides {
+                for (_, level) in side.iter_best_first() {
+                    let mut slot = levels[level as usize].head;
+                    while slot != NIL {
+                        let o = &mut orders[slot as usize];
+                        o.owner = SessionId::NONE;
+                        slot = o.next;
+                    }
+                }
+            }
+        }
+    }
+
     /// Cancels the orders `sweep` selects in `books`, in cancel session's
     /// order, with their tops after each book.
     fn cancel_where<S: Sink>(
@@ -1954,7 +1977,11 @@ fn command_key(cmd: &Command) -> Option<(u64, u32)> {
         Op::Cancel(c) => Some((c.client_order_id.get(), c.symbol.get())),
         Op::Replace(r) => Some((r.client_order_id.get(), r.symbol.get())),
         Op::Query(q) => Some((q.client_order_id.get(), q.symbol.get())),
-        Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => None,
+        Op::CancelSession
+        | Op::MassCancel { .. }
+        | Op::KillAccount
+        | Op::UnblockAccount
+        | Op::DetachSessions => None,
     }
 }
 
@@ -1999,7 +2026,11 @@ impl Shard {
                         .prefetch(key_of(side, o.price.get()));
                 }
             }
-            Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {}
+            Op::CancelSession
+            | Op::MassCancel { .. }
+            | Op::KillAccount
+            | Op::UnblockAccount
+            | Op::DetachSessions => {}
         }
     }
 
@@ -2065,6 +2096,7 @@ impl Matcher for Shard {
                 self.accounts.blocked.remove(&cmd.account);
                 return;
             }
+            Op::DetachSessions => return self.detach_sessions(),
         };
         // Only a sink that wants tops pays for finding the book twice.
         let mark = if sink.wants_top(symbol) {
@@ -2127,7 +2159,7 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::Cancel;
+    use wire::{Cancel, OrderQuery};
 
     fn shard(window_ticks: usize) -> Shard {
         let cfg = ShardConfig {
@@ -2247,6 +2279,138 @@ mod tests {
             .collect();
         assert_eq!(ids, [3, 5, 1, 2, 4]);
         assert_eq!(s.live, 0);
+    }
+
+    fn run_as(shard: &mut Shard, session: u64, account: u64, op: Op) -> Vec<(SessionId, Report)> {
+        let mut out = Vec::new();
+        let cmd = Command {
+            session: SessionId::from_raw(session),
+            account,
+            op,
+        };
+        shard.process(&cmd, 0, &mut out);
+        shard.check_invariants().unwrap();
+        out
+    }
+
+    /// Sessions 11 and 12 (accounts 1 and 2) rest asks at 100 and 101 and
+    /// session 11 a bid at 90, all on symbol 0.
+    fn two_sessions_resting(s: &mut Shard) {
+        let sell = |id, price, qty| Op::New(NewOrder::limit(id, 0, Side::Sell, price, qty));
+        assert_eq!(run_as(s, 11, 1, sell(1, 100, 2)).len(), 1);
+        assert_eq!(run_as(s, 12, 2, sell(2, 101, 3)).len(), 1);
+        let bid = Op::New(NewOrder::limit(3, 0, Side::Buy, 90, 1));
+        assert_eq!(run_as(s, 11, 1, bid).len(), 1);
+    }
+
+    #[test]
+    fn detached_orders_report_to_no_session_and_can_still_be_queried() {
+        let mut s = shard(WINDOW_TICKS);
+        two_sessions_resting(&mut s);
+        let md_seq = s.md_seq(0);
+        let out = run_as(&mut s, SessionId::NONE.get(), 0, Op::DetachSessions);
+        assert_eq!(out, []);
+        assert_eq!(s.md_seq(0), md_seq, "no market data");
+        assert_eq!(s.live_orders(), 3);
+        for (account, id) in [(1, 1), (2, 2), (1, 3)] {
+            assert_eq!(
+                s.order(account, id).map(|o| o.owner_session),
+                Some(SessionId::NONE),
+                "order {id}"
+            );
+        }
+        // OrderQuery finds a detached order (answered to the asking session).
+        let out = run_as(&mut s, 21, 1, Op::Query(OrderQuery::new(1, 0)));
+        match out.as_slice() {
+            [(to, Report::Status(st))] => {
+                assert_eq!(*to, SessionId::from_raw(21));
+                assert_eq!(st.state, OrderState::Live.to_wire());
+                assert_eq!(st.leaves_quantity.get(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A third session's buy takes both asks: maker reports to no one.
+        let out = run_as(
+            &mut s,
+            13,
+            3,
+            Op::New(NewOrder::limit(9, 0, Side::Buy, 101, 5)),
+        );
+        let mut makers = 0;
+        let mut takers = 0;
+        for (to, report) in &out {
+            match report {
+                Report::Fill(f) if f.liquidity == wire::Liquidity::Maker.to_wire() => {
+                    assert_eq!(*to, SessionId::NONE);
+                    makers += 1;
+                }
+                Report::Fill(_) | Report::Accepted(_) => {
+                    assert_eq!(*to, SessionId::from_raw(13));
+                    takers += usize::from(matches!(report, Report::Fill(_)));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((makers, takers), (2, 2));
+        assert_eq!(s.order(1, 1), None);
+        assert_eq!(s.order(2, 2), None);
+        assert_eq!(s.live_orders(), 1);
+    }
+
+    #[test]
+    fn cancel_session_of_an_old_session_spares_detached_orders() {
+        let mut s = shard(WINDOW_TICKS);
+        two_sessions_resting(&mut s);
+        run_as(&mut s, SessionId::NONE.get(), 0, Op::DetachSessions);
+        for (session, account) in [(11, 1), (12, 2)] {
+            assert_eq!(run_as(&mut s, session, account, Op::CancelSession), []);
+        }
+        assert_eq!(s.live_orders(), 3);
+        // A replace makes the replacing session the owner again.
+        let out = run_as(&mut s, 31, 1, Op::Replace(Replace::new(3, 0, 91, 1)));
+        assert!(matches!(out.as_slice(), [(to, Report::Replaced(_))] if to.get() == 31));
+        assert_eq!(
+            s.order(1, 3).unwrap().owner_session,
+            SessionId::from_raw(31)
+        );
+        let out = run_as(&mut s, 31, 1, Op::CancelSession);
+        assert!(matches!(out.as_slice(), [(to, Report::Canceled(_))] if to.get() == 31));
+        assert_eq!(s.live_orders(), 2);
+    }
+
+    #[test]
+    fn detach_sessions_is_in_the_digest_and_the_snapshot() {
+        let cfg = ShardConfig {
+            orders_max: 8,
+            levels_per_side_max: 8,
+            ..ShardConfig::default()
+        };
+        // Nothing rests: nothing changes.
+        let mut empty = Shard::new(0, 1, 1, cfg);
+        let before = empty.state_digest();
+        run_as(&mut empty, 0, 0, Op::DetachSessions);
+        assert_eq!(empty.state_digest(), before);
+
+        let mut a = Shard::new(0, 1, 1, cfg);
+        let mut b = Shard::new(0, 1, 1, cfg);
+        two_sessions_resting(&mut a);
+        two_sessions_resting(&mut b);
+        let before = a.state_digest();
+        run_as(&mut a, 0, 0, Op::DetachSessions);
+        run_as(&mut b, 0, 0, Op::DetachSessions);
+        let after = a.state_digest();
+        assert_ne!(after, before);
+        assert_eq!(b.state_digest(), after);
+        // Again: nothing left to detach.
+        run_as(&mut a, 0, 0, Op::DetachSessions);
+        assert_eq!(a.state_digest(), after);
+
+        let mut bytes = Vec::new();
+        assert_eq!(a.write_snapshot(&mut bytes), after);
+        let restored = Shard::from_snapshot(&bytes, cfg).unwrap();
+        restored.check_invariants().unwrap();
+        assert_eq!(restored.state_digest(), after);
+        assert_eq!(restored.order(2, 2).unwrap().owner_session, SessionId::NONE);
     }
 
     #[test]

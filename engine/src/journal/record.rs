@@ -11,8 +11,8 @@
 //! | 16 | 8 | `engine_ns`: the time given to `process_batch` |
 //! | 24 | 8 | `session` |
 //! | 32 | 8 | `account` |
-//! | 40 | 1 | `op`: 1 NewOrder, 2 Cancel, 3 Replace, 4 OrderQuery, 5 CancelSession, 6 MassCancel, 7 KillAccount, 8 UnblockAccount |
-//! | 41 | 32, 16, 32, 16, 0, 16, 0 or 0 | the wire message of the op, as the client sent it (none for CancelSession, KillAccount and UnblockAccount; for MassCancel the symbol as a `u32` and 12 zero bytes) |
+//! | 40 | 1 | `op`: 1 NewOrder, 2 Cancel, 3 Replace, 4 OrderQuery, 5 CancelSession, 6 MassCancel, 7 KillAccount, 8 UnblockAccount, 9 DetachSessions |
+//! | 41 | 32, 16, 32, 16, 0, 16, 0, 0 or 0 | the wire message of the op, as the client sent it (none for CancelSession, KillAccount, UnblockAccount and DetachSessions; for MassCancel the symbol as a `u32` and 12 zero bytes) |
 //!
 //! So a NewOrder or Replace record is 73 bytes and a Cancel or Query 57.
 //! The checksum does not cover `length`, but a damaged length is caught
@@ -49,6 +49,7 @@ const OP_CANCEL_SESSION: u8 = 5;
 const OP_MASS_CANCEL: u8 = 6;
 const OP_KILL_ACCOUNT: u8 = 7;
 const OP_UNBLOCK_ACCOUNT: u8 = 8;
+const OP_DETACH_SESSIONS: u8 = 9;
 
 /// A MassCancel's payload: its symbol, then zeros.
 #[inline]
@@ -135,7 +136,7 @@ pub fn record_bytes(cmd: &Command) -> usize {
         + match &cmd.op {
             Op::New(_) | Op::Replace(_) => 32,
             Op::Cancel(_) | Op::Query(_) | Op::MassCancel { .. } => 16,
-            Op::CancelSession | Op::KillAccount | Op::UnblockAccount => 0,
+            Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions => 0,
         }
 }
 
@@ -172,6 +173,7 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, engine_ns: u64, cmd: &Command)
         Op::CancelSession => (OP_CANCEL_SESSION, RECORD_BYTES_MIN),
         Op::KillAccount => (OP_KILL_ACCOUNT, RECORD_BYTES_MIN),
         Op::UnblockAccount => (OP_UNBLOCK_ACCOUNT, RECORD_BYTES_MIN),
+        Op::DetachSessions => (OP_DETACH_SESSIONS, RECORD_BYTES_MIN),
     };
     record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
     record[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -249,6 +251,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Option<(Record, usize)>, RecordErro
         OP_CANCEL_SESSION if message.is_empty() => Op::CancelSession,
         OP_KILL_ACCOUNT if message.is_empty() => Op::KillAccount,
         OP_UNBLOCK_ACCOUNT if message.is_empty() => Op::UnblockAccount,
+        OP_DETACH_SESSIONS if message.is_empty() => Op::DetachSessions,
         OP_MASS_CANCEL if message.len() == 16 && message[4..].iter().all(|&b| b == 0) => {
             Op::MassCancel {
                 symbol: u32_at(message, 0),
@@ -275,7 +278,7 @@ mod tests {
     use super::*;
     use wire::Side;
 
-    fn commands() -> [Command; 8] {
+    fn commands() -> [Command; 9] {
         let c = |op| Command {
             session: SessionId::from_raw(0x0102_0304_0506_0708),
             account: 42,
@@ -290,6 +293,7 @@ mod tests {
             c(Op::MassCancel { symbol: 3 }),
             c(Op::KillAccount),
             c(Op::UnblockAccount),
+            c(Op::DetachSessions),
         ]
     }
 
@@ -300,7 +304,7 @@ mod tests {
             encode_record(&mut buf, 100 + i as u64, 5_000 + i as u64, cmd);
         }
         let sizes: Vec<usize> = commands().iter().map(record_bytes).collect();
-        assert_eq!(sizes, [73, 57, 73, 57, 41, 57, 41, 41]);
+        assert_eq!(sizes, [73, 57, 73, 57, 41, 57, 41, 41, 41]);
         assert_eq!(buf.len(), sizes.iter().sum::<usize>());
         let mut at = 0;
         for (i, cmd) in commands().iter().enumerate() {

@@ -734,7 +734,7 @@ fn encode_metrics(a: &AdminState, before: &Sample, now: &Sample) -> String {
         ),
         (
             "turbo_dex_reports_orphaned_total",
-            "Reports for sessions that had disconnected.",
+            "Reports for sessions that had disconnected or for detached orders.",
             t.reports_orphaned,
         ),
         (

@@ -527,7 +527,8 @@ impl ShardLog {
 
 /// Rejects a command the journal could not take. A CancelSession cannot be
 /// refused (its session is gone), nor can a mass cancel or a kill switch
-/// (they only take orders away): the caller keeps it for the next write.
+/// (they only take orders away), nor a new owner's DetachSessions (no
+/// session asked for it): the caller keeps it for the next write.
 /// Returns false for such a command.
 pub fn reject_not_durable<S: Sink>(cmd: &Command, sink: &mut S) -> bool {
     use wire::{Kind, RejectReason, Rejected};
@@ -536,7 +537,11 @@ pub fn reject_not_durable<S: Sink>(cmd: &Command, sink: &mut S) -> bool {
         Op::Cancel(c) => (c.client_order_id.get(), c.symbol.get(), Kind::Cancel),
         Op::Replace(r) => (r.client_order_id.get(), r.symbol.get(), Kind::Replace),
         Op::Query(q) => (q.client_order_id.get(), q.symbol.get(), Kind::OrderQuery),
-        Op::CancelSession | Op::MassCancel { .. } | Op::KillAccount | Op::UnblockAccount => {
+        Op::CancelSession
+        | Op::MassCancel { .. }
+        | Op::KillAccount
+        | Op::UnblockAccount
+        | Op::DetachSessions => {
             return false;
         }
     };

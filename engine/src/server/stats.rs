@@ -20,7 +20,8 @@ pub struct Counters {
     pub reports_out: u64,
     /// Rejects produced (by shards or by the session layer).
     pub rejects: u64,
-    /// Reports for sessions that had disconnected (nothing to deliver to).
+    /// Reports for sessions that had disconnected, or for none (orders a
+    /// new shard owner detached), so nothing to deliver to.
     pub reports_orphaned: u64,
     /// Connections accepted.
     pub conns_accepted: u64,

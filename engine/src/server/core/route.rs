@@ -196,14 +196,14 @@ impl Router {
     }
 
     /// Accounts a processed batch: one notice per run of one session's
-    /// commands. A CancelSession or an operator's kill or unblock is not
-    /// counted (no session waits on it).
+    /// commands. A CancelSession, an operator's kill or unblock or a new
+    /// owner's DetachSessions is not counted (no session waits on it).
     pub fn batch_processed(&mut self, cmds: &[Command]) {
         let mut run: Option<(SessionId, u32)> = None;
         for cmd in cmds {
             if matches!(
                 cmd.op,
-                Op::CancelSession | Op::KillAccount | Op::UnblockAccount
+                Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions
             ) {
                 continue;
             }
@@ -244,6 +244,13 @@ impl Sink for Router {
             }
             Report::Rejected(r) => self.counters.reject(r.reason.get()),
             _ => {}
+        }
+        if session == SessionId::NONE {
+            // A detached order's report (Op::DetachSessions): no connection
+            // has this id (generations start at 1), so it is dropped here,
+            // not sent to core 0 to be found orphaned there.
+            self.counters.reports_orphaned += 1;
+            return;
         }
         let owner = session.core();
         if owner == self.core {
@@ -749,6 +756,34 @@ impl<M: Matcher + Snapshot> Core<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_for_no_session_is_dropped_on_any_core_without_an_error() {
+        for core in [0, 1] {
+            let mut router = Router {
+                core,
+                conns: Slab::with_capacity(4),
+                staging: (0..2).map(|_| Vec::new()).collect(),
+                staging_limit: 16,
+                congested: false,
+                newly_dirty: Vec::new(),
+                counters: Counters::default(),
+                md: super::super::md::MarketData::new(
+                    core,
+                    2,
+                    placement_table(2, 2, 2).into(),
+                    16,
+                    None,
+                ),
+            };
+            let fill = wire::Fill::new(7, 1, 0, wire::Side::Buy, wire::Liquidity::Maker, 10, 5, 0);
+            router.emit(SessionId::NONE, Report::Fill(fill));
+            assert!(router.staging.iter().all(Vec::is_empty), "core {core}");
+            assert_eq!(router.counters.internal_errors, 0);
+            assert_eq!(router.counters.reports_orphaned, 1);
+            assert_eq!(router.counters.reports_out, 0);
+        }
+    }
 
     #[test]
     fn placement_spreads_shards_round_robin() {

@@ -50,7 +50,7 @@ impl Effects for Recorder {
                 self.unprocessed += 1;
                 return;
             }
-            Op::CancelSession | Op::KillAccount | Op::UnblockAccount => 0,
+            Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions => 0,
         };
         self.log.push(format!("route {id}"));
         self.routed.push(cmd);
