@@ -546,6 +546,7 @@ async fn run(
         claims_from: Instant::now() + Duration::from_millis(JOIN_WINDOW_MS),
         connects: buckets.connects.load(Ordering::Relaxed),
         lease_ms: timing.lease_ms,
+        unchanged: Vec::new(),
     };
     // `cluster move` asks every agent for a round now.
     let mut round_now = buckets.js.client().subscribe(ROUND_NOW_SUBJECT).await.ok();
@@ -585,6 +586,9 @@ async fn run(
                 agent.was_connected = false;
                 view.connected.store(false, Ordering::Relaxed);
                 agent.repair = true;
+                // What was read before the outage says nothing of renewals
+                // during it.
+                agent.unchanged.clear();
             }
         }
     }
@@ -620,6 +624,9 @@ struct RoundState {
     connects: u64,
     /// How long the leases it writes run (`--lease-ms`).
     lease_ms: u64,
+    /// Per shard: the lease revision last read and since when it has been
+    /// read unchanged in rounds that reached NATS (cleared by a failed round).
+    unchanged: Vec<Option<(u64, Instant)>>,
 }
 
 /// The nodes bucket as the watch last delivered it, by key.
@@ -701,7 +708,12 @@ impl RoundState {
             heartbeat_ms: now,
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        timeout(b.nodes.put(node_key(self.me), value.into())).await?;
+        // The leases are another bucket (another stream, whose leader may
+        // live on another server): a heartbeat that fails (the nodes
+        // bucket electing a leader) does not stop this round's renewals.
+        if let Err(e) = timeout(b.nodes.put(node_key(self.me), value.into())).await {
+            tracing::debug!("cluster: heartbeat not written: {e}");
+        }
         let nodes = node_list(&self.nodes);
         let leases = read_leases(&b.leases, view.shard_count()).await?;
         let held: Vec<bool> = (0..view.shard_count()).map(|s| view.holds(s)).collect();
@@ -711,6 +723,7 @@ impl RoundState {
         } else {
             1
         };
+        let unchanged_ms = self.unchanged_ms(&leases);
         let actions = plan::decide(&Round {
             now_ms: now,
             me: self.me,
@@ -721,6 +734,8 @@ impl RoundState {
             remembered: &self.remembered,
             replicas,
             node_timeout_ms: timing.node_timeout_ms,
+            unchanged_ms: &unchanged_ms,
+            lease_ms: timing.lease_ms,
         });
         let mut leases = leases;
         for action in actions.into_iter().filter(|_| serves) {
@@ -806,6 +821,29 @@ impl RoundState {
         Ok(())
     }
 
+    /// Per shard, how long its lease has been read at the same revision
+    /// (ms), counting from the first read after the last failed round.
+    fn unchanged_ms(&mut self, leases: &[Option<Lease>]) -> Vec<u64> {
+        self.unchanged.resize(leases.len(), None);
+        let now = Instant::now();
+        leases
+            .iter()
+            .zip(self.unchanged.iter_mut())
+            .map(|(lease, seen)| {
+                let revision = lease.map_or(0, |l| l.revision);
+                match seen {
+                    Some((r, since)) if *r == revision => {
+                        now.duration_since(*since).as_millis() as u64
+                    }
+                    _ => {
+                        *seen = Some((revision, now));
+                        0
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// A write of this node's lease of `shard`, begun at `started`
     /// ([`boottime_ns`]), succeeded: serve it until the fence. With
     /// replicated journals only once the replication thread has applied
@@ -843,26 +881,23 @@ impl RoundState {
                 let record = plan::my_lease(self.me, wall_ms(), generation, self.lease_ms);
                 let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
                 let previous = leases[shard as usize].map(|l| l.record.owner);
-                match tokio::time::timeout(
+                // Someone else wrote it first: the next round reads it.
+                if let Ok(Ok(rev)) = tokio::time::timeout(
                     REQUEST_TIMEOUT,
                     b.leases.update(shard_key(shard), value, revision),
                 )
                 .await
                 {
-                    Ok(Ok(rev)) => {
-                        tracing::warn!(
-                            "cluster: took over shard {shard}: the lease of node {} expired \
+                    tracing::warn!(
+                        "cluster: took over shard {shard}: the lease of node {} expired \
                              (failover); serving it once its stream is applied",
-                            previous.map(format_node_id).unwrap_or_default()
-                        );
-                        self.held_lease(view, shard, started);
-                        leases[shard as usize] = Some(Lease {
-                            record,
-                            revision: rev,
-                        });
-                    }
-                    // Someone else wrote it first: the next round reads it.
-                    Ok(Err(_)) | Err(_) => {}
+                        previous.map(format_node_id).unwrap_or_default()
+                    );
+                    self.held_lease(view, shard, started);
+                    leases[shard as usize] = Some(Lease {
+                        record,
+                        revision: rev,
+                    });
                 }
             }
             Action::Update { shard, revision } => {

@@ -202,6 +202,15 @@ pub struct Round<'a> {
     pub replicas: u32,
     /// How long a node counts as alive after its heartbeat.
     pub node_timeout_ms: u64,
+    /// Per shard: how long this node has read its lease at the same
+    /// revision in rounds that all reached NATS (ms; missing: 0). A lease
+    /// is taken over (rule 7) only once this is a whole lease: after
+    /// NATS was out of reach (a JetStream leader election takes 4 to 9 s)
+    /// every lease looks expired by its timestamp, and the owners get a
+    /// lease's time to renew before anyone takes one.
+    pub unchanged_ms: &'a [u64],
+    /// The lease duration (`--lease-ms`).
+    pub lease_ms: u64,
 }
 
 /// The standbys of a shard owned by `owner` (rule 7): the `replicas` − 1
@@ -284,7 +293,8 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
                 if r.held.get(shard as usize).copied().unwrap_or(false) {
                     actions.push(Action::Drop { shard });
                 }
-                let expired = l.record.expires_ms < r.now_ms;
+                let expired = l.record.expires_ms < r.now_ms
+                    && r.unchanged_ms.get(shard as usize).copied().unwrap_or(0) >= r.lease_ms;
                 if r.replicas > 1
                     && expired
                     && standbys(
@@ -535,6 +545,8 @@ mod tests {
                 may_claim: true,
                 replicas: 1,
                 node_timeout_ms: NODE_TIMEOUT_MS,
+                unchanged_ms: &[],
+                lease_ms: LEASE_MS,
                 remembered: &[],
             })
         };
@@ -561,6 +573,8 @@ mod tests {
             may_claim: false,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &[],
         });
         // Its own (expired) lease is taken back at once.
@@ -586,9 +600,91 @@ mod tests {
             may_claim: true,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &[],
         });
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn standbys_follow_the_owner_in_the_ring_of_live_ids() {
+        let now = 100_000;
+        let nodes = [
+            node(5, 1, now),
+            node(1, 1, now),
+            node(7, 1, now - NODE_TIMEOUT_MS - 1), // dead
+            node(3, 1, now),
+        ];
+        let of = |owner, replicas| standbys(owner, &nodes, replicas, now, NODE_TIMEOUT_MS);
+        assert_eq!(of(3, 3), [5, 1]);
+        assert_eq!(of(5, 3), [1, 3], "past the dead 7, round to the start");
+        assert_eq!(of(1, 2), [3]);
+        assert_eq!(of(7, 3), [1, 3], "a dead owner's standbys are live ones");
+        assert_eq!(of(3, 9), [5, 1], "no more than there are");
+        assert!(of(3, 1).is_empty(), "no replication, no standby");
+    }
+
+    #[test]
+    fn an_expired_replicated_lease_goes_to_its_first_standby_once_seen_unchanged() {
+        let now = 100_000;
+        let nodes = [
+            node(1, 1, now - NODE_TIMEOUT_MS - 1),
+            node(2, 1, now),
+            node(3, 1, now),
+        ];
+        let leases = vec![lease(1, now - 1, 9), lease(2, now + 1_000, 4)];
+        let round = |me, replicas, unchanged: &[u64], leases: &[Option<Lease>]| {
+            decide(&Round {
+                now_ms: now,
+                me,
+                nodes: &nodes,
+                leases,
+                held: &[false; 2],
+                may_claim: true,
+                replicas,
+                node_timeout_ms: NODE_TIMEOUT_MS,
+                unchanged_ms: unchanged,
+                lease_ms: 1_000,
+                remembered: &[],
+            })
+        };
+        let take = Action::Take {
+            shard: 0,
+            revision: 9,
+            generation: 2,
+        };
+        // Node 2 is the first standby of node 1's shard 0.
+        assert!(round(2, 3, &[1_000, 1_000], &leases).contains(&take));
+        assert!(
+            !round(3, 3, &[1_000, 1_000], &leases).contains(&take),
+            "the second waits"
+        );
+        // Read unchanged for less than a lease (NATS was out of reach):
+        // the owner may have renewed meanwhile.
+        assert!(!round(2, 3, &[999, 1_000], &leases).contains(&take));
+        // Without replication a lease is never taken (rule 4).
+        assert!(!round(2, 1, &[1_000, 1_000], &leases).contains(&take));
+        // A live lease is not taken, however long unchanged.
+        let live = vec![lease(1, now + 1, 9), lease(2, now + 1_000, 4)];
+        assert!(!round(2, 3, &[60_000, 60_000], &live).contains(&take));
+    }
+
+    #[test]
+    fn timing_derives_from_the_lease() {
+        assert_eq!(
+            Timing::default(),
+            Timing {
+                lease_ms: LEASE_MS,
+                round_ms: ROUND_MS,
+                fence_ms: FENCE_MS,
+                node_timeout_ms: NODE_TIMEOUT_MS
+            }
+        );
+        let t = Timing::from_lease(1_000);
+        assert_eq!((t.round_ms, t.fence_ms), (200, 600));
+        assert!(t.fence_ms + t.round_ms < t.lease_ms);
+        assert_eq!(Timing::from_lease(1).lease_ms, LEASE_MS_MIN);
     }
 
     #[test]
@@ -607,6 +703,8 @@ mod tests {
             may_claim: true,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &[],
         });
         assert!(got.contains(&Action::Create {
@@ -628,6 +726,8 @@ mod tests {
             may_claim: false,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &[],
         });
         assert_eq!(got, [Action::Drop { shard: 0 }, Action::Drop { shard: 1 }]);
@@ -660,6 +760,8 @@ mod tests {
             may_claim: false,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &remembered,
         });
         // Its own shard is created again at once, a generation on.
@@ -682,6 +784,8 @@ mod tests {
             may_claim: true,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &remembered,
         });
         assert!(
@@ -708,6 +812,8 @@ mod tests {
             may_claim: false,
             replicas: 1,
             node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[],
+            lease_ms: LEASE_MS,
             remembered: &remembered,
         });
         assert_eq!(

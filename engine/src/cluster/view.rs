@@ -244,11 +244,20 @@ impl ClusterView {
             self.owned.get((shard / 64) as usize),
             self.until_ns.get(shard as usize),
         ) {
+            // With replicated journals the stream fences: a node that
+            // took the shard over stored a message the old owner's next
+            // publish cannot follow, so nothing more of the old owner is
+            // acknowledged. The shard is served until the agent learns the
+            // lease went elsewhere, not only until the fence (which a
+            // JetStream leader election, 4 to 9 s, would pass for every
+            // shard of every node).
+            let until = if self.is_replicated() {
+                u64::MAX
+            } else {
+                started_ns.saturating_add(self.timing.fence_ms * 1_000_000)
+            };
             // The deadline before the bit: a core that sees the bit sees it.
-            u.store(
-                started_ns.saturating_add(self.timing.fence_ms * 1_000_000),
-                Ordering::Release,
-            );
+            u.store(until, Ordering::Release);
             w.fetch_or(1u64 << (shard % 64), Ordering::AcqRel);
         }
     }
@@ -382,6 +391,28 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let b = boottime_ns();
         assert!(b >= a + 20_000_000, "{a} -> {b}");
+    }
+
+    /// With replicated journals a held shard has no deadline (the stream
+    /// fences instead), and is served only once the replication thread
+    /// says its copy is complete.
+    #[test]
+    fn a_replicated_view_serves_ready_shards_without_a_deadline() {
+        let v = ClusterView::new(1, 2).replicated();
+        assert!(!v.may_serve(0), "not before the copy is ready");
+        v.set_role(0, Role::Owner);
+        assert_eq!(v.role(0), Role::Owner);
+        v.set_ready(0, true);
+        assert!(v.may_serve(0));
+        v.renewed(0, 1_000);
+        assert!(v.serves_at(0, 1_000 + 60 * FENCE_NS));
+        assert_eq!(v.fence(u64::MAX - 1), 0);
+        v.stop(0);
+        assert!(!v.serves_at(0, 1_000));
+        assert!(
+            ClusterView::new(1, 2).may_serve(1),
+            "without replication: always"
+        );
     }
 
     /// A view served through the process's real clock.

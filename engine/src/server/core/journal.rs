@@ -103,6 +103,9 @@ impl<M: Matcher + Snapshot> Core<M> {
             if self.st.pending[local].is_empty() {
                 continue;
             }
+            if self.st.logs[local].detach_pending {
+                self.detach_sessions(local);
+            }
             if self.replication_stalled(local) {
                 self.refuse_in_turn(local);
                 continue;
@@ -737,6 +740,33 @@ impl<M: Matcher + Snapshot> Core<M> {
             seq: batch.last_seq,
         });
         self.repl_submit();
+    }
+
+    /// The first batch of a shard this node serves after following
+    /// another node's stream starts with a `DetachSessions`: the resting
+    /// orders name the other node's sessions, whose ids mean other
+    /// connections here (journaled and replicated like any command, so
+    /// every copy detaches them at the same record).
+    fn detach_sessions(&mut self, local: usize) {
+        let log = &mut self.st.logs[local];
+        let serves = self
+            .st
+            .cfg
+            .cluster
+            .as_ref()
+            .is_some_and(|v| v.serves(log.id.shard_index));
+        if !serves {
+            return;
+        }
+        log.detach_pending = false;
+        self.st.pending[local].insert(
+            0,
+            Command {
+                session: crate::book::SessionId::NONE,
+                account: 0,
+                op: crate::book::Op::DetachSessions,
+            },
+        );
     }
 
     /// This node lost the shard while batches waited for JetStream: they
