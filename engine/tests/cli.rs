@@ -156,6 +156,31 @@ fn replicas_need_a_cluster_and_stay_in_range() {
         assert_eq!(code, 2, "--replicas {bad}");
         assert!(err.contains("--replicas"), "{err}");
     }
+    // --lease-ms needs --cluster and stays within 500..=60000.
+    let (code, err) = refuses(&["--listen", "127.0.0.1:0", "--lease-ms", "1000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--cluster"), "{err}");
+    for bad in ["499", "60001", "soon"] {
+        let (code, err) = refuses(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "nats://127.0.0.1:1",
+            "--lease-ms",
+            bad,
+        ]);
+        assert_eq!(code, 2, "--lease-ms {bad}");
+        assert!(err.contains("--lease-ms"), "{err}");
+    }
+    // cluster move says what it needs.
+    let out = turbo_dex()
+        .args(["cluster", "move", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--replicas 2 or more"), "{help}");
+    let (code, err) = refuses(&["cluster", "move", "0"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]
@@ -175,6 +200,7 @@ fn help_explains_every_option() {
         "--mtu",
         "--quiet",
         "--replicas",
+        "--lease-ms",
         "check-host",
     ] {
         assert!(help.contains(flag), "--help mentions {flag}");

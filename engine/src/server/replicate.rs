@@ -34,9 +34,10 @@
 //! (a timeout, no quorum, a leader change) the task reads the stream's
 //! last message, which says through its id whose records it holds and up
 //! to which sequence, and resumes after it. A last message by another
-//! node means another node served the shard meanwhile: nothing more is
-//! published or acknowledged for it (the batches wait, unanswered; the
-//! node has lost the shard's lease by then).
+//! node means another node took the shard over (and fenced the stream:
+//! `server::standby`): the batches still waiting are refused
+//! ([`ReplOut::Lost`], `NotDurable`, never applied) and nothing more of
+//! this node is published for the shard until it takes it back.
 //!
 //! # Snapshots and trimming
 //!
@@ -263,9 +264,8 @@ pub struct ReplConfig {
     /// The journal directory: records a restart left unreplicated are
     /// read back from it.
     pub journal_dir: std::path::PathBuf,
-    /// The shards this node holds leases on (a stream another node wrote
-    /// last is continued only by the lease holder), and what it is to
-    /// each shard (standby copies, takeovers).
+    /// The shards this node serves, and what it is to each shard
+    /// (standby copies, takeovers: `server::standby`).
     pub view: Arc<crate::cluster::ClusterView>,
 }
 
