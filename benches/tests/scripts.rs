@@ -584,3 +584,34 @@ fn bench_cluster_refuses_bad_options() {
     assert!(help.status.success());
     assert!(text(&help).contains("--failover-runs N"), "{}", text(&help));
 }
+
+/// scripts/failover-test.sh checks its options before it builds anything
+/// (the test itself runs in the suite as
+/// `engine/tests/cluster.rs::failover_loses_no_acknowledged_order`; the
+/// script runs it in a release build with more trials).
+#[test]
+fn failover_test_refuses_bad_options() {
+    for (args, says) in [
+        (&["--trials", "x"][..], "x is not a number"),
+        (&["--steps", "-3"][..], "-3 is not a number"),
+        (
+            &["--nats-server", "/bin/true"][..],
+            "not an executable named nats-server",
+        ),
+        (&["--bogus"][..], "unknown option --bogus"),
+    ] {
+        let out = Command::new(root().join("scripts/failover-test.sh"))
+            .args(args)
+            .output()
+            .expect("failover-test.sh runs");
+        let log = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {log}");
+        assert!(log.contains(says), "{args:?}: {log}");
+    }
+    let help = Command::new(root().join("scripts/failover-test.sh"))
+        .arg("--help")
+        .output()
+        .expect("failover-test.sh runs");
+    assert!(help.status.success());
+    assert!(text(&help).contains("--keep-nats"), "{}", text(&help));
+}

@@ -1171,6 +1171,24 @@ fn format_status(
 /// `node`, already expired, so that `node` takes it on its next round.
 /// Without `force` it refuses: the operator must assert that node `node`
 /// has the shard's journal.
+/// An operator command's start: the cluster's buckets (never created
+/// here) and config, with `shard` checked against its shard count.
+async fn operator_buckets(urls: &str, shard: u32) -> Result<(Buckets, ClusterConfig), String> {
+    let js = connect(urls).await.map_err(|e| e.to_string())?;
+    let b = open_buckets(&js, false, urls, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = read_config(&b.cluster, urls).await?;
+    if shard >= config.shards {
+        return Err(format!(
+            "shard {shard} does not exist: the cluster has {} shards (0 to {})",
+            config.shards,
+            config.shards.saturating_sub(1)
+        ));
+    }
+    Ok((b, config))
+}
+
 /// The subject `turbo-dex cluster move` publishes on so that every agent
 /// runs a round at once (the old owner stops, the new one takes over)
 /// instead of within a round.
@@ -1189,18 +1207,8 @@ pub fn move_shard(urls: &str, shard: u32, node: &str) -> Result<String, String> 
     let node = parse_node_id(node)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (js, _) = connect(urls).await.map_err(|e| e.to_string())?;
-        let b = open_buckets(&(js.clone(), Arc::default()), false, urls, 1)
-            .await
-            .map_err(|e| e.to_string())?;
-        let config = read_config(&b.cluster, urls).await?;
-        if shard >= config.shards {
-            return Err(format!(
-                "shard {shard} does not exist: the cluster has {} shards (0 to {})",
-                config.shards,
-                config.shards.saturating_sub(1)
-            ));
-        }
+        let (b, config) = operator_buckets(urls, shard).await?;
+        let js = b.js.clone();
         let stream = crate::server::replicate::stream_name(shard);
         match js.get_stream(&stream).await {
             Ok(mut s) => {
@@ -1293,18 +1301,7 @@ pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, 
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let js = connect(urls).await.map_err(|e| e.to_string())?;
-        let b = open_buckets(&js, false, urls, 1)
-            .await
-            .map_err(|e| e.to_string())?;
-        let config = read_config(&b.cluster, urls).await?;
-        if shard >= config.shards {
-            return Err(format!(
-                "shard {shard} does not exist: the cluster has {} shards (0 to {})",
-                config.shards,
-                config.shards.saturating_sub(1)
-            ));
-        }
+        let (b, config) = operator_buckets(urls, shard).await?;
         let now = wall_ms();
         let current = read_leases(&b.leases, config.shards).await?[shard as usize];
         if let Some(l) = current

@@ -46,9 +46,11 @@
 //! handed here and put in the object store [`SNAPSHOT_BUCKET`] (object
 //! `shard-<n>`, R replicas, metadata `covers_seq`, `digest` and `node`),
 //! and once stored the stream is purged of every message before the
-//! first one holding a record after it (the last message always stays).
-//! So a stream holds what follows the newest snapshot, and its storage
-//! does not grow without bound. One upload per shard runs at a time; a
+//! first one holding a record after the *previous* snapshot (the last
+//! message always stays). So a stream holds what follows the snapshot
+//! before the newest: its storage does not grow without bound, and a
+//! standby that lags by less than one snapshot interval keeps reading
+//! it instead of reloading. One upload per shard runs at a time; a
 //! newer snapshot replaces one still waiting.
 //!
 //! # Never blocking matching
@@ -725,6 +727,11 @@ async fn shard_task(
     // Each snapshot drops those before it, so this holds at most one
     // entry per message of `--snapshot-every` records (16 bytes each).
     let mut acked: VecDeque<(u64, u64)> = VecDeque::new();
+    // Where the previous snapshot let the stream start: the next snapshot
+    // trims to there, so that the stream keeps what follows the snapshot
+    // before the newest (a standby that lags by less than one snapshot
+    // interval is never cut off and reloaded).
+    let mut previous_keep: Option<u64> = None;
     // The newest snapshot not yet published, and whether an upload runs.
     let snapshots: Snapshots = Arc::new(std::sync::Mutex::new((None, false)));
     loop {
@@ -828,11 +835,12 @@ async fn shard_task(
                     if let Some(keep) = keep_from {
                         acked.retain(|&(seq, _)| seq >= keep);
                     }
+                    let trim_to = std::mem::replace(&mut previous_keep, keep_from);
                     // The newest replaces one still waiting; one upload at
                     // a time.
                     let start = {
                         let mut slot = snapshots.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.0 = Some((snap, keep_from));
+                        slot.0 = Some((snap, trim_to));
                         !std::mem::replace(&mut slot.1, true)
                     };
                     if start {

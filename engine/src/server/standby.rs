@@ -211,6 +211,28 @@ async fn owner_digest(js: &jetstream::Context, shard: u32) -> Option<(u64, u64)>
     Some((covers, digest))
 }
 
+/// An ordered consumer of the shard's stream, from message `from` (the
+/// first message: `None`), and its messages.
+async fn open_messages(
+    stream: &stream::Stream,
+    shard: u32,
+    from: Option<u64>,
+) -> Result<consumer::pull::Ordered, String> {
+    let deliver_policy = match from {
+        None => consumer::DeliverPolicy::All,
+        Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject(shard),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
 /// The records of `payload` after `after` (messages may overlap what
 /// the copy has, after a reload).
 fn records_after(payload: &Bytes, after: u64) -> Bytes {
@@ -255,39 +277,47 @@ async fn follow(
     }
     let mut mine: VecDeque<(u64, u64)> = VecDeque::new();
     for epoch in first_epoch + 1..first_epoch + RELOADS_PER_TASK {
-        match follow_from_snapshot(
-            &js,
-            &cfg,
-            &stream,
+        let following = Following {
+            js: &js,
+            cfg: &cfg,
+            stream: &stream,
             at,
             epoch,
-            &out,
-            &mut applied,
-            &mut checks,
-            &mut mine,
-        )
-        .await
-        {
+            out: &out,
+        };
+        match follow_from_snapshot(&following, &mut applied, &mut checks, &mut mine).await {
             Next::Reload => tokio::time::sleep(RETRY).await,
             Next::Done => return,
         }
     }
 }
 
-/// One reload and what follows it, until a takeover, the end of the role,
-/// or a reason to reload again.
-#[allow(clippy::too_many_arguments)]
-async fn follow_from_snapshot(
-    js: &jetstream::Context,
-    cfg: &ReplConfig,
-    stream: &stream::Stream,
+/// One reload of a shard's copy (reload `epoch`) and what it works with.
+struct Following<'a> {
+    js: &'a jetstream::Context,
+    cfg: &'a ReplConfig,
+    stream: &'a stream::Stream,
     at: Where,
     epoch: u64,
-    out: &mpsc::UnboundedSender<ShardOutput>,
+    out: &'a mpsc::UnboundedSender<ShardOutput>,
+}
+
+/// One reload and what follows it, until a takeover, the end of the role,
+/// or a reason to reload again.
+async fn follow_from_snapshot(
+    copy: &Following<'_>,
     applied: &mut watch::Receiver<(u64, u64)>,
     checks: &mut mpsc::UnboundedReceiver<(u64, u64)>,
     mine: &mut VecDeque<(u64, u64)>,
 ) -> Next {
+    let Following {
+        js,
+        cfg,
+        stream,
+        at,
+        epoch,
+        out,
+    } = *copy;
     let shard = at.shard;
     let view = &cfg.view;
     let snapshot = match fetch_snapshot(js, shard).await {
@@ -330,65 +360,62 @@ async fn follow_from_snapshot(
         },
         stream_name(shard)
     );
-    let consumer = match stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject(shard),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("standby: shard {shard}: cannot follow its stream: {e}; retrying");
-            return Next::Reload;
-        }
-    };
-    let mut messages = match consumer.messages().await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!("standby: shard {shard}: cannot follow its stream: {e}; retrying");
-            return Next::Reload;
-        }
-    };
+    // The stream message to follow on from when the consumer must be made
+    // again (its server went away): reading on needs no reload.
+    let mut resume_at: Option<u64> = None;
+    // The consumer, when there is one: made again (from `resume_at`) after
+    // it fails, at most every RETRY; meanwhile a takeover reads the
+    // stream's messages by sequence (`catch_up`), so it never waits for it.
+    let mut messages: Option<consumer::pull::Ordered> = None;
+    let mut next_open = tokio::time::Instant::now();
     let mut sent = covers;
     let mut tick = tokio::time::interval(TICK);
     let mut last_check = tokio::time::Instant::now();
     let mut agreed = false;
     loop {
+        if messages.is_none() && tokio::time::Instant::now() >= next_open {
+            next_open = tokio::time::Instant::now() + RETRY;
+            match open_messages(stream, shard, resume_at).await {
+                Ok(m) => messages = Some(m),
+                Err(e) => tracing::warn!(
+                    "standby: shard {shard}: cannot follow {} from message {}: {e}; retrying",
+                    stream_name(shard),
+                    resume_at.unwrap_or(1)
+                ),
+            }
+        }
         tokio::select! {
-            m = messages.next() => {
+            Some(m) = async {
+                match messages.as_mut() {
+                    Some(ms) => Some(ms.next().await),
+                    None => std::future::pending().await,
+                }
+            } => {
                 let m = match m {
                     Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::warn!("standby: shard {shard}: following its stream: {e}; reloading");
-                        return Next::Reload;
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "its consumer ended".to_string(),
+                        };
+                        tracing::warn!(
+                            "standby: shard {shard}: following {}: {why}; following on from \
+                             message {}",
+                            stream_name(shard),
+                            resume_at.unwrap_or(1)
+                        );
+                        messages = None;
+                        continue;
                     }
-                    None => return Next::Reload,
                 };
-                let Some((_, _, first, last)) = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .and_then(|v| parse_message_id(v.as_str()))
-                else {
-                    continue;
-                };
-                // A fence (no records), or records the copy has.
-                if last < first || last <= sent {
-                    continue;
+                if let Ok(info) = m.info() {
+                    resume_at = Some(info.stream_sequence + 1);
                 }
-                if first > sent + 1 {
-                    tracing::warn!(
-                        "standby: shard {shard}: {} continues at record {first}, the copy \
-                         is at {sent} (trimmed after a newer snapshot): reloading",
-                        stream_name(shard)
-                    );
+                let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+                if let Err(gap) = take_message(copy, &mut sent, id.as_deref(), &m.payload) {
+                    tracing::warn!("standby: shard {shard}: {gap}: reloading");
                     return Next::Reload;
                 }
-                let bytes = records_after(&m.payload, sent);
-                let _ = out.send((at.core, ReplOut::Records { local: at.local, epoch, bytes }));
-                sent = last;
             }
             Some(check) = checks.recv() => {
                 mine.push_back(check);
@@ -401,8 +428,13 @@ async fn follow_from_snapshot(
                     Role::None => return Next::Done,
                     Role::Owner if view.may_serve(shard) => return Next::Done,
                     Role::Owner => {
-                        if take_over(js, cfg, stream, at, epoch, sent, applied).await {
-                            return Next::Done;
+                        match take_over(copy, &mut sent, applied).await {
+                            Ok(true) => return Next::Done,
+                            Ok(false) => {}
+                            Err(gap) => {
+                                tracing::warn!("standby: shard {shard}: {gap}: reloading");
+                                return Next::Reload;
+                            }
                         }
                     }
                     Role::Standby => {
@@ -457,29 +489,110 @@ async fn compare(
 /// The exit status of a node whose standby copy differs from the owner's.
 pub const STANDBY_MISMATCH_EXIT: i32 = 70;
 
+/// Hands the records of one stream message (id `id`, `payload`) that
+/// follow `sent` to the core, and moves `sent` on; a fence (no records)
+/// or records the copy has are skipped. Err: the message starts after a
+/// gap (the stream was trimmed past the copy).
+fn take_message(
+    copy: &Following<'_>,
+    sent: &mut u64,
+    id: Option<&str>,
+    payload: &Bytes,
+) -> Result<(), String> {
+    let (at, epoch) = (copy.at, copy.epoch);
+    let Some((_, _, first, last)) = id.and_then(parse_message_id) else {
+        return Ok(());
+    };
+    if last < first || last <= *sent {
+        return Ok(());
+    }
+    if first > *sent + 1 {
+        return Err(format!(
+            "{} continues at record {first}, the copy is at {sent} (trimmed after a newer \
+             snapshot)",
+            stream_name(at.shard)
+        ));
+    }
+    let bytes = records_after(payload, *sent);
+    let _ = copy.out.send((
+        at.core,
+        ReplOut::Records {
+            local: at.local,
+            epoch,
+            bytes,
+        },
+    ));
+    *sent = last;
+    Ok(())
+}
+
+/// The stream's messages after the copy's last record, read one by one
+/// by sequence up to message `upto` (the stream's last): a takeover does
+/// not wait for the consumer, which may be stale (its server died with
+/// the old owner's machine, and it notices only after its heartbeats
+/// stop).
+async fn catch_up(copy: &Following<'_>, sent: &mut u64, upto: u64) -> Result<(), String> {
+    let stream = copy.stream;
+    let mut info = stream.clone();
+    let first = match info.info().await {
+        Ok(i) => i.state.first_sequence,
+        Err(_) => return Ok(()), // tried again at the next tick
+    };
+    // From the newest message back to the one with the copy's next record.
+    let mut from = upto;
+    while from > first {
+        match stream.get_raw_message(from).await {
+            Ok(m) => {
+                let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
+                match id.as_deref().and_then(parse_message_id) {
+                    Some((_, _, f, l)) if f <= *sent + 1 && l >= f => break,
+                    Some((_, _, _, l)) if l <= *sent => break,
+                    _ => from -= 1,
+                }
+            }
+            Err(_) => from -= 1, // purged or not a turbo-dex message
+        }
+    }
+    for seq in from..=upto {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
+        take_message(copy, sent, id.as_deref(), &m.payload)?;
+    }
+    Ok(())
+}
+
 /// One takeover attempt: when the copy has every record of the stream,
 /// publish the fence after the stream's last message; true once it is
 /// stored (the shard is ready).
 async fn take_over(
-    js: &jetstream::Context,
-    cfg: &ReplConfig,
-    stream: &stream::Stream,
-    at: Where,
-    epoch: u64,
-    sent: u64,
+    copy: &Following<'_>,
+    sent: &mut u64,
     applied: &watch::Receiver<(u64, u64)>,
-) -> bool {
+) -> Result<bool, String> {
+    let Following {
+        js,
+        cfg,
+        stream,
+        at,
+        epoch,
+        ..
+    } = *copy;
     let shard = at.shard;
     let (last, seq) = match read_last(stream, shard).await {
         Last::Empty => (0, 0),
         Last::Records { last, seq, .. } => (last, seq),
     };
-    if last > sent {
-        return false; // its messages are on their way
+    if last > *sent {
+        catch_up(copy, sent, seq).await?;
+        if last > *sent {
+            return Ok(false);
+        }
     }
     let (e, done) = *applied.borrow();
     if e != epoch || done < last {
-        return false; // the core is still applying them
+        return Ok(false); // the core is still applying them
     }
     let fence = PublishMessage::build()
         .payload(Bytes::new())
@@ -502,11 +615,11 @@ async fn take_over(
                 seq + 1
             );
             cfg.view.set_ready(shard, true);
-            true
+            Ok(true)
         }
         Err(e) => {
             tracing::debug!("standby: shard {shard}: fence not stored ({e}); catching up again");
-            false
+            Ok(false)
         }
     }
 }
