@@ -1014,12 +1014,42 @@ pub(super) async fn read_nodes(nodes: &Store) -> Result<Vec<NodeRecord>, String>
     Ok(out)
 }
 
+///
+/// Each lease is read from the bucket stream's leader (a message get by
+/// subject), never with a direct get: async-nats creates buckets with
+/// `allow_direct`, which lets any replica answer, and a replica that lags
+/// (one restarted a moment ago) answers an old revision. An old revision
+/// makes this node's renewal fail, which stops it serving, and the next
+/// round's fresh read takes the shard back: a node flapped so every
+/// round after a machine returned (seen in the failover test).
 async fn read_leases(leases: &Store, shards: u32) -> Result<Vec<Option<Lease>>, String> {
     let mut out = Vec::with_capacity(shards as usize);
     for shard in 0..shards {
-        let entry = timeout(leases.entry(shard_key(shard))).await?;
-        out.push(entry.filter(|e| e.operation == Operation::Put).map(|e| {
-            let record = serde_json::from_slice::<LeaseRecord>(&e.value).unwrap_or_else(|err| {
+        let subject = format!("{}{}", leases.prefix, shard_key(shard));
+        let read = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            leases.stream.get_last_raw_message_by_subject(&subject),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer from NATS within {} ms",
+                REQUEST_TIMEOUT.as_millis()
+            )
+        })?;
+        let entry = match read {
+            Ok(m) => {
+                let deleted = m
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() != "PUT");
+                (!deleted).then_some((m.payload, m.sequence))
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        out.push(entry.map(|(value, revision)| {
+            let record = serde_json::from_slice::<LeaseRecord>(&value).unwrap_or_else(|err| {
                 tracing::warn!(
                     "cluster: unreadable lease of shard {shard}: {err}; nobody may take it"
                 );
@@ -1029,10 +1059,7 @@ async fn read_leases(leases: &Store, shards: u32) -> Result<Vec<Option<Lease>>, 
                     generation: 0,
                 }
             });
-            Lease {
-                record,
-                revision: e.revision,
-            }
+            Lease { record, revision }
         }));
     }
     Ok(out)
