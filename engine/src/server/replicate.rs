@@ -616,37 +616,6 @@ pub(super) async fn ensure_stream(
     }
 }
 
-/// Moves the stream's leader off the NATS server this node's client is
-/// connected to (normally the one on its own machine, which dies with
-/// it). A leader lost with its machine is replaced only after
-/// nats-server's election timeout (4 to 9 s: the whole stream waits that
-/// long), a leader that steps down in well under a second.
-pub(super) async fn leader_elsewhere(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    stream: &mut stream::Stream,
-) {
-    let here = client.server_info().server_name;
-    let Ok(info) = stream.info().await else {
-        return;
-    };
-    let name = info.config.name.clone();
-    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
-    if info.config.num_replicas < 2 || leader.as_deref() != Some(here.as_str()) {
-        return;
-    }
-    let asked: Result<serde_json::Value, _> = js
-        .request(
-            format!("STREAM.LEADER.STEPDOWN.{name}"),
-            &serde_json::json!({}),
-        )
-        .await;
-    match asked {
-        Ok(_) => tracing::debug!("replication: {name}'s leader moved off {here}"),
-        Err(e) => tracing::debug!("replication: moving {name}'s leader off {here}: {e}"),
-    }
-}
-
 /// Reads the stream's last message, retrying until it can.
 pub(super) async fn read_last(stream: &stream::Stream, shard: u32) -> Last {
     let mut said = false;
@@ -703,8 +672,7 @@ async fn shard_task(
     output: mpsc::UnboundedSender<ShardOutput>,
 ) {
     let subject = subject(shard);
-    let mut stream = ensure_stream(&js, &cfg, shard).await;
-    leader_elsewhere(&js, &client, &mut stream).await;
+    let stream = ensure_stream(&js, &cfg, shard).await;
     // Parts not yet known stored, in order.
     let mut parts: VecDeque<Part> = VecDeque::new();
     // The stream sequence of the shard's last stored message (0: none).

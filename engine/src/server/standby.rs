@@ -263,6 +263,20 @@ async fn follow(
     first_epoch: u64,
 ) {
     let shard = at.shard;
+    // An owner whose shard has no stream yet wrote nothing anywhere else:
+    // its own journal is the shard's, and it serves at once (its first
+    // publish creates the stream).
+    if cfg.view.role(shard) == Role::Owner
+        && let Err(e) = js.get_stream(stream_name(shard)).await
+        && matches!(
+            e.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(_)
+        )
+        && e.to_string().contains("not found")
+    {
+        cfg.view.set_ready(shard, true);
+        return;
+    }
     let stream = ensure_stream(&js, &cfg, shard).await;
     if cfg.view.role(shard) == Role::Owner {
         match read_last(&stream, shard).await {
