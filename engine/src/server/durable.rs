@@ -351,8 +351,6 @@ pub struct ShardLog {
     /// A direct write was refused as misaligned: later segments are written
     /// through the page cache too.
     pub direct_refused: bool,
-    /// Records applied since the last snapshot.
-    pub since_snapshot: u64,
     /// The engine time of the last batch written: each batch gets a later
     /// one, so that a standby tells batches apart by their records' times.
     pub last_engine_ns: u64,
@@ -398,7 +396,6 @@ impl ShardLog {
             tail: Vec::with_capacity(DIRECT_ALIGN),
             stale_until: 0,
             direct_refused: false,
-            since_snapshot: 0,
             last_engine_ns: 0,
             standby: std::collections::VecDeque::new(),
             standby_epoch: 0,

@@ -268,11 +268,8 @@ async fn follow(
     // publish creates the stream).
     if cfg.view.role(shard) == Role::Owner
         && let Err(e) = js.get_stream(stream_name(shard)).await
-        && matches!(
-            e.kind(),
-            jetstream::context::GetStreamErrorKind::JetStream(_)
-        )
-        && e.to_string().contains("not found")
+        && matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
     {
         cfg.view.set_ready(shard, true);
         return;

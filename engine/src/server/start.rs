@@ -481,9 +481,7 @@ fn core_main(
                     Ok(r) => {
                         tracing::info!("journal: {}", r.report);
                         session_seq_max = session_seq_max.max(r.report.session_sequence_max);
-                        let mut log = ShardLog::new(id, shard_cfg, r.segment, r.next_seq);
-                        // Records since the last snapshot count towards the next.
-                        log.since_snapshot = r.report.records_replayed;
+                        let log = ShardLog::new(id, shard_cfg, r.segment, r.next_seq);
                         logs.push(log);
                         shards.push(r.shard);
                     }

@@ -496,7 +496,6 @@ impl<M: Matcher + Snapshot> Core<M> {
             ..
         } = &mut self.st;
         let log = &mut logs[local];
-        log.since_snapshot += applied;
         if covers_seq / every == covers_seq.saturating_sub(applied) / every {
             return;
         }
@@ -506,7 +505,6 @@ impl<M: Matcher + Snapshot> Core<M> {
         let started = monotonic_ns();
         let mut body = Vec::new();
         if let Some(digest) = shard.snapshot(&mut body) {
-            log.since_snapshot = 0;
             router.counters.snapshots += 1;
             router.counters.snapshot_ns += monotonic_ns().saturating_sub(started);
             if standby {
@@ -605,7 +603,6 @@ impl<M: Matcher + Snapshot> Core<M> {
                 log.next = None;
                 log.next_requested = false;
                 log.next_seq = covers_seq + 1;
-                log.since_snapshot = 0;
                 log.detach_pending = true;
                 log.unavailable = None;
                 let shard = log.id.shard_index;
@@ -728,7 +725,6 @@ impl<M: Matcher + Snapshot> Core<M> {
         if let Some(shard) = self.st.shards.get_mut(local) {
             let mut discard = crate::book::workload::DiscardSink::default();
             shard.process_batch(&batch.cmds, batch.engine_ns, &mut discard);
-            self.st.shard_counters[local].commands += batch.cmds.len() as u64;
         }
         self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq, true);
         let log = &mut self.st.logs[local];
