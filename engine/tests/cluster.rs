@@ -941,6 +941,136 @@ impl Drop for Netns {
     }
 }
 
+/// The failover test's network: a namespace per machine (`eth0`,
+/// 10.77.0.<i+1>/24) and one for the LAN, whose bridge (10.77.0.254/24)
+/// joins them and where the test's own thread runs while it lives. A
+/// machine's network is cut by taking its port on the bridge down: its
+/// node and its nats-server run on, alone. Nothing outside these
+/// namespaces is touched; they are deleted (and the thread goes home) on
+/// drop.
+struct Lan {
+    prefix: String,
+    machines: usize,
+    /// The namespace the test's thread came from.
+    home: Option<std::fs::File>,
+}
+
+impl Lan {
+    fn new(machines: usize) -> Result<Lan, String> {
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let mut lan = Lan {
+            prefix: format!("tdfo{}", std::process::id()),
+            machines,
+            home: None,
+        };
+        let hub = lan.ns_name(None);
+        for i in [None].into_iter().chain((0..machines).map(Some)) {
+            let name = lan.ns_name(i);
+            let _ = ip(&["netns", "del", &name]);
+            ip(&["netns", "add", &name])?;
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "addr", "add", "10.77.0.254/24", "dev", "br0"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        for i in 0..machines {
+            let (port, ns) = (format!("m{i}"), lan.ns_name(Some(i)));
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", lan.ip(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+        let hub_file =
+            std::fs::File::open(format!("/run/netns/{hub}")).map_err(|e| e.to_string())?;
+        // SAFETY: setns(2) with a network namespace's open descriptor moves
+        // only the calling thread (this test's), which goes home on drop.
+        let rc = unsafe {
+            libc::setns(
+                std::os::fd::AsRawFd::as_raw_fd(&hub_file),
+                libc::CLONE_NEWNET,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        lan.home = Some(home);
+        Ok(lan)
+    }
+
+    /// The LAN's namespace (`None`) or machine `i`'s.
+    fn ns_name(&self, i: Option<usize>) -> String {
+        match i {
+            None => format!("{}-lan", self.prefix),
+            Some(i) => format!("{}-m{i}", self.prefix),
+        }
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    fn hosts(&self) -> Vec<testkit::Host> {
+        (0..self.machines)
+            .map(|i| testkit::Host {
+                ip: self.ip(i),
+                netns: Some(self.ns_name(Some(i))),
+            })
+            .collect()
+    }
+
+    /// Cuts machine `i` off the LAN (`up` false) or joins it again.
+    fn link(&self, i: usize, up: bool) {
+        let status = Command::new("ip")
+            .args(["-n", &self.ns_name(None), "link", "set", &format!("m{i}")])
+            .arg(if up { "up" } else { "down" })
+            .status()
+            .expect("ip");
+        assert!(status.success(), "ip link set m{i}");
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            // SAFETY: as in `new`: back to the namespace the thread came from.
+            unsafe {
+                libc::setns(std::os::fd::AsRawFd::as_raw_fd(home), libc::CLONE_NEWNET);
+            }
+        }
+        for i in [None].into_iter().chain((0..self.machines).map(Some)) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns_name(i)])
+                .status();
+        }
+    }
+}
+
 /// `--cluster auto` with nothing around (no NATS_URL, no announcement,
 /// nothing on 127.0.0.1:4222), in a namespace of its own: the node starts
 /// a nats-server with JetStream under its journal, joins through it,
@@ -1611,10 +1741,20 @@ struct Machine {
     id: u64,
     /// Clients by account (1 buys, 2 sells).
     clients: [Option<Client>; 2],
+    /// Its network is cut (its node runs on, out of reach).
+    cut: bool,
 }
 
 impl Machine {
+    /// Its node runs and can be reached.
+    fn reachable(&self) -> bool {
+        self.node.is_some() && !self.cut
+    }
+
     fn client(&mut self, account: u64) -> Option<&mut Client> {
+        if self.cut {
+            return None;
+        }
         let addr = self.node.as_ref()?.addr;
         let slot = &mut self.clients[account as usize - 1];
         if slot.as_ref().is_none_or(|c| c.closed) {
@@ -1633,8 +1773,53 @@ impl Machine {
 /// A node of the failover test: `--replicas 3`, 1 s leases, a snapshot
 /// every 100 records (so that streams are trimmed and standbys compare
 /// digests during the test).
-fn failover_command(nats: &testkit::NatsCluster, i: usize, journal: &Path) -> Command {
-    let mut c = node_command(&nats.url(i), journal, SHARDS);
+fn failover_command(
+    nats: &testkit::NatsCluster,
+    lan: Option<&Lan>,
+    i: usize,
+    journal: &Path,
+) -> Command {
+    let mut c = match lan {
+        None => node_command(&nats.url(i), journal, SHARDS),
+        // As `node_command`, in machine i's namespace, on its address.
+        Some(lan) => {
+            let cpu = tuning::allowed_cpus()
+                .expect("affinity")
+                .iter()
+                .next()
+                .expect("one CPU")
+                .to_string();
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &lan.ns_name(Some(i))])
+                .arg(env!("CARGO_BIN_EXE_turbo-dex"))
+                .args(["--listen", &format!("{}:0", lan.ip(i)), "--cores", &cpu])
+                .args([
+                    "--poll",
+                    "block",
+                    "--admin",
+                    "127.0.0.1:0",
+                    "--no-pin",
+                    "--quiet",
+                ])
+                .args([
+                    "--shards",
+                    &SHARDS.to_string(),
+                    "--symbols",
+                    &SYMBOLS.to_string(),
+                ])
+                .args([
+                    "--journal-segment-bytes",
+                    "1048576",
+                    "--cluster",
+                    &nats.url(i),
+                ])
+                .arg("--journal")
+                .arg(journal)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+            c
+        }
+    };
     c.args([
         "--replicas",
         "3",
@@ -1731,43 +1916,75 @@ fn answer_within(
 }
 
 /// The failover test. Three machines, each a node with its own server of
-/// a three-server NATS cluster, `--replicas 3`, 1 s leases. Each trial
-/// trades through the shards' owners and, at a random moment, kills a
-/// whole machine (`kill -9` of its node and of its nats-server) that owns
-/// a shard, trading on: orders for its shards go unanswered until a
-/// standby has taken the lease and applied the stream (the failover time,
-/// from the kill to the first order accepted by the new owner). Then
-/// every acknowledged order is looked up with OrderQuery on its shard's
-/// owner now: it must be there, with consistent quantities (lost
-/// otherwise), and resending acknowledged orders must be refused as
-/// duplicates (executed twice otherwise). The dead machine comes back: its
-/// node drops what it journaled that the streams lack, reloads its copies
-/// from them as a standby, and compares its digests with the owners'
-/// snapshots (a mismatch would stop it with exit status 70); the test
-/// trades until it has compared at least one.
+/// a three-server NATS cluster, `--replicas 3`, 1 s leases, each machine
+/// in a network namespace of its own (10.77.0.<i+1> on a bridge; on
+/// loopback where namespaces cannot be made, said as a skip). Each trial
+/// trades through the shards' owners and, at a random moment, takes away
+/// a machine that owns a shard, trading on: even trials kill it (`kill -9`
+/// of its node and of its nats-server), odd ones cut its network (its
+/// node and its nats-server run on, alone: the node must stop serving
+/// within its fence). Orders for its shards go unanswered until a standby
+/// has taken the lease and applied the stream (the failover time, from
+/// the kill to the first order accepted by the new owner). Then every
+/// acknowledged order is looked up with OrderQuery on its shard's owner
+/// now: it must be there, with consistent quantities (lost otherwise),
+/// and resending acknowledged orders must be refused as duplicates
+/// (executed twice otherwise). The machine comes back (restarted, or
+/// joined again): its node drops what it journaled that the streams lack,
+/// reloads its copies from them as a standby, and compares its digests
+/// with the owners' snapshots (a mismatch would stop it with exit status
+/// 70); the test trades until it has compared at least one.
 ///
-/// `FAILOVER_TRIALS` (default 1), `FAILOVER_STEPS` (orders per trial,
-/// default 300), `FAILOVER_SEED`, `FAILOVER_KEEP_NATS=1` (kill only the
-/// node: its nats-server lives on), `FAILOVER_TRACE=1` (print every
-/// answer); `scripts/failover-test.sh` runs 20 and
-/// more. The last line printed: `trials T, acknowledged N, lost L,
-/// executed twice D, failover p50 X ms max Y ms`.
+/// `FAILOVER_TRIALS` (default 2: one kill, one cut), `FAILOVER_STEPS`
+/// (orders per trial, default 300), `FAILOVER_SEED`,
+/// `FAILOVER_KEEP_NATS=1` (kill only the node: its nats-server lives on;
+/// no cuts), `FAILOVER_LOOPBACK=1` (no namespaces, no cuts),
+/// `FAILOVER_TRACE=1` (print every answer); `scripts/failover-test.sh`
+/// runs 20 and more. The last line printed: `trials T, acknowledged N,
+/// lost L, executed twice D, failover p50 X ms max Y ms`.
 #[test]
 fn failover_loses_no_acknowledged_order() {
     let _serial = serial();
     let bin = testkit::need_nats_server!();
-    let trials = env_or("FAILOVER_TRIALS", 1);
+    let trials = env_or("FAILOVER_TRIALS", 2);
     let steps = env_or("FAILOVER_STEPS", 300).max(20);
     let seed = env_or("FAILOVER_SEED", 0x5eed_f00d) | 1;
     let keep_nats = env_or("FAILOVER_KEEP_NATS", 0) != 0;
     eprintln!("failover test: {trials} trial(s), {steps} orders each, seed {seed}");
     let mut rng = Rng(seed);
-    let mut nats = testkit::NatsCluster::start(&bin, 3);
+    // Namespaces are state of the whole host.
+    let _host = testkit::real_host_lock();
+    let lan = if env_or("FAILOVER_LOOPBACK", 0) != 0 {
+        eprintln!("failover test: machines on loopback (FAILOVER_LOOPBACK): no network cuts");
+        None
+    } else {
+        match Lan::new(3) {
+            Ok(lan) => {
+                eprintln!(
+                    "failover test: each machine in a network namespace of its own on \
+                     10.77.0.0/24; a trial kills a machine or cuts its network"
+                );
+                Some(lan)
+            }
+            Err(why) => {
+                testkit::skip!(
+                    "no network namespaces ({why}; needs root and ip from iproute2): the \
+                     machines share loopback and no trial cuts a network"
+                );
+                None
+            }
+        }
+    };
+    let mut nats = match &lan {
+        Some(lan) => testkit::NatsCluster::start_on(&bin, &lan.hosts()),
+        None => testkit::NatsCluster::start(&bin, 3),
+    };
     let dir = TempDir::new("cluster-failover");
     let launched: Vec<(Child, PathBuf, PathBuf)> = (0..3)
         .map(|i| {
             let journal = dir.join(format!("m{i}"));
-            let (child, log) = Node::launch(failover_command(&nats, i, &journal), &journal);
+            let command = failover_command(&nats, lan.as_ref(), i, &journal);
+            let (child, log) = Node::launch(command, &journal);
             (child, log, journal)
         })
         .collect();
@@ -1780,6 +1997,7 @@ fn failover_loses_no_acknowledged_order() {
                 node: Some(node),
                 journal,
                 clients: [None, None],
+                cut: false,
             }
         })
         .collect();
@@ -1792,7 +2010,8 @@ fn failover_loses_no_acknowledged_order() {
         // Every shard served by a live machine.
         let owners = current_owners(&mut machines);
         let kill_at = steps / 4 + rng.below(steps / 2);
-        let mut killed: Option<(usize, Instant, Vec<u32>)> = None;
+        // (victim, when, its shards, cut rather than killed)
+        let mut killed: Option<(usize, Instant, Vec<u32>, bool)> = None;
         // From the kill to the first order of the victim's shards accepted
         // by another node.
         let mut served_again: Option<u64> = None;
@@ -1804,19 +2023,28 @@ fn failover_loses_no_acknowledged_order() {
                 let shards: Vec<u32> = (0..SHARDS)
                     .filter(|&s| owners[s as usize] == victim)
                     .collect();
+                let cut = lan.is_some() && !keep_nats && trial % 2 == 1;
                 let m = &mut machines[victim];
-                if let Some(mut node) = m.node.take() {
-                    node.kill();
-                }
                 m.clients = [None, None];
-                if !keep_nats {
-                    nats.kill(victim);
+                if let (true, Some(lan)) = (cut, &lan) {
+                    lan.link(victim, false);
+                    m.cut = true;
+                } else {
+                    if let Some(mut node) = m.node.take() {
+                        node.kill();
+                    }
+                    if !keep_nats {
+                        nats.kill(victim);
+                    }
                 }
                 eprintln!(
-                    "trial {trial}: killed machine {victim} (node {:016x}{}), owner of shards \
+                    "trial {trial}: {} machine {victim} (node {:016x}{}), owner of shards \
                      {shards:?}, after {step} orders, at unix ms {}",
+                    if cut { "cut off" } else { "killed" },
                     m.id,
-                    if keep_nats {
+                    if cut {
+                        "; it and its nats-server run on, alone"
+                    } else if keep_nats {
                         "; its nats-server lives on"
                     } else {
                         " and its nats-server"
@@ -1825,7 +2053,7 @@ fn failover_loses_no_acknowledged_order() {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis())
                 );
-                killed = Some((victim, Instant::now(), shards));
+                killed = Some((victim, Instant::now(), shards, cut));
             }
             let shard = rng.below(u64::from(SHARDS)) as u32;
             let symbol = shard + SHARDS * rng.below(u64::from(SYMBOLS / SHARDS)) as u32;
@@ -1888,7 +2116,7 @@ fn failover_loses_no_acknowledged_order() {
                     Answer::Accepted => {
                         let o = orders.get_mut(&id).unwrap();
                         o.accepted += 1;
-                        if let Some((victim, at, shards)) = &killed
+                        if let Some((victim, at, shards, _)) = &killed
                             && shards.contains(&shard)
                             && target != *victim
                             && served_again.is_none()
@@ -1947,17 +2175,35 @@ fn failover_loses_no_acknowledged_order() {
         let (l, d) = check_orders(&mut machines, &owners, &mut orders);
         lost += l;
         twice += d;
-        // The dead machine comes back, as a standby.
-        if let Some((victim, _, _)) = killed {
-            if !keep_nats {
-                nats.restart(victim);
+        // The dead machine comes back (or the cut one is joined again), as
+        // a standby.
+        if let Some((victim, _, _, cut)) = killed {
+            let from = if let (true, Some(lan)) = (cut, &lan) {
+                let m = &mut machines[victim];
+                let from = m.node.as_ref().map_or(0, |n| n.log().len());
+                lan.link(victim, true);
+                m.cut = false;
+                from
+            } else {
+                if !keep_nats {
+                    nats.restart(victim);
+                }
+                let m = &mut machines[victim];
+                let command = failover_command(&nats, lan.as_ref(), victim, &m.journal);
+                m.node = Some(Node::spawn(command, &m.journal));
+                0
+            };
+            settle_standby(&mut machines, victim, from, &mut orders, &mut next_id);
+            if cut {
+                // It learnt that it lost its shards and reloaded them from
+                // their streams, dropping what it journaled alone.
+                let log = machines[victim].node.as_ref().unwrap().log();
+                let after = log.get(from..).unwrap_or_default();
+                assert!(
+                    after.contains("copy loaded"),
+                    "the machine that was cut off did not reload its copies:\n{after}"
+                );
             }
-            let m = &mut machines[victim];
-            m.node = Some(Node::spawn(
-                failover_command(&nats, victim, &m.journal),
-                &m.journal,
-            ));
-            settle_standby(&mut machines, victim, &mut orders, &mut next_id);
         }
     }
     failovers.sort_unstable();
@@ -2005,7 +2251,7 @@ fn logs(machines: &[Machine]) -> String {
 /// where none answers).
 fn owners_seen(machines: &[Machine], old: &[usize]) -> Vec<usize> {
     let ids: Vec<u64> = machines.iter().map(|m| m.id).collect();
-    for m in machines.iter() {
+    for m in machines.iter().filter(|m| !m.cut) {
         let Some(node) = &m.node else { continue };
         let Ok(probe) = std::net::TcpStream::connect_timeout(&node.addr, Duration::from_secs(1))
         else {
@@ -2031,7 +2277,7 @@ fn current_owners(machines: &mut [Machine]) -> Vec<usize> {
         let owners = owners_seen(machines, &vec![usize::MAX; SHARDS as usize]);
         if owners
             .iter()
-            .all(|&o| machines.get(o).is_some_and(|m| m.node.is_some()))
+            .all(|&o| machines.get(o).is_some_and(Machine::reachable))
         {
             // And each takes orders (a new owner serves once caught up).
             return owners;
@@ -2151,21 +2397,22 @@ fn status_within(
 
 /// After `victim` came back: trade until its node has compared a standby
 /// digest with an owner's snapshot (it logs the first agreement of each
-/// shard; a mismatch would have ended it).
+/// shard; a mismatch would have ended it) in its log after byte `from`.
 fn settle_standby(
     machines: &mut [Machine],
     victim: usize,
+    from: usize,
     orders: &mut std::collections::BTreeMap<u64, Sent>,
     next_id: &mut u64,
 ) {
     let until = Instant::now() + DEADLINE * 2;
     let mut owners = current_owners(machines);
     let mut shard = 0;
-    while !machines[victim]
-        .node
-        .as_ref()
-        .is_some_and(|n| n.log().contains("agrees with the owner"))
-    {
+    while !machines[victim].node.as_ref().is_some_and(|n| {
+        n.log()
+            .get(from..)
+            .is_some_and(|l| l.contains("agrees with the owner"))
+    }) {
         assert!(
             Instant::now() < until,
             "the returned node compared no digest:\n{}",

@@ -23,5 +23,5 @@ mod temp;
 pub use alloc::{CountingAllocator, count_allocations};
 pub use host::{RealHostLock, SKIP_LOG_ENV, have, is_root, missing, real_host_lock, skipped};
 pub use launch::{assert_success, bin_dir, cargo_built, output_text, ready_addr, turbo_dex};
-pub use nats::{NO_NATS_SERVER, NatsCluster, NatsServer, free_port, nats_server_binary};
+pub use nats::{Host, NO_NATS_SERVER, NatsCluster, NatsServer, free_port, nats_server_binary};
 pub use temp::TempDir;

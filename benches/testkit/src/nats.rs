@@ -187,51 +187,88 @@ impl Drop for NatsServer {
 }
 
 /// Several nats-servers with JetStream routed into one cluster on
-/// 127.0.0.1 (each with a client port and a cluster port of its own), for
-/// streams with more than one replica. Killed and reaped on drop.
+/// 127.0.0.1 (each with a client port and a cluster port of its own), or
+/// each on its own address in a network namespace ([`NatsCluster::start_on`]),
+/// for streams with more than one replica. Killed and reaped on drop.
 pub struct NatsCluster {
     servers: Vec<Child>,
+    hosts: Vec<Host>,
     ports: Vec<u16>,
     dir: TempDir,
     bin: PathBuf,
 }
 
+/// Where a member of a [`NatsCluster`] runs: the address it listens on,
+/// and the network namespace it runs in (`None`: the caller's).
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub ip: String,
+    pub netns: Option<String>,
+}
+
+impl Host {
+    /// 127.0.0.1 in the caller's namespace.
+    pub fn loopback() -> Host {
+        Host {
+            ip: "127.0.0.1".into(),
+            netns: None,
+        }
+    }
+}
+
 impl NatsCluster {
-    /// Starts `n` servers (named `n0`, `n1`, ...) and waits until each is
-    /// ready and JetStream has elected its meta leader.
+    /// Starts `n` servers (named `n0`, `n1`, ...) on 127.0.0.1 and waits
+    /// until each is ready and JetStream has elected its meta leader.
     pub fn start(bin: &Path, n: usize) -> NatsCluster {
+        NatsCluster::start_on(bin, &vec![Host::loopback(); n])
+    }
+
+    /// Starts one server per host: one in a namespace of its own listens
+    /// on ports 4222 (clients) and 6222 (routes) of its address; those on
+    /// loopback take free ports.
+    pub fn start_on(bin: &Path, hosts: &[Host]) -> NatsCluster {
         let dir = TempDir::new("nats-cluster");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let route_list = routes
+        let port = |h: &Host, fixed: u16| {
+            if h.netns.is_some() {
+                fixed
+            } else {
+                free_port()
+            }
+        };
+        let ports: Vec<u16> = hosts.iter().map(|h| port(h, 4222)).collect();
+        let routes: Vec<u16> = hosts.iter().map(|h| port(h, 6222)).collect();
+        let route_list = hosts
             .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .zip(&routes)
+            .map(|(h, p)| format!("nats-route://{}:{p}", h.ip))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut servers = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut servers = Vec::with_capacity(hosts.len());
+        for (i, host) in hosts.iter().enumerate() {
             let conf = dir.join(format!("n{i}.conf"));
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
+                    "server_name: n{i}\nlisten: {ip}:{}\n\
                      jetstream {{ store_dir: \"{}\" }}\n\
-                     cluster {{ name: turbo-dex-test, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                     cluster {{ name: turbo-dex-test, listen: {ip}:{}, routes: [{route_list}] }}\n",
                     ports[i],
                     dir.join(format!("store-{i}")).display(),
-                    routes[i]
+                    routes[i],
+                    ip = host.ip,
                 ),
             )
             .expect("write the nats-server config");
-            servers.push(spawn_member(bin, &dir, i));
+            servers.push(spawn_member(bin, &dir, i, host));
         }
         let cluster = NatsCluster {
             servers,
+            hosts: hosts.to_vec(),
             ports,
             dir,
             bin: bin.to_path_buf(),
         };
-        for i in 0..n {
+        for i in 0..hosts.len() {
             cluster.wait_ready(i);
         }
         cluster
@@ -243,7 +280,7 @@ impl NatsCluster {
             let log = self.log(i);
             if log.contains("Server is ready")
                 && log.contains("metadata leader")
-                && TcpStream::connect(("127.0.0.1", self.ports[i])).is_ok()
+                && TcpStream::connect((self.hosts[i].ip.as_str(), self.ports[i])).is_ok()
             {
                 break;
             }
@@ -268,11 +305,11 @@ impl NatsCluster {
     /// and waits until it is ready in the cluster. Its log starts afresh.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
-        self.servers[i] = spawn_member(&self.bin, &self.dir, i);
+        self.servers[i] = spawn_member(&self.bin, &self.dir, i, &self.hosts[i]);
         self.wait_ready(i);
     }
 
-    /// Every server's URL, comma-separated (`nats://127.0.0.1:P,...`).
+    /// Every server's URL, comma-separated (`nats://HOST:P,...`).
     pub fn urls(&self) -> String {
         (0..self.ports.len())
             .map(|i| self.url(i))
@@ -282,7 +319,7 @@ impl NatsCluster {
 
     /// Server `i`'s URL.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.ports[i])
+        format!("nats://{}:{}", self.hosts[i].ip, self.ports[i])
     }
 
     /// Server `i`'s log so far.
@@ -300,12 +337,21 @@ impl NatsCluster {
     }
 }
 
-/// Starts member `i` of a [`NatsCluster`] from its config in `dir`, its
-/// output to `n<i>.log` there.
-fn spawn_member(bin: &Path, dir: &TempDir, i: usize) -> Child {
+/// Starts member `i` of a [`NatsCluster`] from its config in `dir` (in
+/// its host's namespace, through `ip netns exec`, which execs the server:
+/// the child is the server), its output to `n<i>.log` there.
+fn spawn_member(bin: &Path, dir: &TempDir, i: usize, host: &Host) -> Child {
     let conf = dir.join(format!("n{i}.conf"));
     let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("create the log");
-    Command::new(bin)
+    let mut command = match &host.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
         .arg("-c")
         .arg(&conf)
         .stdin(Stdio::null())
