@@ -314,6 +314,9 @@ pub struct ReloadRequest {
     pub covers_seq: u64,
     pub digest: u64,
     pub body: Option<Vec<u8>>,
+    /// When it came (core clock), and whether its long wait was logged.
+    pub asked_ns: u64,
+    pub warned: bool,
 }
 
 /// One local shard's journal.

@@ -158,6 +158,13 @@ impl Standbys {
     }
 }
 
+/// A snapshot read that gets no bytes for this long is given up (and the
+/// reload tried again).
+const SNAPSHOT_STALL: Duration = Duration::from_secs(5);
+
+/// A reload that the core has not done after this long is logged.
+const RELOAD_SLOW: Duration = Duration::from_secs(5);
+
 /// Epochs reserved per task: a task reloads at most this many times
 /// before it gives up and the next task (with the next epochs) starts.
 const RELOADS_PER_TASK: u64 = 1 << 20;
@@ -195,10 +202,30 @@ async fn fetch_snapshot(
         .map_err(|_| "its snapshot has no covers_seq".to_string())?;
     let digest = u64::from_str_radix(&meta("digest"), 16)
         .map_err(|_| "its snapshot has no digest".to_string())?;
-    let mut body = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
+    // Read with a bound on each wait, not on the whole (a large snapshot
+    // may take long; one whose chunks stop coming must not hold the copy
+    // up for good).
+    let mut body = Vec::with_capacity(object.info.size);
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        let read = tokio::time::timeout(SNAPSHOT_STALL, async {
+            tokio::io::AsyncReadExt::read(&mut object, &mut chunk).await
+        })
         .await
+        .map_err(|_| {
+            format!(
+                "reading its snapshot: no bytes for {} s after {} of {}",
+                SNAPSHOT_STALL.as_secs(),
+                body.len(),
+                object.info.size
+            )
+        })?
         .map_err(|e| format!("reading its snapshot: {e}"))?;
+        if read == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..read]);
+    }
     Ok(Some((covers, digest, body)))
 }
 
@@ -353,12 +380,22 @@ async fn follow_from_snapshot(
         },
     ));
     // The core answers once its shard and journal are the snapshot's.
+    let asked = tokio::time::Instant::now();
+    let mut said = false;
     loop {
         if applied.borrow().0 == epoch {
             break;
         }
         if view.role(shard) == Role::None {
             return Next::Done;
+        }
+        if !said && asked.elapsed() > RELOAD_SLOW {
+            said = true;
+            tracing::warn!(
+                "standby: shard {shard}: its core has not loaded the copy {} s after it was \
+                 asked to; still waiting",
+                RELOAD_SLOW.as_secs()
+            );
         }
         let _ = tokio::time::timeout(TICK * 10, applied.changed()).await;
     }

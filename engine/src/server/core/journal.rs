@@ -17,6 +17,9 @@ use crate::journal;
 use crate::server::durable::Snapshot;
 use crate::server::replicate::{ReplJob, ReplMsg, ReplOut, ReplSnapshot};
 
+/// A reload that waits this long for its shard's journal is logged.
+const RELOAD_WAIT_WARN_NS: u64 = 2_000_000_000;
+
 impl<M: Matcher + Snapshot> Core<M> {
     /// Asks the background thread for the next segment of a shard's journal.
     fn request_segment(&mut self, local: usize) {
@@ -371,6 +374,8 @@ impl<M: Matcher + Snapshot> Core<M> {
                             covers_seq,
                             digest,
                             body,
+                            asked_ns: now,
+                            warned: false,
                         });
                     }
                     continue;
@@ -536,6 +541,7 @@ impl<M: Matcher + Snapshot> Core<M> {
     /// serves none.
     fn start_reload(&mut self, local: usize) {
         let core = self.st.cfg.index;
+        let now = self.st.now_ns;
         let State {
             logs,
             pending,
@@ -548,6 +554,23 @@ impl<M: Matcher + Snapshot> Core<M> {
             || log.next_requested
             || log.reloading
         {
+            if let Some(req) = log.reload.as_mut()
+                && !req.warned
+                && now.saturating_sub(req.asked_ns) > RELOAD_WAIT_WARN_NS
+            {
+                req.warned = true;
+                tracing::warn!(
+                    "standby: the reload of {} has waited {} ms for its journal to be idle \
+                     (write in flight: {}, batches waiting for JetStream: {}, next segment \
+                     asked for: {}, reloading: {})",
+                    log.id,
+                    now.saturating_sub(req.asked_ns) / 1_000_000,
+                    log.inflight.is_some(),
+                    log.replicating.len(),
+                    log.next_requested,
+                    log.reloading
+                );
+            }
             return;
         }
         let (Some(jobs), Some(req)) = (&self.jobs, log.reload.take()) else {
