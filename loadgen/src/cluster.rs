@@ -233,6 +233,11 @@ fn shard_of(s: &ClusterShard, expected: usize) -> Result<(), MapError> {
 pub struct RouteChange {
     /// Shards whose route changed.
     pub shards_moved: u32,
+    /// Shards that another node than the one last heard of serves now
+    /// (not counting a shard that merely lost its owner): the new owner
+    /// detached the sessions of its resting orders (PROTOCOL.md §8.11
+    /// rule 9), so they report to no session here any more.
+    pub new_owner: Vec<u32>,
     /// Owners the table has no connection to (their shards are unrouted).
     pub unreachable: Vec<SocketAddr>,
 }
@@ -252,6 +257,8 @@ pub struct Routes {
     route: Vec<Option<u8>>,
     /// Per shard: the owner's address, as last heard, connected or not.
     owner: Vec<Option<SocketAddr>>,
+    /// Per shard: the last owner heard of that was a node (not none).
+    served_by: Vec<Option<SocketAddr>>,
     /// Per shard: the map version its route comes from.
     version: Vec<u64>,
     /// The newest whole map taken.
@@ -269,6 +276,7 @@ impl Routes {
             nodes,
             route: vec![None; shards],
             owner: vec![None; shards],
+            served_by: vec![None; shards],
             version: vec![0; shards],
             map_version: 0,
         };
@@ -390,8 +398,20 @@ impl Routes {
             self.route[shard] = to;
             self.owner[shard] = addr;
             self.version[shard] = map.version;
+            self.note_owner(shard, addr, &mut change);
         }
         change
+    }
+
+    /// Notes `shard`'s owner: a node other than the last one heard of is
+    /// a new owner.
+    fn note_owner(&mut self, shard: usize, addr: Option<SocketAddr>, change: &mut RouteChange) {
+        if let Some(a) = addr {
+            if self.served_by[shard].is_some_and(|was| was != a) {
+                change.new_owner.push(shard as u32);
+            }
+            self.served_by[shard] = Some(a);
+        }
     }
 
     /// Takes a `ShardOwner` when its map version is newer than the shard's
@@ -420,6 +440,7 @@ impl Routes {
         self.route[shard] = to;
         self.owner[shard] = addr;
         self.version[shard] = version;
+        self.note_owner(shard, addr, &mut change);
         change
     }
 }
@@ -671,21 +692,30 @@ mod tests {
         // Newer: shard 0 moves to node 2.
         let c = r.apply_owner(&owner(0, 6, Some((2, addr(9002)))));
         assert_eq!(c.shards_moved, 1);
+        assert_eq!(c.new_owner, vec![0], "another node serves it");
         assert_eq!(r.route(0), Some(1));
         assert_eq!(r.route(4), Some(1), "the shard's other symbols too");
         assert_eq!(r.route(2), Some(0), "other shards stay");
         // The map of version 5 again (an old answer): nothing changes.
         assert_eq!(r.apply_map(&map(5)), RouteChange::default());
         assert_eq!(r.route(0), Some(1));
-        // Newer: no owner known.
-        r.apply_owner(&owner(1, 7, None));
+        // Newer: no owner known (not a new owner: none yet).
+        let c = r.apply_owner(&owner(1, 7, None));
+        assert!(c.new_owner.is_empty());
         assert_eq!(r.route(1), None);
+        // Its old owner again, after none: not a new owner either.
+        let c = r.apply_owner(&owner(1, 8, Some((2, addr(9002)))));
+        assert!(c.new_owner.is_empty());
+        r.apply_owner(&owner(1, 9, None));
         // A node this session has no connection to: unrouted, and said.
-        let c = r.apply_owner(&owner(2, 8, Some((3, addr(9003)))));
+        let c = r.apply_owner(&owner(2, 10, Some((1, addr(9001)))));
+        assert!(c.new_owner.is_empty(), "its owner still");
+        let c = r.apply_owner(&owner(2, 11, Some((3, addr(9003)))));
         assert_eq!(c.unreachable, vec![addr(9003)]);
+        assert_eq!(c.new_owner, vec![2]);
         assert_eq!(r.route(2), None);
         // Out of range shard: ignored.
-        assert_eq!(r.apply_owner(&owner(99, 9, None)), RouteChange::default());
+        assert_eq!(r.apply_owner(&owner(99, 12, None)), RouteChange::default());
     }
 
     #[test]
@@ -748,6 +778,7 @@ mod tests {
         // Shard 0 moved (1 -> 2), shard 3 gained an owner; shard 2's
         // ShardOwner (version 9) is newer than the map: kept.
         assert_eq!(c.shards_moved, 2);
+        assert_eq!(c.new_owner, vec![0], "shard 3 had no owner before");
         assert_eq!(
             (0..4).map(|s| r.route(s)).collect::<Vec<_>>(),
             [Some(1), Some(1), Some(1), Some(0)]

@@ -77,6 +77,13 @@ pub struct ClusterReport {
     /// had no connection to): never sent, answered locally with
     /// `Rejected(WrongNode)` and counted in `rejects` too.
     pub unrouted: u64,
+    /// Shards another node took over mid-run (a failover or a move), in
+    /// order.
+    pub shards_taken_over: Vec<u32>,
+    /// Orders set aside, unchecked: open on a shard when another node took
+    /// it over (which detaches their sessions: PROTOCOL.md §8.11 rule 9)
+    /// or on a node whose connection closed.
+    pub orders_set_aside: u64,
 }
 
 /// One node's share of the window.
@@ -167,6 +174,17 @@ impl RunReport {
                         group(n.lost)
                     ));
                 }
+            }
+            if !cl.shards_taken_over.is_empty() {
+                out.push(format!(
+                    "shard(s) {:?} passed to another node mid-run (a failover or a move): {} \
+                     order(s) open on them, or on a node that went, were set aside unchecked \
+                     (the new owner detaches their sessions, PROTOCOL.md §8.11 rule 9: their \
+                     fills reach no session; query them with OrderQuery), and trades on them \
+                     are paired where both halves arrived",
+                    cl.shards_taken_over,
+                    group(cl.orders_set_aside)
+                ));
             }
             if cl.unrouted > 0 {
                 out.push(format!(
@@ -413,6 +431,11 @@ impl RunReport {
             cluster_map_version: self.cluster.as_ref().map(|c| c.map_version),
             cluster_map_version_end: self.cluster.as_ref().map(|c| c.map_version_end),
             unrouted: self.cluster.as_ref().map(|c| c.unrouted),
+            shards_taken_over: self
+                .cluster
+                .as_ref()
+                .map(|c| c.shards_taken_over.as_slice()),
+            orders_set_aside: self.cluster.as_ref().map(|c| c.orders_set_aside),
             nodes: self.cluster.as_ref().map(|c| c.nodes.as_slice()),
         }
     }
@@ -476,6 +499,10 @@ struct JsonReport<'a> {
     cluster_map_version_end: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unrouted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shards_taken_over: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orders_set_aside: Option<u64>,
     /// Per node: address, node_id, orders_sent, orders_per_sec, trades,
     /// trades_per_sec, wrong_node, lost, closed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -972,6 +999,8 @@ mod tests {
                 },
             ],
             unrouted: 3,
+            shards_taken_over: vec![1],
+            orders_set_aside: 4,
         });
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         let before: serde_json::Value = serde_json::from_str(&plain).unwrap();
@@ -989,8 +1018,20 @@ mod tests {
                 "cluster_map_version",
                 "cluster_map_version_end",
                 "nodes",
+                "orders_set_aside",
+                "shards_taken_over",
                 "unrouted"
             ]
+        );
+        assert_eq!(json["shards_taken_over"], serde_json::json!([1]));
+        assert_eq!(json["orders_set_aside"], 4);
+        assert!(
+            r.warnings().iter().any(
+                |w| w.contains("shard(s) [1] passed to another node mid-run")
+                    && w.contains("4 order(s)")
+            ),
+            "{:?}",
+            r.warnings()
         );
         assert!(!plain.contains("nodes"), "nothing without --cluster");
         assert_eq!(json["nodes"][0]["node_id"], "00000000000000ab");

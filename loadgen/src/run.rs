@@ -210,6 +210,11 @@ struct ConnOutcome {
     unrouted: u64,
     /// `--cluster`: the newest map version the routes took.
     map_version: u64,
+    /// `--cluster`: shards that passed to another node mid-run.
+    taken_over: Vec<u32>,
+    /// `--cluster`: orders set aside (their shard passed to another node,
+    /// or their node went).
+    set_aside: u64,
 }
 
 /// What one worker brings home.
@@ -388,6 +393,7 @@ fn merge(
             unanswered += c.unanswered;
             errors += u64::from(c.failed);
             nodes.add(&c.nodes, c.unrouted, c.map_version);
+            nodes.add_takeovers(&c.taken_over, c.set_aside);
         }
         ledgers.merge(o.ledgers, &mut violations);
     }
@@ -404,8 +410,19 @@ fn merge(
     let mut verify = plan.verify.then(|| {
         if failure.is_none() {
             // A node whose connection closed mid-run may have sent one half
-            // of a trade and not the other: its leftovers are not checked.
-            ledgers.finish(&mut violations, |node| nodes.closed(node));
+            // of a trade and not the other: its leftovers are not checked;
+            // nor are those on a shard another node took over (the half of
+            // an order set aside goes to no session).
+            let shards = shared
+                .cluster
+                .as_ref()
+                .map_or(1, |m| m.owners.len() as u32)
+                .max(1);
+            ledgers.finish(
+                &mut violations,
+                |node| nodes.closed(node),
+                |symbol| nodes.taken_over(symbol % shards),
+            );
         }
         violations
     });
@@ -1040,6 +1057,8 @@ async fn connection(
         nodes: Vec::new(),
         unrouted: 0,
         map_version: 0,
+        taken_over: Vec::new(),
+        set_aside: 0,
     }
 }
 

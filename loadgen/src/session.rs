@@ -270,6 +270,10 @@ pub struct Session {
     violations: Violations,
     /// Set when the seq space or the table ran out.
     exhausted: bool,
+    /// Ids of the orders [`Session::abandon`] set aside (their node went
+    /// away, or their shard moved to another node): a late report of one
+    /// is not a violation. Only ever filled in cluster runs.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 impl Session {
@@ -318,6 +322,7 @@ impl Session {
             latency: LatencyRecorder::default(),
             violations: Violations::default(),
             exhausted: false,
+            abandoned: std::collections::HashSet::new(),
         }
     }
 
@@ -864,6 +869,11 @@ impl Session {
 
     #[cold]
     fn stray(&mut self, id: u64, what: &'static str) {
+        if self.abandoned.contains(&id) {
+            // Its node went away or its shard moved: an answer that was
+            // on its way, not checked.
+            return;
+        }
         self.counters.stray_reports += 1;
         let ours = id & !SEQ_MAX == self.prefix;
         self.violation(|| {
@@ -1116,12 +1126,15 @@ impl Session {
 
     /// Forgets every order whose symbol `gone` names, because the server
     /// that holds them went away (a cluster node that closed its
-    /// connection): their outstanding requests are no longer awaited and
-    /// their live orders are dropped without a cancel (nobody could answer
-    /// it). Returns the requests that were outstanding: lost. Walks the
-    /// whole order table, so it is for rare events, not the hot path.
-    pub fn abandon(&mut self, mut gone: impl FnMut(u32) -> bool) -> u64 {
-        let mut lost = 0;
+    /// connection) or no longer reports on them (their shard moved to
+    /// another node, which detached the sessions of its resting orders:
+    /// PROTOCOL.md §8.11 rule 9): their outstanding requests are no longer
+    /// awaited, their live orders are dropped without a cancel, and late
+    /// reports of them are not checked. Returns the requests that were
+    /// outstanding (lost) and the orders set aside. Walks the whole order
+    /// table, so it is for rare events, not the hot path.
+    pub fn abandon(&mut self, mut gone: impl FnMut(u32) -> bool) -> (u64, u64) {
+        let (mut lost, mut orders) = (0, 0);
         for i in 0..self.slots.len() {
             let s = self.slots[i];
             if s.state == FREE {
@@ -1142,9 +1155,11 @@ impl Session {
             if s.may_rest && matches!(s.state, SENT | LIVE) {
                 self.may_rest_open -= 1;
             }
+            self.abandoned.insert(s.id);
+            orders += 1;
             self.free(i);
         }
-        lost
+        (lost, orders)
     }
 
     /// Ends the run: every order still open is a violation (when verifying);
@@ -1198,24 +1213,40 @@ mod tests {
 
     #[test]
     fn abandon_forgets_the_orders_of_the_symbols_gone() {
-        let mut s = Session::new(config(Mix::Insert, false));
+        let mut s = Session::new(config(Mix::Insert, true));
         let mut out = Vec::new();
         assert_eq!(s.write_batch(&mut out, 30, 5, || 5), 30);
         assert_eq!(s.outstanding(), 30);
-        let on_11 = Decoder::default()
+        let sent: Vec<NewOrder> = Decoder::default()
             .frames(&out)
-            .map(|f| match f {
-                wire::Frame::NewOrder(o) => o.iter().filter(|o| o.symbol.get() == 11).count(),
-                _ => 0,
+            .flat_map(|f| match f {
+                wire::Frame::NewOrder(o) => o.to_vec(),
+                _ => Vec::new(),
             })
-            .sum::<usize>();
-        assert!(on_11 > 0);
-        assert_eq!(s.abandon(|symbol| symbol == 11), on_11 as u64);
-        assert_eq!(s.outstanding(), 30 - on_11);
-        assert_eq!(s.room(), 64 - (30 - on_11));
-        assert_eq!(s.abandon(|symbol| symbol == 11), 0, "nothing left on it");
-        assert_eq!(s.abandon(|_| true), (30 - on_11) as u64);
+            .collect();
+        let on_11: Vec<&NewOrder> = sent.iter().filter(|o| o.symbol.get() == 11).collect();
+        let n = on_11.len() as u64;
+        assert!(n > 0);
+        assert_eq!(s.abandon(|symbol| symbol == 11), (n, n));
+        assert_eq!(s.outstanding(), 30 - n as usize);
+        assert_eq!(s.room(), 64 - (30 - n as usize));
+        assert_eq!(
+            s.abandon(|symbol| symbol == 11),
+            (0, 0),
+            "nothing left on it"
+        );
+        // A late answer for an order set aside is not checked.
+        let o = on_11[0];
+        let mut buf = Vec::new();
+        let accepted = Accepted::new(o.client_order_id.get(), 1, 0, 11, &o.fields().unwrap());
+        wire::append_frame(&[accepted], &mut buf).unwrap();
+        s.on_bytes(&buf, 1, &mut TradeLedger::new()).unwrap();
+        assert_eq!(s.violations().total, 0, "{:?}", s.violations());
+        assert_eq!(s.counters().stray_reports, 0);
+        assert_eq!(s.abandon(|_| true), (30 - n, 30 - n));
         assert!(s.settled());
+        assert_eq!(s.finish(), 0);
+        assert!(s.violations().is_empty());
     }
 
     #[test]

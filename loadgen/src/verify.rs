@@ -175,6 +175,16 @@ impl TradeLedger {
 
     /// Ends the run: every fill still waiting is a violation.
     pub fn finish(self, violations: &mut Violations) {
+        self.finish_except(violations, |_| false);
+    }
+
+    /// Ends the run: every fill still waiting is a violation, except those
+    /// on the symbols `unchecked` names. Returns the fills not checked.
+    pub fn finish_except(
+        self,
+        violations: &mut Violations,
+        unchecked: impl Fn(u32) -> bool,
+    ) -> u64 {
         if self.dropped > 0 {
             let dropped = self.dropped;
             violations.push(|| {
@@ -185,6 +195,9 @@ impl TradeLedger {
             });
         }
         let mut left: Vec<(u64, TradeSide)> = self.unpaired.into_iter().collect();
+        let before = left.len();
+        left.retain(|(_, side)| !unchecked(side.symbol));
+        let skipped = (before - left.len()) as u64;
         left.sort_unstable_by_key(|&(id, _)| id);
         for (trade_id, side) in left {
             let role = if side.liquidity == wire::Liquidity::Maker.to_wire() {
@@ -199,6 +212,7 @@ impl TradeLedger {
                 )
             });
         }
+        skipped
     }
 }
 
@@ -248,18 +262,22 @@ impl NodeLedgers {
 
     /// Ends the run: every fill still waiting is a violation, except on the
     /// nodes `unchecked` names (a node whose connection closed mid-run: the
-    /// other half may have been on its way). Returns the fills not checked.
+    /// other half may have been on its way) and on the symbols
+    /// `unchecked_symbol` names (of a shard another node took over: the
+    /// other half may belong to an order set aside, whose fills reach no
+    /// session). Returns the fills not checked.
     pub fn finish(
         self,
         violations: &mut Violations,
         unchecked: impl Fn(SocketAddr) -> bool,
+        unchecked_symbol: impl Fn(u32) -> bool,
     ) -> u64 {
         let mut skipped = 0;
         for (node, ledger) in self.nodes {
             if unchecked(node) {
                 skipped += ledger.unpaired() as u64;
             } else {
-                ledger.finish(violations);
+                skipped += ledger.finish_except(violations, &unchecked_symbol);
             }
         }
         skipped
@@ -345,9 +363,15 @@ mod tests {
         let mut kept = NodeLedgers::new();
         kept.of(b)
             .record(8, side(5, Side::Sell, Liquidity::Taker), &mut v);
-        assert_eq!(kept.finish(&mut v, |n| n == b), 1);
+        assert_eq!(kept.finish(&mut v, |n| n == b, |_| false), 1);
         assert!(v.is_empty());
-        assert_eq!(w1.finish(&mut v, |_| false), 0);
+        // Nor on a symbol of a shard that passed to another node.
+        let mut moved = NodeLedgers::new();
+        let half = side(6, Side::Sell, Liquidity::Taker);
+        moved.of(a).record(9, half, &mut v);
+        assert_eq!(moved.finish(&mut v, |_| false, |s| s == half.symbol), 1);
+        assert!(v.is_empty());
+        assert_eq!(w1.finish(&mut v, |_| false, |s| s != half.symbol), 0);
         assert_eq!(v.total, 1);
         assert!(
             v.kept[0].contains("trade 8: seen only as taker"),

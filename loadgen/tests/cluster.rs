@@ -585,3 +585,90 @@ fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
         "{report}"
     );
 }
+
+/// `--cluster --verify` while an operator moves a shard (`turbo-dex cluster
+/// move`, `--replicas 2`): the new owner detaches the sessions of the
+/// shard's resting orders (PROTOCOL.md §8.11 rule 9), so their fills and
+/// cancels reach no session. dex-trader sets those orders aside when it
+/// hears of the new owner, pairs the shard's trades only where both
+/// halves arrive, says so, and finds no violation in the rest.
+#[test]
+fn verifies_across_a_shard_moved_mid_run() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("trader-cluster-verify-move");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let start = |i: usize, journal: &Path| {
+        let url = nats.url(i);
+        let args = ["--cluster", &url, "--shards", "4", "--replicas", "2"];
+        Node::start(&args, journal)
+    };
+    // Started together, so that each registers within the other's join
+    // window and they split the shards.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(0, &ja));
+        let b = s.spawn(|| start(1, &jb));
+        (a.join().expect("a starts"), b.join().expect("b starts"))
+    });
+    let map = wait_for_even_split(&a);
+    let (ida, idb) = (node_id(&ja), node_id(&jb));
+    let shard = map
+        .owners
+        .iter()
+        .position(|&o| o == ida)
+        .expect("a owns a shard");
+    let path = dir.join("run.json");
+    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
+        .arg(format!("{},{}", a.addr, b.addr))
+        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
+        .args(["--duration", "6s", "--verify", "--json"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("NATS_URL")
+        .spawn()
+        .expect("start dex-trader");
+    // Trading on both (b's copy of the shard follows its stream); then the
+    // shard moves to b.
+    std::thread::sleep(Duration::from_millis(2500));
+    let moved = Command::new(turbo_dex_binary())
+        .args([
+            "cluster",
+            "move",
+            &shard.to_string(),
+            &format!("{idb:016x}"),
+        ])
+        .args(["--cluster", &nats.url(2)])
+        .output()
+        .expect("turbo-dex cluster move");
+    testkit::assert_success(&moved);
+    let out = trader.wait_with_output().expect("dex-trader ends");
+    testkit::assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  verify       ok"), "{stdout}");
+    let report = json(&path);
+    assert_eq!(n(&report["violations"]), 0, "{report}");
+    assert_eq!(n(&report["unanswered"]), 0, "{report}");
+    assert!(n(&report["trades_paired"]) > 0, "{report}");
+    assert_eq!(
+        report["shards_taken_over"],
+        serde_json::json!([shard]),
+        "{report}"
+    );
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("passed to another node mid-run"),
+        "{report}"
+    );
+    // b took orders and traded on the moved shard's symbols after the move:
+    // both nodes traded, neither connection closed.
+    for node in report["nodes"].as_array().expect("nodes") {
+        assert!(n(&node["trades"]) > 0, "{node}");
+        assert!(node["closed"].is_null(), "{node}");
+    }
+    drop((a, b));
+}

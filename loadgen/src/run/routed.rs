@@ -73,6 +73,11 @@ pub struct NodeTotals {
     nodes: Vec<NodeCount>,
     unrouted: u64,
     map_version_end: u64,
+    /// Shards another node took over mid-run, as any session saw it.
+    taken_over: Vec<u32>,
+    /// Orders the sessions set aside (their node went, or their shard
+    /// passed to another node).
+    set_aside: u64,
 }
 
 impl NodeTotals {
@@ -93,6 +98,21 @@ impl NodeTotals {
                 None => self.nodes.push(n.clone()),
             }
         }
+    }
+
+    /// Adds one session's shards taken over and orders set aside.
+    pub fn add_takeovers(&mut self, shards: &[u32], set_aside: u64) {
+        self.set_aside += set_aside;
+        for &s in shards {
+            if !self.taken_over.contains(&s) {
+                self.taken_over.push(s);
+            }
+        }
+    }
+
+    /// Whether some session saw shard `shard` pass to another node.
+    pub fn taken_over(&self, shard: u32) -> bool {
+        self.taken_over.contains(&shard)
     }
 
     /// Whether some session's connection to `node` closed mid-run.
@@ -136,6 +156,12 @@ impl NodeTotals {
             unowned_shards: map.unowned() as u32,
             nodes,
             unrouted: self.unrouted,
+            shards_taken_over: {
+                let mut t = self.taken_over.clone();
+                t.sort_unstable();
+                t
+            },
+            orders_set_aside: self.set_aside,
         }
     }
 }
@@ -333,6 +359,11 @@ struct Trader {
     last_publish_ns: Cell<u64>,
     /// Requests of the window answered here for want of a route.
     unrouted_window: Cell<u64>,
+    /// Shards that passed to another node mid-run.
+    taken_over: RefCell<Vec<u32>>,
+    /// Orders set aside: open on a shard that passed to another node, or
+    /// on a node that went.
+    set_aside: Cell<u64>,
 }
 
 async fn session(
@@ -411,6 +442,8 @@ async fn session(
         window,
         last_publish_ns: Cell::new(0),
         unrouted_window: Cell::new(0),
+        taken_over: RefCell::new(Vec::new()),
+        set_aside: Cell::new(0),
     });
     let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
     for (i, left) in leftovers.into_iter().enumerate() {
@@ -471,6 +504,8 @@ async fn session(
             .collect(),
         unrouted: trader.unrouted_window.get(),
         map_version: trader.routes.borrow().map_version(),
+        taken_over: trader.taken_over.take(),
+        set_aside: trader.set_aside.get(),
     }
 }
 
@@ -487,10 +522,11 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
     }
     let shards = trader.routes.borrow_mut().close(i);
     let count = trader.routes.borrow().shard_count().max(1);
-    let lost = trader
+    let (lost, orders) = trader
         .session
         .borrow_mut()
         .abandon(|symbol| shards.contains(&(symbol % count)));
+    trader.set_aside.set(trader.set_aside.get() + orders);
     {
         let mut c = node.counts.borrow_mut();
         c.lost += lost;
@@ -503,6 +539,28 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
             node.addr
         ));
     }
+    trader.progress.raise();
+}
+
+/// Another node took `shards` over (a failover or a move): it detached
+/// the sessions of their resting orders (PROTOCOL.md §8.11 rule 9), whose
+/// fills and cancels now reach no session, so this session's open orders
+/// there are set aside unchecked (late answers to them too), and their
+/// trades are paired only where both halves arrive.
+fn shards_taken_over(trader: &Trader, shards: &[u32]) {
+    let count = trader.routes.borrow().shard_count().max(1);
+    let (_, orders) = trader
+        .session
+        .borrow_mut()
+        .abandon(|symbol| shards.contains(&(symbol % count)));
+    trader.set_aside.set(trader.set_aside.get() + orders);
+    let mut known = trader.taken_over.borrow_mut();
+    for &s in shards {
+        if !known.contains(&s) {
+            known.push(s);
+        }
+    }
+    // Requests no longer awaited: room for new ones.
     trader.progress.raise();
 }
 
@@ -823,12 +881,13 @@ async fn receive(
         first = false;
         let now = clock.now_ns();
         // The cluster's frames first: they steer the routes.
+        let mut taken_over: Vec<u32> = Vec::new();
         for frame in decoder.frames(&buf[..len]) {
             match &frame {
                 Frame::ShardOwner(list) => {
                     let mut routes = trader.routes.borrow_mut();
                     for o in list.iter() {
-                        routes.apply_owner(o);
+                        taken_over.extend(routes.apply_owner(o).new_owner);
                     }
                     if trader.window.contains(now) {
                         node.counts.borrow_mut().wrong_node += list.len() as u64;
@@ -837,11 +896,14 @@ async fn receive(
                 Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_) => {
                     // A bad answer is dropped; the next refresh asks again.
                     if let Ok(Some(map)) = assembler.on_frame(&frame) {
-                        trader.routes.borrow_mut().apply_map(&map);
+                        taken_over.extend(trader.routes.borrow_mut().apply_map(&map).new_owner);
                     }
                 }
                 _ => {}
             }
+        }
+        if !taken_over.is_empty() {
+            shards_taken_over(&trader, &taken_over);
         }
         let result = {
             let mut session = trader.session.borrow_mut();
@@ -1065,7 +1127,7 @@ mod tests {
         assert!(s.settled());
         assert_eq!(s.finish(), 0);
         let mut v = s.take_violations();
-        ledgers.finish(&mut v, |_| false);
+        ledgers.finish(&mut v, |_| false, |_| false);
         assert!(v.is_empty(), "{:?}", v.kept);
 
         // Now what verification must catch: an overfill, and a fill for
