@@ -148,13 +148,18 @@ fn node_command(url: &str, journal: &Path, shards: u32) -> Command {
     node_command_with(url, journal, shards, &SYMBOLS.to_string())
 }
 
-fn node_command_with(url: &str, journal: &Path, shards: u32, symbols: &str) -> Command {
-    let cpu = tuning::allowed_cpus()
+/// The first CPU this process may use: the nodes' core.
+fn first_cpu() -> String {
+    tuning::allowed_cpus()
         .expect("affinity")
         .iter()
         .next()
-        .expect("one CPU");
-    let mut c = testkit::turbo_dex(env!("CARGO_BIN_EXE_turbo-dex"), &cpu.to_string());
+        .expect("one CPU")
+        .to_string()
+}
+
+fn node_command_with(url: &str, journal: &Path, shards: u32, symbols: &str) -> Command {
+    let mut c = testkit::turbo_dex(env!("CARGO_BIN_EXE_turbo-dex"), &first_cpu());
     c.args([
         "--no-pin",
         "--quiet",
@@ -868,12 +873,7 @@ fn a_node_paused_past_its_lease_refuses_the_shard_it_lost_when_it_resumes() {
 fn cluster_flags_are_checked_before_anything_starts() {
     let dir = TempDir::new("cluster-flags");
     let journal = dir.str("a");
-    let cpu = tuning::allowed_cpus()
-        .expect("affinity")
-        .iter()
-        .next()
-        .expect("one CPU")
-        .to_string();
+    let cpu = first_cpu();
     let common = ["--cores", &cpu, "--no-pin", "--quiet", "--admin", "none"];
     let cluster = ["--cluster", "nats://127.0.0.1:1"];
     // An unspecified listen address cannot be advertised.
@@ -1783,12 +1783,7 @@ fn failover_command(
         None => node_command(&nats.url(i), journal, SHARDS),
         // As `node_command`, in machine i's namespace, on its address.
         Some(lan) => {
-            let cpu = tuning::allowed_cpus()
-                .expect("affinity")
-                .iter()
-                .next()
-                .expect("one CPU")
-                .to_string();
+            let cpu = first_cpu();
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &lan.ns_name(Some(i))])
                 .arg(env!("CARGO_BIN_EXE_turbo-dex"))

@@ -233,6 +233,19 @@ fn routed_run(cluster: &str, extra: &[&str], json: &Path, nats_url: Option<&str>
     dex_trader_with(&args, nats_url)
 }
 
+/// A `--verify` run that passed: exit 0, `verify ok`, no violation,
+/// nothing unanswered, trades paired. Its JSON report.
+fn verified_clean(out: &Output, json_path: &Path) -> serde_json::Value {
+    testkit::assert_success(out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  verify       ok"), "{stdout}");
+    let report = json(json_path);
+    assert_eq!(n(&report["violations"]), 0, "{report}");
+    assert_eq!(n(&report["unanswered"]), 0, "{report}");
+    assert!(n(&report["trades_paired"]) > 0, "{report}");
+    report
+}
+
 fn json(path: &Path) -> serde_json::Value {
     let body = std::fs::read_to_string(path).expect("the JSON report");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -325,14 +338,8 @@ fn verifies_every_report_across_three_nodes() {
     let seeds: Vec<String> = nodes.iter().map(|x| x.addr.to_string()).collect();
     let path = dir.join("run.json");
     let out = routed_run(&seeds.join(","), &["--verify"], &path, None);
-    testkit::assert_success(&out);
-    let stdout = text(&out.stdout);
-    assert!(stdout.contains("  verify       ok"), "{stdout}");
-    let report = json(&path);
-    assert_eq!(n(&report["violations"]), 0, "{report}");
-    assert_eq!(n(&report["unanswered"]), 0, "{report}");
+    let report = verified_clean(&out, &path);
     assert!(n(&report["trades"]) > 0, "{report}");
-    assert!(n(&report["trades_paired"]) > 0, "{report}");
     assert_eq!(n(&report["unrouted"]), 0, "{report}");
     assert_eq!(n(&report["cluster_map_version"]), map.version, "{report}");
     let listed = report["nodes"].as_array().expect("a nodes array");
@@ -646,13 +653,7 @@ fn verifies_across_a_shard_moved_mid_run() {
         .expect("turbo-dex cluster move");
     testkit::assert_success(&moved);
     let out = trader.wait_with_output().expect("dex-trader ends");
-    testkit::assert_success(&out);
-    let stdout = text(&out.stdout);
-    assert!(stdout.contains("  verify       ok"), "{stdout}");
-    let report = json(&path);
-    assert_eq!(n(&report["violations"]), 0, "{report}");
-    assert_eq!(n(&report["unanswered"]), 0, "{report}");
-    assert!(n(&report["trades_paired"]) > 0, "{report}");
+    let report = verified_clean(&out, &path);
     assert_eq!(
         report["shards_taken_over"],
         serde_json::json!([shard]),

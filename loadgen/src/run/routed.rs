@@ -521,12 +521,7 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
         return;
     }
     let shards = trader.routes.borrow_mut().close(i);
-    let count = trader.routes.borrow().shard_count().max(1);
-    let (lost, orders) = trader
-        .session
-        .borrow_mut()
-        .abandon(|symbol| shards.contains(&(symbol % count)));
-    trader.set_aside.set(trader.set_aside.get() + orders);
+    let lost = set_aside(trader, &shards);
     {
         let mut c = node.counts.borrow_mut();
         c.lost += lost;
@@ -542,18 +537,25 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
     trader.progress.raise();
 }
 
+/// Sets the session's orders on `shards` aside (counted); returns the
+/// requests that were in flight on them (lost).
+fn set_aside(trader: &Trader, shards: &[u32]) -> u64 {
+    let count = trader.routes.borrow().shard_count().max(1);
+    let (lost, orders) = trader
+        .session
+        .borrow_mut()
+        .abandon(|symbol| shards.contains(&(symbol % count)));
+    trader.set_aside.set(trader.set_aside.get() + orders);
+    lost
+}
+
 /// Another node took `shards` over (a failover or a move): it detached
 /// the sessions of their resting orders (PROTOCOL.md §8.11 rule 9), whose
 /// fills and cancels now reach no session, so this session's open orders
 /// there are set aside unchecked (late answers to them too), and their
 /// trades are paired only where both halves arrive.
 fn shards_taken_over(trader: &Trader, shards: &[u32]) {
-    let count = trader.routes.borrow().shard_count().max(1);
-    let (_, orders) = trader
-        .session
-        .borrow_mut()
-        .abandon(|symbol| shards.contains(&(symbol % count)));
-    trader.set_aside.set(trader.set_aside.get() + orders);
+    set_aside(trader, shards);
     let mut known = trader.taken_over.borrow_mut();
     for &s in shards {
         if !known.contains(&s) {
