@@ -205,7 +205,8 @@ async fn fetch_snapshot(
     // Read with a bound on each wait, not on the whole (a large snapshot
     // may take long; one whose chunks stop coming must not hold the copy
     // up for good).
-    let mut body = Vec::with_capacity(object.info.size);
+    // (The size is the object's own word: a bound on what is reserved.)
+    let mut body = Vec::with_capacity(object.info.size.min(64 << 20));
     let mut chunk = vec![0u8; 256 << 10];
     loop {
         let read = tokio::time::timeout(SNAPSHOT_STALL, async {
