@@ -162,6 +162,10 @@ impl Standbys {
 /// reload tried again).
 const SNAPSHOT_STALL: Duration = Duration::from_secs(5);
 
+/// The most a snapshot read reserves up front (it grows past it as bytes
+/// come).
+const SNAPSHOT_RESERVE_MAX: usize = 64 << 20;
+
 /// A reload that the core has not done after this long is logged.
 const RELOAD_SLOW: Duration = Duration::from_secs(5);
 
@@ -205,8 +209,8 @@ async fn fetch_snapshot(
     // Read with a bound on each wait, not on the whole (a large snapshot
     // may take long; one whose chunks stop coming must not hold the copy
     // up for good).
-    // (The size is the object's own word: a bound on what is reserved.)
-    let mut body = Vec::with_capacity(object.info.size.min(64 << 20));
+    // (The size is the object's own word: what is reserved is bounded.)
+    let mut body = Vec::with_capacity(object.info.size.min(SNAPSHOT_RESERVE_MAX));
     let mut chunk = vec![0u8; 256 << 10];
     loop {
         let read = tokio::time::timeout(SNAPSHOT_STALL, async {
