@@ -370,21 +370,30 @@ impl Routes {
 
     /// Takes a whole map when it is newer than the last one taken; each
     /// shard changes only when the map is at least as new as its route (a
-    /// `ShardOwner` may have brought newer news of it). A map with another
-    /// shard count is ignored: nodes of one cluster share it (§8.11).
+    /// `ShardOwner` may have brought newer news of it). A map of the same
+    /// version only names owners the table lacks: a node answers "no
+    /// owner" for a shard it holds but does not serve yet (a move or a
+    /// takeover catching up), at the version that gave it the shard, so
+    /// the same version may name the owner later or from another node
+    /// (§8.11 rule 5). A map with another shard count is ignored: nodes of
+    /// one cluster share it (§8.11).
     pub fn apply_map(&mut self, map: &MapView) -> RouteChange {
         let mut change = RouteChange::default();
         if map.owners.len() != self.route.len()
-            || (map.version <= self.map_version && self.map_version != 0)
+            || (map.version < self.map_version && self.map_version != 0)
         {
             return change;
         }
+        let same = map.version == self.map_version && self.map_version != 0;
         self.map_version = map.version;
         for (shard, &owner) in map.owners.iter().enumerate() {
             if map.version < self.version[shard] {
                 continue;
             }
             let addr = map.address_of(owner);
+            if same && (addr.is_none() || self.owner[shard].is_some()) {
+                continue;
+            }
             let to = self.connection_of(addr);
             if to.is_none()
                 && let Some(a) = addr
@@ -764,6 +773,31 @@ mod tests {
         assert_eq!(r.missing(), vec![addr(9003)]);
         assert_eq!(r.add_node(addr(9003)), Some(3));
         assert_eq!(r.route(3), Some(3));
+    }
+
+    #[test]
+    fn a_map_of_the_same_version_only_names_owners_the_routes_lack() {
+        // Node 1 answered before it served shard 3 (no owner, version 5).
+        let m = map(5);
+        let mut r = Routes::new(m.owner_addresses(), &m);
+        assert_eq!(r.route(3), None);
+        // Node 2's answer of the same version names node 1 for shard 3,
+        // and no owner for shard 0 (say node 2 heard late): shard 3 is
+        // filled in, shard 0 keeps its route.
+        let mut same = map(5);
+        same.owners = vec![0, 2, 1, 1];
+        let c = r.apply_map(&same);
+        assert_eq!(c.shards_moved, 1);
+        assert!(c.new_owner.is_empty());
+        assert_eq!(
+            (0..4).map(|s| r.route(s)).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(0), Some(0)]
+        );
+        // Nor does the same version move a shard between owners.
+        let mut other = map(5);
+        other.owners = vec![2, 1, 2, 2];
+        assert_eq!(r.apply_map(&other), RouteChange::default());
+        assert_eq!(r.route(0), Some(0));
     }
 
     #[test]

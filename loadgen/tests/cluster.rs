@@ -673,3 +673,166 @@ fn verifies_across_a_shard_moved_mid_run() {
     }
     drop((a, b));
 }
+
+/// Sends `addr` an IOC order on each shard's first symbol (it rests
+/// nowhere: nothing to trade with) until every one is acknowledged.
+fn until_every_shard_acknowledges(addr: SocketAddr) {
+    let until = Instant::now() + DEADLINE;
+    let mut s = TcpStream::connect(addr).expect("connect to the node");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    wire::append_frame(&[Hello::new(1, 0, 0, "")], &mut out).expect("hello");
+    s.write_all(&out).expect("send the hello");
+    let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let mut acknowledged = [false; SHARDS as usize];
+    let mut id = 0u64;
+    while !acknowledged.iter().all(|&a| a) {
+        assert!(
+            Instant::now() < until,
+            "{addr} acknowledged {acknowledged:?}"
+        );
+        out.clear();
+        for shard in (0..SHARDS).filter(|&s| !acknowledged[s as usize]) {
+            id += 1;
+            let order = wire::NewOrder::new(
+                id << 8 | u64::from(shard),
+                shard,
+                wire::Side::Buy,
+                wire::OrderType::Limit,
+                wire::TimeInForce::Ioc,
+                false,
+                wire::SelfTradePrevention::CancelIncoming,
+                1,
+                1,
+            );
+            wire::append_frame(&[order], &mut out).expect("order");
+        }
+        s.write_all(&out).expect("send the orders");
+        let wait = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < wait && !acknowledged.iter().all(|&a| a) {
+            match s.read(&mut chunk) {
+                Ok(0) => panic!("{addr} closed the connection"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => continue,
+            }
+            let mut frames = decoder.frames(&buf);
+            for f in frames.by_ref() {
+                if let Frame::Accepted(list) = f {
+                    for a in list.iter() {
+                        acknowledged[(a.client_order_id.get() & 0xff) as usize] = true;
+                    }
+                }
+            }
+            let used = frames.consumed();
+            buf.drain(..used);
+        }
+    }
+}
+
+/// `--cluster --verify` connected to one node only (it owns every shard)
+/// when that node goes silent without closing anything (stopped with
+/// SIGSTOP: the connection stays open, nothing comes back, as when its
+/// network is cut). Its leases run out, the standby takes its shards over;
+/// dex-trader, hearing no map for a while, asks the other node it knows of
+/// (from the map), follows the shards there, sets the silent node's orders
+/// aside, and trades on with no violation.
+#[test]
+fn finds_the_new_owner_when_its_only_node_goes_silent() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("trader-cluster-silent");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let start = |i: usize, journal: &Path| {
+        let url = nats.url(i);
+        let args = [
+            "--cluster",
+            &url,
+            "--shards",
+            "4",
+            "--replicas",
+            "2",
+            "--lease-ms",
+            "1000",
+        ];
+        Node::start(&args, journal)
+    };
+    let (mut a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(0, &ja));
+        let b = s.spawn(|| start(1, &jb));
+        (a.join().expect("a starts"), b.join().expect("b starts"))
+    });
+    let map = wait_for_even_split(&a);
+    let ida = node_id(&ja);
+    // Every shard to a, so that dex-trader connects to a alone.
+    for shard in (0..map.owners.len()).filter(|&s| map.owners[s] != ida) {
+        let moved = Command::new(turbo_dex_binary())
+            .args([
+                "cluster",
+                "move",
+                &shard.to_string(),
+                &format!("{ida:016x}"),
+            ])
+            .args(["--cluster", &nats.url(2)])
+            .output()
+            .expect("turbo-dex cluster move");
+        testkit::assert_success(&moved);
+    }
+    // As a answers it: a lists a shard it holds but does not serve yet
+    // (still applying its stream) with no owner.
+    let until = Instant::now() + DEADLINE;
+    while map_of(a.addr).owners != vec![ida; 4] {
+        assert!(Instant::now() < until, "a never served every shard");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And acknowledges orders on each (its first publishes to the moved
+    // shards' streams can wait on JetStream for a while).
+    until_every_shard_acknowledges(a.addr);
+    let path = dir.join("run.json");
+    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
+        .arg(a.addr.to_string())
+        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
+        .args(["--duration", "12s", "--verify", "--json"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("NATS_URL")
+        .spawn()
+        .expect("start dex-trader");
+    std::thread::sleep(Duration::from_millis(2000));
+    let pid = a.child.id().to_string();
+    let signal = |sig: &str| {
+        let out = Command::new("kill")
+            .args([sig, &pid])
+            .output()
+            .expect("run kill");
+        testkit::assert_success(&out);
+    };
+    signal("-STOP");
+    let out = trader.wait_with_output();
+    signal("-CONT");
+    let out = out.expect("dex-trader ends");
+    let report = verified_clean(&out, &path);
+    assert_eq!(
+        report["shards_taken_over"],
+        serde_json::json!([0, 1, 2, 3]),
+        "{report}"
+    );
+    let nodes = report["nodes"].as_array().expect("nodes");
+    let node = |addr: SocketAddr| {
+        nodes
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} in {report}"))
+    };
+    // b, which owned nothing when dex-trader started, was found and traded.
+    assert!(n(&node(a.addr)["trades"]) > 0, "{report}");
+    assert!(n(&node(b.addr)["orders_sent"]) > 0, "{report}");
+    assert!(n(&node(b.addr)["trades"]) > 0, "{report}");
+    a.kill();
+    drop(b);
+}

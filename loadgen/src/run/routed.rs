@@ -11,8 +11,18 @@
 //! node (in turn) for the whole map and connects to the owners it has no
 //! connection to. A shard whose owner is none, or not connected (yet),
 //! gets no requests: they are answered here with `Rejected(WrongNode)` and
-//! counted as unrouted. A node whose connection closes is dropped (its
-//! requests in flight counted lost); the session goes on with the others.
+//! counted as unrouted. A node whose connection closes, or that does not
+//! take a write within [`WRITE_LIMIT`], is dropped (its requests in flight
+//! counted lost); the session goes on with the others.
+//!
+//! A session does not rely on the nodes it happens to be connected to for
+//! news of the cluster: when no map has come for [`MAP_STALE`] (every node
+//! it is connected to is silent: cut off, stopped, or gone without a
+//! close), or when every connection has closed, it connects to a node it
+//! knows (a seed, or any node a map listed) that it has no open connection
+//! to, and asks that one. So a session whose only node was cut off finds
+//! the node that took its shards over. The run fails only when every
+//! connection has closed and no known node takes a new one.
 //!
 //! `--verify` checks the one session exactly as with one server: every
 //! report, from whichever node, goes through [`Session::on_bytes`] (the
@@ -50,6 +60,14 @@ use crate::verify::{NodeLedgers, TradeLedger};
 pub const MAP_REFRESH: Duration = Duration::from_secs(1);
 /// Token of the map requests (echoed in `ClusterMap.token`).
 const MAP_TOKEN: u64 = 0x6d61_7000;
+/// A session that has had no map answer for this long asks a node it is
+/// not connected to (three refreshes: every connected node was asked at
+/// least once, or the one connected node three times).
+pub const MAP_STALE: Duration = Duration::from_secs(3);
+/// The longest a write to a node may wait (its socket full: the node
+/// stopped reading, or the network to it is cut); then the node is taken
+/// for gone. Half the reference server's slow-consumer limit.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What one node connection of one session carried in the window.
 #[derive(Clone, Debug, Default)]
@@ -364,6 +382,16 @@ struct Trader {
     /// Orders set aside: open on a shard that passed to another node, or
     /// on a node that went.
     set_aside: Cell<u64>,
+    /// Every node address the session knows of: the seeds, then each node
+    /// a map listed; asked when the map is stale ([`reach_out`]).
+    known: RefCell<Vec<SocketAddr>>,
+    /// Where the next [`reach_out`] starts in `known`.
+    next_known: Cell<usize>,
+    /// When the last whole map came (ns since the epoch).
+    last_map_ns: Cell<u64>,
+    /// Why the last node connection closed (for the failure when every
+    /// one has and no known node takes a new one).
+    last_close: RefCell<Option<String>>,
 }
 
 async fn session(
@@ -444,7 +472,19 @@ async fn session(
         unrouted_window: Cell::new(0),
         taken_over: RefCell::new(Vec::new()),
         set_aside: Cell::new(0),
+        known: RefCell::new(Vec::new()),
+        next_known: Cell::new(0),
+        last_map_ns: Cell::new(clock.now_ns()),
+        last_close: RefCell::new(None),
     });
+    for &seed in plan.cluster.iter().flatten() {
+        note_known(&trader, seed);
+    }
+    if let Some(map) = shared.cluster.as_ref() {
+        for addr in map.nodes.iter().filter_map(|n| n.addr) {
+            note_known(&trader, addr);
+        }
+    }
     let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
     for (i, left) in leftovers.into_iter().enumerate() {
         let task = glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes));
@@ -511,8 +551,9 @@ async fn session(
 
 /// Node `i`'s connection closed (or failed) mid-run: nothing routes there
 /// any more, the requests in flight on its shards are lost (the session
-/// stops waiting for them), and the run goes on with the other nodes; it
-/// fails only when every node connection has closed.
+/// stops waiting for them), and the run goes on with the other nodes
+/// (when every one has closed, the sender reaches out to the nodes it
+/// knows: [`reach_out`]).
 fn node_lost(trader: &Trader, i: usize, why: String) {
     let Some(node) = trader.nodes.borrow().get(i).cloned() else {
         return;
@@ -527,14 +568,60 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
         c.lost += lost;
         c.closed = Some(why.clone());
     }
-    let routes = trader.routes.borrow();
-    if (0..trader.nodes.borrow().len()).all(|c| routes.is_closed(c)) {
-        trader.failure.borrow_mut().get_or_insert(format!(
-            "every node connection closed; the last, {}: {why}",
-            node.addr
-        ));
-    }
+    *trader.last_close.borrow_mut() = Some(format!("{}: {why}", node.addr));
     trader.progress.raise();
+}
+
+/// Adds `addr` to the nodes the session knows of (once).
+fn note_known(trader: &Trader, addr: SocketAddr) {
+    let mut known = trader.known.borrow_mut();
+    if !known.contains(&addr) {
+        known.push(addr);
+    }
+}
+
+/// Whether every node connection of the session has closed.
+fn all_closed(trader: &Trader) -> bool {
+    let routes = trader.routes.borrow();
+    (0..trader.nodes.borrow().len()).all(|c| routes.is_closed(c))
+}
+
+/// Connects to a node the session knows of and has no open connection to
+/// (in turn, from where the last call stopped), so that the next map
+/// request can go there: `tries` of them at most, stopping at the first
+/// that takes the connection. Returns whether one did; the errors of
+/// those that did not.
+async fn reach_out(
+    plan: &Plan,
+    trader: &Rc<Trader>,
+    global: usize,
+    clock: super::Clock,
+    recv_bytes: usize,
+    tries: usize,
+) -> (bool, Vec<String>) {
+    let candidates: Vec<SocketAddr> = {
+        let routes = trader.routes.borrow();
+        let nodes = trader.nodes.borrow();
+        let open =
+            |a: &SocketAddr| (0..nodes.len()).any(|c| nodes[c].addr == *a && !routes.is_closed(c));
+        let known = trader.known.borrow();
+        let start = trader.next_known.get();
+        (0..known.len())
+            .map(|k| known[(start + k) % known.len()])
+            .filter(|a| !open(a))
+            .take(tries)
+            .collect()
+    };
+    let mut why = Vec::new();
+    for addr in candidates {
+        let at = trader.known.borrow().iter().position(|&a| a == addr);
+        trader.next_known.set(at.map_or(0, |k| k + 1));
+        match connect_node(plan, trader, global, addr, clock, recv_bytes).await {
+            Ok(()) => return (true, why),
+            Err(e) => why.push(format!("{addr}: {e}")),
+        }
+    }
+    (false, why)
 }
 
 /// Sets the session's orders on `shards` aside (counted); returns the
@@ -597,13 +684,45 @@ async fn send(
         if now >= end_ns || interrupted() {
             return Ok(());
         }
+        // Every connection closed: a node the session knows of, at once.
+        if all_closed(trader) {
+            let (reached, why) =
+                reach_out(plan, trader, global, clock, recv_bytes, usize::MAX).await;
+            if !reached {
+                let last = trader.last_close.borrow().clone().unwrap_or_default();
+                let why = if why.is_empty() {
+                    "no other node is known".to_string()
+                } else {
+                    why.join("; ")
+                };
+                return Err(format!(
+                    "every node connection closed (the last, {last}), and no node it knows \
+                     takes a new one ({why})"
+                ));
+            }
+            n = trader.nodes.borrow().len();
+            outbox.grow(n, now);
+            next_map_ns = now;
+        }
         // The map first, so that it is re-read whatever the flow does; and
         // a connection to each owner the routes lack (a node that got
         // shards since the start, or came back), tried once a refresh.
         if now >= next_map_ns {
             let missing = trader.routes.borrow().missing();
             for addr in missing {
-                if connect_node(plan, trader, global, addr, clock, recv_bytes).await {
+                if connect_node(plan, trader, global, addr, clock, recv_bytes)
+                    .await
+                    .is_ok()
+                {
+                    n = trader.nodes.borrow().len();
+                    outbox.grow(n, now);
+                }
+            }
+            // No map for a while: the connected nodes are silent; one
+            // more node to ask.
+            if now.saturating_sub(trader.last_map_ns.get()) >= MAP_STALE.as_nanos() as u64 {
+                let (reached, _) = reach_out(plan, trader, global, clock, recv_bytes, 1).await;
+                if reached {
                     n = trader.nodes.borrow().len();
                     outbox.grow(n, now);
                 }
@@ -619,7 +738,7 @@ async fn send(
                 wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
                     .map_err(|e| format!("cannot encode a map request: {e}"))?;
                 let node = trader.nodes.borrow()[i].clone();
-                if let Err(e) = write_all(&node.stream, &out).await {
+                if let Err(e) = write_to(&node, &out).await {
                     node_lost(trader, i, format!("sending a map request failed: {e}"));
                 }
             }
@@ -665,7 +784,7 @@ async fn send(
                     &mut out,
                 )
                 .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
-                if let Err(e) = write_all(&node.stream, &out).await {
+                if let Err(e) = write_to(&node, &out).await {
                     node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
                 }
                 *last = now;
@@ -788,12 +907,28 @@ async fn dispatch(
             continue;
         }
         let node = trader.nodes.borrow()[i].clone();
-        if let Err(e) = write_all(&node.stream, o).await {
+        if let Err(e) = write_to(&node, o).await {
             node_lost(trader, i, format!("sending to it failed: {e}"));
         }
         outbox.last_send_ns[i] = now;
     }
     Ok(routed)
+}
+
+/// Writes `bytes` to `node`, given up after [`WRITE_LIMIT`] (the timer
+/// starts only when the socket does not take them at once).
+async fn write_to(node: &NodeLink, bytes: &[u8]) -> std::io::Result<()> {
+    let limit = async {
+        glommio::timer::sleep(WRITE_LIMIT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "it took no bytes for {} s (it stopped reading, or the network to it is cut)",
+                WRITE_LIMIT.as_secs()
+            ),
+        ))
+    };
+    futures_lite::future::or(write_all(&node.stream, bytes), limit).await
 }
 
 /// Hands the session the reports in `bytes` that `node` sent, or with
@@ -815,8 +950,9 @@ fn on_node_reports(
 }
 
 /// Connects the session to `addr` mid-run (a node that owns shards the
-/// routes have no connection for) and starts its receiver; false when it
-/// cannot (tried again at the next map refresh).
+/// routes have no connection for, or one to ask for the map) and starts
+/// its receiver; why not when it cannot (tried again at the next map
+/// refresh).
 async fn connect_node(
     plan: &Plan,
     trader: &Rc<Trader>,
@@ -824,12 +960,14 @@ async fn connect_node(
     addr: SocketAddr,
     clock: super::Clock,
     recv_bytes: usize,
-) -> bool {
-    let Ok(conn) = connect(plan, global, addr, &format!("node {addr}")).await else {
-        return false;
-    };
+) -> Result<(), String> {
+    let conn = connect(plan, global, addr, &format!("node {addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
     let Some(i) = trader.routes.borrow_mut().add_node(addr) else {
-        return false;
+        return Err(format!(
+            "the session has had {NODE_CONNECTIONS_MAX} node connections, the most it may"
+        ));
     };
     debug_assert_eq!(i, trader.nodes.borrow().len());
     trader.nodes.borrow_mut().push(Rc::new(NodeLink {
@@ -843,7 +981,7 @@ async fn connect_node(
     }));
     let task = glommio::spawn_local(receive(trader.clone(), i, clock, conn.leftover, recv_bytes));
     trader.receivers.borrow_mut().push(task);
-    true
+    Ok(())
 }
 
 /// Reads node `i`'s reports until cancelled or the connection fails.
@@ -898,6 +1036,10 @@ async fn receive(
                 Frame::ClusterMap(_) | Frame::ClusterNode(_) | Frame::ClusterShard(_) => {
                     // A bad answer is dropped; the next refresh asks again.
                     if let Ok(Some(map)) = assembler.on_frame(&frame) {
+                        trader.last_map_ns.set(now);
+                        for addr in map.nodes.iter().filter_map(|n| n.addr) {
+                            note_known(&trader, addr);
+                        }
                         taken_over.extend(trader.routes.borrow_mut().apply_map(&map).new_owner);
                     }
                 }
