@@ -11,7 +11,9 @@
 # consistent quantities and that resent orders are refused, and brings
 # the machine back (restarted, or joined again) as a standby, which must
 # reload its copies from the streams and agree with the owners' snapshot
-# digests.
+# digests. Beside the test's own client, dex-trader --cluster --verify
+# trades through each trial on symbols and accounts of its own (every
+# machine a seed), and must end with no violation.
 # The last line:
 #
 #   trials T, acknowledged N, lost L, executed twice D, failover p50 X ms max Y ms
@@ -87,12 +89,18 @@ fi
 echo "failover test: $TRIALS trials, $STEPS orders each, seed $SEED, $(PATH="$PATH:/usr/sbin" nats-server --version) (release build)" >&2
 log=$(mktemp "${TMPDIR:-/tmp}/turbo-dex-failover-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
+# The test starts dex-trader from the folder of its own binary.
+cargo build --release --locked -p loadgen --bin dex-trader >"$log" 2>&1 || {
+    echo "failover-test: error: cannot build dex-trader:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+}
 status=0
 FAILOVER_TRIALS=$TRIALS FAILOVER_STEPS=$STEPS FAILOVER_SEED=$SEED FAILOVER_KEEP_NATS=$KEEP_NATS FAILOVER_LOOPBACK=$LOOPBACK \
     cargo test --release --locked -p engine --test cluster failover_loses_no_acknowledged_order \
     -- --nocapture >"$log" 2>&1 || status=$?
 # Each kill and failover, and on failure what failed.
-grep -E '^(failover test|trial [0-9]+:|orders refused|test result)|panicked|lost:|executed twice:|accepted again|reached account|SKIP' "$log" || true
+grep -E '^(failover test|trial [0-9]+:|orders refused|dex-trader --cluster|test result)|panicked|lost:|executed twice:|accepted again|reached account|SKIP' "$log" || true
 if [ "$status" -ne 0 ]; then
     echo "failover-test: FAILED (seed $SEED); the log's end:" >&2
     tail -n 80 "$log" >&2

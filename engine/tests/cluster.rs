@@ -1779,8 +1779,9 @@ fn failover_command(
     i: usize,
     journal: &Path,
 ) -> Command {
+    let symbols = FAILOVER_SYMBOLS.to_string();
     let mut c = match lan {
-        None => node_command(&nats.url(i), journal, SHARDS),
+        None => node_command_with(&nats.url(i), journal, SHARDS, &symbols),
         // As `node_command`, in machine i's namespace, on its address.
         Some(lan) => {
             let cpu = first_cpu();
@@ -1796,12 +1797,7 @@ fn failover_command(
                     "--no-pin",
                     "--quiet",
                 ])
-                .args([
-                    "--shards",
-                    &SHARDS.to_string(),
-                    "--symbols",
-                    &SYMBOLS.to_string(),
-                ])
+                .args(["--shards", &SHARDS.to_string(), "--symbols", &symbols])
                 .args([
                     "--journal-segment-bytes",
                     "1048576",
@@ -1825,6 +1821,125 @@ fn failover_command(
     ])
     .env("RUST_LOG", "info");
     c
+}
+
+/// Symbols of the failover test's nodes: dex-trader trades the first
+/// [`SYMBOLS`], the test's own client the others.
+const FAILOVER_SYMBOLS: u32 = 2 * SYMBOLS;
+
+/// `dex-trader --cluster --verify` trading through one trial of the
+/// failover test, on symbols of its own and accounts of its own (11 and
+/// 12), at a modest rate (the test's machines share two cores). Killed
+/// if the test ends without [`Trader::finish`].
+struct Trader {
+    child: Option<Child>,
+    json: PathBuf,
+    trial: u64,
+}
+
+/// What a trial's dex-trader run reported.
+#[derive(Default)]
+struct Traded {
+    orders: u64,
+    trades: u64,
+    set_aside: u64,
+    shards_taken_over: usize,
+}
+
+impl Trader {
+    /// Started from the test's thread (in the machines' network, when
+    /// they are in namespaces), with every live machine as a seed.
+    fn start(machines: &[Machine], dir: &Path, trial: u64, seed: u64) -> Trader {
+        let bin = testkit::bin_dir(&["dex-trader"]).join("dex-trader");
+        let seeds: Vec<String> = machines
+            .iter()
+            .filter(|m| m.reachable())
+            .filter_map(|m| m.node.as_ref().map(|n| n.addr.to_string()))
+            .collect();
+        let json = dir.join(format!("trader-{trial}.json"));
+        let log = std::fs::File::create(json.with_extension("log")).expect("dex-trader log");
+        let child = Command::new(bin)
+            .args(["--quiet", "--no-pin", "--cores", &first_cpu()])
+            .args(["--cluster", &seeds.join(",")])
+            .args(["--verify", "--mix", "match", "--connections", "2"])
+            .args(["--account", "11", "--accounts", "2"])
+            .args(["--batch", "10", "--rate", "500", "--symbols"])
+            .arg(SYMBOLS.to_string())
+            .args(["--warmup", "0s", "--duration", "1h", "--seed"])
+            .arg(seed.to_string())
+            .arg("--json")
+            .arg(&json)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dex-trader log"))
+            .stderr(log)
+            .env_remove("NATS_URL")
+            .spawn()
+            .expect("start dex-trader");
+        Trader {
+            child: Some(child),
+            json,
+            trial,
+        }
+    }
+
+    /// Ends the run (SIGINT: it stops sending, drains, reports, and exits
+    /// 1 for the interruption) and checks its report: nothing failed but
+    /// the interruption, every request was answered, it traded, and
+    /// `--verify` found no violation.
+    fn finish(mut self) -> Traded {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) takes plain integers; the child has not been
+        // waited for.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(rc, 0, "SIGINT: {}", std::io::Error::last_os_error());
+        let until = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for dex-trader") {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("dex-trader did not end within {DEADLINE:?} of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(self.json.with_extension("log")).unwrap_or_default();
+        let trial = self.trial;
+        let body = std::fs::read_to_string(&self.json)
+            .unwrap_or_else(|e| panic!("trial {trial}: no JSON report ({e}); {status}\n{log}"));
+        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let count = |k: &str| {
+            report[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k}: {report}"))
+        };
+        // An interrupted run exits 1 saying so; that must be its only fault.
+        let failure = report["failure"].as_str().unwrap_or_default();
+        assert!(
+            failure.starts_with("interrupted by a signal"),
+            "trial {trial}: dex-trader: {status}, {failure:?}\n{log}"
+        );
+        assert_eq!(status.code(), Some(1), "trial {trial}: {status}\n{log}");
+        assert_eq!(report["verify_ok"], true, "trial {trial}: {report}\n{log}");
+        assert_eq!(count("violations"), 0, "trial {trial}: {report}");
+        assert_eq!(count("unanswered"), 0, "trial {trial}: {report}");
+        assert!(count("trades") > 0, "trial {trial}: no trade: {report}");
+        Traded {
+            orders: count("orders_sent"),
+            trades: count("trades"),
+            set_aside: count("orders_set_aside"),
+            shards_taken_over: report["shards_taken_over"].as_array().map_or(0, Vec::len),
+        }
+    }
+}
+
+impl Drop for Trader {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// What the test knows of one order.
@@ -1928,7 +2043,11 @@ fn answer_within(
 /// joined again): its node drops what it journaled that the streams lack,
 /// reloads its copies from them as a standby, and compares its digests
 /// with the owners' snapshots (a mismatch would stop it with exit status
-/// 70); the test trades until it has compared at least one.
+/// 70); the test trades until it has compared at least one. Through each
+/// trial, `dex-trader --cluster --verify` (prebuilt, beside the test's
+/// binary) trades too, on the first [`SYMBOLS`] (the test's client on the
+/// others) under accounts of its own: it must follow the takeover, answer
+/// every request and find no violation.
 ///
 /// `FAILOVER_TRIALS` (default 2: one kill, one cut), `FAILOVER_STEPS`
 /// (orders per trial, default 300), `FAILOVER_SEED`,
@@ -2001,9 +2120,11 @@ fn failover_loses_no_acknowledged_order() {
     let mut failovers: Vec<u64> = Vec::new();
     let (mut lost, mut twice) = (0u64, 0u64);
     let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut traded = Traded::default();
     for trial in 0..trials {
         // Every shard served by a live machine.
         let owners = current_owners(&mut machines);
+        let trader = Trader::start(&machines, dir.path(), trial, seed ^ trial);
         let kill_at = steps / 4 + rng.below(steps / 2);
         // (victim, when, its shards, cut rather than killed)
         let mut killed: Option<(usize, Instant, Vec<u32>, bool)> = None;
@@ -2050,8 +2171,9 @@ fn failover_loses_no_acknowledged_order() {
                 );
                 killed = Some((victim, Instant::now(), shards, cut));
             }
+            // The symbols after dex-trader's.
             let shard = rng.below(u64::from(SHARDS)) as u32;
-            let symbol = shard + SHARDS * rng.below(u64::from(SYMBOLS / SHARDS)) as u32;
+            let symbol = SYMBOLS + shard + SHARDS * rng.below(u64::from(SYMBOLS / SHARDS)) as u32;
             let account = 1 + rng.below(2);
             let side = if account == 1 {
                 wire::Side::Buy
@@ -2200,12 +2322,26 @@ fn failover_loses_no_acknowledged_order() {
                 );
             }
         }
+        let t = trader.finish();
+        eprintln!(
+            "trial {trial}: dex-trader --verify ok: {} orders, {} trades, {} shard(s) seen \
+             taken over, {} order(s) set aside",
+            t.orders, t.trades, t.shards_taken_over, t.set_aside
+        );
+        traded.orders += t.orders;
+        traded.trades += t.trades;
+        traded.set_aside += t.set_aside;
     }
     failovers.sort_unstable();
     eprintln!("orders refused (not executed): {refusals:?}");
     if std::env::var_os("FAILOVER_VERBOSE").is_some() {
         eprintln!("{}", logs(&machines));
     }
+    println!(
+        "dex-trader --cluster --verify beside the test: {} orders, {} trades, {} set aside, \
+         no violation",
+        traded.orders, traded.trades, traded.set_aside
+    );
     let acknowledged = orders.values().filter(|o| o.accepted > 0).count();
     let p50 = failovers.get(failovers.len() / 2).copied().unwrap_or(0);
     let max = failovers.last().copied().unwrap_or(0);
@@ -2425,12 +2561,14 @@ fn settle_standby(
             owners = current_owners(machines);
             continue;
         };
-        c.send(&[wire::NewOrder::limit(id, shard, wire::Side::Buy, 1, 1)]);
+        // Of the test's symbols, not dex-trader's.
+        let symbol = SYMBOLS + shard;
+        c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
         orders.insert(
             id,
             Sent {
                 account: 1,
-                symbol: shard,
+                symbol,
                 quantity: 1,
                 ..Sent::default()
             },
