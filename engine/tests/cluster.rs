@@ -1713,6 +1713,120 @@ fn a_live_shard_moves_to_its_standby() {
     );
 }
 
+/// A standby copy changes only by its owner's stream. Session ids are a
+/// node's own (core, generation, slot), so a session on the standby can
+/// have the id of the owner's session whose orders rest in the copy; its
+/// cancel-on-disconnect must not reach the copy (it did: the copy lost
+/// the owner's orders, and the standby stopped at the next digest
+/// comparison, or served a book without them after a move). Here the
+/// colliding session is made on purpose and closed; the standby's digest
+/// still agrees with the owner's, and after a move the orders rest on.
+#[test]
+fn a_standby_copy_ignores_cancel_on_disconnect_of_a_session_with_the_owners_id() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-standby-cod");
+    let (ja, jb) = (dir.join("a"), dir.join("b"));
+    let extra = [
+        "--replicas",
+        "2",
+        "--lease-ms",
+        "1000",
+        "--snapshot-every",
+        "20",
+    ];
+    let mut first = node_command(&nats.url(0), &ja, SHARDS);
+    first.args(extra);
+    let mut second = node_command(&nats.url(1), &jb, SHARDS);
+    second.args(extra);
+    let (a, b) = (Node::launch(first, &ja), Node::launch(second, &jb));
+    let (a, b) = (Node::ready(a.0, a.1), Node::ready(b.0, b.1));
+    let (ida, idb) = (node_id(&ja), node_id(&jb));
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
+    let map = wait_map(&mut ca, "both nodes own shards", |m| {
+        m.owners.contains(&ida) && m.owners.contains(&idb)
+    });
+    let shard = map.owners.iter().position(|&o| o == ida).unwrap() as u32;
+    let symbol = symbol_of_shard(shard);
+    // Orders resting on a's shard, of a's session `ca.session`.
+    let first_id = order_until_accepted(&mut ca, 1, symbol, "a serves", || a.log());
+    let resting: Vec<u64> = (first_id..first_id + 5).collect();
+    for &id in &resting[1..] {
+        order(&mut ca, id, symbol).expect("accepted");
+    }
+    // b copies the shard (it is its standby): wait until its copy is
+    // loaded and follows the stream.
+    let until = Instant::now() + DEADLINE;
+    while !b
+        .log()
+        .contains(&format!("standby: shard {shard}: copy loaded"))
+    {
+        assert!(
+            Instant::now() < until,
+            "b never copied shard {shard}:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A session on b with cancel-on-disconnect and the same id, closed.
+    let mut same = None;
+    for _ in 0..200 {
+        let c = Client::login_version(b.addr, 1, wire::HELLO_CANCEL_ON_DISCONNECT, 2);
+        if c.session == ca.session {
+            same = Some(c);
+            break;
+        }
+    }
+    let same = same.unwrap_or_else(|| panic!("no session on b got id {:#x}", ca.session));
+    drop(same);
+    // More records, so that a snapshot comes and b compares its digest.
+    let from = b.log().len();
+    let mut id = resting[4] + 1;
+    let until = Instant::now() + DEADLINE;
+    while !b
+        .log()
+        .get(from..)
+        .is_some_and(|l| l.contains("agrees with the owner"))
+    {
+        assert!(
+            Instant::now() < until,
+            "b compared no digest after the close:\n{}",
+            b.log()
+        );
+        // Far from the resting buys: each rests too.
+        ca.send(&[buy(id, symbol, 50, 1)]);
+        let _ = answer_of(&mut ca, id);
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!b.log().contains("FATAL"), "{}", b.log());
+    // b takes the shard over: the orders rest there.
+    let out = turbo_dex_cli(&[
+        "cluster",
+        "move",
+        &shard.to_string(),
+        &format!("{idb:016x}"),
+        "--cluster",
+        &nats.url(2),
+    ]);
+    assert!(out.status.success(), "{}", testkit::output_text(&out));
+    let mut cb = Client::login_version(b.addr, 1, 0, 2);
+    order_until_accepted(&mut cb, 1 << 20, symbol, "b serves", || b.log());
+    for &x in &resting {
+        cb.send(&[OrderQuery::new(x, symbol)]);
+        let Msg::Status(s) = cb.wait_for(|m| matches!(m, Msg::Status(_)), "status") else {
+            unreachable!()
+        };
+        assert_eq!(
+            wire::OrderState::from_wire(s.state),
+            Ok(wire::OrderState::Live),
+            "order {x} on b after the move\n{}",
+            b.log()
+        );
+    }
+}
+
 /// xorshift64*: the failover test's randomness, seeded so that a failure
 /// can be replayed (`FAILOVER_SEED`).
 struct Rng(u64);

@@ -380,10 +380,31 @@ impl<M: Matcher + Snapshot> State<M> {
     }
 
     /// Sends `cmd` to every shard of every core (cancel-on-disconnect, a
-    /// MassCancel of all symbols, the kill switch).
+    /// MassCancel of all symbols, the kill switch) that this node serves:
+    /// in a cluster, a shard served elsewhere is not this node's business,
+    /// and a standby copy changes only by its owner's stream (its orders
+    /// carry the owner's session ids, which a session here may share: a
+    /// cancel-on-disconnect applied to the copy would cancel the owner's
+    /// orders in the copy alone, and the copy would no longer be exact).
+    /// A shard skipped counts as processed at once for the session that
+    /// waits on it.
     pub fn route_everywhere(&mut self, cmd: Command) {
+        let now = self.cluster_now_ns;
+        let ncores = self.cfg.ncores;
+        let waits = !matches!(
+            cmd.op,
+            Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions
+        );
         for core in 0..self.cfg.ncores {
             for shard in 0..shards_on_core(self.cfg.shard_count, self.cfg.ncores, core) {
+                if let Some(view) = &self.cfg.cluster
+                    && !view.serves_at(global_shard(shard, ncores, core), now)
+                {
+                    if waits {
+                        self.router.processed(cmd.session, 1);
+                    }
+                    continue;
+                }
                 if core == self.cfg.index {
                     let _ = self.queue_local(shard, cmd);
                 } else {
