@@ -472,6 +472,17 @@ enum ClusterAction {
         /// The node that gets it (16 hex digits, as `cluster status` shows).
         node: String,
     },
+    /// Move live shards until every live node owns its fair share (in
+    /// proportion to its cores), as `move` moves them, one at a time: for
+    /// a machine that came back after a failover, which only stands by.
+    /// Each move pauses its shard for a moment and detaches the sessions
+    /// of its resting orders (PROTOCOL.md §8.11 rule 9). With replicated
+    /// journals only.
+    Rebalance {
+        /// Print the moves without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -661,6 +672,9 @@ fn main() -> ExitCode {
             }
             ClusterAction::Move { shard, node } => {
                 engine::cluster::agent::move_shard(&urls, shard, &node)
+            }
+            ClusterAction::Rebalance { dry_run } => {
+                engine::cluster::agent::rebalance(&urls, dry_run)
             }
         });
         return match result {

@@ -1711,6 +1711,43 @@ fn a_live_shard_moves_to_its_standby() {
         "{}",
         String::from_utf8_lossy(&nobody.stderr)
     );
+    // b owns one shard more than its share now: `cluster rebalance` moves
+    // one back (--dry-run only says which), then finds nothing to do.
+    let owners = |c: &mut Client| wait_map(c, "a map", |_| true).owners;
+    let count = |o: &[u64], id: u64| o.iter().filter(|&&x| x == id).count();
+    let before = owners(&mut ca);
+    assert_eq!(
+        (count(&before, ida), count(&before, idb)),
+        (1, 3),
+        "{before:?}"
+    );
+    let rebalance = |extra: &[&str]| {
+        let mut args = vec!["cluster", "rebalance", "--cluster"];
+        let url = nats.url(1);
+        args.push(&url);
+        args.extend_from_slice(extra);
+        let out = turbo_dex_cli(&args);
+        let said = testkit::output_text(&out);
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let plan = rebalance(&["--dry-run"]);
+    assert!(
+        plan.contains(&format!("from node {idb:016x} to node {ida:016x}")),
+        "{plan}"
+    );
+    assert_eq!(owners(&mut ca), before, "--dry-run moved a shard");
+    let done = rebalance(&[]);
+    assert!(
+        done.contains(&format!("moved from node {idb:016x} to node {ida:016x}")),
+        "{done}"
+    );
+    assert!(done.contains("owns 2 shard(s), its share 2"), "{done}");
+    let after = wait_map(&mut ca, "two shards each", |m| {
+        count(&m.owners, ida) == 2 && count(&m.owners, idb) == 2
+    });
+    assert_eq!(after.owners.len(), SHARDS as usize);
+    assert!(rebalance(&[]).contains("balanced already"));
 }
 
 /// A standby copy changes only by its owner's stream. Session ids are a
@@ -1942,9 +1979,11 @@ fn failover_command(
 const FAILOVER_SYMBOLS: u32 = 2 * SYMBOLS;
 
 /// `dex-trader --cluster --verify` trading through one trial of the
-/// failover test, on symbols of its own and accounts of its own (11 and
-/// 12), at a modest rate (the test's machines share two cores). Killed
-/// if the test ends without [`Trader::finish`].
+/// failover test, on symbols of its own and two accounts of its own,
+/// fresh each trial ([`Trader::accounts`]: a shard remembers finished
+/// client order ids per account, and each run numbers its orders from 1),
+/// at a modest rate (the test's machines share two cores). Killed if the
+/// test ends without [`Trader::finish`].
 struct Trader {
     child: Option<Child>,
     json: PathBuf,
@@ -1971,12 +2010,13 @@ impl Trader {
             .filter_map(|m| m.node.as_ref().map(|n| n.addr.to_string()))
             .collect();
         let json = dir.join(format!("trader-{trial}.json"));
+        let account = Trader::accounts(trial)[0].to_string();
         let log = std::fs::File::create(json.with_extension("log")).expect("dex-trader log");
         let child = Command::new(bin)
             .args(["--quiet", "--no-pin", "--cores", &first_cpu()])
             .args(["--cluster", &seeds.join(",")])
             .args(["--verify", "--mix", "match", "--connections", "2"])
-            .args(["--account", "11", "--accounts", "2"])
+            .args(["--account", &account, "--accounts", "2"])
             .args(["--batch", "10", "--rate", "500", "--symbols"])
             .arg(SYMBOLS.to_string())
             .args(["--warmup", "0s", "--duration", "1h", "--seed"])
@@ -1993,6 +2033,35 @@ impl Trader {
             child: Some(child),
             json,
             trial,
+        }
+    }
+
+    /// The accounts of trial `trial`'s run (the test's client uses 1 and 2).
+    fn accounts(trial: u64) -> [u64; 2] {
+        [11 + 2 * trial, 12 + 2 * trial]
+    }
+
+    /// Cancels what the trial's run left resting: the orders it set aside
+    /// rest on at the shards' new owners, detached from any session, and
+    /// would trade with the next run's orders (makers it never sent). A
+    /// MassCancel of all symbols per account on every reachable machine
+    /// (each acts on the shards its node serves), each confirmed by the
+    /// echo of a heartbeat sent behind it.
+    fn cancel_leftovers(machines: &[Machine], trial: u64) {
+        for node in machines
+            .iter()
+            .filter(|m| m.reachable())
+            .filter_map(|m| m.node.as_ref())
+        {
+            for account in Trader::accounts(trial) {
+                let mut c = Client::login_version(node.addr, account, 0, 2);
+                c.send(&[wire::MassCancel::new(1, wire::MASS_CANCEL_ALL_SYMBOLS)]);
+                c.send(&[wire::Heartbeat { token: 77.into() }]);
+                c.wait_for(
+                    |m| matches!(m, Msg::Heartbeat(h) if h.token.get() == 77),
+                    "the MassCancel done",
+                );
+            }
         }
     }
 
@@ -2157,7 +2226,8 @@ fn answer_within(
 /// joined again): its node drops what it journaled that the streams lack,
 /// reloads its copies from them as a standby, and compares its digests
 /// with the owners' snapshots (a mismatch would stop it with exit status
-/// 70); the test trades until it has compared at least one. Through each
+/// 70); the test trades until it has compared at least one, and then
+/// rebalances the shards (`turbo-dex cluster rebalance`). Through each
 /// trial, `dex-trader --cluster --verify` (prebuilt, beside the test's
 /// binary) trades too, on the first [`SYMBOLS`] (the test's client on the
 /// others) under accounts of its own: it must follow the takeover, answer
@@ -2238,6 +2308,13 @@ fn failover_loses_no_acknowledged_order() {
     for trial in 0..trials {
         // Every shard served by a live machine.
         let owners = current_owners(&mut machines);
+        let trial_started = Instant::now();
+        let phase = |what: &str| {
+            eprintln!(
+                "trial {trial}: {what} at {:.1} s",
+                trial_started.elapsed().as_secs_f64()
+            );
+        };
         let trader = Trader::start(&machines, dir.path(), trial, seed ^ trial);
         let kill_at = steps / 4 + rng.below(steps / 2);
         // (victim, when, its shards, cut rather than killed)
@@ -2403,7 +2480,9 @@ fn failover_loses_no_acknowledged_order() {
         // The victim's shards have a new owner; every acknowledged order is
         // there.
         let owners = current_owners(&mut machines);
+        phase("traded; checking every order");
         let (l, d) = check_orders(&mut machines, &owners, &mut orders);
+        phase("checked; the machine comes back");
         lost += l;
         twice += d;
         // The dead machine comes back (or the cut one is joined again), as
@@ -2425,6 +2504,7 @@ fn failover_loses_no_acknowledged_order() {
                 0
             };
             settle_standby(&mut machines, victim, from, &mut orders, &mut next_id);
+            phase("it stands by (a digest agreed)");
             if cut {
                 // It learnt that it lost its shards and reloaded them from
                 // their streams, dropping what it journaled alone.
@@ -2437,6 +2517,8 @@ fn failover_loses_no_acknowledged_order() {
             }
         }
         let t = trader.finish();
+        Trader::cancel_leftovers(&machines, trial);
+        phase("dex-trader done");
         eprintln!(
             "trial {trial}: dex-trader --verify ok: {} orders, {} trades, {} shard(s) seen \
              taken over, {} order(s) set aside",
@@ -2445,6 +2527,21 @@ fn failover_loses_no_acknowledged_order() {
         traded.orders += t.orders;
         traded.trades += t.trades;
         traded.set_aside += t.set_aside;
+        // As an operator would once the machine is back: its fair share of
+        // the shards again (else after a few trials one node owns every
+        // shard, and every trial takes all of them away).
+        let live = machines.iter().position(Machine::reachable).unwrap_or(0);
+        let out = turbo_dex_cli(&["cluster", "rebalance", "--cluster", &nats.url(live)]);
+        let said = testkit::output_text(&out);
+        assert!(
+            out.status.success(),
+            "trial {trial}: cluster rebalance: {said}\nlogs:\n{}",
+            logs(&machines)
+        );
+        for line in said.lines().filter(|l| l.contains("moved from")) {
+            eprintln!("trial {trial}: rebalanced: {line}");
+        }
+        phase("rebalanced");
     }
     failovers.sort_unstable();
     eprintln!("orders refused (not executed): {refusals:?}");

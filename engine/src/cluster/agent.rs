@@ -1235,6 +1235,84 @@ pub fn move_shard(urls: &str, shard: u32, node: &str) -> Result<String, String> 
     let rt = runtime()?;
     rt.block_on(async {
         let (b, config) = operator_buckets(urls, shard).await?;
+        move_live(&b, &config, shard, node).await
+    })
+}
+
+/// `turbo-dex cluster rebalance [--dry-run]`: the moves that bring every
+/// live node to its fair share ([`plan::rebalance`]), each made as
+/// `cluster move` makes it (one after the other), or with `dry_run` only
+/// listed. Only with replicated journals.
+pub fn rebalance(urls: &str, dry_run: bool) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (b, config) = operator_buckets(urls, 0).await?;
+        let now = wall_ms();
+        let nodes = read_nodes(&b.nodes).await?;
+        let leases = read_leases(&b.leases, config.shards).await?;
+        let moves = plan::rebalance(&nodes, &leases, now);
+        let mut out = String::new();
+        if moves.is_empty() {
+            out.push_str("balanced already: every live node owns its share\n");
+        }
+        for m in &moves {
+            if dry_run {
+                let _ = writeln!(
+                    out,
+                    "would move shard {} from node {} to node {}",
+                    m.shard,
+                    format_node_id(m.from),
+                    format_node_id(m.to)
+                );
+                continue;
+            }
+            match move_live(&b, &config, m.shard, m.to).await {
+                Ok(said) => {
+                    let _ = writeln!(out, "{said}");
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{out}moving shard {} to node {}: {e}",
+                        m.shard,
+                        format_node_id(m.to)
+                    ));
+                }
+            }
+        }
+        let leases = read_leases(&b.leases, config.shards).await?;
+        let share = plan::shares(
+            config.shards,
+            &nodes,
+            nodes.first().map_or(0, |n| n.id),
+            now,
+        );
+        for n in nodes.iter().filter(|n| plan::alive(n, now)) {
+            let owns = leases
+                .iter()
+                .flatten()
+                .filter(|l| l.record.owner == n.id)
+                .count();
+            let _ = writeln!(
+                out,
+                "node {} owns {owns} shard(s){}, its share {}",
+                format_node_id(n.id),
+                if dry_run { " now" } else { "" },
+                share.get(&n.id).copied().unwrap_or(0)
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// Moves live `shard` to `node` (see [`move_shard`]).
+async fn move_live(
+    b: &Buckets,
+    config: &ClusterConfig,
+    shard: u32,
+    node: u64,
+) -> Result<String, String> {
+    {
         let js = b.js.clone();
         let stream = crate::server::replicate::stream_name(shard);
         match js.get_stream(&stream).await {
@@ -1313,7 +1391,7 @@ pub fn move_shard(urls: &str, shard: u32, node: &str) -> Result<String, String> 
             format_node_id(node),
             started.elapsed().as_millis()
         ))
-    })
+    }
 }
 
 pub fn claim(urls: &str, shard: u32, node: &str, force: bool) -> Result<String, String> {

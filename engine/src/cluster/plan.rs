@@ -377,6 +377,66 @@ pub fn decide(r: &Round<'_>) -> Vec<Action> {
     actions
 }
 
+/// One move of [`rebalance`]: `shard` from node `from` to node `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebalance {
+    pub shard: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The moves (`turbo-dex cluster rebalance`, replication only) that bring
+/// every live node to its fair share ([`shares`]): each from the node
+/// furthest over its share to the one furthest under (ties: lower id),
+/// the over node's highest-numbered shard first. A shard without an
+/// owner, or whose owner is not live, is not moved (a claim or a takeover
+/// is its business) and counts for nobody. The same inputs give the same
+/// moves.
+pub fn rebalance(nodes: &[NodeRecord], leases: &[Option<Lease>], now_ms: u64) -> Vec<Rebalance> {
+    let mut owned: BTreeMap<u64, Vec<u32>> = nodes
+        .iter()
+        .filter(|n| alive(n, now_ms))
+        .map(|n| (n.id, Vec::new()))
+        .collect();
+    let Some(&first) = owned.keys().next() else {
+        return Vec::new();
+    };
+    for (shard, lease) in leases.iter().enumerate() {
+        if let Some(l) = lease
+            && let Some(v) = owned.get_mut(&l.record.owner)
+        {
+            v.push(shard as u32);
+        }
+    }
+    let share = shares(leases.len() as u32, nodes, first, now_ms);
+    let gap = |owned: &BTreeMap<u64, Vec<u32>>, id: u64| {
+        owned[&id].len() as i64 - i64::from(share.get(&id).copied().unwrap_or(0))
+    };
+    let mut moves = Vec::new();
+    loop {
+        // Largest gap first; ties to the lower id (the map is in id order
+        // and `max_by_key` keeps the last of equals, so compare by hand).
+        let pick = |sign: i64| {
+            let mut best: Option<(i64, u64)> = None;
+            for &id in owned.keys() {
+                let g = sign * gap(&owned, id);
+                if g > 0 && best.is_none_or(|(b, _)| g > b) {
+                    best = Some((g, id));
+                }
+            }
+            best.map(|(_, id)| id)
+        };
+        let (Some(from), Some(to)) = (pick(1), pick(-1)) else {
+            return moves;
+        };
+        let Some(shard) = owned.get_mut(&from).and_then(Vec::pop) else {
+            return moves;
+        };
+        owned.entry(to).or_default().push(shard);
+        moves.push(Rebalance { shard, from, to });
+    }
+}
+
 /// The lease a node writes for itself at `now_ms`, running `lease_ms`.
 pub fn my_lease(me: u64, now_ms: u64, generation: u64, lease_ms: u64) -> LeaseRecord {
     LeaseRecord {
@@ -506,6 +566,39 @@ mod tests {
         assert_ne!(a, directory_checksum(&names(&["AB"])));
         let c = ClusterConfig::new(4, &names(&["A", "B"]));
         assert_eq!((c.shards, c.symbols, c.directory_crc32c), (4, 2, a));
+    }
+
+    #[test]
+    fn rebalance_moves_shards_from_the_fullest_to_the_emptiest_live_node() {
+        let now = 100_000;
+        let nodes = [node(1, 1, now), node(2, 1, now), node(3, 1, now)];
+        // Node 1 owns all six shards after two failovers.
+        let all_one: Vec<Option<Lease>> = (0..6).map(|s| lease(1, now + 1000, s)).collect();
+        let moves = rebalance(&nodes, &all_one, now);
+        let m = |shard, from, to| Rebalance { shard, from, to };
+        assert_eq!(moves, [m(5, 1, 2), m(4, 1, 3), m(3, 1, 2), m(2, 1, 3)]);
+        // Balanced: nothing to do.
+        let even: Vec<Option<Lease>> = [1, 1, 2, 2, 3, 3]
+            .iter()
+            .enumerate()
+            .map(|(s, &o)| lease(o, now + 1000, s as u64))
+            .collect();
+        assert!(rebalance(&nodes, &even, now).is_empty());
+        // A node that is not live gets nothing, and its shards stay (its
+        // standby takes them over); an unowned shard is nobody's.
+        let stale = [node(1, 1, now), node(2, 1, now), node(3, 1, now - 60_000)];
+        let mut leases = all_one.clone();
+        leases[0] = lease(3, now - 30_000, 0);
+        leases[1] = None;
+        // Shares of six over the two live nodes: three each. Node 1 owns
+        // four: one moves.
+        let moves = rebalance(&stale, &leases, now);
+        assert_eq!(moves, [m(5, 1, 2)]);
+        // Shares follow cores: a 3-core node takes three of four.
+        let cores = [node(1, 1, now), node(2, 3, now)];
+        let four: Vec<Option<Lease>> = (0..4).map(|s| lease(1, now + 1000, s)).collect();
+        assert_eq!(rebalance(&cores, &four, now).len(), 3);
+        assert!(rebalance(&[], &four, now).is_empty());
     }
 
     #[test]
