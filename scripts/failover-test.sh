@@ -88,7 +88,8 @@ fi
 
 echo "failover test: $TRIALS trials, $STEPS orders each, seed $SEED, $(PATH="$PATH:/usr/sbin" nats-server --version) (release build)" >&2
 log=$(mktemp "${TMPDIR:-/tmp}/turbo-dex-failover-test.XXXXXX")
-trap 'rm -f "$log"' EXIT
+keep_log=0
+trap '[ "$keep_log" = 1 ] || rm -f "$log"' EXIT
 # The test starts dex-trader from the folder of its own binary.
 cargo build --release --locked -p loadgen --bin dex-trader >"$log" 2>&1 || {
     echo "failover-test: error: cannot build dex-trader:" >&2
@@ -102,7 +103,8 @@ FAILOVER_TRIALS=$TRIALS FAILOVER_STEPS=$STEPS FAILOVER_SEED=$SEED FAILOVER_KEEP_
 # Each kill and failover, and on failure what failed.
 grep -E '^(failover test|trial [0-9]+:|orders refused|dex-trader --cluster|test result)|panicked|lost:|executed twice:|accepted again|reached account|SKIP' "$log" || true
 if [ "$status" -ne 0 ]; then
-    echo "failover-test: FAILED (seed $SEED); the log's end:" >&2
+    keep_log=1
+    echo "failover-test: FAILED (seed $SEED); the log's end (the whole log, every machine's lines: $log):" >&2
     tail -n 80 "$log" >&2
     exit "$status"
 fi

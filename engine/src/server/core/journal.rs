@@ -106,6 +106,15 @@ impl<M: Matcher + Snapshot> Core<M> {
             if self.st.pending[local].is_empty() {
                 continue;
             }
+            // In a cluster only a shard this node serves journals commands:
+            // a standby copy changes only by its owner's stream, and a
+            // shard given up (its lease lost or moved) takes no more.
+            if let Some(view) = &self.st.cfg.cluster
+                && !view.serves_at(self.st.logs[local].id.shard_index, self.st.cluster_now_ns)
+            {
+                self.drop_pending(local);
+                continue;
+            }
             if self.st.logs[local].detach_pending {
                 self.detach_sessions(local);
             }
@@ -576,8 +585,7 @@ impl<M: Matcher + Snapshot> Core<M> {
         let (Some(jobs), Some(req)) = (&self.jobs, log.reload.take()) else {
             return;
         };
-        let refused = take_refusable(&mut pending[local]);
-        refuse(router, &refused);
+        drop_queue(router, &mut pending[local]);
         log.standby.clear();
         log.standby_epoch = req.epoch;
         log.reloading = true;
@@ -788,6 +796,14 @@ impl<M: Matcher + Snapshot> Core<M> {
         );
     }
 
+    /// Empties a shard's queue without journaling it ([`drop_queue`]).
+    fn drop_pending(&mut self, local: usize) {
+        let State {
+            pending, router, ..
+        } = &mut self.st;
+        drop_queue(router, &mut pending[local]);
+    }
+
     /// This node lost the shard while batches waited for JetStream: they
     /// never will be stored, so they are refused (`NotDurable`) in order
     /// and never applied.
@@ -807,6 +823,19 @@ impl<M: Matcher + Snapshot> Core<M> {
     pub(super) fn journal_busy(&self) -> bool {
         self.st.logs.iter().any(|l| l.inflight.is_some())
     }
+}
+
+/// Empties the queue of a shard this node does not serve (any more, or
+/// only copies): requests are refused `NotDurable`; the rest
+/// (cancel-on-disconnect, a MassCancel, the kill switch) is dropped, each
+/// counted as processed for a session that waits on it. (Left queued, they
+/// were journaled into a standby copy after its reload, ahead of the
+/// owner's records, and the copy stopped.)
+fn drop_queue(router: &mut Router, queue: &mut Vec<Command>) {
+    let refused = take_refusable(queue);
+    refuse(router, &refused);
+    router.batch_processed(queue);
+    queue.clear();
 }
 
 /// Takes the commands of `queue` that can be refused ([`can_refuse`]) out
