@@ -1922,7 +1922,7 @@ impl Machine {
 }
 
 /// A node of the failover test: `--replicas 3`, 1 s leases, a snapshot
-/// every 100 records (so that streams are trimmed and standbys compare
+/// every 500 records (so that streams are trimmed and standbys compare
 /// digests during the test).
 fn failover_command(
     nats: &testkit::NatsCluster,
@@ -1968,7 +1968,7 @@ fn failover_command(
         "--lease-ms",
         "1000",
         "--snapshot-every",
-        "100",
+        "500",
     ])
     .env("RUST_LOG", "info");
     c
@@ -2017,7 +2017,7 @@ impl Trader {
             .args(["--cluster", &seeds.join(",")])
             .args(["--verify", "--mix", "match", "--connections", "2"])
             .args(["--account", &account, "--accounts", "2"])
-            .args(["--batch", "10", "--rate", "500", "--symbols"])
+            .args(["--batch", "10", "--rate", "200", "--symbols"])
             .arg(SYMBOLS.to_string())
             .args(["--warmup", "0s", "--duration", "1h", "--seed"])
             .arg(seed.to_string())

@@ -1223,6 +1223,9 @@ pub const ROUND_NOW_SUBJECT: &str = "turbo-dex.cluster.round-now";
 
 /// How long `cluster move` waits for the new owner to serve.
 const MOVE_PATIENCE: Duration = Duration::from_secs(30);
+/// How long `cluster move` retries writing the lease while its owner's
+/// renewals move the revision under it.
+const CAS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// `turbo-dex cluster move SHARD NODE`: gives a live shard's lease to
 /// another live node (already expired, the next generation: the node
@@ -1281,12 +1284,12 @@ pub fn rebalance(urls: &str, dry_run: bool) -> Result<String, String> {
             }
         }
         let leases = read_leases(&b.leases, config.shards).await?;
-        let share = plan::shares(
-            config.shards,
-            &nodes,
-            nodes.first().map_or(0, |n| n.id),
-            now,
-        );
+        // `shares` counts its `me` whether live or not: a live one.
+        let first_live = nodes
+            .iter()
+            .find(|n| plan::alive(n, now))
+            .map_or(0, |n| n.id);
+        let share = plan::shares(config.shards, &nodes, first_live, now);
         for n in nodes.iter().filter(|n| plan::alive(n, now)) {
             let owns = leases
                 .iter()
@@ -1340,25 +1343,45 @@ async fn move_live(
                 format_node_id(node)
             ));
         }
-        let Some(current) = read_leases(&b.leases, config.shards).await?[shard as usize] else {
-            return Err(format!(
-                "shard {shard} has no owner yet: the nodes claim it themselves"
-            ));
-        };
-        if current.record.owner == node {
-            return Ok(format!(
-                "shard {shard} is node {}'s already",
-                format_node_id(node)
-            ));
-        }
-        let record = plan::forced_lease(node, Some(&current.record), now);
-        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        // The owner renews its lease every fifth of it, so the
+        // compare-and-set can find the revision moved: read it again and
+        // retry (for a few seconds) while the same node owns the shard.
         let started = Instant::now();
-        timeout(b.leases.update(shard_key(shard), value, current.revision))
-            .await
-            .map_err(|e| {
-                format!("writing the lease of shard {shard}: {e} (changed meanwhile? try again)")
-            })?;
+        let mut from: Option<u64> = None;
+        let current = loop {
+            let Some(current) = read_leases(&b.leases, config.shards).await?[shard as usize] else {
+                return Err(format!(
+                    "shard {shard} has no owner yet: the nodes claim it themselves"
+                ));
+            };
+            if current.record.owner == node {
+                return Ok(format!(
+                    "shard {shard} is node {}'s already",
+                    format_node_id(node)
+                ));
+            }
+            if from.is_some_and(|f| f != current.record.owner) {
+                return Err(format!(
+                    "shard {shard} went to node {} meanwhile",
+                    format_node_id(current.record.owner)
+                ));
+            }
+            from = Some(current.record.owner);
+            let record = plan::forced_lease(node, Some(&current.record), wall_ms());
+            let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            match timeout(b.leases.update(shard_key(shard), value, current.revision)).await {
+                Ok(_) => break current,
+                Err(e) if started.elapsed() > CAS_PATIENCE => {
+                    return Err(format!(
+                        "writing the lease of shard {shard}: {e} (it changed under every \
+                         try for {} s; try again)",
+                        CAS_PATIENCE.as_secs()
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let started = Instant::now();
         let _ = js.client().publish(ROUND_NOW_SUBJECT, Bytes::new()).await;
         let _ = js.client().flush().await;
         loop {
