@@ -1624,20 +1624,15 @@ fn a_live_shard_moves_to_its_standby() {
     let bin = testkit::need_nats_server!();
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-replicas-move");
-    let (ja, jb) = (dir.join("a"), dir.join("b"));
     let extra = ["--replicas", "3", "--lease-ms", "1000"];
-    let mut first = node_command(&nats.url(0), &ja, SHARDS);
-    first.args(extra);
-    let mut second = node_command(&nats.url(1), &jb, SHARDS);
-    second.args(extra);
-    let (a, b) = (Node::launch(first, &ja), Node::launch(second, &jb));
-    let (a, b) = (Node::ready(a.0, a.1), Node::ready(b.0, b.1));
-    let (ida, idb) = (node_id(&ja), node_id(&jb));
-    let mut ca = Client::login_version(a.addr, 1, 0, 2);
-    let map = wait_map(&mut ca, "both nodes own shards", |m| {
-        m.owners.contains(&ida) && m.owners.contains(&idb)
-    });
-    let shard = map.owners.iter().position(|&o| o == ida).unwrap() as u32;
+    let Pair {
+        a,
+        b,
+        ida,
+        idb,
+        mut ca,
+        shard,
+    } = Pair::start(&nats, &dir, &extra);
     let x = order_until_accepted(&mut ca, 1, symbol_of_shard(shard), "a serves", || a.log());
     // b's copy follows the stream (it is a's shard's standby).
     let out = turbo_dex_cli(&[
@@ -1750,6 +1745,44 @@ fn a_live_shard_moves_to_its_standby() {
     assert!(rebalance(&[]).contains("balanced already"));
 }
 
+/// Two nodes with `extra` flags on servers 0 and 1 of `nats`, started
+/// together, once both own shards: a client on a (protocol version 2) and
+/// a shard of a's.
+struct Pair {
+    a: Node,
+    b: Node,
+    ida: u64,
+    idb: u64,
+    ca: Client,
+    shard: u32,
+}
+
+impl Pair {
+    fn start(nats: &testkit::NatsCluster, dir: &TempDir, extra: &[&str]) -> Pair {
+        let (ja, jb) = (dir.join("a"), dir.join("b"));
+        let mut first = node_command(&nats.url(0), &ja, SHARDS);
+        first.args(extra);
+        let mut second = node_command(&nats.url(1), &jb, SHARDS);
+        second.args(extra);
+        let (a, b) = (Node::launch(first, &ja), Node::launch(second, &jb));
+        let (a, b) = (Node::ready(a.0, a.1), Node::ready(b.0, b.1));
+        let (ida, idb) = (node_id(&ja), node_id(&jb));
+        let mut ca = Client::login_version(a.addr, 1, 0, 2);
+        let map = wait_map(&mut ca, "both nodes own shards", |m| {
+            m.owners.contains(&ida) && m.owners.contains(&idb)
+        });
+        let shard = map.owners.iter().position(|&o| o == ida).unwrap() as u32;
+        Pair {
+            a,
+            b,
+            ida,
+            idb,
+            ca,
+            shard,
+        }
+    }
+}
+
 /// A standby copy changes only by its owner's stream. Session ids are a
 /// node's own (core, generation, slot), so a session on the standby can
 /// have the id of the owner's session whose orders rest in the copy; its
@@ -1764,7 +1797,6 @@ fn a_standby_copy_ignores_cancel_on_disconnect_of_a_session_with_the_owners_id()
     let bin = testkit::need_nats_server!();
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("cluster-standby-cod");
-    let (ja, jb) = (dir.join("a"), dir.join("b"));
     let extra = [
         "--replicas",
         "2",
@@ -1773,18 +1805,14 @@ fn a_standby_copy_ignores_cancel_on_disconnect_of_a_session_with_the_owners_id()
         "--snapshot-every",
         "20",
     ];
-    let mut first = node_command(&nats.url(0), &ja, SHARDS);
-    first.args(extra);
-    let mut second = node_command(&nats.url(1), &jb, SHARDS);
-    second.args(extra);
-    let (a, b) = (Node::launch(first, &ja), Node::launch(second, &jb));
-    let (a, b) = (Node::ready(a.0, a.1), Node::ready(b.0, b.1));
-    let (ida, idb) = (node_id(&ja), node_id(&jb));
-    let mut ca = Client::login_version(a.addr, 1, 0, 2);
-    let map = wait_map(&mut ca, "both nodes own shards", |m| {
-        m.owners.contains(&ida) && m.owners.contains(&idb)
-    });
-    let shard = map.owners.iter().position(|&o| o == ida).unwrap() as u32;
+    let Pair {
+        a,
+        b,
+        ida: _,
+        idb,
+        mut ca,
+        shard,
+    } = Pair::start(&nats, &dir, &extra);
     let symbol = symbol_of_shard(shard);
     // Orders resting on a's shard, of a's session `ca.session`.
     let first_id = order_until_accepted(&mut ca, 1, symbol, "a serves", || a.log());

@@ -593,6 +593,24 @@ fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
     );
 }
 
+/// `dex-trader --cluster SEEDS --verify` started in the background for
+/// `duration`, `--mix match` over two connections in batches of 20, its
+/// JSON report to `json`.
+fn verifying_trader(seeds: &str, duration: &str, json: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dex-trader"))
+        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
+        .arg(seeds)
+        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
+        .args(["--duration", duration, "--verify", "--json"])
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("NATS_URL")
+        .spawn()
+        .expect("start dex-trader")
+}
+
 /// `--cluster --verify` while an operator moves a shard (`turbo-dex cluster
 /// move`, `--replicas 2`): the new owner detaches the sessions of the
 /// shard's resting orders (PROTOCOL.md §8.11 rule 9), so their fills and
@@ -626,18 +644,7 @@ fn verifies_across_a_shard_moved_mid_run() {
         .position(|&o| o == ida)
         .expect("a owns a shard");
     let path = dir.join("run.json");
-    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
-        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
-        .arg(format!("{},{}", a.addr, b.addr))
-        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
-        .args(["--duration", "6s", "--verify", "--json"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("NATS_URL")
-        .spawn()
-        .expect("start dex-trader");
+    let trader = verifying_trader(&format!("{},{}", a.addr, b.addr), "6s", &path);
     // Trading on both (b's copy of the shard follows its stream); then the
     // shard moves to b.
     std::thread::sleep(Duration::from_millis(2500));
@@ -791,18 +798,7 @@ fn finds_the_new_owner_when_its_only_node_goes_silent() {
     // shards' streams can wait on JetStream for a while).
     until_every_shard_acknowledges(a.addr);
     let path = dir.join("run.json");
-    let trader = Command::new(env!("CARGO_BIN_EXE_dex-trader"))
-        .args(["--quiet", "--cores", "0", "--warmup", "200ms", "--cluster"])
-        .arg(a.addr.to_string())
-        .args(["--mix", "match", "--connections", "2", "--batch", "20"])
-        .args(["--duration", "12s", "--verify", "--json"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("NATS_URL")
-        .spawn()
-        .expect("start dex-trader");
+    let trader = verifying_trader(&a.addr.to_string(), "12s", &path);
     std::thread::sleep(Duration::from_millis(2000));
     let pid = a.child.id().to_string();
     let signal = |sig: &str| {

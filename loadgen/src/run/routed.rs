@@ -12,8 +12,9 @@
 //! connection to. A shard whose owner is none, or not connected (yet),
 //! gets no requests: they are answered here with `Rejected(WrongNode)` and
 //! counted as unrouted. A node whose connection closes, or that does not
-//! take a write within [`WRITE_LIMIT`], is dropped (its requests in flight
-//! counted lost); the session goes on with the others.
+//! take a write within the stall limit ([`STALL_HALF_INTERVALS`]), is
+//! dropped (its requests in flight counted lost); the session goes on with
+//! the others.
 //!
 //! A session does not rely on the nodes it happens to be connected to for
 //! news of the cluster: when no map has come for [`MAP_STALE`] (every node
@@ -64,10 +65,17 @@ const MAP_TOKEN: u64 = 0x6d61_7000;
 /// not connected to (three refreshes: every connected node was asked at
 /// least once, or the one connected node three times).
 pub const MAP_STALE: Duration = Duration::from_secs(3);
-/// The longest a write to a node may wait (its socket full: the node
-/// stopped reading, or the network to it is cut); then the node is taken
-/// for gone. Half the reference server's slow-consumer limit.
-pub const WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// The longest a session's sender waits on one node (a write whose socket
+/// is full: the node stopped reading, or the network to it is cut; or a
+/// connection made mid-run), in half heartbeat intervals: three (one and a
+/// half intervals, 1.5 s at the default 1 s). The
+/// sender serves every node in turn, and a server closes a session that
+/// sent nothing for three intervals, so a wait on one node must leave
+/// room for the others' heartbeats. A write that waits longer drops the
+/// node; a connection that takes longer is tried again later.
+pub const STALL_HALF_INTERVALS: u64 = 3;
+/// The wait limit without a heartbeat interval (none negotiated).
+const STALL_DEFAULT: Duration = Duration::from_millis(1500);
 
 /// What one node connection of one session carried in the window.
 #[derive(Clone, Debug, Default)]
@@ -392,6 +400,8 @@ struct Trader {
     /// Why the last node connection closed (for the failure when every
     /// one has and no known node takes a new one).
     last_close: RefCell<Option<String>>,
+    /// The longest the sender waits on one node ([`STALL_HALF_INTERVALS`]).
+    stall: Duration,
 }
 
 async fn session(
@@ -476,6 +486,12 @@ async fn session(
         next_known: Cell::new(0),
         last_map_ns: Cell::new(clock.now_ns()),
         last_close: RefCell::new(None),
+        stall: if heartbeat_ns > 0 {
+            // `heartbeat_ns` is half the interval.
+            Duration::from_nanos(heartbeat_ns * STALL_HALF_INTERVALS)
+        } else {
+            STALL_DEFAULT
+        },
     });
     for &seed in plan.cluster.iter().flatten() {
         note_known(&trader, seed);
@@ -738,7 +754,7 @@ async fn send(
                 wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
                     .map_err(|e| format!("cannot encode a map request: {e}"))?;
                 let node = trader.nodes.borrow()[i].clone();
-                if let Err(e) = write_to(&node, &out).await {
+                if let Err(e) = write_to(trader, &node, &out).await {
                     node_lost(trader, i, format!("sending a map request failed: {e}"));
                 }
             }
@@ -784,7 +800,7 @@ async fn send(
                     &mut out,
                 )
                 .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
-                if let Err(e) = write_to(&node, &out).await {
+                if let Err(e) = write_to(trader, &node, &out).await {
                     node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
                 }
                 *last = now;
@@ -907,7 +923,7 @@ async fn dispatch(
             continue;
         }
         let node = trader.nodes.borrow()[i].clone();
-        if let Err(e) = write_to(&node, o).await {
+        if let Err(e) = write_to(trader, &node, o).await {
             node_lost(trader, i, format!("sending to it failed: {e}"));
         }
         outbox.last_send_ns[i] = now;
@@ -915,16 +931,17 @@ async fn dispatch(
     Ok(routed)
 }
 
-/// Writes `bytes` to `node`, given up after [`WRITE_LIMIT`] (the timer
-/// starts only when the socket does not take them at once).
-async fn write_to(node: &NodeLink, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `node`, given up after the session's stall limit
+/// (the timer starts only when the socket does not take them at once).
+async fn write_to(trader: &Trader, node: &NodeLink, bytes: &[u8]) -> std::io::Result<()> {
+    let stall = trader.stall;
     let limit = async {
-        glommio::timer::sleep(WRITE_LIMIT).await;
+        glommio::timer::sleep(stall).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
-                "it took no bytes for {} s (it stopped reading, or the network to it is cut)",
-                WRITE_LIMIT.as_secs()
+                "it took no bytes for {} ms (it stopped reading, or the network to it is cut)",
+                stall.as_millis()
             ),
         ))
     };
@@ -961,9 +978,18 @@ async fn connect_node(
     clock: super::Clock,
     recv_bytes: usize,
 ) -> Result<(), String> {
-    let conn = connect(plan, global, addr, &format!("node {addr}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let stall = trader.stall;
+    let limit = async {
+        glommio::timer::sleep(stall).await;
+        Err(RunError::Failed(format!(
+            "no connection and answer to the Hello within {} ms",
+            stall.as_millis()
+        )))
+    };
+    let conn =
+        futures_lite::future::or(connect(plan, global, addr, &format!("node {addr}")), limit)
+            .await
+            .map_err(|e| e.to_string())?;
     let Some(i) = trader.routes.borrow_mut().add_node(addr) else {
         return Err(format!(
             "the session has had {NODE_CONNECTIONS_MAX} node connections, the most it may"
