@@ -2568,14 +2568,24 @@ fn failover_loses_no_acknowledged_order() {
         // As an operator would once the machine is back: its fair share of
         // the shards again (else after a few trials one node owns every
         // shard, and every trial takes all of them away).
+        // Retried as an operator would: a JetStream API call can fail for a
+        // while after a server returns (503, "temporarily unavailable").
         let live = machines.iter().position(Machine::reachable).unwrap_or(0);
-        let out = turbo_dex_cli(&["cluster", "rebalance", "--cluster", &nats.url(live)]);
-        let said = testkit::output_text(&out);
-        assert!(
-            out.status.success(),
-            "trial {trial}: cluster rebalance: {said}\nlogs:\n{}",
-            logs(&machines)
-        );
+        let until = Instant::now() + DEADLINE;
+        let said = loop {
+            let out = turbo_dex_cli(&["cluster", "rebalance", "--cluster", &nats.url(live)]);
+            let said = testkit::output_text(&out);
+            if out.status.success() {
+                break said;
+            }
+            assert!(
+                Instant::now() < until,
+                "trial {trial}: cluster rebalance: {said}\nlogs:\n{}",
+                logs(&machines)
+            );
+            eprintln!("trial {trial}: cluster rebalance failed, again in 1 s: {said}");
+            std::thread::sleep(Duration::from_secs(1));
+        };
         for line in said.lines().filter(|l| l.contains("moved from")) {
             eprintln!("trial {trial}: rebalanced: {line}");
         }
