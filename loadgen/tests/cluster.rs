@@ -681,9 +681,9 @@ fn verifies_across_a_shard_moved_mid_run() {
     drop((a, b));
 }
 
-/// Sends `addr` an IOC order on each shard's first symbol (it rests
-/// nowhere: nothing to trade with) until every one is acknowledged.
-fn until_every_shard_acknowledges(addr: SocketAddr) {
+/// Sends `addr` an IOC order on the first symbol of each of `shards` (it
+/// rests nowhere: nothing to trade with) until every one is acknowledged.
+fn until_acknowledged(addr: SocketAddr, shards: &[u32]) {
     let until = Instant::now() + DEADLINE;
     let mut s = TcpStream::connect(addr).expect("connect to the node");
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -693,7 +693,11 @@ fn until_every_shard_acknowledges(addr: SocketAddr) {
     s.write_all(&out).expect("send the hello");
     let decoder = Decoder::for_client(wire::MAX_FRAME_BYTES_LIMIT);
     let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-    let mut acknowledged = [false; SHARDS as usize];
+    // Shards not asked about count as acknowledged.
+    let mut acknowledged = [true; SHARDS as usize];
+    for &s in shards {
+        acknowledged[s as usize] = false;
+    }
     let mut id = 0u64;
     while !acknowledged.iter().all(|&a| a) {
         assert!(
@@ -773,8 +777,13 @@ fn finds_the_new_owner_when_its_only_node_goes_silent() {
     });
     let map = wait_for_even_split(&a);
     let ida = node_id(&ja);
-    // Every shard to a, so that dex-trader connects to a alone.
-    for shard in (0..map.owners.len()).filter(|&s| map.owners[s] != ida) {
+    // Every shard to a, so that dex-trader connects to a alone. (A shard's
+    // stream exists once its owner stored an order: b stores one on each.)
+    let of_b: Vec<u32> = (0..SHARDS)
+        .filter(|&s| map.owners[s as usize] != ida)
+        .collect();
+    until_acknowledged(b.addr, &of_b);
+    for &shard in &of_b {
         let moved = Command::new(turbo_dex_binary())
             .args([
                 "cluster",
@@ -796,7 +805,7 @@ fn finds_the_new_owner_when_its_only_node_goes_silent() {
     }
     // And acknowledges orders on each (its first publishes to the moved
     // shards' streams can wait on JetStream for a while).
-    until_every_shard_acknowledges(a.addr);
+    until_acknowledged(a.addr, &[0, 1, 2, 3]);
     let path = dir.join("run.json");
     let trader = verifying_trader(&a.addr.to_string(), "12s", &path);
     std::thread::sleep(Duration::from_millis(2000));
