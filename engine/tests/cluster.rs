@@ -1635,14 +1635,7 @@ fn a_live_shard_moves_to_its_standby() {
     } = Pair::start(&nats, &dir, &extra);
     let x = order_until_accepted(&mut ca, 1, symbol_of_shard(shard), "a serves", || a.log());
     // b's copy follows the stream (it is a's shard's standby).
-    let out = turbo_dex_cli(&[
-        "cluster",
-        "move",
-        &shard.to_string(),
-        &format!("{idb:016x}"),
-        "--cluster",
-        &nats.url(2),
-    ]);
+    let out = cluster_move(&nats, 2, shard, idb);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -1683,14 +1676,7 @@ fn a_live_shard_moves_to_its_standby() {
     assert_eq!(records[y_at.unwrap()].0, idb, "{records:?}");
     assert!(b.log().contains("took over after record"), "{}", b.log());
     // Moving it to the node that has it says so; a node that is not one is refused.
-    let again = turbo_dex_cli(&[
-        "cluster",
-        "move",
-        &shard.to_string(),
-        &format!("{idb:016x}"),
-        "--cluster",
-        &nats.url(0),
-    ]);
+    let again = cluster_move(&nats, 0, shard, idb);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already"));
     let nobody = turbo_dex_cli(&[
         "cluster",
@@ -1743,6 +1729,23 @@ fn a_live_shard_moves_to_its_standby() {
     });
     assert_eq!(after.owners.len(), SHARDS as usize);
     assert!(rebalance(&[]).contains("balanced already"));
+}
+
+/// `turbo-dex cluster move SHARD NODE` through NATS server `server`.
+fn cluster_move(
+    nats: &testkit::NatsCluster,
+    server: usize,
+    shard: u32,
+    node: u64,
+) -> std::process::Output {
+    turbo_dex_cli(&[
+        "cluster",
+        "move",
+        &shard.to_string(),
+        &format!("{node:016x}"),
+        "--cluster",
+        &nats.url(server),
+    ])
 }
 
 /// Two nodes with `extra` flags on servers 0 and 1 of `nats`, started
@@ -1867,14 +1870,7 @@ fn a_standby_copy_ignores_cancel_on_disconnect_of_a_session_with_the_owners_id()
     }
     assert!(!b.log().contains("FATAL"), "{}", b.log());
     // b takes the shard over: the orders rest there.
-    let out = turbo_dex_cli(&[
-        "cluster",
-        "move",
-        &shard.to_string(),
-        &format!("{idb:016x}"),
-        "--cluster",
-        &nats.url(2),
-    ]);
+    let out = cluster_move(&nats, 2, shard, idb);
     assert!(out.status.success(), "{}", testkit::output_text(&out));
     let mut cb = Client::login_version(b.addr, 1, 0, 2);
     order_until_accepted(&mut cb, 1 << 20, symbol, "b serves", || b.log());

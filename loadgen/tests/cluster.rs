@@ -593,6 +593,28 @@ fn follows_the_map_when_a_node_goes_and_another_takes_its_shards() {
     );
 }
 
+/// Two `--replicas 2` nodes of four shards (journals `ja`, `jb`, on NATS
+/// servers 0 and 1, with `extra` flags), started together so that each
+/// registers within the other's join window and they split the shards.
+fn replicated_pair(
+    nats: &testkit::NatsCluster,
+    ja: &Path,
+    jb: &Path,
+    extra: &[&str],
+) -> (Node, Node) {
+    let start = |i: usize, journal: &Path| {
+        let url = nats.url(i);
+        let mut args = vec!["--cluster", &url, "--shards", "4", "--replicas", "2"];
+        args.extend_from_slice(extra);
+        Node::start(&args, journal)
+    };
+    std::thread::scope(|s| {
+        let a = s.spawn(|| start(0, ja));
+        let b = s.spawn(|| start(1, jb));
+        (a.join().expect("a starts"), b.join().expect("b starts"))
+    })
+}
+
 /// `dex-trader --cluster SEEDS --verify` started in the background for
 /// `duration`, `--mix match` over two connections in batches of 20, its
 /// JSON report to `json`.
@@ -624,18 +646,7 @@ fn verifies_across_a_shard_moved_mid_run() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("trader-cluster-verify-move");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
-    let start = |i: usize, journal: &Path| {
-        let url = nats.url(i);
-        let args = ["--cluster", &url, "--shards", "4", "--replicas", "2"];
-        Node::start(&args, journal)
-    };
-    // Started together, so that each registers within the other's join
-    // window and they split the shards.
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| start(0, &ja));
-        let b = s.spawn(|| start(1, &jb));
-        (a.join().expect("a starts"), b.join().expect("b starts"))
-    });
+    let (a, b) = replicated_pair(&nats, &ja, &jb, &[]);
     let map = wait_for_even_split(&a);
     let (ida, idb) = (node_id(&ja), node_id(&jb));
     let shard = map
@@ -756,25 +767,7 @@ fn finds_the_new_owner_when_its_only_node_goes_silent() {
     let nats = testkit::NatsCluster::start(&bin, 3);
     let dir = TempDir::new("trader-cluster-silent");
     let (ja, jb) = (dir.join("a"), dir.join("b"));
-    let start = |i: usize, journal: &Path| {
-        let url = nats.url(i);
-        let args = [
-            "--cluster",
-            &url,
-            "--shards",
-            "4",
-            "--replicas",
-            "2",
-            "--lease-ms",
-            "1000",
-        ];
-        Node::start(&args, journal)
-    };
-    let (mut a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| start(0, &ja));
-        let b = s.spawn(|| start(1, &jb));
-        (a.join().expect("a starts"), b.join().expect("b starts"))
-    });
+    let (mut a, b) = replicated_pair(&nats, &ja, &jb, &["--lease-ms", "1000"]);
     let map = wait_for_even_split(&a);
     let ida = node_id(&ja);
     // Every shard to a, so that dex-trader connects to a alone. (A shard's

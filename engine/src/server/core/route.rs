@@ -128,6 +128,17 @@ pub fn global_shard(local: usize, cores: usize, core: usize) -> u32 {
     (local * cores + core) as u32
 }
 
+/// Whether a session waits for a processed notice of `op`: not for a
+/// CancelSession, an operator's kill or unblock or a new owner's
+/// DetachSessions.
+#[inline]
+fn session_waits(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions
+    )
+}
+
 /// Delivers reports: into local connections' output, or staged for the
 /// core that owns the session. Implements the shards' [`Sink`].
 pub struct Router {
@@ -201,10 +212,7 @@ impl Router {
     pub fn batch_processed(&mut self, cmds: &[Command]) {
         let mut run: Option<(SessionId, u32)> = None;
         for cmd in cmds {
-            if matches!(
-                cmd.op,
-                Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions
-            ) {
+            if !session_waits(&cmd.op) {
                 continue;
             }
             match &mut run {
@@ -391,10 +399,7 @@ impl<M: Matcher + Snapshot> State<M> {
     pub fn route_everywhere(&mut self, cmd: Command) {
         let now = self.cluster_now_ns;
         let ncores = self.cfg.ncores;
-        let waits = !matches!(
-            cmd.op,
-            Op::CancelSession | Op::KillAccount | Op::UnblockAccount | Op::DetachSessions
-        );
+        let waits = session_waits(&cmd.op);
         for core in 0..self.cfg.ncores {
             for shard in 0..shards_on_core(self.cfg.shard_count, self.cfg.ncores, core) {
                 if let Some(view) = &self.cfg.cluster
