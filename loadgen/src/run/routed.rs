@@ -3,8 +3,12 @@
 //! node that owned shards when the run started; its requests are cut by
 //! symbol ([`Splitter`]) and each part goes to its shard's owner. The
 //! nodes' answers all feed the one session, so its order table, latency
-//! and counters work exactly as with one server. One receiver task per
-//! node connection; the sender writes to each in turn.
+//! and counters work exactly as with one server. Each node connection
+//! has a receiver task and a writer task: the sender queues each node's
+//! part of a batch, and the node's writer writes it, with the node's
+//! heartbeats when it has nothing else to send. So a node that stops
+//! reading (or a connection being made) delays no other node: a server
+//! closes a session that sent nothing for three heartbeat intervals.
 //!
 //! The routes follow the cluster: a `ShardOwner` newer than a shard's
 //! route moves it at once, and every [`MAP_REFRESH`] the sender asks one
@@ -13,8 +17,8 @@
 //! gets no requests: they are answered here with `Rejected(WrongNode)` and
 //! counted as unrouted. A node whose connection closes, or that does not
 //! take a write within the stall limit ([`STALL_HALF_INTERVALS`]), is
-//! dropped (its requests in flight counted lost); the session goes on with
-//! the others.
+//! dropped (its requests in flight counted lost, its open orders set
+//! aside); the session goes on with the others.
 //!
 //! A session does not rely on the nodes it happens to be connected to for
 //! news of the cluster: when no map has come for [`MAP_STALE`] (every node
@@ -65,14 +69,13 @@ const MAP_TOKEN: u64 = 0x6d61_7000;
 /// not connected to (three refreshes: every connected node was asked at
 /// least once, or the one connected node three times).
 pub const MAP_STALE: Duration = Duration::from_secs(3);
-/// The longest a session's sender waits on one node (a write whose socket
-/// is full: the node stopped reading, or the network to it is cut; or a
-/// connection made mid-run), in half heartbeat intervals: three (one and a
-/// half intervals, 1.5 s at the default 1 s). The
-/// sender serves every node in turn, and a server closes a session that
-/// sent nothing for three intervals, so a wait on one node must leave
-/// room for the others' heartbeats. A write that waits longer drops the
-/// node; a connection that takes longer is tried again later.
+/// The longest a node's writer waits for its socket to take bytes (it is
+/// full: the node stopped reading, or the network to it is cut), and the
+/// sender for a connection made mid-run, in half heartbeat intervals:
+/// three (one and a half intervals, 1.5 s at the default 1 s). A write
+/// that waits longer drops the node, well before the node would close the
+/// session as idle (three intervals); a connection that takes longer is
+/// tried again later.
 pub const STALL_HALF_INTERVALS: u64 = 3;
 /// The wait limit without a heartbeat interval (none negotiated).
 const STALL_DEFAULT: Duration = Duration::from_millis(1500);
@@ -363,6 +366,41 @@ struct NodeLink {
     counts: RefCell<NodeCount>,
     /// Why reading from it stopped (set by `read_more`).
     failure: RefCell<Option<String>>,
+    /// Bytes queued for its writer ([`NodeLink::queue`]).
+    pending: RefCell<Vec<u8>>,
+    /// Raised when bytes are queued or the node is dropped.
+    wake: Signal,
+}
+
+impl NodeLink {
+    fn new(addr: SocketAddr, stream: Stream, buffer_bytes: usize) -> NodeLink {
+        NodeLink {
+            addr,
+            stream: RefCell::new(stream),
+            counts: RefCell::new(NodeCount {
+                addr: Some(addr),
+                ..NodeCount::default()
+            }),
+            failure: RefCell::new(None),
+            pending: RefCell::new(Vec::with_capacity(buffer_bytes)),
+            wake: Signal::default(),
+        }
+    }
+
+    /// Queues `bytes` for the node's writer ([`write`]). Takes them
+    /// (leaving `bytes` empty, with the capacity of the queue it swapped
+    /// with) when nothing is queued, the usual case.
+    fn queue(&self, bytes: &mut Vec<u8>) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            std::mem::swap(&mut *pending, bytes);
+        } else {
+            pending.extend_from_slice(bytes);
+            bytes.clear();
+        }
+        drop(pending);
+        self.wake.raise();
+    }
 }
 
 /// A routed session: one flow, several node connections.
@@ -374,8 +412,8 @@ struct Trader {
     /// In the routes' connection order; grows when a node is connected
     /// mid-run. Never borrowed across an await.
     nodes: RefCell<Vec<Rc<NodeLink>>>,
-    /// The receiver tasks, one per node connection.
-    receivers: RefCell<Vec<glommio::Task<()>>>,
+    /// The receiver and writer tasks, two per node connection.
+    tasks: RefCell<Vec<glommio::Task<()>>>,
     /// Raised by the receivers after each read and on failure.
     progress: Signal,
     failure: RefCell<Option<String>>,
@@ -400,8 +438,16 @@ struct Trader {
     /// Why the last node connection closed (for the failure when every
     /// one has and no known node takes a new one).
     last_close: RefCell<Option<String>>,
-    /// The longest the sender waits on one node ([`STALL_HALF_INTERVALS`]).
+    /// The longest a writer waits on its node's socket, or the sender on a
+    /// connection made mid-run ([`STALL_HALF_INTERVALS`]).
     stall: Duration,
+    /// Half the heartbeat interval (0: no heartbeats): a writer that sent
+    /// nothing for this long sends a heartbeat.
+    heartbeat_ns: u64,
+    /// The capacity of a node's send queue ([`send_buffer_bytes`]).
+    buffer_bytes: usize,
+    clock: super::Clock,
+    recv_bytes: usize,
 }
 
 async fn session(
@@ -450,6 +496,7 @@ async fn session(
         .get(global)
         .cloned()
         .unwrap_or_else(|| Arc::new(Published::new()));
+    let buffer_bytes = send_buffer_bytes(plan.batch, coalesce_bytes);
     let mut leftovers = Vec::with_capacity(links.len());
     let nodes = routes
         .nodes()
@@ -457,23 +504,16 @@ async fn session(
         .zip(links)
         .map(|(&addr, l)| {
             leftovers.push(l.leftover);
-            Rc::new(NodeLink {
-                addr,
-                stream: RefCell::new(l.stream),
-                counts: RefCell::new(NodeCount {
-                    addr: Some(addr),
-                    ..NodeCount::default()
-                }),
-                failure: RefCell::new(None),
-            })
+            Rc::new(NodeLink::new(addr, l.stream, buffer_bytes))
         })
         .collect();
+    let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
     let trader = Rc::new(Trader {
         session: RefCell::new(session),
         ledgers,
         routes: RefCell::new(routes),
         nodes: RefCell::new(nodes),
-        receivers: RefCell::new(Vec::new()),
+        tasks: RefCell::new(Vec::new()),
         progress: Signal::default(),
         failure: RefCell::new(None),
         published,
@@ -492,6 +532,10 @@ async fn session(
         } else {
             STALL_DEFAULT
         },
+        heartbeat_ns,
+        buffer_bytes,
+        clock,
+        recv_bytes,
     });
     for &seed in plan.cluster.iter().flatten() {
         note_known(&trader, seed);
@@ -501,23 +545,16 @@ async fn session(
             note_known(&trader, addr);
         }
     }
-    let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
     for (i, left) in leftovers.into_iter().enumerate() {
-        let task = glommio::spawn_local(receive(trader.clone(), i, clock, left, recv_bytes));
-        trader.receivers.borrow_mut().push(task);
+        start_node_tasks(&trader, i, left);
     }
-    let mut outbox = Outbox::new(
-        trader.nodes.borrow().len(),
-        max_frame,
-        send_buffer_bytes(plan.batch, coalesce_bytes),
-    );
+    let mut outbox = Outbox::new(trader.nodes.borrow().len(), max_frame, buffer_bytes);
     let sent = send(
         &plan,
         &trader,
         &mut outbox,
-        clock,
         &shared,
-        (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes),
+        (end_ns, coalesce_bytes, global),
     )
     .await;
     if let Err(e) = sent {
@@ -528,13 +565,13 @@ async fn session(
         // The answers still in flight; with --verify the final cancels,
         // each to its order's node.
         let send =
-            async |out: &[u8], now: u64| dispatch(&trader, &mut outbox, out, now).await.map(|_| ());
+            async |out: &[u8], now: u64| dispatch(&trader, &mut outbox, out, now).map(|_| ());
         let (session, progress, failure) = (&trader.session, &trader.progress, &trader.failure);
         super::drain(&plan, clock, &shared, session, progress, failure, send).await;
     }
-    let receivers = trader.receivers.take();
-    for r in receivers {
-        let _ = r.cancel().await;
+    let tasks = trader.tasks.take();
+    for t in tasks {
+        let _ = t.cancel().await;
     }
     let failure = trader.failure.borrow_mut().take();
     let failed = failure.is_some();
@@ -585,6 +622,7 @@ fn node_lost(trader: &Trader, i: usize, why: String) {
         c.closed = Some(why.clone());
     }
     *trader.last_close.borrow_mut() = Some(format!("{}: {why}", node.addr));
+    node.wake.raise();
     trader.progress.raise();
 }
 
@@ -611,8 +649,6 @@ async fn reach_out(
     plan: &Plan,
     trader: &Rc<Trader>,
     global: usize,
-    clock: super::Clock,
-    recv_bytes: usize,
     tries: usize,
 ) -> (bool, Vec<String>) {
     let candidates: Vec<SocketAddr> = {
@@ -632,7 +668,7 @@ async fn reach_out(
     for addr in candidates {
         let at = trader.known.borrow().iter().position(|&a| a == addr);
         trader.next_known.set(at.map_or(0, |k| k + 1));
-        match connect_node(plan, trader, global, addr, clock, recv_bytes).await {
+        match connect_node(plan, trader, global, addr).await {
             Ok(()) => return (true, why),
             Err(e) => why.push(format!("{addr}: {e}")),
         }
@@ -670,26 +706,25 @@ fn shards_taken_over(trader: &Trader, shards: &[u32]) {
 }
 
 /// Sends until the end of the window (or a failure anywhere), each request
-/// to its owner; heartbeats to every node; a map request every
-/// [`MAP_REFRESH`].
+/// to its owner's queue; a map request every [`MAP_REFRESH`]. (Each node's
+/// writer sends its heartbeats.)
 async fn send(
     plan: &Plan,
     trader: &Rc<Trader>,
     outbox: &mut Outbox,
-    clock: super::Clock,
     shared: &Shared,
-    (end_ns, coalesce_bytes, global, heartbeat_ns, recv_bytes): (u64, usize, usize, u64, usize),
+    (end_ns, coalesce_bytes, global): (u64, usize, usize),
 ) -> Result<(), String> {
+    let clock = trader.clock;
     let batch = plan.batch;
     let mut schedule = plan
         .rate
         .map(|rate| Schedule::new(0, rate, plan.total_connections() as u64, global as u64));
-    let mut n = trader.nodes.borrow().len();
-    if n == 0 {
+    if trader.nodes.borrow().is_empty() {
         return Err("no node connection to send to".into());
     }
     let mut out: Vec<u8> = Vec::with_capacity(outbox.buffer_bytes);
-    let (mut heartbeat_token, mut map_token) = (0u64, MAP_TOKEN);
+    let mut map_token = MAP_TOKEN;
     let refresh_ns = MAP_REFRESH.as_nanos() as u64;
     let mut next_map_ns = refresh_ns;
     loop {
@@ -702,8 +737,7 @@ async fn send(
         }
         // Every connection closed: a node the session knows of, at once.
         if all_closed(trader) {
-            let (reached, why) =
-                reach_out(plan, trader, global, clock, recv_bytes, usize::MAX).await;
+            let (reached, why) = reach_out(plan, trader, global, usize::MAX).await;
             if !reached {
                 let last = trader.last_close.borrow().clone().unwrap_or_default();
                 let why = if why.is_empty() {
@@ -716,8 +750,6 @@ async fn send(
                      takes a new one ({why})"
                 ));
             }
-            n = trader.nodes.borrow().len();
-            outbox.grow(n, now);
             next_map_ns = now;
         }
         // The map first, so that it is re-read whatever the flow does; and
@@ -726,26 +758,17 @@ async fn send(
         if now >= next_map_ns {
             let missing = trader.routes.borrow().missing();
             for addr in missing {
-                if connect_node(plan, trader, global, addr, clock, recv_bytes)
-                    .await
-                    .is_ok()
-                {
-                    n = trader.nodes.borrow().len();
-                    outbox.grow(n, now);
-                }
+                let _ = connect_node(plan, trader, global, addr).await;
             }
             // No map for a while: the connected nodes are silent; one
             // more node to ask.
             if now.saturating_sub(trader.last_map_ns.get()) >= MAP_STALE.as_nanos() as u64 {
-                let (reached, _) = reach_out(plan, trader, global, clock, recv_bytes, 1).await;
-                if reached {
-                    n = trader.nodes.borrow().len();
-                    outbox.grow(n, now);
-                }
+                reach_out(plan, trader, global, 1).await;
             }
             next_map_ns = now + refresh_ns;
             map_token += 1;
             // The next open node in turn.
+            let n = trader.nodes.borrow().len();
             let open = (0..n)
                 .map(|k| (map_token as usize + k) % n)
                 .find(|&k| !trader.routes.borrow().is_closed(k));
@@ -753,10 +776,7 @@ async fn send(
                 out.clear();
                 wire::append_frame(&[ClusterMapRequest::new(map_token)], &mut out)
                     .map_err(|e| format!("cannot encode a map request: {e}"))?;
-                let node = trader.nodes.borrow()[i].clone();
-                if let Err(e) = write_to(trader, &node, &out).await {
-                    node_lost(trader, i, format!("sending a map request failed: {e}"));
-                }
+                trader.nodes.borrow()[i].queue(&mut out);
             }
         }
         out.clear();
@@ -769,14 +789,16 @@ async fn send(
             coalesce_bytes,
         );
         if !out.is_empty() {
-            let routed = dispatch(trader, outbox, &out, now).await?;
+            let routed = dispatch(trader, outbox, &out, now)?;
             trader.published.orders_sent.store(
                 trader.session.borrow().counters().orders_sent,
                 Ordering::Relaxed,
             );
             if routed == 0 {
                 // All answered here at once: nothing awaited, so let the
-                // worker's other tasks (the receivers) run before the next.
+                // worker's other tasks (receivers, writers) run before the
+                // next. (Otherwise the next batch, if the session has room,
+                // joins the queues; the writers run when the sender waits.)
                 futures_lite::future::yield_now().await;
             }
             continue;
@@ -784,50 +806,9 @@ async fn send(
         if trader.session.borrow().exhausted() {
             return Err("the session used up its 2^40 client order ids".into());
         }
-        let mut sent_heartbeat = false;
-        for (i, last) in outbox.last_send_ns.iter_mut().enumerate() {
-            if trader.routes.borrow().is_closed(i) {
-                continue;
-            }
-            let node = trader.nodes.borrow()[i].clone();
-            if heartbeat_ns > 0 && now >= *last + heartbeat_ns {
-                heartbeat_token += 1;
-                out.clear();
-                wire::append_frame(
-                    &[Heartbeat {
-                        token: heartbeat_token.into(),
-                    }],
-                    &mut out,
-                )
-                .map_err(|e| format!("cannot encode a heartbeat: {e}"))?;
-                if let Err(e) = write_to(trader, &node, &out).await {
-                    node_lost(trader, i, format!("sending a heartbeat failed: {e}"));
-                }
-                *last = now;
-                sent_heartbeat = true;
-            }
-        }
-        if sent_heartbeat {
-            continue;
-        }
         let mut wake_ns = end_ns
             .min(now + STOP_POLL.as_nanos() as u64)
             .min(next_map_ns);
-        // The next heartbeat due, of the open nodes only: a closed node's
-        // last send never moves, and counting it would make this loop spin
-        // without yielding (starving the receivers on this executor).
-        let oldest = {
-            let routes = trader.routes.borrow();
-            (0..n)
-                .filter(|&i| !routes.is_closed(i))
-                .map(|i| outbox.last_send_ns[i])
-                .min()
-        };
-        if heartbeat_ns > 0
-            && let Some(oldest) = oldest
-        {
-            wake_ns = wake_ns.min(oldest + heartbeat_ns);
-        }
         if let Some(due) = next_due {
             wake_ns = wake_ns.min(due);
         }
@@ -841,14 +822,12 @@ async fn send(
 }
 
 /// The send side of a routed session: the splitter, a buffer per node
-/// connection, the local rejects of unrouted requests, and when each node
-/// was last sent to (for its heartbeats).
+/// connection, and the local rejects of unrouted requests.
 struct Outbox {
     splitter: Splitter,
     outs: Vec<Vec<u8>>,
     local: Vec<u8>,
-    last_send_ns: Vec<u64>,
-    /// Capacity of each buffer ([`send_buffer_bytes`]): it never grows.
+    /// Capacity of each buffer ([`send_buffer_bytes`]).
     buffer_bytes: usize,
 }
 
@@ -860,30 +839,24 @@ impl Outbox {
                 .map(|_| Vec::with_capacity(buffer_bytes))
                 .collect(),
             local: Vec::new(),
-            last_send_ns: vec![0; nodes],
             buffer_bytes,
         }
     }
 
-    /// Room for `nodes` node connections (one connected mid-run at `now_ns`).
-    fn grow(&mut self, nodes: usize, now_ns: u64) {
+    /// Room for `nodes` node connections (some connected mid-run).
+    fn grow(&mut self, nodes: usize) {
         let bytes = self.buffer_bytes;
         self.outs.resize_with(nodes, || Vec::with_capacity(bytes));
-        self.last_send_ns.resize(nodes, now_ns);
         self.splitter.grow(nodes);
     }
 }
 
-/// Sends the requests of `out` (written by the session at `now`) each to
+/// Queues the requests of `out` (written by the session at `now`) each for
 /// its shard's owner; the session reads those without a reachable owner
-/// as answered here (unrouted, `Rejected(WrongNode)`). A node whose send
-/// fails is dropped ([`node_lost`]). Returns the requests sent to a node.
-async fn dispatch(
-    trader: &Rc<Trader>,
-    outbox: &mut Outbox,
-    out: &[u8],
-    now: u64,
-) -> Result<u64, String> {
+/// as answered here (unrouted, `Rejected(WrongNode)`). Returns the
+/// requests queued for a node.
+fn dispatch(trader: &Rc<Trader>, outbox: &mut Outbox, out: &[u8], now: u64) -> Result<u64, String> {
+    outbox.grow(trader.nodes.borrow().len());
     for o in outbox.outs.iter_mut() {
         o.clear();
     }
@@ -918,17 +891,59 @@ async fn dispatch(
         )
         .map_err(|e| format!("internal: a local reject did not decode ({e})"))?;
     }
-    for (i, o) in outbox.outs.iter().enumerate() {
-        if o.is_empty() {
-            continue;
+    let nodes = trader.nodes.borrow();
+    for (node, o) in nodes.iter().zip(outbox.outs.iter_mut()) {
+        if !o.is_empty() {
+            node.queue(o);
         }
-        let node = trader.nodes.borrow()[i].clone();
-        if let Err(e) = write_to(trader, &node, o).await {
-            node_lost(trader, i, format!("sending to it failed: {e}"));
-        }
-        outbox.last_send_ns[i] = now;
     }
     Ok(routed)
+}
+
+/// Node `i`'s writer: writes what the sender queued for it, and a
+/// heartbeat when it has sent nothing for half an interval, until the
+/// node is dropped. A write the socket does not take within the stall
+/// limit drops the node ([`node_lost`]).
+async fn write(trader: Rc<Trader>, i: usize) {
+    let Some(node) = trader.nodes.borrow().get(i).cloned() else {
+        return;
+    };
+    let clock = trader.clock;
+    let heartbeat_ns = trader.heartbeat_ns;
+    let mut bytes: Vec<u8> = Vec::with_capacity(trader.buffer_bytes);
+    let (mut last_ns, mut token) = (clock.now_ns(), 0u64);
+    loop {
+        if node.counts.borrow().closed.is_some() {
+            return;
+        }
+        std::mem::swap(&mut bytes, &mut *node.pending.borrow_mut());
+        let now = clock.now_ns();
+        if bytes.is_empty() {
+            if heartbeat_ns == 0 || now < last_ns + heartbeat_ns {
+                let wait = if heartbeat_ns == 0 {
+                    STOP_POLL
+                } else {
+                    Duration::from_nanos(last_ns + heartbeat_ns - now)
+                };
+                node.wake.wait_at_most(wait).await;
+                continue;
+            }
+            token += 1;
+            let beat = Heartbeat {
+                token: token.into(),
+            };
+            if let Err(e) = wire::append_frame(&[beat], &mut bytes) {
+                node_lost(&trader, i, format!("cannot encode a heartbeat: {e}"));
+                return;
+            }
+        }
+        if let Err(e) = write_to(&trader, &node, &bytes).await {
+            node_lost(&trader, i, format!("sending to it failed: {e}"));
+            return;
+        }
+        bytes.clear();
+        last_ns = now;
+    }
 }
 
 /// Writes `bytes` to `node`, given up after the session's stall limit
@@ -966,17 +981,23 @@ fn on_node_reports(
     }
 }
 
+/// Starts node `i`'s receiver (with the bytes read past its `HelloAck`)
+/// and writer.
+fn start_node_tasks(trader: &Rc<Trader>, i: usize, leftover: Vec<u8>) {
+    let receiver = glommio::spawn_local(receive(trader.clone(), i, leftover));
+    let writer = glommio::spawn_local(write(trader.clone(), i));
+    trader.tasks.borrow_mut().extend([receiver, writer]);
+}
+
 /// Connects the session to `addr` mid-run (a node that owns shards the
 /// routes have no connection for, or one to ask for the map) and starts
-/// its receiver; why not when it cannot (tried again at the next map
-/// refresh).
+/// its receiver and writer; why not when it cannot (tried again at the
+/// next map refresh).
 async fn connect_node(
     plan: &Plan,
     trader: &Rc<Trader>,
     global: usize,
     addr: SocketAddr,
-    clock: super::Clock,
-    recv_bytes: usize,
 ) -> Result<(), String> {
     let stall = trader.stall;
     let limit = async {
@@ -996,31 +1017,18 @@ async fn connect_node(
         ));
     };
     debug_assert_eq!(i, trader.nodes.borrow().len());
-    trader.nodes.borrow_mut().push(Rc::new(NodeLink {
-        addr,
-        stream: RefCell::new(conn.stream),
-        counts: RefCell::new(NodeCount {
-            addr: Some(addr),
-            ..NodeCount::default()
-        }),
-        failure: RefCell::new(None),
-    }));
-    let task = glommio::spawn_local(receive(trader.clone(), i, clock, conn.leftover, recv_bytes));
-    trader.receivers.borrow_mut().push(task);
+    let node = NodeLink::new(addr, conn.stream, trader.buffer_bytes);
+    trader.nodes.borrow_mut().push(Rc::new(node));
+    start_node_tasks(trader, i, conn.leftover);
     Ok(())
 }
 
 /// Reads node `i`'s reports until cancelled or the connection fails.
-async fn receive(
-    trader: Rc<Trader>,
-    i: usize,
-    clock: super::Clock,
-    leftover: Vec<u8>,
-    recv_bytes: usize,
-) {
+async fn receive(trader: Rc<Trader>, i: usize, leftover: Vec<u8>) {
     let Some(node) = trader.nodes.borrow().get(i).cloned() else {
         return;
     };
+    let (clock, recv_bytes) = (trader.clock, trader.recv_bytes);
     let mut buf = vec![0u8; recv_bytes.max(leftover.len() + 4096)];
     let mut len = leftover.len();
     buf[..len].copy_from_slice(&leftover);
@@ -1212,6 +1220,145 @@ mod tests {
             1,
             *open,
         )
+    }
+
+    /// A session over real sockets to `peers` (in the order given), with
+    /// a heartbeat interval of `interval`, and its nodes' receivers and
+    /// writers started.
+    async fn trader_over(peers: &[SocketAddr], interval: Duration) -> Rc<Trader> {
+        let m = MapView {
+            version: 1,
+            from_node: 1,
+            nodes: (0..peers.len())
+                .map(|k| MapNode {
+                    id: k as u64 + 1,
+                    addr: Some(peers[k]),
+                    alive: true,
+                })
+                .collect(),
+            owners: (1..=peers.len() as u64).collect(),
+        };
+        let mut nodes = Vec::new();
+        for &peer in peers {
+            let tcp = glommio::net::TcpStream::connect(peer)
+                .await
+                .expect("connect");
+            nodes.push(Rc::new(NodeLink::new(peer, Stream::plain(tcp), 4096)));
+        }
+        let half = interval / 2;
+        let trader = Rc::new(Trader {
+            session: RefCell::new(verifying_session()),
+            ledgers: Rc::new(RefCell::new(NodeLedgers::new())),
+            routes: RefCell::new(Routes::new(peers.to_vec(), &m)),
+            nodes: RefCell::new(nodes),
+            tasks: RefCell::new(Vec::new()),
+            progress: Signal::default(),
+            failure: RefCell::new(None),
+            published: Arc::new(Published::new()),
+            window: Window {
+                from_ns: 0,
+                until_ns: u64::MAX,
+            },
+            last_publish_ns: Cell::new(0),
+            unrouted_window: Cell::new(0),
+            taken_over: RefCell::new(Vec::new()),
+            set_aside: Cell::new(0),
+            known: RefCell::new(peers.to_vec()),
+            next_known: Cell::new(0),
+            last_map_ns: Cell::new(0),
+            last_close: RefCell::new(None),
+            stall: half * STALL_HALF_INTERVALS as u32,
+            heartbeat_ns: half.as_nanos() as u64,
+            buffer_bytes: 4096,
+            clock: super::super::Clock(Instant::now()),
+            recv_bytes: 2 * wire::DEFAULT_MAX_FRAME_BYTES as usize,
+        });
+        for i in 0..peers.len() {
+            start_node_tasks(&trader, i, Vec::new());
+        }
+        trader
+    }
+
+    /// A node whose socket takes no more bytes (it stopped reading, or
+    /// the network to it is cut) stalls its own writer only: the other
+    /// node of the session gets its heartbeats all along (a server closes
+    /// a session that sent it nothing for three intervals), and the
+    /// stalled node is dropped once the stall limit passes, saying why.
+    /// (With one sender for every node, the live node heard nothing while
+    /// the sender waited on the stalled one.)
+    #[test]
+    fn a_node_that_stops_reading_delays_no_other_nodes_heartbeats() {
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let live = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peers = [
+            stuck.local_addr().expect("addr"),
+            live.local_addr().expect("addr"),
+        ];
+        // The live node: the time each heartbeat arrives.
+        let beats = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+        let heard = beats.clone();
+        let reader = std::thread::spawn(move || {
+            let (mut conn, _) = live.accept().expect("accept");
+            let decoder = Decoder::for_server(wire::DEFAULT_MAX_FRAME_BYTES);
+            let (mut buf, mut len) = (vec![0u8; 1 << 16], 0);
+            while let Ok(n @ 1..) = conn.read(&mut buf[len..]) {
+                len += n;
+                let mut frames = decoder.frames(&buf[..len]);
+                for frame in frames.by_ref() {
+                    if matches!(frame, Frame::Heartbeat(_)) {
+                        heard.lock().expect("lock").push(Instant::now());
+                    }
+                }
+                let used = frames.consumed();
+                buf.copy_within(used..len, 0);
+                len -= used;
+            }
+        });
+        let interval = Duration::from_millis(1000);
+        let (queued, dropped, why) =
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .spawn(move || async move {
+                    let trader = trader_over(&peers, interval).await;
+                    // The stuck node accepts and never reads.
+                    let (_stuck_peer, _) = stuck.accept().expect("accept");
+                    let node = trader.nodes.borrow()[0].clone();
+                    let queued = Instant::now();
+                    // More than loopback's socket buffers hold.
+                    node.queue(&mut vec![0u8; 64 << 20]);
+                    let until = queued + 10 * interval;
+                    while node.counts.borrow().closed.is_none() && Instant::now() < until {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                    let dropped = Instant::now();
+                    let why = node.counts.borrow().closed.clone();
+                    assert!(
+                        trader.nodes.borrow()[1].counts.borrow().closed.is_none(),
+                        "the live node was dropped"
+                    );
+                    for t in trader.tasks.take() {
+                        let _ = t.cancel().await;
+                    }
+                    drop(trader);
+                    (queued, dropped, why)
+                })
+                .expect("executor")
+                .join()
+                .expect("join");
+        reader.join().expect("reader");
+        let why = why.expect("the stuck node was never dropped");
+        assert!(why.contains("took no bytes"), "{why}");
+        let stalled = dropped - queued;
+        assert!(
+            stalled >= interval,
+            "dropped after {stalled:?}, before the stall limit of 1.5 intervals"
+        );
+        let beats = beats.lock().expect("lock");
+        let during = beats.iter().filter(|&&t| t > queued && t < dropped).count();
+        assert!(
+            during >= 1,
+            "the live node heard no heartbeat in the {stalled:?} the stuck node stalled \
+             (heartbeats every half interval: {beats:?})"
+        );
     }
 
     /// The routed path end to end without a socket: requests cut per node,
