@@ -347,15 +347,20 @@ impl Routes {
     }
 
     /// Connection `c` closed: from now on nothing routes to it. Returns the
-    /// shards that routed there (their requests in flight are lost).
+    /// shards whose requests went there: those that routed there, and
+    /// those unrouted for now whose last owner heard of is its node (a map
+    /// said "no owner" while a move or takeover catches up): their
+    /// requests in flight are lost, their open orders gone with it.
     pub fn close(&mut self, c: usize) -> Vec<u32> {
         let Some(closed) = self.closed.get_mut(c) else {
             return Vec::new();
         };
         *closed = true;
+        let addr = self.nodes[c];
         let mut shards = Vec::new();
         for (shard, route) in self.route.iter_mut().enumerate() {
-            if *route == Some(c as u8) {
+            let served = route.is_none() && self.served_by[shard] == Some(addr);
+            if *route == Some(c as u8) || served {
                 *route = None;
                 shards.push(shard as u32);
             }
@@ -744,6 +749,24 @@ mod tests {
         r.apply_map(&moved);
         assert_eq!(r.route(1), Some(0));
         assert_eq!(r.close(7), Vec::<u32>::new(), "no such connection");
+    }
+
+    /// A shard unrouted for a moment (a map said "no owner" while a move
+    /// catches up) had its requests sent over the connection to its last
+    /// owner: when that connection closes, the shard is among those
+    /// returned (the session sets its open orders aside). Another node's
+    /// unrouted shard is not.
+    #[test]
+    fn a_closed_connection_returns_the_unrouted_shards_its_node_served_last() {
+        let m = map(5);
+        let mut r = Routes::new(m.owner_addresses(), &m);
+        let mut catching_up = map(6);
+        catching_up.owners[1] = 0;
+        catching_up.owners[2] = 0;
+        r.apply_map(&catching_up);
+        assert_eq!((r.route(1), r.route(2)), (None, None));
+        assert_eq!(r.close(1), vec![1], "shard 2 was node 1's");
+        assert_eq!(r.close(0), vec![0, 2]);
     }
 
     #[test]
