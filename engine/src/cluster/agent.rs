@@ -1226,6 +1226,8 @@ const MOVE_PATIENCE: Duration = Duration::from_secs(30);
 /// How long `cluster move` retries writing the lease while its owner's
 /// renewals move the revision under it.
 const CAS_PATIENCE: Duration = Duration::from_secs(10);
+/// The pause between two tries of that compare-and-set.
+const CAS_RETRY: Duration = Duration::from_millis(20);
 
 /// `turbo-dex cluster move SHARD NODE`: gives a live shard's lease to
 /// another live node (already expired, the next generation: the node
@@ -1346,7 +1348,7 @@ async fn move_live(
         // The owner renews its lease every fifth of it, so the
         // compare-and-set can find the revision moved: read it again and
         // retry (for a few seconds) while the same node owns the shard.
-        let started = Instant::now();
+        let cas_started = Instant::now();
         let mut from: Option<u64> = None;
         let current = loop {
             let Some(current) = read_leases(&b.leases, config.shards).await?[shard as usize] else {
@@ -1371,14 +1373,14 @@ async fn move_live(
             let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
             match timeout(b.leases.update(shard_key(shard), value, current.revision)).await {
                 Ok(_) => break current,
-                Err(e) if started.elapsed() > CAS_PATIENCE => {
+                Err(e) if cas_started.elapsed() > CAS_PATIENCE => {
                     return Err(format!(
                         "writing the lease of shard {shard}: {e} (it changed under every \
                          try for {} s; try again)",
                         CAS_PATIENCE.as_secs()
                     ));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => tokio::time::sleep(CAS_RETRY).await,
             }
         };
         let started = Instant::now();

@@ -80,6 +80,16 @@ pub const STALL_HALF_INTERVALS: u64 = 3;
 /// The wait limit without a heartbeat interval (none negotiated).
 const STALL_DEFAULT: Duration = Duration::from_millis(1500);
 
+/// The stall limit for half a heartbeat interval of `heartbeat_ns` (0:
+/// none negotiated).
+fn stall_limit(heartbeat_ns: u64) -> Duration {
+    if heartbeat_ns > 0 {
+        Duration::from_nanos(heartbeat_ns * STALL_HALF_INTERVALS)
+    } else {
+        STALL_DEFAULT
+    }
+}
+
 /// What one node connection of one session carried in the window.
 #[derive(Clone, Debug, Default)]
 pub struct NodeCount {
@@ -366,7 +376,11 @@ struct NodeLink {
     counts: RefCell<NodeCount>,
     /// Why reading from it stopped (set by `read_more`).
     failure: RefCell<Option<String>>,
-    /// Bytes queued for its writer ([`NodeLink::queue`]).
+    /// Bytes queued for its writer ([`NodeLink::queue`]). Bounded by the
+    /// session: what it queues are requests it awaits answers to (at most
+    /// `--inflight` of them, [`Session::room`]), one map request a
+    /// refresh, and the drain's cancels; a writer that cannot empty it
+    /// within the stall limit drops the node.
     pending: RefCell<Vec<u8>>,
     /// Raised when bytes are queued or the node is dropped.
     wake: Signal,
@@ -450,6 +464,54 @@ struct Trader {
     recv_bytes: usize,
 }
 
+/// How a routed session's node connections are driven.
+struct Wiring {
+    clock: super::Clock,
+    /// Half the negotiated heartbeat interval (0: none).
+    heartbeat_ns: u64,
+    /// The capacity of a node's send queue ([`send_buffer_bytes`]).
+    buffer_bytes: usize,
+    /// A receiver's buffer.
+    recv_bytes: usize,
+}
+
+impl Trader {
+    fn new(
+        session: Session,
+        ledgers: Rc<RefCell<NodeLedgers>>,
+        routes: Routes,
+        nodes: Vec<Rc<NodeLink>>,
+        published: Arc<Published>,
+        window: Window,
+        w: Wiring,
+    ) -> Trader {
+        Trader {
+            session: RefCell::new(session),
+            ledgers,
+            routes: RefCell::new(routes),
+            nodes: RefCell::new(nodes),
+            tasks: RefCell::new(Vec::new()),
+            progress: Signal::default(),
+            failure: RefCell::new(None),
+            published,
+            window,
+            last_publish_ns: Cell::new(0),
+            unrouted_window: Cell::new(0),
+            taken_over: RefCell::new(Vec::new()),
+            set_aside: Cell::new(0),
+            known: RefCell::new(Vec::new()),
+            next_known: Cell::new(0),
+            last_map_ns: Cell::new(w.clock.now_ns()),
+            last_close: RefCell::new(None),
+            stall: stall_limit(w.heartbeat_ns),
+            heartbeat_ns: w.heartbeat_ns,
+            buffer_bytes: w.buffer_bytes,
+            clock: w.clock,
+            recv_bytes: w.recv_bytes,
+        }
+    }
+}
+
 async fn session(
     plan: Plan,
     (w, c, global): (usize, usize, usize),
@@ -508,35 +570,15 @@ async fn session(
         })
         .collect();
     let recv_bytes = 2 * max_frame.max(wire::DEFAULT_MAX_FRAME_BYTES) as usize;
-    let trader = Rc::new(Trader {
-        session: RefCell::new(session),
-        ledgers,
-        routes: RefCell::new(routes),
-        nodes: RefCell::new(nodes),
-        tasks: RefCell::new(Vec::new()),
-        progress: Signal::default(),
-        failure: RefCell::new(None),
-        published,
-        window,
-        last_publish_ns: Cell::new(0),
-        unrouted_window: Cell::new(0),
-        taken_over: RefCell::new(Vec::new()),
-        set_aside: Cell::new(0),
-        known: RefCell::new(Vec::new()),
-        next_known: Cell::new(0),
-        last_map_ns: Cell::new(clock.now_ns()),
-        last_close: RefCell::new(None),
-        stall: if heartbeat_ns > 0 {
-            // `heartbeat_ns` is half the interval.
-            Duration::from_nanos(heartbeat_ns * STALL_HALF_INTERVALS)
-        } else {
-            STALL_DEFAULT
-        },
+    let wiring = Wiring {
+        clock,
         heartbeat_ns,
         buffer_bytes,
-        clock,
         recv_bytes,
-    });
+    };
+    let trader = Rc::new(Trader::new(
+        session, ledgers, routes, nodes, published, window, wiring,
+    ));
     for &seed in plan.cluster.iter().flatten() {
         note_known(&trader, seed);
     }
@@ -827,6 +869,9 @@ struct Outbox {
     splitter: Splitter,
     outs: Vec<Vec<u8>>,
     local: Vec<u8>,
+    /// The splitter's per-node counts before a split (reused, no
+    /// allocation per batch).
+    routed_before: Vec<u64>,
     /// Capacity of each buffer ([`send_buffer_bytes`]).
     buffer_bytes: usize,
 }
@@ -839,6 +884,7 @@ impl Outbox {
                 .map(|_| Vec::with_capacity(buffer_bytes))
                 .collect(),
             local: Vec::new(),
+            routed_before: Vec::with_capacity(nodes),
             buffer_bytes,
         }
     }
@@ -862,7 +908,8 @@ fn dispatch(trader: &Rc<Trader>, outbox: &mut Outbox, out: &[u8], now: u64) -> R
     }
     outbox.local.clear();
     let splitter = &mut outbox.splitter;
-    let before: Vec<u64> = splitter.routed.clone();
+    outbox.routed_before.clone_from(&splitter.routed);
+    let before = &outbox.routed_before;
     let unrouted_before = splitter.unrouted;
     let routed = splitter
         .split(
@@ -1246,33 +1293,27 @@ mod tests {
             nodes.push(Rc::new(NodeLink::new(peer, Stream::plain(tcp), 4096)));
         }
         let half = interval / 2;
-        let trader = Rc::new(Trader {
-            session: RefCell::new(verifying_session()),
-            ledgers: Rc::new(RefCell::new(NodeLedgers::new())),
-            routes: RefCell::new(Routes::new(peers.to_vec(), &m)),
-            nodes: RefCell::new(nodes),
-            tasks: RefCell::new(Vec::new()),
-            progress: Signal::default(),
-            failure: RefCell::new(None),
-            published: Arc::new(Published::new()),
-            window: Window {
+        let wiring = Wiring {
+            clock: super::super::Clock(Instant::now()),
+            heartbeat_ns: half.as_nanos() as u64,
+            buffer_bytes: 4096,
+            recv_bytes: 2 * wire::DEFAULT_MAX_FRAME_BYTES as usize,
+        };
+        let trader = Rc::new(Trader::new(
+            verifying_session(),
+            Rc::new(RefCell::new(NodeLedgers::new())),
+            Routes::new(peers.to_vec(), &m),
+            nodes,
+            Arc::new(Published::new()),
+            Window {
                 from_ns: 0,
                 until_ns: u64::MAX,
             },
-            last_publish_ns: Cell::new(0),
-            unrouted_window: Cell::new(0),
-            taken_over: RefCell::new(Vec::new()),
-            set_aside: Cell::new(0),
-            known: RefCell::new(peers.to_vec()),
-            next_known: Cell::new(0),
-            last_map_ns: Cell::new(0),
-            last_close: RefCell::new(None),
-            stall: half * STALL_HALF_INTERVALS as u32,
-            heartbeat_ns: half.as_nanos() as u64,
-            buffer_bytes: 4096,
-            clock: super::super::Clock(Instant::now()),
-            recv_bytes: 2 * wire::DEFAULT_MAX_FRAME_BYTES as usize,
-        });
+            wiring,
+        ));
+        for &peer in peers {
+            note_known(&trader, peer);
+        }
         for i in 0..peers.len() {
             start_node_tasks(&trader, i, Vec::new());
         }
