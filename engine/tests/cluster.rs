@@ -1413,6 +1413,173 @@ fn a_node_fills_its_stream_from_the_journal_before_publishing_on() {
     );
 }
 
+/// nats-server checks a publish's expected last subject sequence before its
+/// Raft proposal, not when it is applied, so two publishes conditional on
+/// the same message can both be stored (nats-io/nats-server#4320): an old
+/// owner's batch after the new owner's fence. The old owner acknowledged
+/// it. Here such messages are written after the owner's last one: the
+/// owner must not refuse the shard's orders for good, but stop serving it,
+/// apply the other node's records, fence the stream after them and serve
+/// on. First twice a fence alone (so the owner fences the same record
+/// twice: its fences must not be taken for duplicates), then a record (a
+/// resting sell, which must be in the owner's book afterwards).
+#[test]
+fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serves_on() {
+    use engine::server::replicate::{fence_id, message_id, parse_message_id, stream_name, subject};
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-overtaken");
+    let journal = dir.join("a");
+    let node = replicated_node(&nats, &journal, "3", &[]);
+    let id = node_id(&journal);
+    let mut c = Client::login_version(node.addr, 1, 0, 2);
+    wait_map(&mut c, "the node owns every shard", |m| {
+        m.owners.iter().all(|&o| o == id)
+    });
+    let symbol = symbol_of_shard(0);
+    order_until_accepted(&mut c, 1, symbol, "the shard serves", || node.log());
+    let other = 0x00dd_ba11_u64;
+    let sell = 5_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Writes another node's message after the stream's last one: a fence
+    // (no records), or one record, a sell of account 1 that rests (the
+    // owner's orders are buys at 100); the sell's record.
+    let inject = |with_sell: bool| -> u64 {
+        rt.block_on(async {
+            let nc = async_nats::connect(nats.url(0)).await.expect("connect");
+            let js = async_nats::jetstream::new(nc);
+            let stream = js.get_stream(stream_name(0)).await.expect("the stream");
+            let m = stream
+                .get_last_raw_message_by_subject(&subject(0))
+                .await
+                .expect("the owner's last message");
+            let (node, _, _, last) = m
+                .headers
+                .get("Nats-Msg-Id")
+                .and_then(|v| parse_message_id(v.as_str()))
+                .expect("a turbo-dex message");
+            assert_eq!(node, id, "the owner wrote the stream last");
+            let mut engine_ns = 0;
+            let mut at = 0;
+            while at < m.payload.len() {
+                let (r, len) = engine::journal::decode_record(&m.payload[at..])
+                    .expect("a record")
+                    .expect("a whole record");
+                engine_ns = r.engine_ns;
+                at += len;
+            }
+            let mut bytes = Vec::new();
+            let msg_id = if with_sell {
+                let cmd = engine::book::Command {
+                    session: engine::book::SessionId::from_raw(7),
+                    account: 1,
+                    op: engine::book::Op::New(wire::NewOrder::limit(
+                        sell,
+                        symbol,
+                        wire::Side::Sell,
+                        200,
+                        3,
+                    )),
+                };
+                engine::journal::encode_record(&mut bytes, last + 1, engine_ns + 1, &cmd);
+                message_id(other, 0, last + 1, last + 1)
+            } else {
+                // (Not `message_id`: the second fence would repeat the
+                // first's id, and JetStream would drop it as a duplicate.)
+                fence_id(other, 0, last, m.sequence)
+            };
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(bytes.into())
+                .message_id(msg_id)
+                .expected_last_subject_sequence(m.sequence);
+            js.send_publish(subject(0), publish)
+                .await
+                .expect("publish")
+                .await
+                .expect("stored after the owner's last message");
+            last + 1
+        })
+    };
+    let took_over = || node.log().matches("took over after record").count();
+    let mut next = 6_000;
+    let mut refused = Vec::new();
+    // The owner's next batch cannot be stored after another node's
+    // message: refused. (Until the agent serves the shard again after a
+    // takeover, orders are answered WrongNode, and have no effect.)
+    let mut refuse_next = |c: &mut Client| {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let answer = order(c, next, symbol).map_err(|e| e.0);
+            next += 1;
+            match answer {
+                Err(RejectReason::NotDurable) => {
+                    refused.push(next - 1);
+                    return;
+                }
+                Err(RejectReason::WrongNode) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => panic!("order {}: {other:?}\n{}", next - 1, node.log()),
+            }
+        }
+    };
+    for round in 1..=2 {
+        inject(false);
+        // Refused, and the shard is taken over again (fenced after the
+        // same record both times).
+        refuse_next(&mut c);
+        let until = Instant::now() + DEADLINE;
+        while took_over() < round {
+            assert!(
+                Instant::now() < until,
+                "fenced again (round {round}):\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let after = inject(true);
+    refuse_next(&mut c);
+    let served = order_until_accepted(&mut c, next, symbol, "the shard serves again", || {
+        node.log()
+    });
+    let log = node.log();
+    assert!(log.contains("nats-io/nats-server#4320"), "{log}");
+    assert_eq!(took_over(), 3, "{log}");
+    c.send(&[OrderQuery::new(sell, symbol)]);
+    let Msg::Status(s) = c.wait_for(|m| matches!(m, Msg::Status(_)), "the sell's status") else {
+        unreachable!()
+    };
+    assert_eq!(
+        wire::OrderState::from_wire(s.state),
+        Ok(wire::OrderState::Live),
+        "the other node's order is in the owner's book:\n{log}"
+    );
+    // The stream: the other node's record, then the owner's records (the
+    // one accepted among them), each record once, in order.
+    let records = stream_records(&nats.url(0), 0);
+    let seqs: Vec<u64> = records.iter().map(|r| r.1).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "every record once, in order: {records:?}");
+    let at = records
+        .iter()
+        .position(|r| r.2 == Some(sell))
+        .expect("the sell");
+    assert_eq!((records[at].0, records[at].1), (other, after));
+    assert!(
+        records[at + 1..].iter().all(|r| r.0 == id)
+            && records[at + 1..].iter().any(|r| r.2 == Some(served))
+            && !records
+                .iter()
+                .any(|r| r.2.is_some_and(|x| refused.contains(&x))),
+        "{records:?}"
+    );
+}
+
 /// With `--replicas`, each snapshot of a shard is published to the object
 /// store (`TURBO_DEX_SNAPSHOTS`, object `shard-<n>`, with the records it
 /// covers and its digest) and the shard's stream is trimmed to what

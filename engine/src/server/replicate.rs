@@ -39,6 +39,15 @@
 //! ([`ReplOut::Lost`], `NotDurable`, never applied) and nothing more of
 //! this node is published for the shard until it takes it back.
 //!
+//! The expectation is checked before the server's Raft proposal, not
+//! when the proposal is applied (nats-io/nats-server#4320), so two
+//! publishes in flight at once from different nodes, each conditional
+//! on the same message, can both be stored: an old owner's last batch
+//! after the new owner's fence. The old owner acknowledged it. The new
+//! owner then finds another node's message last while it serves the
+//! shard ([`overtaken`]): it stops serving and takes the shard over
+//! again (reload, apply the stream to its end, fence after it).
+//!
 //! # Snapshots and trimming
 //!
 //! Each snapshot a core takes of a replicated shard (`--snapshot-every`)
@@ -70,6 +79,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, mpsc};
 
+use crate::cluster::view::Role;
 use crate::journal;
 
 /// The stream of shard `shard`.
@@ -87,13 +97,31 @@ pub fn message_id(node: u64, shard: u32, first: u64, last: u64) -> String {
     format!("{node:016x}.{shard}.{first}.{last}")
 }
 
-/// A message id's parts: node, shard, first and last sequence.
+/// The `Nats-Msg-Id` of `node`'s fence of `shard` after record `last`,
+/// conditional on stream message `after`: `<node>.<shard>.<last+1>.<last>.<after>`.
+/// The stream message it follows makes it unique: a node that fences the
+/// same record twice within the duplicate window (the shard went to
+/// another node and came back with no record in between) would otherwise
+/// send an id JetStream remembers, and the fence would be acknowledged
+/// as a duplicate without being stored.
+pub fn fence_id(node: u64, shard: u32, last: u64, after: u64) -> String {
+    format!("{}.{after}", message_id(node, shard, last + 1, last))
+}
+
+/// A message id's parts: node, shard, first and last sequence (a fence's
+/// fifth part, the message it follows, is checked and left out).
 pub fn parse_message_id(id: &str) -> Option<(u64, u32, u64, u64)> {
     let mut parts = id.split('.');
     let node = u64::from_str_radix(parts.next()?, 16).ok()?;
     let shard = parts.next()?.parse().ok()?;
-    let first = parts.next()?.parse().ok()?;
-    let last = parts.next()?.parse().ok()?;
+    let first: u64 = parts.next()?.parse().ok()?;
+    let last: u64 = parts.next()?.parse().ok()?;
+    if let Some(after) = parts.next() {
+        // Only a fence (no records) has one.
+        if first != last.wrapping_add(1) || after.parse::<u64>().is_err() {
+            return None;
+        }
+    }
     parts.next().is_none().then_some((node, shard, first, last))
 }
 
@@ -721,6 +749,7 @@ async fn shard_task(
                 Last::Records { node, last, seq } => {
                     foreign = Some((node, last, seq));
                     acked.clear();
+                    overtaken(&cfg, shard, node, last, seq);
                 }
             }
             broken = false;
@@ -840,6 +869,37 @@ async fn shard_task(
             },
         }
     }
+}
+
+/// Another node's message is the stream's last while this node holds the
+/// shard's lease and serves it (its fence, or its own records, were
+/// stored). It happens when the old owner's publish, conditional on the
+/// same message as the new owner's fence, was stored after the fence:
+/// nats-server checks `Nats-Expected-Last-Subject-Sequence` before its
+/// Raft proposal, not when the proposal is applied, so two publishes in
+/// flight at once may both pass (nats-io/nats-server#4320; its in-flight
+/// guard is the leader's alone and lost at a leader change). The old
+/// owner's records were acknowledged by it, and this node's copy lacks
+/// them: it stops serving the shard and takes it over again as after a
+/// failover (`server::standby`: reload, follow the stream to its end,
+/// fence after it), which applies them. The waiting parts are refused
+/// ([`lost`]); nothing of them was acknowledged or applied.
+fn overtaken(cfg: &ReplConfig, shard: u32, node: u64, last: u64, seq: u64) {
+    let view = &cfg.view;
+    if view.role(shard) != Role::Owner || !view.may_serve(shard) {
+        return; // a takeover under way, or not this node's shard
+    }
+    tracing::warn!(
+        "replication: shard {shard}: node {node:016x} stored records up to {last} in {} \
+         (message {seq}) after this node's own last message while this node holds the \
+         shard (nats-server let two conditional publishes through: \
+         nats-io/nats-server#4320); stopped serving it to apply them and take it over again",
+        stream_name(shard)
+    );
+    // Not ready first: the agent's next renewal must not serve it again
+    // before the takeover does.
+    view.set_ready(shard, false);
+    view.stop(shard);
 }
 
 /// This node lost the shard (another node wrote its stream, and this node
@@ -1125,7 +1185,18 @@ mod tests {
         let id = message_id(0xfeed, 12, 5, 900);
         assert_eq!(id, "000000000000feed.12.5.900");
         assert_eq!(parse_message_id(&id), Some((0xfeed, 12, 5, 900)));
-        for bad in ["", "feed.1.2", "feed.1.2.3.4", "zz.1.2.3", "feed.x.2.3"] {
+        let fence = fence_id(0xfeed, 12, 900, 77);
+        assert_eq!(fence, "000000000000feed.12.901.900.77");
+        assert_eq!(parse_message_id(&fence), Some((0xfeed, 12, 901, 900)));
+        for bad in [
+            "",
+            "feed.1.2",
+            "feed.1.2.3.4",
+            "feed.1.3.2.x",
+            "feed.1.3.2.4.5",
+            "zz.1.2.3",
+            "feed.x.2.3",
+        ] {
             assert_eq!(parse_message_id(bad), None, "{bad}");
         }
     }

@@ -25,7 +25,7 @@
 //! 3. **Takes over** once the agent holds the lease: it reads the stream's
 //!    last message, waits until the core has applied every record up to
 //!    it, and publishes a *fence*: an empty message (`Nats-Msg-Id`
-//!    `<this node>.<shard>.<L+1>.<L>`, no records) conditional on that last
+//!    `<this node>.<shard>.<L+1>.<L>.<M>`, no records) conditional on that last
 //!    message. Once the fence is stored, no publish of the old owner can
 //!    follow (each is conditional on the message before it), so the copy
 //!    holds every record the stream will ever have before this node's
@@ -48,7 +48,7 @@ use futures_lite::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::replicate::{
-    Last, ReplConfig, ReplOut, SNAPSHOT_BUCKET, ShardOutput, ensure_stream, message_id,
+    Last, ReplConfig, ReplOut, SNAPSHOT_BUCKET, ShardOutput, ensure_stream, fence_id,
     parse_message_id, read_last, snapshot_object, stream_name, subject,
 };
 use crate::cluster::view::Role;
@@ -374,6 +374,12 @@ async fn follow_from_snapshot(
         Some((c, d, b)) => (c, d, Some(b)),
         None => (0, 0, None),
     };
+    // A copy being reloaded is never served (an owner that found another
+    // node's records after its own, `replicate::overtaken`, may have had
+    // its lease renewed in between).
+    if !view.may_serve(shard) {
+        view.stop(shard);
+    }
     let _ = out.send((
         at.core,
         ReplOut::Reload {
@@ -649,7 +655,7 @@ async fn take_over(
     }
     let fence = PublishMessage::build()
         .payload(Bytes::new())
-        .message_id(message_id(cfg.node, shard, last + 1, last))
+        .message_id(fence_id(cfg.node, shard, last, seq))
         .expected_last_subject_sequence(seq);
     let stored = async {
         let ack = js
