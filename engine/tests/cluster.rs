@@ -1550,6 +1550,9 @@ fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serv
     let log = node.log();
     assert!(log.contains("nats-io/nats-server#4320"), "{log}");
     assert_eq!(took_over(), 3, "{log}");
+    // What the node knew of the stream before it applied the other node's
+    // record is stale: no gap is reported, and nothing is published twice.
+    assert!(!log.contains("lacks records"), "{log}");
     c.send(&[OrderQuery::new(sell, symbol)]);
     let Msg::Status(s) = c.wait_for(|m| matches!(m, Msg::Status(_)), "the sell's status") else {
         unreachable!()
@@ -1896,6 +1899,28 @@ fn a_live_shard_moves_to_its_standby() {
     });
     assert_eq!(after.owners.len(), SHARDS as usize);
     assert!(rebalance(&[]).contains("balanced already"));
+    // The moved shard back on a (unless the rebalance chose it): what a
+    // knew of its stream is from before b wrote to it, and a must read the
+    // stream again rather than take b's records for a gap of its own.
+    if after.owners[shard as usize] != ida {
+        let out = cluster_move(&nats, 0, shard, ida);
+        assert!(out.status.success(), "{}", testkit::output_text(&out));
+    }
+    let z = order_until_accepted(
+        &mut ca,
+        300,
+        symbol_of_shard(shard),
+        "a serves again",
+        || a.log(),
+    );
+    let records = stream_records(&nats.url(0), shard);
+    assert_eq!(
+        records.iter().filter(|r| r.2 == Some(y)).count(),
+        1,
+        "b's order once: {records:?}"
+    );
+    assert!(records.iter().any(|r| r.2 == Some(z) && r.0 == ida));
+    assert!(!a.log().contains("lacks records"), "{}", a.log());
 }
 
 /// `turbo-dex cluster move SHARD NODE` through NATS server `server`.
@@ -2260,7 +2285,26 @@ impl Trader {
     /// 1 for the interruption) and checks its report: nothing failed but
     /// the interruption, every request was answered, it traded, and
     /// `--verify` found no violation.
-    fn finish(mut self) -> Traded {
+    fn finish(self, machines: &[Machine]) -> Traded {
+        // A failed check says what the machines logged too.
+        let trial = self.trial;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check())) {
+            Ok(traded) => traded,
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| e.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                panic!(
+                    "{why}\ntrial {trial}: the machines' logs:\n{}",
+                    logs(machines)
+                )
+            }
+        }
+    }
+
+    fn check(mut self) -> Traded {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) takes plain integers; the child has not been
         // waited for.
@@ -2721,7 +2765,7 @@ fn failover_loses_no_acknowledged_order() {
             settle_standby(&mut machines, victim, from, &mut orders, &mut next_id);
             phase("it stands by (a digest agreed)");
         }
-        let t = trader.finish();
+        let t = trader.finish(&machines);
         Trader::cancel_leftovers(&machines, trial);
         phase("dex-trader done");
         eprintln!(

@@ -719,6 +719,14 @@ async fn shard_task(
     let mut payload = BytesMut::new();
     // The first sequence a gap before it was looked for (once each).
     let mut gap_checked: Option<u64> = None;
+    // The first sequence a gap before it made the stream be read again
+    // (once each): what this task knows of the stream is stale after the
+    // shard was another node's for a while (a takeover here applied that
+    // node's records, which this task never published), and only a fresh
+    // read tells a real gap from that.
+    let mut gap_reread: Option<u64> = None;
+    // The stream is read again on purpose, not after a failure: no pause.
+    let mut reread = false;
     // Stored messages since the last trim: (stream sequence, last record).
     // Each snapshot drops those before it, so this holds at most one
     // entry per message of `--snapshot-every` records (16 bytes each).
@@ -733,7 +741,7 @@ async fn shard_task(
     loop {
         if broken && inflight.is_none() {
             // Not at once: the failure may last (no quorum for a while).
-            if !parts.is_empty() {
+            if !parts.is_empty() && !std::mem::take(&mut reread) {
                 tokio::time::sleep(RESYNC_PAUSE).await;
             }
             match read_last(&stream, shard).await {
@@ -763,6 +771,16 @@ async fn shard_task(
             lost(shard, node, &mut parts, &output);
         }
         if !broken && foreign.is_none() && inflight.is_none() {
+            let next = parts.front().map(|p| p.first);
+            if let (Some(next), Some(stored)) = (next, stored)
+                && next > stored + 1
+                && gap_reread != Some(next)
+            {
+                gap_reread = Some(next);
+                broken = true;
+                reread = true;
+                continue;
+            }
             fill_gap(&cfg, shard, &client, stored, &mut parts, &mut gap_checked).await;
         }
         if inflight.is_none() && !broken && foreign.is_none() && !parts.is_empty() {
