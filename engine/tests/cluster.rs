@@ -1978,6 +1978,70 @@ impl Pair {
     }
 }
 
+/// Split brain after a pause, with replicated journals: a stopped owner
+/// (SIGSTOP) whose shard its standby took over by failover finds, once
+/// resumed, the new owner's messages last in the stream while it still
+/// believes it serves the shard (its agent has not yet read the lease).
+/// It must refuse the order that waited in its socket and must not take
+/// the shard back (as if nats-server had let an old owner's publish
+/// follow its own fence, `an_owner_that_finds_...`): only a renewal of its
+/// lease would prove the shard is still its own, and it cannot renew a
+/// lease that names another node. The new owner serves on, undisturbed.
+#[test]
+fn a_replicated_owner_paused_past_its_lease_does_not_take_its_shard_back() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-paused");
+    // Heartbeats far apart: the session must outlive the pause.
+    let extra = [
+        "--replicas",
+        "2",
+        "--lease-ms",
+        "1000",
+        "--heartbeat-ms",
+        "20000",
+    ];
+    let Pair {
+        a,
+        b,
+        ida,
+        idb,
+        mut ca,
+        shard,
+    } = Pair::start(&nats, &dir, &extra);
+    let symbol = symbol_of_shard(shard);
+    order_until_accepted(&mut ca, 1, symbol, "a serves", || a.log());
+    signal(&a, libc::SIGSTOP);
+    let mut cb = Client::login_version(b.addr, 2, 0, 2);
+    let y = order_until_accepted(&mut cb, 100, symbol, "b took the shard over", || b.log());
+    // Waits in a's socket for it to resume.
+    ca.send(&[buy(50, symbol, 100, 1)]);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&a, libc::SIGCONT);
+    match answer_of(&mut ca, 50) {
+        Err((RejectReason::NotDurable | RejectReason::WrongNode, _)) => {}
+        other => panic!("a answered {other:?}:\n{}", a.log()),
+    }
+    wait_map(&mut ca, "a sees b own the shard", |m| {
+        m.owners[shard as usize] == idb
+    });
+    // b serves on; a never fenced the stream again.
+    let z = order_until_accepted(&mut cb, y + 1, symbol, "b serves on", || b.log());
+    let records = stream_records_from(&nats.url(0), shard);
+    assert!(
+        records.iter().any(|r| r.2 == Some(z) && r.0 == idb),
+        "{records:?}"
+    );
+    assert!(
+        !records.iter().any(|r| r.0 == ida && r.2 == Some(50)),
+        "{records:?}"
+    );
+    let (la, lb) = (a.log(), b.log());
+    assert!(!la.contains("took over after record"), "{la}");
+    assert!(!lb.contains("nats-io/nats-server#4320"), "{lb}");
+}
+
 /// A standby copy changes only by its owner's stream. Session ids are a
 /// node's own (core, generation, slot), so a session on the standby can
 /// have the id of the owner's session whose orders rest in the copy; its

@@ -849,6 +849,7 @@ impl RoundState {
     /// replicated journals only once the replication thread has applied
     /// the shard's whole stream (until then the role asks it to).
     fn held_lease(&self, view: &ClusterView, shard: u32, started: u64) {
+        view.lease_written(shard, started);
         view.set_role(shard, Role::Owner);
         if view.may_serve(shard) {
             view.renewed(shard, started);

@@ -73,6 +73,9 @@ pub struct ClusterView {
     /// (the agent sets the bit only then).
     ready: Box<[AtomicBool]>,
     replicated: AtomicBool,
+    /// Per shard: when ([`boottime_ns`]) the last successful write of
+    /// this node's lease on it began (0: none).
+    lease_written_ns: Box<[AtomicU64]>,
     /// Wakes the agent when a shard became ready (it serves it at once
     /// instead of a round later).
     pub ready_notify: tokio::sync::Notify,
@@ -126,6 +129,7 @@ impl ClusterView {
             roles: (0..shard_count).map(|_| AtomicU8::new(0)).collect(),
             ready: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
             replicated: AtomicBool::new(false),
+            lease_written_ns: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             ready_notify: tokio::sync::Notify::new(),
         }
     }
@@ -197,6 +201,23 @@ impl ClusterView {
         if ready {
             self.ready_notify.notify_one();
         }
+    }
+
+    /// The agent wrote this node's lease of `shard` (a claim, a takeover
+    /// or a renewal), in a write begun at `started_ns` ([`boottime_ns`]).
+    pub fn lease_written(&self, shard: u32, started_ns: u64) {
+        if let Some(w) = self.lease_written_ns.get(shard as usize) {
+            w.fetch_max(started_ns, Ordering::AcqRel);
+        }
+    }
+
+    /// When the last successful write of this node's lease of `shard`
+    /// began ([`boottime_ns`]; 0: none): a write begun after some moment
+    /// proves that the lease named this node then.
+    pub fn lease_written_at(&self, shard: u32) -> u64 {
+        self.lease_written_ns
+            .get(shard as usize)
+            .map_or(0, |w| w.load(Ordering::Acquire))
     }
 
     pub fn node_id(&self) -> u64 {

@@ -133,6 +133,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(250);
 /// The pause before reading the stream again after a failed publish.
 const RESYNC_PAUSE: Duration = Duration::from_millis(50);
+/// How often a shard found overtaken ([`overtaken`]) reads its stream
+/// again until its lease's next renewal settles whose it is.
+const OVERTAKEN_CHECK: Duration = Duration::from_millis(100);
 /// Batches each core's ring holds (either way).
 pub const RING: usize = 4096;
 /// A message's payload stays this far under the server's `max_payload`
@@ -727,6 +730,9 @@ async fn shard_task(
     let mut gap_reread: Option<u64> = None;
     // The stream is read again on purpose, not after a failure: no pause.
     let mut reread = false;
+    // When another node's message was first found last in the stream of a
+    // shard this node serves ([`overtaken`]).
+    let mut overtaken_seen: Option<u64> = None;
     // Stored messages since the last trim: (stream sequence, last record).
     // Each snapshot drops those before it, so this holds at most one
     // entry per message of `--snapshot-every` records (16 bytes each).
@@ -750,6 +756,7 @@ async fn shard_task(
                     foreign = None;
                 }
                 Last::Records { node, last, seq } if node == cfg.node => {
+                    overtaken_seen = None;
                     stream_seq = seq;
                     stored = stored.max(Some(last));
                     foreign = None;
@@ -757,7 +764,7 @@ async fn shard_task(
                 Last::Records { node, last, seq } => {
                     foreign = Some((node, last, seq));
                     acked.clear();
-                    overtaken(&cfg, shard, node, last, seq);
+                    overtaken(&cfg, shard, (node, last, seq), &mut overtaken_seen);
                 }
             }
             broken = false;
@@ -870,6 +877,12 @@ async fn shard_task(
                 Some((_, ReplMsg::Applied { .. } | ReplMsg::Check { .. })) => {}
                 None => open = false,
             },
+            // Found overtaken: look again until a renewal of the lease
+            // (or its loss) settles it, batches or not.
+            _ = tokio::time::sleep(OVERTAKEN_CHECK), if overtaken_seen.is_some() => {
+                broken = true;
+                reread = true;
+            }
             (last, result) = next_ack(&mut inflight) => match result {
                 Ok(ack) => {
                     stream_seq = ack.sequence;
@@ -889,31 +902,45 @@ async fn shard_task(
     }
 }
 
-/// Another node's message is the stream's last while this node holds the
-/// shard's lease and serves it (its fence, or its own records, were
-/// stored). It happens when the old owner's publish, conditional on the
-/// same message as the new owner's fence, was stored after the fence:
-/// nats-server checks `Nats-Expected-Last-Subject-Sequence` before its
-/// Raft proposal, not when the proposal is applied, so two publishes in
-/// flight at once may both pass (nats-io/nats-server#4320; its in-flight
-/// guard is the leader's alone and lost at a leader change). The old
-/// owner's records were acknowledged by it, and this node's copy lacks
-/// them: it stops serving the shard and takes it over again as after a
+/// Another node's message is the stream's last while this node serves the
+/// shard. Either this node's role is stale (it was cut off, and another
+/// node took the lease over and fenced the stream: its agent has not yet
+/// read the lease) or the old owner's publish, conditional on the same
+/// message as this node's fence, was stored after the fence: nats-server
+/// checks `Nats-Expected-Last-Subject-Sequence` before its Raft proposal,
+/// not when the proposal is applied, so two publishes in flight at once
+/// may both pass (nats-io/nats-server#4320; its in-flight guard is the
+/// leader's alone and lost at a leader change). The old owner
+/// acknowledged those records, and this node's copy lacks them.
+///
+/// A lease write of this node begun after the message was found tells
+/// the two apart: it succeeds only if the lease still names this node.
+/// Until one has (`seen`: when the message was first found), nothing is
+/// done (the waiting batches are refused, [`lost`]). Once one has, this
+/// node stops serving the shard and takes it over again as after a
 /// failover (`server::standby`: reload, follow the stream to its end,
-/// fence after it), which applies them. The waiting parts are refused
-/// ([`lost`]); nothing of them was acknowledged or applied.
-fn overtaken(cfg: &ReplConfig, shard: u32, node: u64, last: u64, seq: u64) {
+/// fence after it), which applies the other node's records. Nothing of
+/// the refused batches was acknowledged or applied.
+fn overtaken(cfg: &ReplConfig, shard: u32, found: (u64, u64, u64), seen: &mut Option<u64>) {
     let view = &cfg.view;
     if view.role(shard) != Role::Owner || !view.may_serve(shard) {
-        return; // a takeover under way, or not this node's shard
+        *seen = None; // a takeover under way, or not this node's shard
+        return;
     }
+    let since = *seen.get_or_insert_with(crate::cluster::view::boottime_ns);
+    if view.lease_written_at(shard) <= since {
+        return; // the next renewal says whose shard it is
+    }
+    let (node, last, seq) = found;
     tracing::warn!(
         "replication: shard {shard}: node {node:016x} stored records up to {last} in {} \
-         (message {seq}) after this node's own last message while this node holds the \
-         shard (nats-server let two conditional publishes through: \
-         nats-io/nats-server#4320); stopped serving it to apply them and take it over again",
+         (message {seq}) after this node's own last message, while this node holds the \
+         shard's lease (renewed since): nats-server let two conditional publishes through \
+         (nats-io/nats-server#4320); stopped serving the shard to apply them and take it \
+         over again",
         stream_name(shard)
     );
+    *seen = None;
     // Not ready first: the agent's next renewal must not serve it again
     // before the takeover does.
     view.set_ready(shard, false);
@@ -1196,6 +1223,52 @@ mod tests {
             at += len;
         }
         out
+    }
+
+    /// Another node's message last in the stream of a shard this node
+    /// serves: acted on (serving stops, for a takeover again) only after a
+    /// lease write begun later proves the lease still names this node. A
+    /// node that was cut off must not act on its stale role.
+    #[test]
+    fn an_overtaken_owner_waits_for_a_renewal_before_it_takes_its_shard_again() {
+        use crate::cluster::view::boottime_ns;
+        let view = Arc::new(crate::cluster::ClusterView::new(1, 4).replicated());
+        let cfg = ReplConfig {
+            urls: String::new(),
+            replicas: 2,
+            node: 1,
+            journal_dir: std::path::PathBuf::new(),
+            view: Arc::clone(&view),
+        };
+        let t0 = boottime_ns();
+        for shard in [2, 3] {
+            view.set_role(shard, Role::Owner);
+            view.set_ready(shard, true);
+            view.lease_written(shard, t0);
+            view.renewed(shard, t0);
+        }
+        let found = (9, 10, 11);
+        let mut seen = None;
+        overtaken(&cfg, 2, found, &mut seen);
+        overtaken(&cfg, 2, found, &mut seen);
+        assert!(seen.is_some());
+        assert!(view.may_serve(2) && view.serves(2), "nothing proves it yet");
+        std::thread::sleep(Duration::from_millis(2));
+        view.lease_written(2, boottime_ns());
+        overtaken(&cfg, 2, found, &mut seen);
+        assert_eq!(seen, None);
+        assert!(
+            !view.may_serve(2) && !view.serves(2),
+            "renewed since: taken again"
+        );
+        // The lease went elsewhere (the agent made it a standby): left alone.
+        let mut seen = None;
+        overtaken(&cfg, 3, found, &mut seen);
+        assert!(seen.is_some());
+        view.set_role(3, Role::Standby);
+        view.set_ready(3, false);
+        overtaken(&cfg, 3, found, &mut seen);
+        assert_eq!(seen, None);
     }
 
     #[test]
