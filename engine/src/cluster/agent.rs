@@ -708,21 +708,13 @@ impl RoundState {
             heartbeat_ms: now,
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        // This node knows it is alive, whether or not its heartbeat was
-        // written and watched back: while the nodes bucket has no leader
-        // (its server died with a machine: an election of 4 to 9 s) or
-        // after a repair emptied the table, its own record would look
-        // stale or be missing, and it would count itself out as a standby
-        // (dropping its copies) and take nothing over.
-        let mut nodes = node_list(&self.nodes);
-        nodes.retain(|n| n.id != self.me);
-        nodes.push(record.clone());
         // The leases are another bucket (another stream, whose leader may
         // live on another server): a heartbeat that fails (the nodes
         // bucket electing a leader) does not stop this round's renewals.
         if let Err(e) = timeout(b.nodes.put(node_key(self.me), value.into())).await {
             tracing::debug!("cluster: heartbeat not written: {e}");
         }
+        let nodes = node_list(&self.nodes);
         let leases = read_leases(&b.leases, view.shard_count()).await?;
         let held: Vec<bool> = (0..view.shard_count()).map(|s| view.holds(s)).collect();
         let timing = view.timing();
