@@ -1269,6 +1269,37 @@ fn replicated_node(
     Node::spawn(command, journal)
 }
 
+/// One `--replicas 3` node on a three-server NATS cluster, owning every
+/// shard, and a client of account 1 that has seen it own them.
+struct LoneOwner {
+    nats: testkit::NatsCluster,
+    _dir: TempDir,
+    node: Node,
+    id: u64,
+    c: Client,
+}
+
+impl LoneOwner {
+    fn start(bin: &Path, name: &str) -> LoneOwner {
+        let nats = testkit::NatsCluster::start(bin, 3);
+        let dir = TempDir::new(name);
+        let journal = dir.join("a");
+        let node = replicated_node(&nats, &journal, "3", &[]);
+        let id = node_id(&journal);
+        let mut c = Client::login_version(node.addr, 1, 0, 2);
+        wait_map(&mut c, "the node owns every shard", |m| {
+            m.owners.iter().all(|&o| o == id)
+        });
+        LoneOwner {
+            nats,
+            _dir: dir,
+            node,
+            id,
+            c,
+        }
+    }
+}
+
 /// `--replicas 3` against a three-server NATS cluster: every accepted order
 /// is in its shard's stream, in journal order, written by this node; while
 /// two of the three servers are stopped (SIGSTOP: no quorum) an order is
@@ -1278,15 +1309,13 @@ fn replicated_node(
 fn replicated_orders_are_stored_in_jetstream_before_they_are_acknowledged() {
     let _serial = serial();
     let bin = testkit::need_nats_server!();
-    let nats = testkit::NatsCluster::start(&bin, 3);
-    let dir = TempDir::new("cluster-replicas");
-    let journal = dir.join("a");
-    let node = replicated_node(&nats, &journal, "3", &[]);
-    let id = node_id(&journal);
-    let mut c = Client::login_version(node.addr, 1, 0, 2);
-    wait_map(&mut c, "the node owns every shard", |m| {
-        m.owners.iter().all(|&o| o == id)
-    });
+    let LoneOwner {
+        nats,
+        _dir,
+        node,
+        id,
+        mut c,
+    } = LoneOwner::start(&bin, "cluster-replicas");
     // Two orders per shard (the first creates its stream).
     let mut accepted = vec![Vec::new(); SHARDS as usize];
     let mut next = 1;
@@ -1428,15 +1457,13 @@ fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serv
     use engine::server::replicate::{fence_id, message_id, parse_message_id, stream_name, subject};
     let _serial = serial();
     let bin = testkit::need_nats_server!();
-    let nats = testkit::NatsCluster::start(&bin, 3);
-    let dir = TempDir::new("cluster-replicas-overtaken");
-    let journal = dir.join("a");
-    let node = replicated_node(&nats, &journal, "3", &[]);
-    let id = node_id(&journal);
-    let mut c = Client::login_version(node.addr, 1, 0, 2);
-    wait_map(&mut c, "the node owns every shard", |m| {
-        m.owners.iter().all(|&o| o == id)
-    });
+    let LoneOwner {
+        nats,
+        _dir,
+        node,
+        id,
+        mut c,
+    } = LoneOwner::start(&bin, "cluster-replicas-overtaken");
     let symbol = symbol_of_shard(0);
     order_until_accepted(&mut c, 1, symbol, "the shard serves", || node.log());
     let other = 0x00dd_ba11_u64;

@@ -307,6 +307,29 @@ fn routes_every_order_to_its_shards_owner() {
     drop((a, b));
 }
 
+/// A run started before the nodes have claimed their shards (in the 2 s
+/// join window every map names no owner) asks again until a map names one
+/// (PROTOCOL.md §8.11 rule 5) instead of failing: the failover test starts
+/// dex-trader while a cluster catches up after a trial, and it failed so.
+#[test]
+fn waits_at_its_start_for_a_map_that_names_an_owner() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = NatsServer::with_jetstream(&bin);
+    let dir = TempDir::new("trader-cluster-early");
+    let a = Node::in_cluster(&nats, &dir.join("a"));
+    let early = map_of(a.addr);
+    assert!(
+        early.owner_addresses().is_empty(),
+        "asked in the join window, the map names no owner: {early:?}"
+    );
+    let path = dir.join("run.json");
+    let out = routed_run(&a.addr.to_string(), &[], &path, None);
+    testkit::assert_success(&out);
+    assert!(n(&json(&path)["trades"]) > 0);
+    drop(a);
+}
+
 /// `--cluster a,b,c --verify`: three nodes with two of six shards each;
 /// every report of every node checked (one terminal report per order,
 /// fills within quantities, both halves of each trade from its node

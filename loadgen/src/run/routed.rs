@@ -205,31 +205,44 @@ impl NodeTotals {
     }
 }
 
+/// How long a run waits at its start for a map that names an owner: a
+/// node answers "no owner" for shards it does not serve yet (a cluster
+/// starting, or one catching up after a failover), and PROTOCOL.md §8.11
+/// rule 5 says to ask again, a second later or another node.
+const MAP_WAIT: Duration = Duration::from_secs(15);
+/// The pause between rounds of asking the seeds.
+const MAP_RETRY: Duration = Duration::from_millis(500);
+
 /// Asks the seeds, in turn, for the cluster map (blocking, before the
-/// workers start): the first complete answer.
+/// workers start): the first answer that names an owner, asking every
+/// seed again for up to [`MAP_WAIT`] while those that answer name none.
 pub fn fetch_map(plan: &Plan, seeds: &[SocketAddr]) -> Result<MapView, RunError> {
-    let mut why = Vec::new();
-    for &seed in seeds {
-        match fetch_map_from(plan, seed) {
-            Ok(map) => {
-                if map.owner_addresses().is_empty() {
-                    return Err(RunError::Failed(format!(
-                        "the cluster map from {seed} (version {}) has no shard with an owner \
-                         whose address is known: the nodes have not claimed their shards yet \
-                         (a node waits a 2 s join window); try again, or see `turbo-dex cluster \
-                         status`",
-                        map.version
-                    )));
-                }
-                return Ok(map);
+    let until = Instant::now() + MAP_WAIT;
+    loop {
+        let mut why = Vec::new();
+        let mut ownerless = None;
+        for &seed in seeds {
+            match fetch_map_from(plan, seed) {
+                Ok(map) if !map.owner_addresses().is_empty() => return Ok(map),
+                Ok(map) => ownerless = Some((seed, map.version)),
+                Err(e) => why.push(format!("{seed}: {e}")),
             }
-            Err(e) => why.push(format!("{seed}: {e}")),
         }
+        // No seed answered at all: say so at once (a wrong address).
+        if ownerless.is_none() || Instant::now() >= until {
+            return Err(RunError::Failed(match ownerless {
+                Some((seed, version)) => format!(
+                    "the cluster map from {seed} (version {version}) has no shard with an \
+                     owner whose address is known, after {} s of asking: the nodes have not \
+                     claimed their shards yet (a node waits a 2 s join window) or are taking \
+                     them over; try again, or see `turbo-dex cluster status`",
+                    MAP_WAIT.as_secs()
+                ),
+                None => format!("no seed node gave the cluster map ({})", why.join("; ")),
+            }));
+        }
+        std::thread::sleep(MAP_RETRY);
     }
-    Err(RunError::Failed(format!(
-        "no seed node gave the cluster map ({})",
-        why.join("; ")
-    )))
 }
 
 fn fetch_map_from(plan: &Plan, seed: SocketAddr) -> Result<MapView, String> {
