@@ -2014,6 +2014,10 @@ impl Pair {
 /// follow its own fence, `an_owner_that_finds_...`): only a renewal of its
 /// lease would prove the shard is still its own, and it cannot renew a
 /// lease that names another node. The new owner serves on, undisturbed.
+/// (After a pause the agent runs within milliseconds and usually learns
+/// of the new owner before the replication thread could act; the unit
+/// test `an_overtaken_owner_waits_for_a_renewal_before_it_takes_its_shard_again`
+/// checks the rule itself, for the network cut where it did not.)
 #[test]
 fn a_replicated_owner_paused_past_its_lease_does_not_take_its_shard_back() {
     let _serial = serial();

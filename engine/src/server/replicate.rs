@@ -45,8 +45,10 @@
 //! on the same message, can both be stored: an old owner's last batch
 //! after the new owner's fence. The old owner acknowledged it. The new
 //! owner then finds another node's message last while it serves the
-//! shard ([`overtaken`]): it stops serving and takes the shard over
-//! again (reload, apply the stream to its end, fence after it).
+//! shard ([`overtaken`]): once a renewal of its lease begun after that
+//! has succeeded (the shard is still its own, not a stale role), it
+//! stops serving and takes the shard over again (reload, apply the
+//! stream to its end, fence after it).
 //!
 //! # Snapshots and trimming
 //!
@@ -752,6 +754,7 @@ async fn shard_task(
             }
             match read_last(&stream, shard).await {
                 Last::Empty => {
+                    overtaken_seen = None;
                     stream_seq = 0;
                     foreign = None;
                 }
