@@ -2085,6 +2085,66 @@ fn a_replicated_owner_paused_past_its_lease_does_not_take_its_shard_back() {
     assert!(!lb.contains("nats-io/nats-server#4320"), "{lb}");
 }
 
+/// Failover does not depend on the nodes bucket taking heartbeats: the
+/// standbys are judged against the newest heartbeat in the table, not the
+/// wall clock (while that bucket's stream has no leader, after its server
+/// died with a machine, every record looked stale by the wall clock, so no
+/// standby took anything over, and the standbys dropped their copies: a
+/// 20-trial run stopped at "no owner in 20 s"). Here the bucket's stream
+/// is deleted, so that no heartbeat is written any more, then the owner is
+/// killed: its standby must take its shard over, with the order the owner
+/// accepted.
+#[test]
+fn a_standby_takes_over_while_the_nodes_bucket_cannot_be_written() {
+    let _serial = serial();
+    let bin = testkit::need_nats_server!();
+    let nats = testkit::NatsCluster::start(&bin, 3);
+    let dir = TempDir::new("cluster-replicas-no-nodes");
+    let extra = ["--replicas", "2", "--lease-ms", "1000"];
+    let Pair {
+        mut a,
+        b,
+        idb,
+        mut ca,
+        shard,
+        ..
+    } = Pair::start(&nats, &dir, &extra);
+    let symbol = symbol_of_shard(shard);
+    let x = order_until_accepted(&mut ca, 1, symbol, "a serves", || a.log());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(nats.url(2)).await.expect("connect");
+        let js = async_nats::jetstream::new(nc);
+        let name = format!("KV_{}", engine::cluster::agent::NODES_BUCKET);
+        js.delete_stream(&name)
+            .await
+            .expect("delete the nodes bucket");
+    });
+    // Past a node timeout: every record in b's table is stale now.
+    std::thread::sleep(Duration::from_millis(1_500));
+    a.kill();
+    let mut cb = Client::login_version(b.addr, 2, 0, 2);
+    order_until_accepted(&mut cb, 100, symbol, "b took the shard over", || b.log());
+    let mut cb1 = Client::login_version(b.addr, 1, 0, 2);
+    cb1.send(&[OrderQuery::new(x, symbol)]);
+    let Msg::Status(s) = cb1.wait_for(|m| matches!(m, Msg::Status(_)), "x's status") else {
+        unreachable!()
+    };
+    assert_eq!(
+        wire::OrderState::from_wire(s.state),
+        Ok(wire::OrderState::Live),
+        "the order a accepted rests on b:\n{}",
+        b.log()
+    );
+    let map = wait_map(&mut cb1, "b owns the shard", |m| {
+        m.owners[shard as usize] == idb
+    });
+    assert_eq!(map.owners[shard as usize], idb);
+}
+
 /// A standby copy changes only by its owner's stream. Session ids are a
 /// node's own (core, generation, slot), so a session on the standby can
 /// have the id of the owner's session whose orders rest in the copy; its

@@ -753,6 +753,12 @@ impl RoundState {
                 let shard = shard as u32;
                 let role = match lease {
                     Some(l) if l.record.owner == self.me => Role::Owner,
+                    // No node table (a repair cleared it; the new watch
+                    // has not delivered yet): a copy is kept, not dropped
+                    // for want of knowing.
+                    Some(_) if nodes.is_empty() && view.role(shard) == Role::Standby => {
+                        Role::Standby
+                    }
                     Some(l)
                         if plan::standbys(
                             l.record.owner,

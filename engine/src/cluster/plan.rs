@@ -39,7 +39,10 @@
 //! 7. With replication, each shard's journal is in a JetStream stream, so
 //!    any node can rebuild it. Its standbys ([`standbys`]) are the R − 1
 //!    live nodes that follow the owner in the ring of node ids; they keep
-//!    a copy of the shard's book. When the owner's lease has expired, the
+//!    a copy of the shard's book. Liveness here is judged against the
+//!    newest heartbeat in the nodes table ([`table_now`]), so that a
+//!    nodes bucket that takes no writes for a while (its leader died
+//!    with a machine) does not make every node look dead. When the owner's lease has expired, the
 //!    first live standby takes it by compare-and-set
 //!    ([`Action::Take`], the next generation), then serves once it has
 //!    applied the whole stream (`server::replicate`).
@@ -217,6 +220,15 @@ pub struct Round<'a> {
 /// live nodes (other than the owner) that follow it in the ring of node
 /// ids, nearest first. Every node computes the same list from the same
 /// records.
+///
+/// Liveness here is judged by the table's own clock ([`table_now`]), not
+/// by the wall clock alone: while the nodes bucket cannot be written (its
+/// stream electing a leader after its server died with a machine, 4 to
+/// 9 s on nats-server 2.9), every heartbeat stops at once, and by the wall
+/// clock every node would look dead: no standby would take the dead
+/// machine's shards over, and every standby would drop its copy. Judged
+/// against the newest heartbeat, the nodes that were alive when the
+/// bucket stopped still are, and one that had stopped before is not.
 pub fn standbys(
     owner: u64,
     nodes: &[NodeRecord],
@@ -224,6 +236,7 @@ pub fn standbys(
     now_ms: u64,
     node_timeout_ms: u64,
 ) -> Vec<u64> {
+    let now_ms = table_now(nodes, now_ms);
     let mut live: Vec<u64> = nodes
         .iter()
         .filter(|n| n.id != owner && now_ms.saturating_sub(n.heartbeat_ms) <= node_timeout_ms)
@@ -236,6 +249,18 @@ pub fn standbys(
     live.rotate_left(split);
     live.truncate(replicas.saturating_sub(1) as usize);
     live
+}
+
+/// The time the node table speaks for: its newest heartbeat, never later
+/// than `now_ms` (an empty table: `now_ms`). Every node heartbeats every
+/// round, so while the nodes bucket takes writes this is within a round
+/// of `now_ms`; while it takes none, it stays where the writes stopped.
+pub fn table_now(nodes: &[NodeRecord], now_ms: u64) -> u64 {
+    nodes
+        .iter()
+        .map(|n| n.heartbeat_ms)
+        .max()
+        .map_or(now_ms, |newest| newest.min(now_ms))
 }
 
 /// Whether `node` counts as alive at `now_ms`.
@@ -716,6 +741,54 @@ mod tests {
         assert_eq!(of(7, 3), [1, 3], "a dead owner's standbys are live ones");
         assert_eq!(of(3, 9), [5, 1], "no more than there are");
         assert!(of(3, 1).is_empty(), "no replication, no standby");
+    }
+
+    #[test]
+    fn standbys_are_judged_by_the_tables_clock_while_no_heartbeat_is_written() {
+        // The nodes bucket stopped taking writes at `stopped` (its leader
+        // died with node 7's machine); node 5 had died long before.
+        let stopped = 100_000;
+        let nodes = [
+            node(1, 1, stopped - 150),
+            node(3, 1, stopped),
+            node(5, 1, stopped - NODE_TIMEOUT_MS - 1),
+            node(7, 1, stopped - 100),
+        ];
+        assert_eq!(table_now(&nodes, stopped + 30_000), stopped);
+        assert_eq!(
+            table_now(&nodes, stopped - 10),
+            stopped - 10,
+            "never ahead of now"
+        );
+        assert_eq!(table_now(&[], 42), 42);
+        // 30 s later by the wall clock, 1 and 3 still stand by for 7; 5
+        // does not.
+        let later = stopped + 30_000;
+        assert_eq!(standbys(7, &nodes, 3, later, NODE_TIMEOUT_MS), [1, 3]);
+        assert_eq!(standbys(3, &nodes, 3, later, NODE_TIMEOUT_MS), [7, 1]);
+        // So the first standby takes 7's expired lease.
+        let leases = vec![lease(7, later - 1, 9)];
+        let got = decide(&Round {
+            now_ms: later,
+            me: 1,
+            nodes: &nodes,
+            leases: &leases,
+            held: &[false],
+            may_claim: true,
+            replicas: 2,
+            node_timeout_ms: NODE_TIMEOUT_MS,
+            unchanged_ms: &[NODE_TIMEOUT_MS],
+            lease_ms: NODE_TIMEOUT_MS,
+            remembered: &[],
+        });
+        assert!(
+            got.contains(&Action::Take {
+                shard: 0,
+                revision: 9,
+                generation: 2
+            }),
+            "{got:?}"
+        );
     }
 
     #[test]
