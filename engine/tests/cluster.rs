@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use common::{Client, Msg, TempDir, buy, get};
 use futures_lite::StreamExt;
 use testkit::NatsServer;
-use wire::{ClusterMapRequest, Kind, OrderQuery, RejectReason};
+use wire::{ClusterMapRequest, Kind, OrderQuery, RejectReason, SessionErrorCode};
 
 /// Shards of the test clusters, and symbols (two per shard).
 const SHARDS: u32 = 4;
@@ -290,6 +290,20 @@ fn order_until_accepted(
         std::thread::sleep(Duration::from_millis(200));
     }
     id
+}
+
+/// Waits for the node to close `c` with `SessionError(ShardTakenOver)`
+/// naming `shard` (its copy of the shard passed to no session: PROTOCOL.md
+/// §8.11 rule 9).
+fn closed_as_taken_over(c: &mut Client, shard: u32) {
+    let Msg::Error(e) = c.wait_for(|m| matches!(m, Msg::Error(_)), "the session's close") else {
+        unreachable!()
+    };
+    assert_eq!(
+        (SessionErrorCode::from_wire(e.code.get()), e.detail.get()),
+        (Ok(SessionErrorCode::ShardTakenOver), shard),
+        "{e:?}"
+    );
 }
 
 fn turbo_dex_cli(args: &[&str]) -> std::process::Output {
@@ -1554,6 +1568,13 @@ fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serv
             }
         }
     };
+    // The node reloads the shard to take it over again: its sessions that
+    // sent orders there are closed (their resting orders belong to no
+    // session now, PROTOCOL.md §8.11 rule 9); the client logs on again.
+    let taken_over = |c: &mut Client| -> Client {
+        closed_as_taken_over(c, 0);
+        Client::login_version(node.addr, 1, 0, 2)
+    };
     for round in 1..=2 {
         inject(false);
         // Refused, and the shard is taken over again (fenced after the
@@ -1568,9 +1589,11 @@ fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serv
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        c = taken_over(&mut c);
     }
     let after = inject(true);
     refuse_next(&mut c);
+    c = taken_over(&mut c);
     let served = order_until_accepted(&mut c, next, symbol, "the shard serves again", || {
         node.log()
     });
@@ -1857,7 +1880,10 @@ fn a_live_shard_moves_to_its_standby() {
         Ok(wire::OrderState::Live),
         "the order accepted on a is on b"
     );
-    // a refuses the shard now, naming b.
+    // a follows b's records as its standby: it closes its session that
+    // sent x (x belongs to no session now), and refuses the shard, naming b.
+    closed_as_taken_over(&mut ca, shard);
+    let mut ca = Client::login_version(a.addr, 1, 0, 2);
     match order(&mut ca, 200, symbol_of_shard(shard)) {
         Err((RejectReason::WrongNode, Some(owner))) => assert_eq!(owner.node_id.get(), idb),
         other => panic!("a answered {other:?}"),

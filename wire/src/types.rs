@@ -265,6 +265,11 @@ wire_enum! {
         /// order entry rate (more rate-limited requests within a window
         /// than the server allows).
         OrderFlood = 17 => "order flood",
+        /// Cluster only: a shard this session had sent NewOrders or
+        /// Replaces for changed hands (the node follows another node's log
+        /// of it, or took it over again itself): the session's resting
+        /// orders there belong to no session now (`detail`: the shard).
+        ShardTakenOver = 18 => "shard taken over",
     }
 }
 

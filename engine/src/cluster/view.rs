@@ -79,6 +79,13 @@ pub struct ClusterView {
     /// Wakes the agent when a shard became ready (it serves it at once
     /// instead of a round later).
     pub ready_notify: tokio::sync::Notify,
+    /// Per shard: how many times this node set its copy of the shard to
+    /// detach the sessions of its resting orders (`Op::DetachSessions`,
+    /// journaled with its next batch as owner): it reloaded the shard, or
+    /// applied another node's records to it. Each core closes its
+    /// sessions that sent orders to a shard whose count moved
+    /// (`SessionError(ShardTakenOver)`).
+    detached: Box<[AtomicU64]>,
 }
 
 /// What a node is to a shard when the journals are replicated.
@@ -131,6 +138,7 @@ impl ClusterView {
             replicated: AtomicBool::new(false),
             lease_written_ns: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             ready_notify: tokio::sync::Notify::new(),
+            detached: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -218,6 +226,23 @@ impl ClusterView {
         self.lease_written_ns
             .get(shard as usize)
             .map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// This node's copy of `shard` will detach the sessions of its
+    /// resting orders (it reloaded the shard, or applied another node's
+    /// records to it).
+    pub fn sessions_detached(&self, shard: u32) {
+        if let Some(d) = self.detached.get(shard as usize) {
+            d.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many times [`ClusterView::sessions_detached`] was called for
+    /// `shard`: a core compares it with the count it last saw.
+    pub fn detach_count(&self, shard: u32) -> u64 {
+        self.detached
+            .get(shard as usize)
+            .map_or(0, |d| d.load(Ordering::Acquire))
     }
 
     pub fn node_id(&self) -> u64 {

@@ -83,8 +83,8 @@ pub struct Counters {
 
 /// Reject reasons a counter array holds (wire values 1..=20, 0 unused).
 pub const REJECT_REASONS: usize = 21;
-/// Close reasons a counter array holds (SessionError codes 1..=17, 0: none).
-pub const CLOSE_REASONS: usize = 18;
+/// Close reasons a counter array holds (SessionError codes 1..=18, 0: none).
+pub const CLOSE_REASONS: usize = 19;
 /// Upper bounds of the journal write latency buckets, in seconds.
 pub const JOURNAL_WRITE_BUCKETS_S: [f64; 14] = [
     50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,

@@ -45,7 +45,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wire::{ClusterMapRequest, Decoder, Frame, Heartbeat, Hello, Kind, RejectReason};
+use wire::{
+    ClusterMapRequest, Decoder, Frame, Heartbeat, Hello, Kind, RejectReason, SessionErrorCode,
+};
 
 use super::{
     ConnOutcome, Connected, RunError, STOP_POLL, Shared, Signal, WorkerOutcome, connect, fill,
@@ -1173,6 +1175,15 @@ async fn receive(trader: Rc<Trader>, i: usize, leftover: Vec<u8>) {
                 len -= used;
             }
             Err(f) => {
+                // The node's copy of the shard passed to no session (it
+                // changed hands, perhaps and back, unseen in the map):
+                // the session's orders there are detached, as in a
+                // takeover (PROTOCOL.md §8.11 rule 9).
+                if let SessionFailure::Closed { code, detail, .. } = &f
+                    && *code == SessionErrorCode::ShardTakenOver.to_wire()
+                {
+                    shards_taken_over(&trader, &[*detail]);
+                }
                 node_lost(&trader, i, f.to_string());
                 return;
             }

@@ -70,6 +70,10 @@ pub struct Conn {
     pub session_counted: bool,
     /// The TLS session on a TLS listener (see `tls.rs`).
     pub tls: Option<Box<super::tls::ConnTls>>,
+    /// Cluster only: a bit per shard (of all shards) this session sent a
+    /// NewOrder or Replace to; empty until the first. A takeover of one of
+    /// them by this node closes the session (`Core::close_detached`).
+    pub shards_routed: Vec<u64>,
 }
 
 impl Conn {
@@ -113,7 +117,24 @@ impl Conn {
             frame_started_ns: None,
             session_counted: false,
             tls: None,
+            shards_routed: Vec::new(),
         }
+    }
+
+    /// Notes that the session sent a NewOrder or Replace to `shard`.
+    pub fn routed_to(&mut self, shard: u32) {
+        let (word, bit) = ((shard / 64) as usize, shard % 64);
+        if self.shards_routed.len() <= word {
+            self.shards_routed.resize(word + 1, 0);
+        }
+        self.shards_routed[word] |= 1 << bit;
+    }
+
+    /// Whether the session sent a NewOrder or Replace to `shard`.
+    pub fn routed_to_shard(&self, shard: u32) -> bool {
+        self.shards_routed
+            .get((shard / 64) as usize)
+            .is_some_and(|w| w & (1 << (shard % 64)) != 0)
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -711,6 +711,55 @@ impl<M: Matcher + Snapshot> Core<M> {
             .store(true, Ordering::Release);
     }
 
+    /// Cluster only: closes, with `SessionError(ShardTakenOver)`, every
+    /// session that sent a NewOrder or Replace to a shard whose copy here
+    /// was set to detach its orders' sessions since the last look (this
+    /// node applied another node's records to it as a standby, or
+    /// reloaded it to take it over again; it served nobody's orders there
+    /// meanwhile, so every such session's orders came before). Their
+    /// orders rest on, belonging to no session, and their fills reach
+    /// nobody: closed, the client knows to reconcile them (PROTOCOL.md
+    /// §8.11 rule 9), even when the owner it sees never changed. Once per
+    /// tick; one atomic load per shard when nothing moved.
+    pub(super) fn close_detached(&mut self) {
+        let Some(view) = self.st.cfg.cluster.clone() else {
+            return;
+        };
+        let mut moved = Vec::new();
+        for (shard, seen) in self.detach_seen.iter_mut().enumerate() {
+            let now = view.detach_count(shard as u32);
+            if now != *seen {
+                *seen = now;
+                moved.push(shard as u32);
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        let slots: Vec<u32> = self.st.router.conns.live_slots().collect();
+        for slot in slots {
+            let Some(c) = self.st.router.conns.slot_mut(slot) else {
+                continue;
+            };
+            if c.phase() == Phase::Closing {
+                continue;
+            }
+            let Some(&shard) = moved.iter().find(|&&s| c.routed_to_shard(s)) else {
+                continue;
+            };
+            let r = CloseReason::new(
+                SessionErrorCode::ShardTakenOver,
+                0,
+                shard,
+                format!(
+                    "shard {shard} changed hands: the session's orders resting there belong \
+                     to no session now; reconcile them with OrderQuery"
+                ),
+            );
+            self.begin_close(slot, Some(r));
+        }
+    }
+
     /// Tells every connection the server is shutting down.
     pub(super) fn close_all(&mut self) {
         let slots: Vec<u32> = self.st.router.conns.live_slots().collect();

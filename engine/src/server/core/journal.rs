@@ -634,6 +634,11 @@ impl<M: Matcher + Snapshot> Core<M> {
                 log.next = None;
                 log.next_requested = false;
                 log.next_seq = covers_seq + 1;
+                if !log.detach_pending
+                    && let Some(view) = &self.st.cfg.cluster
+                {
+                    view.sessions_detached(log.id.shard_index);
+                }
                 log.detach_pending = true;
                 log.unavailable = None;
                 let shard = log.id.shard_index;
@@ -759,6 +764,11 @@ impl<M: Matcher + Snapshot> Core<M> {
         }
         self.maybe_snapshot(local, batch.cmds.len() as u64, batch.last_seq, true);
         let log = &mut self.st.logs[local];
+        if !log.detach_pending
+            && let Some(view) = &self.st.cfg.cluster
+        {
+            view.sessions_detached(log.id.shard_index);
+        }
         log.detach_pending = true;
         let (shard, epoch) = (log.id.shard_index, log.standby_epoch);
         self.repl_backlog.push_back(ReplMsg::Applied {

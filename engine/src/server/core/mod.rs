@@ -167,6 +167,9 @@ pub struct Core<M> {
     repl_backlog: std::collections::VecDeque<crate::server::replicate::ReplMsg>,
     /// The handshake threads' queues, on a TLS listener.
     tls: Option<crate::server::tls::CoreTls>,
+    /// Cluster only: per shard, the view's detach count this core last
+    /// acted on (`close_detached`).
+    detach_seen: Vec<u64>,
 }
 
 /// The result of a core's run.
@@ -213,6 +216,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             repl,
             repl_backlog: std::collections::VecDeque::new(),
             tls,
+            detach_seen: vec![0; cfg.shard_count as usize],
             st: State {
                 router: Router {
                     core: cfg.index,
@@ -297,6 +301,7 @@ impl<M: Matcher + Snapshot> Core<M> {
             if start >= self.next_tick_ns {
                 self.next_tick_ns = start + TICK_NS;
                 self.housekeeping();
+                self.close_detached();
                 self.send_dirty();
             }
             if !self.st.draining && self.st.shared.stop_reading.load(Ordering::Acquire) {

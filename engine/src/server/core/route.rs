@@ -552,6 +552,14 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
         if let Some(n) = self.in_flight() {
             *n += 1;
         }
+        // In a cluster, the shards a session's orders may rest in: a
+        // takeover of one by this node closes the session.
+        if self.st.cfg.cluster.is_some()
+            && matches!(cmd.op, Op::New(_) | Op::Replace(_))
+            && let Some(c) = self.st.router.conns.slot_mut(self.slot)
+        {
+            c.routed_to(symbol % self.st.cfg.shard_count.max(1));
+        }
         if !self.st.route(symbol, cmd)
             && let Some(n) = self.in_flight()
         {
