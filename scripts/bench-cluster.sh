@@ -46,6 +46,7 @@ FORM_STAGGER=0
 FAILOVER_RUNS=3
 FAILOVER_SHARDS=4
 REPLICAS_LIST="1,2,3"
+INFLIGHT=""
 SKIP=""
 JSON=""
 OUT=""
@@ -57,7 +58,7 @@ Usage: scripts/bench-cluster.sh [--rounds N] [--duration D] [--warmup D] [--late
                                 [--fsync never|batch] [--no-spin]
                                 [--form-nodes N[,N...]] [--form-runs N] [--form-stagger S]
                                 [--failover-runs N] [--failover-shards N] [--replicas LIST]
-                                [--skip overhead,formation,failover,replicas]
+                                [--inflight N] [--skip overhead,formation,failover,replicas]
                                 [--json FILE] [--out DIR] [--bin-dir DIR]
 
   --rounds N          overhead: alternating rounds, each one run without and one
@@ -80,6 +81,10 @@ Usage: scripts/bench-cluster.sh [--rounds N] [--duration D] [--warmup D] [--late
   --replicas LIST     replicas: the --replicas values compared, each run with the
                       rounds, duration and latency rate of the overhead part
                       (default 1,2,3; 1 is the baseline)
+  --inflight N        dex-trader --inflight (requests unanswered per connection)
+                      for the batch-2000 runs of overhead and replicas (default:
+                      dex-trader's, 4 batches); a closed-loop run's throughput is
+                      at most this over the latency, which replication raises
   --skip LIST         parts to leave out: overhead, formation, failover, replicas
   --json FILE         also write every figure as JSON to FILE
   --out DIR           keep every run's files (dex-trader JSON, logs, status) in DIR
@@ -111,6 +116,7 @@ while [ $# -gt 0 ]; do
         --failover-runs) FAILOVER_RUNS=${2:?--failover-runs needs a count}; shift 2 ;;
         --failover-shards) FAILOVER_SHARDS=${2:?--failover-shards needs a count}; shift 2 ;;
         --replicas) REPLICAS_LIST=${2:?--replicas needs a list, like 1,2,3}; shift 2 ;;
+        --inflight) INFLIGHT=${2:?--inflight needs a count}; shift 2 ;;
         --skip) SKIP=${2:?--skip needs a list: overhead, formation, failover, replicas}; shift 2 ;;
         --json) JSON=${2:?--json needs a file}; shift 2 ;;
         --out) OUT=${2:?--out needs a directory}; shift 2 ;;
@@ -131,6 +137,7 @@ whole --form-runs "$FORM_RUNS"
 whole --form-stagger "$FORM_STAGGER"
 whole --failover-runs "$FAILOVER_RUNS"
 whole --failover-shards "$FAILOVER_SHARDS"
+[ -z "$INFLIGHT" ] || whole --inflight "$INFLIGHT"
 [ "$FAILOVER_SHARDS" -ge 2 ] || die "--failover-shards $FAILOVER_SHARDS: at least 2 (one for each node)"
 [ "$ROUNDS" -ge 1 ] || die "--rounds $ROUNDS: at least 1"
 [ "$FORM_RUNS" -ge 1 ] || die "--form-runs $FORM_RUNS: at least 1"
@@ -403,6 +410,7 @@ drive() {
     local dir=$1 kind=$2 trader_args=() status=0
     if [ "$kind" = tput ]; then
         trader_args=(--batch 2000)
+        [ -z "$INFLIGHT" ] || trader_args+=(--inflight "$INFLIGHT")
     else
         trader_args=(--batch 1 --rate "$LATENCY_RATE")
     fi
@@ -600,8 +608,9 @@ if [ "$DO_REPLICAS" -eq 1 ]; then
             "$(med "$TMP/replicas-$r-tput" 1)" "$(med "$TMP/replicas-$r-tput" 2)" \
             "$(awk -v a="${R_BASE:-null}" -v b="$(med "$TMP/replicas-$r-tput" 1)" 'BEGIN { if (a != "null" && a > 0 && b != "null") printf "%.3f", b / a; else print "null" }')" "$lat")")
     done
-    JSON_PARTS+=("$(printf '"replicas": {"rounds": %s, "duration": "%s", "batch": 2000, "mix": "match", "fsync": "%s", "latency_rate": %s, "placement": "%s", "runs": [\n    %s\n  ]}' \
-        "$ROUNDS" "$DURATION" "$FSYNC" "$LATENCY_RATE" "$R_PLACEMENT" "$(json_lines "${R_JSON[@]}")")")
+    JSON_PARTS+=("$(printf '"replicas": {"rounds": %s, "duration": "%s", "batch": 2000, "mix": "match", "fsync": "%s", "spin": %s, "inflight": %s, "latency_rate": %s, "placement": "%s", "runs": [\n    %s\n  ]}' \
+        "$ROUNDS" "$DURATION" "$FSYNC" "$([ "$SPIN" -eq 1 ] && echo true || echo false)" "${INFLIGHT:-null}" \
+        "$LATENCY_RATE" "$R_PLACEMENT" "$(json_lines "${R_JSON[@]}")")")
 fi
 
 # ---------------------------------------------------------------- failover
@@ -803,7 +812,7 @@ SUMMARY="$TMP/summary.txt"
     if [ "$DO_OVERHEAD" -eq 1 ]; then
         echo
         echo "## Overhead: one node, without and with --cluster ($ROUNDS round(s), alternating)"
-        echo "dex-trader --mix match --batch 2000 --connections 2 --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC$([ "$SPIN" -eq 1 ] && echo ' --poll spin, dex-trader --spin 1s'); $O_PLACEMENT."
+        echo "dex-trader --mix match --batch 2000 --connections 2${INFLIGHT:+ --inflight $INFLIGHT} --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC$([ "$SPIN" -eq 1 ] && echo ' --poll spin, dex-trader --spin 1s'); $O_PLACEMENT."
         echo "All processes share this machine's $(nproc) CPUs."
         for mode in single cluster; do
             printf '%-8s orders/s: %s   trades/s: %s   median %s orders/s, %s trades/s\n' "$mode" \
@@ -832,7 +841,7 @@ SUMMARY="$TMP/summary.txt"
     if [ "$DO_REPLICAS" -eq 1 ]; then
         echo
         echo "## Replicas: one node on a three-server NATS cluster, --replicas $(echo "$REPLICAS_LIST" | tr ' ' ',') ($ROUNDS round(s), alternating)"
-        echo "dex-trader --mix match --batch 2000 --connections 2 --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC --cluster NATS [--replicas R]; $R_PLACEMENT."
+        echo "dex-trader --mix match --batch 2000 --connections 2${INFLIGHT:+ --inflight $INFLIGHT} --duration $DURATION --warmup $WARMUP; turbo-dex --cores ${CPUS[0]} --journal DIR --fsync $FSYNC --cluster NATS [--replicas R]$([ "$SPIN" -eq 1 ] && echo ' --poll spin, dex-trader --spin 1s'); $R_PLACEMENT."
         for r in $REPLICAS_LIST; do
             printf -- '--replicas %s  orders/s: %s  trades/s: %s  median %s orders/s, %s trades/s' "$r" \
                 "$(col "$TMP/replicas-$r-tput" 1 | while read -r x; do fmt_rate "$x"; printf ' '; done)" \

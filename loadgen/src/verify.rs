@@ -206,9 +206,17 @@ impl TradeLedger {
                 ("taker", "maker")
             };
             violations.push(|| {
+                let buy = side.side == wire::Side::Buy.to_wire();
                 format!(
-                    "trade {trade_id}: seen only as {} (order {}), the {} fill never arrived",
-                    role.0, side.client_order_id, role.1
+                    "trade {trade_id}: seen only as {} (order {}: symbol {}, {} {} at {}), the {} \
+                     fill never arrived",
+                    role.0,
+                    side.client_order_id,
+                    side.symbol,
+                    if buy { "bought" } else { "sold" },
+                    side.quantity,
+                    side.price,
+                    role.1
                 )
             });
         }
