@@ -2452,31 +2452,66 @@ impl Trader {
 
     /// Cancels what the trial's run left resting: the orders it set aside
     /// rest on at the shards' new owners, detached from any session, and
-    /// would trade with the next run's orders (makers it never sent). A
-    /// MassCancel of all symbols per account on every reachable machine
-    /// (each acts on the shards its node serves), each confirmed by the
-    /// echo of a heartbeat sent behind it.
+    /// would trade with the next run's orders (makers it never sent). One
+    /// MassCancel per account and symbol of the run, each sent to the
+    /// reachable machines in turn until one takes it: answered without a
+    /// `Rejected` (`WrongNode`: not its shard; `NotDurable`: its stream
+    /// did not store it) before the echo of a heartbeat sent behind it.
+    /// (A MassCancel of all symbols acts only on the shards the node
+    /// serves at that moment: right after a failover a shard may be served
+    /// by none, and two 20-trial runs found a previous run's leftovers
+    /// trading with the next run's first orders.)
     fn cancel_leftovers(machines: &[Machine], trial: u64) {
-        for node in machines
+        let nodes: Vec<SocketAddr> = machines
             .iter()
             .filter(|m| m.reachable())
-            .filter_map(|m| m.node.as_ref())
-        {
-            for account in Trader::accounts(trial) {
-                if let Err(e) = std::net::TcpStream::connect(node.addr) {
-                    panic!(
-                        "trial {trial}: node {} takes no connection ({e}):\n{}",
-                        node.addr,
+            .filter_map(|m| m.node.as_ref().map(|n| n.addr))
+            .collect();
+        let until = Instant::now() + DEADLINE * 2;
+        let mut request = 0u64;
+        for account in Trader::accounts(trial) {
+            let mut clients: Vec<Option<Client>> = nodes.iter().map(|_| None).collect();
+            for symbol in 0..SYMBOLS {
+                let mut why = Vec::new();
+                'symbol: loop {
+                    for (k, &addr) in nodes.iter().enumerate() {
+                        if let Err(e) = std::net::TcpStream::connect(addr) {
+                            panic!(
+                                "trial {trial}: node {addr} takes no connection ({e}):\n{}",
+                                logs(machines)
+                            );
+                        }
+                        let c = clients[k]
+                            .get_or_insert_with(|| Client::login_version(addr, account, 0, 2));
+                        request += 1;
+                        c.send(&[wire::MassCancel::new(request, symbol)]);
+                        c.send(&[wire::Heartbeat {
+                            token: request.into(),
+                        }]);
+                        c.wait_for(
+                            |m| matches!(m, Msg::Heartbeat(h) if h.token.get() == request),
+                            "the MassCancel done",
+                        );
+                        let refused = c.inbox.iter().find_map(|m| match m {
+                            Msg::Rejected(r) if r.client_order_id.get() == request => {
+                                Some(RejectReason::from_wire(r.reason.get()))
+                            }
+                            _ => None,
+                        });
+                        c.inbox.clear();
+                        match refused {
+                            None => break 'symbol,
+                            Some(reason) => why.push(format!("{addr}: {reason:?}")),
+                        }
+                    }
+                    assert!(
+                        Instant::now() < until,
+                        "trial {trial}: no node cancelled account {account}'s orders on symbol \
+                         {symbol}: {why:?}\n{}",
                         logs(machines)
                     );
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                let mut c = Client::login_version(node.addr, account, 0, 2);
-                c.send(&[wire::MassCancel::new(1, wire::MASS_CANCEL_ALL_SYMBOLS)]);
-                c.send(&[wire::Heartbeat { token: 77.into() }]);
-                c.wait_for(
-                    |m| matches!(m, Msg::Heartbeat(h) if h.token.get() == 77),
-                    "the MassCancel done",
-                );
             }
         }
     }

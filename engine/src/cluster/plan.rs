@@ -42,10 +42,10 @@
 //!    a copy of the shard's book. Liveness here is judged against the
 //!    newest heartbeat in the nodes table ([`table_now`]), so that a
 //!    nodes bucket that takes no writes for a while (its leader died
-//!    with a machine) does not make every node look dead. When the owner's lease has expired, the
-//!    first live standby takes it by compare-and-set
-//!    ([`Action::Take`], the next generation), then serves once it has
-//!    applied the whole stream (`server::replicate`).
+//!    with a machine) does not make every node look dead. When the
+//!    owner's lease has expired, the first live standby takes it by
+//!    compare-and-set ([`Action::Take`], the next generation), then
+//!    serves once it has applied the whole stream (`server::replicate`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

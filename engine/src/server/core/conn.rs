@@ -71,8 +71,9 @@ pub struct Conn {
     /// The TLS session on a TLS listener (see `tls.rs`).
     pub tls: Option<Box<super::tls::ConnTls>>,
     /// Cluster only: a bit per shard (of all shards) this session sent a
-    /// NewOrder or Replace to; empty until the first. A takeover of one of
-    /// them by this node closes the session (`Core::close_detached`).
+    /// NewOrder or Replace to; empty until the first. When this node's
+    /// copy of one of them passes to no session, the session is closed
+    /// (`Core::close_detached`).
     pub shards_routed: Vec<u64>,
 }
 

@@ -552,8 +552,9 @@ impl<M: Matcher + Snapshot> Effects for CoreEffects<'_, M> {
         if let Some(n) = self.in_flight() {
             *n += 1;
         }
-        // In a cluster, the shards a session's orders may rest in: a
-        // takeover of one by this node closes the session.
+        // In a cluster, the shards a session's orders may rest in: when
+        // this node's copy of one passes to no session, the session is
+        // closed (`Core::close_detached`).
         if self.st.cfg.cluster.is_some()
             && matches!(cmd.op, Op::New(_) | Op::Replace(_))
             && let Some(c) = self.st.router.conns.slot_mut(self.slot)
