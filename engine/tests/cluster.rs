@@ -292,6 +292,20 @@ fn order_until_accepted(
     id
 }
 
+/// Asks for order `x`'s status on `c` and asserts that it rests
+/// (`what` says where it should).
+fn assert_live(c: &mut Client, x: u64, symbol: u32, what: std::fmt::Arguments<'_>) {
+    c.send(&[OrderQuery::new(x, symbol)]);
+    let Msg::Status(s) = c.wait_for(|m| matches!(m, Msg::Status(_)), "the order's status") else {
+        unreachable!()
+    };
+    assert_eq!(
+        wire::OrderState::from_wire(s.state),
+        Ok(wire::OrderState::Live),
+        "{what}"
+    );
+}
+
 /// Waits for the node to close `c` with `SessionError(ShardTakenOver)`
 /// naming `shard` (its copy of the shard passed to no session: PROTOCOL.md
 /// §8.11 rule 9).
@@ -1603,14 +1617,11 @@ fn an_owner_that_finds_another_nodes_records_after_its_own_applies_them_and_serv
     // What the node knew of the stream before it applied the other node's
     // record is stale: no gap is reported, and nothing is published twice.
     assert!(!log.contains("lacks records"), "{log}");
-    c.send(&[OrderQuery::new(sell, symbol)]);
-    let Msg::Status(s) = c.wait_for(|m| matches!(m, Msg::Status(_)), "the sell's status") else {
-        unreachable!()
-    };
-    assert_eq!(
-        wire::OrderState::from_wire(s.state),
-        Ok(wire::OrderState::Live),
-        "the other node's order is in the owner's book:\n{log}"
+    assert_live(
+        &mut c,
+        sell,
+        symbol,
+        format_args!("the other node's order is in the owner's book:\n{log}"),
     );
     // The stream: the other node's record, then the owner's records (the
     // one accepted among them), each record once, in order.
@@ -1871,14 +1882,11 @@ fn a_live_shard_moves_to_its_standby() {
     eprintln!("{said}");
     let mut cb = Client::login_version(b.addr, 1, 0, 2);
     let y = order_until_accepted(&mut cb, 100, symbol_of_shard(shard), "b serves", || b.log());
-    cb.send(&[OrderQuery::new(x, symbol_of_shard(shard))]);
-    let Msg::Status(s) = cb.wait_for(|m| matches!(m, Msg::Status(_)), "x's status") else {
-        unreachable!()
-    };
-    assert_eq!(
-        wire::OrderState::from_wire(s.state),
-        Ok(wire::OrderState::Live),
-        "the order accepted on a is on b"
+    assert_live(
+        &mut cb,
+        x,
+        symbol_of_shard(shard),
+        format_args!("the order accepted on a is on b"),
     );
     // a follows b's records as its standby: it closes its session that
     // sent x (x belongs to no session now), and refuses the shard, naming b.
@@ -2155,15 +2163,11 @@ fn a_standby_takes_over_while_the_nodes_bucket_cannot_be_written() {
     let mut cb = Client::login_version(b.addr, 2, 0, 2);
     order_until_accepted(&mut cb, 100, symbol, "b took the shard over", || b.log());
     let mut cb1 = Client::login_version(b.addr, 1, 0, 2);
-    cb1.send(&[OrderQuery::new(x, symbol)]);
-    let Msg::Status(s) = cb1.wait_for(|m| matches!(m, Msg::Status(_)), "x's status") else {
-        unreachable!()
-    };
-    assert_eq!(
-        wire::OrderState::from_wire(s.state),
-        Ok(wire::OrderState::Live),
-        "the order a accepted rests on b:\n{}",
-        b.log()
+    assert_live(
+        &mut cb1,
+        x,
+        symbol,
+        format_args!("the order a accepted rests on b:\n{}", b.log()),
     );
     let map = wait_map(&mut cb1, "b owns the shard", |m| {
         m.owners[shard as usize] == idb
@@ -2260,15 +2264,11 @@ fn a_standby_copy_ignores_cancel_on_disconnect_of_a_session_with_the_owners_id()
     let mut cb = Client::login_version(b.addr, 1, 0, 2);
     order_until_accepted(&mut cb, 1 << 20, symbol, "b serves", || b.log());
     for &x in &resting {
-        cb.send(&[OrderQuery::new(x, symbol)]);
-        let Msg::Status(s) = cb.wait_for(|m| matches!(m, Msg::Status(_)), "status") else {
-            unreachable!()
-        };
-        assert_eq!(
-            wire::OrderState::from_wire(s.state),
-            Ok(wire::OrderState::Live),
-            "order {x} on b after the move\n{}",
-            b.log()
+        assert_live(
+            &mut cb,
+            x,
+            symbol,
+            format_args!("order {x} on b after the move\n{}", b.log()),
         );
     }
 }
@@ -3296,5 +3296,46 @@ fn settle_standby(
                 .map(Node::log)
                 .unwrap_or_default()
         );
+    }
+    // Then every shard takes an order again before dex-trader is stopped:
+    // its drain cancels every open order, and a shard whose stream still
+    // stalls (NATS settling after the machine returned: a run saw one
+    // shard refuse for over 10 s) would leave them unanswered.
+    for shard in 0..SHARDS {
+        loop {
+            assert!(
+                Instant::now() < until,
+                "shard {shard} took no order after the machine returned:\n{}",
+                logs(machines)
+            );
+            let id = *next_id;
+            *next_id += 1;
+            let target = owners[shard as usize];
+            let Some(c) = machines[target].client(1) else {
+                owners = current_owners(machines);
+                continue;
+            };
+            let symbol = SYMBOLS + shard;
+            c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
+            orders.insert(
+                id,
+                Sent {
+                    account: 1,
+                    symbol,
+                    quantity: 1,
+                    ..Sent::default()
+                },
+            );
+            match answer_within(c, 1, id, Duration::from_secs(3), orders) {
+                Answer::Accepted => {
+                    orders.get_mut(&id).unwrap().accepted += 1;
+                    break;
+                }
+                _ => {
+                    owners = current_owners(machines);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 }
