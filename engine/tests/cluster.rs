@@ -3234,6 +3234,47 @@ fn status_within(
 /// After `victim` came back: trade until its node has compared a standby
 /// digest with an owner's snapshot (it logs the first agreement of each
 /// shard; a mismatch would have ended it) in its log after byte `from`.
+/// Sends one order of the test's client (account 1, a symbol of the
+/// test's, not dex-trader's) for `shard` to its owner in `owners`,
+/// recorded in `orders`: whether it was accepted. Otherwise `owners` is
+/// read again (the shard may have moved).
+fn order_on_owner(
+    machines: &mut [Machine],
+    owners: &mut Vec<usize>,
+    shard: u32,
+    orders: &mut std::collections::BTreeMap<u64, Sent>,
+    next_id: &mut u64,
+) -> bool {
+    let id = *next_id;
+    *next_id += 1;
+    let target = owners[shard as usize];
+    let Some(c) = machines[target].client(1) else {
+        *owners = current_owners(machines);
+        return false;
+    };
+    let symbol = SYMBOLS + shard;
+    c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
+    orders.insert(
+        id,
+        Sent {
+            account: 1,
+            symbol,
+            quantity: 1,
+            ..Sent::default()
+        },
+    );
+    match answer_within(c, 1, id, Duration::from_secs(3), orders) {
+        Answer::Accepted => {
+            orders.get_mut(&id).unwrap().accepted += 1;
+            true
+        }
+        _ => {
+            *owners = current_owners(machines);
+            false
+        }
+    }
+}
+
 fn settle_standby(
     machines: &mut [Machine],
     victim: usize,
@@ -3241,7 +3282,9 @@ fn settle_standby(
     orders: &mut std::collections::BTreeMap<u64, Sent>,
     next_id: &mut u64,
 ) {
-    let until = Instant::now() + DEADLINE * 2;
+    // A minute: a returned machine reloads its copies while NATS settles
+    // (a 20-trial run saw one agree its digests just past 40 s).
+    let until = Instant::now() + DEADLINE * 3;
     let mut owners = current_owners(machines);
     let mut shard = 0;
     while !machines[victim].node.as_ref().is_some_and(|n| {
@@ -3259,29 +3302,7 @@ fn settle_standby(
                 .unwrap_or_default()
         );
         shard = (shard + 1) % SHARDS;
-        let id = *next_id;
-        *next_id += 1;
-        let target = owners[shard as usize];
-        let Some(c) = machines[target].client(1) else {
-            owners = current_owners(machines);
-            continue;
-        };
-        // Of the test's symbols, not dex-trader's.
-        let symbol = SYMBOLS + shard;
-        c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
-        orders.insert(
-            id,
-            Sent {
-                account: 1,
-                symbol,
-                quantity: 1,
-                ..Sent::default()
-            },
-        );
-        match answer_within(c, 1, id, Duration::from_secs(3), orders) {
-            Answer::Accepted => orders.get_mut(&id).unwrap().accepted += 1,
-            _ => owners = current_owners(machines),
-        }
+        order_on_owner(machines, &mut owners, shard, orders, next_id);
         assert!(
             machines[victim].node.as_mut().is_some_and(|n| n
                 .child
@@ -3308,34 +3329,10 @@ fn settle_standby(
                 "shard {shard} took no order after the machine returned:\n{}",
                 logs(machines)
             );
-            let id = *next_id;
-            *next_id += 1;
-            let target = owners[shard as usize];
-            let Some(c) = machines[target].client(1) else {
-                owners = current_owners(machines);
-                continue;
-            };
-            let symbol = SYMBOLS + shard;
-            c.send(&[wire::NewOrder::limit(id, symbol, wire::Side::Buy, 1, 1)]);
-            orders.insert(
-                id,
-                Sent {
-                    account: 1,
-                    symbol,
-                    quantity: 1,
-                    ..Sent::default()
-                },
-            );
-            match answer_within(c, 1, id, Duration::from_secs(3), orders) {
-                Answer::Accepted => {
-                    orders.get_mut(&id).unwrap().accepted += 1;
-                    break;
-                }
-                _ => {
-                    owners = current_owners(machines);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+            if order_on_owner(machines, &mut owners, shard, orders, next_id) {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
