@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod book;
 pub mod cluster;
 pub mod config;
+pub mod exit;
 pub mod journal;
 pub mod mdbridge;
 pub mod server;

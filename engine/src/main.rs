@@ -639,7 +639,8 @@ fn main() -> ExitCode {
     // other thread (the log writer, the cores, the admin) starts, so that
     // every thread inherits the mask.
     let signals = block_signals();
-    let _log = init_logging(args.log_format);
+    // Kept where a fatal exit (`engine::exit::exit_flushed`) can flush it.
+    let _log = engine::exit::keep_log_guard(init_logging(args.log_format));
     if let Some(Command::Admin {
         action,
         admin,

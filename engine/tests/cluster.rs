@@ -3067,20 +3067,55 @@ fn failover_loses_no_acknowledged_order() {
     );
 }
 
-/// The live machines' logs, each line after its machine's index.
+/// The live machines' logs, each line after its machine's index, and how
+/// a node's process ended if it has (a node that exits at once, as on a
+/// standby digest mismatch, may leave no line saying why).
 fn logs(machines: &[Machine]) -> String {
     machines
         .iter()
         .enumerate()
         .filter_map(|(i, m)| Some((i, m.node.as_ref()?)))
         .flat_map(|(i, n)| {
-            n.log()
-                .lines()
-                .map(|line| format!("m{i} {line}"))
-                .collect::<Vec<_>>()
+            let mut lines: Vec<String> =
+                n.log().lines().map(|line| format!("m{i} {line}")).collect();
+            if let Some(how) = ended(n) {
+                lines.push(format!("m{i} -- its turbo-dex process ended: {how}"));
+            }
+            lines
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// How a node's process ended, if it has: read with `waitid(WNOWAIT)`, so
+/// the process stays to be reaped when the `Node` is dropped.
+fn ended(node: &Node) -> Option<String> {
+    let pid = node.child.id() as libc::id_t;
+    // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(2) writes only into `info`, which outlives the call;
+    // WNOWAIT leaves the child unreaped, WNOHANG returns at once.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: waitid filled `info` for a child (si_pid 0: none has ended).
+    let (from, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if from == 0 {
+        return None;
+    }
+    Some(if info.si_code == libc::CLD_EXITED {
+        format!("exit status {status}")
+    } else {
+        format!("killed by signal {status}")
+    })
 }
 
 /// Each shard's owner as a live machine's map says (the old guesses
@@ -3294,12 +3329,8 @@ fn settle_standby(
     }) {
         assert!(
             Instant::now() < until,
-            "the returned node compared no digest:\n{}",
-            machines[victim]
-                .node
-                .as_ref()
-                .map(Node::log)
-                .unwrap_or_default()
+            "the returned node (m{victim}) compared no digest; every machine's log:\n{}",
+            logs(machines)
         );
         shard = (shard + 1) % SHARDS;
         order_on_owner(machines, &mut owners, shard, orders, next_id);
@@ -3310,12 +3341,8 @@ fn settle_standby(
                 .ok()
                 .flatten()
                 .is_none()),
-            "the returned node exited:\n{}",
-            machines[victim]
-                .node
-                .as_ref()
-                .map(Node::log)
-                .unwrap_or_default()
+            "the returned node (m{victim}) exited; every machine's log:\n{}",
+            logs(machines)
         );
     }
     // Then every shard takes an order again before dex-trader is stopped:
