@@ -735,6 +735,11 @@ async fn shard_task(
     // When another node's message was first found last in the stream of a
     // shard this node serves ([`overtaken`]).
     let mut overtaken_seen: Option<u64> = None;
+    // This node's message was stored at this stream sequence, past the one
+    // its publish was conditional on ([`conflict`]): until a later message
+    // of this node (the fence of its new takeover) is the stream's last,
+    // nothing is published and nothing more counts as stored.
+    let mut conflict: Option<u64> = None;
     // Stored messages since the last trim: (stream sequence, last record).
     // Each snapshot drops those before it, so this holds at most one
     // entry per message of `--snapshot-every` records (16 bytes each).
@@ -758,10 +763,22 @@ async fn shard_task(
                     stream_seq = 0;
                     foreign = None;
                 }
+                Last::Records { node, last, seq }
+                    if node == cfg.node && conflict.is_some_and(|c| seq <= c) =>
+                {
+                    foreign = Some((node, last, seq));
+                    acked.clear();
+                }
                 Last::Records { node, last, seq } if node == cfg.node => {
                     overtaken_seen = None;
                     stream_seq = seq;
-                    stored = stored.max(Some(last));
+                    // After a conflict, the fence says where this node's
+                    // records go on (the conflicting ones never count).
+                    stored = if conflict.take().is_some() {
+                        Some(last)
+                    } else {
+                        stored.max(Some(last))
+                    };
                     foreign = None;
                 }
                 Last::Records { node, last, seq } => {
@@ -887,6 +904,15 @@ async fn shard_task(
                 reread = true;
             }
             (last, result) = next_ack(&mut inflight) => match result {
+                Ok(ack) if stream_seq != 0 && !ack.duplicate && ack.sequence != stream_seq + 1 => {
+                    conflict = Some(ack.sequence);
+                    stored = None;
+                    foreign = Some((cfg.node, last, ack.sequence));
+                    acked.clear();
+                    self::conflict(&cfg, shard, (last, ack.sequence, stream_seq), &mut parts, &output);
+                    broken = true;
+                    reread = true;
+                }
                 Ok(ack) => {
                     stream_seq = ack.sequence;
                     stored = Some(last);
@@ -946,6 +972,36 @@ fn overtaken(cfg: &ReplConfig, shard: u32, found: (u64, u64, u64), seen: &mut Op
     *seen = None;
     // Not ready first: the agent's next renewal must not serve it again
     // before the takeover does.
+    view.set_ready(shard, false);
+    view.stop(shard);
+}
+
+/// JetStream stored this node's message (records up to `last`) at stream
+/// sequence `at`, not right after message `after` its publish was
+/// conditional on: another node's message went in between, conditional on
+/// the same message and checked before this one was applied
+/// (nats-io/nats-server#4320; a takeover's fence right after an old
+/// owner's last publish). The records are numbered again after that
+/// message's, and no copy applies them (`standby::take`: a conflict): the
+/// waiting batches, this one included, are refused `NotDurable`, never
+/// applied, and the shard is taken over again as after a failover
+/// (reload, apply the stream, fence after it).
+fn conflict(
+    cfg: &ReplConfig,
+    shard: u32,
+    (last, at, after): (u64, u64, u64),
+    parts: &mut VecDeque<Part>,
+    output: &mpsc::UnboundedSender<ShardOutput>,
+) {
+    tracing::warn!(
+        "replication: shard {shard}: JetStream stored this node's records up to {last} at \
+         message {at} of {}, not right after message {after} as its publish required: \
+         another node's message went in between (nats-io/nats-server#4320); stopped serving \
+         the shard to take it over again",
+        stream_name(shard)
+    );
+    lost(shard, cfg.node, parts, output);
+    let view = &cfg.view;
     view.set_ready(shard, false);
     view.stop(shard);
 }

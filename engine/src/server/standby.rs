@@ -182,11 +182,12 @@ struct Where {
 }
 
 /// The newest snapshot of `shard` in the object store: (covers, digest,
-/// body), or `None` when there is none.
+/// the node that published it (0: not said), body), or `None` when there
+/// is none.
 async fn fetch_snapshot(
     js: &jetstream::Context,
     shard: u32,
-) -> Result<Option<(u64, u64, Vec<u8>)>, String> {
+) -> Result<Option<(u64, u64, u64, Vec<u8>)>, String> {
     // A bucket that does not exist (no snapshot was ever published) and
     // one that cannot be read now look alike here; a wrong "none" shows
     // as a stream that does not start at record 1, and is retried.
@@ -206,6 +207,7 @@ async fn fetch_snapshot(
         .map_err(|_| "its snapshot has no covers_seq".to_string())?;
     let digest = u64::from_str_radix(&meta("digest"), 16)
         .map_err(|_| "its snapshot has no digest".to_string())?;
+    let node = u64::from_str_radix(&meta("node"), 16).unwrap_or(0);
     // Read with a bound on each wait, not on the whole (a large snapshot
     // may take long; one whose chunks stop coming must not hold the copy
     // up for good).
@@ -231,7 +233,7 @@ async fn fetch_snapshot(
         }
         body.extend_from_slice(&chunk[..read]);
     }
-    Ok(Some((covers, digest, body)))
+    Ok(Some((covers, digest, node, body)))
 }
 
 /// The owner's newest snapshot's (covers, digest), from its metadata.
@@ -370,9 +372,9 @@ async fn follow_from_snapshot(
             return Next::Reload;
         }
     };
-    let (covers, digest, body) = match snapshot {
-        Some((c, d, b)) => (c, d, Some(b)),
-        None => (0, 0, None),
+    let (covers, digest, node, body) = match snapshot {
+        Some((c, d, n, b)) => (c, d, n, Some(b)),
+        None => (0, 0, 0, None),
     };
     // A copy being reloaded is never served (an owner that found another
     // node's records after its own, `replicate::overtaken`, may have had
@@ -427,7 +429,11 @@ async fn follow_from_snapshot(
     // stream's messages by sequence (`catch_up`), so it never waits for it.
     let mut messages: Option<consumer::pull::Ordered> = None;
     let mut next_open = tokio::time::Instant::now();
-    let mut sent = covers;
+    let mut sent = Tip {
+        seq: covers,
+        node,
+        msg: 0,
+    };
     let mut tick = tokio::time::interval(TICK);
     let mut last_check = tokio::time::Instant::now();
     let mut agreed = false;
@@ -467,11 +473,13 @@ async fn follow_from_snapshot(
                         continue;
                     }
                 };
+                let mut msg = 0;
                 if let Ok(info) = m.info() {
-                    resume_at = Some(info.stream_sequence + 1);
+                    msg = info.stream_sequence;
+                    resume_at = Some(msg + 1);
                 }
                 let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
-                if let Err(gap) = take_message(copy, &mut sent, id.as_deref(), &m.payload) {
+                if let Err(gap) = take_message(copy, &mut sent, id.as_deref(), &m.payload, msg).await {
                     tracing::warn!("standby: shard {shard}: {gap}: reloading");
                     return Next::Reload;
                 }
@@ -542,37 +550,103 @@ async fn compare(
          record {covers}, the owner's snapshot {theirs:016x}: the copy is not exact, and this \
          node must never serve it; exiting"
     );
-    std::process::exit(STANDBY_MISMATCH_EXIT);
+    crate::exit::exit_flushed(STANDBY_MISMATCH_EXIT);
 }
 
 /// The exit status of a node whose standby copy differs from the owner's.
 pub const STANDBY_MISMATCH_EXIT: i32 = 70;
 
-/// Hands the records of one stream message (id `id`, `payload`) that
-/// follow `sent` to the core, and moves `sent` on; a fence (no records)
-/// or records the copy has are skipped. Err: the message starts after a
-/// gap (the stream was trimmed past the copy).
-fn take_message(
+/// How far the copy has been handed records: the last one's sequence,
+/// the node whose message it came in (0: not known, as after a reload
+/// from a snapshot that does not say who published it), and that
+/// message's stream sequence (0: not known, as after a reload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tip {
+    seq: u64,
+    node: u64,
+    msg: u64,
+}
+
+/// What to do with one stream message, by its id's (node, first, last)
+/// and how far the copy is: a pure rule, the same on every copy and on a
+/// node that reloads to take a shard over again, so that all of them
+/// build the same history from the same stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// Nothing new: a fence (no records), or records the copy has.
+    Skip,
+    /// The records after the copy's last (all of them, or the rest of a
+    /// message the copy's snapshot ends inside).
+    Records,
+    /// Records the copy has, numbered again by another node. Either a
+    /// publish that nats-server let through beside another conditional
+    /// on the same message (nats-io/nats-server#4320), whose node was
+    /// never told it is stored (`replicate::conflict`) and which no copy
+    /// applies; or the copy's own records came in a message that the
+    /// stream no longer holds (nats-server 2.9 was seen to deliver a
+    /// message to a consumer and then lose it, when a network cut took
+    /// its stream's raft leader away): [`take_message`] tells the two
+    /// apart by reading that message again.
+    Conflict,
+    /// The message starts after a gap (the stream was trimmed after a
+    /// newer snapshot).
+    Gap,
+}
+
+fn take(tip: Tip, node: u64, first: u64, last: u64) -> Take {
+    if last < first || last <= tip.seq {
+        Take::Skip
+    } else if first > tip.seq + 1 {
+        Take::Gap
+    } else if first <= tip.seq && tip.node != 0 && node != tip.node {
+        Take::Conflict
+    } else {
+        Take::Records
+    }
+}
+
+/// Hands the records of one stream message (id `id`, `payload`, stream
+/// sequence `msg`, 0 if not known) that follow `sent` to the core, and
+/// moves `sent` on ([`take`]). Err: the copy must be reloaded (the
+/// message starts after a gap: the stream was trimmed past the copy; or
+/// the copy holds records the stream no longer has).
+async fn take_message(
     copy: &Following<'_>,
-    sent: &mut u64,
+    sent: &mut Tip,
     id: Option<&str>,
     payload: &Bytes,
+    msg: u64,
 ) -> Result<(), String> {
     let (at, epoch) = (copy.at, copy.epoch);
-    let Some((_, _, first, last)) = id.and_then(parse_message_id) else {
+    let Some((node, _, first, last)) = id.and_then(parse_message_id) else {
         return Ok(());
     };
-    if last < first || last <= *sent {
-        return Ok(());
+    match take(*sent, node, first, last) {
+        Take::Skip => return Ok(()),
+        Take::Gap => {
+            return Err(format!(
+                "{} continues at record {first}, the copy is at {} (trimmed after a newer \
+                 snapshot)",
+                stream_name(at.shard),
+                sent.seq
+            ));
+        }
+        Take::Conflict => {
+            still_holds(copy, *sent).await?;
+            tracing::warn!(
+                "standby: shard {}: {} holds records {first} to {last} of node {node:016x} \
+                 after records up to {} of node {:016x}: stored beside them \
+                 (nats-io/nats-server#4320) and never acknowledged; skipped",
+                at.shard,
+                stream_name(at.shard),
+                sent.seq,
+                sent.node
+            );
+            return Ok(());
+        }
+        Take::Records => {}
     }
-    if first > *sent + 1 {
-        return Err(format!(
-            "{} continues at record {first}, the copy is at {sent} (trimmed after a newer \
-             snapshot)",
-            stream_name(at.shard)
-        ));
-    }
-    let bytes = records_after(payload, *sent);
+    let bytes = records_after(payload, sent.seq);
     let _ = copy.out.send((
         at.core,
         ReplOut::Records {
@@ -581,31 +655,69 @@ fn take_message(
             bytes,
         },
     ));
-    *sent = last;
+    *sent = Tip {
+        seq: last,
+        node,
+        msg,
+    };
     Ok(())
+}
+
+/// Ok when the stream still holds, at `tip.msg`, the message that brought
+/// the copy its last records; Err (reload) when it does not or cannot be
+/// read, or the copy does not know which message it was.
+async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<(), String> {
+    let name = stream_name(copy.at.shard);
+    if tip.msg == 0 {
+        return Err(format!(
+            "another node's records overlap the copy's, which came in a message not known \
+             (reload to read {name} again)"
+        ));
+    }
+    let m = copy
+        .stream
+        .get_raw_message(tip.msg)
+        .await
+        .map_err(|e| format!("cannot read message {} of {name} again: {e}", tip.msg))?;
+    let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
+    match id.as_deref().and_then(parse_message_id) {
+        Some((node, _, _, last)) if node == tip.node && last == tip.seq => Ok(()),
+        _ => Err(format!(
+            "the copy's records up to {} came in message {} of {name} from node {:016x}, \
+             which the stream no longer holds (it holds {}): the copy applied records the \
+             stream lost",
+            tip.seq,
+            tip.msg,
+            tip.node,
+            id.as_deref().unwrap_or("no turbo-dex message")
+        )),
+    }
 }
 
 /// The stream's messages after the copy's last record, read one by one
 /// by sequence up to message `upto` (the stream's last): a takeover does
 /// not wait for the consumer, which may be stale (its server died with
 /// the old owner's machine, and it notices only after its heartbeats
-/// stop).
-async fn catch_up(copy: &Following<'_>, sent: &mut u64, upto: u64) -> Result<(), String> {
+/// stop). True once every message through `upto` was taken ([`take`]);
+/// false when one could not be read (tried again at the next tick).
+async fn catch_up(copy: &Following<'_>, sent: &mut Tip, upto: u64) -> Result<bool, String> {
     let stream = copy.stream;
     let mut info = stream.clone();
     let first = match info.info().await {
         Ok(i) => i.state.first_sequence,
-        Err(_) => return Ok(()), // tried again at the next tick
+        Err(_) => return Ok(false),
     };
-    // From the newest message back to the one with the copy's next record.
+    // Back from the newest message to one the copy has whole (or the
+    // stream's first): the messages after it are taken in order, so that
+    // the first to hold the copy's next record is the one applied (a
+    // later one with the same records is a conflict, never applied).
     let mut from = upto;
     while from > first {
         match stream.get_raw_message(from).await {
             Ok(m) => {
                 let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
                 match id.as_deref().and_then(parse_message_id) {
-                    Some((_, _, f, l)) if f <= *sent + 1 && l >= f => break,
-                    Some((_, _, _, l)) if l <= *sent => break,
+                    Some((_, _, _, l)) if l <= sent.seq => break,
                     _ => from -= 1,
                 }
             }
@@ -614,12 +726,12 @@ async fn catch_up(copy: &Following<'_>, sent: &mut u64, upto: u64) -> Result<(),
     }
     for seq in from..=upto {
         let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
+            return Ok(false);
         };
         let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
-        take_message(copy, sent, id.as_deref(), &m.payload)?;
+        take_message(copy, sent, id.as_deref(), &m.payload, seq).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// One takeover attempt: when the copy has every record of the stream,
@@ -627,7 +739,7 @@ async fn catch_up(copy: &Following<'_>, sent: &mut u64, upto: u64) -> Result<(),
 /// stored (the shard is ready).
 async fn take_over(
     copy: &Following<'_>,
-    sent: &mut u64,
+    sent: &mut Tip,
     applied: &watch::Receiver<(u64, u64)>,
 ) -> Result<bool, String> {
     let Following {
@@ -643,19 +755,21 @@ async fn take_over(
         Last::Empty => (0, 0),
         Last::Records { last, seq, .. } => (last, seq),
     };
-    if last > *sent {
-        catch_up(copy, sent, seq).await?;
-        if last > *sent {
-            return Ok(false);
-        }
+    // Once every message through the last is taken, the copy has the
+    // stream's history (records of a conflict after it are not part of it).
+    if last > sent.seq && !catch_up(copy, sent, seq).await? {
+        return Ok(false);
     }
     let (e, done) = *applied.borrow();
-    if e != epoch || done < last {
+    if e != epoch || done < sent.seq {
         return Ok(false); // the core is still applying them
     }
     let fence = PublishMessage::build()
         .payload(Bytes::new())
-        .message_id(fence_id(cfg.node, shard, last, seq))
+        // The fence says where this node's records go on: after the
+        // copy's last (a node reading it as the stream's last takes that
+        // as stored).
+        .message_id(fence_id(cfg.node, shard, sent.seq, seq))
         .expected_last_subject_sequence(seq);
     let stored = async {
         let ack = js
@@ -666,10 +780,26 @@ async fn take_over(
     }
     .await;
     match stored {
+        // Conditional on message `seq`, the fence should be stored right
+        // after it; it was stored later when a publish of the old owner,
+        // conditional on the same message and checked before the fence
+        // was applied, went in first (nats-io/nats-server#4320). That
+        // owner was told its batch is stored and acknowledged it, and
+        // this copy lacks it: serving now would build on a history
+        // without it. Reload (its records are before the fence in the
+        // stream) and fence again.
+        Ok(ack) if ack.sequence != seq + 1 => Err(format!(
+            "its fence was stored at message {} of {}, not {}: another node's publish went \
+             in between (nats-io/nats-server#4320)",
+            ack.sequence,
+            stream_name(shard),
+            seq + 1
+        )),
         Ok(_) => {
             tracing::info!(
-                "standby: shard {shard}: took over after record {last} ({} fenced at message \
+                "standby: shard {shard}: took over after record {} ({} fenced at message \
                  {}); serving it",
+                sent.seq,
                 stream_name(shard),
                 seq + 1
             );
@@ -688,6 +818,48 @@ mod tests {
     use super::*;
     use crate::book::{Command, Op, SessionId};
     use wire::{NewOrder, Side};
+
+    const O: u64 = 0xa;
+    const N: u64 = 0xb;
+
+    fn tip(seq: u64, node: u64) -> Tip {
+        Tip { seq, node, msg: 7 }
+    }
+
+    #[test]
+    fn a_copy_takes_the_records_that_continue_it() {
+        // Records 951-960 after a copy at 950: taken, whoever wrote them.
+        assert_eq!(take(tip(950, O), O, 951, 960), Take::Records);
+        assert_eq!(take(tip(950, O), N, 951, 960), Take::Records);
+        // The rest of a message the copy's snapshot ends inside.
+        assert_eq!(take(tip(955, O), O, 951, 960), Take::Records);
+        // A snapshot that does not say who published it: as before.
+        assert_eq!(take(tip(955, 0), N, 951, 960), Take::Records);
+    }
+
+    #[test]
+    fn a_copy_skips_fences_and_what_it_has() {
+        // A fence: "after record 950", no records.
+        assert_eq!(take(tip(950, O), N, 951, 950), Take::Skip);
+        assert_eq!(take(tip(960, O), N, 951, 950), Take::Skip);
+        // Records it has (a message delivered twice).
+        assert_eq!(take(tip(960, O), O, 951, 960), Take::Skip);
+        assert_eq!(take(tip(960, O), N, 951, 955), Take::Skip);
+    }
+
+    #[test]
+    fn a_copy_sees_a_gap_after_a_trim() {
+        assert_eq!(take(tip(950, O), O, 952, 960), Take::Gap);
+    }
+
+    #[test]
+    fn another_nodes_records_over_the_copys_are_a_conflict() {
+        // Node O's 951-960 then node N's 951-970, stored after them beside
+        // its fence (nats-io/nats-server#4320): none of N's is applied,
+        // not even 961-970 (N numbers them again after its new takeover).
+        assert_eq!(take(tip(960, O), N, 951, 970), Take::Conflict);
+        assert_eq!(take(tip(960, O), N, 955, 961), Take::Conflict);
+    }
 
     #[test]
     fn records_after_skips_what_the_copy_has() {
