@@ -795,7 +795,12 @@ async fn shard_task(
         if let Some((node, ..)) = foreign
             && !parts.is_empty()
         {
-            lost(shard, node, &mut parts, &output);
+            let why = if node == cfg.node {
+                "waits for its new takeover's fence".to_string()
+            } else {
+                format!("was taken over by node {node:016x}")
+            };
+            lost(shard, &why, &mut parts, &output);
         }
         if !broken && foreign.is_none() && inflight.is_none() {
             let next = parts.front().map(|p| p.first);
@@ -1000,20 +1005,21 @@ fn conflict(
          the shard to take it over again",
         stream_name(shard)
     );
-    lost(shard, cfg.node, parts, output);
+    lost(shard, "is taken over again", parts, output);
     let view = &cfg.view;
     view.set_ready(shard, false);
     view.stop(shard);
 }
 
 /// This node lost the shard (another node wrote its stream, and this node
-/// does not hold the lease): the waiting parts will never be stored. Each
+/// does not hold the lease), or takes it over again ([`conflict`];
+/// `why` says which): the waiting parts will never be stored. Each
 /// core with a batch among them is told ([`ReplOut::Lost`]) so that it
 /// answers them `NotDurable` without applying them; the records stay in
 /// the local journal until the shard is reloaded as a standby copy.
 fn lost(
     shard: u32,
-    node: u64,
+    why: &str,
     parts: &mut VecDeque<Part>,
     output: &mpsc::UnboundedSender<ShardOutput>,
 ) {
@@ -1025,8 +1031,8 @@ fn lost(
         }
     }
     tracing::warn!(
-        "replication: shard {shard} was taken over by node {node:016x}: {} batch(es) \
-         journaled here but never stored in {} are refused (not durable), never applied",
+        "replication: shard {shard} {why}: {} batch(es) journaled here but never stored in \
+         {} are refused (not durable), never applied",
         parts.iter().filter(|p| p.ends_batch).count(),
         stream_name(shard)
     );

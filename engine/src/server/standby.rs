@@ -632,7 +632,14 @@ async fn take_message(
             ));
         }
         Take::Conflict => {
-            still_holds(copy, *sent).await?;
+            if !still_holds(copy, *sent).await? {
+                return Err(format!(
+                    "another node's records overlap the copy's, and message {} of {} cannot \
+                     be read again to tell whether the copy's are the stream's",
+                    sent.msg,
+                    stream_name(at.shard)
+                ));
+            }
             tracing::warn!(
                 "standby: shard {}: {} holds records {first} to {last} of node {node:016x} \
                  after records up to {} of node {:016x}: stored beside them \
@@ -663,29 +670,34 @@ async fn take_message(
     Ok(())
 }
 
-/// Ok when the stream still holds, at `tip.msg`, the message that brought
-/// the copy its last records; Err (reload) when it does not or cannot be
-/// read, or the copy does not know which message it was.
-async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<(), String> {
-    let name = stream_name(copy.at.shard);
+/// Whether the stream still holds, at `tip.msg`, the message that brought
+/// the copy its last records: Ok(true) yes (or the copy does not know
+/// which message it was: its tip is a snapshot's), Ok(false) it cannot
+/// be read now, Err when it holds something else: the copy applied
+/// records the stream lost, and must be reloaded.
+async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
     if tip.msg == 0 {
-        return Err(format!(
-            "another node's records overlap the copy's, which came in a message not known \
-             (reload to read {name} again)"
-        ));
+        return Ok(true);
     }
-    let m = copy
-        .stream
-        .get_raw_message(tip.msg)
-        .await
-        .map_err(|e| format!("cannot read message {} of {name} again: {e}", tip.msg))?;
+    let name = stream_name(copy.at.shard);
+    let m = match copy.stream.get_raw_message(tip.msg).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+            return Err(format!(
+                "the copy's records up to {} came in message {} of {name}, which the stream \
+                 no longer holds",
+                tip.seq, tip.msg
+            ));
+        }
+        Err(_) => return Ok(false),
+    };
     let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
     match id.as_deref().and_then(parse_message_id) {
-        Some((node, _, _, last)) if node == tip.node && last == tip.seq => Ok(()),
+        Some((node, _, _, last)) if node == tip.node && last == tip.seq => Ok(true),
         _ => Err(format!(
             "the copy's records up to {} came in message {} of {name} from node {:016x}, \
-             which the stream no longer holds (it holds {}): the copy applied records the \
-             stream lost",
+             which the stream no longer holds (it holds {} there): the copy applied records \
+             the stream lost",
             tip.seq,
             tip.msg,
             tip.node,
@@ -763,6 +775,12 @@ async fn take_over(
     let (e, done) = *applied.borrow();
     if e != epoch || done < sent.seq {
         return Ok(false); // the core is still applying them
+    }
+    // A copy that applied a message the stream lost (see `Take::Conflict`)
+    // must not build on it as the owner: the message its last records came
+    // in must still be there.
+    if !still_holds(copy, *sent).await? {
+        return Ok(false);
     }
     let fence = PublishMessage::build()
         .payload(Bytes::new())
