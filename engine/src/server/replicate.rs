@@ -909,7 +909,11 @@ async fn shard_task(
                 reread = true;
             }
             (last, result) = next_ack(&mut inflight) => match result {
-                Ok(ack) if stream_seq != 0 && !ack.duplicate && ack.sequence != stream_seq + 1 => {
+                Ok(ack) if stream_seq != 0
+                    && !ack.duplicate
+                    && ack.sequence != stream_seq + 1
+                    && overlapped(&stream, shard, (stream_seq, ack.sequence), parts.front().map_or(last, |p| p.first)).await =>
+                {
                     conflict = Some(ack.sequence);
                     stored = None;
                     foreign = Some((cfg.node, last, ack.sequence));
@@ -985,9 +989,9 @@ fn overtaken(cfg: &ReplConfig, shard: u32, found: (u64, u64, u64), seen: &mut Op
 /// sequence `at`, not right after message `after` its publish was
 /// conditional on: another node's message went in between, conditional on
 /// the same message and checked before this one was applied
-/// (nats-io/nats-server#4320; a takeover's fence right after an old
-/// owner's last publish). The records are numbered again after that
-/// message's, and no copy applies them (`standby::take`: a conflict): the
+/// (nats-io/nats-server#4320; a new owner's first batch right after an
+/// old owner's last), and holds records numbered as this one's
+/// ([`overlapped`]), so no copy applies this one (`standby::take`): the
 /// waiting batches, this one included, are refused `NotDurable`, never
 /// applied, and the shard is taken over again as after a failover
 /// (reload, apply the stream, fence after it).
@@ -1009,6 +1013,54 @@ fn conflict(
     let view = &cfg.view;
     view.set_ready(shard, false);
     view.stop(shard);
+}
+
+/// Whether a message of this node stored at stream sequence `at`, not
+/// right after message `after` its publish was conditional on, comes
+/// after another node's records numbered `first` or later (so that no
+/// copy applies it: `standby::take`). The messages in between are read
+/// (retried until they can be): a fence alone in between (an old owner's
+/// batch stored after the new owner's fence, nats-io/nats-server#4320)
+/// leaves this node's records the next ones, which every copy applies;
+/// the new owner takes the shard over again to apply them too
+/// ([`overtaken`]).
+async fn overlapped(
+    stream: &stream::Stream,
+    shard: u32,
+    (after, at): (u64, u64),
+    first: u64,
+) -> bool {
+    for seq in after + 1..at {
+        let mut said = false;
+        let m = loop {
+            match stream.get_raw_message(seq).await {
+                Ok(m) => break Some(m),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break None,
+                Err(e) => {
+                    if !std::mem::replace(&mut said, true) {
+                        tracing::warn!(
+                            "replication: shard {shard}: cannot read message {seq} of {}: {e}; \
+                             retrying",
+                            stream_name(shard)
+                        );
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        let id = m.and_then(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()));
+        if numbers_over(id.as_deref(), first) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the message with id `id` carries records numbered `first` or
+/// later (a fence carries none; a message that is not turbo-dex's, none).
+fn numbers_over(id: Option<&str>, first: u64) -> bool {
+    id.and_then(parse_message_id)
+        .is_some_and(|(_, _, f, l)| l >= f && l >= first)
 }
 
 /// This node lost the shard (another node wrote its stream, and this node
@@ -1259,6 +1311,23 @@ mod tests {
     use super::*;
     use crate::book::{Command, Op, SessionId};
     use wire::{NewOrder, Side};
+
+    #[test]
+    fn only_records_numbered_as_this_nodes_make_a_conflict() {
+        // This node's message holds records 951-960.
+        let other = message_id(0xa, 2, 951, 955);
+        assert!(numbers_over(Some(&other), 951));
+        // A fence "after record 950" in between: the records stand.
+        let fence = fence_id(0xa, 2, 950, 40);
+        assert!(!numbers_over(Some(&fence), 951));
+        // Records before this node's (cannot follow a message it was
+        // conditional on, but they number nothing of its own).
+        let before = message_id(0xa, 2, 941, 950);
+        assert!(!numbers_over(Some(&before), 951));
+        // No id, or not turbo-dex's: nothing.
+        assert!(!numbers_over(None, 951));
+        assert!(!numbers_over(Some("not-ours"), 951));
+    }
 
     fn batch(first: u64, n: u64) -> ReplJob {
         let mut bytes = Vec::new();
