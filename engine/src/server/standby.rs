@@ -329,6 +329,7 @@ async fn follow(
             at,
             epoch,
             out: &out,
+            trail: std::sync::Mutex::new(VecDeque::new()),
         };
         match follow_from_snapshot(&following, &mut applied, &mut checks, &mut mine).await {
             Next::Reload => tokio::time::sleep(RETRY).await,
@@ -345,6 +346,38 @@ struct Following<'a> {
     at: Where,
     epoch: u64,
     out: &'a mpsc::UnboundedSender<ShardOutput>,
+    /// The stream messages this copy took last, for the log of a digest
+    /// mismatch: (stream sequence, node, first, last, what was done).
+    trail: std::sync::Mutex<VecDeque<Taken>>,
+}
+
+/// A stream message a copy took: (stream sequence, node, first, last,
+/// what was done).
+type Taken = (u64, u64, u64, u64, Take);
+
+/// Messages kept in [`Following::trail`].
+const TRAIL: usize = 256;
+
+impl Following<'_> {
+    fn remember(&self, entry: Taken) {
+        let mut trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
+        if trail.len() >= TRAIL {
+            trail.pop_front();
+        }
+        trail.push_back(entry);
+    }
+
+    /// The trail as `message:node:first-last:what`, oldest first.
+    fn trail_text(&self) -> String {
+        let trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
+        trail
+            .iter()
+            .map(|(msg, node, first, last, what)| {
+                format!("{msg}:{node:016x}:{first}-{last}:{what:?}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// One reload and what follows it, until a takeover, the end of the role,
@@ -362,6 +395,7 @@ async fn follow_from_snapshot(
         at,
         epoch,
         out,
+        ..
     } = *copy;
     let shard = at.shard;
     let view = &cfg.view;
@@ -415,7 +449,7 @@ async fn follow_from_snapshot(
     tracing::info!(
         "standby: shard {shard}: copy loaded from {}, following {}",
         if covers > 0 {
-            format!("the snapshot through record {covers}")
+            format!("the snapshot through record {covers} (node {node:016x}'s)")
         } else {
             "the empty shard".to_string()
         },
@@ -507,7 +541,7 @@ async fn follow_from_snapshot(
                     Role::Standby => {
                         if last_check.elapsed() >= CHECK_EVERY {
                             last_check = tokio::time::Instant::now();
-                            compare(js, shard, mine, &mut agreed).await;
+                            compare(copy, mine, &mut agreed).await;
                         }
                     }
                 }
@@ -518,12 +552,8 @@ async fn follow_from_snapshot(
 
 /// Compares the owner's newest snapshot digest with the copy's own at the
 /// same record, when the copy has one; a difference is fatal.
-async fn compare(
-    js: &jetstream::Context,
-    shard: u32,
-    mine: &mut VecDeque<(u64, u64)>,
-    agreed: &mut bool,
-) {
+async fn compare(copy: &Following<'_>, mine: &mut VecDeque<(u64, u64)>, agreed: &mut bool) {
+    let (js, shard) = (copy.js, copy.at.shard);
     let Some((covers, theirs)) = owner_digest(js, shard).await else {
         return;
     };
@@ -550,6 +580,12 @@ async fn compare(
          record {covers}, the owner's snapshot {theirs:016x}: the copy is not exact, and this \
          node must never serve it; exiting"
     );
+    tracing::error!(
+        "standby: shard {shard}: the copy's reload (epoch {}) and the stream messages it took \
+         last (message:node:first-last:what): {}",
+        copy.epoch,
+        copy.trail_text()
+    );
     crate::exit::exit_flushed(STANDBY_MISMATCH_EXIT);
 }
 
@@ -571,7 +607,7 @@ struct Tip {
 /// and how far the copy is: a pure rule, the same on every copy and on a
 /// node that reloads to take a shard over again, so that all of them
 /// build the same history from the same stream.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Take {
     /// Nothing new: a fence (no records), or records the copy has.
     Skip,
@@ -621,7 +657,9 @@ async fn take_message(
     let Some((node, _, first, last)) = id.and_then(parse_message_id) else {
         return Ok(());
     };
-    match take(*sent, node, first, last) {
+    let what = take(*sent, node, first, last);
+    copy.remember((msg, node, first, last, what));
+    match what {
         Take::Skip => return Ok(()),
         Take::Gap => {
             return Err(format!(
@@ -816,10 +854,12 @@ async fn take_over(
         Ok(_) => {
             tracing::info!(
                 "standby: shard {shard}: took over after record {} ({} fenced at message \
-                 {}); serving it",
+                 {}; the copy's last records came from node {:016x} in message {}); serving it",
                 sent.seq,
                 stream_name(shard),
-                seq + 1
+                seq + 1,
+                sent.node,
+                sent.msg
             );
             cfg.view.set_ready(shard, true);
             Ok(true)
