@@ -156,6 +156,12 @@ impl NatsServer {
             }
             self.store = self.dir.join(format!("store-{n}"));
         }
+        self.respawn();
+    }
+
+    /// Starts the server again on its port and current store, and waits
+    /// until it is ready.
+    fn respawn(&mut self) {
         self.child = NatsServer::spawn(
             &self.bin,
             self.port,
@@ -188,14 +194,7 @@ impl NatsServer {
             self.port,
             kept.display()
         );
-        self.child = NatsServer::spawn(
-            &self.bin,
-            self.port,
-            self.jetstream,
-            self.dir.path(),
-            &self.store,
-        );
-        self.wait_ready();
+        self.respawn();
         true
     }
 
