@@ -329,7 +329,7 @@ async fn follow(
             at,
             epoch,
             out: &out,
-            trail: std::sync::Mutex::new(VecDeque::new()),
+            trail: std::sync::Mutex::new(Trail::default()),
         };
         match follow_from_snapshot(&following, &mut applied, &mut checks, &mut mine).await {
             Next::Reload => tokio::time::sleep(RETRY).await,
@@ -346,37 +346,87 @@ struct Following<'a> {
     at: Where,
     epoch: u64,
     out: &'a mpsc::UnboundedSender<ShardOutput>,
-    /// The stream messages this copy took last, for the log of a digest
-    /// mismatch: (stream sequence, node, first, last, what was done).
-    trail: std::sync::Mutex<VecDeque<Taken>>,
+    /// The stream messages this copy took, for the log of a digest
+    /// mismatch and of a takeover.
+    trail: std::sync::Mutex<Trail>,
 }
 
 /// A stream message a copy took: (stream sequence, node, first, last,
 /// what was done).
 type Taken = (u64, u64, u64, u64, Take);
 
-/// Messages kept in [`Following::trail`].
+/// Messages kept in [`Trail::recent`].
 const TRAIL: usize = 256;
+/// Turns kept in [`Trail::turns`].
+const TURNS: usize = 64;
 
-impl Following<'_> {
-    fn remember(&self, entry: Taken) {
-        let mut trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
-        if trail.len() >= TRAIL {
-            trail.pop_front();
+/// The stream messages a copy took: the last [`TRAIL`], and the last
+/// [`TURNS`] *turns* among all of them: a message from another node than
+/// the one before it, a fence, a conflict or a gap. A digest mismatch
+/// found at a snapshot hundreds of messages after the histories parted
+/// still shows where they may have: at a turn.
+#[derive(Default)]
+struct Trail {
+    recent: VecDeque<Taken>,
+    turns: VecDeque<Taken>,
+    /// The node of the last message taken (0: none yet).
+    node: u64,
+}
+
+impl Trail {
+    fn push(&mut self, entry: Taken) {
+        let (_, node, first, last, what) = entry;
+        let turn = (self.node != 0 && node != self.node)
+            || last < first
+            || matches!(what, Take::Conflict | Take::Gap);
+        self.node = node;
+        if turn {
+            if self.turns.len() >= TURNS {
+                self.turns.pop_front();
+            }
+            self.turns.push_back(entry);
         }
-        trail.push_back(entry);
+        if self.recent.len() >= TRAIL {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(entry);
     }
 
-    /// The trail as `message:node:first-last:what`, oldest first.
-    fn trail_text(&self) -> String {
-        let trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
-        trail
-            .iter()
+    /// `entries` as `message:node:first-last:what`, oldest first.
+    fn text<'a>(entries: impl Iterator<Item = &'a Taken>) -> String {
+        entries
             .map(|(msg, node, first, last, what)| {
                 format!("{msg}:{node:016x}:{first}-{last}:{what:?}")
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+impl Following<'_> {
+    fn remember(&self, entry: Taken) {
+        self.trail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+    }
+
+    /// The turns, then the last messages, as text.
+    fn trail_text(&self) -> String {
+        let trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
+        format!(
+            "turns: {}; last {}: {}",
+            Trail::text(trail.turns.iter()),
+            trail.recent.len(),
+            Trail::text(trail.recent.iter())
+        )
+    }
+
+    /// The last `n` turns, as text.
+    fn turns_text(&self, n: usize) -> String {
+        let trail = self.trail.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = trail.turns.len().saturating_sub(n);
+        Trail::text(trail.turns.iter().skip(skip))
     }
 }
 
@@ -471,6 +521,9 @@ async fn follow_from_snapshot(
     let mut tick = tokio::time::interval(TICK);
     let mut last_check = tokio::time::Instant::now();
     let mut agreed = false;
+    // When the consumer last delivered a message (or was last looked at
+    // for a stall).
+    let mut heard = tokio::time::Instant::now();
     loop {
         if messages.is_none() && tokio::time::Instant::now() >= next_open {
             next_open = tokio::time::Instant::now() + RETRY;
@@ -507,6 +560,7 @@ async fn follow_from_snapshot(
                         continue;
                     }
                 };
+                heard = tokio::time::Instant::now();
                 let mut msg = 0;
                 if let Ok(info) = m.info() {
                     msg = info.stream_sequence;
@@ -543,11 +597,44 @@ async fn follow_from_snapshot(
                             last_check = tokio::time::Instant::now();
                             compare(copy, mine, &mut agreed).await;
                         }
+                        if messages.is_some() && heard.elapsed() >= STALL {
+                            heard = tokio::time::Instant::now();
+                            if let Some(last) = stalled(stream, resume_at).await {
+                                tracing::warn!(
+                                    "standby: shard {shard}: its consumer delivered nothing for \
+                                     {} s while {} holds messages up to {last}; following on \
+                                     from message {} with a new one",
+                                    STALL.as_secs(),
+                                    stream_name(shard),
+                                    resume_at.unwrap_or(1)
+                                );
+                                messages = None;
+                                next_open = tokio::time::Instant::now();
+                            }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// A consumer that has delivered nothing for this long is looked at: if
+/// the stream holds messages it has not delivered, it is made again. (The
+/// ordered consumer of async-nats was seen to deliver nothing for 30 s
+/// after the server it was made on went away with its machine, the
+/// copy falling behind until the stream was trimmed past it.)
+const STALL: Duration = Duration::from_secs(3);
+
+/// The stream's last message when it is at or after `resume_at` (the
+/// next message the consumer should deliver; `None`: any message),
+/// i.e. the consumer is behind; `None` when it is not, or the stream
+/// cannot be read now.
+async fn stalled(stream: &stream::Stream, resume_at: Option<u64>) -> Option<u64> {
+    let mut stream = stream.clone();
+    let state = stream.info().await.ok()?.state.clone();
+    let behind = state.messages > 0 && state.last_sequence >= resume_at.unwrap_or(1);
+    behind.then_some(state.last_sequence)
 }
 
 /// Compares the owner's newest snapshot digest with the copy's own at the
@@ -582,7 +669,7 @@ async fn compare(copy: &Following<'_>, mine: &mut VecDeque<(u64, u64)>, agreed: 
     );
     tracing::error!(
         "standby: shard {shard}: the copy's reload (epoch {}) and the stream messages it took \
-         last (message:node:first-last:what): {}",
+         (message:node:first-last:what): {}",
         copy.epoch,
         copy.trail_text()
     );
@@ -624,17 +711,45 @@ enum Take {
     /// its stream's raft leader away): [`take_message`] tells the two
     /// apart by reading that message again.
     Conflict,
+    /// Another node's message after the one the copy's last records came
+    /// in, that does not overlap them: a fence, or records that continue
+    /// the copy's. Taken (a fence as [`Take::Skip`], records as
+    /// [`Take::Records`]) only once the stream is read to still hold that
+    /// message: where it lost it (see [`Take::Conflict`]) and gave its
+    /// sequence to the new owner's fence, the new owner's records may
+    /// number on from the lost ones' or even come in under them; applied,
+    /// they would make a copy that no digest matches.
+    Turn,
     /// The message starts after a gap (the stream was trimmed after a
     /// newer snapshot).
     Gap,
 }
 
-fn take(tip: Tip, node: u64, first: u64, last: u64) -> Take {
+/// [`Take`] for stream message `msg` (0: its sequence is not known) of
+/// `node` with records `first` to `last` (a fence: `last` is `first - 1`),
+/// when the copy is at `tip`.
+fn take(tip: Tip, msg: u64, node: u64, first: u64, last: u64) -> Take {
+    // Another node wrote this message, after the one the copy's last
+    // records came in. (An earlier message, as read again by a catch-up or
+    // after a reload, is history the copy has.)
+    let known = tip.node != 0 && node != tip.node;
+    let after = tip.msg != 0 && msg > tip.msg;
+    if known && after {
+        return if last >= first && first <= tip.seq {
+            Take::Conflict
+        } else if first > tip.seq + 1 {
+            Take::Gap
+        } else {
+            Take::Turn
+        };
+    }
     if last < first || last <= tip.seq {
         Take::Skip
     } else if first > tip.seq + 1 {
         Take::Gap
-    } else if first <= tip.seq && tip.node != 0 && node != tip.node {
+    } else if first <= tip.seq && known {
+        // The copy's tip is a snapshot's (its message is not known), and
+        // another node's records run over its end.
         Take::Conflict
     } else {
         Take::Records
@@ -657,10 +772,24 @@ async fn take_message(
     let Some((node, _, first, last)) = id.and_then(parse_message_id) else {
         return Ok(());
     };
-    let what = take(*sent, node, first, last);
+    let what = take(*sent, msg, node, first, last);
     copy.remember((msg, node, first, last, what));
     match what {
         Take::Skip => return Ok(()),
+        Take::Turn => {
+            if !still_holds_now(copy, *sent).await? {
+                return Err(format!(
+                    "node {node:016x} writes {} after node {:016x}, and message {} cannot be \
+                     read again to tell whether the copy's last records are the stream's",
+                    stream_name(at.shard),
+                    sent.node,
+                    sent.msg
+                ));
+            }
+            if last < first {
+                return Ok(());
+            }
+        }
         Take::Gap => {
             return Err(format!(
                 "{} continues at record {first}, the copy is at {} (trimmed after a newer \
@@ -670,7 +799,7 @@ async fn take_message(
             ));
         }
         Take::Conflict => {
-            if !still_holds(copy, *sent).await? {
+            if !still_holds_now(copy, *sent).await? {
                 return Err(format!(
                     "another node's records overlap the copy's, and message {} of {} cannot \
                      be read again to tell whether the copy's are the stream's",
@@ -742,6 +871,19 @@ async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
             id.as_deref().unwrap_or("no turbo-dex message")
         )),
     }
+}
+
+/// [`still_holds`], tried again a few times (every [`RETRY`], for about
+/// two seconds) while the message cannot be read: a copy that gives up
+/// reloads.
+async fn still_holds_now(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
+    for _ in 0..8 {
+        if still_holds(copy, tip).await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    Ok(false)
 }
 
 /// The stream's messages after the copy's last record, read one by one
@@ -854,12 +996,14 @@ async fn take_over(
         Ok(_) => {
             tracing::info!(
                 "standby: shard {shard}: took over after record {} ({} fenced at message \
-                 {}; the copy's last records came from node {:016x} in message {}); serving it",
+                 {}; the copy's last records came from node {:016x} in message {}); serving it \
+                 (the last turns of the stream it took, message:node:first-last:what: {})",
                 sent.seq,
                 stream_name(shard),
                 seq + 1,
                 sent.node,
-                sent.msg
+                sent.msg,
+                copy.turns_text(4)
             );
             cfg.view.set_ready(shard, true);
             Ok(true)
@@ -880,34 +1024,72 @@ mod tests {
     const O: u64 = 0xa;
     const N: u64 = 0xb;
 
+    /// A copy whose last records came in stream message 7.
     fn tip(seq: u64, node: u64) -> Tip {
         Tip { seq, node, msg: 7 }
     }
 
+    /// A copy just loaded from a snapshot through `seq` that `node`
+    /// published (its message is not known).
+    fn snap(seq: u64, node: u64) -> Tip {
+        Tip { seq, node, msg: 0 }
+    }
+
     #[test]
     fn a_copy_takes_the_records_that_continue_it() {
-        // Records 951-960 after a copy at 950: taken, whoever wrote them.
-        assert_eq!(take(tip(950, O), O, 951, 960), Take::Records);
-        assert_eq!(take(tip(950, O), N, 951, 960), Take::Records);
+        // Records 951-960 in message 8 after a copy at 950 from message 7.
+        assert_eq!(take(tip(950, O), 8, O, 951, 960), Take::Records);
         // The rest of a message the copy's snapshot ends inside.
-        assert_eq!(take(tip(955, O), O, 951, 960), Take::Records);
+        assert_eq!(take(snap(955, O), 8, O, 951, 960), Take::Records);
+        // After a snapshot, whoever wrote them.
+        assert_eq!(take(snap(950, O), 8, N, 951, 960), Take::Records);
         // A snapshot that does not say who published it: as before.
-        assert_eq!(take(tip(955, 0), N, 951, 960), Take::Records);
+        assert_eq!(take(snap(955, 0), 8, N, 951, 960), Take::Records);
+    }
+
+    #[test]
+    fn another_nodes_message_after_the_copys_is_a_turn() {
+        // Records that continue the copy's, or a fence, of a new writer:
+        // taken once the copy's own last message is read to be still there.
+        assert_eq!(take(tip(950, O), 8, N, 951, 960), Take::Turn);
+        assert_eq!(take(tip(950, O), 8, N, 951, 950), Take::Turn);
+        // A fence after fewer records than the copy has (an old owner's
+        // batch stored before a new owner's first fence,
+        // nats-io/nats-server#4320; or the copy's came in a message the
+        // stream lost).
+        assert_eq!(take(tip(960, O), 8, N, 951, 950), Take::Turn);
+        // The seed-1004 run: the copy had 1917-1918 of node O in message
+        // 660, which the stream lost and gave to N's fence "after 1916";
+        // N's records 1919 on would continue the copy's as if they were
+        // N's own.
+        let lost = Tip {
+            seq: 1918,
+            node: O,
+            msg: 660,
+        };
+        assert_eq!(take(lost, 662, N, 1919, 1925), Take::Turn);
     }
 
     #[test]
     fn a_copy_skips_fences_and_what_it_has() {
-        // A fence: "after record 950", no records.
-        assert_eq!(take(tip(950, O), N, 951, 950), Take::Skip);
-        assert_eq!(take(tip(960, O), N, 951, 950), Take::Skip);
-        // Records it has (a message delivered twice).
-        assert_eq!(take(tip(960, O), O, 951, 960), Take::Skip);
-        assert_eq!(take(tip(960, O), N, 951, 955), Take::Skip);
+        // A fence of the copy's own writer.
+        assert_eq!(take(tip(950, O), 8, O, 951, 950), Take::Skip);
+        // A message delivered twice.
+        assert_eq!(take(tip(960, O), 7, O, 951, 960), Take::Skip);
+        // Earlier messages, of any node, read again by a catch-up or
+        // after a reload from a snapshot.
+        assert_eq!(take(tip(960, O), 5, N, 941, 950), Take::Skip);
+        assert_eq!(take(tip(960, O), 6, N, 951, 950), Take::Skip);
+        assert_eq!(take(snap(960, O), 3, N, 900, 955), Take::Skip);
+        // Records the copy has, from its own writer (republished).
+        assert_eq!(take(tip(960, O), 8, O, 951, 955), Take::Skip);
     }
 
     #[test]
     fn a_copy_sees_a_gap_after_a_trim() {
-        assert_eq!(take(tip(950, O), O, 952, 960), Take::Gap);
+        assert_eq!(take(tip(950, O), 8, O, 952, 960), Take::Gap);
+        assert_eq!(take(tip(950, O), 8, N, 952, 960), Take::Gap);
+        assert_eq!(take(snap(950, O), 8, N, 952, 960), Take::Gap);
     }
 
     #[test]
@@ -915,8 +1097,40 @@ mod tests {
         // Node O's 951-960 then node N's 951-970, stored after them beside
         // its fence (nats-io/nats-server#4320): none of N's is applied,
         // not even 961-970 (N numbers them again after its new takeover).
-        assert_eq!(take(tip(960, O), N, 951, 970), Take::Conflict);
-        assert_eq!(take(tip(960, O), N, 955, 961), Take::Conflict);
+        assert_eq!(take(tip(960, O), 8, N, 951, 970), Take::Conflict);
+        assert_eq!(take(tip(960, O), 8, N, 955, 961), Take::Conflict);
+        // Wholly inside the copy's (the seed-1004 run: N's 1917-1918 in
+        // message 661, after the copy had O's 1917-1918 in the lost 660).
+        let lost = Tip {
+            seq: 1918,
+            node: O,
+            msg: 660,
+        };
+        assert_eq!(take(lost, 661, N, 1917, 1918), Take::Conflict);
+        assert_eq!(take(tip(960, O), 8, N, 951, 955), Take::Conflict);
+        // Over the end of a snapshot another node published.
+        assert_eq!(take(snap(955, O), 8, N, 951, 960), Take::Conflict);
+    }
+
+    #[test]
+    fn a_trail_keeps_the_turns_of_a_long_history() {
+        let mut trail = Trail::default();
+        trail.push((1, O, 1, 10, Take::Records));
+        // A fence of N after O's records, then N's records.
+        trail.push((2, N, 11, 10, Take::Skip));
+        trail.push((3, N, 11, 20, Take::Records));
+        for m in 4..1000 {
+            trail.push((m, N, m * 10, m * 10 + 9, Take::Records));
+        }
+        trail.push((1000, O, 11, 15, Take::Conflict));
+        let msgs: Vec<u64> = trail.turns.iter().map(|t| t.0).collect();
+        assert_eq!(msgs, [2, 1000]);
+        assert_eq!(trail.recent.len(), TRAIL);
+        assert_eq!(trail.recent.back().map(|t| t.0), Some(1000));
+        assert_eq!(
+            Trail::text(trail.turns.iter()),
+            "2:000000000000000b:11-10:Skip 1000:000000000000000a:11-15:Conflict"
+        );
     }
 
     #[test]
