@@ -1247,8 +1247,33 @@ pub fn move_shard(urls: &str, shard: u32, node: &str) -> Result<String, String> 
     let rt = runtime()?;
     rt.block_on(async {
         let (b, config) = operator_buckets(urls, shard).await?;
-        move_live(&b, &config, shard, node).await
+        move_bounded(&b, &config, shard, node).await
     })
+}
+
+/// The most one move may take, whatever NATS does: its compare-and-set,
+/// its wait for the new owner, and the requests around them.
+const MOVE_BOUND: Duration =
+    Duration::from_secs(MOVE_PATIENCE.as_secs() + CAS_PATIENCE.as_secs() + 20);
+
+/// [`move_live`], given up after [`MOVE_BOUND`] (a run of the failover
+/// test saw one `cluster rebalance` wait four and a half minutes between
+/// two moves, for a reason its log does not show).
+async fn move_bounded(
+    b: &Buckets,
+    config: &ClusterConfig,
+    shard: u32,
+    node: u64,
+) -> Result<String, String> {
+    tokio::time::timeout(MOVE_BOUND, move_live(b, config, shard, node))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no end within {} s (NATS too slow to answer); the lease may or may not name \
+                 the node now: see `turbo-dex cluster status`, and try again",
+                MOVE_BOUND.as_secs()
+            ))
+        })
 }
 
 /// `turbo-dex cluster rebalance [--dry-run]`: the moves that bring every
@@ -1279,7 +1304,7 @@ pub fn rebalance(urls: &str, dry_run: bool) -> Result<String, String> {
                 );
                 continue;
             }
-            match move_live(&b, &config, m.shard, m.to).await {
+            match move_bounded(&b, &config, m.shard, m.to).await {
                 Ok(said) => {
                     let _ = writeln!(out, "{said}");
                 }
