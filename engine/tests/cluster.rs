@@ -3056,6 +3056,18 @@ fn failover_loses_no_acknowledged_order() {
             eprintln!("trial {trial}: rebalanced: {line}");
         }
         phase("rebalanced");
+        // No node the trial did not kill may have ended: a standby whose
+        // copy was found not exact exits (status 70) without any client
+        // noticing, as long as it owns no shard.
+        for (i, m) in machines.iter().enumerate() {
+            if let Some(how) = m.node.as_ref().and_then(ended) {
+                panic!(
+                    "trial {trial}: m{i}'s turbo-dex ended ({how}) though the test did not \
+                     stop it; every machine's log:\n{}",
+                    logs(&machines)
+                );
+            }
+        }
     }
     failovers.sort_unstable();
     eprintln!("orders refused (not executed): {refusals:?}");
