@@ -1000,12 +1000,34 @@ async fn write(trader: Rc<Trader>, i: usize) {
             }
         }
         if let Err(e) = write_to(&trader, &node, &bytes).await {
+            if closed_by_peer(&e) {
+                // The node closed the connection: what it sent before (a
+                // SessionError saying why) is still in the socket, and the
+                // reader names the close by it. A failed write is the name
+                // only if the reader has none soon.
+                let until = clock.now_ns() + CLOSE_GRACE.as_nanos() as u64;
+                while node.counts.borrow().closed.is_none() && clock.now_ns() < until {
+                    node.wake.wait_at_most(CLOSE_GRACE / 10).await;
+                }
+            }
             node_lost(&trader, i, format!("sending to it failed: {e}"));
             return;
         }
         bytes.clear();
         last_ns = now;
     }
+}
+
+/// How long a writer whose node closed the connection leaves the reader to
+/// name the close by what the node said last.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a failed write means the peer closed the connection.
+fn closed_by_peer(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Writes `bytes` to `node`, given up after the session's stall limit
