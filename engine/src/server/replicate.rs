@@ -110,6 +110,11 @@ pub fn fence_id(node: u64, shard: u32, last: u64, after: u64) -> String {
     format!("{}.{after}", message_id(node, shard, last + 1, last))
 }
 
+/// A stream message's `Nats-Msg-Id`, when it has one.
+pub fn id_header(headers: &async_nats::HeaderMap) -> Option<&str> {
+    headers.get("Nats-Msg-Id").map(|v| v.as_str())
+}
+
 /// A message id's parts: node, shard, first and last sequence (a fence's
 /// fifth part, the message it follows, is checked and left out).
 pub fn parse_message_id(id: &str) -> Option<(u64, u32, u64, u64)> {
@@ -658,10 +663,7 @@ pub(super) async fn read_last(stream: &stream::Stream, shard: u32) -> Last {
             .await
         {
             Ok(m) => {
-                let id = m
-                    .headers
-                    .get("Nats-Msg-Id")
-                    .and_then(|v| parse_message_id(v.as_str()));
+                let id = id_header(&m.headers).and_then(parse_message_id);
                 return match id {
                     Some((node, _, _, last)) => Last::Records {
                         node,
@@ -1048,8 +1050,7 @@ async fn overlapped(
                 }
             }
         };
-        let id = m.and_then(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()));
-        if numbers_over(id.as_deref(), first) {
+        if numbers_over(m.as_ref().and_then(|m| id_header(&m.headers)), first) {
             return true;
         }
     }

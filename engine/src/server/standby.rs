@@ -48,7 +48,7 @@ use futures_lite::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::replicate::{
-    Last, ReplConfig, ReplOut, SNAPSHOT_BUCKET, ShardOutput, ensure_stream, fence_id,
+    Last, ReplConfig, ReplOut, SNAPSHOT_BUCKET, ShardOutput, ensure_stream, fence_id, id_header,
     parse_message_id, read_last, snapshot_object, stream_name, subject,
 };
 use crate::cluster::view::Role;
@@ -188,11 +188,22 @@ async fn fetch_snapshot(
     js: &jetstream::Context,
     shard: u32,
 ) -> Result<Option<(u64, u64, u64, Vec<u8>)>, String> {
-    // A bucket that does not exist (no snapshot was ever published) and
-    // one that cannot be read now look alike here; a wrong "none" shows
-    // as a stream that does not start at record 1, and is retried.
-    let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await else {
-        return Ok(None);
+    // A bucket that does not exist means no snapshot was ever published;
+    // one that cannot be opened now is tried again (taken as "none", the
+    // copy would start empty and reload at the stream's first record).
+    let store = match js.get_object_store(SNAPSHOT_BUCKET).await {
+        Ok(store) => store,
+        Err(e) => {
+            return match js.get_stream(format!("OBJ_{SNAPSHOT_BUCKET}")).await {
+                Err(g)
+                    if matches!(g.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+                    if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    Ok(None)
+                }
+                _ => Err(format!("opening the snapshot store: {e}")),
+            };
+        }
     };
     let mut object = match store.get(snapshot_object(shard)).await {
         Ok(o) => o,
@@ -566,10 +577,29 @@ async fn follow_from_snapshot(
                     msg = info.stream_sequence;
                     resume_at = Some(msg + 1);
                 }
-                let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
-                if let Err(gap) = take_message(copy, &mut sent, id.as_deref(), &m.payload, msg).await {
-                    tracing::warn!("standby: shard {shard}: {gap}: reloading");
-                    return Next::Reload;
+                let id = m.headers.as_ref().and_then(id_header);
+                match take_message(copy, &mut sent, id, &m.payload, msg).await {
+                    Ok(true) => {}
+                    // Judged again from a new consumer (its message is
+                    // known: a turn needs it).
+                    Ok(false) => {
+                        tracing::warn!(
+                            "standby: shard {shard}: message {msg} of {} comes from another \
+                             node than the copy's last records, and the message those came in \
+                             ({}) cannot be read again now to check that the stream still \
+                             holds it; reading on from message {msg} in {} ms",
+                            stream_name(shard),
+                            sent.msg,
+                            RETRY.as_millis()
+                        );
+                        resume_at = Some(msg);
+                        messages = None;
+                        next_open = tokio::time::Instant::now() + RETRY;
+                    }
+                    Err(gap) => {
+                        tracing::warn!("standby: shard {shard}: {gap}: reloading");
+                        return Next::Reload;
+                    }
                 }
             }
             Some(check) = checks.recv() => {
@@ -758,36 +788,32 @@ fn take(tip: Tip, msg: u64, node: u64, first: u64, last: u64) -> Take {
 
 /// Hands the records of one stream message (id `id`, `payload`, stream
 /// sequence `msg`, 0 if not known) that follow `sent` to the core, and
-/// moves `sent` on ([`take`]). Err: the copy must be reloaded (the
-/// message starts after a gap: the stream was trimmed past the copy; or
-/// the copy holds records the stream no longer has).
+/// moves `sent` on ([`take`]). Ok(false): the message cannot be judged
+/// now (the copy's own last message could not be read again): the caller
+/// takes it again later. Err: the copy must be reloaded (the message
+/// starts after a gap: the stream was trimmed past the copy; or the copy
+/// holds records the stream no longer has).
 async fn take_message(
     copy: &Following<'_>,
     sent: &mut Tip,
     id: Option<&str>,
     payload: &Bytes,
     msg: u64,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let (at, epoch) = (copy.at, copy.epoch);
     let Some((node, _, first, last)) = id.and_then(parse_message_id) else {
-        return Ok(());
+        return Ok(true);
     };
     let what = take(*sent, msg, node, first, last);
     copy.remember((msg, node, first, last, what));
     match what {
-        Take::Skip => return Ok(()),
+        Take::Skip => return Ok(true),
         Take::Turn => {
-            if !still_holds_now(copy, *sent).await? {
-                return Err(format!(
-                    "node {node:016x} writes {} after node {:016x}, and message {} cannot be \
-                     read again to tell whether the copy's last records are the stream's",
-                    stream_name(at.shard),
-                    sent.node,
-                    sent.msg
-                ));
+            if !still_holds(copy, *sent).await? {
+                return Ok(false);
             }
             if last < first {
-                return Ok(());
+                return Ok(true);
             }
         }
         Take::Gap => {
@@ -799,13 +825,8 @@ async fn take_message(
             ));
         }
         Take::Conflict => {
-            if !still_holds_now(copy, *sent).await? {
-                return Err(format!(
-                    "another node's records overlap the copy's, and message {} of {} cannot \
-                     be read again to tell whether the copy's are the stream's",
-                    sent.msg,
-                    stream_name(at.shard)
-                ));
+            if !still_holds(copy, *sent).await? {
+                return Ok(false);
             }
             tracing::warn!(
                 "standby: shard {}: {} holds records {first} to {last} of node {node:016x} \
@@ -816,7 +837,7 @@ async fn take_message(
                 sent.seq,
                 sent.node
             );
-            return Ok(());
+            return Ok(true);
         }
         Take::Records => {}
     }
@@ -834,7 +855,7 @@ async fn take_message(
         node,
         msg,
     };
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the stream still holds, at `tip.msg`, the message that brought
@@ -858,8 +879,8 @@ async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
         }
         Err(_) => return Ok(false),
     };
-    let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
-    match id.as_deref().and_then(parse_message_id) {
+    let id = id_header(&m.headers);
+    match id.and_then(parse_message_id) {
         Some((node, _, _, last)) if node == tip.node && last == tip.seq => Ok(true),
         _ => Err(format!(
             "the copy's records up to {} came in message {} of {name} from node {:016x}, \
@@ -868,22 +889,9 @@ async fn still_holds(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
             tip.seq,
             tip.msg,
             tip.node,
-            id.as_deref().unwrap_or("no turbo-dex message")
+            id.unwrap_or("no turbo-dex message")
         )),
     }
-}
-
-/// [`still_holds`], tried again a few times (every [`RETRY`], for about
-/// two seconds) while the message cannot be read: a copy that gives up
-/// reloads.
-async fn still_holds_now(copy: &Following<'_>, tip: Tip) -> Result<bool, String> {
-    for _ in 0..8 {
-        if still_holds(copy, tip).await? {
-            return Ok(true);
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-    Ok(false)
 }
 
 /// The stream's messages after the copy's last record, read one by one
@@ -906,13 +914,10 @@ async fn catch_up(copy: &Following<'_>, sent: &mut Tip, upto: u64) -> Result<boo
     let mut from = upto;
     while from > first {
         match stream.get_raw_message(from).await {
-            Ok(m) => {
-                let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
-                match id.as_deref().and_then(parse_message_id) {
-                    Some((_, _, _, l)) if l <= sent.seq => break,
-                    _ => from -= 1,
-                }
-            }
+            Ok(m) => match id_header(&m.headers).and_then(parse_message_id) {
+                Some((_, _, _, l)) if l <= sent.seq => break,
+                _ => from -= 1,
+            },
             Err(_) => from -= 1, // purged or not a turbo-dex message
         }
     }
@@ -920,8 +925,9 @@ async fn catch_up(copy: &Following<'_>, sent: &mut Tip, upto: u64) -> Result<boo
         let Ok(m) = stream.get_raw_message(seq).await else {
             return Ok(false);
         };
-        let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
-        take_message(copy, sent, id.as_deref(), &m.payload, seq).await?;
+        if !take_message(copy, sent, id_header(&m.headers), &m.payload, seq).await? {
+            return Ok(false);
+        }
     }
     Ok(true)
 }
