@@ -762,9 +762,9 @@ fn take(tip: Tip, msg: u64, node: u64, first: u64, last: u64) -> Take {
     // Another node wrote this message, after the one the copy's last
     // records came in. (An earlier message, as read again by a catch-up or
     // after a reload, is history the copy has.)
-    let known = tip.node != 0 && node != tip.node;
+    let other = tip.node != 0 && node != tip.node;
     let after = tip.msg != 0 && msg > tip.msg;
-    if known && after {
+    if other && after {
         return if last >= first && first <= tip.seq {
             Take::Conflict
         } else if first > tip.seq + 1 {
@@ -777,7 +777,7 @@ fn take(tip: Tip, msg: u64, node: u64, first: u64, last: u64) -> Take {
         Take::Skip
     } else if first > tip.seq + 1 {
         Take::Gap
-    } else if first <= tip.seq && known {
+    } else if first <= tip.seq && other {
         // The copy's tip is a snapshot's (its message is not known), and
         // another node's records run over its end.
         Take::Conflict
@@ -819,7 +819,7 @@ async fn take_message(
         Take::Gap => {
             return Err(format!(
                 "{} continues at record {first}, the copy is at {} (trimmed after a newer \
-                 snapshot)",
+                 snapshot, or messages the copy took were lost)",
                 stream_name(at.shard),
                 sent.seq
             ));
