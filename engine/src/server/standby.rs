@@ -535,6 +535,8 @@ async fn follow_from_snapshot(
     // When the consumer last delivered a message (or was last looked at
     // for a stall).
     let mut heard = tokio::time::Instant::now();
+    // A stall was logged since the last message (said once per stall).
+    let mut stall_said = false;
     loop {
         if messages.is_none() && tokio::time::Instant::now() >= next_open {
             next_open = tokio::time::Instant::now() + RETRY;
@@ -572,6 +574,7 @@ async fn follow_from_snapshot(
                     }
                 };
                 heard = tokio::time::Instant::now();
+                stall_said = false;
                 let mut msg = 0;
                 if let Ok(info) = m.info() {
                     msg = info.stream_sequence;
@@ -630,14 +633,18 @@ async fn follow_from_snapshot(
                         if messages.is_some() && heard.elapsed() >= STALL {
                             heard = tokio::time::Instant::now();
                             if let Some(last) = stalled(stream, resume_at).await {
-                                tracing::warn!(
-                                    "standby: shard {shard}: its consumer delivered nothing for \
-                                     {} s while {} holds messages up to {last}; following on \
-                                     from message {} with a new one",
-                                    STALL.as_secs(),
-                                    stream_name(shard),
-                                    resume_at.unwrap_or(1)
-                                );
+                                if !std::mem::replace(&mut stall_said, true) {
+                                    tracing::warn!(
+                                        "standby: shard {shard}: its consumer delivered nothing \
+                                         for {} s while {} holds messages up to {last}; \
+                                         following on from message {} with a new one (and \
+                                         again every {} s until one delivers)",
+                                        STALL.as_secs(),
+                                        stream_name(shard),
+                                        resume_at.unwrap_or(1),
+                                        STALL.as_secs()
+                                    );
+                                }
                                 messages = None;
                                 next_open = tokio::time::Instant::now();
                             }
