@@ -1042,6 +1042,14 @@ mod tests {
         Tip { seq, node, msg: 7 }
     }
 
+    /// The seed-1004 run: the copy had 1917-1918 of node O in message
+    /// 660, which the stream lost and gave to N's fence "after 1916".
+    const LOST: Tip = Tip {
+        seq: 1918,
+        node: O,
+        msg: 660,
+    };
+
     /// A copy just loaded from a snapshot through `seq` that `node`
     /// published (its message is not known).
     fn snap(seq: u64, node: u64) -> Tip {
@@ -1071,16 +1079,8 @@ mod tests {
         // nats-io/nats-server#4320; or the copy's came in a message the
         // stream lost).
         assert_eq!(take(tip(960, O), 8, N, 951, 950), Take::Turn);
-        // The seed-1004 run: the copy had 1917-1918 of node O in message
-        // 660, which the stream lost and gave to N's fence "after 1916";
-        // N's records 1919 on would continue the copy's as if they were
-        // N's own.
-        let lost = Tip {
-            seq: 1918,
-            node: O,
-            msg: 660,
-        };
-        assert_eq!(take(lost, 662, N, 1919, 1925), Take::Turn);
+        // N's records 1919 on would continue LOST's as if they were N's.
+        assert_eq!(take(LOST, 662, N, 1919, 1925), Take::Turn);
     }
 
     #[test]
@@ -1113,13 +1113,8 @@ mod tests {
         assert_eq!(take(tip(960, O), 8, N, 951, 970), Take::Conflict);
         assert_eq!(take(tip(960, O), 8, N, 955, 961), Take::Conflict);
         // Wholly inside the copy's (the seed-1004 run: N's 1917-1918 in
-        // message 661, after the copy had O's 1917-1918 in the lost 660).
-        let lost = Tip {
-            seq: 1918,
-            node: O,
-            msg: 660,
-        };
-        assert_eq!(take(lost, 661, N, 1917, 1918), Take::Conflict);
+        // message 661, after LOST).
+        assert_eq!(take(LOST, 661, N, 1917, 1918), Take::Conflict);
         assert_eq!(take(tip(960, O), 8, N, 951, 955), Take::Conflict);
         // Over the end of a snapshot another node published.
         assert_eq!(take(snap(955, O), 8, N, 951, 960), Take::Conflict);
