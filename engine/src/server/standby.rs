@@ -195,12 +195,7 @@ async fn fetch_snapshot(
         Ok(store) => store,
         Err(e) => {
             return match js.get_stream(format!("OBJ_{SNAPSHOT_BUCKET}")).await {
-                Err(g)
-                    if matches!(g.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
-                    if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-                {
-                    Ok(None)
-                }
+                Err(g) if no_such_stream(&g) => Ok(None),
                 _ => Err(format!("opening the snapshot store: {e}")),
             };
         }
@@ -245,6 +240,13 @@ async fn fetch_snapshot(
         body.extend_from_slice(&chunk[..read]);
     }
     Ok(Some((covers, digest, node, body)))
+}
+
+/// Whether JetStream answered that the stream does not exist (not: it
+/// could not be asked).
+fn no_such_stream(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// The owner's newest snapshot's (covers, digest), from its metadata.
@@ -313,8 +315,7 @@ async fn follow(
     // publish creates the stream).
     if cfg.view.role(shard) == Role::Owner
         && let Err(e) = js.get_stream(stream_name(shard)).await
-        && matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
-            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+        && no_such_stream(&e)
     {
         cfg.view.set_ready(shard, true);
         return;
@@ -537,6 +538,9 @@ async fn follow_from_snapshot(
     let mut heard = tokio::time::Instant::now();
     // A stall was logged since the last message (said once per stall).
     let mut stall_said = false;
+    // A message that could not be judged was logged since the last one
+    // taken (said once, not at every try).
+    let mut unjudged_said = false;
     loop {
         if messages.is_none() && tokio::time::Instant::now() >= next_open {
             next_open = tokio::time::Instant::now() + RETRY;
@@ -582,19 +586,22 @@ async fn follow_from_snapshot(
                 }
                 let id = m.headers.as_ref().and_then(id_header);
                 match take_message(copy, &mut sent, id, &m.payload, msg).await {
-                    Ok(true) => {}
+                    Ok(true) => unjudged_said = false,
                     // Judged again from a new consumer (its message is
                     // known: a turn needs it).
                     Ok(false) => {
-                        tracing::warn!(
-                            "standby: shard {shard}: message {msg} of {} comes from another \
-                             node than the copy's last records, and the message those came in \
-                             ({}) cannot be read again now to check that the stream still \
-                             holds it; reading on from message {msg} in {} ms",
-                            stream_name(shard),
-                            sent.msg,
-                            RETRY.as_millis()
-                        );
+                        if !std::mem::replace(&mut unjudged_said, true) {
+                            tracing::warn!(
+                                "standby: shard {shard}: message {msg} of {} comes from another \
+                                 node than the copy's last records, and the message those came in \
+                                 ({}) cannot be read again now to check that the stream still \
+                                 holds it; reading on from message {msg} in {} ms (and again \
+                                 until it can be)",
+                                stream_name(shard),
+                                sent.msg,
+                                RETRY.as_millis()
+                            );
+                        }
                         resume_at = Some(msg);
                         messages = None;
                         next_open = tokio::time::Instant::now() + RETRY;
